@@ -26,8 +26,8 @@ from .pdu import AssociateAC, AssociateRJ, AssociateRQ, PDataTF
 
 __all__ = [
     "NEED_DATA",
-    "AssociationAccepted",
     "AssociationAborted",
+    "AssociationAccepted",
     "AssociationRejected",
     "AssociationRequested",
     "ConnectionClosed",

@@ -22,8 +22,8 @@ from typing import Union
 __all__ = [
     "APPLICATION_CONTEXT_NAME",
     "PDU",
-    "AbstractSyntaxSubItem",
     "Abort",
+    "AbstractSyntaxSubItem",
     "ApplicationContextItem",
     "AssociateAC",
     "AssociateRJ",
@@ -293,9 +293,7 @@ class UserInformationItem:
     @property
     def extended_negotiations(self) -> tuple[SOPClassExtendedNegotiationSubItem, ...]:
         """All SOP Class Extended Negotiation sub-items."""
-        return tuple(
-            i for i in self.sub_items if isinstance(i, SOPClassExtendedNegotiationSubItem)
-        )
+        return tuple(i for i in self.sub_items if isinstance(i, SOPClassExtendedNegotiationSubItem))
 
     @property
     def common_extended_negotiations(
