@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Union
 
 __all__ = [
     "APPLICATION_CONTEXT_NAME",
@@ -232,18 +231,18 @@ class UnknownSubItem:
     reserved: int = 0
 
 
-UserInformationSubItem = Union[
-    MaximumLengthSubItem,
-    ImplementationClassUIDSubItem,
-    AsynchronousOperationsWindowSubItem,
-    RoleSelectionSubItem,
-    ImplementationVersionNameSubItem,
-    SOPClassExtendedNegotiationSubItem,
-    SOPClassCommonExtendedNegotiationSubItem,
-    UserIdentityRQSubItem,
-    UserIdentityACSubItem,
-    UnknownSubItem,
-]
+UserInformationSubItem = (
+    MaximumLengthSubItem
+    | ImplementationClassUIDSubItem
+    | AsynchronousOperationsWindowSubItem
+    | RoleSelectionSubItem
+    | ImplementationVersionNameSubItem
+    | SOPClassExtendedNegotiationSubItem
+    | SOPClassCommonExtendedNegotiationSubItem
+    | UserIdentityRQSubItem
+    | UserIdentityACSubItem
+    | UnknownSubItem
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -409,4 +408,4 @@ class Abort:
     reason: int = 0
 
 
-PDU = Union[AssociateRQ, AssociateAC, AssociateRJ, PDataTF, ReleaseRQ, ReleaseRP, Abort]
+PDU = AssociateRQ | AssociateAC | AssociateRJ | PDataTF | ReleaseRQ | ReleaseRP | Abort
