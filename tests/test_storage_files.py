@@ -1,0 +1,776 @@
+"""Tests of asyncdicom.storage: Part 10 writing, reading for sending, transcoding, synthetic data.
+
+The writer is synchronous; the async driver runs it in worker threads, so the tests that write
+files do the same through ``anyio.to_thread.run_sync`` (on asyncio and trio).
+"""
+
+from __future__ import annotations
+
+import array
+import functools
+import hashlib
+import os
+import shutil
+import struct
+import tracemalloc
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+import anyio.to_thread
+import pydicom
+import pydicom.data
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import _read_file_meta_info, read_preamble
+from pydicom.filewriter import write_file_meta_info
+
+from asyncdicom.storage import (
+    InvalidDicomFile,
+    Part10Source,
+    Part10Writer,
+    TranscodeError,
+    UnsupportedTransferSyntax,
+    decode_dataset,
+    encode_dataset,
+    is_valid_uid,
+    read_part10_for_send,
+    safe_filename,
+    target_path,
+    transcode,
+)
+from asyncdicom.storage.files import (
+    DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
+    EXPLICIT_VR_BIG_ENDIAN,
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    IMPLICIT_VR_LITTLE_ENDIAN,
+    NATIVE_TRANSFER_SYNTAXES,
+)
+from asyncdicom.storage.synthetic import CT_IMAGE_STORAGE, make_ct_instance, write_ct_files
+
+SAMPLES = Path(pydicom.data.__file__).parent / "test_files"
+IMPL_UID = "1.2.3.4.5.6.7"  # an arbitrary syntactically valid implementation class UID
+IMPL_VERSION = "ASYNCDICOM_TEST"
+DCMDUMP = "/usr/bin/dcmdump"
+
+T = TypeVar("T")
+
+# pydicom's rtdose samples carry a UID with a leading-zero component; reading them warns.
+pytestmark = pytest.mark.filterwarnings(
+    r"ignore:.*Invalid value for VR UI. '1\.2\.123\.456\.78\.9\.0123:UserWarning"
+)
+
+
+async def in_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run a blocking storage call the way the async driver does."""
+    return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
+
+
+def dataset_bytes_on_disk(path: Path) -> tuple[bytes, int]:
+    """The bytes after the meta group, located with pydicom's own reader, and their offset."""
+    with open(path, "rb") as fp:
+        read_preamble(fp, False)
+        _read_file_meta_info(fp)
+        offset = fp.tell()
+        return fp.read(), offset
+
+
+def meta_group_bytes(path: Path) -> bytes:
+    """Raw group 0002 bytes of a Part 10 file (between 'DICM' and the data set)."""
+    data = path.read_bytes()
+    _, offset = dataset_bytes_on_disk(path)
+    return data[132:offset]
+
+
+def write_source(folder: Path, source: Part10Source, chunk_size: int) -> Path:
+    with Part10Writer(
+        folder,
+        sop_class_uid=source.sop_class_uid,
+        sop_instance_uid=source.sop_instance_uid,
+        transfer_syntax_uid=source.transfer_syntax_uid,
+        implementation_class_uid=IMPL_UID,
+        implementation_version_name=IMPL_VERSION,
+        source_ae_title="SENDER",
+    ) as writer:
+        for chunk in source.iter_chunks(chunk_size):
+            writer.write(memoryview(chunk))
+        return writer.commit()
+
+
+def new_writer(folder: Path, uid: str, ts: str = EXPLICIT_VR_LITTLE_ENDIAN) -> Part10Writer:
+    return Part10Writer(
+        folder,
+        sop_class_uid=CT_IMAGE_STORAGE,
+        sop_instance_uid=uid,
+        transfer_syntax_uid=ts,
+        implementation_class_uid=IMPL_UID,
+    )
+
+
+def tree(root: Path) -> set[str]:
+    """Every path below ``root`` (files, dirs, links), relative, without following links."""
+    found: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            found.add(str((Path(dirpath) / name).relative_to(root)))
+    return found
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "sample",
+    [
+        "CT_small.dcm",  # Explicit VR LE
+        "MR_small_implicit.dcm",  # Implicit VR LE
+        "MR_small_bigendian.dcm",  # Explicit VR BE
+        "image_dfl.dcm",  # Deflated: the deflated stream is stored as received
+        "JPEG2000.dcm",  # encapsulated
+        "rtplan.dcm",  # sequences, no pixel data
+    ],
+)
+async def test_written_file_matches_source(tmp_path: Path, sample: str) -> None:
+    source = await in_thread(read_part10_for_send, SAMPLES / sample)
+    written = await in_thread(write_source, tmp_path, source, 1000)
+
+    assert written == tmp_path.resolve() / f"{source.sop_instance_uid}.dcm"
+    assert sorted(os.listdir(tmp_path)) == [written.name]
+    raw = written.read_bytes()
+    assert raw[:128] == b"\x00" * 128 and raw[128:132] == b"DICM"
+
+    # Byte level: the data set is stored exactly as it came.
+    stored, _ = dataset_bytes_on_disk(written)
+    original, _ = dataset_bytes_on_disk(SAMPLES / sample)
+    assert stored == original
+
+    # Meta group: group length equals the bytes that follow (0002,0000), elements as given.
+    meta = meta_group_bytes(written)
+    assert meta[:8] == b"\x02\x00\x00\x00UL\x04\x00"
+    assert struct.unpack("<I", meta[8:12])[0] == len(meta) - 12
+    result = pydicom.dcmread(written)
+    fm = result.file_meta
+    assert fm.FileMetaInformationVersion == b"\x00\x01"
+    assert fm.MediaStorageSOPClassUID == source.sop_class_uid
+    assert fm.MediaStorageSOPInstanceUID == source.sop_instance_uid
+    assert fm.TransferSyntaxUID == source.transfer_syntax_uid
+    assert fm.ImplementationClassUID == IMPL_UID
+    assert fm.ImplementationVersionName == IMPL_VERSION
+    assert fm.SourceApplicationEntityTitle == "SENDER"
+    assert [e.tag for e in fm] == [
+        0x00020000,
+        0x00020001,
+        0x00020002,
+        0x00020003,
+        0x00020010,
+        0x00020012,
+        0x00020013,
+        0x00020016,
+    ]
+    # Data set level: pydicom reads the same data set from both files.
+    expected = pydicom.dcmread(SAMPLES / sample)
+    assert Dataset(result) == Dataset(expected)
+
+
+@pytest.mark.anyio
+async def test_dcmdump_accepts_written_file(tmp_path: Path) -> None:
+    ds = make_ct_instance(10_000, patient_id="DUMP")
+    data = encode_dataset(ds, EXPLICIT_VR_LITTLE_ENDIAN)
+    uid = str(ds.SOPInstanceUID)
+
+    def write() -> Path:
+        with new_writer(tmp_path, uid) as writer:
+            writer.write(data)
+            return writer.commit()
+
+    written = await in_thread(write)
+    # +fo: read as a file format only (preamble, DICM and meta required); errors -> exit != 0.
+    proc = await anyio.run_process([DCMDUMP, "+fo", "-Ep", str(written)], check=False)
+    out = proc.stdout.decode("latin-1")
+    assert proc.returncode == 0, proc.stderr
+    assert "(0002,0010) UI =LittleEndianExplicit" in out
+    assert f"(0002,0003) UI [{uid}]" in out
+    assert "(0010,0020) LO [DUMP]" in out
+    assert "(0002,0012) UI [1.2.3.4.5.6.7]" in out
+    assert b"E:" not in proc.stderr and b"W:" not in proc.stderr
+
+
+@pytest.mark.anyio
+async def test_exception_inside_context_discards(tmp_path: Path) -> None:
+    def write_then_fail() -> None:
+        with new_writer(tmp_path, "1.2.3.4") as writer:
+            writer.write(b"\x08\x00\x05\x00CS\x0a\x00ISO_IR 100")
+            assert writer.temp_path.exists()
+            assert writer.temp_path.parent == tmp_path.resolve()
+            assert writer.temp_path.name.startswith(".")
+            assert writer.temp_path.name.endswith(".part")
+            raise RuntimeError("peer aborted")
+
+    with pytest.raises(RuntimeError, match="peer aborted"):
+        await in_thread(write_then_fail)
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.anyio
+async def test_leaving_without_commit_and_explicit_discard(tmp_path: Path) -> None:
+    def no_commit() -> Part10Writer:
+        with new_writer(tmp_path, "1.2.3.4") as writer:
+            writer.write(b"\x00" * 100)
+        return writer
+
+    writer = await in_thread(no_commit)
+    assert writer.closed
+    assert os.listdir(tmp_path) == []
+    with pytest.raises(ValueError):
+        writer.write(b"xx")
+    with pytest.raises(ValueError):
+        writer.commit()
+
+    other = await in_thread(new_writer, tmp_path, "1.2.3.5")
+    await in_thread(other.write, b"\x00" * 10)
+    await in_thread(other.discard)
+    await in_thread(other.discard)  # idempotent
+    assert os.listdir(tmp_path) == []
+    assert other.bytes_written == 10
+
+
+@pytest.mark.anyio
+async def test_commit_failure_leaves_nothing(tmp_path: Path) -> None:
+    (tmp_path / "1.2.3.dcm").mkdir()  # the final name is taken by a directory
+    writer = await in_thread(new_writer, tmp_path, "1.2.3")
+    await in_thread(writer.write, b"\x00\x00")
+    with pytest.raises(OSError):
+        await in_thread(writer.commit)
+    assert os.listdir(tmp_path) == ["1.2.3.dcm"]
+    assert (tmp_path / "1.2.3.dcm").is_dir()
+
+
+@pytest.mark.anyio
+async def test_existing_file_is_replaced_atomically(tmp_path: Path) -> None:
+    final = tmp_path / "1.2.3.dcm"
+    final.write_bytes(b"old copy")
+
+    def write(payload: bytes) -> Path:
+        with new_writer(tmp_path, "1.2.3") as writer:
+            writer.write(payload)
+            # Until commit the old copy is untouched.
+            assert final.read_bytes() == b"old copy"
+            return writer.commit()
+
+    path = await in_thread(write, b"\x08\x00" * 4)
+    assert path == final.resolve()
+    assert path.read_bytes().endswith(b"\x08\x00" * 4)
+    assert os.listdir(tmp_path) == ["1.2.3.dcm"]
+
+
+HOSTILE_UIDS = [
+    "../../etc/passwd",
+    "/abs",
+    "/etc/passwd",
+    "a/b",
+    "a\\b",
+    "1.2\x00",
+    "1.2\x00/../../x",
+    "9" * 200,
+    "1." * 100 + "1",
+    "",
+    ".",
+    "..",
+    "...",
+    ".1.2",
+    "1.2.",
+    "1..2",
+    " 1.2",
+    "1.2.3.dcm",
+    "~root",
+    "CON",
+]
+
+
+@pytest.mark.parametrize("uid", HOSTILE_UIDS)
+def test_safe_filename_hostile(uid: str) -> None:
+    name = safe_filename(uid)
+    assert name.startswith("uid-") and name.endswith(".dcm")
+    assert len(name) == len("uid-") + 32 + len(".dcm")
+    assert all(c in "0123456789abcdef" for c in name[4:-4])
+    assert not is_valid_uid(uid)
+
+
+def test_safe_filename_valid_and_distinct() -> None:
+    assert safe_filename("1.2.840.10008.1.2") == "1.2.840.10008.1.2.dcm"
+    assert safe_filename("2.25.0012") == "2.25.0012.dcm"  # leading zero tolerated for naming
+    assert safe_filename("1" * 64) == "1" * 64 + ".dcm"
+    assert safe_filename("1" * 65).startswith("uid-")
+    assert safe_filename("1.2", suffix=".part2") == "1.2.part2"
+    names = {safe_filename(uid) for uid in HOSTILE_UIDS}
+    assert len(names) == len(HOSTILE_UIDS)  # distinct bad values do not overwrite each other
+    expected = "uid-" + hashlib.sha256(b"a/b").hexdigest()[:32] + ".dcm"
+    assert safe_filename("a/b") == expected
+    # Lone surrogates (undecodable bytes from a peer) still get a name.
+    assert safe_filename("1.2\udcff").startswith("uid-")
+    for bad_suffix in ("/x", ".dcm/..", "x", "./", ".\x00"):
+        with pytest.raises(ValueError):
+            safe_filename("1.2", suffix=bad_suffix)
+
+
+def test_target_path_rejects_escapes(tmp_path: Path) -> None:
+    for name in ("..", ".", "", "a/b", "../x", "/abs", "x\x00y", "a\\b"):
+        with pytest.raises(ValueError):
+            target_path(tmp_path, name)
+    assert target_path(tmp_path, "1.2.dcm") == tmp_path.resolve() / "1.2.dcm"
+    with pytest.raises(FileNotFoundError):
+        target_path(tmp_path / "missing", "1.2.dcm")
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(NotADirectoryError):
+        target_path(tmp_path / "file", "1.2.dcm")
+
+
+@pytest.mark.anyio
+async def test_hostile_uids_never_escape_the_folder(tmp_path: Path) -> None:
+    store = tmp_path / "a" / "b" / "store"
+    store.mkdir(parents=True)
+    (tmp_path / "etc").mkdir()
+    before_outside = tree(tmp_path) - {str(p.relative_to(tmp_path)) for p in [store]}
+
+    def write(uid: str) -> Path:
+        with new_writer(store, uid) as writer:
+            writer.write(b"\x08\x00\x05\x00CS\x0a\x00ISO_IR 100")
+            return writer.commit()
+
+    written: set[Path] = set()
+    for uid in HOSTILE_UIDS:
+        path = await in_thread(write, uid)
+        assert path.parent == store.resolve()
+        assert path.name == safe_filename(uid)
+        written.add(path)
+        # The peer's value is recorded verbatim in (0002,0003), NUL-padded to even length
+        # (pydicom drops insignificant surrounding spaces of UI values).
+        raw = uid.strip(" ").encode("ascii")
+        value = raw + b"\x00" * (len(raw) % 2)
+        element = b"\x02\x00\x03\x00UI" + struct.pack("<H", len(value)) + value
+        assert element in meta_group_bytes(path)
+    assert len(written) == len(HOSTILE_UIDS)
+    assert set(os.listdir(store)) == {p.name for p in written}
+    after_outside = {p for p in tree(tmp_path) if not p.startswith("a/b/store/")} - {"a/b/store"}
+    assert after_outside == before_outside
+
+
+@pytest.mark.anyio
+async def test_symlink_at_final_name_is_replaced_not_followed(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    store.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"precious")
+    (store / "1.2.3.dcm").symlink_to(victim)
+    # A dangling link named like a temporary file cannot be hijacked either (O_EXCL).
+    writer = await in_thread(new_writer, store, "1.2.3")
+    await in_thread(writer.write, b"\x00\x00")
+    path = await in_thread(writer.commit)
+    assert victim.read_bytes() == b"precious"
+    assert not path.is_symlink()
+    assert path.read_bytes()[128:132] == b"DICM"
+
+
+def test_symlinked_store_folder_is_followed(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    real.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(real, target_is_directory=True)
+    with new_writer(link, "1.2.3") as writer:
+        writer.write(b"\x00\x00")
+        path = writer.commit()
+    assert path == real.resolve() / "1.2.3.dcm"
+
+
+def test_writer_rejects_unencodable_values(tmp_path: Path) -> None:
+    kwargs: dict[str, Any] = {
+        "sop_class_uid": CT_IMAGE_STORAGE,
+        "sop_instance_uid": "1.2.3",
+        "transfer_syntax_uid": EXPLICIT_VR_LITTLE_ENDIAN,
+        "implementation_class_uid": IMPL_UID,
+    }
+    bad: list[dict[str, Any]] = [
+        {"sop_instance_uid": "1.2.é"},
+        {"sop_class_uid": "1" * 70000},
+        {"implementation_class_uid": "not a uid"},
+        {"source_ae_title": "A" * 17},
+        {"source_ae_title": "   "},
+        {"source_ae_title": "A\\B"},
+        {"implementation_version_name": "X" * 17},
+        {"implementation_version_name": "tab\there"},
+    ]
+    for change in bad:
+        with pytest.raises(ValueError):
+            Part10Writer(tmp_path, **{**kwargs, **change})
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.anyio
+async def test_streaming_64_mib_does_not_accumulate(tmp_path: Path) -> None:
+    ds = make_ct_instance(64 << 20, seed=3)
+    data = encode_dataset(ds, EXPLICIT_VR_LITTLE_ENDIAN)
+    assert len(ds.PixelData) >= 64 << 20
+    view = memoryview(data)
+    chunk = 1 << 20
+    writer = await in_thread(new_writer, tmp_path, str(ds.SOPInstanceUID))
+
+    tracemalloc.start()
+    try:
+        for start in range(0, len(data), chunk):
+            await in_thread(writer.write, view[start : start + chunk])
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    path = await in_thread(writer.commit)
+
+    # The writer kept no copy of what it was given: far below one chunk per MiB written.
+    assert peak < 4 << 20, peak
+    assert writer.bytes_written == len(data)
+    stored, _ = dataset_bytes_on_disk(path)
+    assert len(stored) == len(data)
+    assert hashlib.sha256(stored).digest() == hashlib.sha256(data).digest()
+    del stored
+    back = pydicom.dcmread(path)
+    assert back.SOPInstanceUID == ds.SOPInstanceUID
+    assert back.PixelData == ds.PixelData
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading for sending
+
+SEND_SAMPLES = [
+    "CT_small.dcm",
+    "MR_small.dcm",
+    "MR_small_implicit.dcm",
+    "MR_small_bigendian.dcm",
+    "image_dfl.dcm",
+    "rtplan.dcm",
+    "rtdose.dcm",
+    "JPEG2000.dcm",
+    "MR_small_RLE.dcm",
+    "waveform_ecg.dcm",
+    "no_meta_group_length.dcm",
+    "priv_SQ.dcm",
+]
+
+
+@pytest.mark.parametrize("sample", SEND_SAMPLES)
+def test_read_for_send_agrees_with_pydicom(sample: str) -> None:
+    path = SAMPLES / sample
+    source = read_part10_for_send(path)
+    tail, offset = dataset_bytes_on_disk(path)
+    reference = pydicom.dcmread(path)
+
+    assert source.has_file_meta
+    assert source.dataset_offset == offset
+    assert source.dataset_length == len(tail)
+    assert source.sop_class_uid == reference.file_meta.MediaStorageSOPClassUID
+    assert source.sop_instance_uid == reference.file_meta.MediaStorageSOPInstanceUID
+    assert source.transfer_syntax_uid == reference.file_meta.TransferSyntaxUID
+
+    for chunk_size in (1, 7, 4096, 1 << 20):
+        chunks = list(source.iter_chunks(chunk_size))
+        assert all(0 < len(c) <= chunk_size for c in chunks)
+        assert b"".join(chunks) == tail
+    assert source.read_bytes() == tail
+
+    decoded = decode_dataset(tail, source.transfer_syntax_uid)
+    assert Dataset(decoded) == Dataset(reference)
+    assert decoded.file_meta.TransferSyntaxUID == source.transfer_syntax_uid
+
+
+@pytest.mark.parametrize(
+    ("sample", "ts"),
+    [
+        ("ExplVR_BigEndNoMeta.dcm", EXPLICIT_VR_BIG_ENDIAN),
+        ("ExplVR_LitEndNoMeta.dcm", EXPLICIT_VR_LITTLE_ENDIAN),
+        ("rtstruct.dcm", IMPLICIT_VR_LITTLE_ENDIAN),
+    ],
+)
+def test_read_for_send_raw_dataset(sample: str, ts: str) -> None:
+    path = SAMPLES / sample
+    source = read_part10_for_send(path)
+    reference = pydicom.dcmread(path, force=True)
+    assert not source.has_file_meta
+    assert source.transfer_syntax_uid == ts
+    assert source.dataset_offset == 0
+    assert source.read_bytes() == path.read_bytes()
+    assert source.sop_class_uid == reference.SOPClassUID
+    assert source.sop_instance_uid == reference.SOPInstanceUID
+    assert Dataset(decode_dataset(source.read_bytes(), ts)) == Dataset(reference)
+
+
+@pytest.mark.parametrize("preamble", [True, False])
+def test_read_for_send_meta_without_transfer_syntax(tmp_path: Path, preamble: bool) -> None:
+    # A meta group lacking (0002,0010), with or without preamble: the encoding is detected from
+    # the data set, the data set still starts after the meta group.
+    ds = make_ct_instance(64)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    buffer = DicomBytesIO()
+    write_file_meta_info(buffer, meta, enforce_standard=False)
+    body = encode_dataset(ds, IMPLICIT_VR_LITTLE_ENDIAN)
+    head = (b"\x00" * 128 + b"DICM" if preamble else b"") + buffer.getvalue()
+    path = tmp_path / "x.dcm"
+    path.write_bytes(head + body)
+
+    source = read_part10_for_send(path)
+    assert source.has_file_meta
+    assert source.transfer_syntax_uid == IMPLICIT_VR_LITTLE_ENDIAN
+    assert source.sop_instance_uid == ds.SOPInstanceUID
+    assert source.dataset_offset == len(head)
+    assert source.read_bytes() == body
+
+
+def test_read_for_send_prefix_without_meta(tmp_path: Path) -> None:
+    ds = make_ct_instance(64)
+    body = encode_dataset(ds, EXPLICIT_VR_BIG_ENDIAN)
+    path = tmp_path / "x.dcm"
+    path.write_bytes(_part10_prefix() + body)
+    source = read_part10_for_send(path)
+    assert not source.has_file_meta
+    assert source.dataset_offset == 132
+    assert source.transfer_syntax_uid == EXPLICIT_VR_BIG_ENDIAN
+    assert source.sop_class_uid == CT_IMAGE_STORAGE
+    assert source.read_bytes() == body
+
+
+def test_iter_chunks_detects_truncation(tmp_path: Path) -> None:
+    path = tmp_path / "ct.dcm"
+    shutil.copy(SAMPLES / "CT_small.dcm", path)
+    source = read_part10_for_send(path)
+    with open(path, "r+b") as fp:
+        fp.truncate(source.dataset_offset + 100)
+    with pytest.raises(InvalidDicomFile, match="shorter"):
+        list(source.iter_chunks(64))
+    with pytest.raises(ValueError):
+        list(source.iter_chunks(0))
+
+
+def _part10_prefix() -> bytes:
+    return b"\x00" * 128 + b"DICM"
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("empty", b""),
+        ("text", b"hello, this is not a DICOM file\n" * 20),
+        ("random", bytes((i * 7919 + 13) % 251 for i in range(5000))),
+        ("dicm_only", _part10_prefix()),
+        ("truncated_meta", _part10_prefix() + b"\x02\x00\x00\x00UL\x04\x00\x60"),
+        ("meta_value_past_eof", _part10_prefix() + b"\x02\x00\x02\x00UI\x40\x001.2.3"),
+        (
+            "meta_undefined_length",
+            _part10_prefix() + b"\x02\x00\x01\x00OB\x00\x00\xff\xff\xff\xff",
+        ),
+    ],
+)
+def test_invalid_files(tmp_path: Path, name: str, content: bytes) -> None:
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(InvalidDicomFile):
+        read_part10_for_send(path)
+
+
+def test_invalid_meta_only_and_no_sop_uids(tmp_path: Path) -> None:
+    # A well-formed meta group with no data set behind it.
+    path = tmp_path / "meta_only.dcm"
+    with new_writer(tmp_path, "1.2.3") as writer:
+        meta_only = writer.commit()
+    meta_only.rename(path)
+    with pytest.raises(InvalidDicomFile, match="no data set"):
+        read_part10_for_send(path)
+    # pydicom samples without any SOP Class/Instance UID.
+    for sample in ("no_meta.dcm", "empty_charset_LEI.dcm"):
+        with pytest.raises(InvalidDicomFile):
+            read_part10_for_send(SAMPLES / sample)
+    with pytest.raises(FileNotFoundError):
+        read_part10_for_send(tmp_path / "does-not-exist.dcm")
+
+
+# ---------------------------------------------------------------------------------------------
+# Encoding, decoding, transcoding
+
+
+def _public_elements(ds: Dataset) -> Dataset:
+    """Non-private elements: private ones may legitimately become UN through Implicit VR."""
+    out = Dataset()
+    for elem in ds:
+        if not elem.tag.is_private:
+            out.add(elem)
+    return out
+
+
+@pytest.mark.parametrize("target", sorted(NATIVE_TRANSFER_SYNTAXES))
+@pytest.mark.parametrize(
+    "sample", ["MR_small.dcm", "MR_small_bigendian.dcm", "MR_small_implicit.dcm", "rtdose.dcm"]
+)
+def test_transcode_round_trip(sample: str, target: str) -> None:
+    source = read_part10_for_send(SAMPLES / sample)
+    original = pydicom.dcmread(SAMPLES / sample)
+    there = transcode(source, target)
+    decoded = decode_dataset(there, target)
+    assert decoded.SOPInstanceUID == original.SOPInstanceUID
+    assert decoded.SOPClassUID == original.SOPClassUID
+    if target == source.transfer_syntax_uid:
+        assert there == source.read_bytes()  # identity: no decoding at all
+    if target == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
+        assert len(there) % 2 == 0
+
+    back = encode_dataset(decoded, source.transfer_syntax_uid)
+    again = decode_dataset(back, source.transfer_syntax_uid)
+    assert again.PixelData == original.PixelData
+    assert _public_elements(again) == _public_elements(original)
+
+
+@pytest.mark.parametrize(
+    ("little", "big"),
+    [
+        ("MR_small.dcm", "MR_small_bigendian.dcm"),
+        ("MR_small.dcm", "MR_small_expb.dcm"),
+        ("rtdose.dcm", "rtdose_expb.dcm"),  # 32-bit pixel cells
+        ("SC_rgb_small_odd.dcm", "SC_rgb_small_odd_big_endian.dcm"),
+        ("liver_1frame.dcm", "liver_expb_1frame.dcm"),  # 1-bit OB pixel data: no swap
+    ],
+)
+def test_transcode_big_endian_matches_pydicom_samples(little: str, big: str) -> None:
+    le_ref = pydicom.dcmread(SAMPLES / little)
+    be_ref = pydicom.dcmread(SAMPLES / big)
+    to_le = decode_dataset(
+        transcode(read_part10_for_send(SAMPLES / big), EXPLICIT_VR_LITTLE_ENDIAN),
+        EXPLICIT_VR_LITTLE_ENDIAN,
+    )
+    assert to_le.PixelData == le_ref.PixelData
+    to_be = decode_dataset(
+        transcode(read_part10_for_send(SAMPLES / little), EXPLICIT_VR_BIG_ENDIAN),
+        EXPLICIT_VR_BIG_ENDIAN,
+    )
+    assert to_be.PixelData == be_ref.PixelData
+    assert to_be.Rows == le_ref.Rows and to_be.SOPInstanceUID == le_ref.SOPInstanceUID
+
+
+def test_encode_dataset_does_not_modify_input() -> None:
+    ds = pydicom.dcmread(SAMPLES / "MR_small.dcm")
+    pixels = ds.PixelData
+    encode_dataset(ds, EXPLICIT_VR_BIG_ENDIAN)
+    jpeg = read_part10_for_send(SAMPLES / "JPEG2000.dcm")
+    encapsulated = decode_dataset(jpeg.read_bytes(), jpeg.transfer_syntax_uid)
+    fresh = Dataset()
+    fresh.update(encapsulated)  # a Dataset built by hand: Pixel Data length flag not set yet
+    fresh["PixelData"].is_undefined_length = False
+    assert encode_dataset(fresh, jpeg.transfer_syntax_uid) == jpeg.read_bytes()
+    assert not fresh["PixelData"].is_undefined_length  # flag set on a copy only
+    assert ds.PixelData == pixels
+    assert not ds["PixelData"].is_undefined_length
+    # Same syntax as read: pydicom re-encodes the file's data set byte for byte.
+    on_disk, _ = dataset_bytes_on_disk(SAMPLES / "MR_small.dcm")
+    assert encode_dataset(ds, EXPLICIT_VR_LITTLE_ENDIAN) == on_disk
+
+
+def test_encode_fresh_dataset_all_native_syntaxes() -> None:
+    ds = make_ct_instance(2048, seed=5)
+    little = encode_dataset(ds, EXPLICIT_VR_LITTLE_ENDIAN)
+    for ts in sorted(NATIVE_TRANSFER_SYNTAXES):
+        decoded = decode_dataset(encode_dataset(ds, ts), ts)
+        if ts == EXPLICIT_VR_BIG_ENDIAN:
+            # 16-bit pixel words travel byte-swapped; back to little endian they are identical.
+            swapped = array.array("H", ds.PixelData)
+            swapped.byteswap()
+            assert decoded.PixelData == swapped.tobytes()
+            assert decoded.Rows == ds.Rows and decoded.SOPInstanceUID == ds.SOPInstanceUID
+        else:
+            assert Dataset(decoded) == Dataset(ds)
+        assert encode_dataset(decoded, EXPLICIT_VR_LITTLE_ENDIAN) == little
+
+
+def test_encode_native_pixels_in_compressed_syntax_refused() -> None:
+    ds = make_ct_instance(256)
+    with pytest.raises(TranscodeError, match="encapsulated"):
+        encode_dataset(ds, "1.2.840.10008.1.2.4.50")
+
+
+@pytest.mark.parametrize(
+    ("sample", "target"),
+    [
+        ("JPEG2000.dcm", EXPLICIT_VR_LITTLE_ENDIAN),
+        ("MR_small_RLE.dcm", IMPLICIT_VR_LITTLE_ENDIAN),
+        ("MR_small.dcm", "1.2.840.10008.1.2.4.50"),
+        ("MR_small.dcm", "1.2.840.10008.1.2.1.98"),  # encapsulated uncompressed
+        ("MR_small.dcm", "1.2.840.10008.1.2.4.90"),
+    ],
+)
+def test_transcode_refuses_compressed(sample: str, target: str) -> None:
+    with pytest.raises(TranscodeError, match="compression"):
+        transcode(read_part10_for_send(SAMPLES / sample), target)
+
+
+def test_transcode_same_compressed_syntax_is_identity() -> None:
+    source = read_part10_for_send(SAMPLES / "JPEG2000.dcm")
+    assert transcode(source, source.transfer_syntax_uid) == source.read_bytes()
+
+
+def test_unknown_transfer_syntax() -> None:
+    ds = make_ct_instance(16)
+    for ts in ("1.2.3.4.5", "1.2.840.10008.5.1.4.1.1.2"):
+        with pytest.raises(UnsupportedTransferSyntax):
+            encode_dataset(ds, ts)
+        with pytest.raises(UnsupportedTransferSyntax):
+            decode_dataset(b"", ts)
+
+
+def test_decode_bad_deflate() -> None:
+    with pytest.raises(InvalidDicomFile):
+        decode_dataset(b"\xff" * 64, DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN)
+
+
+def test_decode_deflated_ignores_trailing_padding() -> None:
+    ds = make_ct_instance(100)
+    deflated = encode_dataset(ds, DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN)
+    assert Dataset(decode_dataset(deflated + b"\x00\x00", DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN)) == (
+        Dataset(ds)
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Synthetic instances
+
+
+def test_make_ct_instance() -> None:
+    a = make_ct_instance(1 << 20, patient_id="P1", seed=1)
+    b = make_ct_instance(1 << 20, patient_id="P1", seed=1)
+    c = make_ct_instance(1 << 20, seed=2)
+    assert a.SOPClassUID == CT_IMAGE_STORAGE
+    assert a.PatientID == "P1" and c.PatientID == "ANON"
+    assert abs(len(a.PixelData) - (1 << 20)) <= 2 * a.Columns
+    assert len(a.PixelData) == a.Rows * a.Columns * 2
+    assert a.PixelData == b.PixelData != c.PixelData
+    uids = {str(x.SOPInstanceUID) for x in (a, b, c)}
+    assert len(uids) == 3 and all(is_valid_uid(u) for u in uids)
+    assert a.StudyInstanceUID != b.StudyInstanceUID
+    tiny = make_ct_instance(0)
+    assert tiny.Rows == tiny.Columns == 1
+    with pytest.raises(ValueError):
+        make_ct_instance(-1)
+
+
+@pytest.mark.anyio
+async def test_write_ct_files(tmp_path: Path) -> None:
+    paths = await in_thread(write_ct_files, tmp_path / "out", 3, 4096)
+    assert len(paths) == 3
+    datasets = [pydicom.dcmread(p) for p in paths]
+    assert [p.name for p in paths] == [f"{d.SOPInstanceUID}.dcm" for d in datasets]
+    assert len({d.SeriesInstanceUID for d in datasets}) == 1
+    assert [d.InstanceNumber for d in datasets] == [1, 2, 3]
+    assert len({d.PixelData for d in datasets}) == 3
+    for path, ds in zip(paths, datasets, strict=True):
+        source = read_part10_for_send(path)
+        assert source.transfer_syntax_uid == EXPLICIT_VR_LITTLE_ENDIAN
+        assert source.sop_instance_uid == ds.SOPInstanceUID
+    proc = await anyio.run_process([DCMDUMP, "+fo", str(paths[0])], check=False)
+    assert proc.returncode == 0, proc.stderr
