@@ -1,0 +1,4 @@
+from asyncdicom.cli.main import main
+import sys
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Command-line applications (the ``asyncdicom`` console script)."""

@@ -1,0 +1,100 @@
+"""Exceptions of asyncdicom's async API.
+
+Protocol-level errors (malformed bytes from a peer, local misuse of the state machine) live in
+:mod:`asyncdicom.protocol.errors`; the ones here are what an application awaiting an association
+or a DIMSE operation sees.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ACSETimeout",
+    "AssociationAborted",
+    "AssociationError",
+    "AssociationRejected",
+    "ConnectTimeout",
+    "DICOMError",
+    "DIMSETimeout",
+    "NetworkTimeout",
+    "NoAcceptedContext",
+    "TransportError",
+]
+
+
+class DICOMError(Exception):
+    """Base class of every asyncdicom exception."""
+
+
+class TransportError(DICOMError):
+    """The TCP (or TLS) connection could not be opened or broke."""
+
+
+class ConnectTimeout(TransportError, TimeoutError):
+    """The TCP connection was not established within the connect timeout."""
+
+
+class AssociationError(DICOMError):
+    """An association could not be used any more."""
+
+
+class AssociationRejected(AssociationError):
+    """The peer answered A-ASSOCIATE-RQ with A-ASSOCIATE-RJ (PS3.8 Table 9-21)."""
+
+    def __init__(self, result: int, source: int, reason: int) -> None:
+        self.result = result
+        self.source = source
+        self.reason = reason
+        kind = {1: "permanent", 2: "transient"}.get(result, f"result {result}")
+        who = {
+            1: "service-user",
+            2: "service-provider (ACSE)",
+            3: "service-provider (presentation)",
+        }
+        super().__init__(
+            f"association rejected ({kind}) by {who.get(source, f'source {source}')}, "
+            f"reason {reason}: {_reject_reason_text(source, reason)}"
+        )
+
+
+def _reject_reason_text(source: int, reason: int) -> str:
+    table = {
+        (1, 1): "no reason given",
+        (1, 2): "application context name not supported",
+        (1, 3): "calling AE title not recognized",
+        (1, 7): "called AE title not recognized",
+        (2, 1): "no reason given",
+        (2, 2): "protocol version not supported",
+        (3, 1): "temporary congestion",
+        (3, 2): "local limit exceeded",
+    }
+    return table.get((source, reason), "reserved")
+
+
+class AssociationAborted(AssociationError):
+    """The association was aborted: by the peer (A-ABORT / A-P-ABORT PDU), by this side's
+    provider after a protocol error or timeout, or because the transport was lost."""
+
+    def __init__(self, source: int, reason: int, *, local: bool, detail: str = "") -> None:
+        self.source = source
+        self.reason = reason
+        self.local = local
+        who = "locally" if local else "by the peer"
+        kind = "A-ABORT" if source == 0 else "A-P-ABORT"
+        text = f"association aborted {who} ({kind}, source {source}, reason {reason})"
+        super().__init__(f"{text}: {detail}" if detail else text)
+
+
+class ACSETimeout(AssociationError, TimeoutError):
+    """No A-ASSOCIATE-AC/RJ or A-RELEASE-RP arrived in time; the association was aborted."""
+
+
+class DIMSETimeout(AssociationError, TimeoutError):
+    """No DIMSE response arrived in time; the association was aborted."""
+
+
+class NetworkTimeout(AssociationError, TimeoutError):
+    """Nothing was received for longer than the network timeout; the association was aborted."""
+
+
+class NoAcceptedContext(DICOMError):
+    """No accepted presentation context fits the requested SOP class / transfer syntax."""

@@ -1,0 +1,152 @@
+"""Storage service class (PS3.4 Annex B; C-STORE, PS3.7 9.1.1).
+
+SCU: :func:`store` sends a pydicom Dataset or a Part 10 file.  A file whose transfer syntax was
+accepted is streamed from disk without decoding; otherwise it is transcoded between the
+uncompressed syntaxes, or refused with :class:`~asyncdicom.errors.NoAcceptedContext`.
+
+SCP: :func:`save_request` writes a received instance to a folder as a Part 10 file, streamed in
+batches, under a temporary name that is renamed only once the last fragment has arrived.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from ..errors import NoAcceptedContext
+from ..protocol import messages
+from ..protocol.uids import UNCOMPRESSED_TRANSFER_SYNTAXES
+
+if TYPE_CHECKING:
+    from ..association import Association, ServiceRequest
+
+__all__ = ["save_request", "store"]
+
+#: bytes read from disk per chunk when streaming a file
+_READ_CHUNK = 1 << 20
+#: bytes collected before one write to disk (one worker-thread hop per batch)
+_WRITE_BATCH = 1 << 20
+
+
+async def _file_chunks(source: Any) -> AsyncIterator[bytes]:
+    iterator = iter(source.iter_chunks(_READ_CHUNK))
+    sentinel = object()
+    while True:
+        chunk = await anyio.to_thread.run_sync(next, iterator, sentinel)
+        if chunk is sentinel:
+            return
+        yield chunk
+
+
+async def store(
+    association: Association,
+    dataset_or_path: Any,
+    *,
+    priority: int = 0,
+    move_originator_aet: str | None = None,
+    move_originator_message_id: int | None = None,
+) -> int:
+    """Send one instance with C-STORE-RQ and return the C-STORE-RSP status."""
+    from ..storage.files import encode_dataset, read_part10_for_send, transcode
+
+    data: Any
+    if isinstance(dataset_or_path, (str, os.PathLike)):
+        source = await anyio.to_thread.run_sync(read_part10_for_send, Path(dataset_or_path))
+        sop_class = source.sop_class_uid
+        sop_instance = source.sop_instance_uid
+        ts = source.transfer_syntax_uid
+        context = association.find_context(sop_class, [ts])
+        if context is not None:
+            data = _file_chunks(source)
+        else:
+            context = association.find_context(sop_class, UNCOMPRESSED_TRANSFER_SYNTAXES)
+            if context is None or ts not in UNCOMPRESSED_TRANSFER_SYNTAXES:
+                raise NoAcceptedContext(
+                    f"no accepted context for {sop_class} in transfer syntax {ts} "
+                    f"(or one it can be converted to)"
+                )
+            target = context.transfer_syntax or ""
+            data = await anyio.to_thread.run_sync(transcode, source, target)
+    else:
+        ds = dataset_or_path
+        sop_class = str(ds.SOPClassUID)
+        sop_instance = str(ds.SOPInstanceUID)
+        meta = getattr(ds, "file_meta", None)
+        own_ts = str(getattr(meta, "TransferSyntaxUID", "") or "") if meta is not None else ""
+        preferred = ([own_ts] if own_ts else []) + [
+            t for t in UNCOMPRESSED_TRANSFER_SYNTAXES if t != own_ts
+        ]
+        context = association.find_context(sop_class, preferred)
+        if context is None or (
+            own_ts
+            and own_ts not in UNCOMPRESSED_TRANSFER_SYNTAXES
+            and context.transfer_syntax != own_ts
+        ):
+            raise NoAcceptedContext(f"no accepted context for {sop_class} ({own_ts or 'any'})")
+        data = await anyio.to_thread.run_sync(encode_dataset, ds, context.transfer_syntax or "")
+    rq = messages.CStoreRQ(
+        message_id=association.next_message_id(),
+        affected_sop_class_uid=sop_class,
+        affected_sop_instance_uid=sop_instance,
+        priority=priority,
+        move_originator_aet=move_originator_aet,
+        move_originator_message_id=move_originator_message_id,
+        has_dataset=True,
+    )
+    response = await association.request_one(context, rq, data)
+    return int(response.message.status)  # type: ignore[union-attr]
+
+
+async def save_request(request: ServiceRequest, folder: str | os.PathLike[str]) -> Path:
+    """Write the C-STORE request's data set to ``folder`` as a Part 10 file; return its path.
+
+    The file appears under its final name only when complete; if the association ends early
+    (abort, transport loss) or writing fails, nothing is left behind.
+    """
+    from ..storage.files import Part10Writer
+
+    message = request.message
+    assert isinstance(message, messages.CStoreRQ)
+    association = request.association
+    cfg = association.ae.config
+    target = Path(folder)
+
+    def _open() -> Any:
+        target.mkdir(parents=True, exist_ok=True)
+        return Part10Writer(
+            target,
+            sop_class_uid=message.affected_sop_class_uid,
+            sop_instance_uid=message.affected_sop_instance_uid,
+            transfer_syntax_uid=request.context.transfer_syntax or "",
+            implementation_class_uid=cfg.implementation_class_uid,
+            implementation_version_name=cfg.implementation_version_name,
+            source_ae_title=association.calling_ae_title or None,
+        )
+
+    writer = await anyio.to_thread.run_sync(_open)
+    try:
+        batch: list[memoryview] = []
+        size = 0
+        async for chunk in request.chunks():
+            batch.append(chunk)
+            size += len(chunk)
+            if size >= _WRITE_BATCH:
+                await anyio.to_thread.run_sync(_write_batch, writer, batch)
+                batch, size = [], 0
+        if batch:
+            await anyio.to_thread.run_sync(_write_batch, writer, batch)
+        path: Path = await anyio.to_thread.run_sync(writer.commit)
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(writer.discard)
+        raise
+    return path
+
+
+def _write_batch(writer: Any, batch: list[memoryview]) -> None:
+    for chunk in batch:
+        writer.write(chunk)

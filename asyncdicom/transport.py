@@ -1,0 +1,78 @@
+"""Transport seam: anyio byte streams for TCP (TLS later), with OS errors mapped to ours.
+
+Nothing DICOM-specific lives here.  Every socket gets TCP_NODELAY: DIMSE is request/response
+with small messages, and Nagle's algorithm would add tens of milliseconds to each exchange.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from typing import Any
+
+import anyio
+from anyio.abc import ByteStream, SocketAttribute
+from anyio.streams.stapled import MultiListener
+
+from .errors import ConnectTimeout, TransportError
+
+__all__ = ["close_quietly", "connect", "listen", "listener_port", "peer_address", "set_nodelay"]
+
+
+def set_nodelay(stream: ByteStream) -> None:
+    """Disable Nagle's algorithm on a TCP stream (no-op for non-socket streams)."""
+    sock: Any = stream.extra(SocketAttribute.raw_socket, None)
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def peer_address(stream: ByteStream) -> tuple[str, int]:
+    """(host, port) of the remote end, or ("?", 0) when unknown."""
+    addr: Any = stream.extra(SocketAttribute.remote_address, None)
+    if isinstance(addr, tuple) and len(addr) >= 2:
+        return str(addr[0]), int(addr[1])
+    return "?", 0
+
+
+async def connect(
+    host: str, port: int, *, bind: str | None = None, timeout: float | None = None
+) -> ByteStream:
+    """Open a TCP connection (IPv4 or IPv6) with TCP_NODELAY set.
+
+    Raises :class:`ConnectTimeout` or :class:`TransportError`.
+    """
+    try:
+        with anyio.fail_after(timeout):
+            stream = await anyio.connect_tcp(host, port, local_host=bind)
+    except TimeoutError as exc:
+        raise ConnectTimeout(f"connecting to {host}:{port} timed out after {timeout} s") from exc
+    except OSError as exc:
+        raise TransportError(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from exc
+    set_nodelay(stream)
+    return stream
+
+
+async def listen(host: str | None, port: int, *, backlog: int = 1024) -> MultiListener[Any]:
+    """Listen on host:port ("0.0.0.0" all IPv4, "::" IPv6, None every family)."""
+    try:
+        return await anyio.create_tcp_listener(
+            local_host=host or None, local_port=port, backlog=backlog
+        )
+    except OSError as exc:
+        raise TransportError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+
+
+def listener_port(listener: MultiListener[Any]) -> int:
+    """The TCP port a listener is bound to (useful after binding port 0)."""
+    for sub in listener.listeners:
+        port: Any = sub.extra(SocketAttribute.local_port, None)
+        if port:
+            return int(port)
+    raise TransportError("listener has no bound port")
+
+
+async def close_quietly(stream: ByteStream) -> None:
+    """Close a stream, ignoring errors of an already broken connection."""
+    with anyio.CancelScope(shield=True):
+        with contextlib.suppress(OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
+            await stream.aclose()
