@@ -1,4 +1,5 @@
-from asyncdicom.cli.main import main
 import sys
+
+from asyncdicom.cli.main import main
 
 sys.exit(main())

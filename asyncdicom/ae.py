@@ -35,8 +35,8 @@ from .protocol.errors import (
     RejectSource,
 )
 from .protocol.negotiation import (
-    AcceptorConfig,
     Accepted,
+    AcceptorConfig,
     ContextRequest,
     IdentityDecision,
     RequestorConfig,
@@ -137,8 +137,9 @@ class AE:
     N-EVENT-REPORTs).
     """
 
-    def __init__(self, ae_title: str | None = None, *, config: AEConfig | None = None,
-                 **overrides: Any) -> None:
+    def __init__(
+        self, ae_title: str | None = None, *, config: AEConfig | None = None, **overrides: Any
+    ) -> None:
         base = config or AEConfig()
         if ae_title is not None:
             overrides["ae_title"] = ae_title
@@ -213,9 +214,7 @@ class AE:
         port: int,
         *,
         called_aet: str = "ANY-SCP",
-        contexts: Iterable[str | ContextRequest | tuple[str, Sequence[str]]] = (
-            uids.VERIFICATION,
-        ),
+        contexts: Iterable[str | ContextRequest | tuple[str, Sequence[str]]] = (uids.VERIFICATION,),
         bind: str | None = None,
         user_identity: UserIdentityRQSubItem | None = None,
         async_ops_window: tuple[int, int] | None = None,
@@ -276,7 +275,7 @@ class AE:
                 self._associations.add(assoc)
                 try:
                     yield assoc
-                except BaseException as exc:  # noqa: BLE001 - re-raised outside the task group
+                except BaseException as exc:
                     failure = exc
                     await assoc.abort()
                 else:
@@ -383,7 +382,7 @@ class AE:
             srv: Server = await tg.start(self.serve, host, port)
             try:
                 yield srv
-            except BaseException as exc:  # noqa: BLE001 - re-raised outside the task group
+            except BaseException as exc:
                 failure = exc
             tg.cancel_scope.cancel()
         if failure is not None:
@@ -397,4 +396,3 @@ def _check_ae_title(title: str) -> None:
         raise ValueError(f"AE title must have 1 to 16 characters: {title!r}")
     if any(not (0x20 <= ord(ch) < 0x7F) or ch == "\\" for ch in title):
         raise ValueError(f"AE title has characters outside ISO 646 / backslash: {title!r}")
-

@@ -20,6 +20,7 @@ because the peer's late answer could no longer be matched reliably.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import itertools
 import math
@@ -599,9 +600,7 @@ class Association:
     async def _on_response(self, message: messages.Message) -> None:
         msg_id = getattr(message, "message_id_being_responded_to", None)
         if msg_id is None or msg_id not in self._pending:
-            await self._protocol_abort(
-                _dimse_error(f"response to unknown Message ID {msg_id}")
-            )
+            await self._protocol_abort(_dimse_error(f"response to unknown Message ID {msg_id}"))
             return
         if message.has_dataset:
             self._incoming_response = (msg_id, message, [], 0)
@@ -612,10 +611,10 @@ class Association:
         send = self._pending.get(msg_id)
         if send is None:
             return
-        try:
+        with contextlib.suppress(
+            anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError
+        ):
             send.send_nowait(response)
-        except (anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
-            pass
         status = getattr(response.message, "status", 0)
         if not _is_pending_status(status):
             self._pending.pop(msg_id, None)
@@ -868,4 +867,3 @@ def is_async_callable(fn: Any) -> bool:
     return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
         getattr(fn, "__call__", None)  # noqa: B004
     )
-

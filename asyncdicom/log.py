@@ -35,9 +35,7 @@ def get_logger(**context: Any) -> Any:
 def configure_cli_logging(*, verbose: int = 0, json: bool = False) -> None:
     """Route asyncdicom's events to stderr: WARNING by default, INFO with -v, DEBUG with -vv."""
     renderer: Any = (
-        structlog.processors.JSONRenderer()
-        if json
-        else structlog.dev.ConsoleRenderer(colors=False)
+        structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
     )
     handler = logging.StreamHandler()
     handler.setFormatter(

@@ -58,9 +58,8 @@ async def test_custom_echo_handler_status_reaches_scu() -> None:
 async def test_sync_handler_runs_in_thread() -> None:
     scp = _scp()
     scp.on_echo(lambda request: 0x0001)
-    async with scp.server() as server:
-        async with AE("SCU").associate("127.0.0.1", server.port) as assoc:
-            assert await assoc.echo() == 0x0001
+    async with scp.server() as server, AE("SCU").associate("127.0.0.1", server.port) as assoc:
+        assert await assoc.echo() == 0x0001
 
 
 async def test_store_dataset_and_file(tmp_path: Path) -> None:
@@ -120,12 +119,11 @@ async def test_called_ae_title_check_rejects() -> None:
 
 async def test_association_limit_rejects_transient() -> None:
     scp = _scp(max_associations=1)
-    async with scp.server() as server:
-        async with AE("A").associate("127.0.0.1", server.port) as first:
-            with pytest.raises(errors.AssociationRejected) as info:
-                async with AE("B").associate("127.0.0.1", server.port):
-                    pass
-            assert await first.echo() == 0
+    async with scp.server() as server, AE("A").associate("127.0.0.1", server.port) as first:
+        with pytest.raises(errors.AssociationRejected) as info:
+            async with AE("B").associate("127.0.0.1", server.port):
+                pass
+        assert await first.echo() == 0
     assert (info.value.result, info.value.source, info.value.reason) == (2, 3, 2)
 
 
@@ -171,24 +169,24 @@ async def test_abort_mid_transfer_leaves_no_file(tmp_path: Path) -> None:
         return 0
 
     ds = make_ct_instance(8_000_000, seed=3)
-    async with scp.server() as server:
-        async with anyio.create_task_group() as tg:
-            async def sender() -> None:
-                async with AE("SCU").associate("127.0.0.1", server.port, contexts=[CT]) as assoc:
+    async with scp.server() as server, anyio.create_task_group() as tg:
 
-                    async def doomed_store() -> None:
-                        with pytest.raises(errors.AssociationAborted):
-                            await assoc.store(ds)
+        async def sender() -> None:
+            async with AE("SCU").associate("127.0.0.1", server.port, contexts=[CT]) as assoc:
 
-                    async with anyio.create_task_group() as inner:
-                        inner.start_soon(doomed_store)
-                        await first_chunk.wait()
-                        await assoc.abort()
-                assert assoc.is_closed and not assoc.released
+                async def doomed_store() -> None:
+                    with pytest.raises(errors.AssociationAborted):
+                        await assoc.store(ds)
 
-            tg.start_soon(sender)
-            with anyio.fail_after(10):
-                await handler_done.wait()
+                async with anyio.create_task_group() as inner:
+                    inner.start_soon(doomed_store)
+                    await first_chunk.wait()
+                    await assoc.abort()
+            assert assoc.is_closed and not assoc.released
+
+        tg.start_soon(sender)
+        with anyio.fail_after(10):
+            await handler_done.wait()
     assert outcome, "the handler should have seen the abort"
     assert list(tmp_path.iterdir()) == []
 
@@ -250,20 +248,20 @@ async def test_async_operations_window_parallel_echoes() -> None:
         in_flight -= 1
         return 0
 
-    async with scp.server() as server:
-        async with AE("SCU").associate(
-            "127.0.0.1", server.port, async_ops_window=(4, 4)
-        ) as assoc:
-            assert assoc.negotiated is not None
-            assert assoc.negotiated.max_operations_invoked == 4
-            results: list[int] = []
+    async with (
+        scp.server() as server,
+        AE("SCU").associate("127.0.0.1", server.port, async_ops_window=(4, 4)) as assoc,
+    ):
+        assert assoc.negotiated is not None
+        assert assoc.negotiated.max_operations_invoked == 4
+        results: list[int] = []
 
-            async def one() -> None:
-                results.append(await assoc.echo())
+        async def one() -> None:
+            results.append(await assoc.echo())
 
-            async with anyio.create_task_group() as tg:
-                for _ in range(6):
-                    tg.start_soon(one)
+        async with anyio.create_task_group() as tg:
+            for _ in range(6):
+                tg.start_soon(one)
     assert results == [0] * 6
     assert peak == 4
 
@@ -281,10 +279,9 @@ async def test_ipv6_loopback() -> None:
     if not socket.has_ipv6:
         pytest.fail("this machine has no IPv6 support; the test needs ::1")
     scp = _scp()
-    async with scp.server("::1", 0) as server:
-        async with AE("SCU").associate("::1", server.port) as assoc:
-            assert await assoc.echo() == 0
-            assert assoc.peer_host == "::1"
+    async with scp.server("::1", 0) as server, AE("SCU").associate("::1", server.port) as assoc:
+        assert await assoc.echo() == 0
+        assert assoc.peer_host == "::1"
 
 
 async def test_hooks_observe_lifecycle() -> None:

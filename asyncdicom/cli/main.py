@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -19,6 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+
+if sys.version_info < (3, 11):  # pragma: no cover
+    from exceptiongroup import BaseExceptionGroup
 
 from .. import __version__
 from ..ae import AE, ContextRequest, Timeouts
@@ -86,7 +90,10 @@ async def _echoscu(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     failures = 0
     async with ae.associate(
-        args.host, args.port, called_aet=args.called_aet, contexts=[uids.VERIFICATION],
+        args.host,
+        args.port,
+        called_aet=args.called_aet,
+        contexts=[uids.VERIFICATION],
         bind=args.bind,
     ) as assoc:
         for _ in range(args.repeat):
@@ -190,7 +197,10 @@ async def _store_worker(
         item: _StoreItem | None = None
         try:
             async with ae.associate(
-                args.host, args.port, called_aet=args.called_aet, contexts=contexts,
+                args.host,
+                args.port,
+                called_aet=args.called_aet,
+                contexts=contexts,
                 bind=args.bind,
             ) as assoc:
                 async for item in queue:
@@ -220,7 +230,7 @@ async def _store_worker(
             if item is not None:
                 stats.failed += 1
                 advance(1)
-            async for item in queue:
+            async for _lost in queue:
                 stats.failed += 1
                 advance(1)
 
@@ -254,7 +264,12 @@ async def _storescu(args: argparse.Namespace) -> int:
         async with anyio.create_task_group() as tg:
             for _ in range(max(1, min(args.concurrency, len(items)))):
                 tg.start_soon(
-                    _store_worker, args, ae, contexts, receive.clone(), stats,
+                    _store_worker,
+                    args,
+                    ae,
+                    contexts,
+                    receive.clone(),
+                    stats,
                     lambda n: advance(n),
                 )
             receive.close()
@@ -312,7 +327,7 @@ async def _storescp(args: argparse.Namespace) -> int:
             file=sys.stderr,
             flush=True,
         )
-        with anyio.open_signal_receiver(2, 15) as signals:  # SIGINT, SIGTERM
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for _ in signals:
                 break
         tg.cancel_scope.cancel()
@@ -371,14 +386,20 @@ async def _demo(args: argparse.Namespace) -> int:
                 ]
             )
             async with scu.associate(
-                "127.0.0.1", server.port, called_aet="DEMO-SCP",
+                "127.0.0.1",
+                server.port,
+                called_aet="DEMO-SCP",
                 contexts=[uids.VERIFICATION, *contexts],
             ) as assoc:
+                stored = 0
                 t0 = time.perf_counter()
                 status = await assoc.echo()
                 ok &= status == 0
                 table.add_row(
-                    "C-ECHO", "Verification", "-", f"0x{status:04X}",
+                    "C-ECHO",
+                    "Verification",
+                    "-",
+                    f"0x{status:04X}",
                     f"{(time.perf_counter() - t0) * 1000:.1f}",
                 )
                 for f, src in zip(files, sources, strict=True):
@@ -386,14 +407,19 @@ async def _demo(args: argparse.Namespace) -> int:
                     status = await assoc.store(f)
                     ms = (time.perf_counter() - t0) * 1000
                     good = _ok(status) and src.sop_instance_uid in received
+                    stored += good
                     ok &= good
                     table.add_row(
-                        "C-STORE", f.name, f"{f.stat().st_size // 1024} KiB",
-                        f"0x{status:04X}" + ("" if good else " (not received)"), f"{ms:.1f}",
+                        "C-STORE",
+                        f.name,
+                        f"{f.stat().st_size // 1024} KiB",
+                        f"0x{status:04X}" + ("" if good else " (not received)"),
+                        f"{ms:.1f}",
                     )
         console.print(table)
         console.print(
-            f"{len(received)} of {len(files)} instances received and written as Part 10 files"
+            f"{stored} of {len(files)} instances stored and written as Part 10 files"
+            f" ({len(received)} distinct SOP Instance UIDs)"
             + ("; all good." if ok else "; FAILURES above.")
         )
     return 0 if ok else 1
@@ -417,8 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("storescu", help="send DICOM files with C-STORE")
     _add_scu(p)
     p.add_argument("paths", nargs="+", metavar="PATH", help="files or folders (walked)")
-    p.add_argument("--concurrency", type=int, default=1, metavar="N",
-                   help="parallel associations")
+    p.add_argument("--concurrency", type=int, default=1, metavar="N", help="parallel associations")
     _add_common(p)
     p.set_defaults(func=_storescu)
 
@@ -430,11 +455,21 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--output-dir", metavar="DIR", help="write received files here")
     out.add_argument("--ignore", action="store_true", help="receive and discard")
     p.add_argument("--max-associations", type=int, default=1000, metavar="N")
-    p.add_argument("--acse-timeout", type=float, default=30.0, metavar="S",
-                   help="association negotiation timeout, also the ARTIM timer")
+    p.add_argument(
+        "--acse-timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="association negotiation timeout, also the ARTIM timer",
+    )
     p.add_argument("--dimse-timeout", type=float, default=60.0, metavar="S")
-    p.add_argument("--network-timeout", type=float, default=None, metavar="S",
-                   help="abort an association silent for this long")
+    p.add_argument(
+        "--network-timeout",
+        type=float,
+        default=None,
+        metavar="S",
+        help="abort an association silent for this long",
+    )
     p.add_argument("--max-pdu", type=int, default=262144, metavar="BYTES")
     _add_common(p)
     p.set_defaults(func=_storescp)

@@ -52,7 +52,7 @@ def make_response(request: messages.Message, status: int, **fields: Any) -> mess
     if "has_dataset" in names:
         kwargs["has_dataset"] = False
     kwargs.update(fields)
-    return rsp_type(**{k: v for k, v in kwargs.items() if k in names})  # type: ignore[no-any-return]
+    return rsp_type(**{k: v for k, v in kwargs.items() if k in names})
 
 
 def _default_status(message: messages.Message) -> int:
@@ -98,10 +98,10 @@ async def serve(
         await complete.wait()
     if association.is_closed:
         return
-    response = result if isinstance(result, messages.Response) else None
-    if response is None:
-        status = int(result) if result is not None else 0x0000
-        response = make_response(message, status)
+    if isinstance(result, messages.Response):
+        response: Any = result
+    else:
+        response = make_response(message, int(result) if result is not None else 0x0000)
     await association.send_message(request.context, response)
 
 

@@ -33,11 +33,11 @@ _WRITE_BATCH = 1 << 20
 
 
 async def _file_chunks(source: Any) -> AsyncIterator[bytes]:
+    """Read a file's data set in chunks, each read in a worker thread."""
     iterator = iter(source.iter_chunks(_READ_CHUNK))
-    sentinel = object()
     while True:
-        chunk = await anyio.to_thread.run_sync(next, iterator, sentinel)
-        if chunk is sentinel:
+        chunk: bytes | None = await anyio.to_thread.run_sync(next, iterator, None)
+        if chunk is None:
             return
         yield chunk
 
