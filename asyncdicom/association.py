@@ -20,10 +20,10 @@ because the peer's late answer could no longer be matched reliably.
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import itertools
 import math
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -182,10 +182,15 @@ class Association:
         self.negotiated: NegotiatedAssociation | None = None
         self.log = get_logger(assoc_id=self.id, peer=f"{self.peer_host}:{self.peer_port}")
         self._tg: TaskGroup | None = None
-        self._write_lock = anyio.Lock()
-        self._message_lock = anyio.Lock()
+        # fast_acquire: an uncontended lock costs no trip through the event loop
+        self._write_lock = anyio.Lock(fast_acquire=True)
+        self._message_lock = anyio.Lock(fast_acquire=True)
         self._reader_scope: anyio.CancelScope | None = None
+        self._reader_unbounded = False
+        self._artim_watch = False
         self._network_deadline = math.inf
+        self._hook_pdu_received = ae.hooks.wants(HookEvent.PDU_RECEIVED)
+        self._hook_pdu_sent = ae.hooks.wants(HookEvent.PDU_SENT)
         # outcome
         self._established = anyio.Event()
         self._closed = anyio.Event()
@@ -196,7 +201,7 @@ class Association:
         self.released = False
         # DIMSE bookkeeping
         self._message_ids = itertools.cycle(range(1, 65536))
-        self._pending: dict[int, MemoryObjectSendStream[DIMSEResponse]] = {}
+        self._pending: dict[int, _Waiter] = {}
         self._invoke_limit: anyio.Semaphore | None = None
         self._incoming_response: tuple[int, messages.Message, list[bytes], int] | None = None
         self._incoming_request: MemoryObjectSendStream[memoryview] | None = None
@@ -253,28 +258,42 @@ class Association:
         return anyio.current_time()
 
     async def _run_reader(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
-        """Receive, feed the upper layer, act on its events; ends when the transport closes."""
+        """Receive, feed the upper layer, act on its events; ends when the transport closes.
+
+        A receive is bounded by a cancel scope only while a deadline exists (ARTIM running,
+        or a network timeout configured), so an idle association costs no timer at all.
+        Processing of what was received is never inside that scope: a deadline cannot cut a
+        message in half.
+        """
         task_status.started()
         network_timeout = self.ae.config.timeouts.network
+        stream = self._stream
         try:
             while not self._closed.is_set():
                 if network_timeout is not None:
                     self._network_deadline = self._now() + network_timeout
+                deadline = self._deadline()
                 data: bytes | None
-                with anyio.CancelScope() as scope:
-                    self._reader_scope = scope
-                    self._update_deadline()
-                    try:
-                        data = await self._stream.receive(_RECEIVE_SIZE)
-                    except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
-                        data = None
-                    except anyio.ClosedResourceError:
-                        data = None
-                self._reader_scope = None
-                if scope.cancelled_caught:
-                    await self._on_deadline()
-                    continue
-                if data is not None and self.ae.hooks.wants(HookEvent.PDU_RECEIVED):
+                try:
+                    if deadline == math.inf:
+                        self._reader_unbounded = True
+                        try:
+                            data = await stream.receive(_RECEIVE_SIZE)
+                        finally:
+                            self._reader_unbounded = False
+                    else:
+                        with anyio.CancelScope(deadline=deadline) as scope:
+                            self._reader_scope = scope
+                            data = await stream.receive(_RECEIVE_SIZE)
+                        self._reader_scope = None
+                        if scope.cancelled_caught:
+                            await self._on_deadline()
+                            continue
+                except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+                    data = None
+                except anyio.ClosedResourceError:
+                    data = None
+                if data is not None and self._hook_pdu_received:
                     self.ae.hooks.emit(HookEvent.PDU_RECEIVED, self, data=data)
                 self._ul.receive_data(data, now=self._now())
                 await self._process_events()
@@ -283,12 +302,34 @@ class Association:
         finally:
             await self._finish()
 
-    def _update_deadline(self) -> None:
-        scope = self._reader_scope
-        if scope is None:
-            return
+    def _deadline(self) -> float:
         artim = self._ul.timer_deadline()
-        scope.deadline = min(artim if artim is not None else math.inf, self._network_deadline)
+        return min(artim if artim is not None else math.inf, self._network_deadline)
+
+    def _update_deadline(self) -> None:
+        """After an input from outside the reader: move the reader's deadline, or, if the
+        reader waits without one, start a one-off task for the ARTIM timer."""
+        scope = self._reader_scope
+        if scope is not None:
+            scope.deadline = self._deadline()
+        elif (
+            self._reader_unbounded
+            and not self._artim_watch
+            and self._ul.timer_deadline() is not None
+            and self._tg is not None
+        ):
+            self._artim_watch = True
+            self._tg.start_soon(self._watch_artim)
+
+    async def _watch_artim(self) -> None:
+        try:
+            while (deadline := self._ul.timer_deadline()) is not None:
+                await anyio.sleep_until(deadline)
+                if self._ul.timer_deadline() is not None:
+                    self._ul.handle_timer(now=self._now())
+                    await self._process_events()
+        finally:
+            self._artim_watch = False
 
     async def _on_deadline(self) -> None:
         now = self._now()
@@ -314,13 +355,17 @@ class Association:
             self.ae.hooks.emit(HookEvent.ASSOCIATION_ABORTED, self, abort=self.abort_info)
 
     async def _flush(self) -> None:
-        """Write whatever the upper layer has queued, in order, under the write lock."""
+        """Write whatever the upper layer has queued.
+
+        Bytes are taken from the upper layer in the order they were queued and written under
+        a FIFO lock, so concurrent flushes keep the wire order.
+        """
+        data = self._ul.data_to_send()
+        if not data:
+            return
+        if self._hook_pdu_sent:
+            self.ae.hooks.emit(HookEvent.PDU_SENT, self, data=data)
         async with self._write_lock:
-            data = self._ul.data_to_send()
-            if not data:
-                return
-            if self.ae.hooks.wants(HookEvent.PDU_SENT):
-                self.ae.hooks.emit(HookEvent.PDU_SENT, self, data=data)
             try:
                 await self._stream.send(data)
             except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
@@ -385,8 +430,8 @@ class Association:
         self._closed.set()
         self._established.set()
         self._release_done.set()
-        for send in list(self._pending.values()):
-            send.close()
+        for waiter in list(self._pending.values()):
+            waiter.close()
         self._pending.clear()
         if self._incoming_request is not None:
             self._incoming_request.close()
@@ -436,7 +481,7 @@ class Association:
     def _setup_window(self) -> None:
         assert self.negotiated is not None
         invoked = self.negotiated.max_operations_invoked
-        self._invoke_limit = anyio.Semaphore(invoked if invoked > 0 else 65535)
+        self._invoke_limit = anyio.Semaphore(invoked if invoked > 0 else 65535, fast_acquire=True)
 
     async def _accept(self, ac: Any, negotiated: NegotiatedAssociation) -> None:
         """Acceptor: send A-ASSOCIATE-AC."""
@@ -608,17 +653,13 @@ class Association:
             self._deliver(msg_id, DIMSEResponse(message, None))
 
     def _deliver(self, msg_id: int, response: DIMSEResponse) -> None:
-        send = self._pending.get(msg_id)
-        if send is None:
+        waiter = self._pending.get(msg_id)
+        if waiter is None:
             return
-        with contextlib.suppress(
-            anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError
-        ):
-            send.send_nowait(response)
-        status = getattr(response.message, "status", 0)
-        if not _is_pending_status(status):
+        waiter.put(response)
+        if not _is_pending_status(getattr(response.message, "status", 0)):
             self._pending.pop(msg_id, None)
-            send.close()
+            waiter.close()
 
     async def _serve_request(self, request: ServiceRequest, complete: anyio.Event | None) -> None:
         """Run the handler for one incoming request and send its response(s)."""
@@ -686,14 +727,17 @@ class Association:
     ) -> None:
         """Send one DIMSE message (command set, then data set fragments) on ``context``."""
         self._raise_if_gone()
-        max_pdu = self._ul.peer_max_pdu_length or dimse.DEFAULT_SEND_PDU_LIMIT
+        try:
+            size = dimse.fragment_size(self._ul.peer_max_pdu_length)
+        except ValueError as exc:  # the peer announced a maximum too small to carry anything
+            raise errors.AssociationError(str(exc)) from exc
         command = dimse.encode_command(message)
         async with self._message_lock:
             self._raise_if_gone()
             cid = context.context_id
             now = self._now()
             try:
-                for hdr, payload in _fragments(command, max_pdu, command=True):
+                for hdr, payload in _fragments(command, size, command=True):
                     self._ul.send_pdata(cid, hdr, payload, now=now)
                 if self.ae.hooks.wants(HookEvent.DIMSE_SENT):
                     self.ae.hooks.emit(HookEvent.DIMSE_SENT, self, message=message)
@@ -701,7 +745,7 @@ class Association:
                     await self._flush()
                     return
                 if isinstance(dataset, (bytes, bytearray, memoryview)):
-                    await self._send_data(cid, memoryview(dataset), max_pdu, last=True)
+                    await self._send_data(cid, memoryview(dataset), size, last=True)
                     await self._flush()
                     return
                 # a stream of chunks: hold back the last chunk so that the final PDV carries
@@ -710,22 +754,22 @@ class Association:
                 if isinstance(dataset, AsyncIterator):
                     async for chunk in dataset:
                         if previous is not None:
-                            await self._send_data(cid, memoryview(previous), max_pdu, last=False)
+                            await self._send_data(cid, memoryview(previous), size, last=False)
                         previous = chunk
                 else:
                     for chunk in dataset:
                         if previous is not None:
-                            await self._send_data(cid, memoryview(previous), max_pdu, last=False)
+                            await self._send_data(cid, memoryview(previous), size, last=False)
                         previous = chunk
-                await self._send_data(cid, memoryview(previous or b""), max_pdu, last=True)
+                await self._send_data(cid, memoryview(previous or b""), size, last=True)
                 await self._flush()
             except LocalProtocolError as exc:
                 self._raise_if_gone()
                 raise errors.AssociationError(f"cannot send now: {exc}") from exc
 
-    async def _send_data(self, cid: int, data: memoryview, max_pdu: int, *, last: bool) -> None:
+    async def _send_data(self, cid: int, data: memoryview, size: int, *, last: bool) -> None:
         queued = 0
-        for hdr, payload in _fragments(data, max_pdu, command=False, last=last):
+        for hdr, payload in _fragments(data, size, command=False, last=last):
             self._ul.send_pdata(cid, hdr, payload, now=self._now())
             queued += len(payload)
             if queued >= _FLUSH_THRESHOLD:
@@ -751,27 +795,25 @@ class Association:
         self._raise_if_gone()
         assert self._invoke_limit is not None
         msg_id: int = message.message_id  # type: ignore[union-attr]
-        send, receive = anyio.create_memory_object_stream[DIMSEResponse](math.inf)
+        if msg_id in self._pending:
+            raise errors.AssociationError(f"Message ID {msg_id} is already outstanding")
+        waiter = _Waiter()
         async with self._invoke_limit:
-            self._pending[msg_id] = send
+            self._pending[msg_id] = waiter
             completed = False
             try:
                 await self.send_message(context, message, dataset)
                 timeout = self.ae.config.timeouts.dimse
                 while True:
                     with anyio.move_on_after(timeout) as scope:
-                        try:
-                            response = await receive.receive()
-                        except anyio.EndOfStream:
-                            self._raise_if_gone()
-                            raise errors.AssociationError(
-                                "association closed before the response"
-                            ) from None
+                        response = await waiter.get()
                     if scope.cancelled_caught:
                         await self.abort()
                         raise errors.DIMSETimeout(f"no DIMSE response within {timeout} s")
-                    status = getattr(response.message, "status", 0)
-                    final = not _is_pending_status(status)
+                    if response is None:
+                        self._raise_if_gone()
+                        raise errors.AssociationError("association closed before the response")
+                    final = not _is_pending_status(getattr(response.message, "status", 0))
                     if final:
                         completed = True
                     yield response
@@ -779,7 +821,6 @@ class Association:
                         return
             finally:
                 self._pending.pop(msg_id, None)
-                receive.close()
                 if not completed and not self._closed.is_set():
                     # abandoned mid-operation (cancelled or an error): the peer's later
                     # responses could not be matched any more
@@ -830,6 +871,36 @@ class Association:
         )
 
 
+class _Waiter:
+    """Where the reader puts the responses to one outstanding request (lighter than a
+    memory stream: one deque and one event)."""
+
+    __slots__ = ("closed", "event", "responses")
+
+    def __init__(self) -> None:
+        self.responses: deque[DIMSEResponse] = deque()
+        self.event = anyio.Event()
+        self.closed = False
+
+    def put(self, response: DIMSEResponse) -> None:
+        self.responses.append(response)
+        self.event.set()
+
+    def close(self) -> None:
+        self.closed = True
+        self.event.set()
+
+    async def get(self) -> DIMSEResponse | None:
+        """The next response, or None once closed with nothing left."""
+        while True:
+            if self.responses:
+                return self.responses.popleft()
+            if self.closed:
+                return None
+            self.event = anyio.Event()
+            await self.event.wait()
+
+
 def _is_pending_status(status: int | None) -> bool:
     return status in (0xFF00, 0xFF01)
 
@@ -841,11 +912,12 @@ def _dimse_error(text: str) -> ProtocolError:
 
 
 def _fragments(
-    data: bytes | memoryview, max_pdu: int, *, command: bool, last: bool = True
+    data: bytes | memoryview, size: int, *, command: bool, last: bool = True
 ) -> Iterable[tuple[int, memoryview]]:
-    """(message control header, payload) per PDV, one PDV per PDU (PS3.8 Annex E.2)."""
+    """(message control header, payload) per PDV of at most ``size`` bytes (from
+    :func:`~asyncdicom.protocol.dimse.fragment_size`), one PDV per PDU (PS3.8 Annex E.2).
+    Payloads are memoryview slices: nothing is copied here."""
     view = memoryview(data)
-    size = max(2, (max_pdu - 6) & ~1)
     base = 0x01 if command else 0x00
     n = len(view)
     if n == 0:
