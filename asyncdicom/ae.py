@@ -38,13 +38,20 @@ from .protocol.negotiation import (
     Accepted,
     AcceptorConfig,
     ContextRequest,
+    ExtendedNegotiationHandler,
     IdentityDecision,
     RequestorConfig,
     SupportedContext,
     build_associate_rq,
     negotiate,
 )
-from .protocol.pdu import AssociateRJ, AssociateRQ, UserIdentityRQSubItem
+from .protocol.pdu import (
+    AssociateRJ,
+    AssociateRQ,
+    SOPClassCommonExtendedNegotiationSubItem,
+    SOPClassExtendedNegotiationSubItem,
+    UserIdentityRQSubItem,
+)
 from .protocol.upper_layer import Role
 
 __all__ = [
@@ -105,6 +112,9 @@ class AEConfig:
     accept_any_storage: bool = False
     storage_transfer_syntaxes: tuple[str, ...] = uids.ALL_TRANSFER_SYNTAXES
     supported_contexts: tuple[SupportedContext, ...] = ()
+    #: acceptor: answers SOP Class Extended Negotiation items (PS3.7 D.3.3.5); return the
+    #: service-class application information to send back, or None to not answer
+    extended_negotiation_handler: ExtendedNegotiationHandler | None = None
 
 
 IdentityHandler = Callable[[AssociateRQ, UserIdentityRQSubItem], Awaitable[IdentityDecision]]
@@ -218,8 +228,15 @@ class AE:
         bind: str | None = None,
         user_identity: UserIdentityRQSubItem | None = None,
         async_ops_window: tuple[int, int] | None = None,
+        extended_negotiation: Sequence[SOPClassExtendedNegotiationSubItem] = (),
+        common_extended_negotiation: Sequence[SOPClassCommonExtendedNegotiationSubItem] = (),
     ) -> AsyncIterator[Association]:
         """Open an association to ``host:port`` and release it when the block ends.
+
+        ``contexts`` are SOP class UIDs (proposed with Explicit and Implicit VR Little Endian),
+        ``(uid, [transfer syntaxes])`` pairs, or :class:`ContextRequest` objects (which can also
+        propose SCP/SCU roles).  ``user_identity``, ``async_ops_window`` and the extended
+        negotiation items go into the A-ASSOCIATE-RQ's user information (PS3.7 Annex D.3.3).
 
         An exception inside the block aborts the association instead.  Raises
         :class:`~asyncdicom.errors.AssociationRejected`, ``AssociationAborted``,
@@ -236,6 +253,8 @@ class AE:
                 implementation_version_name=cfg.implementation_version_name,
                 async_ops_window=async_ops_window or cfg.async_ops_window,
                 user_identity=user_identity,
+                extended_negotiation=tuple(extended_negotiation),
+                common_extended_negotiation=tuple(common_extended_negotiation),
             ),
             self._context_requests(contexts),
         )
@@ -310,6 +329,7 @@ class AE:
             implementation_class_uid=cfg.implementation_class_uid,
             implementation_version_name=cfg.implementation_version_name,
             async_ops_window=cfg.async_ops_window or (16, 16),
+            extended_negotiation_handler=cfg.extended_negotiation_handler,
         )
 
     async def _on_association_requested(self, assoc: Association, rq: AssociateRQ) -> None:
