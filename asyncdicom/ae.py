@@ -71,6 +71,11 @@ DEFAULT_TRANSFER_SYNTAXES: tuple[str, ...] = (
 )
 
 
+#: bounds of the maximum PDU length we announce (PS3.8 Annex D.1)
+MIN_MAX_PDU_LENGTH = 1024
+MAX_MAX_PDU_LENGTH = 128 * 1024 * 1024
+
+
 @dataclass(frozen=True, slots=True)
 class Timeouts:
     """Timeouts in seconds (``None`` = wait forever).
@@ -115,6 +120,17 @@ class AEConfig:
     #: acceptor: answers SOP Class Extended Negotiation items (PS3.7 D.3.3.5); return the
     #: service-class application information to send back, or None to not answer
     extended_negotiation_handler: ExtendedNegotiationHandler | None = None
+
+    def __post_init__(self) -> None:
+        # We buffer one whole PDU while decoding it, so what we announce is also the memory a
+        # peer may make us hold per association: it must be finite (0 would mean unlimited).
+        if not MIN_MAX_PDU_LENGTH <= self.max_pdu_length <= MAX_MAX_PDU_LENGTH:
+            raise ValueError(
+                f"max_pdu_length must be {MIN_MAX_PDU_LENGTH}..{MAX_MAX_PDU_LENGTH} bytes, "
+                f"not {self.max_pdu_length} (0, unlimited, is not offered: memory stays bounded)"
+            )
+        if self.max_associations < 1:
+            raise ValueError("max_associations must be at least 1")
 
 
 IdentityHandler = Callable[[AssociateRQ, UserIdentityRQSubItem], Awaitable[IdentityDecision]]
