@@ -161,26 +161,33 @@ def _scan(paths: list[Path], stats: _StoreStats) -> list[_StoreItem]:
 
 
 def _contexts_for(items: list[_StoreItem]) -> list[ContextRequest]:
-    """One context per (SOP class, file transfer syntax); uncompressed files may also be sent
-    in the other uncompressed syntaxes (the acceptor picks one)."""
-    seen: dict[tuple[str, str], ContextRequest] = {}
+    """Presentation contexts to send ``items``.
+
+    Each (SOP class, file transfer syntax) gets a context proposing only that syntax, so that a
+    file goes out exactly as stored whichever syntax the acceptor prefers; each SOP class with
+    uncompressed files also gets one fallback context proposing Explicit and Implicit VR Little
+    Endian, for an acceptor that refuses the file's own syntax (the file is then transcoded).
+    """
+    contexts: list[ContextRequest] = []
+    seen: set[tuple[str, str]] = set()
+    fallback: set[str] = set()
     for it in items:
         key = (it.sop_class_uid, it.transfer_syntax_uid)
-        if key in seen:
-            continue
-        tss = [it.transfer_syntax_uid]
+        if key not in seen:
+            seen.add(key)
+            contexts.append(ContextRequest(it.sop_class_uid, (it.transfer_syntax_uid,)))
         if it.transfer_syntax_uid in uids.UNCOMPRESSED_TRANSFER_SYNTAXES:
-            tss += [
-                ts
-                for ts in (uids.EXPLICIT_VR_LITTLE_ENDIAN, uids.IMPLICIT_VR_LITTLE_ENDIAN)
-                if ts != it.transfer_syntax_uid
-            ]
-        seen[key] = ContextRequest(it.sop_class_uid, tuple(tss))
-    contexts = list(seen.values())
+            fallback.add(it.sop_class_uid)
+    for sop_class in sorted(fallback):
+        contexts.append(
+            ContextRequest(
+                sop_class, (uids.EXPLICIT_VR_LITTLE_ENDIAN, uids.IMPLICIT_VR_LITTLE_ENDIAN)
+            )
+        )
     if len(contexts) > 128:
         raise CLIError(
-            f"{len(contexts)} distinct SOP class / transfer syntax pairs: more than the 128 "
-            "presentation contexts one association can carry"
+            f"{len(contexts)} presentation contexts needed (one per SOP class and transfer "
+            "syntax, plus fallbacks): more than the 128 one association can carry"
         )
     return contexts
 
