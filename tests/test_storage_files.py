@@ -774,3 +774,25 @@ async def test_write_ct_files(tmp_path: Path) -> None:
         assert source.sop_instance_uid == ds.SOPInstanceUID
     proc = await anyio.run_process([DCMDUMP, "+fo", str(paths[0])], check=False)
     assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("version_name", [None, "V1", "ASYNCDICOM_010", "ODD"])
+@pytest.mark.parametrize("source_ae", [None, "A", "STORESCU", " PADDED  "])
+@pytest.mark.parametrize(
+    "instance_uid",
+    ["1.2.3", "1.2.34", "1.2.826.0.1.3680043.8.498.1234567890123456789", "1.2.3\x00"],
+)
+def test_fast_file_meta_matches_pydicom(
+    version_name: str | None, source_ae: str | None, instance_uid: str
+) -> None:
+    from asyncdicom.storage.files import _encode_file_meta_pydicom, encode_file_meta
+
+    kwargs = dict(
+        sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+        sop_instance_uid=instance_uid,
+        transfer_syntax_uid="1.2.840.10008.1.2.1",
+        implementation_class_uid="1.2.826.0.1.3680043.8.498.77.1.1",
+        implementation_version_name=version_name,
+        source_ae_title=source_ae,
+    )
+    assert encode_file_meta(**kwargs) == _encode_file_meta_pydicom(**kwargs)  # type: ignore[arg-type]
