@@ -31,7 +31,7 @@ def make_response(request: messages.Message, status: int, **fields: Any) -> mess
     request's affected or requested UIDs where the response has such fields.
     """
     rsp_type = messages.MESSAGE_TYPES[request.COMMAND_FIELD | 0x8000]
-    names = {f.name for f in dataclasses.fields(rsp_type)}
+    names = _field_names(rsp_type)
     kwargs: dict[str, Any] = {
         "message_id_being_responded_to": request.message_id,  # type: ignore[union-attr]
         "status": status,
@@ -53,6 +53,16 @@ def make_response(request: messages.Message, status: int, **fields: Any) -> mess
         kwargs["has_dataset"] = False
     kwargs.update(fields)
     return rsp_type(**{k: v for k, v in kwargs.items() if k in names})
+
+
+_FIELD_NAMES: dict[type, frozenset[str]] = {}
+
+
+def _field_names(cls: type) -> frozenset[str]:
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = frozenset(f.name for f in dataclasses.fields(cls))
+    return names
 
 
 def _default_status(message: messages.Message) -> int:
@@ -102,7 +112,20 @@ async def serve(
         response: Any = result
     else:
         response = make_response(message, int(result) if result is not None else 0x0000)
-    await association.send_message(request.context, response)
+    try:
+        await association.send_message(request.context, response)
+    except ValueError:
+        if response is result:
+            raise
+        # The request's UIDs, echoed into the response, cannot be encoded (a peer may send,
+        # say, a backslash in a UI value, which our decoder lets through).  They are U(=) in
+        # every response (PS3.7 9.3, 10.3): answer without them rather than not at all.
+        uid_fields = {"affected_sop_class_uid", "affected_sop_instance_uid"}
+        response = dataclasses.replace(
+            response,
+            **{f.name: None for f in dataclasses.fields(response) if f.name in uid_fields},
+        )
+        await association.send_message(request.context, response)
 
 
 def _status_for_exception(message: messages.Message, exc: Exception) -> int:
