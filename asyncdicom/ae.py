@@ -19,7 +19,7 @@ import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import anyio
 from anyio.abc import ByteStream, TaskStatus
@@ -163,6 +163,9 @@ class AE:
     N-EVENT-REPORTs).
     """
 
+    #: process-wide count of :attr:`internal_errors` (the test suite asserts it stays 0)
+    total_internal_errors: ClassVar[int] = 0
+
     def __init__(
         self, ae_title: str | None = None, *, config: AEConfig | None = None, **overrides: Any
     ) -> None:
@@ -177,6 +180,9 @@ class AE:
         self._handlers: dict[type, Callable[..., Any]] = {}
         self._identity_handler: IdentityHandler | None = None
         self._associations: set[Association] = set()
+        #: connections that ended because of an unexpected error in asyncdicom itself (each is
+        #: logged; the server goes on serving the others)
+        self.internal_errors = 0
         self.log = get_logger(ae=self.config.ae_title)
 
     @property
@@ -352,7 +358,15 @@ class AE:
         """Acceptor: answer an A-ASSOCIATE-RQ (limits, identity, negotiation)."""
         self.hooks.emit(HookEvent.ASSOCIATION_REQUESTED, assoc, request=rq)
         assoc.log = assoc.log.bind(calling_aet=rq.calling_ae_title, called_aet=rq.called_ae_title)
-        if len(self._associations) >= self.config.max_associations:
+        # Count only associations still in use: one that is released (A-RELEASE-RP already
+        # queued), aborted or closed frees its slot at once, not when its transport is finally
+        # closed, so a peer that releases and at once reconnects is not refused.
+        active = sum(
+            1
+            for a in self._associations
+            if not (a.released or a.abort_info is not None or a.is_closed)
+        )
+        if active >= self.config.max_associations:
             assoc.log.warning("association_limit", limit=self.config.max_associations)
             await assoc._reject(
                 AssociateRJ(
@@ -388,6 +402,11 @@ class AE:
                 assoc._ul.connection_made(now=anyio.current_time())  # Evt5: ARTIM starts
                 await assoc._run_reader()
                 tg.cancel_scope.cancel()  # handlers still running have nobody to answer
+        except Exception as exc:  # one connection's bug must not stop the server
+            self.internal_errors += 1
+            AE.total_internal_errors += 1
+            assoc.log.exception("connection_failed", error=repr(exc))
+            await transport.close_quietly(stream)
         finally:
             self._associations.discard(assoc)
 

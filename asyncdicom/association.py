@@ -485,9 +485,14 @@ class Association:
 
     async def _accept(self, ac: Any, negotiated: NegotiatedAssociation) -> None:
         """Acceptor: send A-ASSOCIATE-AC."""
+        try:
+            self._ul.send(ac, now=self._now())
+        except LocalProtocolError:
+            # A PDU that arrived right behind the A-ASSOCIATE-RQ (in the same read) already
+            # aborted the association (Sta13) or the peer closed it: nothing left to accept.
+            return
         self.negotiated = negotiated
         self._setup_window()
-        self._ul.send(ac, now=self._now())
         self.log = self.log.bind(peer_ae=self.peer_ae_title)
         self.log.info("association_accepted", contexts=len(self.accepted_contexts))
         self._established.set()
@@ -495,8 +500,11 @@ class Association:
 
     async def _reject(self, rj: AssociateRJ) -> None:
         """Acceptor: send A-ASSOCIATE-RJ."""
+        try:
+            self._ul.send(rj, now=self._now())
+        except LocalProtocolError:
+            return  # already aborted or closed, as in _accept
         self.rejection = rj
-        self._ul.send(rj, now=self._now())
         self.log.info("association_rejected", result=rj.result, source=rj.source, reason=rj.reason)
         self.ae.hooks.emit(HookEvent.ASSOCIATION_REJECTED, self, reject=rj)
 
