@@ -189,8 +189,9 @@ class Association:
         self._reader_unbounded = False
         self._artim_watch = False
         self._network_deadline = math.inf
-        self._hook_pdu_received = ae.hooks.wants(HookEvent.PDU_RECEIVED)
-        self._hook_pdu_sent = ae.hooks.wants(HookEvent.PDU_SENT)
+        #: set when a write was interrupted: part of a PDU may be on the wire, nothing more
+        #: can be sent (not even an A-ABORT), the transport is closed
+        self._torn = False
         # outcome
         self._established = anyio.Event()
         self._closed = anyio.Event()
@@ -293,7 +294,7 @@ class Association:
                     data = None
                 except anyio.ClosedResourceError:
                     data = None
-                if data is not None and self._hook_pdu_received:
+                if data is not None and self.ae.hooks.wants(HookEvent.PDU_RECEIVED):
                     self.ae.hooks.emit(HookEvent.PDU_RECEIVED, self, data=data)
                 self._ul.receive_data(data, now=self._now())
                 await self._process_events()
@@ -361,16 +362,28 @@ class Association:
         a FIFO lock, so concurrent flushes keep the wire order.
         """
         data = self._ul.data_to_send()
-        if not data:
+        if not data or self._torn:
             return
-        if self._hook_pdu_sent:
+        if self.ae.hooks.wants(HookEvent.PDU_SENT):
             self.ae.hooks.emit(HookEvent.PDU_SENT, self, data=data)
         async with self._write_lock:
+            if self._torn:
+                return
             try:
                 await self._stream.send(data)
             except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
                 self.log.info("transport_send_failed", error=str(exc))
                 self._ul.receive_data(None, now=self._now())
+            except anyio.get_cancelled_exc_class():
+                # A write cancelled half-way (trio can stop mid-buffer) leaves an unknown part
+                # of a PDU on the wire: the byte stream cannot be trusted any more, so close
+                # the transport at once; the peer sees the connection drop (A-P-ABORT).
+                self._torn = True
+                self.log.info("write_interrupted")
+                with anyio.CancelScope(shield=True):
+                    await close_quietly(self._stream)
+                    self._ul.receive_data(None, now=self._now())
+                raise
         self._update_deadline()
 
     async def _process_events(self) -> None:

@@ -468,8 +468,12 @@ def test_read_for_send_agrees_with_pydicom(sample: str) -> None:
     assert source.has_file_meta
     assert source.dataset_offset == offset
     assert source.dataset_length == len(tail)
-    assert source.sop_class_uid == reference.file_meta.MediaStorageSOPClassUID
-    assert source.sop_instance_uid == reference.file_meta.MediaStorageSOPInstanceUID
+    # the data set's own UIDs win over the meta's (they identify what is sent, PS3.7 9.3.1.1)
+    meta = reference.file_meta
+    assert source.sop_class_uid == reference.get("SOPClassUID", meta.MediaStorageSOPClassUID)
+    assert source.sop_instance_uid == reference.get(
+        "SOPInstanceUID", meta.MediaStorageSOPInstanceUID
+    )
     assert source.transfer_syntax_uid == reference.file_meta.TransferSyntaxUID
 
     for chunk_size in (1, 7, 4096, 1 << 20):

@@ -581,6 +581,55 @@ def _ui(raw: bytes | None) -> str | None:
     return text or None
 
 
+#: bytes at the start of a data set searched for its SOP Class/Instance UID (group 0008 comes
+#: first, so they are normally within the first few hundred bytes)
+_DATASET_HEAD_BYTES = 4096
+
+
+def _dataset_head_uids(head: bytes, transfer_syntax_uid: str) -> tuple[str | None, str | None]:
+    """(SOP Class UID, SOP Instance UID) from the first bytes of an encoded data set.
+
+    A C-STORE-RQ's Affected SOP Class/Instance UID must identify the data set sent (PS3.7
+    9.3.1.1), and some files' (0002,0002)/(0002,0003) disagree with their (0008,0016)/(0008,0018)
+    (pydicom's rtplan.dcm and rtdose.dcm): an SCP that checks, such as DCMTK's storescp, refuses
+    such an instance with 0xA900 when the meta's values are sent.  DCMTK's storescu and
+    pynetdicom take them from the data set too.  Only top-level elements up to (0008,0018) are
+    walked (microseconds); an undefined length before them (a sequence), a value running past
+    ``head``, or an undecodable deflated stream gives ``None`` for what was not found.
+    """
+    if transfer_syntax_uid == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
+        try:
+            head = zlib.decompressobj(-zlib.MAX_WBITS).decompress(head, _DATASET_HEAD_BYTES)
+        except zlib.error:
+            return None, None
+    implicit = transfer_syntax_uid == IMPLICIT_VR_LITTLE_ENDIAN
+    order = ">" if transfer_syntax_uid == EXPLICIT_VR_BIG_ENDIAN else "<"
+    found: dict[int, str | None] = {}
+    pos = 0
+    while pos + 8 <= len(head):
+        group, element = struct.unpack_from(order + "HH", head, pos)
+        tag = (group << 16) | element
+        if tag > _SOP_INSTANCE_UID_TAG:
+            break
+        if implicit:
+            length = struct.unpack_from(order + "I", head, pos + 4)[0]
+            pos += 8
+        elif head[pos + 4 : pos + 6] in _LONG_LENGTH_VRS:
+            if pos + 12 > len(head):
+                break
+            length = struct.unpack_from(order + "I", head, pos + 8)[0]
+            pos += 12
+        else:
+            length = struct.unpack_from(order + "H", head, pos + 6)[0]
+            pos += 8
+        if length == 0xFFFFFFFF or pos + length > len(head):
+            break
+        if tag in (_SOP_CLASS_UID_TAG, _SOP_INSTANCE_UID_TAG):
+            found[tag] = _ui(head[pos : pos + length])
+        pos += length
+    return found.get(_SOP_CLASS_UID_TAG), found.get(_SOP_INSTANCE_UID_TAG)
+
+
 def _probe_with_pydicom(path: Path) -> tuple[str | None, str | None, str]:
     """Read (SOP Class UID, SOP Instance UID, transfer syntax) from the data set itself."""
     try:
@@ -611,8 +660,10 @@ def _probe_with_pydicom(path: Path) -> tuple[str | None, str | None, str]:
 def read_part10_for_send(path: str | os.PathLike[str]) -> Part10Source:
     """Locate the data set of a DICOM file for sending, without decoding it.
 
-    * Part 10 file (preamble + ``DICM`` + meta, PS3.10 7.1): UIDs and transfer syntax come from
-      (0002,0002), (0002,0003), (0002,0010); the data set is everything after the meta group.
+    * Part 10 file (preamble + ``DICM`` + meta, PS3.10 7.1): the transfer syntax comes from
+      (0002,0010), the SOP Class/Instance UID from (0008,0016)/(0008,0018) at the head of the
+      data set (see :func:`_dataset_head_uids`), else from (0002,0002)/(0002,0003); the data
+      set is everything after the meta group.
     * Meta group without preamble (some old writers): parsed the same way from offset 0.
     * Raw data set (no meta at all): read with pydicom (``force=True``) to find the SOP UIDs and
       the encoding (Implicit VR LE, Explicit VR LE or Explicit VR BE, detected by pydicom); the
@@ -632,11 +683,17 @@ def read_part10_for_send(path: str | os.PathLike[str]) -> Part10Source:
         if not has_preamble:
             fp.seek(0)
         values, offset = _parse_meta_group(fp, file_path)
+        data_head = fp.read(_DATASET_HEAD_BYTES)
     # A "DICM" prefix directly followed by the data set counts as having no meta group.
     has_meta = offset > (len(_PREAMBLE) + len(_PREFIX) if has_preamble else 0)
     sop_class = _ui(values.get(0x00020002))
     sop_instance = _ui(values.get(0x00020003))
     ts = _ui(values.get(0x00020010))
+    if ts is not None:
+        # The data set's own UIDs win over the meta's (see _dataset_head_uids).
+        head_class, head_instance = _dataset_head_uids(data_head, ts)
+        sop_class = head_class or sop_class
+        sop_instance = head_instance or sop_instance
     if sop_class is None or sop_instance is None or ts is None:
         probed_class, probed_instance, probed_ts = _probe_with_pydicom(file_path)
         sop_class = sop_class or probed_class

@@ -10,8 +10,9 @@ silent skip would hide a broken CI image.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, ExitStack, asynccontextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,8 @@ import pydicom.data
 import pytest
 from pydicom import dcmread
 
+from asyncdicom import AE, Association, HookEvent, Server, ServiceRequest
+from asyncdicom.protocol.pdu import AssociateRJ
 from asyncdicom.testing.peers import (
     DCMTK_PROGRAMS,
     DcmtkStoreSCP,
@@ -140,3 +143,155 @@ def pynetdicom_scp_factory() -> Iterator[Callable[..., PynetdicomSCP]]:
         yield start
         for scp in started:
             _show_log(scp)
+
+
+# ---------------------------------------------------------------------------------------------
+# Fixtures for asyncdicom's own interop tests (test_dcmtk.py, test_pynetdicom.py)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class OurSCP:
+    """An asyncdicom acceptor running in the test's event loop, with what it saw.
+
+    ``stored`` lists ``(path, transfer syntax)`` of every instance saved (in arrival order),
+    ``accepted`` / ``rejected`` the associations our AE accepted or rejected (the rejected ones
+    with their A-ASSOCIATE-RJ), ``released`` / ``aborted`` how associations ended.
+    """
+
+    ae: AE
+    server: Server
+    output_dir: Path
+    stored: list[tuple[Path, str]] = field(default_factory=list)
+    accepted: list[Association] = field(default_factory=list)
+    rejected: list[tuple[Association, AssociateRJ]] = field(default_factory=list)
+    released: list[Association] = field(default_factory=list)
+    aborted: list[Association] = field(default_factory=list)
+
+    host = "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    @property
+    def aet(self) -> str:
+        return self.ae.ae_title
+
+    def stored_paths(self) -> list[Path]:
+        return [path for path, _ in self.stored]
+
+
+@pytest.fixture
+def our_scp_factory(
+    tmp_path: Path,
+) -> Callable[..., AbstractAsyncContextManager[OurSCP]]:
+    """``async with our_scp_factory(**AE config) as scp:`` runs an asyncdicom SCP on
+    127.0.0.1 (OS-chosen port) that accepts Verification and every storage SOP class (unless
+    the config says otherwise) and saves each C-STORE to ``scp.output_dir`` with ``save_to``.
+    The server lives in the test's own event loop, so blocking peers must run in a worker
+    thread or with ``anyio.run_process``."""
+
+    counter = iter(range(1_000_000))
+
+    @asynccontextmanager
+    async def start(*, ae_title: str = "OURSCP", **config: Any) -> AsyncIterator[OurSCP]:
+        config.setdefault("accept_any_storage", True)
+        output = tmp_path / f"our-scp-{next(counter)}"
+        ae = AE(ae_title, **config)
+        scp: OurSCP | None = None
+
+        @ae.on_store
+        async def on_store(request: ServiceRequest) -> int:
+            path = await request.save_to(output)
+            assert scp is not None
+            scp.stored.append((path, request.context.transfer_syntax or ""))
+            return 0x0000
+
+        def on_accepted(event: HookEvent, assoc: Association, **data: Any) -> None:
+            assert scp is not None
+            scp.accepted.append(assoc)
+
+        def on_rejected(event: HookEvent, assoc: Association, **data: Any) -> None:
+            assert scp is not None
+            scp.rejected.append((assoc, data["reject"]))
+
+        def on_released(event: HookEvent, assoc: Association, **data: Any) -> None:
+            assert scp is not None
+            scp.released.append(assoc)
+
+        def on_aborted(event: HookEvent, assoc: Association, **data: Any) -> None:
+            assert scp is not None
+            scp.aborted.append(assoc)
+
+        ae.hooks.add(HookEvent.ASSOCIATION_ACCEPTED, on_accepted)
+        ae.hooks.add(HookEvent.ASSOCIATION_REJECTED, on_rejected)
+        ae.hooks.add(HookEvent.ASSOCIATION_RELEASED, on_released)
+        ae.hooks.add(HookEvent.ASSOCIATION_ABORTED, on_aborted)
+        async with ae.server("127.0.0.1", 0) as server:
+            scp = OurSCP(ae, server, output)
+            yield scp
+
+    return start
+
+
+@pytest.fixture(scope="session")
+def shared_pynetdicom_scp(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[PynetdicomSCP]:
+    """One pynetdicom SCP process for the whole session (it takes about a second to start and
+    more to stop).  Use it through :func:`pynetdicom_peer`, which empties its output folder."""
+    with PynetdicomSCP(output_dir=tmp_path_factory.mktemp("shared-pynetdicom-scp")) as scp:
+        yield scp
+        _show_log(scp)
+
+
+@pytest.fixture
+def pynetdicom_peer(shared_pynetdicom_scp: PynetdicomSCP) -> PynetdicomSCP:
+    """The shared pynetdicom SCP with an empty output folder (tests run one at a time, so
+    what it holds after the test was received during the test)."""
+    scp = shared_pynetdicom_scp
+    if not scp.is_running():
+        pytest.fail(f"the shared pynetdicom SCP died:\n{scp.log_text()}", pytrace=False)
+    assert scp.output_dir is not None
+    for path in scp.output_dir.iterdir():
+        if path.is_file():
+            path.unlink()
+    return scp
+
+
+# ---------------------------------------------------------------------------------------------
+# Orthanc (asyncdicom.testing.orthanc), for test_orthanc.py
+# ---------------------------------------------------------------------------------------------
+
+from asyncdicom.testing.orthanc import (  # noqa: E402 - this section was appended to the file
+    OrthancNotFoundError,
+    OrthancPeer,
+    find_orthanc,
+)
+
+
+@pytest.fixture(scope="module")
+def shared_orthanc() -> Iterator[OrthancPeer]:
+    """One private Orthanc per test module (it starts in a fraction of a second but takes 2 to
+    3 s to stop). A missing Orthanc FAILS the tests (never skips): CI installs it. Use it
+    through :func:`orthanc`, which empties it first."""
+    try:
+        find_orthanc()
+    except OrthancNotFoundError as exc:
+        pytest.fail(f"Orthanc is required for the Orthanc interop tests: {exc}", pytrace=False)
+    with OrthancPeer(aet="ORTHANC") as peer:
+        yield peer
+        peer.stop()
+        log = peer.log_text()
+        if log:
+            sys.stderr.write(f"--- {peer.name} log ---\n{log}\n")
+
+
+@pytest.fixture
+def orthanc(shared_orthanc: OrthancPeer) -> OrthancPeer:
+    """The module's Orthanc with no stored instances and only its configured modalities."""
+    if not shared_orthanc.is_running():
+        pytest.fail(f"the shared Orthanc died:\n{shared_orthanc.log_text()}", pytrace=False)
+    shared_orthanc.reset()
+    return shared_orthanc
