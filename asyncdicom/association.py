@@ -613,6 +613,19 @@ class Association:
         if message.is_response:
             await self._on_response(message)
             return
+        if (
+            not message.has_dataset
+            and not self._message_lock.locked()
+            and self.ae.handler_for(type(message)) is None
+            and not isinstance(message, messages.CCancelRQ)
+        ):
+            # No handler to run (C-ECHO's default, or an operation nobody handles): answer
+            # at once from the reader, without a task.  Only when no message of ours is being
+            # sent, so the reader never waits behind our own long transfer.
+            from .services.dispatch import default_response
+
+            await self.send_message(context, default_response(message))
+            return
         # A request from the peer: run its handler in its own task.
         data_recv: MemoryObjectReceiveStream[memoryview] | None = None
         if message.has_dataset:
@@ -702,12 +715,11 @@ class Association:
     # ------------------------------------------------------------------ DIMSE: sending
 
     def _context(self, context_id: int) -> PresentationContext | None:
+        """The accepted presentation context with this ID (a dict lookup), else None."""
         if self.negotiated is None:
             return None
-        for ctx in self.negotiated.accepted_contexts:
-            if ctx.context_id == context_id:
-                return ctx
-        return None
+        ctx = self.negotiated.context_by_id(context_id)
+        return ctx if ctx is not None and ctx.accepted else None
 
     def find_context(
         self,

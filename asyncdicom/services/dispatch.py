@@ -65,6 +65,11 @@ def _field_names(cls: type) -> frozenset[str]:
     return names
 
 
+def default_response(message: messages.Message) -> messages.Message:
+    """The response to a request for which no handler is registered."""
+    return make_response(message, _default_status(message))
+
+
 def _default_status(message: messages.Message) -> int:
     if isinstance(message, messages.CEchoRQ):
         return 0x0000
