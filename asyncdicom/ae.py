@@ -423,11 +423,15 @@ class AE:
         background: the :class:`Server` it reports knows the bound port (useful with port 0).
         """
         listener = await transport.listen(host, port)
-        bound = transport.listener_port(listener)
+        bound = listener.port
         self.log.info("listening", host=host, port=bound)
-        async with listener, anyio.create_task_group() as tg:
-            task_status.started(Server(self, bound, tg.cancel_scope))
-            await listener.serve(self._handle_connection, task_group=tg)
+        try:
+            async with anyio.create_task_group() as tg:
+                task_status.started(Server(self, bound, tg.cancel_scope))
+                await listener.serve(self._handle_connection, tg)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await listener.aclose()
 
     @asynccontextmanager
     async def server(self, host: str | None = "127.0.0.1", port: int = 0) -> AsyncIterator[Server]:

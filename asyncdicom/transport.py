@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import contextlib
 import socket
-from typing import Any
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol
 
 import anyio
-from anyio.abc import ByteStream, SocketAttribute
+import sniffio
+from anyio.abc import ByteStream, SocketAttribute, TaskGroup
 from anyio.streams.stapled import MultiListener
 
+from . import _asyncio_stream
 from .errors import ConnectTimeout, TransportError
 
-__all__ = ["close_quietly", "connect", "listen", "listener_port", "peer_address", "set_nodelay"]
+__all__ = ["Listener", "close_quietly", "connect", "listen", "peer_address", "set_nodelay"]
 
 
 def set_nodelay(stream: ByteStream) -> None:
@@ -39,11 +42,17 @@ async def connect(
 ) -> ByteStream:
     """Open a TCP connection (IPv4 or IPv6) with TCP_NODELAY set.
 
+    On asyncio the stream is :class:`asyncdicom._asyncio_stream.AsyncioStream` (leaner than
+    anyio's for small request/response exchanges); on trio it is anyio's.
     Raises :class:`ConnectTimeout` or :class:`TransportError`.
     """
     try:
         with anyio.fail_after(timeout):
-            stream = await anyio.connect_tcp(host, port, local_host=bind)
+            stream: ByteStream
+            if sniffio.current_async_library() == "asyncio":
+                stream = await _asyncio_stream.connect(host, port, bind=bind)
+            else:
+                stream = await anyio.connect_tcp(host, port, local_host=bind)
     except TimeoutError as exc:
         raise ConnectTimeout(f"connecting to {host}:{port} timed out after {timeout} s") from exc
     except OSError as exc:
@@ -52,23 +61,55 @@ async def connect(
     return stream
 
 
-async def listen(host: str | None, port: int, *, backlog: int = 1024) -> MultiListener[Any]:
+class Listener(Protocol):
+    """What :func:`listen` returns, whatever the backend."""
+
+    @property
+    def port(self) -> int:
+        """The bound TCP port (useful after binding port 0)."""
+
+    async def serve(
+        self, handler: Callable[[Any], Coroutine[Any, Any, None]], task_group: TaskGroup
+    ) -> None:
+        """Run ``handler(stream)`` in ``task_group`` for each accepted connection, forever."""
+
+    async def aclose(self) -> None:
+        """Stop listening."""
+
+
+class _AnyioListener:
+    def __init__(self, listener: MultiListener[Any]) -> None:
+        self._listener = listener
+
+    @property
+    def port(self) -> int:
+        for sub in self._listener.listeners:
+            port: Any = sub.extra(SocketAttribute.local_port, None)
+            if port:
+                return int(port)
+        raise TransportError("listener has no bound port")
+
+    async def serve(
+        self, handler: Callable[[Any], Coroutine[Any, Any, None]], task_group: TaskGroup
+    ) -> None:
+        await self._listener.serve(handler, task_group=task_group)
+
+    async def aclose(self) -> None:
+        await self._listener.aclose()
+
+
+async def listen(host: str | None, port: int, *, backlog: int = 1024) -> Listener:
     """Listen on host:port ("0.0.0.0" all IPv4, "::" IPv6, None every family)."""
     try:
-        return await anyio.create_tcp_listener(
-            local_host=host or None, local_port=port, backlog=backlog
+        if sniffio.current_async_library() == "asyncio":
+            return await _asyncio_stream.listen(host, port, backlog=backlog)
+        return _AnyioListener(
+            await anyio.create_tcp_listener(
+                local_host=host or None, local_port=port, backlog=backlog
+            )
         )
     except OSError as exc:
         raise TransportError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
-
-
-def listener_port(listener: MultiListener[Any]) -> int:
-    """The TCP port a listener is bound to (useful after binding port 0)."""
-    for sub in listener.listeners:
-        port: Any = sub.extra(SocketAttribute.local_port, None)
-        if port:
-            return int(port)
-    raise TransportError("listener has no bound port")
 
 
 async def close_quietly(stream: ByteStream) -> None:
