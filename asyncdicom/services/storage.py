@@ -1,8 +1,12 @@
 """Storage service class (PS3.4 Annex B; C-STORE, PS3.7 9.1.1).
 
-SCU: :func:`store` sends a pydicom Dataset or a Part 10 file.  A file whose transfer syntax was
-accepted is streamed from disk without decoding; otherwise it is transcoded between the
-uncompressed syntaxes, or refused with :class:`~asyncdicom.errors.NoAcceptedContext`.
+SCU: :func:`store` sends a pydicom Dataset or a Part 10 file (a path, or a
+:class:`~asyncdicom.storage.files.Part10Source` already located by
+:func:`~asyncdicom.storage.files.read_part10_for_send`).  A file whose transfer syntax was
+accepted is sent without decoding; otherwise it is transcoded between the uncompressed syntaxes,
+or refused with :class:`~asyncdicom.errors.NoAcceptedContext`.  A data set of at most
+:data:`SEND_WHOLE_LIMIT` bytes is read with its header in one worker-thread call and sent from
+memory; a bigger one is streamed from disk in chunks, never held whole.
 
 SCP: :func:`save_request` writes a received instance to a folder as a Part 10 file, streamed in
 batches, under a temporary name that is renamed only once the last fragment has arrived.
@@ -12,6 +16,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,9 +28,13 @@ from ..protocol.uids import UNCOMPRESSED_TRANSFER_SYNTAXES
 
 if TYPE_CHECKING:
     from ..association import Association, ServiceRequest
+    from ..storage.files import Part10Writer
 
-__all__ = ["save_request", "store"]
+__all__ = ["SEND_WHOLE_LIMIT", "save_request", "store"]
 
+#: data sets up to this size are read whole (one worker-thread call per file) and sent from
+#: memory; bigger ones are streamed in chunks of _READ_CHUNK
+SEND_WHOLE_LIMIT = 8 << 20
 #: bytes read from disk per chunk when streaming a file
 _READ_CHUNK = 1 << 20
 #: bytes collected before one write to disk (one worker-thread hop per batch)
@@ -50,18 +59,30 @@ async def store(
     move_originator_aet: str | None = None,
     move_originator_message_id: int | None = None,
 ) -> int:
-    """Send one instance with C-STORE-RQ and return the C-STORE-RSP status."""
-    from ..storage.files import encode_dataset, read_part10_for_send, transcode
+    """Send one instance with C-STORE-RQ and return the C-STORE-RSP status.
+
+    ``dataset_or_path``: a pydicom Dataset, a path, or a
+    :class:`~asyncdicom.storage.files.Part10Source` (its ``data`` is sent if loaded).
+    """
+    from ..storage.files import Part10Source, encode_dataset, read_part10_for_send, transcode
 
     data: Any
-    if isinstance(dataset_or_path, (str, os.PathLike)):
-        source = await anyio.to_thread.run_sync(read_part10_for_send, Path(dataset_or_path))
+    if isinstance(dataset_or_path, (str, os.PathLike, Part10Source)):
+        if isinstance(dataset_or_path, Part10Source):
+            source = dataset_or_path
+        else:
+            # header and (small) data set in one worker-thread call
+            source = await anyio.to_thread.run_sync(
+                partial(read_part10_for_send, Path(dataset_or_path), read_limit=SEND_WHOLE_LIMIT)
+            )
         sop_class = source.sop_class_uid
         sop_instance = source.sop_instance_uid
         ts = source.transfer_syntax_uid
         context = association.find_context(sop_class, [ts])
         if context is not None:
-            data = _file_chunks(source)
+            if source.data is None and source.dataset_length <= SEND_WHOLE_LIMIT:
+                source = await anyio.to_thread.run_sync(source.load)
+            data = source.data if source.data is not None else _file_chunks(source)
         else:
             context = association.find_context(sop_class, UNCOMPRESSED_TRANSFER_SYNTAXES)
             if context is None or ts not in UNCOMPRESSED_TRANSFER_SYNTAXES:
@@ -106,6 +127,11 @@ async def save_request(request: ServiceRequest, folder: str | os.PathLike[str]) 
 
     The file appears under its final name only when complete; if the association ends early
     (abort, transport loss) or writing fails, nothing is left behind.
+
+    Disk work runs in worker threads: the temporary file is created as soon as the request
+    arrives (while the reader task goes on receiving its data set), data is written in batches,
+    and the last batch is written and committed (renamed) in one call.  An instance that fits
+    in one batch (:data:`_WRITE_BATCH`) costs two worker-thread calls.
     """
     from ..storage.files import Part10Writer
 
@@ -115,7 +141,7 @@ async def save_request(request: ServiceRequest, folder: str | os.PathLike[str]) 
     cfg = association.ae.config
     target = Path(folder)
 
-    def _open() -> Any:
+    def _open() -> Part10Writer:
         target.mkdir(parents=True, exist_ok=True)
         return Part10Writer(
             target,
@@ -137,9 +163,7 @@ async def save_request(request: ServiceRequest, folder: str | os.PathLike[str]) 
             if size >= _WRITE_BATCH:
                 await anyio.to_thread.run_sync(_write_batch, writer, batch)
                 batch, size = [], 0
-        if batch:
-            await anyio.to_thread.run_sync(_write_batch, writer, batch)
-        path: Path = await anyio.to_thread.run_sync(writer.commit)
+        path: Path = await anyio.to_thread.run_sync(_write_and_commit, writer, batch)
     except BaseException:
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(writer.discard)
@@ -147,6 +171,12 @@ async def save_request(request: ServiceRequest, folder: str | os.PathLike[str]) 
     return path
 
 
-def _write_batch(writer: Any, batch: list[memoryview]) -> None:
+def _write_batch(writer: Part10Writer, batch: list[memoryview]) -> None:
     for chunk in batch:
         writer.write(chunk)
+
+
+def _write_and_commit(writer: Part10Writer, batch: list[memoryview]) -> Path:
+    """The tail of an instance and the rename, in one worker-thread call."""
+    _write_batch(writer, batch)
+    return writer.commit()

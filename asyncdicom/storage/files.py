@@ -36,19 +36,15 @@ import struct
 import uuid
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO, cast
+from typing import TYPE_CHECKING, BinaryIO, cast
 
-import pydicom
-from pydicom import config as pydicom_config
-from pydicom.dataelem import DataElement
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.filebase import DicomBytesIO
-from pydicom.filereader import read_dataset
-from pydicom.filewriter import correct_ambiguous_vr, write_dataset, write_file_meta_info
-from pydicom.uid import UID
+# pydicom (and numpy, which it pulls in) is imported where it is used: writing received files
+# and sending Part 10 files never need it, and importing it costs ~0.1 s of every CLI start.
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 __all__ = [
     "DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN",
@@ -300,6 +296,12 @@ def _encode_file_meta_pydicom(
     source_ae_title: str | None = None,
 ) -> bytes:
     """The same group encoded by pydicom: the reference the fast encoder is tested against."""
+    from pydicom import config as pydicom_config
+    from pydicom.dataelem import DataElement
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_file_meta_info
+
     ignore = pydicom_config.IGNORE
     meta = FileMetaDataset()
     elements: list[tuple[int, str, object]] = [
@@ -486,6 +488,10 @@ class Part10Source:
     bytes are in ``transfer_syntax_uid`` exactly as on disk (the deflated stream for Deflated
     Explicit VR Little Endian).  ``has_file_meta`` is False for raw data sets, whose UIDs and
     transfer syntax were found by reading the data set with pydicom.
+
+    ``data`` holds the data set bytes when they were read together with the header
+    (``read_part10_for_send(..., read_limit=...)``) or by :meth:`load`; it is ``None`` when
+    they are read from disk as they are sent.  It takes no part in comparisons.
     """
 
     path: Path
@@ -495,16 +501,25 @@ class Part10Source:
     dataset_offset: int
     dataset_length: int
     has_file_meta: bool = True
+    data: bytes | None = field(default=None, repr=False, compare=False)
 
     def iter_chunks(self, chunk_size: int = 1 << 20) -> Iterator[bytes]:
         """Yield the data set bytes in chunks of at most ``chunk_size``, read lazily from disk.
 
         The file is opened when iteration starts and closed when it ends (or the generator is
         closed).  A file that shrank since :func:`read_part10_for_send` raises
-        :class:`InvalidDicomFile` instead of silently sending a truncated data set.
+        :class:`InvalidDicomFile` instead of silently sending a truncated data set.  A source
+        whose :attr:`data` is loaded yields slices of it and does not touch the file.
         """
         if chunk_size <= 0:
             raise ValueError("chunk_size must be positive")
+        if self.data is not None:
+            if len(self.data) <= chunk_size:
+                yield self.data
+                return
+            for start in range(0, len(self.data), chunk_size):
+                yield self.data[start : start + chunk_size]
+            return
         remaining = self.dataset_length
         with open(self.path, "rb", buffering=0) as fp:
             fp.seek(self.dataset_offset)
@@ -520,57 +535,119 @@ class Part10Source:
 
     def read_bytes(self) -> bytes:
         """The whole data set in memory (for small files and transcoding)."""
-        return b"".join(self.iter_chunks())
+        if self.data is not None:
+            return self.data
+        with open(self.path, "rb", buffering=0) as fp:
+            fp.seek(self.dataset_offset)
+            return _read_exactly(fp, self.dataset_length, self.path)
+
+    def load(self) -> Part10Source:
+        """This source with :attr:`data` read from disk (itself if it is loaded already).
+
+        One open and, normally, one read: the cheap way to send a small file whole.  The same
+        truncation check as :meth:`iter_chunks` applies.
+        """
+        if self.data is not None:
+            return self
+        return replace(self, data=self.read_bytes())
 
 
-def _parse_meta_group(fp: BinaryIO, path: Path) -> tuple[dict[int, bytes], int]:
-    """Walk the group 0002 elements starting at the current position.
+def _read_exactly(fp: BinaryIO, length: int, path: Path) -> bytes:
+    """``length`` bytes from the current position of ``fp``; :class:`InvalidDicomFile` if the
+    file ends first (it shrank since it was scanned)."""
+    data = fp.read(length)
+    if len(data) == length:
+        return data  # the usual case: one read() call, no copy
+    parts = [data]
+    got = len(data)
+    while got < length:
+        chunk = fp.read(length - got)
+        if not chunk:
+            raise InvalidDicomFile(
+                f"{path}: file is shorter than when it was opened "
+                f"({length - got} data set bytes missing)"
+            )
+        parts.append(chunk)
+        got += len(chunk)
+    return b"".join(parts)
+
+
+class _HeadReader:
+    """Random access to the start of a file through one in-memory window.
+
+    The header of a Part 10 file (preamble, meta group, head of the data set) is normally a few
+    hundred bytes: one ``read`` of :data:`_HEAD_WINDOW` bytes covers it, where walking it with
+    ``seek``/``read`` on the file object cost some 30 system calls per file (the scan of a
+    folder of 1000 files was dominated by them).  A value past the window (a huge private meta
+    element) moves the window.
+    """
+
+    __slots__ = ("_buf", "_fp", "_start", "size")
+
+    def __init__(self, fp: BinaryIO, size: int) -> None:
+        self._fp = fp
+        self.size = size
+        self._buf = b""
+        self._start = 0
+
+    def get(self, pos: int, n: int) -> bytes:
+        """Up to ``n`` bytes at ``pos`` (fewer only at the end of the file)."""
+        rel = pos - self._start
+        if rel < 0 or rel + n > len(self._buf):
+            self._fp.seek(pos)
+            self._buf = self._fp.read(max(n, _HEAD_WINDOW))
+            self._start = pos
+            rel = 0
+        return self._buf[rel : rel + n]
+
+
+#: bytes read at once from the start of a file being located for sending
+_HEAD_WINDOW = 16384
+
+
+def _parse_meta_group(reader: _HeadReader, start: int, path: Path) -> tuple[dict[int, bytes], int]:
+    """Walk the group 0002 elements starting at ``start``.
 
     Returns the values of the elements we need and the offset of the first element after the
     group.  The meta group is Explicit VR Little Endian (PS3.10 7.1); files whose meta group was
     written in Implicit VR (seen in the wild) are accepted too.  Values we do not need are
-    skipped with ``seek``, so large private meta elements cost nothing.
+    skipped (checked against the file size only), so large private meta elements cost nothing.
     """
     wanted = {0x00020002, 0x00020003, 0x00020010}
     values: dict[int, bytes] = {}
     implicit: bool | None = None
+    pos = start
     while True:
-        start = fp.tell()
-        head = fp.read(8)
+        head = reader.get(pos, 12)
         if len(head) < 8:
             if len(head) >= 2 and struct.unpack_from("<H", head)[0] == 0x0002:
                 raise InvalidDicomFile(f"{path}: File Meta Information is truncated")
-            return values, start  # end of file (possibly no data set at all)
+            return values, pos  # end of file (possibly no data set at all)
         group, element = struct.unpack_from("<HH", head)
         if group != 0x0002:
-            fp.seek(start)
-            return values, start
+            return values, pos
         vr = head[4:6]
         if implicit is None:
             implicit = not (vr.isalpha() and vr.isupper())
         if implicit:
             length = struct.unpack_from("<I", head, 4)[0]
+            pos += 8
         elif vr in _LONG_LENGTH_VRS:
-            extra = fp.read(4)
-            if len(extra) < 4:
+            if len(head) < 12:
                 raise InvalidDicomFile(f"{path}: File Meta Information is truncated")
-            length = struct.unpack("<I", extra)[0]
+            length = struct.unpack_from("<I", head, 8)[0]
+            pos += 12
         else:
             length = struct.unpack_from("<H", head, 6)[0]
+            pos += 8
         if length == 0xFFFFFFFF:
             raise InvalidDicomFile(f"{path}: undefined length in the File Meta Information")
+        if pos + length > reader.size:
+            raise InvalidDicomFile(f"{path}: File Meta Information is truncated")
         tag = (group << 16) | element
         if tag in wanted:
-            value = fp.read(length)
-            if len(value) < length:
-                raise InvalidDicomFile(f"{path}: File Meta Information is truncated")
-            values[tag] = value
-        else:
-            here = fp.tell()
-            fp.seek(0, os.SEEK_END)
-            if fp.tell() < here + length:
-                raise InvalidDicomFile(f"{path}: File Meta Information is truncated")
-            fp.seek(here + length)
+            values[tag] = reader.get(pos, length)
+        pos += length
 
 
 def _ui(raw: bytes | None) -> str | None:
@@ -632,6 +709,8 @@ def _dataset_head_uids(head: bytes, transfer_syntax_uid: str) -> tuple[str | Non
 
 def _probe_with_pydicom(path: Path) -> tuple[str | None, str | None, str]:
     """Read (SOP Class UID, SOP Instance UID, transfer syntax) from the data set itself."""
+    import pydicom
+
     try:
         ds = pydicom.dcmread(
             path,
@@ -657,7 +736,7 @@ def _probe_with_pydicom(path: Path) -> tuple[str | None, str | None, str]:
     )
 
 
-def read_part10_for_send(path: str | os.PathLike[str]) -> Part10Source:
+def read_part10_for_send(path: str | os.PathLike[str], *, read_limit: int = 0) -> Part10Source:
     """Locate the data set of a DICOM file for sending, without decoding it.
 
     * Part 10 file (preamble + ``DICM`` + meta, PS3.10 7.1): the transfer syntax comes from
@@ -671,19 +750,26 @@ def read_part10_for_send(path: str | os.PathLike[str]) -> Part10Source:
     * A meta group missing one of the three values: the missing ones are taken from the data set
       the same way.
 
+    A data set of at most ``read_limit`` bytes is read in the same call and returned in
+    :attr:`Part10Source.data` (a file sent whole costs one open); a bigger one is left on disk
+    to be streamed.  The default, 0, reads only the header.
+
     Raises :class:`InvalidDicomFile` if the file is not DICOM, is truncated inside the meta
     group, has no data set, or no SOP Class/Instance UID can be found.  ``OSError`` (missing
     file, permissions) propagates unchanged.
     """
     file_path = Path(path)
-    with open(file_path, "rb") as fp:
+    data: bytes | None = None
+    with open(file_path, "rb", buffering=0) as fp:
         size = os.fstat(fp.fileno()).st_size
-        head = fp.read(132)
+        reader = _HeadReader(fp, size)
+        head = reader.get(0, 132)
         has_preamble = len(head) == 132 and head[128:132] == _PREFIX
-        if not has_preamble:
-            fp.seek(0)
-        values, offset = _parse_meta_group(fp, file_path)
-        data_head = fp.read(_DATASET_HEAD_BYTES)
+        values, offset = _parse_meta_group(reader, 132 if has_preamble else 0, file_path)
+        data_head = reader.get(offset, _DATASET_HEAD_BYTES)
+        if 0 < size - offset <= read_limit:
+            fp.seek(offset)
+            data = _read_exactly(fp, size - offset, file_path)
     # A "DICM" prefix directly followed by the data set counts as having no meta group.
     has_meta = offset > (len(_PREAMBLE) + len(_PREFIX) if has_preamble else 0)
     sop_class = _ui(values.get(0x00020002))
@@ -712,6 +798,7 @@ def read_part10_for_send(path: str | os.PathLike[str]) -> Part10Source:
         dataset_offset=offset,
         dataset_length=length,
         has_file_meta=has_meta,
+        data=data,
     )
 
 
@@ -724,6 +811,8 @@ def _encoding_of(transfer_syntax_uid: str) -> tuple[bool, bool, bool]:
     if transfer_syntax_uid in _NATIVE_ENCODING:
         implicit, little = _NATIVE_ENCODING[transfer_syntax_uid]
         return implicit, little, transfer_syntax_uid == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN
+    from pydicom.uid import UID
+
     uid = UID(transfer_syntax_uid)
     if not uid.is_transfer_syntax or uid.is_private:
         raise UnsupportedTransferSyntax(f"unknown transfer syntax {transfer_syntax_uid!r}")
@@ -776,6 +865,9 @@ def encode_dataset(ds: Dataset, transfer_syntax_uid: str) -> bytes:
 
     Raises :class:`UnsupportedTransferSyntax` for an unknown or private transfer syntax.
     """
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import correct_ambiguous_vr, write_dataset
+
     implicit, little, deflated = _encoding_of(transfer_syntax_uid)
     source_little = ds.original_encoding[1]
     if source_little is None:
@@ -825,6 +917,11 @@ def decode_dataset(data: bytes | bytearray | memoryview, transfer_syntax_uid: st
     when accessed.  Raises :class:`InvalidDicomFile` if the bytes cannot be parsed and
     :class:`UnsupportedTransferSyntax` for an unknown transfer syntax.
     """
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filereader import read_dataset
+    from pydicom.uid import UID
+
     implicit, little, deflated = _encoding_of(transfer_syntax_uid)
     raw = bytes(data)
     if deflated:
@@ -870,5 +967,7 @@ def transcode(source: Part10Source, target_ts: str) -> bytes:
 
 
 def _ts_name(transfer_syntax_uid: str) -> str:
+    from pydicom.uid import UID
+
     name = UID(transfer_syntax_uid).name
     return f"{name} ({transfer_syntax_uid})" if name != transfer_syntax_uid else repr(name)
