@@ -120,6 +120,10 @@ class AEConfig:
     #: acceptor: answers SOP Class Extended Negotiation items (PS3.7 D.3.3.5); return the
     #: service-class application information to send back, or None to not answer
     extended_negotiation_handler: ExtendedNegotiationHandler | None = None
+    #: C-STORE SCP: run every file operation of ``save_to`` in a worker thread (for slow or
+    #: network file systems); by default only full 1 MiB writes do, and creating, small
+    #: writes and renaming run in the event loop's thread, which is faster on a local disk
+    file_io_in_threads: bool = False
 
     def __post_init__(self) -> None:
         # We buffer one whole PDU while decoding it, so what we announce is also the memory a

@@ -217,12 +217,13 @@ async def test_big_file_is_streamed_not_loaded(tmp_path: Path) -> None:
 
 
 @pytest.mark.anyio
-async def test_save_in_several_batches_then_commit(tmp_path: Path) -> None:
+@pytest.mark.parametrize("threaded", [False, True], ids=["inline-io", "threaded-io"])
+async def test_save_in_several_batches_then_commit(tmp_path: Path, threaded: bool) -> None:
     # Bigger than one write batch: written in batches, the tail and the rename in one call;
-    # only the final file is left in the folder.
+    # only the final file is left in the folder, whichever thread does the file work.
     ds = make_ct_instance(3 * (1 << 20) + 12_345, seed=9)
     out = tmp_path / "out"
-    async with _storing_scp(out).server() as server:
+    async with _storing_scp(out, file_io_in_threads=threaded).server() as server:
         async with AE("SCU").associate("127.0.0.1", server.port, contexts=[CT]) as assoc:
             assert await assoc.store(ds) == 0x0000
             assert await assoc.store(make_ct_instance(100, seed=10)) == 0x0000
