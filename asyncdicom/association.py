@@ -813,6 +813,40 @@ class Association:
             await self._flush()
             self._raise_if_gone()
 
+    def _register(self, message: messages.Message) -> tuple[int, _Waiter]:
+        self._raise_if_gone()
+        msg_id: int = message.message_id  # type: ignore[union-attr]
+        if msg_id in self._pending:
+            raise errors.AssociationError(f"Message ID {msg_id} is already outstanding")
+        waiter = _Waiter()
+        self._pending[msg_id] = waiter
+        return msg_id, waiter
+
+    async def _next_response(self, waiter: _Waiter) -> DIMSEResponse:
+        """The next response to a request of ours, within the DIMSE timeout."""
+        if waiter.responses:  # already here: no timer needed
+            return waiter.responses.popleft()
+        timeout = self.ae.config.timeouts.dimse
+        if timeout is None:
+            response = await waiter.get()
+        else:
+            with anyio.move_on_after(timeout) as scope:
+                response = await waiter.get()
+            if scope.cancelled_caught:
+                await self.abort()
+                raise errors.DIMSETimeout(f"no DIMSE response within {timeout} s")
+        if response is None:
+            self._raise_if_gone()
+            raise errors.AssociationError("association closed before the response")
+        return response
+
+    async def _abandon(self, msg_id: int, completed: bool) -> None:
+        self._pending.pop(msg_id, None)
+        if not completed and not self._closed.is_set():
+            # abandoned mid-operation (cancelled or an error): the peer's later responses
+            # could not be matched any more
+            await self.abort()
+
     async def request(
         self,
         context: PresentationContext,
@@ -823,41 +857,25 @@ class Association:
 
         ``message.message_id`` must come from :meth:`next_message_id`.  Each response must
         arrive within the DIMSE timeout, else the association is aborted and
-        :class:`~asyncdicom.errors.DIMSETimeout` raised.
+        :class:`~asyncdicom.errors.DIMSETimeout` raised.  Leaving the iteration early (or
+        being cancelled) before the final response aborts the association.
         """
-        self._raise_if_gone()
         assert self._invoke_limit is not None
-        msg_id: int = message.message_id  # type: ignore[union-attr]
-        if msg_id in self._pending:
-            raise errors.AssociationError(f"Message ID {msg_id} is already outstanding")
-        waiter = _Waiter()
         async with self._invoke_limit:
-            self._pending[msg_id] = waiter
+            msg_id, waiter = self._register(message)
             completed = False
             try:
                 await self.send_message(context, message, dataset)
-                timeout = self.ae.config.timeouts.dimse
                 while True:
-                    with anyio.move_on_after(timeout) as scope:
-                        response = await waiter.get()
-                    if scope.cancelled_caught:
-                        await self.abort()
-                        raise errors.DIMSETimeout(f"no DIMSE response within {timeout} s")
-                    if response is None:
-                        self._raise_if_gone()
-                        raise errors.AssociationError("association closed before the response")
+                    response = await self._next_response(waiter)
                     final = not _is_pending_status(getattr(response.message, "status", 0))
-                    if final:
-                        completed = True
+                    completed = final
                     yield response
                     if final:
                         return
             finally:
-                self._pending.pop(msg_id, None)
-                if not completed and not self._closed.is_set():
-                    # abandoned mid-operation (cancelled or an error): the peer's later
-                    # responses could not be matched any more
-                    await self.abort()
+                with anyio.CancelScope(shield=True):
+                    await self._abandon(msg_id, completed)
 
     async def request_one(
         self,
@@ -865,12 +883,25 @@ class Association:
         message: messages.Message,
         dataset: bytes | memoryview | Iterable[bytes] | AsyncIterator[bytes] | None = None,
     ) -> DIMSEResponse:
-        """Invoke a request that has exactly one response and return it."""
-        result: DIMSEResponse | None = None
-        async for response in self.request(context, message, dataset):
-            result = response
-        assert result is not None
-        return result
+        """Invoke a request that has exactly one response (C-ECHO, C-STORE, DIMSE-N) and
+        return it; as :meth:`request` otherwise."""
+        assert self._invoke_limit is not None
+        async with self._invoke_limit:
+            msg_id, waiter = self._register(message)
+            completed = False
+            try:
+                await self.send_message(context, message, dataset)
+                while True:
+                    response = await self._next_response(waiter)
+                    if not _is_pending_status(getattr(response.message, "status", 0)):
+                        completed = True
+                        return response
+            finally:
+                if completed:
+                    self._pending.pop(msg_id, None)
+                else:
+                    with anyio.CancelScope(shield=True):
+                        await self._abandon(msg_id, completed)
 
     # ------------------------------------------------------------------ services (SCU)
 
