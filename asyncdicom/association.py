@@ -770,8 +770,11 @@ class Association:
             cid = context.context_id
             now = self._now()
             try:
-                for hdr, payload in _fragments(command, size, command=True):
-                    self._ul.send_pdata(cid, hdr, payload, now=now)
+                if len(command) <= size:  # the usual case: one PDV, command and last bits set
+                    self._ul.send_pdata(cid, 0x03, command, now=now)
+                else:
+                    for hdr, payload in _fragments(command, size, command=True):
+                        self._ul.send_pdata(cid, hdr, payload, now=now)
                 if self.ae.hooks.wants(HookEvent.DIMSE_SENT):
                     self.ae.hooks.emit(HookEvent.DIMSE_SENT, self, message=message)
                 if dataset is None:

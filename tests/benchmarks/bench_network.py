@@ -295,8 +295,21 @@ SERVER_LABEL = {
 }
 
 
+#: async backend of the load generator (the same for every server); trio measured ~5-10 %
+#: faster than asyncio for this client on this machine
+LOADGEN_BACKEND = "trio"
+
+
+def _set_loadgen_backend(backend: str) -> None:
+    global LOADGEN_BACKEND
+    LOADGEN_BACKEND = backend
+
+
 def loadgen(op: str, port: int, *args: str, timeout: float) -> tuple[dict[str, Any] | None, Proc]:
-    p = run([PY, os.fspath(LOADGEN), op, LOCALHOST, str(port), *args], timeout=timeout)
+    p = run(
+        [PY, os.fspath(LOADGEN), op, LOCALHOST, str(port), *args, "--backend", LOADGEN_BACKEND],
+        timeout=timeout,
+    )
     return last_json(p.stdout), p
 
 
@@ -879,7 +892,7 @@ def print_tables(res: Results, env: dict[str, Any]) -> None:
             {True: "yes", False: "NO", None: "?"}[g.met],
         )
     console.print(tt)
-    console.print(f"environment: {json.dumps(env)}")
+    console.print(f"environment: {json.dumps(env)}; load generator backend: {LOADGEN_BACKEND}")
     for e in res.errors:
         console.print(f"[red]problem:[/red] {e}")
 
@@ -887,6 +900,12 @@ def print_tables(res: Results, env: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smaller counts for a fast run")
+    ap.add_argument(
+        "--loadgen-backend",
+        choices=("asyncio", "trio"),
+        default="trio",
+        help="async backend of the load generator, the same for every server (default trio)",
+    )
     ap.add_argument(
         "--only",
         nargs="+",
@@ -897,6 +916,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=None, help="runs per figure (best is kept)")
     ap.add_argument("--output", type=Path, default=ROOT / "bench-results" / "network.json")
     args = ap.parse_args(argv)
+    _set_loadgen_backend(args.loadgen_backend)
     require_dcmtk(("storescp", "storescu", "echoscu"))
     _raise_nofile()
     q = args.quick
