@@ -24,7 +24,7 @@ import inspect
 import itertools
 import math
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -50,7 +50,7 @@ from .protocol.events import (
     ReleaseRequested,
 )
 from .protocol.negotiation import NegotiatedAssociation, PresentationContext
-from .protocol.pdu import Abort, AssociateRJ, ReleaseRP, ReleaseRQ
+from .protocol.pdu import Abort, AssociateRJ, AssociateRQ, ReleaseRP, ReleaseRQ
 from .protocol.upper_layer import Role, UpperLayer
 from .transport import close_quietly, peer_address
 
@@ -180,6 +180,8 @@ class Association:
             self._ul.on_transition = self._on_transition
         self._assembler = dimse.MessageAssembler()
         self.negotiated: NegotiatedAssociation | None = None
+        #: requestor: the A-ASSOCIATE-RQ we sent (to interpret the AC against)
+        self._request: AssociateRQ | None = None
         self.log = get_logger(assoc_id=self.id, peer=f"{self.peer_host}:{self.peer_port}")
         self._tg: TaskGroup | None = None
         # fast_acquire: an uncontended lock costs no trip through the event loop
@@ -489,7 +491,6 @@ class Association:
         self.ae.hooks.emit(HookEvent.ASSOCIATION_ACCEPTED, self)
         self._established.set()
 
-    _request: Any = None
 
     def _setup_window(self) -> None:
         assert self.negotiated is not None
@@ -995,10 +996,6 @@ def _fragments(
         hdr = base | (0x02 if (last and end == n) else 0x00)
         out.append((hdr, view[start:end]))
     return out
-
-
-# used by ae.py for typing of handler callables
-Handler = Callable[[ServiceRequest], Awaitable[Any]] | Callable[[ServiceRequest], Any]
 
 
 def is_async_callable(fn: Any) -> bool:
