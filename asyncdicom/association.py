@@ -491,7 +491,6 @@ class Association:
         self.ae.hooks.emit(HookEvent.ASSOCIATION_ACCEPTED, self)
         self._established.set()
 
-
     def _setup_window(self) -> None:
         assert self.negotiated is not None
         invoked = self.negotiated.max_operations_invoked
