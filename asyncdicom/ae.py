@@ -82,7 +82,9 @@ class Timeouts:
 
     * ``connect``: TCP connection establishment.
     * ``acse``: waiting for A-ASSOCIATE-AC/RJ or A-RELEASE-RP.
-    * ``dimse``: waiting for each DIMSE response.
+    * ``dimse``: waiting for each DIMSE response, and for the next fragment of a message that
+      has started arriving (a peer stalling mid-transfer is aborted); not the pause between
+      messages.
     * ``network``: nothing received for this long aborts an established association.
     * ``artim``: PS3.8 ARTIM timer: how long an accepted connection may stay silent before its
       A-ASSOCIATE-RQ, and how long we wait for the peer to close after a reject, release

@@ -191,6 +191,7 @@ class Association:
         self._reader_unbounded = False
         self._artim_watch = False
         self._network_deadline = math.inf
+        self._message_deadline = math.inf
         #: set when a write was interrupted: part of a PDU may be on the wire, nothing more
         #: can be sent (not even an A-ABORT), the transport is closed
         self._torn = False
@@ -270,11 +271,19 @@ class Association:
         """
         task_status.started()
         network_timeout = self.ae.config.timeouts.network
+        dimse_timeout = self.ae.config.timeouts.dimse
+        assembler = self._assembler
         stream = self._stream
         try:
             while not self._closed.is_set():
                 if network_timeout is not None:
                     self._network_deadline = self._now() + network_timeout
+                # A message that has started must keep coming: the next fragment is due
+                # within the DIMSE timeout (a peer stalling mid-transfer is aborted).
+                if dimse_timeout is not None and not assembler.idle:
+                    self._message_deadline = self._now() + dimse_timeout
+                else:
+                    self._message_deadline = math.inf
                 deadline = self._deadline()
                 data: bytes | None
                 try:
@@ -307,7 +316,11 @@ class Association:
 
     def _deadline(self) -> float:
         artim = self._ul.timer_deadline()
-        return min(artim if artim is not None else math.inf, self._network_deadline)
+        return min(
+            artim if artim is not None else math.inf,
+            self._network_deadline,
+            self._message_deadline,
+        )
 
     def _update_deadline(self) -> None:
         """After an input from outside the reader: move the reader's deadline, or, if the
@@ -344,6 +357,11 @@ class Association:
             self.log.warning("network_timeout", timeout=self.ae.config.timeouts.network)
             self._abort_detail = "network timeout"
             self._network_deadline = math.inf
+            self._send_abort_now()
+        elif now >= self._message_deadline:
+            self.log.warning("dimse_timeout_mid_message", timeout=self.ae.config.timeouts.dimse)
+            self._abort_detail = "DIMSE timeout: a message in progress stopped arriving"
+            self._message_deadline = math.inf
             self._send_abort_now()
         await self._process_events()
 

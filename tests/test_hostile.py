@@ -850,3 +850,53 @@ async def test_max_associations_frees_a_slot_when_one_ends() -> None:
             scu.associate("127.0.0.1", server.port, called_aet="SCP") as b,
         ):
             assert await a.echo() == 0 and await b.echo() == 0
+
+
+# --------------------------------------------------------------------------- stalled transfers
+
+
+@pytest.mark.parametrize("stall_after_command", [True, False], ids=["no-data", "some-data"])
+async def test_transfer_stalled_mid_message_is_aborted_after_the_dimse_timeout(
+    tmp_path: Path, stall_after_command: bool
+) -> None:
+    """A peer that starts a C-STORE and then goes silent is aborted once the next fragment is
+    more than the DIMSE timeout late, and leaves no file, not even a temporary one."""
+    folder = tmp_path / "out"
+    dimse_timeout = 0.3
+    scp = AE("SCP", accept_any_storage=True, timeouts=Timeouts(dimse=dimse_timeout, artim=ARTIM))
+    handler_ended = anyio.Event()
+
+    @scp.on_store
+    async def on_store(request: Any) -> int:
+        try:
+            await request.save_to(folder)
+        finally:
+            handler_ended.set()
+        return 0x0000
+
+    async with scp.server() as server, RawPeer.connect(server.port) as peer:
+        ac = await peer.associate(associate_rq([(CT, [EXPLICIT])]))
+        context_id = ac.presentation_contexts[0].context_id
+        await peer.send(encode_pdata(context_id, 0x03, _store_command(1, "1.2.826.0.1.3")))
+        if not stall_after_command:
+            await peer.send(encode_pdata(context_id, 0x00, b"\x08\x00\x05\x00CS\x00\x00"))
+        silent_since = anyio.current_time()
+        await peer.expect_abort(source=0, reason=0)
+        assert anyio.current_time() - silent_since >= dimse_timeout * 0.9
+        with anyio.fail_after(GUARD):
+            await handler_ended.wait()
+    assert not folder.exists() or list(folder.iterdir()) == []
+
+
+async def test_idle_between_messages_is_not_a_dimse_timeout() -> None:
+    """The DIMSE timeout bounds a message in progress, not the pause between messages."""
+    scp = AE("SCP", timeouts=Timeouts(dimse=0.2))
+    async with scp.server() as server, RawPeer.connect(server.port) as peer:
+        ac = await peer.associate(associate_rq([(uids.VERIFICATION, [EXPLICIT])]))
+        context_id = ac.presentation_contexts[0].context_id
+        # wait (on a clock, not as synchronisation) longer than the DIMSE timeout
+        await anyio.sleep(0.5)
+        await peer.send_message(context_id, messages.CEchoRQ(message_id=1))
+        rsp = await peer.receive_command()
+        assert isinstance(rsp, messages.CEchoRSP) and rsp.status == 0
+        await peer.release()

@@ -566,7 +566,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="association negotiation timeout, also the ARTIM timer",
     )
-    p.add_argument("--dimse-timeout", type=float, default=60.0, metavar="S")
+    p.add_argument(
+        "--dimse-timeout",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="abort when a message in progress stops arriving for this long",
+    )
     p.add_argument(
         "--network-timeout",
         type=float,
