@@ -408,3 +408,49 @@ async def test_bad_protocol_version_rejected() -> None:
     rj = decode_pdu(reply[:10])
     assert isinstance(rj, AssociateRJ)
     assert (rj.result, rj.source, rj.reason) == (1, 2, 2)
+
+
+async def test_requestor_serves_requests_from_its_peer() -> None:
+    """With role selection, the acceptor can invoke operations on the requestor during the
+    same association (the shape C-GET and Storage Commitment need); the requestor answers
+    with its AE's handlers."""
+    from asyncdicom import ContextRequest, SupportedContext
+
+    scp = _scp(
+        supported_contexts=(
+            SupportedContext(
+                uids.VERIFICATION,
+                (uids.EXPLICIT_VR_LITTLE_ENDIAN, uids.IMPLICIT_VR_LITTLE_ENDIAN),
+                scu_role_allowed=True,
+                scp_role_allowed=True,
+            ),
+        )
+    )
+    answers: list[int] = []
+
+    @scp.on_echo
+    async def on_echo(request: Any) -> int:
+        # while answering the requestor's C-ECHO, send one back to it
+        answers.append(await request.association.echo())
+        return 0x0000
+
+    scu = AE("SCU")
+    served: list[str] = []
+
+    @scu.on_echo
+    async def scu_on_echo(request: Any) -> int:
+        served.append(request.association.called_ae_title)
+        return 0x0000
+
+    context = ContextRequest(
+        uids.VERIFICATION, (uids.EXPLICIT_VR_LITTLE_ENDIAN,), scu_role=True, scp_role=True
+    )
+    async with scp.server() as server:
+        async with scu.associate(
+            "127.0.0.1", server.port, called_aet="SCP", contexts=[context]
+        ) as assoc:
+            ctx = assoc.find_context(uids.VERIFICATION, role="scp")
+            assert ctx is not None and ctx.scu_role and ctx.scp_role
+            assert await assoc.echo() == 0x0000
+    assert answers == [0x0000]
+    assert served == ["SCP"]
