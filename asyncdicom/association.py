@@ -52,6 +52,7 @@ from .protocol.events import (
 from .protocol.negotiation import NegotiatedAssociation, PresentationContext
 from .protocol.pdu import Abort, AssociateRJ, AssociateRQ, ReleaseRP, ReleaseRQ
 from .protocol.upper_layer import Role, UpperLayer
+from .services.dispatch import default_response
 from .transport import close_quietly, peer_address
 
 if TYPE_CHECKING:
@@ -192,6 +193,7 @@ class Association:
         self._artim_watch = False
         self._network_deadline = math.inf
         self._message_deadline = math.inf
+        self._cached_fragment_size = 0
         #: set when a write was interrupted: part of a PDU may be on the wire, nothing more
         #: can be sent (not even an A-ABORT), the transport is closed
         self._torn = False
@@ -640,9 +642,10 @@ class Association:
             # No handler to run (C-ECHO's default, or an operation nobody handles): answer
             # at once from the reader, without a task.  Only when no message of ours is being
             # sent, so the reader never waits behind our own long transfer.
-            from .services.dispatch import default_response
-
-            await self.send_message(context, default_response(message))
+            response = default_response(message)
+            if not self._queue_one_pdu_message(context, response):
+                await self.send_message(context, response)
+            await self._flush()
             return
         # A request from the peer: run its handler in its own task.
         data_recv: MemoryObjectReceiveStream[memoryview] | None = None
@@ -779,7 +782,7 @@ class Association:
         """Send one DIMSE message (command set, then data set fragments) on ``context``."""
         self._raise_if_gone()
         try:
-            size = dimse.fragment_size(self._ul.peer_max_pdu_length)
+            size = self._fragment_size()
         except ValueError as exc:  # the peer announced a maximum too small to carry anything
             raise errors.AssociationError(str(exc)) from exc
         command = dimse.encode_command(message)
@@ -820,6 +823,29 @@ class Association:
             except LocalProtocolError as exc:
                 self._raise_if_gone()
                 raise errors.AssociationError(f"cannot send now: {exc}") from exc
+
+    def _queue_one_pdu_message(
+        self, context: PresentationContext, message: messages.Message
+    ) -> bool:
+        """Queue a message without a data set whose command set fits one PDV, at once.
+
+        Nothing awaits between the check and the queueing, so it cannot land inside another
+        message's fragments; the caller flushes.  False (nothing queued) if it does not fit.
+        """
+        command = dimse.encode_command(message)
+        if len(command) > self._fragment_size():
+            return False
+        self._ul.send_pdata(context.context_id, 0x03, command, now=self._now())
+        if self.ae.hooks.wants(HookEvent.DIMSE_SENT):
+            self.ae.hooks.emit(HookEvent.DIMSE_SENT, self, message=message)
+        return True
+
+    def _fragment_size(self) -> int:
+        size = self._cached_fragment_size
+        if size == 0:
+            # raises ValueError for a peer maximum too small to carry anything
+            size = self._cached_fragment_size = dimse.fragment_size(self._ul.peer_max_pdu_length)
+        return size
 
     async def _send_data(self, cid: int, data: memoryview, size: int, *, last: bool) -> None:
         queued = 0

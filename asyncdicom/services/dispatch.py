@@ -67,6 +67,12 @@ def _field_names(cls: type) -> frozenset[str]:
 
 def default_response(message: messages.Message) -> messages.Message:
     """The response to a request for which no handler is registered."""
+    if isinstance(message, messages.CEchoRQ):  # the common case, built directly
+        return messages.CEchoRSP(
+            message_id_being_responded_to=message.message_id,
+            status=0x0000,
+            affected_sop_class_uid=message.affected_sop_class_uid,
+        )
     return make_response(message, _default_status(message))
 
 
