@@ -843,6 +843,33 @@ def instance_differences(
         return _instance_differences(received, source)
 
 
+def instance_uid(path: str | os.PathLike[str]) -> str:
+    """The SOP Instance UID of a DICOM file (read without its pixel data)."""
+    from pydicom import dcmread
+
+    return str(dcmread(os.fspath(path), stop_before_pixels=True).SOPInstanceUID)
+
+
+def transfer_syntax_of(path: str | os.PathLike[str]) -> str:
+    """The Transfer Syntax UID in a Part 10 file's meta information."""
+    from pydicom import dcmread
+
+    return str(dcmread(os.fspath(path), stop_before_pixels=True).file_meta.TransferSyntaxUID)
+
+
+def assert_instances_match(
+    received: Iterable[str | os.PathLike[str]], sent: Sequence[str | os.PathLike[str]]
+) -> None:
+    """Every sent instance arrived exactly once and matches (UIDs, pixel data, values)."""
+    received = list(received)
+    got = {instance_uid(p): p for p in received}
+    want = {instance_uid(p): p for p in sent}
+    assert len(got) == len(received), "an instance arrived twice"
+    assert sorted(got) == sorted(want)
+    for uid, source in want.items():
+        assert instance_differences(got[uid], source) == [], os.fspath(source)
+
+
 def _instance_differences(
     received: str | os.PathLike[str], source: str | os.PathLike[str]
 ) -> list[str]:

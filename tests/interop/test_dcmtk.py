@@ -47,11 +47,14 @@ from asyncdicom.storage.synthetic import write_ct_files
 from asyncdicom.testing.peers import (
     DcmtkStoreSCP,
     ProposeOption,
+    assert_instances_match,
     dcmtk_env,
     echoscu_command,
     free_port,
     instance_differences,
+    instance_uid,
     storescu_command,
+    transfer_syntax_of,
 )
 
 pytestmark = [pytest.mark.interop, pytest.mark.anyio]
@@ -90,23 +93,8 @@ def ct_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def _uid_of(path: Path) -> str:
-    return str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)
-
-
-def _transfer_syntax_of(path: Path) -> str:
-    return str(dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID)
-
-
-def assert_instances_match(received: Iterable[Path], sent: Sequence[Path]) -> None:
-    """Every sent instance arrived exactly once and matches (UIDs, pixel data, values)."""
-    received = list(received)
-    got = {_uid_of(p): p for p in received}
-    want = {_uid_of(p): p for p in sent}
-    assert len(got) == len(received), "an instance arrived twice"
-    assert sorted(got) == sorted(want)
-    for uid, source in want.items():
-        assert instance_differences(got[uid], source) == [], source.name
+_uid_of = instance_uid
+_transfer_syntax_of = transfer_syntax_of
 
 
 async def run_dcmtk(command: list[str]) -> tuple[int, str]:

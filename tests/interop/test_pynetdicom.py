@@ -41,7 +41,12 @@ from asyncdicom.protocol.errors import RejectReason, RejectResult, RejectSource
 from asyncdicom.protocol.negotiation import ContextResult
 from asyncdicom.protocol.pdu import AssociateRQ, UserIdentityRQSubItem
 from asyncdicom.storage.synthetic import write_ct_files
-from asyncdicom.testing.peers import PynetdicomSCP, instance_differences
+from asyncdicom.testing.peers import (
+    PynetdicomSCP,
+    assert_instances_match,
+    instance_uid,
+    transfer_syntax_of,
+)
 
 pytestmark = [pytest.mark.interop, pytest.mark.anyio]
 
@@ -57,23 +62,8 @@ TEST_TIMEOUT = 60.0
 # --------------------------------------------------------------------------- helpers
 
 
-def _uid_of(path: Path) -> str:
-    return str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)
-
-
-def _transfer_syntax_of(path: Path) -> str:
-    return str(dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID)
-
-
-def assert_instances_match(received: Iterable[Path], sent: Sequence[Path]) -> None:
-    """Every sent instance arrived exactly once and matches (UIDs, pixel data, values)."""
-    received = list(received)
-    got = {_uid_of(p): p for p in received}
-    want = {_uid_of(p): p for p in sent}
-    assert len(got) == len(received), "an instance arrived twice"
-    assert sorted(got) == sorted(want)
-    for uid, source in want.items():
-        assert instance_differences(got[uid], source) == [], source.name
+_uid_of = instance_uid
+_transfer_syntax_of = transfer_syntax_of
 
 
 def _file_contexts(files: Iterable[Path]) -> dict[str, list[str]]:
