@@ -33,6 +33,7 @@ ephemeral one chosen by :func:`free_port`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import queue
@@ -230,9 +231,37 @@ def wait_for_port(
 # --------------------------------------------------------------------------------------------
 
 
+@functools.cache
+def find_dcmtk_program(program: str) -> str | None:
+    """Path of DCMTK's ``program``, or None.
+
+    ``$ASYNCDICOM_DCMTK_BIN`` (a folder) wins if set.  Otherwise PATH is searched, skipping
+    programs of the same name that are not DCMTK's: pynetdicom installs its own ``storescp``,
+    ``storescu`` and ``echoscu`` scripts, which come first on PATH in many Python set-ups.
+    A candidate counts as DCMTK when its ``--version`` output names DCMTK.
+    """
+    override = os.environ.get("ASYNCDICOM_DCMTK_BIN")
+    folders = [override] if override else os.environ.get("PATH", os.defpath).split(os.pathsep)
+    for folder in folders:
+        candidate = shutil.which(program, path=folder) if folder else None
+        if candidate is not None and _is_dcmtk(candidate):
+            return candidate
+    return None
+
+
+def _is_dcmtk(path: str) -> bool:
+    try:
+        out = subprocess.run(
+            [path, "--version"], capture_output=True, text=True, timeout=30, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return "dcmtk" in (out.stdout + out.stderr).lower()
+
+
 def missing_dcmtk_programs(programs: Iterable[str] = DCMTK_PROGRAMS) -> list[str]:
-    """Names of the given DCMTK programs that are not on PATH."""
-    return [name for name in programs if shutil.which(name) is None]
+    """Names of the given DCMTK programs that cannot be found (see :func:`find_dcmtk_program`)."""
+    return [name for name in programs if find_dcmtk_program(name) is None]
 
 
 def require_dcmtk(programs: Iterable[str] = DCMTK_PROGRAMS) -> None:
@@ -243,12 +272,12 @@ def require_dcmtk(programs: Iterable[str] = DCMTK_PROGRAMS) -> None:
             "DCMTK programs not found on PATH: "
             + ", ".join(missing)
             + " (install DCMTK, e.g. `apt-get install dcmtk` on Debian/Ubuntu or "
-            "`brew install dcmtk` on macOS)"
+            "`brew install dcmtk` on macOS; or set ASYNCDICOM_DCMTK_BIN to its folder)"
         )
 
 
 def _dcmtk(program: str) -> str:
-    path = shutil.which(program)
+    path = find_dcmtk_program(program)
     if path is None:
         require_dcmtk([program])
         raise AssertionError("unreachable")  # pragma: no cover - require_dcmtk raised

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import shutil
 import socket
 from collections.abc import Iterable
@@ -181,3 +182,26 @@ async def test_pynetdicom_scp_start_failure_carries_its_log(tmp_path: Path) -> N
 def test_dcmtk_pdu_range_is_checked() -> None:
     with pytest.raises(ValueError):
         DcmtkStoreSCP(max_pdu=1024)
+
+
+def test_dcmtk_lookup_skips_other_programs_with_dcmtk_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, require_dcmtk: None
+) -> None:
+    """pynetdicom installs scripts named storescp/storescu/echoscu that often come first on
+    PATH; the harness must still run DCMTK's."""
+    from asyncdicom.testing.peers import find_dcmtk_program
+
+    impostor = tmp_path / "storescp"
+    impostor.write_text("#!/bin/sh\necho 'storescp.py v3.0 (not the real one)'\n")
+    impostor.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.delenv("ASYNCDICOM_DCMTK_BIN", raising=False)
+    find_dcmtk_program.cache_clear()
+    try:
+        found = find_dcmtk_program("storescp")
+        assert found is not None and Path(found) != impostor
+        monkeypatch.setenv("ASYNCDICOM_DCMTK_BIN", str(tmp_path))
+        find_dcmtk_program.cache_clear()
+        assert find_dcmtk_program("storescp") is None
+    finally:
+        find_dcmtk_program.cache_clear()
