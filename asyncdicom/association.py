@@ -20,7 +20,6 @@ because the peer's late answer could no longer be matched reliably.
 
 from __future__ import annotations
 
-import inspect
 import itertools
 import math
 from collections import deque
@@ -200,7 +199,6 @@ class Association:
         # outcome
         self._established = anyio.Event()
         self._closed = anyio.Event()
-        self._release_done = anyio.Event()
         self.rejection: AssociateRJ | None = None
         self.abort_info: AssociationAborted | None = None
         self._abort_detail = ""
@@ -464,7 +462,6 @@ class Association:
         """The transport is gone or going: wake every waiter, close the stream."""
         self._closed.set()
         self._established.set()
-        self._release_done.set()
         for waiter in list(self._pending.values()):
             waiter.close()
         self._pending.clear()
@@ -566,7 +563,6 @@ class Association:
             # collision, acceptor side (Sta12): now send our RP (AR-4)
             assert self._tg is not None
             self._tg.start_soon(self._answer_release)
-        self._release_done.set()
 
     async def release(self) -> None:
         """Release the association (A-RELEASE) and wait for the peer's confirmation.
@@ -1039,10 +1035,3 @@ def _fragments(
         hdr = base | (0x02 if (last and end == n) else 0x00)
         out.append((hdr, view[start:end]))
     return out
-
-
-def is_async_callable(fn: Any) -> bool:
-    """True for ``async def`` functions (and callables whose __call__ is one)."""
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
-        getattr(fn, "__call__", None)  # noqa: B004
-    )

@@ -11,6 +11,7 @@ any, has been read into ``request.data``.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -88,8 +89,6 @@ async def serve(
     association: Association, request: ServiceRequest, complete: anyio.Event | None
 ) -> None:
     """Run the handler registered for ``request`` and send the response."""
-    from ..association import is_async_callable
-
     message = request.message
     if isinstance(message, messages.CCancelRQ):
         association.ae._on_cancel(association, message)
@@ -146,3 +145,10 @@ def _status_for_exception(message: messages.Message, exc: Exception) -> int:
             return 0xA700
         return 0xC000
     return int(Status.PROCESSING_FAILURE)
+
+
+def is_async_callable(fn: Any) -> bool:
+    """True for ``async def`` functions (and callables whose __call__ is one)."""
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)  # noqa: B004
+    )
