@@ -70,6 +70,7 @@ __all__ = [
     "fragment_command",
     "fragment_dataset",
     "fragment_size",
+    "pdv_fragments",
 ]
 
 #: PDU length used when the peer announced 0 (no limit), and the largest we ever send.
@@ -374,20 +375,39 @@ def _check_context_id(context_id: int) -> None:
         raise ValueError(f"presentation context ID {context_id} is not an odd number 1-255")
 
 
+def pdv_fragments(
+    data: bytes | bytearray | memoryview, size: int, *, command: bool, last: bool = True
+) -> Iterator[tuple[int, memoryview]]:
+    """``(message control header, payload)`` for each PDV of at most ``size`` bytes (from
+    :func:`fragment_size`) carrying ``data``, one PDV per PDU (PS3.8 Annex E.2).
+
+    ``command`` sets the command bit; ``last`` marks the final fragment as the last one of its
+    command set or data set (an empty ``data`` then gives one empty last fragment; without
+    ``last`` nothing).  Payloads are memoryview slices of ``data``: nothing is copied.
+    """
+    view = memoryview(data).cast("B")
+    base = _COMMAND if command else 0
+    total = len(view)
+    if total == 0:
+        if last:
+            yield base | _LAST, view
+        return
+    final_header = base | _LAST if last else base
+    for offset in range(0, total, size):
+        end = offset + size
+        yield (final_header if end >= total else base), view[offset:end]
+
+
 def fragment_command(context_id: int, command: bytes, max_pdu_length: int) -> list[bytes]:
     """The P-DATA-TF PDUs carrying an encoded command set (one PDV each, PS3.8 E.1)."""
     _check_context_id(context_id)
     size = fragment_size(max_pdu_length)
-    total = len(command)
-    if total <= size:
+    if len(command) <= size:
         return [encode_pdata(context_id, _COMMAND | _LAST, command)]
-    view = memoryview(command)
-    pdus = []
-    for offset in range(0, total, size):
-        end = offset + size
-        header = _COMMAND | _LAST if end >= total else _COMMAND
-        pdus.append(encode_pdata(context_id, header, view[offset:end]))
-    return pdus
+    return [
+        encode_pdata(context_id, header, payload)
+        for header, payload in pdv_fragments(command, size, command=True)
+    ]
 
 
 def command_pdus(context_id: int, message: Message, max_pdu_length: int) -> list[bytes]:
@@ -417,15 +437,8 @@ def fragment_dataset(
 
 
 def _fragment_dataset(context_id: int, view: memoryview, size: int, last: bool) -> Iterator[bytes]:
-    total = len(view)
-    if total == 0:
-        if last:
-            yield encode_pdata(context_id, _LAST, b"")
-        return
-    final_header = _LAST if last else 0
-    for offset in range(0, total, size):
-        end = offset + size
-        yield encode_pdata(context_id, final_header if end >= total else 0, view[offset:end])
+    for header, payload in pdv_fragments(view, size, command=False, last=last):
+        yield encode_pdata(context_id, header, payload)
 
 
 class DatasetFragmenter:

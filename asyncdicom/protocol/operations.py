@@ -1,0 +1,332 @@
+"""DIMSE operation bookkeeping, sans-IO (PS3.7 sections 9.1, 10.1 and Annex D.3.3.3).
+
+:class:`DIMSEOperations` sits on top of :class:`~asyncdicom.protocol.dimse.MessageAssembler`
+for one established association and owns every rule about *operations* (a request and its
+responses), in both directions:
+
+* **Message IDs** of the requests we invoke: allocated so that no two outstanding requests of
+  ours share one (PS3.7 9.1.1.1.1: unique "among the operations outstanding").
+* **Outstanding operations** in both directions, bounded by the negotiated asynchronous
+  operations window (PS3.7 D.3.3.3): ``max_invoked`` for ours, ``max_performed`` for the
+  peer's (0 = unlimited; without a negotiated window both are 1).  Invoking beyond our limit is a
+  :class:`~asyncdicom.protocol.errors.LocalProtocolError`; a peer that invokes beyond its limit
+  has broken the negotiation: :class:`~asyncdicom.protocol.errors.DIMSEError` (A-ABORT).
+* **Matching responses** to our requests by Message ID Being Responded To, **pending vs
+  final** (Pending statuses 0xFF00/0xFF01 keep the operation open, anything else ends it), and
+  a response to no outstanding request is a protocol error.
+* **C-CANCEL routing** (PS3.7 9.3.2.3 ff.): a received C-CANCEL-RQ is reported for the
+  operation it names, if we are performing it (a late C-CANCEL that crosses the final response
+  is normal and reported with ``known=False``); :meth:`DIMSEOperations.cancel` builds ours and
+  refuses it for operations that cannot be cancelled.
+* **Data-set routing**: every data-set fragment is reported together with the operation it
+  belongs to (the message whose command set preceded it, on the same presentation context), and
+  a message on a presentation context that was not accepted is a protocol error.
+
+Operations we gave up on locally (cancelled before their final response) stay outstanding until
+that final response comes: the window slot is still taken on the peer's side, and its late
+responses must still match (:meth:`DIMSEOperations.abandon`).
+
+Nothing here does I/O, reads a clock, or imports an async library.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from .dimse import CommandReceived, MessageAssembler
+from .errors import DIMSEError, LocalProtocolError
+from .messages import CCancelRQ, CFindRQ, CGetRQ, CMoveRQ, Message, Request, Response
+from .pdu import PDataTF
+
+__all__ = [
+    "CANCELLABLE",
+    "CancelReceived",
+    "DIMSEOperations",
+    "FragmentReceived",
+    "Invocation",
+    "OperationEvent",
+    "RequestReceived",
+    "ResponseReceived",
+    "is_pending",
+]
+
+#: requests that C-CANCEL-RQ applies to (PS3.7 9.3.2.3, 9.3.3.3, 9.3.4.3)
+CANCELLABLE: frozenset[type[Request]] = frozenset({CFindRQ, CGetRQ, CMoveRQ})
+
+_PENDING = frozenset({0xFF00, 0xFF01})
+
+
+def is_pending(status: int) -> bool:
+    """True for the Pending statuses (0xFF00, 0xFF01): more responses follow (PS3.7 9.1.2.1)."""
+    return status in _PENDING
+
+
+@dataclass(frozen=True, slots=True)
+class RequestReceived:
+    """The peer invoked an operation: its command set is complete.
+
+    If ``message.has_dataset``, :class:`FragmentReceived` events with the same
+    ``message_id`` follow.
+    """
+
+    context_id: int
+    message: Message
+
+    @property
+    def message_id(self) -> int:
+        """The request's Message ID (the key to answer it with)."""
+        return self.message.message_id  # type: ignore[union-attr]
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseReceived:
+    """A response to one of our requests; ``final`` is False for Pending statuses.
+
+    ``abandoned`` is True when we had given the operation up (:meth:`DIMSEOperations.abandon`):
+    nobody waits for it any more.  If ``message.has_dataset``, :class:`FragmentReceived` events
+    follow.
+    """
+
+    context_id: int
+    message: Message
+    final: bool
+    abandoned: bool = False
+
+    @property
+    def message_id(self) -> int:
+        """The Message ID of our request that this answers."""
+        return self.message.message_id_being_responded_to  # type: ignore[union-attr]
+
+
+@dataclass(frozen=True, slots=True)
+class CancelReceived:
+    """The peer sent C-CANCEL-RQ for ``message_id``; ``known`` is False when we are not
+    performing such an operation (it already ended: the C-CANCEL crossed its final response)."""
+
+    context_id: int
+    message_id: int
+    known: bool
+
+
+@dataclass(frozen=True, slots=True)
+class FragmentReceived:
+    """One data-set fragment of the message identified by ``message_id`` (a request of the
+    peer's when ``response`` is False, else a response to ours); a zero-copy view of the PDU.
+    ``last`` ends that message's data set."""
+
+    context_id: int
+    message_id: int
+    response: bool
+    data: memoryview
+    last: bool
+
+
+OperationEvent = RequestReceived | ResponseReceived | CancelReceived | FragmentReceived
+
+
+@dataclass(slots=True)
+class Invocation:
+    """One operation we invoked and whose final response has not arrived."""
+
+    context_id: int
+    request: Request
+    #: C-CANCEL-RQ sent for it
+    cancel_requested: bool = False
+    #: we gave it up: its responses are still matched, then dropped
+    abandoned: bool = False
+    #: number of Pending responses received so far
+    pending_responses: int = 0
+
+
+class DIMSEOperations:
+    """The DIMSE operations of one association: invoked and performed, by Message ID.
+
+    ``accepted_contexts`` are the IDs of the accepted presentation contexts; ``max_invoked`` and
+    ``max_performed`` the negotiated window from this side's point of view (0 = unlimited).
+    """
+
+    __slots__ = (
+        "_accepted",
+        "_assembler",
+        "_current",
+        "_ids",
+        "invoked",
+        "max_invoked",
+        "max_performed",
+        "performed",
+    )
+
+    def __init__(
+        self,
+        accepted_contexts: Iterable[int],
+        *,
+        max_invoked: int = 1,
+        max_performed: int = 1,
+        max_command_length: int = 65536,
+    ) -> None:
+        if max_invoked < 0 or max_performed < 0:
+            raise ValueError("window sizes are >= 0 (0 = unlimited)")
+        self._accepted = frozenset(accepted_contexts)
+        self._assembler = MessageAssembler(max_command_length)
+        self.max_invoked = max_invoked
+        self.max_performed = max_performed
+        #: our outstanding operations, by Message ID
+        self.invoked: dict[int, Invocation] = {}
+        #: the peer's operations we are performing (request received, final response not yet
+        #: sent), by Message ID: the value is the presentation context ID
+        self.performed: dict[int, int] = {}
+        self._ids = itertools.cycle(range(1, 65536))
+        #: (message ID, is response) of the message whose data set is arriving
+        self._current: tuple[int, bool] = (0, False)
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def idle(self) -> bool:
+        """True between messages (nothing partially received)."""
+        return self._assembler.idle
+
+    @property
+    def can_invoke(self) -> bool:
+        """True when the window allows one more operation of ours."""
+        return self.max_invoked == 0 or len(self.invoked) < self.max_invoked
+
+    @property
+    def outstanding(self) -> int:
+        """How many operations of ours are outstanding (abandoned ones included)."""
+        return len(self.invoked)
+
+    # ------------------------------------------------------------------ invoking
+
+    def next_message_id(self) -> int:
+        """A Message ID that no outstanding operation of ours uses."""
+        invoked = self.invoked
+        for _ in range(65535):
+            mid = next(self._ids)
+            if mid not in invoked:
+                return mid
+        raise LocalProtocolError("every Message ID is in use by an outstanding operation")
+
+    def invoke(self, context_id: int, request: Request) -> Invocation:
+        """Record that we are sending ``request`` (a new operation) on ``context_id``.
+
+        Raises :class:`LocalProtocolError` if the context is not accepted, the Message ID is
+        outstanding already, or the window is full (wait for an operation to end first).
+        """
+        if isinstance(request, CCancelRQ):
+            raise LocalProtocolError("C-CANCEL-RQ is not an operation: use cancel()")
+        if context_id not in self._accepted:
+            raise LocalProtocolError(f"presentation context {context_id} was not accepted")
+        msg_id: int = request.message_id  # type: ignore[attr-defined]
+        if msg_id in self.invoked:
+            raise LocalProtocolError(f"Message ID {msg_id} is already outstanding")
+        if not self.can_invoke:
+            raise LocalProtocolError(
+                f"the asynchronous operations window allows {self.max_invoked} outstanding "
+                "operation(s)"
+            )
+        invocation = Invocation(context_id, request)
+        self.invoked[msg_id] = invocation
+        return invocation
+
+    def cancel(self, message_id: int) -> CCancelRQ:
+        """The C-CANCEL-RQ to send (on the operation's context) for our operation
+        ``message_id``; raises :class:`LocalProtocolError` if it is not outstanding or is not a
+        C-FIND, C-GET or C-MOVE."""
+        invocation = self.invoked.get(message_id)
+        if invocation is None:
+            raise LocalProtocolError(f"no outstanding operation with Message ID {message_id}")
+        if type(invocation.request) not in CANCELLABLE:
+            raise LocalProtocolError(f"{invocation.request.NAME} cannot be cancelled")
+        invocation.cancel_requested = True
+        return CCancelRQ(message_id_being_responded_to=message_id)
+
+    def abandon(self, message_id: int) -> None:
+        """We no longer want the responses to ``message_id``: they are still matched (the peer
+        has not finished it) and reported with ``abandoned=True`` until the final one."""
+        invocation = self.invoked.get(message_id)
+        if invocation is not None:
+            invocation.abandoned = True
+
+    def forget(self, message_id: int) -> None:
+        """Drop ``message_id`` from the outstanding operations (after sending it failed: the
+        peer never received a complete request)."""
+        self.invoked.pop(message_id, None)
+
+    # ------------------------------------------------------------------ performing
+
+    def respond(self, message_id: int, response: Response) -> None:
+        """Record that we are sending ``response`` to the peer's operation ``message_id``; a
+        final (non-Pending) response ends it.  Raises :class:`LocalProtocolError` if we are not
+        performing such an operation, or the response does not answer it."""
+        if message_id not in self.performed:
+            raise LocalProtocolError(f"no operation of the peer with Message ID {message_id}")
+        answered = getattr(response, "message_id_being_responded_to", None)
+        if answered != message_id:
+            raise LocalProtocolError(
+                f"response to Message ID {answered} sent for operation {message_id}"
+            )
+        if response.status not in _PENDING:
+            del self.performed[message_id]
+
+    def finish(self, message_id: int) -> None:
+        """End the peer's operation ``message_id`` without a response (the association is
+        going away, or the operation is one that is never answered)."""
+        self.performed.pop(message_id, None)
+
+    # ------------------------------------------------------------------ input
+
+    def receive(self, pdu: PDataTF) -> list[OperationEvent]:
+        """Process one P-DATA-TF PDU from the peer.
+
+        Raises :class:`DIMSEError` for what the peer must not do: fragments out of order (see
+        :class:`MessageAssembler`), a message on a context that was not accepted, a response to
+        no outstanding operation, a request whose Message ID is already being performed, or one
+        operation more than the negotiated window allows.
+        """
+        out: list[OperationEvent] = []
+        for event in self._assembler.receive(pdu):
+            if isinstance(event, CommandReceived):
+                out.append(self._on_command(event.context_id, event.message))
+            else:
+                msg_id, is_response = self._current
+                out.append(
+                    FragmentReceived(event.context_id, msg_id, is_response, event.data, event.last)
+                )
+        return out
+
+    def _on_command(self, context_id: int, message: Message) -> OperationEvent:
+        if context_id not in self._accepted:
+            raise DIMSEError(
+                f"{message.NAME} on presentation context {context_id}, which was not accepted"
+            )
+        if message.is_response:
+            msg_id = getattr(message, "message_id_being_responded_to", None)
+            invocation = self.invoked.get(msg_id) if msg_id is not None else None
+            if msg_id is None or invocation is None:
+                raise DIMSEError(f"{message.NAME} to Message ID {msg_id}, which is not outstanding")
+            status: int = message.status  # type: ignore[union-attr]
+            final = status not in _PENDING
+            if final:
+                del self.invoked[msg_id]
+            else:
+                invocation.pending_responses += 1
+            self._current = (msg_id, True)
+            return ResponseReceived(context_id, message, final, invocation.abandoned)
+        if isinstance(message, CCancelRQ):
+            target = message.message_id_being_responded_to
+            return CancelReceived(context_id, target, target in self.performed)
+        msg_id = message.message_id  # type: ignore[union-attr]
+        performed = self.performed
+        if msg_id in performed:
+            raise DIMSEError(f"{message.NAME} with Message ID {msg_id}, which is still in progress")
+        if self.max_performed and len(performed) >= self.max_performed:
+            raise DIMSEError(
+                f"{message.NAME} beyond the negotiated asynchronous operations window "
+                f"({self.max_performed} outstanding operation(s) of the peer at most)"
+            )
+        performed[msg_id] = context_id
+        self._current = (msg_id, False)
+        return RequestReceived(context_id, message)
