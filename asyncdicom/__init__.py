@@ -8,20 +8,38 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .ae import AE, AEConfig, ContextRequest, IdentityDecision, Server, SupportedContext, Timeouts
-from .association import Association, ServiceRequest
+from . import presets
+from .ae import AE, Server
+from .association import DIMSEResponse, IncomingRequest, Operation
+from .config import AEConfig, Timeouts
 from .hooks import HookEvent
+from .protocol import uids
+from .protocol.messages import Priority
+from .protocol.negotiation import ContextRequest, IdentityDecision, SupportedContext
+from .protocol.status import Status, StatusCategory
+from .services import HandlerRegistry, Service, ServiceRequest
+from .services import ServiceAssociation as Association
 
 __all__ = [
     "AE",
     "AEConfig",
     "Association",
     "ContextRequest",
+    "DIMSEResponse",
+    "HandlerRegistry",
     "HookEvent",
     "IdentityDecision",
+    "IncomingRequest",
+    "Operation",
+    "Priority",
     "Server",
+    "Service",
     "ServiceRequest",
+    "Status",
+    "StatusCategory",
     "SupportedContext",
     "Timeouts",
     "__version__",
+    "presets",
+    "uids",
 ]

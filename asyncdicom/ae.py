@@ -11,6 +11,11 @@
 ...     await request.save_to("/data/incoming")
 ...     return 0x0000
 >>> await scp.serve("0.0.0.0", 11112)
+
+Handlers are registered per (DIMSE command, SOP class) with a fallback per command
+(``ae.on("N-ACTION", sop_class=...)``); services plug in with :meth:`AE.add_service`.  Every
+callback follows one rule: ``async def`` runs on the event loop, a plain function in a worker
+thread (hook callbacks, which only observe, excepted: see :mod:`asyncdicom.hooks`).
 """
 
 from __future__ import annotations
@@ -18,14 +23,14 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar, overload
 
 import anyio
 from anyio.abc import ByteStream, TaskStatus
 
 from . import errors, transport
-from .association import Association, ServiceRequest
+from .association import Association
+from .config import DEFAULT_TRANSFER_SYNTAXES, AEConfig, Timeouts
 from .hooks import HookEvent, Hooks
 from .log import get_logger
 from .protocol import messages, uids
@@ -53,6 +58,14 @@ from .protocol.pdu import (
     UserIdentityRQSubItem,
 )
 from .protocol.upper_layer import Role
+from .services import (
+    DEFAULT_SERVICES,
+    HandlerRegistry,
+    Service,
+    ServiceAssociation,
+    ServiceDispatcher,
+    call,
+)
 
 __all__ = [
     "AE",
@@ -64,82 +77,16 @@ __all__ = [
     "Timeouts",
 ]
 
-#: transfer syntaxes proposed for a SOP class given as a bare UID
-DEFAULT_TRANSFER_SYNTAXES: tuple[str, ...] = (
-    uids.EXPLICIT_VR_LITTLE_ENDIAN,
-    uids.IMPLICIT_VR_LITTLE_ENDIAN,
-)
+#: decides on a requestor's user identity: ``(rq, item) -> IdentityDecision`` (async or plain)
+IdentityHandler = Callable[
+    [AssociateRQ, UserIdentityRQSubItem], Awaitable[IdentityDecision] | IdentityDecision
+]
+#: answers a SOP Class Extended Negotiation item: ``item -> bytes | None`` (async or plain)
+ExtendedNegotiationCallback = Callable[
+    [SOPClassExtendedNegotiationSubItem], Awaitable[bytes | None] | bytes | None
+]
 
-
-#: bounds of the maximum PDU length we announce (PS3.8 Annex D.1)
-MIN_MAX_PDU_LENGTH = 1024
-MAX_MAX_PDU_LENGTH = 128 * 1024 * 1024
-
-
-@dataclass(frozen=True, slots=True)
-class Timeouts:
-    """Timeouts in seconds (``None`` = wait forever).
-
-    * ``connect``: TCP connection establishment.
-    * ``acse``: waiting for A-ASSOCIATE-AC/RJ or A-RELEASE-RP.
-    * ``dimse``: waiting for each DIMSE response, and for the next fragment of a message that
-      has started arriving (a peer stalling mid-transfer is aborted); not the pause between
-      messages.
-    * ``network``: nothing received for this long aborts an established association.
-    * ``artim``: PS3.8 ARTIM timer: how long an accepted connection may stay silent before its
-      A-ASSOCIATE-RQ, and how long we wait for the peer to close after a reject, release
-      response or abort.
-    """
-
-    connect: float | None = 30.0
-    acse: float | None = 30.0
-    dimse: float | None = 60.0
-    network: float | None = None
-    artim: float = 30.0
-
-
-@dataclass(frozen=True, slots=True)
-class AEConfig:
-    """Frozen configuration of an :class:`AE`.
-
-    ``max_pdu_length`` is the largest P-DATA-TF we accept (announced in A-ASSOCIATE).
-    ``async_ops_window`` is (max invoked, max performed); ``None`` proposes no window, i.e.
-    synchronous operation, which every peer understands.
-    """
-
-    ae_title: str = "ASYNCDICOM"
-    max_pdu_length: int = 262144
-    timeouts: Timeouts = field(default_factory=Timeouts)
-    implementation_class_uid: str = uids.IMPLEMENTATION_CLASS_UID
-    implementation_version_name: str | None = uids.IMPLEMENTATION_VERSION_NAME
-    max_associations: int = 1000
-    require_called_ae_title: bool = False
-    allowed_calling_ae_titles: frozenset[str] | None = None
-    async_ops_window: tuple[int, int] | None = None
-    accept_any_storage: bool = False
-    storage_transfer_syntaxes: tuple[str, ...] = uids.ALL_TRANSFER_SYNTAXES
-    supported_contexts: tuple[SupportedContext, ...] = ()
-    #: acceptor: answers SOP Class Extended Negotiation items (PS3.7 D.3.3.5); return the
-    #: service-class application information to send back, or None to not answer
-    extended_negotiation_handler: ExtendedNegotiationHandler | None = None
-    #: C-STORE SCP: run every file operation of ``save_to`` in a worker thread (for slow or
-    #: network file systems); by default only full 1 MiB writes do, and creating, small
-    #: writes and renaming run in the event loop's thread, which is faster on a local disk
-    file_io_in_threads: bool = False
-
-    def __post_init__(self) -> None:
-        # We buffer one whole PDU while decoding it, so what we announce is also the memory a
-        # peer may make us hold per association: it must be finite (0 would mean unlimited).
-        if not MIN_MAX_PDU_LENGTH <= self.max_pdu_length <= MAX_MAX_PDU_LENGTH:
-            raise ValueError(
-                f"max_pdu_length must be {MIN_MAX_PDU_LENGTH}..{MAX_MAX_PDU_LENGTH} bytes, "
-                f"not {self.max_pdu_length} (0, unlimited, is not offered: memory stays bounded)"
-            )
-        if self.max_associations < 1:
-            raise ValueError("max_associations must be at least 1")
-
-
-IdentityHandler = Callable[[AssociateRQ, UserIdentityRQSubItem], Awaitable[IdentityDecision]]
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 class Server:
@@ -152,8 +99,8 @@ class Server:
 
     @property
     def associations(self) -> frozenset[Association]:
-        """The associations currently open on this AE."""
-        return frozenset(self.ae._associations)
+        """The associations this server accepted that are still open."""
+        return frozenset(a for a in self.ae._associations if a.role is Role.ACCEPTOR)
 
     def close(self) -> None:
         """Stop listening and abort nothing: open associations are cancelled with the server."""
@@ -164,9 +111,10 @@ class AE:
     """A DICOM application entity, requestor and/or acceptor.
 
     Configuration is an :class:`AEConfig` (give one, or its fields as keyword arguments).
-    Handlers are registered per DIMSE request type; the same handlers serve requests arriving
-    on associations this AE accepted *and* on associations it requested (C-GET's C-STOREs,
-    N-EVENT-REPORTs).
+    Handlers are registered per (DIMSE request, SOP class) with a per-request fallback; the
+    same handlers serve requests arriving on associations this AE accepted *and* on
+    associations it requested (C-GET's C-STOREs, N-EVENT-REPORTs).  An association may have
+    handlers of its own (``assoc.on(...)``), which come first.
     """
 
     #: process-wide count of :attr:`internal_errors` (the test suite asserts it stays 0)
@@ -183,8 +131,13 @@ class AE:
         self.config: AEConfig = dataclasses.replace(base, **overrides)
         _check_ae_title(self.config.ae_title)
         self.hooks = Hooks()
-        self._handlers: dict[type, Callable[..., Any]] = {}
+        #: handlers by (request, SOP class)
+        self.handlers = HandlerRegistry()
+        #: the services this AE has (their defaults answer requests without a handler)
+        self.services: list[Service] = list(DEFAULT_SERVICES)
+        self._dispatcher = ServiceDispatcher(self.handlers, self.services)
         self._identity_handler: IdentityHandler | None = None
+        self._extended_negotiation: ExtendedNegotiationCallback | None = None
         self._associations: set[Association] = set()
         #: connections that ended because of an unexpected error in asyncdicom itself (each is
         #: logged; the server goes on serving the others)
@@ -198,36 +151,90 @@ class AE:
 
     # ------------------------------------------------------------------ handlers
 
-    def set_handler(self, request_type: type, handler: Callable[..., Any] | None) -> None:
-        """Handle requests of ``request_type`` (e.g. ``messages.CStoreRQ``) with ``handler``."""
+    def add_service(self, service: Service) -> None:
+        """Plug in a service: its defaults answer its requests when no handler is
+        registered, and with ``accept_by_default`` the acceptor accepts its SOP classes."""
+        if service not in self.services:
+            self.services.append(service)
+
+    def set_handler(
+        self,
+        command: str | type[messages.Message],
+        handler: Callable[..., Any] | None,
+        *,
+        sop_class: str | None = None,
+    ) -> None:
+        """Handle ``command`` (a request class such as ``messages.NActionRQ`` or a name such
+        as ``"N-ACTION"``) with ``handler``, for ``sop_class`` only or, with ``None``, for
+        every SOP class that has no handler of its own.  ``handler=None`` unregisters."""
+        self.handlers.set(command, handler, sop_class=sop_class)
+
+    def handler_for(
+        self, command: str | type[messages.Message], sop_class: str | None = None
+    ) -> Callable[..., Any] | None:
+        """The handler that serves ``command`` on ``sop_class``, if any."""
+        return self.handlers.get(command, sop_class)
+
+    def on(
+        self, command: str | type[messages.Message], *, sop_class: str | None = None
+    ) -> Callable[[F], F]:
+        """Decorator: ``@ae.on("N-ACTION", sop_class=UID)`` handles that request (see the
+        handler forms in :mod:`asyncdicom.services.base`)."""
+        return self.handlers.on(command, sop_class=sop_class)
+
+    @overload
+    def on_echo(self, handler: F, /) -> F: ...
+    @overload
+    def on_echo(
+        self, handler: None = None, /, *, sop_class: str | None = None
+    ) -> Callable[[F], F]: ...
+    def on_echo(self, handler: Any = None, /, *, sop_class: str | None = None) -> Any:
+        """Decorator (bare or with ``sop_class=``): handle C-ECHO-RQ (the default answers
+        0x0000)."""
+        return self._decorate(messages.CEchoRQ, handler, sop_class)
+
+    @overload
+    def on_store(self, handler: F, /) -> F: ...
+    @overload
+    def on_store(
+        self, handler: None = None, /, *, sop_class: str | None = None
+    ) -> Callable[[F], F]: ...
+    def on_store(self, handler: Any = None, /, *, sop_class: str | None = None) -> Any:
+        """Decorator (bare or with ``sop_class=``): handle C-STORE-RQ.  Which storage SOP
+        classes the acceptor accepts is configuration (``accept_any_storage``,
+        ``supported_contexts``), not a consequence of registering a handler."""
+        return self._decorate(messages.CStoreRQ, handler, sop_class)
+
+    def _decorate(
+        self, command: type[messages.Message], handler: Any, sop_class: str | None
+    ) -> Any:
         if handler is None:
-            self._handlers.pop(request_type, None)
-        else:
-            self._handlers[request_type] = handler
-
-    def handler_for(self, request_type: type) -> Callable[..., Any] | None:
-        """The handler registered for ``request_type``, if any."""
-        return self._handlers.get(request_type)
-
-    def on_echo(self, handler: Callable[[ServiceRequest], Any]) -> Callable[[ServiceRequest], Any]:
-        """Decorator: handle C-ECHO-RQ (the default answers 0x0000)."""
-        self.set_handler(messages.CEchoRQ, handler)
-        return handler
-
-    def on_store(self, handler: Callable[[ServiceRequest], Any]) -> Callable[[ServiceRequest], Any]:
-        """Decorator: handle C-STORE-RQ.  Registering one makes the acceptor accept storage
-        SOP classes if ``accept_any_storage`` is set or contexts were configured."""
-        self.set_handler(messages.CStoreRQ, handler)
+            return self.on(command, sop_class=sop_class)
+        self.set_handler(command, handler, sop_class=sop_class)
         return handler
 
     def on_user_identity(self, handler: IdentityHandler) -> IdentityHandler:
-        """Decorator: decide on A-ASSOCIATE-RQ user identity (PS3.7 D.3.3.7).  Without one,
-        user identity items are ignored (accepted without a positive response)."""
+        """Decorator: decide on A-ASSOCIATE-RQ user identity (PS3.7 D.3.3.7), async or plain.
+        Without one, user identity items are ignored (accepted without a positive response);
+        a handler that raises rejects the association."""
         self._identity_handler = handler
         return handler
 
-    def _on_cancel(self, association: Association, message: messages.Message) -> None:
-        association.log.info("c_cancel_received", message=repr(message))
+    def on_extended_negotiation(self, handler: F) -> F:
+        """Decorator: answer SOP Class Extended Negotiation items (PS3.7 D.3.3.5), async or
+        plain: return the service-class application information to send back, or ``None``.
+        Takes precedence over ``AEConfig.extended_negotiation_handler``."""
+        self._extended_negotiation = handler
+        return handler
+
+    def on_hook(self, event: HookEvent) -> Callable[[F], F]:
+        """Decorator: observe ``event`` (see :mod:`asyncdicom.hooks`)."""
+
+        def register(callback: F) -> F:
+            self.hooks.add(event, callback)
+            return callback
+
+        return register
 
     # ------------------------------------------------------------------ requestor
 
@@ -258,7 +265,7 @@ class AE:
         async_ops_window: tuple[int, int] | None = None,
         extended_negotiation: Sequence[SOPClassExtendedNegotiationSubItem] = (),
         common_extended_negotiation: Sequence[SOPClassCommonExtendedNegotiationSubItem] = (),
-    ) -> AsyncIterator[Association]:
+    ) -> AsyncIterator[ServiceAssociation]:
         """Open an association to ``host:port`` and release it when the block ends.
 
         ``contexts`` are SOP class UIDs (proposed with Explicit and Implicit VR Little Endian),
@@ -287,7 +294,42 @@ class AE:
             self._context_requests(contexts),
         )
         stream = await transport.connect(host, port, bind=bind, timeout=cfg.timeouts.connect)
-        assoc = Association(self, stream, Role.REQUESTOR)
+        async with self._associate_on(stream, rq, called_aet, f"{host}:{port}") as assoc:
+            yield assoc
+
+    @asynccontextmanager
+    async def associate_over(
+        self,
+        stream: ByteStream,
+        *,
+        called_aet: str = "ANY-SCP",
+        contexts: Iterable[str | ContextRequest | tuple[str, Sequence[str]]] = (uids.VERIFICATION,),
+        async_ops_window: tuple[int, int] | None = None,
+    ) -> AsyncIterator[ServiceAssociation]:
+        """As :meth:`associate`, over a byte stream that is already open (a TLS stream, an
+        in-memory pipe as :mod:`asyncdicom.testing` uses, ...)."""
+        cfg = self.config
+        _check_ae_title(called_aet)
+        rq = build_associate_rq(
+            RequestorConfig(
+                calling_ae_title=cfg.ae_title,
+                called_ae_title=called_aet,
+                max_pdu_length=cfg.max_pdu_length,
+                implementation_class_uid=cfg.implementation_class_uid,
+                implementation_version_name=cfg.implementation_version_name,
+                async_ops_window=async_ops_window or cfg.async_ops_window,
+            ),
+            self._context_requests(contexts),
+        )
+        async with self._associate_on(stream, rq, called_aet, "the peer") as assoc:
+            yield assoc
+
+    @asynccontextmanager
+    async def _associate_on(
+        self, stream: ByteStream, rq: AssociateRQ, called_aet: str, where: str
+    ) -> AsyncIterator[ServiceAssociation]:
+        cfg = self.config
+        assoc = ServiceAssociation(self, stream, Role.REQUESTOR, dispatcher=self._dispatcher)
         assoc._request = rq
         assoc.log = assoc.log.bind(called_aet=called_aet)
         self.hooks.emit(HookEvent.CONNECTION_OPENED, assoc)
@@ -304,7 +346,7 @@ class AE:
                 await assoc._established.wait()
             if scope.cancelled_caught:
                 failure = errors.ACSETimeout(
-                    f"no A-ASSOCIATE-AC/RJ from {host}:{port} within {cfg.timeouts.acse} s"
+                    f"no A-ASSOCIATE-AC/RJ from {where} within {cfg.timeouts.acse} s"
                 )
                 await assoc.abort()
             elif assoc.rejection is not None:
@@ -340,11 +382,26 @@ class AE:
 
     # ------------------------------------------------------------------ acceptor
 
-    def _acceptor_config(self) -> AcceptorConfig:
+    def _acceptor_config(
+        self, extended_negotiation: ExtendedNegotiationHandler | None = None
+    ) -> AcceptorConfig:
         cfg = self.config
         supported = list(cfg.supported_contexts)
-        if not any(s.abstract_syntax == uids.VERIFICATION for s in supported):
-            supported.append(SupportedContext(uids.VERIFICATION, DEFAULT_TRANSFER_SYNTAXES))
+        configured = {s.abstract_syntax for s in supported}
+        # services accepted by default (Verification, private services) add their SOP classes
+        for service in self.services:
+            if not service.accept_by_default:
+                continue
+            for uid in sorted(service.sop_classes - configured):
+                supported.append(
+                    SupportedContext(
+                        uid,
+                        service.transfer_syntaxes or DEFAULT_TRANSFER_SYNTAXES,
+                        scu_role_allowed=service.scu_role,
+                        scp_role_allowed=service.scp_role,
+                    )
+                )
+                configured.add(uid)
         return AcceptorConfig(
             ae_title=cfg.ae_title,
             supported=tuple(supported),
@@ -357,7 +414,7 @@ class AE:
             implementation_class_uid=cfg.implementation_class_uid,
             implementation_version_name=cfg.implementation_version_name,
             async_ops_window=cfg.async_ops_window or (16, 16),
-            extended_negotiation_handler=cfg.extended_negotiation_handler,
+            extended_negotiation_handler=extended_negotiation or cfg.extended_negotiation_handler,
         )
 
     async def _on_association_requested(self, assoc: Association, rq: AssociateRQ) -> None:
@@ -386,20 +443,35 @@ class AE:
         item = rq.user_information.user_identity_rq
         if item is not None and self._identity_handler is not None:
             try:
-                identity = await self._identity_handler(rq, item)
+                identity = await call(self._identity_handler, rq, item)
             except Exception as exc:
                 assoc.log.exception("identity_handler_failed", error=str(exc))
                 identity = IdentityDecision(accepted=False)
-        result = negotiate(rq, self._acceptor_config(), identity)
+        ext_neg: ExtendedNegotiationHandler | None = None
+        if self._extended_negotiation is not None:
+            # negotiate() is pure and synchronous: ask the (maybe async) callback first
+            answers: dict[int, bytes | None] = {}
+            for ext in rq.user_information.extended_negotiations:
+                try:
+                    answers[id(ext)] = await call(self._extended_negotiation, ext)
+                except Exception as exc:
+                    assoc.log.exception("extended_negotiation_failed", error=str(exc))
+                    answers[id(ext)] = None
+            ext_neg = lambda ext: answers.get(id(ext))  # noqa: E731
+        result = negotiate(rq, self._acceptor_config(ext_neg), identity)
         if isinstance(result, Accepted):
             self._associations.add(assoc)
             await assoc._accept(result.ac, result.association)
         else:
             await assoc._reject(result.rj)
 
+    async def serve_stream(self, stream: ByteStream) -> None:
+        """Act as acceptor on one byte stream that is already open, until it closes."""
+        await self._handle_connection(stream)
+
     async def _handle_connection(self, stream: ByteStream) -> None:
         transport.set_nodelay(stream)
-        assoc = Association(self, stream, Role.ACCEPTOR)
+        assoc = ServiceAssociation(self, stream, Role.ACCEPTOR, dispatcher=self._dispatcher)
         self.hooks.emit(HookEvent.CONNECTION_OPENED, assoc)
         assoc.log.debug("connection_opened")
         try:

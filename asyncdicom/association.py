@@ -1,21 +1,34 @@
 """The anyio driver: one :class:`Association` pumps one sans-IO :class:`UpperLayer`.
 
+The driver knows the DICOM Upper Layer and DIMSE *operations* (requests and their responses),
+never a specific service: what to do with a request from the peer is decided by the
+:class:`Dispatcher` it is given, and the service helpers (``echo()``, ``store()``, ...) are
+added by :mod:`asyncdicom.services` on top of the generic primitives here.
+
 Shape of a running association (PS3.8 section 9 for the machine, PS3.7 for DIMSE):
 
-* a **reader task** receives bytes, feeds the upper layer, and acts on the events it yields:
-  P-DATA goes through the DIMSE :class:`MessageAssembler`; a *response* is handed to the task
-  that awaits it (matched on Message ID Being Responded To); a *request* from the peer starts a
-  handler task, and its data set is streamed to the handler through a bounded memory stream, so
-  a slow disk slows the peer down (TCP back-pressure) instead of filling memory;
+* a **reader task** receives bytes, feeds the upper layer, and hands P-DATA to the sans-IO
+  :class:`~asyncdicom.protocol.operations.DIMSEOperations`, which owns Message IDs, the
+  operations window both ways, response matching and C-CANCEL routing.  The reader acts on what
+  it reports: a *response* goes to the task awaiting that operation; a *request* from the peer
+  is answered at once when the dispatcher has a ready answer (C-ECHO), otherwise it runs in a
+  task of its own, its data set streamed to it through a bounded memory stream (a slow disk
+  slows the peer down through TCP back-pressure instead of filling memory); a *C-CANCEL*
+  cancels the scope of the operation it names;
 * a **write lock** serialises writes to the transport; a **message lock** keeps the fragments of
   one DIMSE message together (PS3.8 Annex E: messages are never interleaved);
 * timers are cancel-scope deadlines, never polling: the reader's receive carries the earliest of
-  the ARTIM deadline (read from the upper layer) and the network-idle deadline; ACSE and DIMSE
-  timeouts wrap the awaits that they bound.  An idle association sleeps in ``receive()``.
+  the ARTIM deadline (read from the upper layer), the network-idle deadline and the deadline of
+  a message in progress; ACSE and DIMSE timeouts wrap the awaits that they bound.  An idle
+  association sleeps in ``receive()``.
 
-Abort semantics: any exception escaping ``async with ae.associate(...)`` aborts the association
-(A-ABORT), leaving it normally releases it.  Cancelling a task that awaits a response aborts too,
-because the peer's late answer could no longer be matched reliably.
+Operations we invoke (:meth:`Association.invoke`, :meth:`Association.request`): leaving one
+before its final response sends C-CANCEL-RQ where the service has one (C-FIND, C-GET, C-MOVE)
+and keeps matching the peer's late responses; the association stays usable, and is aborted only
+if the peer does not finish the operation within the DIMSE timeout.  A request whose own
+message was cut half-way (cancelled while its data set was being sent) cannot be finished: that
+aborts the association.  Any exception escaping ``async with ae.associate(...)`` aborts the
+association (A-ABORT); leaving it normally releases it.
 """
 
 from __future__ import annotations
@@ -24,19 +37,20 @@ import itertools
 import math
 from collections import deque
 from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import anyio
 from anyio.abc import ByteStream, TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from . import errors
-from .hooks import HookEvent
+from .config import AEConfig
+from .hooks import HookEvent, Hooks
 from .log import get_logger
 from .protocol import dimse, messages
-from .protocol.errors import LocalProtocolError, ProtocolError
+from .protocol.errors import DIMSEError, LocalProtocolError, ProtocolError
 from .protocol.events import (
     NEED_DATA,
     AssociationAborted,
@@ -48,16 +62,29 @@ from .protocol.events import (
     ReleaseConfirmed,
     ReleaseRequested,
 )
+from .protocol.fsm import State
 from .protocol.negotiation import NegotiatedAssociation, PresentationContext
+from .protocol.operations import (
+    CANCELLABLE,
+    CancelReceived,
+    DIMSEOperations,
+    FragmentReceived,
+    RequestReceived,
+    ResponseReceived,
+)
 from .protocol.pdu import Abort, AssociateRJ, AssociateRQ, ReleaseRP, ReleaseRQ
+from .protocol.status import StatusCategory, category
 from .protocol.upper_layer import Role, UpperLayer
-from .services.dispatch import default_response
 from .transport import close_quietly, peer_address
 
-if TYPE_CHECKING:
-    from .ae import AE
-
-__all__ = ["Association", "DIMSEResponse", "ServiceRequest"]
+__all__ = [
+    "Association",
+    "DIMSEResponse",
+    "Dispatcher",
+    "IncomingRequest",
+    "Operation",
+    "Owner",
+]
 
 #: bytes asked of the transport per receive call
 _RECEIVE_SIZE = 256 * 1024
@@ -70,23 +97,67 @@ _MAX_RESPONSE_DATASET = 64 * 1024 * 1024
 
 _assoc_ids = itertools.count(1)
 
-
-@dataclass(frozen=True, slots=True)
-class DIMSEResponse:
-    """One response to a request we invoked: the message and its data set bytes, if any."""
-
-    message: messages.Message
-    dataset: bytes | None
+#: what send_message() accepts as a data set
+DatasetSource = bytes | bytearray | memoryview | Iterable[bytes] | AsyncIterator[bytes]
 
 
-class ServiceRequest:
-    """A DIMSE request received from the peer, handed to a service handler.
+# ---------------------------------------------------------------------- what the driver is given
+
+
+class Owner(Protocol):
+    """What an association needs from the application entity that owns it (an
+    :class:`asyncdicom.AE` fits)."""
+
+    @property
+    def config(self) -> AEConfig:
+        """The frozen configuration (timeouts, PDU sizes, ...)."""
+
+    @property
+    def hooks(self) -> Hooks:
+        """Observers of connection, association, PDU and DIMSE events."""
+
+    async def _on_association_requested(self, association: Association, rq: AssociateRQ) -> None:
+        """Acceptor: answer the peer's A-ASSOCIATE-RQ (``association._accept``/``_reject``)."""
+
+
+class Dispatcher(Protocol):
+    """Serves the requests the peer sends; the driver is given one (see
+    :class:`asyncdicom.services.ServiceDispatcher`) and knows nothing of what it does."""
+
+    def answer_now(
+        self, association: Association, context: PresentationContext, message: messages.Message
+    ) -> messages.Message | None:
+        """For a request without a data set: its response when no code needs to run (C-ECHO
+        with no handler), sent at once from the reader without a task; else ``None``."""
+
+    def new_request(
+        self,
+        association: Association,
+        context: PresentationContext,
+        message: messages.Message,
+        data: MemoryObjectReceiveStream[memoryview] | None,
+    ) -> IncomingRequest:
+        """The object that represents the request to its handler (an :class:`IncomingRequest`
+        or a subclass)."""
+
+    async def serve(self, request: IncomingRequest) -> None:
+        """Run the request to its end and send its response(s) with
+        :meth:`IncomingRequest.respond`.  Runs in a task of its own."""
+
+
+# ---------------------------------------------------------------------- operations of the peer
+
+
+class IncomingRequest:
+    """A DIMSE request received from the peer (an operation we perform).
 
     ``message`` is the request (e.g. :class:`~asyncdicom.protocol.messages.CStoreRQ`),
     ``context`` the presentation context it arrived on (its ``transfer_syntax`` is the data set's
-    encoding).  A data set, if the request has one, is read **once**, either as a stream with
-    :meth:`chunks` or whole with :meth:`read` / :meth:`dataset`, or saved with
-    :meth:`save_to` (C-STORE).  A handler that reads nothing simply discards it.
+    encoding).  A data set, if the request has one, is read **once**, as a stream with
+    :meth:`chunks` or whole with :meth:`read`; one that nobody reads is discarded.
+
+    :attr:`cancel_requested` turns True when the peer sends C-CANCEL-RQ for it; the
+    :attr:`cancel_scope` (if the serving code set one) is cancelled at that moment.
     """
 
     def __init__(
@@ -99,16 +170,35 @@ class ServiceRequest:
         self.association = association
         self.context = context
         self.message = message
+        self.message_id: int = message.message_id  # type: ignore[union-attr]
         self._data = data
         self._consumed = False
         self._data_complete = data is None
+        self._complete = anyio.Event()
+        if data is None:
+            self._complete.set()
         #: for plain-function (threaded) handlers: the data set bytes, read before the call
         self.data: bytes | None = None
+        #: the peer sent C-CANCEL-RQ for this operation
+        self.cancel_requested = False
+        #: cancelled when a C-CANCEL-RQ for this operation arrives
+        self.cancel_scope: anyio.CancelScope | None = None
+        #: a final response has been sent
+        self.answered = False
 
     @property
     def has_dataset(self) -> bool:
         """True when the request carries a data set."""
         return self._data is not None
+
+    @property
+    def sop_class_uid(self) -> str:
+        """The SOP class the request is about (Affected or Requested SOP Class UID)."""
+        m = self.message
+        uid = getattr(m, "affected_sop_class_uid", None) or getattr(
+            m, "requested_sop_class_uid", None
+        )
+        return str(uid or "")
 
     async def chunks(self) -> AsyncIterator[memoryview]:
         """The data set's bytes as they arrive, fragment by fragment (each at most one PDU)."""
@@ -130,55 +220,232 @@ class ServiceRequest:
         parts = [bytes(c) async for c in self.chunks()]
         return b"".join(parts)
 
-    async def dataset(self) -> Any:
-        """The data set decoded with pydicom in the context's transfer syntax."""
-        from .storage.files import decode_dataset
-
-        data = await self.read()
-        return decode_dataset(data, self.context.transfer_syntax or "")
-
     async def discard(self) -> None:
         """Read and drop the data set."""
         async for _ in self.chunks():
             pass
 
+    async def respond(
+        self, response: messages.Message, dataset: DatasetSource | None = None
+    ) -> None:
+        """Send a response (Pending or final) to this request, after the whole request has
+        arrived (PS3.7: a response never overtakes its request)."""
+        if not self._complete.is_set():
+            await self._complete.wait()
+        association = self.association
+        # encoded first: a value that cannot be encoded (ValueError) changes nothing
+        command = dimse.encode_command(response)
+        try:
+            association._ops_or_raise().respond(self.message_id, response)  # type: ignore[arg-type]
+        except LocalProtocolError as exc:
+            raise errors.AssociationError(str(exc)) from exc
+        if response.status not in (0xFF00, 0xFF01):  # type: ignore[union-attr]
+            self.answered = True
+        await association.send_message(self.context, response, dataset, _command=command)
+
+    def _cancel(self) -> None:
+        self.cancel_requested = True
+        if self.cancel_scope is not None:
+            self.cancel_scope.cancel()
+
+
+# ---------------------------------------------------------------------- operations we invoke
+
+
+@dataclass(frozen=True, slots=True)
+class DIMSEResponse:
+    """One response to a request we invoked: the message and its data set bytes, if any.
+
+    ``status`` and :attr:`category` classify it (success, warning, failure, cancel, pending;
+    PS3.7 Annex C); :attr:`error_comment` and :attr:`offending_element` are the peer's
+    explanation of a failure, when it gave one.  ``dataset`` holds the encoded identifier or
+    data set in ``context.transfer_syntax``; :meth:`decode` decodes it with pydicom.
+    """
+
+    message: messages.Message
+    dataset: bytes | None = None
+    context: PresentationContext | None = None
+
+    @property
+    def status(self) -> int:
+        """The Status (0000,0900) value."""
+        return int(self.message.status)  # type: ignore[union-attr]
+
+    @property
+    def category(self) -> StatusCategory:
+        """Success, warning, failure, cancel or pending (PS3.7 Annex C)."""
+        return category(self.status)
+
+    @property
+    def is_pending(self) -> bool:
+        """True for a Pending response: more follow."""
+        return self.status in (0xFF00, 0xFF01)
+
+    @property
+    def ok(self) -> bool:
+        """True for Success and Warning statuses: the operation did what was asked."""
+        return self.category in (StatusCategory.SUCCESS, StatusCategory.WARNING)
+
+    @property
+    def error_comment(self) -> str | None:
+        """Error Comment (0000,0902), if the peer sent one."""
+        return getattr(self.message, "error_comment", None)
+
+    @property
+    def offending_element(self) -> tuple[int, ...] | None:
+        """Offending Element (0000,0901) tags, if the peer sent them."""
+        return getattr(self.message, "offending_element", None)
+
     def decode(self) -> Any:
-        """For threaded handlers: :attr:`data` decoded with pydicom."""
+        """The data set (identifier) decoded with pydicom, or ``None`` if there is none."""
+        if self.dataset is None:
+            return None
         from .storage.files import decode_dataset
 
-        return decode_dataset(self.data or b"", self.context.transfer_syntax or "")
+        ts = self.context.transfer_syntax if self.context is not None else None
+        return decode_dataset(self.dataset, ts or "")
 
-    async def save_to(self, folder: str | Path) -> Path:
-        """C-STORE: write the instance to ``folder`` as a Part 10 file, atomically."""
-        from .services.storage import save_request
+    def __str__(self) -> str:
+        from .protocol.status import describe
 
-        return await save_request(self, folder)
+        text = f"{self.message.NAME} {describe(self.status)}"
+        if self.error_comment:
+            text += f" ({self.error_comment})"
+        return text
+
+
+class _Waiter:
+    """Where the reader puts the responses to one outstanding operation of ours (lighter than
+    a memory stream: one deque and one event)."""
+
+    __slots__ = ("abandoned", "closed", "event", "responses", "slot")
+
+    def __init__(self, slot: anyio.Semaphore | None) -> None:
+        self.responses: deque[DIMSEResponse] = deque()
+        self.event = anyio.Event()
+        self.closed = False
+        self.abandoned = False
+        #: the window slot this operation holds, released with its final response
+        self.slot = slot
+
+    def put(self, response: DIMSEResponse) -> None:
+        if not self.abandoned:
+            self.responses.append(response)
+        self.event.set()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.slot is not None:
+            self.slot.release()
+            self.slot = None
+        self.event.set()
+
+    async def next_response(self) -> DIMSEResponse | None:
+        """The next response, or None once closed with nothing left."""
+        while True:
+            if self.responses:
+                return self.responses.popleft()
+            if self.closed:
+                return None
+            self.event = anyio.Event()
+            await self.event.wait()
+
+    async def wait_closed(self) -> None:
+        while not self.closed:
+            self.event = anyio.Event()
+            await self.event.wait()
+
+
+class Operation:
+    """An operation we invoked: iterate over its responses with ``async for`` (Pending ones,
+    then the final one); :attr:`final` holds the final response once it has arrived.
+
+    Obtained from :meth:`Association.invoke`; leaving that block before the final response
+    cancels the operation (C-CANCEL-RQ where the service has one) and waits for the final
+    response, within the DIMSE timeout.
+    """
+
+    def __init__(
+        self,
+        association: Association,
+        context: PresentationContext,
+        request: messages.Message,
+        waiter: _Waiter,
+    ) -> None:
+        self.association = association
+        self.context = context
+        self.request = request
+        self.message_id: int = request.message_id  # type: ignore[union-attr]
+        self._waiter = waiter
+        #: the final response, once received
+        self.final: DIMSEResponse | None = None
+        #: C-CANCEL-RQ was sent for this operation
+        self.cancel_sent = False
+
+    def __aiter__(self) -> Operation:
+        return self
+
+    async def __anext__(self) -> DIMSEResponse:
+        if self.final is not None:
+            raise StopAsyncIteration
+        response = await self.association._next_response(self._waiter)
+        if not response.is_pending:
+            self.final = response
+        return response
+
+    async def result(self) -> DIMSEResponse:
+        """Wait for the final response (Pending ones are skipped) and return it."""
+        async for _ in self:
+            pass
+        assert self.final is not None
+        return self.final
+
+    async def cancel(self) -> None:
+        """Send C-CANCEL-RQ for this operation (once; nothing for operations that have no
+        cancel, or that already ended).  Responses keep coming until the final one."""
+        if self.cancel_sent or self.final is not None or self._waiter.closed:
+            return
+        if type(self.request) not in CANCELLABLE:
+            return
+        self.cancel_sent = True
+        await self.association._send_cancel(self.context, self.message_id)
+
+
+# ---------------------------------------------------------------------- the association
 
 
 class Association:
     """One DICOM association over one transport stream (either role).
 
     Obtain one with :meth:`asyncdicom.AE.associate` (requestor) or in a handler from
-    ``request.association`` (acceptor).  Service methods (:meth:`echo`, :meth:`store`, ...)
-    come from :mod:`asyncdicom.services` and are available on every association whose
-    negotiation accepted the matching presentation context.
+    ``request.association`` (acceptor).  This class offers the generic DIMSE primitives
+    (:meth:`invoke`, :meth:`request`, :meth:`send_message`); the service methods
+    (``echo()``, ``store()``, ...) come from :mod:`asyncdicom.services`, whose
+    :class:`~asyncdicom.services.ServiceAssociation` is what the AE hands out.
     """
 
-    def __init__(self, ae: AE, stream: ByteStream, role: Role) -> None:
+    def __init__(
+        self, ae: Owner, stream: ByteStream, role: Role, *, dispatcher: Dispatcher
+    ) -> None:
+        #: the application entity this association belongs to
         self.ae = ae
+        self.config: AEConfig = ae.config
+        self.hooks: Hooks = ae.hooks
+        self.dispatcher = dispatcher
         self.role = role
         self.id = next(_assoc_ids)
         self.peer_host, self.peer_port = peer_address(stream)
         self._stream = stream
-        cfg = ae.config
+        cfg = self.config
         self._ul = UpperLayer(
             role,
             artim_timeout=cfg.timeouts.artim,
             max_pdu_length=cfg.max_pdu_length,
         )
-        if ae.hooks.wants(HookEvent.STATE_TRANSITION):
-            self._ul.on_transition = self._on_transition
-        self._assembler = dimse.MessageAssembler()
+        # always observed: a hook added later still sees transitions (one dict lookup each)
+        self._ul.on_transition = self._on_transition
         self.negotiated: NegotiatedAssociation | None = None
         #: requestor: the A-ASSOCIATE-RQ we sent (to interpret the AC against)
         self._request: AssociateRQ | None = None
@@ -202,15 +469,22 @@ class Association:
         self.rejection: AssociateRJ | None = None
         self.abort_info: AssociationAborted | None = None
         self._abort_detail = ""
+        #: the exception class that waiters see after an abort we caused by a timeout
+        self._abort_error: type[errors.AssociationError] | None = None
         self.released = False
-        # DIMSE bookkeeping
-        self._message_ids = itertools.cycle(range(1, 65536))
-        self._pending: dict[int, _Waiter] = {}
-        self._invoke_limit: anyio.Semaphore | None = None
-        self._incoming_response: tuple[int, messages.Message, list[bytes], int] | None = None
-        self._incoming_request: MemoryObjectSendStream[memoryview] | None = None
-        self._incoming_request_obj: ServiceRequest | None = None
-        self._incoming_complete: anyio.Event | None = None
+        # DIMSE: the sans-IO bookkeeping (created once the association is established), the
+        # waiters of our operations, and the peer's operations being performed
+        self._ops: DIMSEOperations | None = None
+        self._waiters: dict[int, _Waiter] = {}
+        self._invoke_slots: anyio.Semaphore | None = None
+        self._performing: dict[int, IncomingRequest] = {}
+        #: the response whose data set is arriving: (waiter, response, parts, size)
+        self._incoming_response: tuple[_Waiter | None, DIMSEResponse, list[bytes], int] | None = (
+            None
+        )
+        #: the request whose data set is arriving, and the stream feeding its handler
+        self._incoming_request: IncomingRequest | None = None
+        self._incoming_send: MemoryObjectSendStream[memoryview] | None = None
         self._incoming_dropped = False
         self._handlers_active = 0
         self._handlers_idle = anyio.Event()
@@ -250,6 +524,16 @@ class Association:
             return self.called_ae_title
         return self.calling_ae_title
 
+    @property
+    def outstanding(self) -> int:
+        """How many operations of ours are outstanding (sent, final response not yet in)."""
+        return self._ops.outstanding if self._ops is not None else 0
+
+    @property
+    def performing(self) -> int:
+        """How many of the peer's operations we are performing right now."""
+        return len(self._ops.performed) if self._ops is not None else 0
+
     def __repr__(self) -> str:
         return (
             f"<Association #{self.id} {self.role.name.lower()} peer={self.peer_ae_title!r} "
@@ -270,9 +554,8 @@ class Association:
         message in half.
         """
         task_status.started()
-        network_timeout = self.ae.config.timeouts.network
-        dimse_timeout = self.ae.config.timeouts.dimse
-        assembler = self._assembler
+        network_timeout = self.config.timeouts.network
+        dimse_timeout = self.config.timeouts.dimse
         stream = self._stream
         try:
             while not self._closed.is_set():
@@ -280,7 +563,8 @@ class Association:
                     self._network_deadline = self._now() + network_timeout
                 # A message that has started must keep coming: the next fragment is due
                 # within the DIMSE timeout (a peer stalling mid-transfer is aborted).
-                if dimse_timeout is not None and not assembler.idle:
+                ops = self._ops
+                if dimse_timeout is not None and ops is not None and not ops.idle:
                     self._message_deadline = self._now() + dimse_timeout
                 else:
                     self._message_deadline = math.inf
@@ -305,8 +589,8 @@ class Association:
                     data = None
                 except anyio.ClosedResourceError:
                     data = None
-                if data is not None and self.ae.hooks.wants(HookEvent.PDU_RECEIVED):
-                    self.ae.hooks.emit(HookEvent.PDU_RECEIVED, self, data=data)
+                if data is not None and self.hooks.wants(HookEvent.PDU_RECEIVED):
+                    self.hooks.emit(HookEvent.PDU_RECEIVED, self, data=data)
                 self._ul.receive_data(data, now=self._now())
                 await self._process_events()
                 if data is None:
@@ -354,13 +638,15 @@ class Association:
             self.log.info("artim_expired", state=self._ul.state.name)
             self._ul.handle_timer(now=now)
         elif now >= self._network_deadline:
-            self.log.warning("network_timeout", timeout=self.ae.config.timeouts.network)
+            self.log.warning("network_timeout", timeout=self.config.timeouts.network)
             self._abort_detail = "network timeout"
+            self._abort_error = errors.NetworkTimeout
             self._network_deadline = math.inf
             self._send_abort_now()
         elif now >= self._message_deadline:
-            self.log.warning("dimse_timeout_mid_message", timeout=self.ae.config.timeouts.dimse)
+            self.log.warning("dimse_timeout_mid_message", timeout=self.config.timeouts.dimse)
             self._abort_detail = "DIMSE timeout: a message in progress stopped arriving"
+            self._abort_error = errors.DIMSETimeout
             self._message_deadline = math.inf
             self._send_abort_now()
         await self._process_events()
@@ -373,7 +659,7 @@ class Association:
             return
         if self.abort_info is None:
             self.abort_info = AssociationAborted(0, 0, local=True)
-            self.ae.hooks.emit(HookEvent.ASSOCIATION_ABORTED, self, abort=self.abort_info)
+            self.hooks.emit(HookEvent.ASSOCIATION_ABORTED, self, abort=self.abort_info)
 
     async def _flush(self) -> None:
         """Write whatever the upper layer has queued.
@@ -384,8 +670,8 @@ class Association:
         data = self._ul.data_to_send()
         if not data or self._torn:
             return
-        if self.ae.hooks.wants(HookEvent.PDU_SENT):
-            self.ae.hooks.emit(HookEvent.PDU_SENT, self, data=data)
+        if self.hooks.wants(HookEvent.PDU_SENT):
+            self.hooks.emit(HookEvent.PDU_SENT, self, data=data)
         async with self._write_lock:
             if self._torn:
                 return
@@ -413,20 +699,30 @@ class Association:
             if event is NEED_DATA:
                 break
             if isinstance(event, DataReceived):
+                ops = self._ops
+                if ops is None:  # the FSM delivers P-DATA only once established
+                    continue
                 try:
-                    dimse_events = self._assembler.receive(event.pdu)
+                    op_events = ops.receive(event.pdu)
                 except ProtocolError as exc:
                     await self._protocol_abort(exc)
                     continue
-                for dev in dimse_events:
-                    await self._on_dimse_event(dev)
+                for op_event in op_events:
+                    if isinstance(op_event, FragmentReceived):
+                        await self._on_fragment(op_event)
+                    elif isinstance(op_event, RequestReceived):
+                        await self._on_request(op_event)
+                    elif isinstance(op_event, ResponseReceived):
+                        self._on_response(op_event)
+                    else:
+                        self._on_cancel(op_event)
             elif isinstance(event, AssociationRequested):
                 await self.ae._on_association_requested(self, event.request)
             elif isinstance(event, AssociationAccepted):
                 self._on_accepted(event)
             elif isinstance(event, AssociationRejected):
                 self.rejection = event.reject
-                self.ae.hooks.emit(HookEvent.ASSOCIATION_REJECTED, self, reject=event.reject)
+                self.hooks.emit(HookEvent.ASSOCIATION_REJECTED, self, reject=event.reject)
                 self._established.set()
             elif isinstance(event, ReleaseRequested):
                 self._on_release_requested(event)
@@ -441,7 +737,7 @@ class Association:
                     local=event.local,
                     error=str(event.error) if event.error else None,
                 )
-                self.ae.hooks.emit(HookEvent.ASSOCIATION_ABORTED, self, abort=event)
+                self.hooks.emit(HookEvent.ASSOCIATION_ABORTED, self, abort=event)
             elif isinstance(event, ConnectionClosed):
                 await self._flush()
                 self._closed.set()
@@ -456,28 +752,31 @@ class Association:
         except LocalProtocolError:
             return
         self.abort_info = AssociationAborted(2, int(exc.abort_reason), local=True, error=exc)
-        self.ae.hooks.emit(HookEvent.ASSOCIATION_ABORTED, self, abort=self.abort_info)
+        self.hooks.emit(HookEvent.ASSOCIATION_ABORTED, self, abort=self.abort_info)
 
     async def _finish(self) -> None:
         """The transport is gone or going: wake every waiter, close the stream."""
         self._closed.set()
         self._established.set()
-        for waiter in list(self._pending.values()):
+        for waiter in list(self._waiters.values()):
             waiter.close()
-        self._pending.clear()
+        self._waiters.clear()
+        if self._incoming_send is not None:
+            self._incoming_send.close()
+            self._incoming_send = None
         if self._incoming_request is not None:
-            self._incoming_request.close()
+            self._incoming_request._complete.set()
             self._incoming_request = None
-        if self._incoming_complete is not None:
-            self._incoming_complete.set()
         await close_quietly(self._stream)
         if self.released:
-            self.ae.hooks.emit(HookEvent.ASSOCIATION_RELEASED, self)
-        self.ae.hooks.emit(HookEvent.CONNECTION_CLOSED, self)
+            self.hooks.emit(HookEvent.ASSOCIATION_RELEASED, self)
+        self.hooks.emit(HookEvent.CONNECTION_CLOSED, self)
         self.log.debug("connection_closed")
 
     def _on_transition(self, old: Any, event: Any, action: Any, new: Any) -> None:
-        self.ae.hooks.emit(
+        if not self.hooks.wants(HookEvent.STATE_TRANSITION):
+            return
+        self.hooks.emit(
             HookEvent.STATE_TRANSITION,
             self,
             old_state=old,
@@ -505,13 +804,21 @@ class Association:
         self._setup_window()
         self.log = self.log.bind(peer_ae=self.peer_ae_title)
         self.log.info("association_accepted", contexts=len(self.accepted_contexts))
-        self.ae.hooks.emit(HookEvent.ASSOCIATION_ACCEPTED, self)
+        self.hooks.emit(HookEvent.ASSOCIATION_ACCEPTED, self)
         self._established.set()
 
     def _setup_window(self) -> None:
-        assert self.negotiated is not None
-        invoked = self.negotiated.max_operations_invoked
-        self._invoke_limit = anyio.Semaphore(invoked if invoked > 0 else 65535, fast_acquire=True)
+        """Once negotiated: the DIMSE bookkeeping with the agreed contexts and window."""
+        negotiated = self.negotiated
+        assert negotiated is not None
+        invoked = negotiated.max_operations_invoked
+        self._ops = DIMSEOperations(
+            (c.context_id for c in negotiated.accepted_contexts),
+            max_invoked=invoked,
+            max_performed=negotiated.max_operations_performed,
+        )
+        # ours wait for a free slot; the peer's are checked by DIMSEOperations
+        self._invoke_slots = anyio.Semaphore(invoked, fast_acquire=True) if invoked else None
 
     async def _accept(self, ac: Any, negotiated: NegotiatedAssociation) -> None:
         """Acceptor: send A-ASSOCIATE-AC."""
@@ -526,7 +833,7 @@ class Association:
         self.log = self.log.bind(peer_ae=self.peer_ae_title)
         self.log.info("association_accepted", contexts=len(self.accepted_contexts))
         self._established.set()
-        self.ae.hooks.emit(HookEvent.ASSOCIATION_ACCEPTED, self)
+        self.hooks.emit(HookEvent.ASSOCIATION_ACCEPTED, self)
 
     async def _reject(self, rj: AssociateRJ) -> None:
         """Acceptor: send A-ASSOCIATE-RJ."""
@@ -536,7 +843,7 @@ class Association:
             return  # already aborted or closed, as in _accept
         self.rejection = rj
         self.log.info("association_rejected", result=rj.result, source=rj.source, reason=rj.reason)
-        self.ae.hooks.emit(HookEvent.ASSOCIATION_REJECTED, self, reject=rj)
+        self.hooks.emit(HookEvent.ASSOCIATION_REJECTED, self, reject=rj)
 
     # ------------------------------------------------------------------ release / abort
 
@@ -559,7 +866,10 @@ class Association:
 
     def _on_release_confirmed(self) -> None:
         self.released = True
-        if self.role is Role.ACCEPTOR and self._ul.state.value == 12:
+        if (
+            self.role is Role.ACCEPTOR
+            and self._ul.state is State.COLLISION_ACCEPTOR_AWAITING_LOCAL_RESPONSE
+        ):
             # collision, acceptor side (Sta12): now send our RP (AR-4)
             assert self._tg is not None
             self._tg.start_soon(self._answer_release)
@@ -577,7 +887,7 @@ class Association:
         except LocalProtocolError:
             return
         await self._flush()
-        timeout = self.ae.config.timeouts.acse
+        timeout = self.config.timeouts.acse
         with anyio.move_on_after(timeout) as scope:
             await self._closed.wait()
         if scope.cancelled_caught:
@@ -602,6 +912,8 @@ class Association:
 
     def _raise_if_gone(self) -> None:
         if self.abort_info is not None:
+            if self._abort_error is not None:
+                raise self._abort_error(f"association aborted: {self._abort_detail}")
             a = self.abort_info
             raise errors.AssociationAborted(
                 a.source, a.reason, local=a.local, detail=self._abort_detail
@@ -610,133 +922,141 @@ class Association:
             raise errors.AssociationError("the association is not established")
 
     # ------------------------------------------------------------------ DIMSE: receiving
+    def _ops_or_raise(self) -> DIMSEOperations:
+        ops = self._ops
+        if ops is None:
+            raise errors.AssociationError("the association is not established")
+        return ops
 
-    async def _on_dimse_event(self, event: dimse.DIMSEEvent) -> None:
-        if isinstance(event, dimse.CommandReceived):
-            await self._on_command(event.context_id, event.message)
-        else:
-            await self._on_fragment(event.data, event.last)
+    # ------------------------------------------------------------------ DIMSE: receiving
 
-    async def _on_command(self, context_id: int, message: messages.Message) -> None:
-        if self.ae.hooks.wants(HookEvent.DIMSE_RECEIVED):
-            self.ae.hooks.emit(HookEvent.DIMSE_RECEIVED, self, message=message)
-        context = self._context(context_id)
-        if context is None:
-            await self._protocol_abort(
-                _dimse_error(f"message on presentation context {context_id}, not accepted")
-            )
-            return
-        if message.is_response:
-            await self._on_response(message)
-            return
-        if (
-            not message.has_dataset
-            and not self._message_lock.locked()
-            and self.ae.handler_for(type(message)) is None
-            and not isinstance(message, messages.CCancelRQ)
-        ):
-            # No handler to run (C-ECHO's default, or an operation nobody handles): answer
-            # at once from the reader, without a task.  Only when no message of ours is being
+    def _context(self, context_id: int) -> PresentationContext:
+        """The accepted context with this ID (DIMSEOperations checked that it is accepted)."""
+        assert self.negotiated is not None
+        ctx = self.negotiated.context_by_id(context_id)
+        assert ctx is not None
+        return ctx
+
+    async def _on_request(self, event: RequestReceived) -> None:
+        message = event.message
+        if self.hooks.wants(HookEvent.DIMSE_RECEIVED):
+            self.hooks.emit(HookEvent.DIMSE_RECEIVED, self, message=message)
+        context = self._context(event.context_id)
+        if not message.has_dataset and not self._message_lock.locked():
+            # Nothing to run (C-ECHO's default, or an operation nobody handles): answer at
+            # once from the reader, without a task.  Only when no message of ours is being
             # sent, so the reader never waits behind our own long transfer.
-            response = default_response(message)
-            if not self._queue_one_pdu_message(context, response):
-                await self.send_message(context, response)
-            await self._flush()
-            return
-        # A request from the peer: run its handler in its own task.
+            response = self.dispatcher.answer_now(self, context, message)
+            command = _encode_or_none(response)
+            if response is not None and command is not None:
+                ops = self._ops
+                assert ops is not None
+                ops.respond(event.message_id, response)  # type: ignore[arg-type]
+                if not self._queue_one_pdu_message(context, response, command):
+                    await self.send_message(context, response, _command=command)
+                await self._flush()
+                return
+            # (a response that cannot be encoded is left to the dispatcher's task, which
+            # knows how to answer without the offending values)
+        # A request from the peer: serve it in its own task.
         data_recv: MemoryObjectReceiveStream[memoryview] | None = None
         if message.has_dataset:
             send, data_recv = anyio.create_memory_object_stream[memoryview](_HANDLER_QUEUE)
-            self._incoming_request = send
-            self._incoming_complete = anyio.Event()
+            self._incoming_send = send
             self._incoming_dropped = False
-            complete = self._incoming_complete
-        else:
-            complete = None
-        request = ServiceRequest(self, context, message, data_recv)
+        request = self.dispatcher.new_request(self, context, message, data_recv)
         if data_recv is not None:
-            self._incoming_request_obj = request
+            self._incoming_request = request
+        self._performing[request.message_id] = request
         self._handlers_active += 1
         self._handlers_idle = anyio.Event()
         assert self._tg is not None
-        self._tg.start_soon(self._serve_request, request, complete)
+        self._tg.start_soon(self._serve_request, request)
 
-    async def _on_fragment(self, data: memoryview, last: bool) -> None:
-        if self._incoming_response is not None:
-            msg_id, msg, parts, size = self._incoming_response
-            size += len(data)
-            if size > _MAX_RESPONSE_DATASET:
-                await self._protocol_abort(_dimse_error("response data set too large"))
+    async def _on_fragment(self, event: FragmentReceived) -> None:
+        if event.response:
+            incoming = self._incoming_response
+            if incoming is None:  # cannot happen: DIMSEOperations routed it here
                 return
-            parts.append(bytes(data))
-            if last:
+            waiter, response, parts, size = incoming
+            size += len(event.data)
+            if size > _MAX_RESPONSE_DATASET:
+                await self._protocol_abort(DIMSEError("response data set too large"))
+                return
+            parts.append(bytes(event.data))
+            if event.last:
                 self._incoming_response = None
-                self._deliver(msg_id, DIMSEResponse(msg, b"".join(parts)))
+                full = DIMSEResponse(response.message, b"".join(parts), response.context)
+                self._deliver(waiter, full)
             else:
-                self._incoming_response = (msg_id, msg, parts, size)
+                self._incoming_response = (waiter, response, parts, size)
             return
-        send = self._incoming_request
+        send = self._incoming_send
         if send is not None and not self._incoming_dropped:
             try:
-                await send.send(data)
+                await send.send(event.data)
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 # the handler finished without reading everything: drop the rest
                 self._incoming_dropped = True
-        if last:
-            if self._incoming_request_obj is not None:
-                self._incoming_request_obj._data_complete = True
-                self._incoming_request_obj = None
+        if event.last:
+            request = self._incoming_request
+            if request is not None:
+                request._data_complete = True
+                request._complete.set()
+                self._incoming_request = None
             if send is not None:
                 send.close()
-            self._incoming_request = None
-            if self._incoming_complete is not None:
-                self._incoming_complete.set()
-                self._incoming_complete = None
+            self._incoming_send = None
 
-    async def _on_response(self, message: messages.Message) -> None:
-        msg_id = getattr(message, "message_id_being_responded_to", None)
-        if msg_id is None or msg_id not in self._pending:
-            await self._protocol_abort(_dimse_error(f"response to unknown Message ID {msg_id}"))
-            return
+    def _on_response(self, event: ResponseReceived) -> None:
+        message = event.message
+        if self.hooks.wants(HookEvent.DIMSE_RECEIVED):
+            self.hooks.emit(HookEvent.DIMSE_RECEIVED, self, message=message)
+        waiter = self._waiters.get(event.message_id)
+        response = DIMSEResponse(message, None, self._context(event.context_id))
         if message.has_dataset:
-            self._incoming_response = (msg_id, message, [], 0)
+            self._incoming_response = (waiter, response, [], 0)
         else:
-            self._deliver(msg_id, DIMSEResponse(message, None))
+            self._deliver(waiter, response)
 
-    def _deliver(self, msg_id: int, response: DIMSEResponse) -> None:
-        waiter = self._pending.get(msg_id)
+    def _deliver(self, waiter: _Waiter | None, response: DIMSEResponse) -> None:
         if waiter is None:
             return
         waiter.put(response)
-        if not _is_pending_status(getattr(response.message, "status", 0)):
-            self._pending.pop(msg_id, None)
+        if not response.is_pending:
+            self._waiters.pop(response.message.message_id_being_responded_to, None)  # type: ignore[union-attr]
             waiter.close()
 
-    async def _serve_request(self, request: ServiceRequest, complete: anyio.Event | None) -> None:
-        """Run the handler for one incoming request and send its response(s)."""
-        from .services import dispatch
+    def _on_cancel(self, event: CancelReceived) -> None:
+        request = self._performing.get(event.message_id) if event.known else None
+        if request is None:
+            # it already ended (the C-CANCEL crossed its final response): nothing to do
+            self.log.debug("c_cancel_ignored", message_id=event.message_id)
+            return
+        self.log.info("c_cancel_received", message_id=event.message_id)
+        request._cancel()
 
+    async def _serve_request(self, request: IncomingRequest) -> None:
+        """Run the dispatcher for one request of the peer's; clean up whatever happens."""
         try:
             try:
-                await dispatch.serve(self, request, complete)
+                await self.dispatcher.serve(request)
             except Exception as exc:
-                self.log.exception("handler_failed", error=str(exc))
+                if not self.is_closed:
+                    self.log.exception("request_failed", error=str(exc))
             finally:
                 if request._data is not None:
                     request._data.close()
+                if not request.answered and self._ops is not None:
+                    # no final response was sent: the operation ends here all the same
+                    self._ops.finish(request.message_id)
         finally:
+            self._performing.pop(request.message_id, None)
             self._handlers_active -= 1
             if self._handlers_active == 0:
                 self._handlers_idle.set()
 
     # ------------------------------------------------------------------ DIMSE: sending
-
-    def _context(self, context_id: int) -> PresentationContext | None:
-        """The accepted presentation context with this ID (a dict lookup), else None."""
-        if self.negotiated is None:
-            return None
-        ctx = self.negotiated.context_by_id(context_id)
-        return ctx if ctx is not None and ctx.accepted else None
 
     def find_context(
         self,
@@ -763,77 +1083,93 @@ class Association:
 
     def next_message_id(self) -> int:
         """A Message ID not used by any outstanding request of ours."""
-        for _ in range(65536):
-            mid = next(self._message_ids)
-            if mid not in self._pending:
-                return mid
-        raise errors.AssociationError("no free Message ID")
+        try:
+            return self._ops_or_raise().next_message_id()
+        except LocalProtocolError as exc:
+            raise errors.AssociationError(str(exc)) from exc
 
     async def send_message(
         self,
         context: PresentationContext,
         message: messages.Message,
-        dataset: bytes | memoryview | Iterable[bytes] | AsyncIterator[bytes] | None = None,
+        dataset: DatasetSource | None = None,
+        *,
+        _command: bytes | None = None,
     ) -> None:
-        """Send one DIMSE message (command set, then data set fragments) on ``context``."""
+        """Send one DIMSE message (command set, then data set fragments) on ``context``.
+
+        Low level: no bookkeeping (use :meth:`invoke` / :meth:`request` for requests and
+        :meth:`IncomingRequest.respond` for responses).  A message cut off half-way (cancelled,
+        or the data set source failed) leaves the peer unable to read the next one: the
+        association is then aborted.
+        """
         self._raise_if_gone()
         try:
             size = self._fragment_size()
         except ValueError as exc:  # the peer announced a maximum too small to carry anything
             raise errors.AssociationError(str(exc)) from exc
-        command = dimse.encode_command(message)
+        command = dimse.encode_command(message) if _command is None else _command
         async with self._message_lock:
             self._raise_if_gone()
             cid = context.context_id
-            now = self._now()
+            started = finished = False
             try:
+                now = self._now()
                 if len(command) <= size:  # the usual case: one PDV, command and last bits set
                     self._ul.send_pdata(cid, 0x03, command, now=now)
                 else:
-                    for hdr, payload in _fragments(command, size, command=True):
+                    for hdr, payload in dimse.pdv_fragments(command, size, command=True):
                         self._ul.send_pdata(cid, hdr, payload, now=now)
-                if self.ae.hooks.wants(HookEvent.DIMSE_SENT):
-                    self.ae.hooks.emit(HookEvent.DIMSE_SENT, self, message=message)
+                started = True
+                if self.hooks.wants(HookEvent.DIMSE_SENT):
+                    self.hooks.emit(HookEvent.DIMSE_SENT, self, message=message)
                 if dataset is None:
+                    finished = True
                     await self._flush()
                     return
                 if isinstance(dataset, (bytes, bytearray, memoryview)):
                     await self._send_data(cid, memoryview(dataset), size, last=True)
-                    await self._flush()
-                    return
-                # a stream of chunks: hold back the last chunk so that the final PDV carries
-                # the "last fragment" bit
-                previous: bytes | None = None
-                if isinstance(dataset, AsyncIterator):
-                    async for chunk in dataset:
-                        if previous is not None:
-                            await self._send_data(cid, memoryview(previous), size, last=False)
-                        previous = chunk
                 else:
-                    for chunk in dataset:
-                        if previous is not None:
-                            await self._send_data(cid, memoryview(previous), size, last=False)
-                        previous = chunk
-                await self._send_data(cid, memoryview(previous or b""), size, last=True)
+                    # a stream of chunks: hold back the last chunk so that the final PDV
+                    # carries the "last fragment" bit
+                    previous: bytes | None = None
+                    if isinstance(dataset, AsyncIterator):
+                        async for chunk in dataset:
+                            if previous is not None:
+                                await self._send_data(cid, memoryview(previous), size, last=False)
+                            previous = chunk
+                    else:
+                        for chunk in dataset:
+                            if previous is not None:
+                                await self._send_data(cid, memoryview(previous), size, last=False)
+                            previous = chunk
+                    await self._send_data(cid, memoryview(previous or b""), size, last=True)
+                finished = True
                 await self._flush()
             except LocalProtocolError as exc:
                 self._raise_if_gone()
                 raise errors.AssociationError(f"cannot send now: {exc}") from exc
+            finally:
+                if started and not finished and not self._closed.is_set():
+                    # half a message is on its way: nothing valid can follow it
+                    self.log.info("message_interrupted", message=message.NAME)
+                    self._abort_detail = f"sending {message.NAME} was interrupted"
+                    with anyio.CancelScope(shield=True):
+                        await self.abort()
 
     def _queue_one_pdu_message(
-        self, context: PresentationContext, message: messages.Message
+        self, context: PresentationContext, message: messages.Message, command: bytes
     ) -> bool:
         """Queue a message without a data set whose command set fits one PDV, at once.
 
         Nothing awaits between the check and the queueing, so it cannot land inside another
         message's fragments; the caller flushes.  False (nothing queued) if it does not fit.
         """
-        command = dimse.encode_command(message)
         if len(command) > self._fragment_size():
             return False
         self._ul.send_pdata(context.context_id, 0x03, command, now=self._now())
-        if self.ae.hooks.wants(HookEvent.DIMSE_SENT):
-            self.ae.hooks.emit(HookEvent.DIMSE_SENT, self, message=message)
+        if self.hooks.wants(HookEvent.DIMSE_SENT):
+            self.hooks.emit(HookEvent.DIMSE_SENT, self, message=message)
         return True
 
     def _fragment_size(self) -> int:
@@ -845,7 +1181,7 @@ class Association:
 
     async def _send_data(self, cid: int, data: memoryview, size: int, *, last: bool) -> None:
         queued = 0
-        for hdr, payload in _fragments(data, size, command=False, last=last):
+        for hdr, payload in dimse.pdv_fragments(data, size, command=False, last=last):
             self._ul.send_pdata(cid, hdr, payload, now=self._now())
             queued += len(payload)
             if queued >= _FLUSH_THRESHOLD:
@@ -856,26 +1192,61 @@ class Association:
             await self._flush()
             self._raise_if_gone()
 
-    def _register(self, message: messages.Message) -> tuple[int, _Waiter]:
+    async def _send_cancel(self, context: PresentationContext, message_id: int) -> None:
+        ops = self._ops_or_raise()
+        try:
+            cancel = ops.cancel(message_id)
+        except LocalProtocolError:
+            return  # it ended meanwhile
+        await self.send_message(context, cancel)
+
+    # ------------------------------------------------------------------ invoking operations
+
+    async def _start(
+        self,
+        context: PresentationContext,
+        message: messages.Message,
+        dataset: DatasetSource | None,
+    ) -> _Waiter:
+        """Take a window slot, record the operation, send the request; its waiter."""
         self._raise_if_gone()
-        msg_id: int = message.message_id  # type: ignore[union-attr]
-        if msg_id in self._pending:
-            raise errors.AssociationError(f"Message ID {msg_id} is already outstanding")
-        waiter = _Waiter()
-        self._pending[msg_id] = waiter
-        return msg_id, waiter
+        slots = self._invoke_slots
+        if slots is not None:
+            await slots.acquire()
+        waiter = _Waiter(slots)
+        try:
+            ops = self._ops_or_raise()
+            msg_id: int = message.message_id  # type: ignore[union-attr]
+            try:
+                ops.invoke(context.context_id, message)  # type: ignore[arg-type]
+            except LocalProtocolError as exc:
+                raise errors.AssociationError(str(exc)) from exc
+            self._waiters[msg_id] = waiter
+            try:
+                await self.send_message(context, message, dataset)
+            except BaseException:
+                # not (completely) sent: the peer does not know of it (if half of it went out,
+                # send_message aborted the association)
+                ops.forget(msg_id)
+                self._waiters.pop(msg_id, None)
+                raise
+        except BaseException:
+            waiter.close()  # gives the slot back
+            raise
+        return waiter
 
     async def _next_response(self, waiter: _Waiter) -> DIMSEResponse:
-        """The next response to a request of ours, within the DIMSE timeout."""
+        """The next response to an operation of ours, within the DIMSE timeout."""
         if waiter.responses:  # already here: no timer needed
             return waiter.responses.popleft()
-        timeout = self.ae.config.timeouts.dimse
+        timeout = self.config.timeouts.dimse
         if timeout is None:
-            response = await waiter.get()
+            response = await waiter.next_response()
         else:
             with anyio.move_on_after(timeout) as scope:
-                response = await waiter.get()
+                response = await waiter.next_response()
             if scope.cancelled_caught:
+                self._abort_detail = f"no DIMSE response within {timeout} s"
                 await self.abort()
                 raise errors.DIMSETimeout(f"no DIMSE response within {timeout} s")
         if response is None:
@@ -883,155 +1254,97 @@ class Association:
             raise errors.AssociationError("association closed before the response")
         return response
 
-    async def _abandon(self, msg_id: int, completed: bool) -> None:
-        self._pending.pop(msg_id, None)
-        if not completed and not self._closed.is_set():
-            # abandoned mid-operation (cancelled or an error): the peer's later responses
-            # could not be matched any more
+    async def _give_up(self, operation: Operation) -> None:
+        """An operation left before its final response: cancel it where possible and let a
+        watcher drop its late responses; the association stays usable unless the peer does not
+        finish the operation within the DIMSE timeout."""
+        waiter = operation._waiter
+        if waiter.closed or self._closed.is_set():
+            return
+        with anyio.CancelScope(shield=True):
+            try:
+                await operation.cancel()
+            except errors.DICOMError:
+                return
+        waiter.abandoned = True
+        waiter.responses.clear()
+        if self._ops is not None:
+            self._ops.abandon(operation.message_id)
+        if self._tg is not None and not waiter.closed:
+            self._tg.start_soon(self._watch_abandoned, waiter, operation.request.NAME)
+
+    async def _watch_abandoned(self, waiter: _Waiter, name: str) -> None:
+        timeout = self.config.timeouts.dimse
+        with anyio.move_on_after(math.inf if timeout is None else timeout):
+            await waiter.wait_closed()
+            return
+        if not self._closed.is_set():
+            self.log.warning("abandoned_operation_timeout", message=name, timeout=timeout)
+            self._abort_detail = f"the peer did not end a cancelled {name} within {timeout} s"
             await self.abort()
+
+    @asynccontextmanager
+    async def invoke(
+        self,
+        context: PresentationContext,
+        message: messages.Message,
+        dataset: DatasetSource | None = None,
+    ) -> AsyncIterator[Operation]:
+        """Invoke a DIMSE operation and iterate over its responses::
+
+            async with assoc.invoke(context, rq, identifier) as op:
+                async for response in op:   # Pending ones, then the final one
+                    ...
+
+        ``message.message_id`` must come from :meth:`next_message_id`.  The request waits for
+        a free slot of the negotiated asynchronous operations window.  Each response must come
+        within the DIMSE timeout, else the association is aborted and
+        :class:`~asyncdicom.errors.DIMSETimeout` raised.
+
+        Leaving the block before the final response cancels the operation: C-CANCEL-RQ for
+        C-FIND, C-GET and C-MOVE, then the remaining responses are read up to the final one
+        (:attr:`Operation.final`), so the association stays usable.  When the block is left
+        by a cancellation or an exception, the late responses are dropped in the background
+        instead; the association is aborted only if the peer does not finish the operation
+        within the DIMSE timeout.
+        """
+        waiter = await self._start(context, message, dataset)
+        operation = Operation(self, context, message, waiter)
+        try:
+            yield operation
+        except BaseException:
+            await self._give_up(operation)
+            raise
+        if operation.final is None and not waiter.closed:
+            await operation.cancel()
+            await operation.result()
 
     async def request(
         self,
         context: PresentationContext,
         message: messages.Message,
-        dataset: bytes | memoryview | Iterable[bytes] | AsyncIterator[bytes] | None = None,
-    ) -> AsyncIterator[DIMSEResponse]:
-        """Invoke a DIMSE request and yield its responses (pending ones, then the final one).
-
-        ``message.message_id`` must come from :meth:`next_message_id`.  Each response must
-        arrive within the DIMSE timeout, else the association is aborted and
-        :class:`~asyncdicom.errors.DIMSETimeout` raised.  Leaving the iteration early (or
-        being cancelled) before the final response aborts the association.
-        """
-        assert self._invoke_limit is not None
-        async with self._invoke_limit:
-            msg_id, waiter = self._register(message)
-            completed = False
-            try:
-                await self.send_message(context, message, dataset)
-                while True:
-                    response = await self._next_response(waiter)
-                    final = not _is_pending_status(getattr(response.message, "status", 0))
-                    completed = final
-                    yield response
-                    if final:
-                        return
-            finally:
-                with anyio.CancelScope(shield=True):
-                    await self._abandon(msg_id, completed)
-
-    async def request_one(
-        self,
-        context: PresentationContext,
-        message: messages.Message,
-        dataset: bytes | memoryview | Iterable[bytes] | AsyncIterator[bytes] | None = None,
+        dataset: DatasetSource | None = None,
     ) -> DIMSEResponse:
-        """Invoke a request that has exactly one response (C-ECHO, C-STORE, DIMSE-N) and
-        return it; as :meth:`request` otherwise."""
-        assert self._invoke_limit is not None
-        async with self._invoke_limit:
-            msg_id, waiter = self._register(message)
-            completed = False
-            try:
-                await self.send_message(context, message, dataset)
-                while True:
-                    response = await self._next_response(waiter)
-                    if not _is_pending_status(getattr(response.message, "status", 0)):
-                        completed = True
-                        return response
-            finally:
-                if completed:
-                    self._pending.pop(msg_id, None)
-                else:
-                    with anyio.CancelScope(shield=True):
-                        await self._abandon(msg_id, completed)
-
-    # ------------------------------------------------------------------ services (SCU)
-
-    async def echo(self) -> int:
-        """C-ECHO (Verification, PS3.7 9.1.5): returns the response status (0x0000 = success)."""
-        from .services.verification import echo
-
-        return await echo(self)
-
-    async def store(
-        self,
-        dataset_or_path: Any,
-        *,
-        priority: int = 0,
-        move_originator_aet: str | None = None,
-        move_originator_message_id: int | None = None,
-    ) -> int:
-        """C-STORE (Storage, PS3.7 9.1.1): send a pydicom Dataset or a Part 10 file.
-
-        A file is sent without decoding when an accepted context has its transfer syntax, and
-        transcoded between the uncompressed syntaxes when it must.  Returns the status.
-        """
-        from .services.storage import store
-
-        return await store(
-            self,
-            dataset_or_path,
-            priority=priority,
-            move_originator_aet=move_originator_aet,
-            move_originator_message_id=move_originator_message_id,
-        )
+        """Invoke an operation and return its final response (Pending ones are skipped): the
+        primitive for C-ECHO, C-STORE and the DIMSE-N services.  As :meth:`invoke` otherwise;
+        cancelled while waiting, the response is dropped when it comes."""
+        waiter = await self._start(context, message, dataset)
+        try:
+            while True:
+                response = await self._next_response(waiter)
+                if not response.is_pending:
+                    return response
+        except BaseException:
+            if not waiter.closed:
+                await self._give_up(Operation(self, context, message, waiter))
+            raise
 
 
-class _Waiter:
-    """Where the reader puts the responses to one outstanding request (lighter than a
-    memory stream: one deque and one event)."""
-
-    __slots__ = ("closed", "event", "responses")
-
-    def __init__(self) -> None:
-        self.responses: deque[DIMSEResponse] = deque()
-        self.event = anyio.Event()
-        self.closed = False
-
-    def put(self, response: DIMSEResponse) -> None:
-        self.responses.append(response)
-        self.event.set()
-
-    def close(self) -> None:
-        self.closed = True
-        self.event.set()
-
-    async def get(self) -> DIMSEResponse | None:
-        """The next response, or None once closed with nothing left."""
-        while True:
-            if self.responses:
-                return self.responses.popleft()
-            if self.closed:
-                return None
-            self.event = anyio.Event()
-            await self.event.wait()
-
-
-def _is_pending_status(status: int | None) -> bool:
-    return status in (0xFF00, 0xFF01)
-
-
-def _dimse_error(text: str) -> ProtocolError:
-    from .protocol.errors import DIMSEError
-
-    return DIMSEError(text)
-
-
-def _fragments(
-    data: bytes | memoryview, size: int, *, command: bool, last: bool = True
-) -> Iterable[tuple[int, memoryview]]:
-    """(message control header, payload) per PDV of at most ``size`` bytes (from
-    :func:`~asyncdicom.protocol.dimse.fragment_size`), one PDV per PDU (PS3.8 Annex E.2).
-    Payloads are memoryview slices: nothing is copied here."""
-    view = memoryview(data)
-    base = 0x01 if command else 0x00
-    n = len(view)
-    if n == 0:
-        return [(base | (0x02 if last else 0x00), view)]
-    out = []
-    for start in range(0, n, size):
-        end = min(start + size, n)
-        hdr = base | (0x02 if (last and end == n) else 0x00)
-        out.append((hdr, view[start:end]))
-    return out
+def _encode_or_none(message: messages.Message | None) -> bytes | None:
+    """The encoded command set, or None (no message, or values that cannot be encoded)."""
+    if message is None:
+        return None
+    try:
+        return dimse.encode_command(message)
+    except ValueError:
+        return None

@@ -34,8 +34,8 @@ async def test_echo_round_trip() -> None:
     async with scp.server() as server:
         async with AE("SCU").associate("127.0.0.1", server.port, called_aet="SCP") as assoc:
             assert assoc.is_established
-            assert await assoc.echo() == 0x0000
-            assert await assoc.echo() == 0x0000
+            assert (await assoc.echo()).status == 0x0000
+            assert (await assoc.echo()).status == 0x0000
         assert assoc.is_closed
         assert assoc.released
 
@@ -51,7 +51,7 @@ async def test_custom_echo_handler_status_reaches_scu() -> None:
 
     async with scp.server() as server:
         async with AE("CALLER").associate("127.0.0.1", server.port) as assoc:
-            assert await assoc.echo() == 0x0122
+            assert (await assoc.echo()).status == 0x0122
     assert seen == ["CALLER"]
 
 
@@ -59,7 +59,7 @@ async def test_sync_handler_runs_in_thread() -> None:
     scp = _scp()
     scp.on_echo(lambda request: 0x0001)
     async with scp.server() as server, AE("SCU").associate("127.0.0.1", server.port) as assoc:
-        assert await assoc.echo() == 0x0001
+        assert (await assoc.echo()).status == 0x0001
 
 
 async def test_store_dataset_and_file(tmp_path: Path) -> None:
@@ -78,8 +78,8 @@ async def test_store_dataset_and_file(tmp_path: Path) -> None:
             (CT, [uids.EXPLICIT_VR_LITTLE_ENDIAN, uids.IMPLICIT_VR_LITTLE_ENDIAN]),
         ]
         async with AE("SCU").associate("127.0.0.1", server.port, contexts=contexts) as assoc:
-            assert await assoc.store(ds) == 0x0000
-            assert await assoc.store(src) == 0x0000
+            assert (await assoc.store(ds)).status == 0x0000
+            assert (await assoc.store(src)).status == 0x0000
     got = pydicom.dcmread(out / f"{ds.SOPInstanceUID}.dcm")
     assert got.PixelData == ds.PixelData
     assert got.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
@@ -103,7 +103,7 @@ async def test_store_streams_to_handler_in_fragments() -> None:
     ds = make_ct_instance(1_000_000, seed=2)
     async with scp.server() as server:
         async with AE("SCU").associate("127.0.0.1", server.port, contexts=[CT]) as assoc:
-            assert await assoc.store(ds) == 0x0000
+            assert (await assoc.store(ds)).status == 0x0000
     assert sum(sizes) > 1_000_000
     assert max(sizes) <= 16384 - 6, "fragments bigger than the negotiated PDU"
 
@@ -123,7 +123,7 @@ async def test_association_limit_rejects_transient() -> None:
         with pytest.raises(errors.AssociationRejected) as info:
             async with AE("B").associate("127.0.0.1", server.port):
                 pass
-        assert await first.echo() == 0
+        assert (await first.echo()).status == 0
     assert (info.value.result, info.value.source, info.value.reason) == (2, 3, 2)
 
 
@@ -209,7 +209,41 @@ async def test_dimse_timeout_aborts() -> None:
         release.set()
 
 
-async def test_cancelling_an_awaited_operation_aborts() -> None:
+async def test_cancelled_operation_keeps_the_association_when_the_peer_answers() -> None:
+    """Cancelling a task that awaits a response no longer aborts: the late response is
+    dropped when it comes and the association goes on."""
+    scp = _scp()
+    entered = anyio.Event()
+    release = anyio.Event()
+    answered = anyio.Event()
+
+    @scp.on_echo
+    async def on_echo(request: Any) -> int:
+        if not entered.is_set():
+            entered.set()
+            await release.wait()
+            answered.set()
+        return 0x0000
+
+    async with scp.server() as server:
+        async with AE("SCU").associate("127.0.0.1", server.port) as assoc:
+            with anyio.CancelScope() as scope:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(assoc.echo)
+                    await entered.wait()
+                    scope.cancel()
+            assert scope.cancelled_caught
+            assert assoc.is_established
+            assert assoc.outstanding == 1  # the peer has not finished it: its slot is taken
+            release.set()
+            await answered.wait()
+            response = await assoc.echo()  # waits for the window slot, then succeeds
+            assert response.status == 0x0000
+            assert assoc.outstanding == 0
+        assert assoc.released
+
+
+async def test_cancelled_operation_aborts_when_the_peer_never_answers() -> None:
     scp = _scp()
     entered = anyio.Event()
 
@@ -220,14 +254,18 @@ async def test_cancelling_an_awaited_operation_aborts() -> None:
         return 0
 
     async with scp.server() as server:
+        scu = AE("SCU", timeouts=Timeouts(dimse=0.3))
         with pytest.raises(errors.DICOMError):
-            async with AE("SCU").associate("127.0.0.1", server.port) as assoc:
+            async with scu.associate("127.0.0.1", server.port) as assoc:
                 with anyio.CancelScope() as scope:
                     async with anyio.create_task_group() as tg:
                         tg.start_soon(assoc.echo)
                         await entered.wait()
                         scope.cancel()
-                assert assoc.is_closed
+                assert assoc.is_established
+                with anyio.fail_after(10):
+                    await assoc.wait_closed()  # the DIMSE timeout's watcher aborted it
+                assert assoc.abort_info is not None and assoc.abort_info.local
                 await assoc.echo()
 
 
@@ -257,7 +295,7 @@ async def test_async_operations_window_parallel_echoes() -> None:
         results: list[int] = []
 
         async def one() -> None:
-            results.append(await assoc.echo())
+            results.append((await assoc.echo()).status)
 
         async with anyio.create_task_group() as tg:
             for _ in range(6):
@@ -280,7 +318,7 @@ async def test_ipv6_loopback() -> None:
         pytest.fail("this machine has no IPv6 support; the test needs ::1")
     scp = _scp()
     async with scp.server("::1", 0) as server, AE("SCU").associate("::1", server.port) as assoc:
-        assert await assoc.echo() == 0
+        assert (await assoc.echo()).status == 0
         assert assoc.peer_host == "::1"
 
 
@@ -353,7 +391,7 @@ async def test_garbage_gets_abort_and_server_keeps_serving() -> None:
         reply = await _raw(server.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         assert isinstance(decode_pdu(reply[:10]), Abort)
         async with AE("SCU").associate("127.0.0.1", server.port) as assoc:
-            assert await assoc.echo() == 0
+            assert (await assoc.echo()).status == 0
 
 
 async def test_huge_declared_length_refused_from_header() -> None:
@@ -388,7 +426,7 @@ async def test_oversized_pdata_after_association_aborted() -> None:
             pdu = decode_pdu(reply[:10])
             assert isinstance(pdu, Abort) and pdu.source == 2
         async with AE("SCU").associate("127.0.0.1", server.port) as assoc:
-            assert await assoc.echo() == 0
+            assert (await assoc.echo()).status == 0
 
 
 async def test_silent_connection_closed_by_artim() -> None:
@@ -431,7 +469,7 @@ async def test_requestor_serves_requests_from_its_peer() -> None:
     @scp.on_echo
     async def on_echo(request: Any) -> int:
         # while answering the requestor's C-ECHO, send one back to it
-        answers.append(await request.association.echo())
+        answers.append((await request.association.echo()).status)
         return 0x0000
 
     scu = AE("SCU")
@@ -451,6 +489,6 @@ async def test_requestor_serves_requests_from_its_peer() -> None:
         ) as assoc:
             ctx = assoc.find_context(uids.VERIFICATION, role="scp")
             assert ctx is not None and ctx.scu_role and ctx.scp_role
-            assert await assoc.echo() == 0x0000
+            assert (await assoc.echo()).status == 0x0000
     assert answers == [0x0000]
     assert served == ["SCP"]

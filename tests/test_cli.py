@@ -224,7 +224,7 @@ async def _storescp_round_trip(tmp_path: Path, *output: str) -> tuple[Path, int,
             async with scu.associate(
                 "127.0.0.1", port, called_aet="STORESCP", contexts=contexts
             ) as assoc:
-                assert await assoc.store(source) == 0x0000
+                assert (await assoc.store(source)).status == 0x0000
         code = await scp.stop()
     return source, code, scp.stderr
 

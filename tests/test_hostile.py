@@ -225,9 +225,9 @@ class LegitLoad:
         ) as assoc:
             task_status.started()
             while not self._stop.is_set():
-                assert await assoc.echo() == 0x0000
+                assert (await assoc.echo()).status == 0x0000
                 ds = make_ct_instance(3000, seed=self.rounds)
-                assert await assoc.store(ds) == 0x0000
+                assert (await assoc.store(ds)).status == 0x0000
                 self.stored.append(str(ds.SOPInstanceUID))
                 self.rounds += 1
                 self._progress.set()
@@ -629,7 +629,7 @@ async def test_fuzzed_stream_gets_valid_answer_and_server_survives(
                 assert i == len(pdus) - 1, pdus
         # the server keeps serving
         async with AE("SCU").associate("127.0.0.1", server.port, called_aet="SCP") as assoc:
-            assert await assoc.echo() == 0x0000
+            assert (await assoc.echo()).status == 0x0000
 
 
 # --------------------------------------------------------------------------- file names
@@ -750,7 +750,7 @@ async def _big_store(assoc: Any, uid: str, chunks: AsyncIterator[bytes]) -> int:
         affected_sop_class_uid=CT,
         affected_sop_instance_uid=uid,
     )
-    rsp = await assoc.request_one(context, rq, chunks)
+    rsp = await assoc.request(context, rq, chunks)
     return int(rsp.message.status)
 
 
@@ -838,18 +838,18 @@ async def test_max_associations_frees_a_slot_when_one_ends() -> None:
                         assert isinstance(rj, AssociateRJ)
                         assert (rj.result, rj.source, rj.reason) == (2, 3, 2)
                         await peer.expect_closed()
-                assert await second.echo() == 0
+                assert (await second.echo()).status == 0
             assert second.released
             # the slot of the released association is free again at once
             async with scu.associate("127.0.0.1", server.port, called_aet="SCP") as third:
-                assert await third.echo() == 0
-                assert await first.echo() == 0
+                assert (await third.echo()).status == 0
+                assert (await first.echo()).status == 0
         # both slots are free: two at a time again
         async with (
             scu.associate("127.0.0.1", server.port, called_aet="SCP") as a,
             scu.associate("127.0.0.1", server.port, called_aet="SCP") as b,
         ):
-            assert await a.echo() == 0 and await b.echo() == 0
+            assert (await a.echo()).status == 0 and (await b.echo()).status == 0
 
 
 # --------------------------------------------------------------------------- stalled transfers

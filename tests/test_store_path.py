@@ -132,9 +132,9 @@ async def test_store_accepts_part10_sources_and_paths(tmp_path: Path) -> None:
     loaded = read_part10_for_send(files[1]).load()
     async with _storing_scp(out).server() as server:
         async with AE("SCU").associate("127.0.0.1", server.port, contexts=[CT]) as assoc:
-            assert await assoc.store(plain) == 0x0000
-            assert await assoc.store(loaded) == 0x0000
-            assert await assoc.store(files[2]) == 0x0000
+            assert (await assoc.store(plain)).status == 0x0000
+            assert (await assoc.store(loaded)).status == 0x0000
+            assert (await assoc.store(files[2])).status == 0x0000
     for f in files:
         source = read_part10_for_send(f)
         assert _received(out, source) == source.read_bytes()
@@ -149,7 +149,7 @@ async def test_loaded_source_is_sent_from_memory(tmp_path: Path) -> None:
     path.unlink()  # the data set is in memory: the file is not needed any more
     async with _storing_scp(out).server() as server:
         async with AE("SCU").associate("127.0.0.1", server.port, contexts=[CT]) as assoc:
-            assert await assoc.store(loaded) == 0x0000
+            assert (await assoc.store(loaded)).status == 0x0000
     assert _received(out, loaded) == expected
 
 
@@ -167,7 +167,7 @@ async def test_unreadable_source_fails_before_sending(tmp_path: Path) -> None:
             with pytest.raises(InvalidDicomFile):
                 await assoc.store(shrunk)
             assert assoc.is_established
-            assert await assoc.store(files[1]) == 0x0000
+            assert (await assoc.store(files[1])).status == 0x0000
     assert sorted(p.name for p in out.iterdir()) == [files[1].name]
 
 
@@ -181,7 +181,7 @@ async def test_loaded_source_is_transcoded_when_its_syntax_is_refused(tmp_path: 
     contexts = [(CT, [EXPLICIT_VR_LITTLE_ENDIAN])]
     async with _storing_scp(out).server() as server:
         async with AE("SCU").associate("127.0.0.1", server.port, contexts=contexts) as assoc:
-            assert await assoc.store(loaded) == 0x0000
+            assert (await assoc.store(loaded)).status == 0x0000
     saved = read_part10_for_send(out / f"{ds.SOPInstanceUID}.dcm")
     assert saved.transfer_syntax_uid == EXPLICIT_VR_LITTLE_ENDIAN
     decoded = decode_dataset(saved.read_bytes(), EXPLICIT_VR_LITTLE_ENDIAN)
@@ -205,7 +205,7 @@ async def test_big_file_is_streamed_not_loaded(tmp_path: Path) -> None:
             tracemalloc.start()
             try:
                 with anyio.fail_after(GUARD):
-                    assert await assoc.store(path) == 0x0000
+                    assert (await assoc.store(path)).status == 0x0000
                 _, peak = tracemalloc.get_traced_memory()
             finally:
                 tracemalloc.stop()
@@ -225,8 +225,8 @@ async def test_save_in_several_batches_then_commit(tmp_path: Path, threaded: boo
     out = tmp_path / "out"
     async with _storing_scp(out, file_io_in_threads=threaded).server() as server:
         async with AE("SCU").associate("127.0.0.1", server.port, contexts=[CT]) as assoc:
-            assert await assoc.store(ds) == 0x0000
-            assert await assoc.store(make_ct_instance(100, seed=10)) == 0x0000
+            assert (await assoc.store(ds)).status == 0x0000
+            assert (await assoc.store(make_ct_instance(100, seed=10))).status == 0x0000
     names = sorted(p.name for p in out.iterdir())
     assert len(names) == 2 and not any(n.startswith(".") for n in names)
     saved = read_part10_for_send(out / f"{ds.SOPInstanceUID}.dcm")

@@ -102,7 +102,7 @@ async def _echoscu(args: argparse.Namespace) -> int:
         bind=args.bind,
     ) as assoc:
         for _ in range(args.repeat):
-            status = await assoc.echo()
+            status = (await assoc.echo()).status
             if status != 0x0000:
                 failures += 1
                 _err(f"C-ECHO status 0x{status:04X}")
@@ -306,7 +306,7 @@ async def _store_loaded(
                         item = None
                         continue
                     try:
-                        status = await assoc.store(loaded)
+                        status = (await assoc.store(loaded)).status
                     except (DICOMError, StorageError, OSError) as exc:
                         # refused (no context, cannot transcode) or unreadable (a big file
                         # that changed since the scan): this file failed
@@ -497,7 +497,7 @@ async def _demo(args: argparse.Namespace) -> int:
             ) as assoc:
                 stored = 0
                 t0 = time.perf_counter()
-                status = await assoc.echo()
+                status = (await assoc.echo()).status
                 ok &= status == 0
                 table.add_row(
                     "C-ECHO",
@@ -508,7 +508,7 @@ async def _demo(args: argparse.Namespace) -> int:
                 )
                 for f, src in zip(files, sources, strict=True):
                     t0 = time.perf_counter()
-                    status = await assoc.store(f)
+                    status = (await assoc.store(f)).status
                     ms = (time.perf_counter() - t0) * 1000
                     good = _ok(status) and src.sop_instance_uid in received
                     stored += good

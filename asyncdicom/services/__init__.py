@@ -1,5 +1,60 @@
-"""DIMSE services on top of :class:`asyncdicom.association.Association`.
+"""DIMSE services, each a plug-in on the generic driver (see ``docs/dev/adding-a-service.md``).
 
-Each module holds the SCU side (functions the association's methods call) and the SCP side
-(what :mod:`.dispatch` runs for an incoming request).
+:class:`ServiceAssociation` is the association an :class:`~asyncdicom.AE` hands out: the
+driver's generic primitives plus every service's SCU helpers, and per-association handlers.
+:data:`DEFAULT_SERVICES` are the services an AE has unless told otherwise.
 """
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from ..protocol import messages
+from .base import (
+    HandlerRegistry,
+    Service,
+    call,
+    is_async_callable,
+    make_response,
+    request_type,
+)
+from .dispatch import ServiceDispatcher, ServiceRequest
+from .storage import STORAGE_SERVICE, StorageSCU
+from .verification import VERIFICATION_SERVICE, VerificationSCU
+
+__all__ = [
+    "DEFAULT_SERVICES",
+    "STORAGE_SERVICE",
+    "VERIFICATION_SERVICE",
+    "HandlerRegistry",
+    "Service",
+    "ServiceAssociation",
+    "ServiceDispatcher",
+    "ServiceRequest",
+    "call",
+    "is_async_callable",
+    "make_response",
+    "request_type",
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: the services every AE has by default
+DEFAULT_SERVICES: tuple[Service, ...] = (VERIFICATION_SERVICE, STORAGE_SERVICE)
+
+
+class ServiceAssociation(VerificationSCU, StorageSCU):
+    """An association with every service's SCU helpers (``echo()``, ``store()``, ...) and
+    handlers of its own, which take precedence over the AE's for requests arriving on it."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: handlers for requests arriving on this association only
+        self.handlers = HandlerRegistry()
+
+    def on(
+        self, command: str | type[messages.Message], *, sop_class: str | None = None
+    ) -> Callable[[F], F]:
+        """Decorator: handle ``command`` (e.g. ``"C-STORE"``) on this association only."""
+        return self.handlers.on(command, sop_class=sop_class)

@@ -1,154 +1,331 @@
-"""Running a handler for a request received from the peer, and answering it.
-
-A handler is registered on the AE per request type (``ae.on_echo``, ``ae.on_store``, or
-``ae.set_handler(messages.CStoreRQ, fn)``).  It receives a
-:class:`~asyncdicom.association.ServiceRequest` and returns the response status (an ``int``)
-or a complete response message.  ``async def`` handlers run in the association's task group;
-plain functions run in a worker thread (``anyio.to_thread``) after the request's data set, if
-any, has been read into ``request.data``.
-"""
+"""Running handlers: :class:`ServiceDispatcher`, the driver's
+:class:`~asyncdicom.association.Dispatcher` for every association of an AE, and the
+:class:`ServiceRequest` that handlers receive (see :mod:`asyncdicom.services.base` for the
+handler forms and the one sync-or-async rule)."""
 
 from __future__ import annotations
 
 import dataclasses
 import inspect
+from collections.abc import Callable, Generator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from ..association import Association, DatasetSource, IncomingRequest
+from ..log import get_logger
 from ..protocol import messages
+from ..protocol.negotiation import PresentationContext
+from ..protocol.operations import CANCELLABLE
 from ..protocol.status import Status
+from .base import HandlerRegistry, Service, is_async_callable, make_response
 
 if TYPE_CHECKING:
-    from ..association import Association, ServiceRequest
+    from pydicom.dataset import Dataset
 
-__all__ = ["make_response", "serve"]
+__all__ = ["ServiceDispatcher", "ServiceRequest"]
+
+_PENDING = (0xFF00, 0xFF01)
 
 
-def make_response(request: messages.Message, status: int, **fields: Any) -> messages.Message:
-    """The response message matching ``request`` with ``status`` (PS3.7 per-service tables).
+# ---------------------------------------------------------------------- requests
 
-    Copies Message ID Being Responded To, and the Affected SOP Class/Instance UID from the
-    request's affected or requested UIDs where the response has such fields.
+
+class ServiceRequest(IncomingRequest):
+    """A request from the peer as a handler sees it: the generic
+    :class:`~asyncdicom.association.IncomingRequest` plus DICOM conveniences.
+
+    ``message`` is the request, ``context`` its presentation context, ``association`` the
+    association it came on, ``sop_class_uid`` the SOP class it is about.  A data set is read
+    once: :meth:`dataset` (decoded with pydicom), :meth:`read` (bytes), :meth:`chunks`
+    (streamed), :meth:`save_to` (C-STORE to a Part 10 file, streamed and atomic).
     """
-    rsp_type = messages.MESSAGE_TYPES[request.COMMAND_FIELD | 0x8000]
-    names = _field_names(rsp_type)
-    kwargs: dict[str, Any] = {
-        "message_id_being_responded_to": request.message_id,  # type: ignore[union-attr]
-        "status": status,
-    }
-    sop_class = getattr(request, "affected_sop_class_uid", None) or getattr(
-        request, "requested_sop_class_uid", None
-    )
-    sop_instance = getattr(request, "affected_sop_instance_uid", None) or getattr(
-        request, "requested_sop_instance_uid", None
-    )
-    if "affected_sop_class_uid" in names and sop_class:
-        kwargs["affected_sop_class_uid"] = sop_class
-    if "affected_sop_instance_uid" in names and sop_instance:
-        kwargs["affected_sop_instance_uid"] = sop_instance
-    for name in ("event_type_id", "action_type_id"):
-        if name in names and getattr(request, name, None) is not None:
-            kwargs[name] = getattr(request, name)
-    if "has_dataset" in names:
-        kwargs["has_dataset"] = False
-    kwargs.update(fields)
-    return rsp_type(**{k: v for k, v in kwargs.items() if k in names})
+
+    async def dataset(self) -> Dataset:
+        """The data set (identifier) decoded with pydicom in the context's transfer syntax."""
+        from ..storage.files import decode_dataset
+
+        data = await self.read()
+        return decode_dataset(data, self.context.transfer_syntax or "")
+
+    def decode(self) -> Dataset:
+        """For plain-function (threaded) handlers: :attr:`data` decoded with pydicom."""
+        from ..storage.files import decode_dataset
+
+        return decode_dataset(self.data or b"", self.context.transfer_syntax or "")
+
+    async def save_to(self, folder: str | Path) -> Path:
+        """C-STORE: write the instance to ``folder`` as a Part 10 file, atomically."""
+        from .storage import save_request
+
+        return await save_request(self, folder)
 
 
-_FIELD_NAMES: dict[type, frozenset[str]] = {}
+def _encode(dataset: Any, context: PresentationContext) -> DatasetSource:
+    if isinstance(dataset, (bytes, bytearray, memoryview)):
+        return dataset
+    from ..storage.files import encode_dataset
+
+    return encode_dataset(dataset, context.transfer_syntax or "")
 
 
-def _field_names(cls: type) -> frozenset[str]:
-    names = _FIELD_NAMES.get(cls)
-    if names is None:
-        names = _FIELD_NAMES[cls] = frozenset(f.name for f in dataclasses.fields(cls))
-    return names
+# ---------------------------------------------------------------------- the dispatcher
 
 
-def default_response(message: messages.Message) -> messages.Message:
-    """The response to a request for which no handler is registered."""
-    if isinstance(message, messages.CEchoRQ):  # the common case, built directly
-        return messages.CEchoRSP(
-            message_id_being_responded_to=message.message_id,
-            status=0x0000,
-            affected_sop_class_uid=message.affected_sop_class_uid,
-        )
-    return make_response(message, _default_status(message))
+class ServiceDispatcher:
+    """Runs the handlers of an AE for the requests its associations receive (the
+    :class:`~asyncdicom.association.Dispatcher` of every association of the AE).
 
+    ``handlers`` is the AE's registry; an association with a ``handlers`` attribute of its own
+    (:class:`~asyncdicom.services.ServiceAssociation`) is looked at first.  ``services`` give
+    the defaults: the answer without a handler, and the status of a handler's exception.
+    """
 
-def _default_status(message: messages.Message) -> int:
-    if isinstance(message, messages.CEchoRQ):
-        return 0x0000
-    if isinstance(message, messages.CStoreRQ):
-        return int(Status.SOP_CLASS_NOT_SUPPORTED)
-    return int(Status.UNRECOGNIZED_OPERATION)
+    def __init__(self, handlers: HandlerRegistry, services: list[Service]) -> None:
+        self.handlers = handlers
+        #: shared with the owner: services added later count
+        self.services = services
+        self.log = get_logger()
 
+    def service_for(self, message: messages.Message, sop_class: str) -> Service | None:
+        """The service that serves ``message`` on ``sop_class`` (the last registered wins)."""
+        for service in reversed(self.services):
+            if service.serves(message, sop_class):
+                return service
+        return None
 
-async def serve(
-    association: Association, request: ServiceRequest, complete: anyio.Event | None
-) -> None:
-    """Run the handler registered for ``request`` and send the response."""
-    message = request.message
-    if isinstance(message, messages.CCancelRQ):
-        association.ae._on_cancel(association, message)
-        return
-    handler = association.ae.handler_for(type(message))
-    result: Any
-    try:
+    def handler_for(
+        self, association: Association, message: messages.Message, sop_class: str
+    ) -> Callable[..., Any] | None:
+        """The handler for ``message``: the association's own, else the AE's."""
+        local: HandlerRegistry | None = getattr(association, "handlers", None)
+        cls = type(message)
+        if local:
+            found = local.get(cls, sop_class)
+            if found is not None:
+                return found
+        return self.handlers.get(cls, sop_class)
+
+    def default_response(self, message: messages.Message, sop_class: str) -> messages.Message:
+        """The answer to ``message`` when no handler is registered."""
+        service = self.service_for(message, sop_class)
+        if service is not None:
+            return service.default_response(message)
+        return make_response(message, int(Status.UNRECOGNIZED_OPERATION))
+
+    # -- the Dispatcher protocol
+
+    def answer_now(
+        self, association: Association, context: PresentationContext, message: messages.Message
+    ) -> messages.Message | None:
+        sop_class = _sop_class(message)
+        if self.handler_for(association, message, sop_class) is not None:
+            return None
+        return self.default_response(message, sop_class)
+
+    def new_request(
+        self,
+        association: Association,
+        context: PresentationContext,
+        message: messages.Message,
+        data: Any,
+    ) -> ServiceRequest:
+        return ServiceRequest(association, context, message, data)
+
+    async def serve(self, request: IncomingRequest) -> None:
+        """Run the handler for ``request`` and send its response(s)."""
+        association = request.association
+        message = request.message
+        sop_class = request.sop_class_uid
+        handler = self.handler_for(association, message, sop_class)
         if handler is None:
             if request.has_dataset:
                 await request.discard()
-            result = _default_status(message)
-        elif is_async_callable(handler):
-            result = await handler(request)
-        else:
-            if request.has_dataset:
-                request.data = await request.read()
-            result = await anyio.to_thread.run_sync(handler, request)
-    except Exception as exc:
-        if association.is_closed:
+            await self._respond(request, self.default_response(message, sop_class))
             return
-        association.log.exception("handler_error", message=type(message).__name__, error=str(exc))
-        result = _status_for_exception(message, exc)
-    if request.has_dataset and not request._consumed:
-        await request.discard()
-    if complete is not None:
-        # answer only once the whole request has arrived
-        await complete.wait()
-    if association.is_closed:
-        return
-    if isinstance(result, messages.Response):
-        response: Any = result
-    else:
-        response = make_response(message, int(result) if result is not None else 0x0000)
-    try:
-        await association.send_message(request.context, response)
-    except ValueError:
-        if response is result:
-            raise
-        # The request's UIDs, echoed into the response, cannot be encoded (a peer may send,
-        # say, a backslash in a UI value, which our decoder lets through).  They are U(=) in
-        # every response (PS3.7 9.3, 10.3): answer without them rather than not at all.
-        uid_fields = {"affected_sop_class_uid", "affected_sop_instance_uid"}
-        response = dataclasses.replace(
-            response,
-            **{f.name: None for f in dataclasses.fields(response) if f.name in uid_fields},
+        if inspect.isasyncgenfunction(handler) or inspect.isgeneratorfunction(handler):
+            await self._serve_generator(request, handler, sop_class)
+            return
+        result: Any
+        try:
+            if is_async_callable(handler):
+                result = await handler(request)
+            else:
+                if request.has_dataset:
+                    request.data = await request.read()
+                result = await anyio.to_thread.run_sync(handler, request)
+        except Exception as exc:
+            if association.is_closed:
+                return
+            result = self._failed(request, handler, exc, sop_class)
+        if request.has_dataset and not request._consumed:
+            await request.discard()
+        await self._send_result(request, result, final=True)
+
+    def _failed(
+        self, request: IncomingRequest, handler: Any, exc: BaseException, sop_class: str
+    ) -> int:
+        message = request.message
+        request.association.log.error(
+            "handler_failed",
+            message=message.NAME,
+            handler=getattr(handler, "__qualname__", repr(handler)),
+            error=f"{type(exc).__name__}: {exc}",
+            exc_info=exc,
         )
-        await association.send_message(request.context, response)
+        service = self.service_for(message, sop_class)
+        if service is not None:
+            return service.exception_status(message, exc)
+        return int(Status.PROCESSING_FAILURE)
+
+    async def _serve_generator(
+        self, request: IncomingRequest, handler: Callable[..., Any], sop_class: str
+    ) -> None:
+        """Multi-response: each yielded item is a Pending response; C-CANCEL stops it.
+
+        Only the handler's own work runs in the scope that a C-CANCEL-RQ cancels; sending a
+        Pending response does not, so that a cancel never cuts a message in half.
+        """
+        association = request.association
+        cancellable = type(request.message) in CANCELLABLE
+        final: Any = None
+        items = _Items(handler, request)
+        try:
+            while True:
+                with anyio.CancelScope() as scope:
+                    if cancellable:
+                        request.cancel_scope = scope
+                        if request.cancel_requested:
+                            scope.cancel()
+                    item = await items.next()
+                request.cancel_scope = None
+                if scope.cancelled_caught:
+                    final = int(Status.CANCEL)
+                    break
+                if item is _Items._DONE:
+                    break
+                if _is_final(item):
+                    final = item
+                    break
+                await self._send_result(request, item, final=False)
+                # A handler whose results never wait for I/O would otherwise keep the event
+                # loop to itself: let the reader (a C-CANCEL may be waiting) and the other
+                # associations run between two results.
+                await anyio.lowlevel.checkpoint()
+                if cancellable and request.cancel_requested:
+                    final = int(Status.CANCEL)
+                    break
+        except Exception as exc:
+            if association.is_closed:
+                return
+            final = self._failed(request, handler, exc, sop_class)
+        finally:
+            request.cancel_scope = None
+            await items.aclose()
+        if request.has_dataset and not request._consumed:
+            await request.discard()
+        await self._send_result(request, final, final=True)
+
+    async def _send_result(self, request: IncomingRequest, result: Any, *, final: bool) -> None:
+        """Turn what a handler returned or yielded into a response and send it."""
+        if request.association.is_closed:
+            return
+        message = request.message
+        dataset: Any = None
+        response: Any
+        if isinstance(result, messages.Response):
+            response = result
+        else:
+            status: int
+            if result is None:
+                status = 0x0000 if final else 0xFF00
+            elif isinstance(result, tuple):
+                status, dataset = int(result[0]), result[1]
+            elif isinstance(result, int):
+                status = int(result)
+            else:  # a data set alone: a Pending result
+                status, dataset = 0xFF00, result
+            if final and status in _PENDING:
+                raise ValueError(f"a final response cannot have the Pending status {status:#06x}")
+            response = make_response(message, status, has_dataset=dataset is not None)
+        encoded = _encode(dataset, request.context) if dataset is not None else None
+        await self._respond(request, response, encoded)
+
+    async def _respond(
+        self,
+        request: IncomingRequest,
+        response: messages.Message,
+        dataset: DatasetSource | None = None,
+    ) -> None:
+        try:
+            await request.respond(response, dataset)
+        except ValueError:
+            # The request's UIDs, echoed into the response, cannot be encoded (a peer may send,
+            # say, a backslash in a UI value, which our decoder lets through).  They are U(=)
+            # in every response (PS3.7 9.3, 10.3): answer without them rather than not at all.
+            uid_fields = {"affected_sop_class_uid", "affected_sop_instance_uid"}
+            cleared: dict[str, Any] = {
+                f.name: None for f in dataclasses.fields(response) if f.name in uid_fields
+            }
+            fixed = dataclasses.replace(response, **cleared)
+            if fixed == response:
+                raise
+            await request.respond(fixed, dataset)
 
 
-def _status_for_exception(message: messages.Message, exc: Exception) -> int:
-    if isinstance(message, messages.CStoreRQ):
-        # PS3.4 B.2.3: A7xx out of resources (disk full), C000 cannot understand
-        if isinstance(exc, OSError):
-            return 0xA700
-        return 0xC000
-    return int(Status.PROCESSING_FAILURE)
-
-
-def is_async_callable(fn: Any) -> bool:
-    """True for ``async def`` functions (and callables whose __call__ is one)."""
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
-        getattr(fn, "__call__", None)  # noqa: B004
+def _sop_class(message: messages.Message) -> str:
+    uid = getattr(message, "affected_sop_class_uid", None) or getattr(
+        message, "requested_sop_class_uid", None
     )
+    return str(uid or "")
+
+
+def _is_final(item: Any) -> bool:
+    """A yielded item that ends the operation: a final status or response."""
+    if isinstance(item, messages.Response):
+        return item.status not in _PENDING
+    if isinstance(item, tuple):
+        return int(item[0]) not in _PENDING
+    if isinstance(item, int):
+        return item not in _PENDING
+    return False
+
+
+class _Items:
+    """The items of a generator handler: an async generator, or a plain generator iterated in
+    a worker thread (one ``next`` per item)."""
+
+    _DONE: Any = object()
+
+    def __init__(self, handler: Callable[..., Any], request: IncomingRequest) -> None:
+        self._handler = handler
+        self._request = request
+        self._agen: Any = None
+        self._gen: Generator[Any, None, None] | None = None
+
+    async def next(self) -> Any:
+        """The next item, or ``_Items._DONE``."""
+        if self._agen is None and self._gen is None:
+            if inspect.isasyncgenfunction(self._handler):
+                self._agen = self._handler(self._request)
+            else:
+                request = self._request
+                if request.has_dataset:
+                    request.data = await request.read()
+                self._gen = await anyio.to_thread.run_sync(self._handler, request)
+        if self._agen is not None:
+            try:
+                return await self._agen.__anext__()
+            except StopAsyncIteration:
+                return self._DONE
+        gen = self._gen
+        return await anyio.to_thread.run_sync(lambda: next(gen, self._DONE))  # type: ignore[arg-type]
+
+    async def aclose(self) -> None:
+        """Close the generator (its ``finally`` blocks run)."""
+        with anyio.CancelScope(shield=True):
+            if self._agen is not None:
+                await self._agen.aclose()
+            elif self._gen is not None:
+                await anyio.to_thread.run_sync(self._gen.close)

@@ -22,15 +22,36 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from ..association import Association, DIMSEResponse, IncomingRequest
 from ..errors import NoAcceptedContext
 from ..protocol import messages
-from ..protocol.uids import UNCOMPRESSED_TRANSFER_SYNTAXES
+from ..protocol.status import Status
+from ..protocol.uids import UNCOMPRESSED_TRANSFER_SYNTAXES, is_storage_sop_class
+from .base import Service
 
 if TYPE_CHECKING:
-    from ..association import Association, ServiceRequest
     from ..storage.files import Part10Writer
 
-__all__ = ["SEND_WHOLE_LIMIT", "save_request", "store"]
+__all__ = ["SEND_WHOLE_LIMIT", "STORAGE_SERVICE", "StorageSCU", "save_request", "store"]
+
+
+def _store_exception_status(message: messages.Message, exc: BaseException) -> int:
+    # PS3.4 B.2.3: A7xx out of resources (a full disk), C000 cannot understand
+    if isinstance(exc, OSError):
+        return 0xA700
+    return 0xC000
+
+
+#: C-STORE on every storage SOP class (PS3.4 Annex B); which ones an acceptor accepts is
+#: configured on the AE (``accept_any_storage``, ``supported_contexts``); without a handler
+#: the SCP answers 0x0122 (SOP class not supported)
+STORAGE_SERVICE = Service(
+    name="Storage",
+    commands=(messages.CStoreRQ,),
+    rule=is_storage_sop_class,
+    no_handler_status=int(Status.SOP_CLASS_NOT_SUPPORTED),
+    exception_status=_store_exception_status,
+)
 
 #: data sets up to this size are read whole (one worker-thread call per file) and sent from
 #: memory; bigger ones are streamed in chunks of _READ_CHUNK
@@ -51,6 +72,32 @@ async def _file_chunks(source: Any) -> AsyncIterator[bytes]:
         yield chunk
 
 
+class StorageSCU(Association):
+    """The Storage SCU helper of an association."""
+
+    async def store(
+        self,
+        dataset_or_path: Any,
+        *,
+        priority: int = 0,
+        move_originator_aet: str | None = None,
+        move_originator_message_id: int | None = None,
+    ) -> DIMSEResponse:
+        """C-STORE (Storage, PS3.7 9.1.1): send a pydicom Dataset or a Part 10 file.
+
+        A file is sent without decoding when an accepted context has its transfer syntax, and
+        transcoded between the uncompressed syntaxes when it must; otherwise
+        :class:`~asyncdicom.errors.NoAcceptedContext`.  Returns the C-STORE-RSP (``.status``).
+        """
+        return await store(
+            self,
+            dataset_or_path,
+            priority=priority,
+            move_originator_aet=move_originator_aet,
+            move_originator_message_id=move_originator_message_id,
+        )
+
+
 async def store(
     association: Association,
     dataset_or_path: Any,
@@ -58,8 +105,8 @@ async def store(
     priority: int = 0,
     move_originator_aet: str | None = None,
     move_originator_message_id: int | None = None,
-) -> int:
-    """Send one instance with C-STORE-RQ and return the C-STORE-RSP status.
+) -> DIMSEResponse:
+    """Send one instance with C-STORE-RQ and return the C-STORE-RSP.
 
     ``dataset_or_path``: a pydicom Dataset, a path, or a
     :class:`~asyncdicom.storage.files.Part10Source` (its ``data`` is sent if loaded).
@@ -118,11 +165,10 @@ async def store(
         move_originator_message_id=move_originator_message_id,
         has_dataset=True,
     )
-    response = await association.request_one(context, rq, data)
-    return int(response.message.status)  # type: ignore[union-attr]
+    return await association.request(context, rq, data)
 
 
-async def save_request(request: ServiceRequest, folder: str | os.PathLike[str]) -> Path:
+async def save_request(request: IncomingRequest, folder: str | os.PathLike[str]) -> Path:
     """Write the C-STORE request's data set to ``folder`` as a Part 10 file; return its path.
 
     The file appears under its final name only when complete; if the association ends early
@@ -138,7 +184,7 @@ async def save_request(request: ServiceRequest, folder: str | os.PathLike[str]) 
     message = request.message
     assert isinstance(message, messages.CStoreRQ)
     association = request.association
-    cfg = association.ae.config
+    cfg = association.config
     target = Path(folder)
 
     def _open() -> Part10Writer:

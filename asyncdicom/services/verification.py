@@ -2,25 +2,45 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+from ..association import Association, DIMSEResponse
+from ..config import DEFAULT_TRANSFER_SYNTAXES
 from ..errors import NoAcceptedContext
 from ..protocol import messages
 from ..protocol.uids import VERIFICATION
+from .base import Service
 
-if TYPE_CHECKING:
-    from ..association import Association
-
-__all__ = ["echo"]
+__all__ = ["VERIFICATION_SERVICE", "VerificationSCU"]
 
 
-async def echo(association: Association) -> int:
-    """Send C-ECHO-RQ and return the C-ECHO-RSP status."""
-    context = association.find_context(VERIFICATION)
-    if context is None:
-        raise NoAcceptedContext("no accepted presentation context for Verification")
-    rq = messages.CEchoRQ(
-        message_id=association.next_message_id(), affected_sop_class_uid=VERIFICATION
+def _echo_success(message: messages.Message) -> messages.Message:
+    # the common case, built directly (an SCP answers C-ECHO with Success by default)
+    return messages.CEchoRSP(
+        message_id_being_responded_to=message.message_id,  # type: ignore[union-attr]
+        status=0x0000,
+        affected_sop_class_uid=message.affected_sop_class_uid,  # type: ignore[union-attr]
     )
-    response = await association.request_one(context, rq)
-    return int(response.message.status)  # type: ignore[union-attr]
+
+
+#: C-ECHO on the Verification SOP class; without a handler the SCP answers Success
+VERIFICATION_SERVICE = Service(
+    name="Verification",
+    commands=(messages.CEchoRQ,),
+    sop_classes=frozenset({VERIFICATION}),
+    transfer_syntaxes=DEFAULT_TRANSFER_SYNTAXES,
+    accept_by_default=True,
+    no_handler_response=_echo_success,
+)
+
+
+class VerificationSCU(Association):
+    """The Verification SCU helper of an association."""
+
+    async def echo(self) -> DIMSEResponse:
+        """C-ECHO (PS3.7 9.1.5): the response (``.status`` 0x0000 = success)."""
+        context = self.find_context(VERIFICATION)
+        if context is None:
+            raise NoAcceptedContext("no accepted presentation context for Verification")
+        rq = messages.CEchoRQ(
+            message_id=self.next_message_id(), affected_sop_class_uid=VERIFICATION
+        )
+        return await self.request(context, rq)

@@ -71,7 +71,7 @@ async def run_echo(args: argparse.Namespace) -> dict[str, Any]:
         start = time.perf_counter()
         stop_at = start + args.max_seconds
         while done < args.count:
-            if await assoc.echo() != 0x0000:
+            if (await assoc.echo()).status != 0x0000:
                 failed += 1
             done += 1
             if time.perf_counter() >= stop_at:
@@ -96,7 +96,7 @@ async def run_assoc_echo(args: argparse.Namespace) -> dict[str, Any]:
     while done < args.count:
         try:
             async with ae.associate(args.host, args.port, called_aet=args.called_aet) as assoc:
-                if await assoc.echo() != 0x0000:
+                if (await assoc.echo()).status != 0x0000:
                     failed += 1
         except DICOMError:
             failed += 1
@@ -133,11 +133,11 @@ async def run_concurrent(args: argparse.Namespace) -> dict[str, Any]:
             ) as assoc:
                 good = True
                 for _ in range(args.echoes):
-                    if await assoc.echo() == 0x0000:
+                    if (await assoc.echo()).status == 0x0000:
                         echoes_ok += 1
                     else:
                         good = False
-                if await assoc.store(store_file) == 0x0000:
+                if (await assoc.store(store_file)).status == 0x0000:
                     stores_ok += 1
                 else:
                     good = False

@@ -1,0 +1,106 @@
+"""Presentation-context presets: what to propose (requestor) or accept (acceptor).
+
+A requestor may propose at most 128 presentation contexts (PS3.8 9.3.2.2: odd IDs 1-255), so
+"every storage SOP class" (about 170 known to pydicom) only fits as an *acceptor*
+configuration (:func:`storage_supported`); as a requestor propose what you will send
+(:func:`contexts_for`, or :data:`COMMON_STORAGE`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from .config import DEFAULT_TRANSFER_SYNTAXES
+from .protocol import uids
+from .protocol.negotiation import ContextRequest, SupportedContext
+
+__all__ = [
+    "COMMON_STORAGE",
+    "QR_FIND",
+    "QR_GET",
+    "QR_MOVE",
+    "VERIFICATION",
+    "contexts_for",
+    "storage_supported",
+]
+
+#: Verification (C-ECHO)
+VERIFICATION: tuple[ContextRequest, ...] = (
+    ContextRequest(uids.VERIFICATION, DEFAULT_TRANSFER_SYNTAXES),
+)
+
+#: Query/Retrieve information models (PS3.4 C.6): Patient Root, Study Root, Patient/Study Only
+QR_FIND: tuple[str, ...] = (
+    uids.PATIENT_ROOT_QR_FIND,
+    uids.STUDY_ROOT_QR_FIND,
+    uids.PATIENT_STUDY_ONLY_QR_FIND,
+)
+QR_MOVE: tuple[str, ...] = (
+    uids.PATIENT_ROOT_QR_MOVE,
+    uids.STUDY_ROOT_QR_MOVE,
+    uids.PATIENT_STUDY_ONLY_QR_MOVE,
+)
+QR_GET: tuple[str, ...] = (
+    uids.PATIENT_ROOT_QR_GET,
+    uids.STUDY_ROOT_QR_GET,
+    uids.PATIENT_STUDY_ONLY_QR_GET,
+)
+
+#: the storage SOP classes modalities and PACS exchange most (fits one A-ASSOCIATE-RQ)
+COMMON_STORAGE: tuple[str, ...] = (
+    uids.COMPUTED_RADIOGRAPHY_IMAGE_STORAGE,
+    uids.DIGITAL_XRAY_IMAGE_STORAGE_FOR_PRESENTATION,
+    uids.DIGITAL_MAMMOGRAPHY_XRAY_IMAGE_STORAGE_FOR_PRESENTATION,
+    uids.CT_IMAGE_STORAGE,
+    uids.ENHANCED_CT_IMAGE_STORAGE,
+    uids.MR_IMAGE_STORAGE,
+    uids.ENHANCED_MR_IMAGE_STORAGE,
+    uids.ULTRASOUND_IMAGE_STORAGE,
+    uids.ULTRASOUND_MULTIFRAME_IMAGE_STORAGE,
+    uids.SECONDARY_CAPTURE_IMAGE_STORAGE,
+    uids.XRAY_ANGIOGRAPHIC_IMAGE_STORAGE,
+    uids.NUCLEAR_MEDICINE_IMAGE_STORAGE,
+    uids.POSITRON_EMISSION_TOMOGRAPHY_IMAGE_STORAGE,
+    uids.GRAYSCALE_SOFTCOPY_PRESENTATION_STATE_STORAGE,
+    uids.BASIC_TEXT_SR_STORAGE,
+    uids.ENHANCED_SR_STORAGE,
+    uids.COMPREHENSIVE_SR_STORAGE,
+    uids.KEY_OBJECT_SELECTION_DOCUMENT_STORAGE,
+    uids.ENCAPSULATED_PDF_STORAGE,
+    uids.SEGMENTATION_STORAGE,
+    uids.RT_IMAGE_STORAGE,
+    uids.RT_DOSE_STORAGE,
+    uids.RT_STRUCTURE_SET_STORAGE,
+    uids.RT_PLAN_STORAGE,
+)
+
+
+def contexts_for(
+    sop_classes: Iterable[str],
+    transfer_syntaxes: Sequence[str] = DEFAULT_TRANSFER_SYNTAXES,
+    *,
+    scu_role: bool | None = None,
+    scp_role: bool | None = None,
+) -> list[ContextRequest]:
+    """One :class:`ContextRequest` per SOP class (duplicates dropped, order kept), each with
+    ``transfer_syntaxes``; raises ValueError beyond the 128 contexts an A-ASSOCIATE-RQ holds."""
+    seen: dict[str, None] = dict.fromkeys(sop_classes)
+    if len(seen) > 128:
+        raise ValueError(f"{len(seen)} SOP classes: an association proposes 128 contexts at most")
+    return [
+        ContextRequest(uid, tuple(transfer_syntaxes), scu_role=scu_role, scp_role=scp_role)
+        for uid in seen
+    ]
+
+
+def storage_supported(
+    transfer_syntaxes: Sequence[str] = uids.ALL_TRANSFER_SYNTAXES,
+    *,
+    scu_role: bool = False,
+) -> tuple[SupportedContext, ...]:
+    """Acceptor: every storage SOP class known to pydicom, in ``transfer_syntaxes`` (for
+    ``AEConfig.supported_contexts``; ``accept_any_storage=True`` does the same for any UID)."""
+    return tuple(
+        SupportedContext(uid, tuple(transfer_syntaxes), scu_role_allowed=scu_role)
+        for uid in uids.storage_sop_classes()
+    )
