@@ -12,6 +12,11 @@ Semantics kept from anyio: ``receive`` raises ``EndOfStream`` after the peer's F
 Reading is paused only while more than ``_HIGH_WATER`` bytes wait unread (back-pressure).
 A receive that finds data already buffered yields to the event loop every ``_FAIRNESS``
 consecutive calls, so one busy connection cannot starve the others.
+
+Any asyncio event loop works: the transports of third-party loops implement asyncio's
+``Transport`` interface without inheriting from ``asyncio.Transport`` (uvloop's are Cython
+classes derived from ``object``), so the transport a loop hands us is used by its interface,
+never checked with ``isinstance``.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import asyncio
 import socket
 from collections import deque
 from collections.abc import Callable, Coroutine, Mapping
-from typing import Any
+from typing import Any, cast
 
 import anyio
 from anyio.abc import ByteStream, SocketAttribute, TaskGroup
@@ -46,8 +51,8 @@ class _Protocol(asyncio.Protocol):
         self.writing_paused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A cast, not an isinstance check: see the module docstring (uvloop).
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         self.chunks.append(data)
@@ -172,7 +177,6 @@ async def connect(host: str, port: int, *, bind: str | None = None) -> AsyncioSt
     transport, protocol = await loop.create_connection(
         _Protocol, host, port, local_addr=(bind, 0) if bind else None
     )
-    assert isinstance(transport, asyncio.Transport)
     return AsyncioStream(transport, protocol)
 
 
@@ -212,8 +216,7 @@ async def listen(host: str | None, port: int, *, backlog: int = 1024) -> Asyncio
 
         def made(transport: asyncio.BaseTransport) -> None:
             original(transport)
-            assert isinstance(transport, asyncio.Transport)
-            queue.put_nowait(AsyncioStream(transport, protocol))
+            queue.put_nowait(AsyncioStream(cast(asyncio.Transport, transport), protocol))
 
         protocol.connection_made = made  # type: ignore[method-assign]
         return protocol

@@ -21,3 +21,27 @@ def _no_internal_errors() -> Iterator[None]:
     before = AE.total_internal_errors
     yield
     assert AE.total_internal_errors == before, "a connection ended on an internal error"
+
+
+# ---------------------------------------------------------------------------------------------
+# Peers a test needs (DCMTK, Orthanc, pynetdicom, uvloop): see tests/harness/requirements.py
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Before any fixture runs: skip (or, under ASYNCDICOM_REQUIRE_PEERS=1, fail) a test whose
+    ``requires_peer`` marker names something this machine lacks."""
+    from harness.requirements import MARKER, require
+
+    marker = item.get_closest_marker(MARKER)
+    if marker is not None:
+        require(*marker.args)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """One line at the end of the run: how many tests missing peers skipped, what to install."""
+    from harness.requirements import summary_lines
+
+    for line in summary_lines(terminalreporter.stats):
+        terminalreporter.write_line(line, yellow=True, bold=True)

@@ -20,7 +20,7 @@ Measurements (names for ``--only``):
   server's peak RSS (VmHWM) is read from /proc.
 
 Fairness: DCMTK processes get ``TCP_NODELAY=1`` (DCMTK 3.6.7 leaves Nagle's algorithm on
-otherwise, see :func:`asyncdicom.testing.peers.dcmtk_env`); pynetdicom processes get
+otherwise, see :func:`harness.peers.dcmtk_env`); pynetdicom processes get
 ``--tcp-nodelay`` (pynetdicom never sets TCP_NODELAY itself); asyncdicom sets it always.  Every
 receiver announces a maximum PDU of 131072 bytes (DCMTK's largest allowed value), so every sender
 uses the same PDU size.  Throughput figures are the best of ``--repeat`` runs.  All traffic goes
@@ -52,8 +52,11 @@ from typing import Any
 
 import psutil
 
-from asyncdicom.storage.synthetic import write_ct_files
-from asyncdicom.testing.peers import (
+# The peer harness lives in tests/harness (not in the installed package): run as a script,
+# this file puts tests/ on sys.path itself.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from harness.peers import (
     LOCALHOST,
     DcmtkStoreSCP,
     PynetdicomSCP,
@@ -66,6 +69,8 @@ from asyncdicom.testing.peers import (
     storescu_command,
     wait_for_port,
 )
+
+from asyncdicom.storage.synthetic import write_ct_files
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]

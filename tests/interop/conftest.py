@@ -1,10 +1,13 @@
-"""Fixtures that start real DICOM peers (DCMTK, pynetdicom) on 127.0.0.1.
+"""Fixtures that start real DICOM peers (DCMTK, pynetdicom, Orthanc) on 127.0.0.1.
 
-The peers are external processes managed by :mod:`asyncdicom.testing.peers`; fixtures here are
-synchronous (a subprocess needs no event loop) and work with ``@pytest.mark.anyio`` tests.
+The peers are external processes managed by :mod:`harness.peers` and :mod:`harness.orthanc`;
+fixtures here are synchronous (a subprocess needs no event loop) and work with
+``@pytest.mark.anyio`` tests.
 
-Missing DCMTK programs make the tests that need them FAIL, not skip: CI installs DCMTK, and a
-silent skip would hide a broken CI image.
+A missing peer SKIPS the tests that need it (declared with the ``requires_peer`` marker, and
+checked again by the fixtures that start peers), and the run ends with a summary line saying
+what to install; with ``ASYNCDICOM_REQUIRE_PEERS=1``, which CI sets, those tests FAIL instead,
+so a broken CI image cannot hide behind skips (see :mod:`harness.requirements`).
 """
 
 from __future__ import annotations
@@ -18,16 +21,13 @@ from typing import Any
 
 import pydicom.data
 import pytest
+from harness.orthanc import OrthancPeer
+from harness.peers import DcmtkStoreSCP, PynetdicomSCP
+from harness.requirements import require
 from pydicom import dcmread
 
 from asyncdicom import AE, Association, HookEvent, Server, ServiceRequest
 from asyncdicom.protocol.pdu import AssociateRJ
-from asyncdicom.testing.peers import (
-    DCMTK_PROGRAMS,
-    DcmtkStoreSCP,
-    PynetdicomSCP,
-    missing_dcmtk_programs,
-)
 
 # pydicom's bundled samples (never the download helpers). Chosen to be valid storage instances
 # with distinct SOP Instance UIDs, in uncompressed little-endian transfer syntaxes (so any SCP
@@ -56,15 +56,21 @@ def _show_log(peer: DcmtkStoreSCP | PynetdicomSCP) -> None:
 
 @pytest.fixture(scope="session")
 def require_dcmtk() -> None:
-    """Fail (never skip) when a DCMTK program the interop tests use is not on PATH."""
-    missing = missing_dcmtk_programs(DCMTK_PROGRAMS)
-    if missing:
-        pytest.fail(
-            "DCMTK is required for the interop tests but these programs are not on PATH: "
-            + ", ".join(missing)
-            + ". Install DCMTK (Debian/Ubuntu: `apt-get install dcmtk`).",
-            pytrace=False,
-        )
+    """Skip (fail under ASYNCDICOM_REQUIRE_PEERS=1) when a DCMTK program the interop tests use
+    cannot be found."""
+    require("dcmtk")
+
+
+@pytest.fixture(scope="session")
+def require_pynetdicom() -> None:
+    """Skip (fail under ASYNCDICOM_REQUIRE_PEERS=1) when pynetdicom cannot be imported."""
+    require("pynetdicom")
+
+
+@pytest.fixture(scope="session")
+def require_orthanc() -> None:
+    """Skip (fail under ASYNCDICOM_REQUIRE_PEERS=1) when there is no Orthanc executable."""
+    require("orthanc")
 
 
 @pytest.fixture(scope="session")
@@ -120,7 +126,7 @@ def dcmtk_storescp_factory(
 
 
 @pytest.fixture
-def pynetdicom_scp(tmp_path: Path) -> Iterator[PynetdicomSCP]:
+def pynetdicom_scp(require_pynetdicom: None, tmp_path: Path) -> Iterator[PynetdicomSCP]:
     """A running pynetdicom Storage/Verification SCP (separate process) writing to a fresh
     directory. Attributes: ``host``, ``port``, ``aet``, ``output_dir``; ``received_files()``;
     ``stats`` after ``stop()``."""
@@ -130,7 +136,7 @@ def pynetdicom_scp(tmp_path: Path) -> Iterator[PynetdicomSCP]:
 
 
 @pytest.fixture
-def pynetdicom_scp_factory() -> Iterator[Callable[..., PynetdicomSCP]]:
+def pynetdicom_scp_factory(require_pynetdicom: None) -> Iterator[Callable[..., PynetdicomSCP]]:
     """Start pynetdicom SCPs with custom options (``PynetdicomSCP`` keyword arguments); all are
     stopped at teardown."""
     with ExitStack() as stack:
@@ -237,7 +243,7 @@ def our_scp_factory(
 
 @pytest.fixture(scope="session")
 def shared_pynetdicom_scp(
-    tmp_path_factory: pytest.TempPathFactory,
+    require_pynetdicom: None, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[PynetdicomSCP]:
     """One pynetdicom SCP process for the whole session (it takes about a second to start and
     more to stop).  Use it through :func:`pynetdicom_peer`, which empties its output folder."""
@@ -261,25 +267,15 @@ def pynetdicom_peer(shared_pynetdicom_scp: PynetdicomSCP) -> PynetdicomSCP:
 
 
 # ---------------------------------------------------------------------------------------------
-# Orthanc (asyncdicom.testing.orthanc), for test_orthanc.py
+# Orthanc (harness.orthanc), for test_orthanc.py
 # ---------------------------------------------------------------------------------------------
-
-from asyncdicom.testing.orthanc import (  # noqa: E402 - this section was appended to the file
-    OrthancNotFoundError,
-    OrthancPeer,
-    find_orthanc,
-)
 
 
 @pytest.fixture(scope="module")
-def shared_orthanc() -> Iterator[OrthancPeer]:
+def shared_orthanc(require_orthanc: None) -> Iterator[OrthancPeer]:
     """One private Orthanc per test module (it starts in a fraction of a second but takes 2 to
-    3 s to stop). A missing Orthanc FAILS the tests (never skips): CI installs it. Use it
-    through :func:`orthanc`, which empties it first."""
-    try:
-        find_orthanc()
-    except OrthancNotFoundError as exc:
-        pytest.fail(f"Orthanc is required for the Orthanc interop tests: {exc}", pytrace=False)
+    3 s to stop). A missing Orthanc skips the tests (fails them under
+    ASYNCDICOM_REQUIRE_PEERS=1). Use it through :func:`orthanc`, which empties it first."""
     with OrthancPeer(aet="ORTHANC") as peer:
         yield peer
         peer.stop()

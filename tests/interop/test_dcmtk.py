@@ -35,16 +35,7 @@ import anyio
 import pydicom.data
 import pytest
 from anyio.abc import Process
-from pydicom import dcmread
-from pydicom.dataset import Dataset
-
-from asyncdicom import AE, ContextRequest, HookEvent, ServiceRequest
-from asyncdicom.errors import NoAcceptedContext
-from asyncdicom.protocol import uids
-from asyncdicom.protocol.errors import RejectReason, RejectResult, RejectSource
-from asyncdicom.protocol.negotiation import ContextResult
-from asyncdicom.storage.synthetic import write_ct_files
-from asyncdicom.testing.peers import (
+from harness.peers import (
     DcmtkStoreSCP,
     ProposeOption,
     assert_instances_match,
@@ -56,8 +47,17 @@ from asyncdicom.testing.peers import (
     storescu_command,
     transfer_syntax_of,
 )
+from pydicom import dcmread
+from pydicom.dataset import Dataset
 
-pytestmark = [pytest.mark.interop, pytest.mark.anyio]
+from asyncdicom import AE, ContextRequest, HookEvent, ServiceRequest
+from asyncdicom.errors import NoAcceptedContext
+from asyncdicom.protocol import uids
+from asyncdicom.protocol.errors import RejectReason, RejectResult, RejectSource
+from asyncdicom.protocol.negotiation import ContextResult
+from asyncdicom.storage.synthetic import write_ct_files
+
+pytestmark = [pytest.mark.interop, pytest.mark.anyio, pytest.mark.requires_peer("dcmtk")]
 
 SAMPLES = Path(pydicom.data.__file__).parent / "test_files"
 JPEG2000 = SAMPLES / "JPEG2000.dcm"  # Secondary Capture, JPEG 2000 (1.2.840.10008.1.2.4.91)
@@ -376,9 +376,9 @@ async def test_our_scu_echo_and_store_to_storescp(
         async with AE("OURSCU").associate(
             dcmtk_storescp.host, dcmtk_storescp.port, called_aet="STORESCP", contexts=contexts
         ) as assoc:
-            assert await assoc.echo() == 0x0000
-            statuses = [await assoc.store(p) for p in paths]
-            statuses += [await assoc.store(ds) for ds in datasets]
+            assert (await assoc.echo()).status == 0x0000
+            statuses = [(await assoc.store(p)).status for p in paths]
+            statuses += [(await assoc.store(ds)).status for ds in datasets]
             assert assoc.peer_ae_title == "STORESCP"
         assert assoc.released
     assert statuses == [0x0000] * len(sample_files)
@@ -408,7 +408,7 @@ async def test_our_scu_pdu_sizes_to_storescp(
         ) as assoc:
             assert assoc.negotiated is not None
             assert assoc.negotiated.peer_max_pdu_length == storescp_pdu
-            statuses = [await assoc.store(p) for p in synthetic_ct]
+            statuses = [(await assoc.store(p)).status for p in synthetic_ct]
     assert statuses == [0x0000] * len(synthetic_ct)
     assert_instances_match(scp.received_files(), synthetic_ct)
 
@@ -430,7 +430,7 @@ async def test_our_scu_sends_compressed_without_transcoding(
                 file_ts,
                 uids.EXPLICIT_VR_LITTLE_ENDIAN,
             }
-            assert await assoc.store(JPEG2000) == 0x0000
+            assert (await assoc.store(JPEG2000)).status == 0x0000
     (received,) = dcmtk_storescp.received_files()
     assert _transfer_syntax_of(received) == file_ts
     assert instance_differences(received, JPEG2000) == []
@@ -449,10 +449,10 @@ async def test_our_scu_transcodes_uncompressed_when_needed(
             called_aet="STORESCP",
             contexts=[(uids.CT_IMAGE_STORAGE, implicit), (uids.MR_IMAGE_STORAGE, implicit)],
         ) as assoc:
-            assert await assoc.store(CT_SMALL) == 0x0000
+            assert (await assoc.store(CT_SMALL)).status == 0x0000
             mr = dcmread(MR_SMALL)
             assert str(mr.file_meta.TransferSyntaxUID) == uids.EXPLICIT_VR_LITTLE_ENDIAN
-            assert await assoc.store(mr) == 0x0000
+            assert (await assoc.store(mr)).status == 0x0000
             # a compressed file is never decompressed: no context can take it
             with pytest.raises(NoAcceptedContext):
                 await assoc.store(RLE)
@@ -491,6 +491,7 @@ async def test_cli_echoscu_to_storescp(anyio_backend: str, dcmtk_storescp: Dcmtk
     assert re.search(r"^C-ECHO 3/3 succeeded with 127\.0\.0\.1:\d+ in ", out, re.M), out
 
 
+@pytest.mark.requires_peer()  # our CLI only
 async def test_cli_echoscu_fails_against_a_closed_port(anyio_backend: str) -> None:
     rc, out, err = await _run_cli(
         "echoscu", "127.0.0.1", str(free_port()), "--backend", anyio_backend
@@ -545,7 +546,7 @@ async def test_abort_mid_session_leaves_storescp_serving(
             async with ae.associate(
                 dcmtk_storescp.host, dcmtk_storescp.port, called_aet="STORESCP", contexts=contexts
             ) as aborted:
-                assert await aborted.store(CT_SMALL) == 0x0000
+                assert (await aborted.store(CT_SMALL)).status == 0x0000
                 raise Boom
         assert aborted.is_closed
         assert not aborted.released
@@ -555,8 +556,8 @@ async def test_abort_mid_session_leaves_storescp_serving(
         async with ae.associate(
             dcmtk_storescp.host, dcmtk_storescp.port, called_aet="STORESCP", contexts=contexts
         ) as assoc:
-            assert await assoc.echo() == 0x0000
-            assert await assoc.store(MR_SMALL) == 0x0000
+            assert (await assoc.echo()).status == 0x0000
+            assert (await assoc.store(MR_SMALL)).status == 0x0000
         assert assoc.released and assoc.abort_info is None
     assert dcmtk_storescp.is_running()
     assert_instances_match(dcmtk_storescp.received_files(), [CT_SMALL, MR_SMALL])
@@ -601,7 +602,7 @@ async def test_cancelled_store_aborts_and_storescp_keeps_serving(
         async with ae.associate(
             scp.host, scp.port, called_aet=scp.aet, contexts=[uids.CT_IMAGE_STORAGE]
         ) as assoc:
-            assert await assoc.store(big_ct[1]) == 0x0000
+            assert (await assoc.store(big_ct[1])).status == 0x0000
     assert 100_000 < sent < big_ct[0].stat().st_size
     assert_instances_match(scp.received_files(), [big_ct[1]])
 
@@ -663,6 +664,6 @@ async def test_storescp_rejects_unknown_abstract_syntax(
             with pytest.raises(NoAcceptedContext):
                 await assoc.store(ds)
             # refusing locally did not harm the association
-            assert await assoc.echo() == 0x0000
+            assert (await assoc.echo()).status == 0x0000
         assert assoc.released
     assert dcmtk_storescp.received_files() == []

@@ -1,6 +1,6 @@
 """Interop with Orthanc 1.10.1 (Debian package ``orthanc``), a real PACS, on 127.0.0.1.
 
-Orthanc runs as a private subprocess (:mod:`asyncdicom.testing.orthanc`, one per module) and is
+Orthanc runs as a private subprocess (:mod:`harness.orthanc`, one per module) and is
 checked through its REST API, independent of asyncdicom:
 
 * asyncdicom as SCU: C-ECHO and C-STORE to Orthanc's DICOM port; Orthanc's REST API then lists
@@ -24,6 +24,13 @@ from typing import Any, TypeVar
 
 import anyio
 import pytest
+from harness.orthanc import (
+    OrthancModality,
+    OrthancNotFoundError,
+    OrthancPeer,
+    OrthancRestError,
+)
+from harness.peers import PeerStartError, instance_differences
 from pydicom import Dataset, dcmread
 from pydicom.filewriter import dcmwrite
 
@@ -33,15 +40,8 @@ from asyncdicom.protocol import uids
 from asyncdicom.protocol.errors import RejectReason, RejectResult, RejectSource
 from asyncdicom.protocol.pdu import AssociateRJ
 from asyncdicom.storage.synthetic import CT_IMAGE_STORAGE, make_ct_instance
-from asyncdicom.testing.orthanc import (
-    OrthancModality,
-    OrthancNotFoundError,
-    OrthancPeer,
-    OrthancRestError,
-)
-from asyncdicom.testing.peers import PeerStartError, instance_differences
 
-pytestmark = [pytest.mark.interop, pytest.mark.anyio]
+pytestmark = [pytest.mark.interop, pytest.mark.anyio, pytest.mark.requires_peer("orthanc")]
 
 T = TypeVar("T")
 
@@ -114,8 +114,8 @@ async def test_echo_to_orthanc(orthanc: OrthancPeer) -> None:
     ae = AE("ASYNCSCU")
     async with ae.associate(orthanc.host, orthanc.port, called_aet=orthanc.aet) as assoc:
         assert assoc.called_ae_title == orthanc.aet
-        assert await assoc.echo() == 0x0000
-        assert await assoc.echo() == 0x0000
+        assert (await assoc.echo()).status == 0x0000
+        assert (await assoc.echo()).status == 0x0000
 
 
 async def test_orthanc_rejects_unknown_called_aet(orthanc: OrthancPeer) -> None:
@@ -139,9 +139,9 @@ async def test_store_to_orthanc(
         orthanc.host, orthanc.port, called_aet=orthanc.aet, contexts=contexts
     ) as assoc:
         for path in sample_files:
-            assert await assoc.store(path) == 0x0000, path.name
+            assert (await assoc.store(path)).status == 0x0000, path.name
         for ds in synthetic:
-            assert await assoc.store(ds) == 0x0000
+            assert (await assoc.store(ds)).status == 0x0000
 
     # Orthanc's own account of what it stored, over REST.
     stored = await _blocking(orthanc.instance_uids)
@@ -295,7 +295,7 @@ async def test_our_scp_rejects_orthanc_called_aet(orthanc: OrthancPeer, tmp_path
         async with AE("ASYNCSCU").associate(
             "127.0.0.1", server.port, called_aet=ae.ae_title
         ) as assoc:
-            assert await assoc.echo() == 0x0000
+            assert (await assoc.echo()).status == 0x0000
         assert seen.echo_callers == [orthanc.aet, "ASYNCSCU"]
 
 
@@ -304,6 +304,7 @@ async def test_our_scp_rejects_orthanc_called_aet(orthanc: OrthancPeer, tmp_path
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.requires_peer()  # the harness alone
 async def test_missing_orthanc_binary_is_an_error(tmp_path: Path) -> None:
     peer = OrthancPeer(binary=tmp_path / "no-such-Orthanc")
     with pytest.raises(OrthancNotFoundError, match="apt-get install"):

@@ -19,9 +19,7 @@ from typing import Any
 
 import anyio
 import pytest
-from pydicom import dcmread
-
-from asyncdicom.testing.peers import (
+from harness.peers import (
     LOCALHOST,
     DcmtkStoreSCP,
     PeerStartError,
@@ -34,8 +32,9 @@ from asyncdicom.testing.peers import (
     instance_differences,
     pynetdicom_scu_command,
 )
+from pydicom import dcmread
 
-pytestmark = [pytest.mark.interop, pytest.mark.anyio]
+pytestmark = [pytest.mark.interop, pytest.mark.anyio, pytest.mark.requires_peer("dcmtk")]
 
 
 def _by_instance_uid(paths: Iterable[Path]) -> dict[str, Path]:
@@ -88,6 +87,7 @@ async def test_dcmtk_echoscu_fails_without_a_peer(require_dcmtk: None) -> None:
     assert result.returncode != 0
 
 
+@pytest.mark.requires_peer("dcmtk", "pynetdicom")
 async def test_dcmtk_storescu_folder_to_pynetdicom_scp(
     require_dcmtk: None,
     pynetdicom_scp: PynetdicomSCP,
@@ -116,6 +116,7 @@ async def test_dcmtk_storescu_folder_to_pynetdicom_scp(
     assert pynetdicom_scp.stats["store_failures"] == 0
 
 
+@pytest.mark.requires_peer("dcmtk", "pynetdicom")
 async def test_pynetdicom_scu_store_to_dcmtk_storescp(
     dcmtk_storescp: DcmtkStoreSCP, sample_files: list[Path]
 ) -> None:
@@ -133,6 +134,7 @@ async def test_pynetdicom_scu_store_to_dcmtk_storescp(
     _assert_all_received(dcmtk_storescp.received_files(), sample_files)
 
 
+@pytest.mark.requires_peer("dcmtk", "pynetdicom")
 async def test_pynetdicom_scu_echo_reports(dcmtk_storescp: DcmtkStoreSCP) -> None:
     host, port = dcmtk_storescp.host, dcmtk_storescp.port
     echo = await _run_pynetdicom_scu("echo", host, port, "--repeat", "5")
@@ -168,6 +170,7 @@ async def test_storescp_start_failure_carries_its_log(require_dcmtk: None) -> No
         assert not scp.is_running()
 
 
+@pytest.mark.requires_peer("pynetdicom")
 async def test_pynetdicom_scp_start_failure_carries_its_log(tmp_path: Path) -> None:
     with socket.socket() as blocker:
         blocker.bind((LOCALHOST, 0))
@@ -179,6 +182,7 @@ async def test_pynetdicom_scp_start_failure_carries_its_log(tmp_path: Path) -> N
         assert not scp.is_running()
 
 
+@pytest.mark.requires_peer()
 def test_dcmtk_pdu_range_is_checked() -> None:
     with pytest.raises(ValueError):
         DcmtkStoreSCP(max_pdu=1024)
@@ -189,7 +193,7 @@ def test_dcmtk_lookup_skips_other_programs_with_dcmtk_names(
 ) -> None:
     """pynetdicom installs scripts named storescp/storescu/echoscu that often come first on
     PATH; the harness must still run DCMTK's."""
-    from asyncdicom.testing.peers import find_dcmtk_program
+    from harness.peers import find_dcmtk_program
 
     impostor = tmp_path / "storescp"
     impostor.write_text("#!/bin/sh\necho 'storescp.py v3.0 (not the real one)'\n")

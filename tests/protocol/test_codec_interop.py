@@ -59,8 +59,14 @@ from asyncdicom.protocol.pdu import (
     UserInformationSubItem,
 )
 
-pn = pytest.importorskip("pynetdicom.pdu")
-pi = pytest.importorskip("pynetdicom.pdu_items")
+try:
+    import pynetdicom.pdu as pn
+    import pynetdicom.pdu_items as pi
+except ImportError:  # every test here is skipped (or failed) by its requires_peer marker
+    pass
+
+# Without pynetdicom these tests skip, or fail under ASYNCDICOM_REQUIRE_PEERS=1 (tests/conftest.py).
+pytestmark = pytest.mark.requires_peer("pynetdicom")
 
 # --------------------------------------------------------------------------- converters
 

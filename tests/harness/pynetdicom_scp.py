@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m asyncdicom.testing.pynetdicom_scp --port P (--output-dir D | --ignore)
+    python tests/harness/pynetdicom_scp.py --port P (--output-dir D | --ignore)
         [--host 127.0.0.1] [--aet PYNETDICOM] [--max-pdu N] [--max-associations N]
         [--timeout S] [--tcp-nodelay]
 
@@ -78,7 +78,7 @@ def _set_tcp_nodelay(event: Any) -> None:
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m asyncdicom.testing.pynetdicom_scp",
+        prog="python tests/harness/pynetdicom_scp.py",
         description="pynetdicom Storage/Verification SCP for interop tests and benchmarks.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")

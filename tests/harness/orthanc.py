@@ -1,6 +1,6 @@
 """Start a private Orthanc (the open-source DICOM server) on 127.0.0.1 and drive its REST API.
 
-Like :mod:`asyncdicom.testing.peers`, this harness does not use asyncdicom's networking: Orthanc
+Like :mod:`harness.peers`, this harness does not use asyncdicom's networking: Orthanc
 runs as a subprocess (``/usr/sbin/Orthanc CONFIG.json``, Debian package ``orthanc``, 1.10.1 on
 Debian 12) and is controlled over HTTP with :mod:`urllib.request`. Everything is synchronous;
 from anyio tests run the blocking calls with ``anyio.to_thread.run_sync``.
@@ -63,6 +63,7 @@ from .peers import LOCALHOST, PeerStartError, _listens_on, _PeerProcess, free_po
 
 __all__ = [
     "ORTHANC_BINARY",
+    "ORTHANC_BINARY_ENV",
     "OrthancModality",
     "OrthancNotFoundError",
     "OrthancPeer",
@@ -76,6 +77,9 @@ __all__ = [
 
 #: Where the Debian package ``orthanc`` installs the server.
 ORTHANC_BINARY = "/usr/sbin/Orthanc"
+
+#: Environment variable naming the Orthanc executable to use instead of the default lookup.
+ORTHANC_BINARY_ENV = "ASYNCDICOM_ORTHANC_BINARY"
 
 # Orthanc's log line when its DICOM or HTTP port is in use (Orthanc 1.10.1, errors 2003/2004).
 _PORT_IN_USE = "privileged or already in use"
@@ -164,8 +168,11 @@ class OrthancStoreResult:
 
 
 def find_orthanc(binary: str | os.PathLike[str] | None = None) -> Path:
-    """Path of the Orthanc executable: ``binary``, else :data:`ORTHANC_BINARY`, else ``Orthanc``
-    on PATH. Raises :class:`OrthancNotFoundError` with installation advice."""
+    """Path of the Orthanc executable: ``binary``, else ``$ASYNCDICOM_ORTHANC_BINARY`` (a path
+    to the executable, the only candidate when set), else :data:`ORTHANC_BINARY`, else
+    ``Orthanc`` on PATH. Raises :class:`OrthancNotFoundError` with installation advice."""
+    if binary is None:
+        binary = os.environ.get(ORTHANC_BINARY_ENV) or None
     candidates: list[str] = (
         [os.fspath(binary)] if binary is not None else [ORTHANC_BINARY, "Orthanc"]
     )

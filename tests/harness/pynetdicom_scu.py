@@ -2,9 +2,9 @@
 
 Usage::
 
-    python -m asyncdicom.testing.pynetdicom_scu echo HOST PORT [--repeat N]
-    python -m asyncdicom.testing.pynetdicom_scu assoc-echo HOST PORT [--count N]
-    python -m asyncdicom.testing.pynetdicom_scu store HOST PORT FILE_OR_DIR... [--repeat N]
+    python tests/harness/pynetdicom_scu.py echo HOST PORT [--repeat N]
+    python tests/harness/pynetdicom_scu.py assoc-echo HOST PORT [--count N]
+    python tests/harness/pynetdicom_scu.py store HOST PORT FILE_OR_DIR... [--repeat N]
         [--preload] [--chunked]
 
 Common options: ``--aet``, ``--called-aet``, ``--max-pdu`` (0 = no limit), ``--timeout``,
@@ -274,7 +274,7 @@ def run_store(args: argparse.Namespace) -> dict[str, Any]:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m asyncdicom.testing.pynetdicom_scu",
+        prog="python tests/harness/pynetdicom_scu.py",
         description="pynetdicom SCU timing runs; prints one JSON object.",
     )
     common = argparse.ArgumentParser(add_help=False)

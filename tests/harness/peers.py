@@ -51,9 +51,12 @@ from types import TracebackType
 from typing import IO, Any, Literal
 
 __all__ = [
+    "DCMTK_BIN_ENV",
     "DCMTK_MAX_PDU_RANGE",
     "DCMTK_PROGRAMS",
     "LOCALHOST",
+    "PYNETDICOM_SCP_SCRIPT",
+    "PYNETDICOM_SCU_SCRIPT",
     "STORESCU_PROPOSE_FLAGS",
     "DcmtkNotFoundError",
     "DcmtkStoreSCP",
@@ -74,6 +77,14 @@ __all__ = [
 ]
 
 LOCALHOST = "127.0.0.1"
+
+#: The pynetdicom peers, run as scripts by path (they live in the test tree, not in a package
+#: the child's interpreter could import with ``-m``).
+PYNETDICOM_SCP_SCRIPT = Path(__file__).resolve().with_name("pynetdicom_scp.py")
+PYNETDICOM_SCU_SCRIPT = Path(__file__).resolve().with_name("pynetdicom_scu.py")
+
+#: Environment variable naming the folder of DCMTK's programs (instead of searching PATH).
+DCMTK_BIN_ENV = "ASYNCDICOM_DCMTK_BIN"
 
 #: The DCMTK programs the interop tests use.
 DCMTK_PROGRAMS: tuple[str, ...] = ("storescp", "storescu", "echoscu", "dcmdump")
@@ -240,7 +251,7 @@ def find_dcmtk_program(program: str) -> str | None:
     ``storescu`` and ``echoscu`` scripts, which come first on PATH in many Python set-ups.
     A candidate counts as DCMTK when its ``--version`` output names DCMTK.
     """
-    override = os.environ.get("ASYNCDICOM_DCMTK_BIN")
+    override = os.environ.get(DCMTK_BIN_ENV)
     folders = [override] if override else os.environ.get("PATH", os.defpath).split(os.pathsep)
     for folder in folders:
         candidate = shutil.which(program, path=folder) if folder else None
@@ -679,7 +690,7 @@ class DcmtkStoreSCP(_PeerProcess):
 class PynetdicomSCP(_PeerProcess):
     """pynetdicom Storage + Verification SCP in its own Python process, as a context manager.
 
-    Runs ``python -m asyncdicom.testing.pynetdicom_scp`` (a separate process, so pynetdicom's
+    Runs ``python tests/harness/pynetdicom_scp.py`` (a separate process, so pynetdicom's
     threads do not compete with the test's event loop for the GIL). The child binds
     ``127.0.0.1:port`` (port 0 by default: the OS picks one) and prints ``READY <port>``; the
     harness waits for that line. On stop, stdin is closed (the child's signal to shut down)
@@ -723,8 +734,7 @@ class PynetdicomSCP(_PeerProcess):
         """The child's argument list."""
         args = [
             sys.executable,
-            "-m",
-            "asyncdicom.testing.pynetdicom_scp",
+            os.fspath(PYNETDICOM_SCP_SCRIPT),
             "--host",
             self.host,
             "--port",
@@ -822,15 +832,14 @@ class PynetdicomSCP(_PeerProcess):
 
 
 def pynetdicom_scu_command(operation: str, host: str, port: int, *args: str) -> list[str]:
-    """Argument list for ``python -m asyncdicom.testing.pynetdicom_scu OPERATION HOST PORT ...``.
+    """Argument list for ``python tests/harness/pynetdicom_scu.py OPERATION HOST PORT ...``.
 
     Operations: ``echo`` (``--repeat N``), ``assoc-echo`` (``--count N``), ``store FILES...``.
     The child prints one JSON object on stdout (see that module).
     """
     return [
         sys.executable,
-        "-m",
-        "asyncdicom.testing.pynetdicom_scu",
+        os.fspath(PYNETDICOM_SCU_SCRIPT),
         operation,
         host,
         str(port),
