@@ -20,9 +20,9 @@ async def echo(host: str, port: int, called_aet: str) -> int:
     async with ae.associate(
         host, port, called_aet=called_aet, contexts=[uids.VERIFICATION]
     ) as assoc:
-        status = await assoc.echo()
-    print(f"C-ECHO to {called_aet}@{host}:{port}: status 0x{status:04X}")
-    return status
+        response = await assoc.echo()  # a DIMSEResponse: .status, .category, .ok, ...
+    print(f"C-ECHO to {called_aet}@{host}:{port}: {response}")
+    return response.status
 
 
 def main() -> int:

@@ -86,14 +86,28 @@ class ServiceDispatcher:
         self.handlers = handlers
         #: shared with the owner: services added later count
         self.services = services
+        # (request class, SOP class) -> service; cleared when the service list changes
+        self._service_cache: dict[tuple[type, str], Service | None] = {}
+        self._cached_services: tuple[Service, ...] = ()
         self.log = get_logger()
 
     def service_for(self, message: messages.Message, sop_class: str) -> Service | None:
         """The service that serves ``message`` on ``sop_class`` (the last registered wins)."""
+        key = (type(message), sop_class)
+        cache = self._service_cache
+        if self._cached_services != tuple(self.services):
+            cache.clear()
+            self._cached_services = tuple(self.services)
+        elif key in cache:
+            return cache[key]
+        found = None
         for service in reversed(self.services):
             if service.serves(message, sop_class):
-                return service
-        return None
+                found = service
+                break
+        if len(cache) < 4096:  # bounded whatever SOP classes peers send
+            cache[key] = found
+        return found
 
     def handler_for(
         self, association: Association, message: messages.Message, sop_class: str
