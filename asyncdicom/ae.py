@@ -277,9 +277,57 @@ class AE:
         :class:`~asyncdicom.errors.AssociationRejected`, ``AssociationAborted``,
         ``ACSETimeout``, ``TransportError`` / ``ConnectTimeout``.
         """
+        rq = self._build_rq(
+            called_aet,
+            contexts,
+            user_identity,
+            async_ops_window,
+            extended_negotiation,
+            common_extended_negotiation,
+        )
+        timeout = self.config.timeouts.connect
+        stream = await transport.connect(host, port, bind=bind, timeout=timeout)
+        async with self._associate_on(stream, rq, called_aet, f"{host}:{port}") as assoc:
+            yield assoc
+
+    @asynccontextmanager
+    async def associate_over(
+        self,
+        stream: ByteStream,
+        *,
+        called_aet: str = "ANY-SCP",
+        contexts: Iterable[str | ContextRequest | tuple[str, Sequence[str]]] = (uids.VERIFICATION,),
+        user_identity: UserIdentityRQSubItem | None = None,
+        async_ops_window: tuple[int, int] | None = None,
+        extended_negotiation: Sequence[SOPClassExtendedNegotiationSubItem] = (),
+        common_extended_negotiation: Sequence[SOPClassCommonExtendedNegotiationSubItem] = (),
+    ) -> AsyncIterator[ServiceAssociation]:
+        """As :meth:`associate`, over a byte stream that is already open (a TLS stream, an
+        in-memory pipe as :mod:`asyncdicom.testing` uses, ...)."""
+        rq = self._build_rq(
+            called_aet,
+            contexts,
+            user_identity,
+            async_ops_window,
+            extended_negotiation,
+            common_extended_negotiation,
+        )
+        async with self._associate_on(stream, rq, called_aet, "the peer") as assoc:
+            yield assoc
+
+    def _build_rq(
+        self,
+        called_aet: str,
+        contexts: Iterable[str | ContextRequest | tuple[str, Sequence[str]]],
+        user_identity: UserIdentityRQSubItem | None,
+        async_ops_window: tuple[int, int] | None,
+        extended_negotiation: Sequence[SOPClassExtendedNegotiationSubItem],
+        common_extended_negotiation: Sequence[SOPClassCommonExtendedNegotiationSubItem],
+    ) -> AssociateRQ:
+        """The A-ASSOCIATE-RQ for :meth:`associate` / :meth:`associate_over`."""
         cfg = self.config
         _check_ae_title(called_aet)
-        rq = build_associate_rq(
+        return build_associate_rq(
             RequestorConfig(
                 calling_ae_title=cfg.ae_title,
                 called_ae_title=called_aet,
@@ -293,36 +341,6 @@ class AE:
             ),
             self._context_requests(contexts),
         )
-        stream = await transport.connect(host, port, bind=bind, timeout=cfg.timeouts.connect)
-        async with self._associate_on(stream, rq, called_aet, f"{host}:{port}") as assoc:
-            yield assoc
-
-    @asynccontextmanager
-    async def associate_over(
-        self,
-        stream: ByteStream,
-        *,
-        called_aet: str = "ANY-SCP",
-        contexts: Iterable[str | ContextRequest | tuple[str, Sequence[str]]] = (uids.VERIFICATION,),
-        async_ops_window: tuple[int, int] | None = None,
-    ) -> AsyncIterator[ServiceAssociation]:
-        """As :meth:`associate`, over a byte stream that is already open (a TLS stream, an
-        in-memory pipe as :mod:`asyncdicom.testing` uses, ...)."""
-        cfg = self.config
-        _check_ae_title(called_aet)
-        rq = build_associate_rq(
-            RequestorConfig(
-                calling_ae_title=cfg.ae_title,
-                called_ae_title=called_aet,
-                max_pdu_length=cfg.max_pdu_length,
-                implementation_class_uid=cfg.implementation_class_uid,
-                implementation_version_name=cfg.implementation_version_name,
-                async_ops_window=async_ops_window or cfg.async_ops_window,
-            ),
-            self._context_requests(contexts),
-        )
-        async with self._associate_on(stream, rq, called_aet, "the peer") as assoc:
-            yield assoc
 
     @asynccontextmanager
     async def _associate_on(

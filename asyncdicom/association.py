@@ -65,7 +65,6 @@ from .protocol.events import (
 from .protocol.fsm import State
 from .protocol.negotiation import NegotiatedAssociation, PresentationContext
 from .protocol.operations import (
-    CANCELLABLE,
     CancelReceived,
     DIMSEOperations,
     FragmentReceived,
@@ -73,7 +72,7 @@ from .protocol.operations import (
     ResponseReceived,
 )
 from .protocol.pdu import Abort, AssociateRJ, AssociateRQ, ReleaseRP, ReleaseRQ
-from .protocol.status import StatusCategory, category
+from .protocol.status import StatusCategory, category, is_pending
 from .protocol.upper_layer import Role, UpperLayer
 from .transport import close_quietly, peer_address
 
@@ -194,11 +193,7 @@ class IncomingRequest:
     @property
     def sop_class_uid(self) -> str:
         """The SOP class the request is about (Affected or Requested SOP Class UID)."""
-        m = self.message
-        uid = getattr(m, "affected_sop_class_uid", None) or getattr(
-            m, "requested_sop_class_uid", None
-        )
-        return str(uid or "")
+        return messages.sop_class_uid(self.message)
 
     async def chunks(self) -> AsyncIterator[memoryview]:
         """The data set's bytes as they arrive, fragment by fragment (each at most one PDU)."""
@@ -239,7 +234,7 @@ class IncomingRequest:
             association._ops_or_raise().respond(self.message_id, response)  # type: ignore[arg-type]
         except LocalProtocolError as exc:
             raise errors.AssociationError(str(exc)) from exc
-        if response.status not in (0xFF00, 0xFF01):  # type: ignore[union-attr]
+        if not is_pending(response.status):  # type: ignore[union-attr]
             self.answered = True
         await association.send_message(self.context, response, dataset, _command=command)
 
@@ -279,7 +274,7 @@ class DIMSEResponse:
     @property
     def is_pending(self) -> bool:
         """True for a Pending response: more follow."""
-        return self.status in (0xFF00, 0xFF01)
+        return is_pending(self.status)
 
     @property
     def ok(self) -> bool:
@@ -407,10 +402,7 @@ class Operation:
         cancel, or that already ended).  Responses keep coming until the final one."""
         if self.cancel_sent or self.final is not None or self._waiter.closed:
             return
-        if type(self.request) not in CANCELLABLE:
-            return
-        self.cancel_sent = True
-        await self.association._send_cancel(self.context, self.message_id)
+        self.cancel_sent = await self.association._send_cancel(self.context, self.message_id)
 
 
 # ---------------------------------------------------------------------- the association
@@ -1192,13 +1184,15 @@ class Association:
             await self._flush()
             self._raise_if_gone()
 
-    async def _send_cancel(self, context: PresentationContext, message_id: int) -> None:
-        ops = self._ops_or_raise()
+    async def _send_cancel(self, context: PresentationContext, message_id: int) -> bool:
+        """Send C-CANCEL-RQ for our operation ``message_id``; False (nothing sent) if the
+        operation has no cancel or already ended."""
         try:
-            cancel = ops.cancel(message_id)
+            cancel = self._ops_or_raise().cancel(message_id)
         except LocalProtocolError:
-            return  # it ended meanwhile
+            return False
         await self.send_message(context, cancel)
+        return True
 
     # ------------------------------------------------------------------ invoking operations
 

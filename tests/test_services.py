@@ -238,33 +238,6 @@ async def test_operations_window_holds_both_ways() -> None:
     assert peaks == {"scp": 4, "scu": 2}
 
 
-async def test_operations_window_over_sockets() -> None:
-    scp = AE("SCP", async_ops_window=(3, 3))
-    in_flight = peak = 0
-    release = anyio.Event()
-
-    @scp.on_echo
-    async def on_echo(request: Any) -> int:
-        nonlocal in_flight, peak
-        in_flight += 1
-        peak = max(peak, in_flight)
-        if in_flight == 3:
-            release.set()
-        await release.wait()
-        in_flight -= 1
-        return 0
-
-    async with (
-        scp.server() as server,
-        AE("SCU").associate("127.0.0.1", server.port, async_ops_window=(8, 8)) as assoc,
-    ):
-        assert assoc.negotiated is not None and assoc.negotiated.max_operations_invoked == 3
-        async with anyio.create_task_group() as tg:
-            for _ in range(9):
-                tg.start_soon(assoc.echo)
-    assert peak == 3
-
-
 # ---------------------------------------------------------------------- C-CANCEL
 
 

@@ -84,6 +84,7 @@ __all__ = [
     "Priority",
     "Request",
     "Response",
+    "sop_class_uid",
 ]
 
 
@@ -624,3 +625,12 @@ def _finish_required() -> None:
 
 
 _finish_required()
+
+
+def sop_class_uid(message: Message) -> str:
+    """The SOP class a message is about: its Affected SOP Class UID, else its Requested SOP
+    Class UID (N-GET/N-SET/N-ACTION/N-DELETE), else ``""`` (C-CANCEL-RQ)."""
+    uid = getattr(message, "affected_sop_class_uid", None) or getattr(
+        message, "requested_sop_class_uid", None
+    )
+    return str(uid or "")

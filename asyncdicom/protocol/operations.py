@@ -39,6 +39,7 @@ from .dimse import CommandReceived, MessageAssembler
 from .errors import DIMSEError, LocalProtocolError
 from .messages import CCancelRQ, CFindRQ, CGetRQ, CMoveRQ, Message, Request, Response
 from .pdu import PDataTF
+from .status import is_pending
 
 __all__ = [
     "CANCELLABLE",
@@ -54,13 +55,6 @@ __all__ = [
 
 #: requests that C-CANCEL-RQ applies to (PS3.7 9.3.2.3, 9.3.3.3, 9.3.4.3)
 CANCELLABLE: frozenset[type[Request]] = frozenset({CFindRQ, CGetRQ, CMoveRQ})
-
-_PENDING = frozenset({0xFF00, 0xFF01})
-
-
-def is_pending(status: int) -> bool:
-    """True for the Pending statuses (0xFF00, 0xFF01): more responses follow (PS3.7 9.1.2.1)."""
-    return status in _PENDING
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,7 +262,7 @@ class DIMSEOperations:
             raise LocalProtocolError(
                 f"response to Message ID {answered} sent for operation {message_id}"
             )
-        if response.status not in _PENDING:
+        if not is_pending(response.status):
             del self.performed[message_id]
 
     def finish(self, message_id: int) -> None:
@@ -308,7 +302,7 @@ class DIMSEOperations:
             if msg_id is None or invocation is None:
                 raise DIMSEError(f"{message.NAME} to Message ID {msg_id}, which is not outstanding")
             status: int = message.status  # type: ignore[union-attr]
-            final = status not in _PENDING
+            final = not is_pending(status)
             if final:
                 del self.invoked[msg_id]
             else:

@@ -25,7 +25,15 @@ from __future__ import annotations
 
 from enum import Enum, IntEnum
 
-__all__ = ["Status", "StatusCategory", "category", "describe", "is_final"]
+__all__ = [
+    "PENDING_STATUSES",
+    "Status",
+    "StatusCategory",
+    "category",
+    "describe",
+    "is_final",
+    "is_pending",
+]
 
 
 class StatusCategory(Enum):
@@ -142,7 +150,9 @@ _RANGE_MEANINGS: dict[int, str] = {
     0xA9: "error: data set does not match SOP class",
 }
 
-_PENDING = frozenset({0xFF00, 0xFF01})
+#: the Pending statuses (PS3.7 C.4.2): more responses to the same request follow
+PENDING_STATUSES = frozenset({0xFF00, 0xFF01})
+_PENDING = PENDING_STATUSES
 _EXTRA_WARNINGS = frozenset({0x0001, 0x0107, 0x0116})
 
 
@@ -163,6 +173,12 @@ def category(status: int) -> StatusCategory:
         return StatusCategory.WARNING
     # 0xAxxx, 0xCxxx, 0x01xx, 0x02xx and anything undefined: failure (see module docstring).
     return StatusCategory.FAILURE
+
+
+def is_pending(status: int) -> bool:
+    """True for Pending (0xFF00, 0xFF01): more responses follow (PS3.7 9.1.2.1); cheaper than
+    :func:`category` and never raises."""
+    return status in PENDING_STATUSES
 
 
 def is_final(status: int) -> bool:

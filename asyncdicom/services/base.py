@@ -62,8 +62,6 @@ COMMANDS: dict[str, type[messages.Message]] = {
     if not cls.COMMAND_FIELD & 0x8000 and cls is not messages.CCancelRQ
 }
 
-_PENDING = (0xFF00, 0xFF01)
-
 
 def request_type(command: str | type[messages.Message]) -> type[messages.Message]:
     """The request class for ``command``: a class such as ``messages.NActionRQ`` or a name
@@ -230,9 +228,7 @@ def make_response(request: messages.Message, status: int, **fields: Any) -> mess
         "message_id_being_responded_to": request.message_id,  # type: ignore[union-attr]
         "status": int(status),
     }
-    sop_class = getattr(request, "affected_sop_class_uid", None) or getattr(
-        request, "requested_sop_class_uid", None
-    )
+    sop_class = messages.sop_class_uid(request)
     sop_instance = getattr(request, "affected_sop_instance_uid", None) or getattr(
         request, "requested_sop_instance_uid", None
     )

@@ -18,16 +18,13 @@ from ..log import get_logger
 from ..protocol import messages
 from ..protocol.negotiation import PresentationContext
 from ..protocol.operations import CANCELLABLE
-from ..protocol.status import Status
+from ..protocol.status import Status, is_pending
 from .base import HandlerRegistry, Service, is_async_callable, make_response
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
 __all__ = ["ServiceDispatcher", "ServiceRequest"]
-
-_PENDING = (0xFF00, 0xFF01)
-
 
 # ---------------------------------------------------------------------- requests
 
@@ -133,7 +130,7 @@ class ServiceDispatcher:
     def answer_now(
         self, association: Association, context: PresentationContext, message: messages.Message
     ) -> messages.Message | None:
-        sop_class = _sop_class(message)
+        sop_class = messages.sop_class_uid(message)
         if self.handler_for(association, message, sop_class) is not None:
             return None
         return self.default_response(message, sop_class)
@@ -260,7 +257,7 @@ class ServiceDispatcher:
                 status = int(result)
             else:  # a data set alone: a Pending result
                 status, dataset = 0xFF00, result
-            if final and status in _PENDING:
+            if final and is_pending(status):
                 raise ValueError(f"a final response cannot have the Pending status {status:#06x}")
             response = make_response(message, status, has_dataset=dataset is not None)
         encoded = _encode(dataset, request.context) if dataset is not None else None
@@ -288,21 +285,14 @@ class ServiceDispatcher:
             await request.respond(fixed, dataset)
 
 
-def _sop_class(message: messages.Message) -> str:
-    uid = getattr(message, "affected_sop_class_uid", None) or getattr(
-        message, "requested_sop_class_uid", None
-    )
-    return str(uid or "")
-
-
 def _is_final(item: Any) -> bool:
     """A yielded item that ends the operation: a final status or response."""
     if isinstance(item, messages.Response):
-        return item.status not in _PENDING
+        return not is_pending(item.status)
     if isinstance(item, tuple):
-        return int(item[0]) not in _PENDING
+        return not is_pending(int(item[0]))
     if isinstance(item, int):
-        return item not in _PENDING
+        return not is_pending(item)
     return False
 
 
