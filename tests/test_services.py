@@ -361,3 +361,32 @@ async def test_server_associations_are_the_accepted_ones() -> None:
         (accepted,) = server.associations
         assert accepted is not outgoing
         assert accepted.role.name == "ACCEPTOR"
+
+
+async def test_a_result_that_makes_no_valid_response_is_answered_with_a_failure(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    scp = AE("SCP")
+    results: list[Any] = [0xFF00, "not a status", messages.CFindRSP(1, 0x0000), 0x0000]
+
+    @scp.on_echo
+    async def on_echo(request: Any) -> Any:
+        return results.pop(0)
+
+    with caplog.at_level(logging.ERROR, logger="asyncdicom"):
+        async with associated(scp) as assoc:
+            statuses = [(await assoc.echo()).status for _ in range(4)]
+    assert statuses == [Status.PROCESSING_FAILURE] * 3 + [0x0000]
+    assert caplog.text.count("handler_result_invalid") == 3
+
+
+async def test_a_generator_yielding_pending_results_for_c_echo_fails_the_operation() -> None:
+    scp = AE("SCP")
+
+    @scp.on_echo
+    async def on_echo(request: Any) -> AsyncIterator[Any]:
+        yield _match(1)  # C-ECHO has no Pending responses
+
+    async with associated(scp) as assoc:
+        assert (await assoc.echo()).status == Status.PROCESSING_FAILURE
+        assert (await assoc.echo()).status == Status.PROCESSING_FAILURE  # still usable

@@ -12,12 +12,16 @@ responses), in both directions:
   :class:`~asyncdicom.protocol.errors.LocalProtocolError`; a peer that invokes beyond its limit
   has broken the negotiation: :class:`~asyncdicom.protocol.errors.DIMSEError` (A-ABORT).
 * **Matching responses** to our requests by Message ID Being Responded To, **pending vs
-  final** (Pending statuses 0xFF00/0xFF01 keep the operation open, anything else ends it), and
-  a response to no outstanding request is a protocol error.
+  final** (Pending statuses 0xFF00/0xFF01 keep a C-FIND, C-GET or C-MOVE open, anything else
+  ends it).  A response to no outstanding request, of the wrong type, on another presentation
+  context than its request, or Pending for a request that has no Pending responses is a
+  protocol error.
 * **C-CANCEL routing** (PS3.7 9.3.2.3 ff.): a received C-CANCEL-RQ is reported for the
-  operation it names, if we are performing it (a late C-CANCEL that crosses the final response
-  is normal and reported with ``known=False``); :meth:`DIMSEOperations.cancel` builds ours and
-  refuses it for operations that cannot be cancelled.
+  operation it names, if we are performing it and it can be cancelled (a late C-CANCEL that
+  crosses the final response is normal and reported with ``known=False``, as is one for an
+  operation without a cancel or on another presentation context);
+  :meth:`DIMSEOperations.cancel` builds ours and refuses it for operations that cannot be
+  cancelled.
 * **Data-set routing**: every data-set fragment is reported together with the operation it
   belongs to (the message whose command set preceded it, on the same presentation context), and
   a message on a presentation context that was not accepted is a protocol error.
@@ -53,8 +57,10 @@ __all__ = [
     "is_pending",
 ]
 
-#: requests that C-CANCEL-RQ applies to (PS3.7 9.3.2.3, 9.3.3.3, 9.3.4.3)
+#: requests that C-CANCEL-RQ applies to (PS3.7 9.3.2.3, 9.3.3.3, 9.3.4.3); they are also the
+#: only ones whose responses may be Pending (PS3.7 9.1.2 - 9.1.4)
 CANCELLABLE: frozenset[type[Request]] = frozenset({CFindRQ, CGetRQ, CMoveRQ})
+_MULTI_RESPONSE_FIELDS = frozenset(cls.COMMAND_FIELD for cls in CANCELLABLE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +152,7 @@ class DIMSEOperations:
         "_assembler",
         "_current",
         "_ids",
+        "_performed_fields",
         "invoked",
         "max_invoked",
         "max_performed",
@@ -171,6 +178,8 @@ class DIMSEOperations:
         #: the peer's operations we are performing (request received, final response not yet
         #: sent), by Message ID: the value is the presentation context ID
         self.performed: dict[int, int] = {}
+        #: the Command Field of each request in ``performed``
+        self._performed_fields: dict[int, int] = {}
         self._ids = itertools.cycle(range(1, 65536))
         #: (message ID, is response) of the message whose data set is arriving
         self._current: tuple[int, bool] = (0, False)
@@ -255,20 +264,27 @@ class DIMSEOperations:
         """Record that we are sending ``response`` to the peer's operation ``message_id``; a
         final (non-Pending) response ends it.  Raises :class:`LocalProtocolError` if we are not
         performing such an operation, or the response does not answer it."""
-        if message_id not in self.performed:
+        field = self._performed_fields.get(message_id)
+        if field is None:
             raise LocalProtocolError(f"no operation of the peer with Message ID {message_id}")
         answered = getattr(response, "message_id_being_responded_to", None)
         if answered != message_id:
             raise LocalProtocolError(
                 f"response to Message ID {answered} sent for operation {message_id}"
             )
+        if field | 0x8000 != response.COMMAND_FIELD:
+            raise LocalProtocolError(f"{response.NAME} does not answer a {_name(field)}")
         if not is_pending(response.status):
             del self.performed[message_id]
+            del self._performed_fields[message_id]
+        elif field not in _MULTI_RESPONSE_FIELDS:
+            raise LocalProtocolError(f"a {_name(field)} has no Pending responses")
 
     def finish(self, message_id: int) -> None:
         """End the peer's operation ``message_id`` without a response (the association is
         going away, or the operation is one that is never answered)."""
         self.performed.pop(message_id, None)
+        self._performed_fields.pop(message_id, None)
 
     # ------------------------------------------------------------------ input
 
@@ -301,8 +317,19 @@ class DIMSEOperations:
             invocation = self.invoked.get(msg_id) if msg_id is not None else None
             if msg_id is None or invocation is None:
                 raise DIMSEError(f"{message.NAME} to Message ID {msg_id}, which is not outstanding")
+            request = invocation.request
+            if message.COMMAND_FIELD != request.COMMAND_FIELD | 0x8000:
+                raise DIMSEError(f"{message.NAME} in answer to {request.NAME} {msg_id}")
+            if context_id != invocation.context_id:
+                # PS3.7 9.3/10.3: a response travels on its request's presentation context
+                raise DIMSEError(
+                    f"{message.NAME} to Message ID {msg_id} on presentation context "
+                    f"{context_id}, its request went on {invocation.context_id}"
+                )
             status: int = message.status  # type: ignore[union-attr]
             final = not is_pending(status)
+            if not final and request.COMMAND_FIELD not in _MULTI_RESPONSE_FIELDS:
+                raise DIMSEError(f"Pending status {status:#06x} in a {message.NAME}")
             if final:
                 del self.invoked[msg_id]
             else:
@@ -310,8 +337,14 @@ class DIMSEOperations:
             self._current = (msg_id, True)
             return ResponseReceived(context_id, message, final, invocation.abandoned)
         if isinstance(message, CCancelRQ):
+            if message.has_dataset:
+                raise DIMSEError("C-CANCEL-RQ announcing a data set (it never has one)")
             target = message.message_id_being_responded_to
-            return CancelReceived(context_id, target, target in self.performed)
+            known = (
+                self.performed.get(target) == context_id
+                and self._performed_fields.get(target) in _MULTI_RESPONSE_FIELDS
+            )
+            return CancelReceived(context_id, target, known)
         msg_id = message.message_id  # type: ignore[union-attr]
         performed = self.performed
         if msg_id in performed:
@@ -322,5 +355,13 @@ class DIMSEOperations:
                 f"({self.max_performed} outstanding operation(s) of the peer at most)"
             )
         performed[msg_id] = context_id
+        self._performed_fields[msg_id] = message.COMMAND_FIELD
         self._current = (msg_id, False)
         return RequestReceived(context_id, message)
+
+
+def _name(command_field: int) -> str:
+    from .messages import MESSAGE_TYPES
+
+    cls = MESSAGE_TYPES.get(command_field)
+    return cls.NAME if cls is not None else f"command {command_field:#06x}"

@@ -239,28 +239,25 @@ class ServiceDispatcher:
         await self._send_result(request, final, final=True)
 
     async def _send_result(self, request: IncomingRequest, result: Any, *, final: bool) -> None:
-        """Turn what a handler returned or yielded into a response and send it."""
+        """Turn what a handler returned or yielded into a response and send it.
+
+        A final result that makes no valid response (a Pending status, a response of another
+        type, a value that is not a status, a data set that cannot be encoded) is logged and
+        answered with Processing Failure (0x0110), so the peer is never left waiting; a bad
+        Pending result raises, and the generator's loop ends the operation the same way.
+        """
         if request.association.is_closed:
             return
-        message = request.message
-        dataset: Any = None
-        response: Any
-        if isinstance(result, messages.Response):
-            response = result
-        else:
-            status: int
-            if result is None:
-                status = 0x0000 if final else 0xFF00
-            elif isinstance(result, tuple):
-                status, dataset = int(result[0]), result[1]
-            elif isinstance(result, int):
-                status = int(result)
-            else:  # a data set alone: a Pending result
-                status, dataset = 0xFF00, result
-            if final and is_pending(status):
-                raise ValueError(f"a final response cannot have the Pending status {status:#06x}")
-            response = make_response(message, status, has_dataset=dataset is not None)
-        encoded = _encode(dataset, request.context) if dataset is not None else None
+        try:
+            response, encoded = _to_response(request, result, final=final)
+        except _BadResult as exc:
+            if not final:
+                raise
+            request.association.log.error(
+                "handler_result_invalid", message=request.message.NAME, error=str(exc)
+            )
+            response = make_response(request.message, int(Status.PROCESSING_FAILURE))
+            encoded = None
         await self._respond(request, response, encoded)
 
     async def _respond(
@@ -333,3 +330,40 @@ class _Items:
                 await self._agen.aclose()
             elif self._gen is not None:
                 await anyio.to_thread.run_sync(self._gen.close)
+
+
+class _BadResult(Exception):
+    """A handler's result that makes no valid response."""
+
+
+def _to_response(
+    request: IncomingRequest, result: Any, *, final: bool
+) -> tuple[messages.Message, DatasetSource | None]:
+    """The response (and encoded data set) for a handler's result; raises :class:`_BadResult`."""
+    message = request.message
+    dataset: Any = None
+    try:
+        response: Any
+        if isinstance(result, messages.Response):
+            response = result
+            if response.COMMAND_FIELD != message.COMMAND_FIELD | 0x8000:
+                raise ValueError(f"{response.NAME} does not answer a {message.NAME}")
+        else:
+            if result is None:
+                status = 0x0000 if final else 0xFF00
+            elif isinstance(result, tuple):
+                status, dataset = int(result[0]), result[1]
+            elif isinstance(result, int):
+                status = int(result)
+            else:  # a data set alone: a Pending result
+                status, dataset = 0xFF00, result
+            response = make_response(message, status, has_dataset=dataset is not None)
+        if is_pending(response.status):
+            if final:
+                raise ValueError(f"a final response with the Pending status {response.status:#06x}")
+            if type(message) not in CANCELLABLE:
+                raise ValueError(f"a {message.NAME} has no Pending responses")
+        encoded = _encode(dataset, request.context) if dataset is not None else None
+    except (ValueError, TypeError, AttributeError, KeyError) as exc:
+        raise _BadResult(f"{type(exc).__name__}: {exc}") from exc
+    return response, encoded

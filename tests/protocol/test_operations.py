@@ -256,7 +256,7 @@ def test_all_message_ids_in_use() -> None:
     with pytest.raises(LocalProtocolError):
         ops.invoke(1, echo_rq(40000))
     # A final response frees exactly that ID.
-    event = single(feed(ops, 3, m.CEchoRSP(40000, 0x0000)))
+    event = single(feed(ops, 1, m.CEchoRSP(40000, 0x0000)))
     assert isinstance(event, ResponseReceived) and event.final
     assert ops.next_message_id() == 40000
     assert ops.next_message_id() == 40000  # not reserved until invoked: still the only free one
@@ -1060,7 +1060,13 @@ def test_random_operation_sequences(
             mid = data.draw(st.integers(1, 50), label="cancelled")
             context_id = data.draw(st.sampled_from(ACCEPTED), label="context")
             event = single(feed(ops, context_id, m.CCancelRQ(mid)))
-            assert event == CancelReceived(context_id, mid, known=mid in theirs)
+            # known: an operation being performed, that has a cancel, on the same context
+            known = (
+                mid in theirs
+                and theirs[mid][0] == context_id
+                and isinstance(theirs[mid][1], _MULTI_RESPONSE)
+            )
+            assert event == CancelReceived(context_id, mid, known=known)
 
         # Invariants after every step.
         assert ops.idle
@@ -1080,3 +1086,58 @@ def test_random_operation_sequences(
     if max_performed and len(theirs) == max_performed:
         with pytest.raises(DIMSEError):
             feed(ops, 1, echo_rq(next(peer_ids)))
+
+
+# --------------------------------------------------------------------------- what a response is
+
+
+def test_a_response_of_the_wrong_type_is_a_protocol_error() -> None:
+    ops = DIMSEOperations(ACCEPTED)
+    ops.invoke(1, find_rq(1))
+    with pytest.raises(DIMSEError, match="C-ECHO-RSP in answer to C-FIND-RQ"):
+        feed(ops, 1, m.CEchoRSP(1, 0x0000))
+
+
+def test_a_response_on_another_context_is_a_protocol_error() -> None:
+    ops = DIMSEOperations(ACCEPTED)
+    ops.invoke(1, echo_rq(1))
+    with pytest.raises(DIMSEError, match="presentation context 3"):
+        feed(ops, 3, m.CEchoRSP(1, 0x0000))
+
+
+@pytest.mark.parametrize("status", PENDING)
+def test_pending_is_only_for_find_get_and_move(status: int) -> None:
+    ops = DIMSEOperations(ACCEPTED)
+    ops.invoke(1, store_rq(1))
+    with pytest.raises(DIMSEError, match="Pending"):
+        feed(ops, 1, m.CStoreRSP(1, status))
+    performing = DIMSEOperations(ACCEPTED)
+    feed(performing, 1, echo_rq(7))
+    with pytest.raises(LocalProtocolError, match="no Pending"):
+        performing.respond(7, m.CEchoRSP(7, status))
+    assert performing.performed == {7: 1}  # nothing changed
+
+
+def test_respond_refuses_a_response_of_the_wrong_type() -> None:
+    ops = DIMSEOperations(ACCEPTED)
+    feed(ops, 1, echo_rq(5))
+    with pytest.raises(LocalProtocolError, match="does not answer"):
+        ops.respond(5, m.CFindRSP(5, 0x0000))
+    ops.respond(5, m.CEchoRSP(5, 0x0000))
+    assert ops.performed == {}
+
+
+def test_c_cancel_announcing_a_data_set_is_a_protocol_error() -> None:
+    ops = DIMSEOperations(ACCEPTED)
+    feed(ops, 1, find_rq(2), DATASET)
+    with pytest.raises(DIMSEError, match="C-CANCEL-RQ"):
+        feed(ops, 1, m.CCancelRQ(2, has_dataset=True), DATASET)
+
+
+def test_c_cancel_is_known_only_for_a_cancellable_operation_on_its_context() -> None:
+    ops = DIMSEOperations(ACCEPTED, max_performed=0)
+    feed(ops, 1, find_rq(2), DATASET)
+    feed(ops, 1, echo_rq(3))
+    assert single(feed(ops, 1, m.CCancelRQ(2))) == CancelReceived(1, 2, known=True)
+    assert single(feed(ops, 3, m.CCancelRQ(2))) == CancelReceived(3, 2, known=False)
+    assert single(feed(ops, 1, m.CCancelRQ(3))) == CancelReceived(1, 3, known=False)
