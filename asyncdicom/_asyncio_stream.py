@@ -30,6 +30,8 @@ from typing import Any, cast
 import anyio
 from anyio.abc import ByteStream, SocketAttribute, TaskGroup
 
+from ._readsize import ReadSizer
+
 __all__ = ["AsyncioListener", "AsyncioStream", "connect", "listen"]
 
 _HIGH_WATER = 4 * 1024 * 1024
@@ -49,12 +51,18 @@ class _Protocol(asyncio.Protocol):
         self.waiter: asyncio.Future[None] | None = None
         self.drain_waiter: asyncio.Future[None] | None = None
         self.writing_paused = False
+        self.sizer = ReadSizer()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A cast, not an isinstance check: see the module docstring (uvloop).
         self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
+        # asyncio's selector transport reads ``max_size`` bytes at a time (see _readsize)
+        sizer = self.sizer
+        size = sizer.size
+        if sizer.update(len(data)) != size and hasattr(self.transport, "max_size"):
+            self.transport.max_size = sizer.size  # type: ignore[union-attr]  # not on uvloop
         self.chunks.append(data)
         self.buffered += len(data)
         if self.buffered > _HIGH_WATER and not self.reading_paused and self.transport:

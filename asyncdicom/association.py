@@ -46,6 +46,7 @@ from anyio.abc import ByteStream, TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from . import errors
+from ._readsize import ReadSizer
 from .config import AEConfig
 from .hooks import HookEvent, Hooks
 from .log import get_logger
@@ -85,8 +86,6 @@ __all__ = [
     "Owner",
 ]
 
-#: bytes asked of the transport per receive call
-_RECEIVE_SIZE = 256 * 1024
 #: flush queued P-DATA to the transport once this much is buffered
 _FLUSH_THRESHOLD = 256 * 1024
 #: data-set fragments buffered between the reader and a handler (each <= one PDU)
@@ -436,8 +435,8 @@ class Association:
             artim_timeout=cfg.timeouts.artim,
             max_pdu_length=cfg.max_pdu_length,
         )
-        # always observed: a hook added later still sees transitions (one dict lookup each)
-        self._ul.on_transition = self._on_transition
+        self._hooks_version = -1
+        self._sync_hooks()
         self.negotiated: NegotiatedAssociation | None = None
         #: requestor: the A-ASSOCIATE-RQ we sent (to interpret the AC against)
         self._request: AssociateRQ | None = None
@@ -549,8 +548,13 @@ class Association:
         network_timeout = self.config.timeouts.network
         dimse_timeout = self.config.timeouts.dimse
         stream = self._stream
+        # how much to ask for per receive (trio reads that much from the socket at once)
+        sizer = ReadSizer()
+        size = sizer.size
         try:
             while not self._closed.is_set():
+                if self.hooks.version != self._hooks_version:
+                    self._sync_hooks()
                 if network_timeout is not None:
                     self._network_deadline = self._now() + network_timeout
                 # A message that has started must keep coming: the next fragment is due
@@ -566,13 +570,13 @@ class Association:
                     if deadline == math.inf:
                         self._reader_unbounded = True
                         try:
-                            data = await stream.receive(_RECEIVE_SIZE)
+                            data = await stream.receive(size)
                         finally:
                             self._reader_unbounded = False
                     else:
                         with anyio.CancelScope(deadline=deadline) as scope:
                             self._reader_scope = scope
-                            data = await stream.receive(_RECEIVE_SIZE)
+                            data = await stream.receive(size)
                         self._reader_scope = None
                         if scope.cancelled_caught:
                             await self._on_deadline()
@@ -581,6 +585,8 @@ class Association:
                     data = None
                 except anyio.ClosedResourceError:
                     data = None
+                if data is not None:
+                    size = sizer.update(len(data))
                 if data is not None and self.hooks.wants(HookEvent.PDU_RECEIVED):
                     self.hooks.emit(HookEvent.PDU_RECEIVED, self, data=data)
                 self._ul.receive_data(data, now=self._now())
@@ -765,9 +771,16 @@ class Association:
         self.hooks.emit(HookEvent.CONNECTION_CLOSED, self)
         self.log.debug("connection_closed")
 
+    def _sync_hooks(self) -> None:
+        """Observe state transitions only while someone listens (a hook added after the
+        association started counts from the next input or message on)."""
+        hooks = self.hooks
+        if hooks.version != self._hooks_version:
+            self._hooks_version = hooks.version
+            wanted = hooks.wants(HookEvent.STATE_TRANSITION)
+            self._ul.on_transition = self._on_transition if wanted else None
+
     def _on_transition(self, old: Any, event: Any, action: Any, new: Any) -> None:
-        if not self.hooks.wants(HookEvent.STATE_TRANSITION):
-            return
         self.hooks.emit(
             HookEvent.STATE_TRANSITION,
             self,
@@ -1096,6 +1109,8 @@ class Association:
         association is then aborted.
         """
         self._raise_if_gone()
+        if self.hooks.version != self._hooks_version:
+            self._sync_hooks()
         try:
             size = self._fragment_size()
         except ValueError as exc:  # the peer announced a maximum too small to carry anything

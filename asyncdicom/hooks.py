@@ -42,11 +42,15 @@ class Hooks:
 
     def __init__(self) -> None:
         self._listeners: dict[HookEvent, list[HookCallback]] = {}
+        #: changes whenever a callback is added or removed (lets a user of the registry cache
+        #: what it asked of :meth:`wants`)
+        self.version = 0
         self._log = get_logger()
 
     def add(self, event: HookEvent, callback: HookCallback) -> None:
         """Call ``callback(event, association, **data)`` whenever ``event`` happens."""
         self._listeners.setdefault(event, []).append(callback)
+        self.version += 1
 
     def remove(self, event: HookEvent, callback: HookCallback) -> None:
         """Stop calling ``callback`` for ``event``."""
@@ -55,6 +59,7 @@ class Hooks:
             callbacks.remove(callback)
         if not callbacks:
             self._listeners.pop(event, None)
+        self.version += 1
 
     def wants(self, event: HookEvent) -> bool:
         """True when at least one callback listens to ``event`` (cheap; guard costly data)."""

@@ -85,16 +85,16 @@ class ServiceDispatcher:
         self.services = services
         # (request class, SOP class) -> service; cleared when the service list changes
         self._service_cache: dict[tuple[type, str], Service | None] = {}
-        self._cached_services: tuple[Service, ...] = ()
+        self._cached_count = 0
         self.log = get_logger()
 
     def service_for(self, message: messages.Message, sop_class: str) -> Service | None:
         """The service that serves ``message`` on ``sop_class`` (the last registered wins)."""
         key = (type(message), sop_class)
         cache = self._service_cache
-        if self._cached_services != tuple(self.services):
+        if self._cached_count != len(self.services):  # services are only ever added
             cache.clear()
-            self._cached_services = tuple(self.services)
+            self._cached_count = len(self.services)
         elif key in cache:
             return cache[key]
         found = None
