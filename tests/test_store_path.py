@@ -16,7 +16,8 @@ import anyio
 import pytest
 
 from asyncdicom import AE
-from asyncdicom.cli import main as cli
+from asyncdicom.cli import main as main_cli
+from asyncdicom.cli import storescu as cli
 from asyncdicom.protocol import uids
 from asyncdicom.services import storage as storage_service
 from asyncdicom.storage.files import (
@@ -237,7 +238,7 @@ async def test_save_in_several_batches_then_commit(tmp_path: Path, threaded: boo
 
 
 def _storescu_args(port: int, *extra: str) -> argparse.Namespace:
-    return cli.build_parser().parse_args(["storescu", "127.0.0.1", str(port), *extra])
+    return main_cli.build_parser().parse_args(["storescu", "127.0.0.1", str(port), *extra])
 
 
 @pytest.mark.anyio
@@ -263,7 +264,7 @@ async def test_storescu_file_gone_after_scan_counts_as_failed(
     out = tmp_path / "out"
     async with _storing_scp(out).server() as server:
         with anyio.fail_after(GUARD):
-            code = await cli._storescu(_storescu_args(server.port, str(tmp_path / "in")))
+            code = await cli.run(_storescu_args(server.port, str(tmp_path / "in")))
     captured = capsys.readouterr()
     assert code == 1
     assert re.search(r"\bsent 4, failed 1\b", captured.out), captured.out
@@ -284,7 +285,7 @@ async def test_storescu_rejected_associations_count_every_file_once(
             server.port, str(tmp_path / "in"), "--called-aet", "WRONG", "--concurrency", "2"
         )
         with anyio.fail_after(GUARD):
-            code = await cli._storescu(args)
+            code = await cli.run(args)
     captured = capsys.readouterr()
     assert code == 1
     assert re.search(r"\bsent 0, failed 7\b", captured.out), captured.out
@@ -300,7 +301,7 @@ async def test_storescu_sends_every_file_with_concurrency(
     async with _storing_scp(out).server() as server:
         args = _storescu_args(server.port, str(tmp_path / "in"), "--concurrency", "3")
         with anyio.fail_after(GUARD):
-            code = await cli._storescu(args)
+            code = await cli.run(args)
     captured = capsys.readouterr()
     assert code == 0, captured
     assert re.search(r"\bsent 9, failed 0\b", captured.out), captured.out
