@@ -366,10 +366,14 @@ class AE:
                 failure = errors.ACSETimeout(
                     f"no A-ASSOCIATE-AC/RJ from {where} within {cfg.timeouts.acse} s"
                 )
-                await assoc.abort()
+                await assoc.abort(linger=0)  # the peer is not answering: do not wait on it
             elif assoc.rejection is not None:
                 rj = assoc.rejection
                 failure = errors.AssociationRejected(rj.result, rj.source, rj.reason)
+            elif assoc._lost is not None and assoc.negotiated is None:
+                failure = errors.ConnectionLost(
+                    f"{assoc._lost} during association establishment ({where})"
+                )
             elif assoc.negotiated is None or assoc.abort_info is not None:
                 a = assoc.abort_info
                 failure = errors.AssociationAborted(

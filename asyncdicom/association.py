@@ -34,6 +34,7 @@ association (A-ABORT); leaving it normally releases it.
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 from collections import deque
 from collections.abc import AsyncIterator, Iterable
@@ -86,10 +87,16 @@ __all__ = [
     "Owner",
 ]
 
+#: the stdlib logger behind every association's structlog logger; DIMSE messages are traced
+#: at DEBUG only when it is enabled (a cheap, cached check on the hot path)
+_TRACE = logging.getLogger("asyncdicom")
+
 #: flush queued P-DATA to the transport once this much is buffered
 _FLUSH_THRESHOLD = 256 * 1024
 #: data-set fragments buffered between the reader and a handler (each <= one PDU)
 _HANDLER_QUEUE = 32
+#: after a local A-ABORT, how long the peer may take to close the connection (state 13)
+ABORT_LINGER = 1.0
 #: cap on a response's data set (C-FIND identifiers, N-GET attribute lists) held in memory
 _MAX_RESPONSE_DATASET = 64 * 1024 * 1024
 
@@ -462,6 +469,8 @@ class Association:
         self._abort_detail = ""
         #: the exception class that waiters see after an abort we caused by a timeout
         self._abort_error: type[errors.AssociationError] | None = None
+        #: why the transport went away without a release or abort (peer closed, reset)
+        self._lost: str | None = None
         self.released = False
         # DIMSE: the sans-IO bookkeeping (created once the association is established), the
         # waiters of our operations, and the peer's operations being performed
@@ -581,7 +590,8 @@ class Association:
                         if scope.cancelled_caught:
                             await self._on_deadline()
                             continue
-                except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+                except (anyio.EndOfStream, anyio.BrokenResourceError, OSError) as exc:
+                    self._connection_lost(exc)
                     data = None
                 except anyio.ClosedResourceError:
                     data = None
@@ -648,6 +658,9 @@ class Association:
             self._message_deadline = math.inf
             self._send_abort_now()
         await self._process_events()
+        if self._abort_error is not None and not self._closed.is_set():
+            # a silent peer will not close the connection either: do not wait ARTIM for it
+            await close_quietly(self._stream)
 
     def _send_abort_now(self) -> None:
         """A-ABORT request (Evt15); records the abort so that waiters raise it."""
@@ -656,6 +669,7 @@ class Association:
         except LocalProtocolError:
             return
         if self.abort_info is None:
+            self.log.info("association_aborted", local=True, detail=self._abort_detail or None)
             self.abort_info = AssociationAborted(0, 0, local=True)
             self.hooks.emit(HookEvent.ASSOCIATION_ABORTED, self, abort=self.abort_info)
 
@@ -670,6 +684,7 @@ class Association:
             return
         if self.hooks.wants(HookEvent.PDU_SENT):
             self.hooks.emit(HookEvent.PDU_SENT, self, data=data)
+        lost = False
         async with self._write_lock:
             if self._torn:
                 return
@@ -677,7 +692,9 @@ class Association:
                 await self._stream.send(data)
             except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
                 self.log.info("transport_send_failed", error=str(exc))
+                self._connection_lost(exc)
                 self._ul.receive_data(None, now=self._now())
+                lost = True
             except anyio.get_cancelled_exc_class():
                 # A write cancelled half-way (trio can stop mid-buffer) leaves an unknown part
                 # of a PDU on the wire: the byte stream cannot be trusted any more, so close
@@ -688,7 +705,25 @@ class Association:
                     await close_quietly(self._stream)
                     self._ul.receive_data(None, now=self._now())
                 raise
+        if lost:
+            # act on the loss now (A-P-ABORT indication, waiters woken), not when the reader
+            # next wakes up: a sender must see "connection lost", not a state-machine refusal
+            await self._process_events()
+            return
         self._update_deadline()
+
+    def _connection_lost(self, exc: BaseException | None) -> None:
+        """Note why the transport went away, if nobody ended the association first."""
+        if self.abort_info is not None or self.rejection is not None or self.released:
+            return
+        if self._lost is None:
+            if exc is None or isinstance(exc, anyio.EndOfStream):
+                self._lost = "the peer closed the connection"
+            else:
+                cause = exc.__cause__ if exc.__cause__ is not None else exc
+                text = str(cause) or type(cause).__name__
+                self._lost = f"the connection to the peer broke ({text})"
+            self._abort_detail = self._abort_detail or self._lost
 
     async def _process_events(self) -> None:
         """Drain the upper layer's events (called after every input)."""
@@ -767,6 +802,7 @@ class Association:
             self._incoming_request = None
         await close_quietly(self._stream)
         if self.released:
+            self.log.info("association_released")
             self.hooks.emit(HookEvent.ASSOCIATION_RELEASED, self)
         self.hooks.emit(HookEvent.CONNECTION_CLOSED, self)
         self.log.debug("connection_closed")
@@ -896,20 +932,33 @@ class Association:
         with anyio.move_on_after(timeout) as scope:
             await self._closed.wait()
         if scope.cancelled_caught:
-            await self.abort()
+            await self.abort(linger=0)
             raise errors.ACSETimeout(f"no A-RELEASE-RP within {timeout} s")
         self.released = self.released or self.abort_info is None
 
-    async def abort(self) -> None:
-        """Abort the association (A-ABORT, source service-user) and close the transport."""
+    async def abort(self, *, linger: float = ABORT_LINGER) -> None:
+        """Abort the association (A-ABORT, source service-user) and close the transport.
+
+        After the A-ABORT the peer is given ``linger`` seconds (at most the ARTIM timeout) to
+        close the connection, so that the A-ABORT is read before the connection goes; then the
+        transport is closed from this side.  PS3.8 leaves the ARTIM value to the
+        implementation: this is a short ARTIM for state 13.  ``linger=0`` closes at once (the
+        peer has stopped answering anyway: an ACSE or DIMSE timeout).
+        """
         with anyio.CancelScope(shield=True):
             if self._closed.is_set():
                 return
             self._abort_detail = self._abort_detail or "aborted by the local user"
             self._send_abort_now()
             await self._process_events()
-            # ARTIM (started by AA-1) bounds how long we wait for the peer to close
-            await self._closed.wait()
+            wait = min(linger, self.config.timeouts.artim)
+            if wait > 0:
+                with anyio.move_on_after(wait):
+                    await self._closed.wait()
+            if not self._closed.is_set():
+                # the reader sees the stream closed (Evt17: AR-5 in Sta13) and finishes
+                await close_quietly(self._stream)
+                await self._closed.wait()
 
     async def wait_closed(self) -> None:
         """Wait until the transport is closed."""
@@ -919,6 +968,8 @@ class Association:
         if self.abort_info is not None:
             if self._abort_error is not None:
                 raise self._abort_error(f"association aborted: {self._abort_detail}")
+            if self._lost is not None:
+                raise errors.ConnectionLost(self._lost)
             a = self.abort_info
             raise errors.AssociationAborted(
                 a.source, a.reason, local=a.local, detail=self._abort_detail
@@ -942,8 +993,22 @@ class Association:
         assert ctx is not None
         return ctx
 
+    def _trace(self, what: str, message: messages.Message, context_id: int) -> None:
+        """One DEBUG line per DIMSE message (``-vv`` in the apps)."""
+        fields: dict[str, Any] = {"message": message.NAME, "context_id": context_id}
+        for name in ("message_id", "message_id_being_responded_to", "status"):
+            value = getattr(message, name, None)
+            if value is not None:
+                fields[name] = f"0x{value:04X}" if name == "status" else value
+        uid = getattr(message, "affected_sop_instance_uid", None)
+        if uid:
+            fields["sop_instance_uid"] = uid
+        self.log.debug(what, **fields)
+
     async def _on_request(self, event: RequestReceived) -> None:
         message = event.message
+        if _TRACE.isEnabledFor(logging.DEBUG):
+            self._trace("dimse_received", message, event.context_id)
         if self.hooks.wants(HookEvent.DIMSE_RECEIVED):
             self.hooks.emit(HookEvent.DIMSE_RECEIVED, self, message=message)
         context = self._context(event.context_id)
@@ -1015,6 +1080,8 @@ class Association:
 
     def _on_response(self, event: ResponseReceived) -> None:
         message = event.message
+        if _TRACE.isEnabledFor(logging.DEBUG):
+            self._trace("dimse_received", message, event.context_id)
         if self.hooks.wants(HookEvent.DIMSE_RECEIVED):
             self.hooks.emit(HookEvent.DIMSE_RECEIVED, self, message=message)
         waiter = self._waiters.get(event.message_id)
@@ -1128,6 +1195,8 @@ class Association:
                     for hdr, payload in dimse.pdv_fragments(command, size, command=True):
                         self._ul.send_pdata(cid, hdr, payload, now=now)
                 started = True
+                if _TRACE.isEnabledFor(logging.DEBUG):
+                    self._trace("dimse_sent", message, cid)
                 if self.hooks.wants(HookEvent.DIMSE_SENT):
                     self.hooks.emit(HookEvent.DIMSE_SENT, self, message=message)
                 if dataset is None:
@@ -1154,6 +1223,7 @@ class Association:
                 finished = True
                 await self._flush()
             except LocalProtocolError as exc:
+                await self._process_events()  # e.g. the transport was lost meanwhile
                 self._raise_if_gone()
                 raise errors.AssociationError(f"cannot send now: {exc}") from exc
             finally:
@@ -1175,6 +1245,8 @@ class Association:
         if len(command) > self._fragment_size():
             return False
         self._ul.send_pdata(context.context_id, 0x03, command, now=self._now())
+        if _TRACE.isEnabledFor(logging.DEBUG):
+            self._trace("dimse_sent", message, context.context_id)
         if self.hooks.wants(HookEvent.DIMSE_SENT):
             self.hooks.emit(HookEvent.DIMSE_SENT, self, message=message)
         return True
@@ -1290,7 +1362,7 @@ class Association:
         if not self._closed.is_set():
             self.log.warning("abandoned_operation_timeout", message=name, timeout=timeout)
             self._abort_detail = f"the peer did not end a cancelled {name} within {timeout} s"
-            await self.abort()
+            await self.abort(linger=0)
 
     @asynccontextmanager
     async def invoke(

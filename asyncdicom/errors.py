@@ -13,6 +13,7 @@ __all__ = [
     "AssociationError",
     "AssociationRejected",
     "ConnectTimeout",
+    "ConnectionLost",
     "DICOMError",
     "DIMSETimeout",
     "NetworkTimeout",
@@ -82,6 +83,17 @@ class AssociationAborted(AssociationError):
         kind = "A-ABORT" if source == 0 else "A-P-ABORT"
         text = f"association aborted {who} ({kind}, source {source}, reason {reason})"
         super().__init__(f"{text}: {detail}" if detail else text)
+
+
+class ConnectionLost(AssociationAborted, TransportError):
+    """The connection closed or broke without an A-RELEASE or A-ABORT (PS3.8 A-P-ABORT
+    indication after the transport was lost): the peer went away."""
+
+    def __init__(self, detail: str) -> None:
+        DICOMError.__init__(self, detail)
+        self.source = 2
+        self.reason = 0
+        self.local = True
 
 
 class ACSETimeout(AssociationError, TimeoutError):

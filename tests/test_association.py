@@ -492,3 +492,140 @@ async def test_requestor_serves_requests_from_its_peer() -> None:
             assert (await assoc.echo()).status == 0x0000
     assert answers == [0x0000]
     assert served == ["SCP"]
+
+
+# --------------------------------------------------------------------------- bounded waits
+
+
+async def _silent_acceptor() -> tuple[int, anyio.abc.SocketListener]:
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+    return int(listener.extra(anyio.abc.SocketAttribute.local_port)), listener
+
+
+async def test_acse_timeout_bounds_the_whole_wait() -> None:
+    """A peer that accepts the TCP connection and never answers: the A-ASSOCIATE wait ends
+    after the ACSE timeout, and closing does not then wait ARTIM (30 s here) for the peer."""
+    port, listener = await _silent_acceptor()
+    held: list[Any] = []
+
+    async def hold(stream: Any) -> None:
+        held.append(stream)
+        await anyio.sleep_forever()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, hold)
+        scu = AE("SCU", timeouts=Timeouts(acse=0.3, artim=30.0))
+        started = anyio.current_time()
+        with pytest.raises(errors.ACSETimeout):
+            async with scu.associate("127.0.0.1", port):
+                pass
+        assert anyio.current_time() - started < 5.0
+        tg.cancel_scope.cancel()
+
+
+async def test_release_timeout_bounds_the_whole_wait() -> None:
+    """A peer that never answers A-RELEASE-RQ: ACSETimeout after the ACSE timeout, not ARTIM."""
+    from asyncdicom.testing import memory_stream_pair
+
+    scp = _scp()
+    a, b = memory_stream_pair()
+    deaf = False
+    real_receive = b.receive
+
+    async def receive(max_bytes: int = 65536) -> bytes:
+        data = await real_receive(max_bytes)
+        while deaf:  # the SCP hears nothing more: our A-RELEASE-RQ is never answered
+            data = await real_receive(max_bytes)
+        return data
+
+    b.receive = receive  # type: ignore[method-assign]
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(scp.serve_stream, b)
+        scu = AE("SCU", timeouts=Timeouts(acse=0.3, artim=30.0))
+        started = 0.0
+        with pytest.raises(errors.ACSETimeout, match="A-RELEASE-RP"):
+            async with scu.associate_over(a, called_aet="SCP") as assoc:
+                assert (await assoc.echo()).status == 0
+                deaf = True
+                started = anyio.current_time()
+        assert anyio.current_time() - started < 5.0
+        tg.cancel_scope.cancel()
+
+
+async def test_peer_closing_is_reported_as_connection_lost() -> None:
+    """The peer drops the TCP connection without A-RELEASE/A-ABORT: the next operation says
+    so in words ("the peer closed the connection"), as ConnectionLost."""
+    scp = _scp()
+    async with scp.server() as server:
+        with pytest.raises(errors.ConnectionLost, match="peer closed the connection"):
+            async with AE("SCU").associate("127.0.0.1", server.port) as assoc:
+                assert (await assoc.echo()).status == 0
+                for a in list(scp._associations):
+                    await a._stream.aclose()
+                with anyio.fail_after(10):
+                    await assoc.wait_closed()
+                await assoc.echo()
+
+
+async def test_send_failure_is_reported_as_connection_lost() -> None:
+    """A write that fails (connection reset while sending) is a ConnectionLost naming the
+    cause, never a state-machine message such as 'cannot send now: Evt9 ...'."""
+    from asyncdicom.testing import memory_stream_pair
+
+    scp = _scp(accept_any_storage=True)
+    a, b = memory_stream_pair()
+    broken = False
+    real_send = a.send
+
+    async def send(item: bytes) -> None:
+        if broken:
+            raise anyio.BrokenResourceError from ConnectionResetError("connection reset")
+        await real_send(item)
+
+    a.send = send  # type: ignore[method-assign]
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(scp.serve_stream, b)
+        with pytest.raises(errors.ConnectionLost, match="broke") as info:
+            async with AE("SCU").associate_over(
+                a, called_aet="SCP", contexts=[uids.VERIFICATION, CT]
+            ) as assoc:
+                assert (await assoc.echo()).status == 0
+                broken = True
+                await assoc.store(make_ct_instance(4096))
+        assert "Evt" not in str(info.value)
+        tg.cancel_scope.cancel()
+
+
+async def test_debug_log_traces_every_dimse_message_and_release() -> None:
+    """At DEBUG each DIMSE message sent or received is one log event; at INFO the release."""
+    import logging
+
+    class Collect(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__(logging.DEBUG)
+            self.lines: list[str] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.lines.append(str(record.msg))
+
+    logger = logging.getLogger("asyncdicom")
+    handler = Collect()
+    old_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        scp = _scp()
+        async with scp.server() as server:
+            async with AE("SCU").associate("127.0.0.1", server.port, called_aet="SCP") as assoc:
+                assert (await assoc.echo()).status == 0
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+    sent = [line for line in handler.lines if "dimse_sent" in line]
+    received = [line for line in handler.lines if "dimse_received" in line]
+    # both ends log: the SCU sends the RQ and receives the RSP, the SCP the reverse
+    assert sum("C-ECHO-RQ" in line for line in sent) == 1
+    assert sum("C-ECHO-RSP" in line for line in sent) == 1
+    assert sum("C-ECHO-RQ" in line for line in received) == 1
+    assert sum("C-ECHO-RSP" in line for line in received) == 1
+    assert sum("association_released" in line for line in handler.lines) == 2

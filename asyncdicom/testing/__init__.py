@@ -46,6 +46,9 @@ class MemoryByteStream(ByteStream):
         self._send = send
         self._receive = receive
         self._buffer = b""
+        self._closed = False
+        #: the scope of a receive in progress, cancelled by aclose() (as a socket would)
+        self._receiving: anyio.CancelScope | None = None
 
     async def send(self, item: bytes) -> None:
         try:
@@ -56,11 +59,17 @@ class MemoryByteStream(ByteStream):
             raise anyio.BrokenResourceError from None
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
+        if self._closed:
+            raise anyio.ClosedResourceError
         if not self._buffer:
-            try:
-                self._buffer = await self._receive.receive()
-            except anyio.EndOfStream:
-                raise anyio.EndOfStream from None
+            with anyio.CancelScope() as self._receiving:
+                try:
+                    self._buffer = await self._receive.receive()
+                except anyio.EndOfStream:
+                    raise anyio.EndOfStream from None
+            self._receiving = None
+            if self._closed:
+                raise anyio.ClosedResourceError
         data, self._buffer = self._buffer[:max_bytes], self._buffer[max_bytes:]
         return data
 
@@ -68,8 +77,11 @@ class MemoryByteStream(ByteStream):
         self._send.close()
 
     async def aclose(self) -> None:
+        self._closed = True
         self._send.close()
         self._receive.close()
+        if self._receiving is not None:
+            self._receiving.cancel()
 
 
 def memory_stream_pair(buffer: int = 64) -> tuple[MemoryByteStream, MemoryByteStream]:
