@@ -471,6 +471,8 @@ class Association:
         self._abort_error: type[errors.AssociationError] | None = None
         #: why the transport went away without a release or abort (peer closed, reset)
         self._lost: str | None = None
+        #: DIMSE messages are logged at DEBUG (refreshed by the reader and by each send)
+        self._tracing = False
         self.released = False
         # DIMSE: the sans-IO bookkeeping (created once the association is established), the
         # waiters of our operations, and the peer's operations being performed
@@ -564,6 +566,8 @@ class Association:
             while not self._closed.is_set():
                 if self.hooks.version != self._hooks_version:
                     self._sync_hooks()
+                # DIMSE tracing at DEBUG: looked up once per receive, not per message
+                self._tracing = _TRACE.isEnabledFor(logging.DEBUG)
                 if network_timeout is not None:
                     self._network_deadline = self._now() + network_timeout
                 # A message that has started must keep coming: the next fragment is due
@@ -1007,7 +1011,7 @@ class Association:
 
     async def _on_request(self, event: RequestReceived) -> None:
         message = event.message
-        if _TRACE.isEnabledFor(logging.DEBUG):
+        if self._tracing:
             self._trace("dimse_received", message, event.context_id)
         if self.hooks.wants(HookEvent.DIMSE_RECEIVED):
             self.hooks.emit(HookEvent.DIMSE_RECEIVED, self, message=message)
@@ -1017,7 +1021,12 @@ class Association:
             # once from the reader, without a task.  Only when no message of ours is being
             # sent, so the reader never waits behind our own long transfer.
             response = self.dispatcher.answer_now(self, context, message)
-            command = _encode_or_none(response)
+            command = None
+            if response is not None:
+                try:  # noqa: SIM105 (contextlib.suppress costs more on this hot path)
+                    command = dimse.encode_command(response)
+                except ValueError:
+                    pass  # left to the dispatcher's task, below
             if response is not None and command is not None:
                 ops = self._ops
                 assert ops is not None
@@ -1080,7 +1089,7 @@ class Association:
 
     def _on_response(self, event: ResponseReceived) -> None:
         message = event.message
-        if _TRACE.isEnabledFor(logging.DEBUG):
+        if self._tracing:
             self._trace("dimse_received", message, event.context_id)
         if self.hooks.wants(HookEvent.DIMSE_RECEIVED):
             self.hooks.emit(HookEvent.DIMSE_RECEIVED, self, message=message)
@@ -1245,7 +1254,7 @@ class Association:
         if len(command) > self._fragment_size():
             return False
         self._ul.send_pdata(context.context_id, 0x03, command, now=self._now())
-        if _TRACE.isEnabledFor(logging.DEBUG):
+        if self._tracing:
             self._trace("dimse_sent", message, context.context_id)
         if self.hooks.wants(HookEvent.DIMSE_SENT):
             self.hooks.emit(HookEvent.DIMSE_SENT, self, message=message)
@@ -1419,13 +1428,3 @@ class Association:
             if not waiter.closed:
                 await self._give_up(Operation(self, context, message, waiter))
             raise
-
-
-def _encode_or_none(message: messages.Message | None) -> bytes | None:
-    """The encoded command set, or None (no message, or values that cannot be encoded)."""
-    if message is None:
-        return None
-    try:
-        return dimse.encode_command(message)
-    except ValueError:
-        return None

@@ -259,6 +259,11 @@ def _decode_text(raw: bytes, name: str) -> str:
         raise DIMSEError(f"command set: {_field_label(name)} is not ASCII: {raw!r}") from None
 
 
+#: decoded UI/AE values by their raw bytes: the same UIDs and AE titles recur in every command
+_TEXT_CACHE: dict[bytes, str | None] = {}
+_TEXT_CACHE_MAX: Final = 4096
+
+
 def decode_command(data: bytes | bytearray | memoryview) -> Message:
     """Decode a complete command set (PS3.7 6.3.1, Implicit VR Little Endian) into a message.
 
@@ -269,14 +274,16 @@ def decode_command(data: bytes | bytearray | memoryview) -> Message:
     size, an unknown or missing Command Field, a missing Command Data Set Type or a missing
     mandatory element of the message.
     """
-    buf = bytes(data)
+    buf = data if type(data) is bytes else bytes(data)
     size = len(buf)
     if size == 0:
         raise DIMSEError("command set is empty")
     values: dict[str, Any] = {}
     offset = 0
     unpack_header = _HEADER.unpack_from
+    unpack_u16 = _U16.unpack_from
     elements = _ELEMENTS
+    text_cache = _TEXT_CACHE
     while offset < size:
         if size - offset < 8:
             raise DIMSEError(
@@ -320,13 +327,23 @@ def decode_command(data: bytes | bytearray | memoryview) -> Message:
             # An empty value is the same as an absent element.
             values[name] = None
             continue
-        if kind in (_US, _CF, _DST):
-            if length != 2:
-                raise DIMSEError(f"command set: {_field_label(name)} has {length} bytes, not 2")
-            value: Any = _U16.unpack_from(buf, start)[0]
-            if kind == _DST:
-                value = value != DATASET_ABSENT
-        elif kind in (_UI, _AE):
+        value: Any
+        if kind <= _UI or kind >= _CF:  # _US, _UI, _CF, _DST
+            if kind == _UI:
+                raw = buf[start:end]
+                value = text_cache.get(raw, _MISSING)
+                if value is _MISSING:
+                    value = _decode_text(raw.rstrip(b"\x00 "), name) or None
+                    if len(text_cache) >= _TEXT_CACHE_MAX:
+                        text_cache.clear()
+                    text_cache[raw] = value
+            else:
+                if length != 2:
+                    raise DIMSEError(f"command set: {_field_label(name)} has {length} bytes, not 2")
+                value = unpack_u16(buf, start)[0]
+                if kind == _DST:
+                    value = value != DATASET_ABSENT
+        elif kind == _AE:
             value = _decode_text(buf[start:end].rstrip(b"\x00 "), name) or None
         elif kind == _LO:
             value = buf[start:end].rstrip(b"\x00 ").decode("utf-8", "replace")
@@ -347,12 +364,16 @@ def decode_command(data: bytes | bytearray | memoryview) -> Message:
     if values.get("has_dataset") is None:
         raise DIMSEError(f"{cls.NAME}: no (0000,0800) Command Data Set Type")
     allowed = _FIELDS[cls]
-    kwargs = {k: v for k, v in values.items() if v is not None and k in allowed}
-    missing = cls.REQUIRED - kwargs.keys()
-    if missing:
+    if None in values.values() or not allowed.issuperset(values):
+        values = {k: v for k, v in values.items() if v is not None and k in allowed}
+    if not cls.REQUIRED.issubset(values):
+        missing = cls.REQUIRED - values.keys()
         labels = ", ".join(_field_label(n) for n in sorted(missing, key=_TAG_OF_FIELD.__getitem__))
         raise DIMSEError(f"{cls.NAME} lacks mandatory element(s) {labels}")
-    return cls(**kwargs)
+    return cls(**values)
+
+
+_MISSING: Final = object()
 
 
 # --------------------------------------------------------------------------- fragmentation

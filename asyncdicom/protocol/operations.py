@@ -39,11 +39,12 @@ import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from .dimse import _IDLE as _ASSEMBLER_IDLE
 from .dimse import CommandReceived, MessageAssembler
 from .errors import DIMSEError, LocalProtocolError
 from .messages import CCancelRQ, CFindRQ, CGetRQ, CMoveRQ, Message, Request, Response
 from .pdu import PDataTF
-from .status import is_pending
+from .status import PENDING_STATUSES, is_pending
 
 __all__ = [
     "CANCELLABLE",
@@ -189,7 +190,7 @@ class DIMSEOperations:
     @property
     def idle(self) -> bool:
         """True between messages (nothing partially received)."""
-        return self._assembler.idle
+        return self._assembler._state == _ASSEMBLER_IDLE
 
     @property
     def can_invoke(self) -> bool:
@@ -274,7 +275,7 @@ class DIMSEOperations:
             )
         if field | 0x8000 != response.COMMAND_FIELD:
             raise LocalProtocolError(f"{response.NAME} does not answer a {_name(field)}")
-        if not is_pending(response.status):
+        if response.status not in PENDING_STATUSES:  # (is_pending, inlined: hot path)
             del self.performed[message_id]
             del self._performed_fields[message_id]
         elif field not in _MULTI_RESPONSE_FIELDS:
@@ -327,7 +328,7 @@ class DIMSEOperations:
                     f"{context_id}, its request went on {invocation.context_id}"
                 )
             status: int = message.status  # type: ignore[union-attr]
-            final = not is_pending(status)
+            final = status not in PENDING_STATUSES
             if not final and request.COMMAND_FIELD not in _MULTI_RESPONSE_FIELDS:
                 raise DIMSEError(f"Pending status {status:#06x} in a {message.NAME}")
             if final:

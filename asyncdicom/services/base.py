@@ -139,10 +139,12 @@ class HandlerRegistry:
     """Handlers by (request class, SOP class UID); SOP class ``None`` is the fallback for
     every SOP class of that request."""
 
-    __slots__ = ("_handlers",)
+    __slots__ = ("_handlers", "version")
 
     def __init__(self) -> None:
         self._handlers: dict[tuple[type[messages.Message], str | None], Callable[..., Any]] = {}
+        #: changes with every registration (lets a dispatcher cache its lookups)
+        self.version = 0
 
     def __bool__(self) -> bool:
         return bool(self._handlers)
@@ -160,6 +162,7 @@ class HandlerRegistry:
             self._handlers.pop(key, None)
         else:
             self._handlers[key] = handler
+        self.version += 1
 
     def get(
         self, command: str | type[messages.Message], sop_class: str | None = None

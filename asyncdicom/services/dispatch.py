@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 from collections.abc import Callable, Generator
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -86,6 +87,11 @@ class ServiceDispatcher:
         # (request class, SOP class) -> service; cleared when the service list changes
         self._service_cache: dict[tuple[type, str], Service | None] = {}
         self._cached_count = 0
+        # (request class, SOP class) -> how to answer at once without a handler, or None when
+        # a handler is registered; valid for one (handler registry version, service count)
+        self._quick: dict[tuple[type, str], Callable[[messages.Message], messages.Message] | None]
+        self._quick = {}
+        self._quick_key = (-1, -1)
         self.log = get_logger()
 
     def service_for(self, message: messages.Message, sop_class: str) -> Service | None:
@@ -131,9 +137,36 @@ class ServiceDispatcher:
         self, association: Association, context: PresentationContext, message: messages.Message
     ) -> messages.Message | None:
         sop_class = messages.sop_class_uid(message)
-        if self.handler_for(association, message, sop_class) is not None:
+        local: HandlerRegistry | None = getattr(association, "handlers", None)
+        if local is not None and local._handlers:  # handlers of its own: look them up
+            if self.handler_for(association, message, sop_class) is not None:
+                return None
+            return self.default_response(message, sop_class)
+        # The AE's handlers only: the decision per (request class, SOP class) is cached, so
+        # that a C-ECHO answered by default costs one lookup (it is the hot path of a busy
+        # SCP's health checks).
+        version = (self.handlers.version, len(self.services))
+        if version != self._quick_key:
+            self._quick.clear()
+            self._quick_key = version
+        key = (type(message), sop_class)
+        try:
+            answer = self._quick[key]
+        except KeyError:
+            answer = self._quick_answer(message, sop_class)
+            if len(self._quick) < 4096:  # bounded whatever SOP classes peers send
+                self._quick[key] = answer
+        return None if answer is None else answer(message)
+
+    def _quick_answer(
+        self, message: messages.Message, sop_class: str
+    ) -> Callable[[messages.Message], messages.Message] | None:
+        if self.handlers.get(type(message), sop_class) is not None:
             return None
-        return self.default_response(message, sop_class)
+        service = self.service_for(message, sop_class)
+        if service is not None:
+            return service.default_response
+        return partial(make_response, status=int(Status.UNRECOGNIZED_OPERATION))
 
     def new_request(
         self,
