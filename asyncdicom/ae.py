@@ -538,11 +538,17 @@ class AE:
         """Run :meth:`serve` in the background for the duration of the block."""
         failure: BaseException | None = None
         async with anyio.create_task_group() as tg:
-            srv: Server = await tg.start(self.serve, host, port)
             try:
-                yield srv
+                srv: Server = await tg.start(self.serve, host, port)
             except BaseException as exc:
+                # could not listen (port taken, address not local...): raise the error
+                # itself, not a group around it
                 failure = exc
+            else:
+                try:
+                    yield srv
+                except BaseException as exc:
+                    failure = exc
             tg.cancel_scope.cancel()
         if failure is not None:
             raise failure

@@ -629,3 +629,12 @@ async def test_debug_log_traces_every_dimse_message_and_release() -> None:
     assert sum("C-ECHO-RQ" in line for line in received) == 1
     assert sum("C-ECHO-RSP" in line for line in received) == 1
     assert sum("association_released" in line for line in handler.lines) == 2
+
+
+async def test_server_on_a_taken_port_raises_transport_error_itself() -> None:
+    """AE.server() that cannot listen raises the TransportError, not a group around it, so
+    that ``except DICOMError`` catches it."""
+    async with _scp().server() as first:
+        with pytest.raises(errors.TransportError):
+            async with _scp().server("127.0.0.1", first.port):
+                pass
