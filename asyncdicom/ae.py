@@ -370,9 +370,11 @@ class AE:
             elif assoc.rejection is not None:
                 rj = assoc.rejection
                 failure = errors.AssociationRejected(rj.result, rj.source, rj.reason)
-            elif assoc._lost is not None and assoc.negotiated is None:
+            elif assoc._lost is not None:
                 failure = errors.ConnectionLost(
-                    f"{assoc._lost} during association establishment ({where})"
+                    assoc._lost
+                    if assoc.negotiated is not None
+                    else f"{assoc._lost} during association establishment ({where})"
                 )
             elif assoc.negotiated is None or assoc.abort_info is not None:
                 a = assoc.abort_info

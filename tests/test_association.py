@@ -638,3 +638,12 @@ async def test_server_on_a_taken_port_raises_transport_error_itself() -> None:
         with pytest.raises(errors.TransportError):
             async with _scp().server("127.0.0.1", first.port):
                 pass
+
+
+def test_abort_reason_is_named() -> None:
+    """A provider abort names its PS3.8 Table 9-26 reason; a user abort has none to name."""
+    assert "reason 2: unexpected PDU)" in str(errors.AssociationAborted(2, 2, local=False))
+    assert "reason 6: invalid PDU parameter value)" in str(
+        errors.AssociationAborted(2, 6, local=True)
+    )
+    assert str(errors.AssociationAborted(0, 0, local=False)).endswith("source 0, reason 0)")
