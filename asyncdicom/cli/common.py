@@ -1,47 +1,262 @@
-"""Shared pieces of the command-line apps: options, AE construction, error lines."""
+"""Shared pieces of the command-line apps: option types, options, AE construction, error lines.
+
+Option types
+------------
+Every app validates its option values with the argparse ``type=`` callables of this module, so
+a bad value is a usage error (exit status 2) that names the option, e.g.
+``asyncdicom echoscu: error: argument --repeat: must be at least 1, not -3``:
+
+* :func:`port` -- a peer's TCP port, 1..65535; :func:`listen_port` also accepts 0 (any free
+  port) for a listening app;
+* :func:`positive_int` -- a count of at least 1 (``--repeat``, ``--concurrency``,
+  ``--max-associations``); :func:`int_range` builds other bounds;
+* :func:`timeout` -- seconds, a finite number greater than 0;
+* :func:`max_pdu` -- the largest PDU we accept, :data:`MIN_MAX_PDU`..:data:`MAX_MAX_PDU` bytes;
+* :func:`ae_title` -- an AE title (1 to 16 characters of ISO 646 without backslash or control
+  characters, not all spaces; leading and trailing spaces are dropped).
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
+import socket
 import sys
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any
+
+if sys.version_info < (3, 11):  # pragma: no cover
+    from exceptiongroup import BaseExceptionGroup
 
 from ..ae import AE, Timeouts
+from ..config import MAX_MAX_PDU_LENGTH, MIN_MAX_PDU_LENGTH
+from ..errors import AssociationError, ConnectTimeout, DICOMError, TransportError
+from ..log import get_logger, json_logging
 from ..protocol.status import StatusCategory, category
 
-__all__ = ["CLIError", "add_common", "add_scu", "err", "ok", "scu_ae"]
+__all__ = [
+    "MAX_MAX_PDU",
+    "MIN_MAX_PDU",
+    "CLIError",
+    "HelpFormatter",
+    "add_common",
+    "add_max_pdu",
+    "add_scu",
+    "ae_title",
+    "check_bind",
+    "describe_error",
+    "err",
+    "format_address",
+    "int_range",
+    "listen_port",
+    "max_pdu",
+    "notice",
+    "ok",
+    "port",
+    "positive_int",
+    "scu_ae",
+    "timeout",
+]
+
+#: the range of ``--max-pdu`` (the library buffers one whole PDU, so it offers no "unlimited")
+MIN_MAX_PDU = MIN_MAX_PDU_LENGTH
+MAX_MAX_PDU = MAX_MAX_PDU_LENGTH
 
 
 class CLIError(Exception):
     """A failure to report as one line and exit status 1."""
 
 
-# --------------------------------------------------------------------------- helpers
+# --------------------------------------------------------------------------- option types
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+
+
+def int_range(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    """An argparse type: a whole number from ``minimum`` to ``maximum`` (no upper bound if None)."""
+
+    def check(text: str) -> int:
+        value = _int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, not {value}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"must be at most {maximum}, not {value}")
+        return value
+
+    check.__name__ = f"int_range({minimum}, {maximum})"
+    return check
+
+
+def port(text: str) -> int:
+    """An argparse type: a TCP port to connect to, 1..65535."""
+    value = _int(text)
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a TCP port is 1..65535, not {value}")
+    return value
+
+
+def listen_port(text: str) -> int:
+    """An argparse type: a TCP port to listen on, 0..65535 (0: any free port)."""
+    value = _int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(
+            f"a TCP port is 1..65535 (or 0 for any free port), not {value}"
+        )
+    return value
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    return int_range(1)(text)
+
+
+def timeout(text: str) -> float:
+    """An argparse type: a number of seconds greater than 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, not {text}")
+    return value
+
+
+def max_pdu(text: str) -> int:
+    """An argparse type: the largest PDU we accept, :data:`MIN_MAX_PDU`..:data:`MAX_MAX_PDU`."""
+    value = _int(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(
+            f"0 (no limit) is not supported: a whole PDU is held in memory, so the limit is "
+            f"{MIN_MAX_PDU}..{MAX_MAX_PDU} bytes"
+        )
+    if not MIN_MAX_PDU <= value <= MAX_MAX_PDU:
+        raise argparse.ArgumentTypeError(f"must be {MIN_MAX_PDU}..{MAX_MAX_PDU} bytes, not {value}")
+    return value
+
+
+def ae_title(text: str) -> str:
+    """An argparse type: an AE title, returned without leading and trailing spaces."""
+    if any(not (0x20 <= ord(ch) < 0x7F) or ch == "\\" for ch in text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: an AE title has only ISO 646 (ASCII) characters, "
+            "no backslash and no control characters"
+        )
+    title = text.strip(" ")
+    if not title:
+        raise argparse.ArgumentTypeError("an AE title must not be empty or all spaces")
+    if len(title) > 16:
+        raise argparse.ArgumentTypeError(f"{title!r}: an AE title has at most 16 characters")
+    return title
+
+
+# --------------------------------------------------------------------------- help
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """``--help`` with each option's default appended, e.g. ``(default: 30)``.
+
+    Options whose default says nothing (flags, counters, ``None``) get no suffix; a help text
+    that already mentions ``%(default)s`` is left as is.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help
+        if text is None or "%(default)" in text or not action.option_strings:
+            return text
+        if action.default in (None, False, argparse.SUPPRESS) or action.nargs == 0:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def format_address(host: str, port: int) -> str:
+    """``HOST:PORT`` for a message, with an IPv6 address in brackets: ``[::1]:11112``."""
+    if ":" in host and not host.startswith("["):
+        return f"[{host}]:{port}"
+    return f"{host}:{port}"
+
+
+# --------------------------------------------------------------------------- options
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv)")
+    """Options every app has: ``-v``, ``--log-json``, ``--backend``."""
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="more log output: -v information, -vv debug (every DIMSE message)",
+    )
     p.add_argument("--log-json", action="store_true", help="log as JSON lines on stderr")
     p.add_argument(
         "--backend",
         choices=("asyncio", "trio"),
         default="asyncio",
-        help="async library to run on (default asyncio)",
+        help="async library to run on",
+    )
+
+
+def add_max_pdu(p: argparse.ArgumentParser) -> None:
+    """The ``--max-pdu`` option (largest P-DATA-TF PDU we accept)."""
+    p.add_argument(
+        "--max-pdu",
+        type=max_pdu,
+        default=262144,
+        metavar="BYTES",
+        help=f"largest P-DATA-TF PDU we accept, {MIN_MAX_PDU}..{MAX_MAX_PDU} bytes",
     )
 
 
 def add_scu(p: argparse.ArgumentParser) -> None:
-    p.add_argument("host", help="peer host name or address (IPv4 or IPv6)")
-    p.add_argument("port", type=int, help="peer TCP port")
-    p.add_argument("--aet", default="ASYNCDICOM", help="our (calling) AE title")
-    p.add_argument("--called-aet", default="ANY-SCP", help="the peer's (called) AE title")
-    p.add_argument("--bind", default=None, help="local address to connect from")
-    p.add_argument("--max-pdu", type=int, default=262144, help="largest PDU we accept")
-    p.add_argument("--acse-timeout", type=float, default=30.0, metavar="S")
-    p.add_argument("--dimse-timeout", type=float, default=60.0, metavar="S")
-    p.add_argument("--connect-timeout", type=float, default=30.0, metavar="S")
+    """Peer address and the options shared by the SCUs (echoscu, storescu)."""
+    p.add_argument("host", metavar="HOST", help="peer host name or address (IPv4 or IPv6)")
+    p.add_argument("port", metavar="PORT", type=port, help="peer TCP port (1..65535)")
+    p.add_argument(
+        "--aet", type=ae_title, default="ASYNCDICOM", metavar="A", help="our (calling) AE title"
+    )
+    p.add_argument(
+        "--called-aet",
+        type=ae_title,
+        default="ANY-SCP",
+        metavar="C",
+        help="the peer's (called) AE title",
+    )
+    p.add_argument(
+        "--bind", default=None, metavar="ADDR", help="local address to connect from (default: any)"
+    )
+    add_max_pdu(p)
+    p.add_argument(
+        "--connect-timeout",
+        type=timeout,
+        default=30.0,
+        metavar="S",
+        help="seconds allowed for the TCP connection",
+    )
+    p.add_argument(
+        "--acse-timeout",
+        type=timeout,
+        default=30.0,
+        metavar="S",
+        help="seconds to wait for A-ASSOCIATE-AC/RJ and A-RELEASE-RP",
+    )
+    p.add_argument(
+        "--dimse-timeout",
+        type=timeout,
+        default=60.0,
+        metavar="S",
+        help="seconds to wait for each DIMSE response",
+    )
 
 
 def scu_ae(args: argparse.Namespace) -> AE:
+    """The AE of an SCU app, from the options of :func:`add_scu`."""
     return AE(
         args.aet,
         max_pdu_length=args.max_pdu,
@@ -52,8 +267,121 @@ def scu_ae(args: argparse.Namespace) -> AE:
 
 
 def ok(status: int) -> bool:
+    """Whether a DIMSE status is Success or Warning."""
     return category(status) in (StatusCategory.SUCCESS, StatusCategory.WARNING)
 
 
 def err(text: str) -> None:
-    print(f"asyncdicom: error: {text}", file=sys.stderr)
+    """Report one error: the line ``asyncdicom: error: TEXT`` on stderr, or with
+    ``--log-json`` a JSON object ``{"event": "cli_error", "message": TEXT, ...}``."""
+    if json_logging():
+        get_logger().error("cli_error", message=text)
+    else:
+        print(f"asyncdicom: error: {text}", file=sys.stderr, flush=True)
+
+
+def notice(text: str, event: str, **fields: Any) -> None:
+    """Tell the user something on stderr that is not an error (e.g. storescp's "listening on"
+    line): ``TEXT`` as is, or with ``--log-json`` a JSON object like a log event's (``event``,
+    ``level`` "info", ``message``, ``fields``, ``timestamp``).  It is shown whatever the log
+    level."""
+    if json_logging():
+        when = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        record = {"event": event, "level": "info", "message": text, **fields, "timestamp": when}
+        print(json.dumps(record, default=str), file=sys.stderr, flush=True)
+    else:
+        print(text, file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- error lines
+
+
+def describe_error(exc: BaseException, args: argparse.Namespace | None = None) -> str:
+    """One line for an error that ended an app, in the user's terms.
+
+    ``args`` (the parsed options) lets the line name the peer (``HOST:PORT``) and the local
+    ``--bind`` address.
+    """
+    host = getattr(args, "host", None)
+    peer_port = getattr(args, "port", None)
+    bind = getattr(args, "bind", None)
+    where = format_address(host, peer_port) if host and peer_port else None
+    if isinstance(exc, ConnectTimeout):
+        limit = getattr(args, "connect_timeout", None)
+        if where and limit is not None:
+            return f"no TCP connection to {where} within {limit:g} s (--connect-timeout)"
+        return str(exc)
+    if isinstance(exc, TransportError) and not isinstance(exc, AssociationError):
+        cause = _os_error(exc)
+        if cause is not None:
+            text = _describe_os_error(cause, host, where, bind)
+            if text is not None:
+                return text
+    if isinstance(exc, OSError) and not isinstance(exc, DICOMError):
+        text = _describe_os_error(exc, host, where, bind)
+        if text is not None:
+            return text
+    return str(exc) or type(exc).__name__
+
+
+def _os_error(exc: BaseException) -> OSError | None:
+    """The OSError behind ``exc`` that carries an error number (searched breadth-first through
+    causes, contexts and exception groups), else the first OSError found, else None."""
+    fallback: OSError | None = None
+    seen: set[int] = set()
+    todo: list[BaseException] = [exc]
+    while todo:
+        current = todo.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, OSError) and not isinstance(current, DICOMError):
+            if current.errno is not None:
+                return current
+            fallback = fallback or current
+        if isinstance(current, BaseExceptionGroup):
+            todo.extend(current.exceptions)
+        todo.extend(e for e in (current.__cause__, current.__context__) if e is not None)
+    return fallback
+
+
+def _describe_os_error(
+    exc: OSError, host: str | None, where: str | None, bind: str | None
+) -> str | None:
+    reason = exc.strerror or str(exc)
+    if isinstance(exc, ConnectionRefusedError):
+        return f"connection refused by {where}" if where else f"connection refused ({reason})"
+    if isinstance(exc, socket.gaierror):
+        # --bind was resolved at start (see check_bind), so a name that fails now is the peer's
+        return f"cannot resolve the peer host {host!r}: {reason}"
+    if bind and where:
+        return f"cannot connect to {where} from the local address {bind!r} (--bind): {reason}"
+    if where:
+        return f"cannot connect to {where}: {reason}"
+    return None
+
+
+def check_bind(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """A usage error (exit 2) unless ``--bind`` names an address of this machine.
+
+    Checked before anything is sent, so that a bad local address is never reported as if the
+    peer were unreachable.
+    """
+    bind = getattr(args, "bind", None)
+    if not bind:
+        return
+    try:
+        infos = socket.getaddrinfo(bind, 0, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        parser.error(f"argument --bind: cannot resolve the local address {bind!r}: {reason}")
+    problem = "no address"
+    for family, kind, proto, _name, address in infos:
+        try:
+            with socket.socket(family, kind, proto) as sock:
+                sock.bind(address)
+        except OSError as exc:
+            problem = exc.strerror or str(exc)
+            continue
+        return
+    parser.error(f"argument --bind: cannot use the local address {bind!r}: {problem}")

@@ -1,4 +1,9 @@
-"""``asyncdicom echoscu``: C-ECHO to a peer."""
+"""``asyncdicom echoscu``: C-ECHO to a peer.
+
+Prints one summary line on stdout (``C-ECHO 3/3 succeeded with HOST:PORT in 0.012 s``); with
+``-v`` also one line per C-ECHO (its status and round-trip time) before it.  A response other
+than Success is an error line on stderr and makes the exit status 1.
+"""
 
 from __future__ import annotations
 
@@ -7,22 +12,35 @@ import time
 from typing import Any
 
 from ..protocol import uids
-from .common import add_common, add_scu, err, scu_ae
+from ..protocol.status import describe
+from .common import add_common, add_scu, err, format_address, positive_int, scu_ae
 
 __all__ = ["add_parser", "run"]
 
 
 def add_parser(sub: Any) -> None:
     """Add the ``echoscu`` sub-command to ``sub``."""
-    p = sub.add_parser("echoscu", help="send C-ECHO (verification)")
+    p = sub.add_parser(
+        "echoscu",
+        help="send C-ECHO (verification)",
+        description="Send C-ECHO requests (Verification SOP Class) to a peer.",
+    )
     add_scu(p)
-    p.add_argument("--repeat", type=int, default=1, metavar="N", help="C-ECHOs to send")
+    p.add_argument(
+        "--repeat",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="C-ECHO requests to send, one after the other on one association",
+    )
     add_common(p)
     p.set_defaults(func=run)
 
 
 async def run(args: argparse.Namespace) -> int:
+    """Associate, send ``--repeat`` C-ECHOs, release; 0 if every response was Success."""
     ae = scu_ae(args)
+    peer = format_address(args.host, args.port)
     started = time.perf_counter()
     failures = 0
     async with ae.associate(
@@ -32,14 +50,17 @@ async def run(args: argparse.Namespace) -> int:
         contexts=[uids.VERIFICATION],
         bind=args.bind,
     ) as assoc:
-        for _ in range(args.repeat):
+        for n in range(1, args.repeat + 1):
+            sent = time.perf_counter()
             status = (await assoc.echo()).status
+            rtt = (time.perf_counter() - sent) * 1000
             if status != 0x0000:
                 failures += 1
-                err(f"C-ECHO status 0x{status:04X}")
+                err(f"C-ECHO {n}/{args.repeat} to {peer}: status {describe(status)}")
+            elif args.verbose:
+                print(
+                    f"C-ECHO {n}/{args.repeat}: status 0x0000 (success) in {rtt:.1f} ms", flush=True
+                )
     elapsed = time.perf_counter() - started
-    print(
-        f"C-ECHO {args.repeat - failures}/{args.repeat} succeeded with {args.host}:{args.port}"
-        f" in {elapsed:.3f} s"
-    )
+    print(f"C-ECHO {args.repeat - failures}/{args.repeat} succeeded with {peer} in {elapsed:.3f} s")
     return 0 if failures == 0 else 1

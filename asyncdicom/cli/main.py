@@ -1,8 +1,8 @@
 """The ``asyncdicom`` command: echoscu, storescu, storescp and demo.
 
 Exit status: 0 only on full success, 1 when an operation failed (rejected, aborted, a status
-other than success/warning), 2 for usage errors.  Errors are one clear line on stderr; ``-v``
-shows the protocol log (``-vv`` debug), ``--log-json`` makes it JSON.
+other than success/warning), 2 for usage errors, 130 after Ctrl-C.  Errors are one clear line
+on stderr; ``-v`` shows the protocol log (``-vv`` debug), ``--log-json`` makes it JSON.
 """
 
 from __future__ import annotations
@@ -18,11 +18,14 @@ if sys.version_info < (3, 11):  # pragma: no cover
 
 from .. import __version__
 from ..errors import DICOMError
-from ..log import configure_cli_logging
+from ..log import configure_cli_logging, get_logger
 from . import demo, echoscu, storescp, storescu
-from .common import CLIError, err
+from .common import CLIError, HelpFormatter, check_bind, describe_error, err
 
 __all__ = ["build_parser", "main"]
+
+#: what ends an app with one error line and exit status 1 (anything else is a bug: traceback)
+_EXPECTED = (CLIError, DICOMError, OSError, ValueError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for app in (echoscu, storescu, storescp, demo):
         app.add_parser(sub)
+    for command in sub.choices.values():
+        # every app's --help shows the defaults (the apps' modules need not ask for it)
+        command.formatter_class = HelpFormatter
     return parser
 
 
@@ -39,20 +45,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``asyncdicom`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    check_bind(_subparser(parser, args), args)
     configure_cli_logging(verbose=args.verbose, json=args.log_json)
     try:
         return int(anyio.run(args.func, args, backend=args.backend))
     except KeyboardInterrupt:
         return 130
-    except (CLIError, DICOMError, OSError, ValueError) as exc:
-        err(str(exc))
-        return 1
-    except BaseExceptionGroup as group:
-        first = _first_leaf(group)
-        if isinstance(first, (CLIError, DICOMError, OSError, ValueError)):
-            err(str(first))
+    except BaseException as exc:
+        leaf = _first_leaf(exc)
+        if isinstance(leaf, KeyboardInterrupt):
+            return 130
+        if isinstance(leaf, _EXPECTED):
+            err(describe_error(leaf, args))
             return 1
-        raise
+        if isinstance(leaf, (SystemExit, GeneratorExit)):
+            raise
+        # a bug: the traceback goes through the log (a JSON object with --log-json)
+        get_logger().error("internal_error", error=f"{type(leaf).__name__}: {leaf}", exc_info=leaf)
+        return 1
+
+
+def _subparser(
+    parser: argparse.ArgumentParser, args: argparse.Namespace
+) -> argparse.ArgumentParser:
+    """The sub-command's parser (its usage line goes with a usage error about its options)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            found = action.choices.get(args.command)
+            if isinstance(found, argparse.ArgumentParser):
+                return found
+    return parser
 
 
 def _first_leaf(exc: BaseException) -> BaseException:
