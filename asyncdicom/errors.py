@@ -18,6 +18,7 @@ __all__ = [
     "DIMSETimeout",
     "NetworkTimeout",
     "NoAcceptedContext",
+    "StorageError",
     "TransportError",
 ]
 
@@ -81,8 +82,21 @@ class AssociationAborted(AssociationError):
         self.local = local
         who = "locally" if local else "by the peer"
         kind = "A-ABORT" if source == 0 else "A-P-ABORT"
-        text = f"association aborted {who} ({kind}, source {source}, reason {reason})"
+        text = f"association aborted {who} ({kind}, source {source}, reason {reason}"
+        meaning = _ABORT_REASONS.get(reason) if source == 2 else None
+        text += f": {meaning})" if meaning else ")"
         super().__init__(f"{text}: {detail}" if detail else text)
+
+
+#: PS3.8 Table 9-26: A-ABORT reasons when the source is the service provider (2)
+_ABORT_REASONS = {
+    0: "reason not specified",
+    1: "unrecognized PDU",
+    2: "unexpected PDU",
+    4: "unrecognized PDU parameter",
+    5: "unexpected PDU parameter",
+    6: "invalid PDU parameter value",
+}
 
 
 class ConnectionLost(AssociationAborted, TransportError):
@@ -110,3 +124,11 @@ class NetworkTimeout(AssociationError, TimeoutError):
 
 class NoAcceptedContext(DICOMError):
     """No accepted presentation context fits the requested SOP class / transfer syntax."""
+
+
+class StorageError(DICOMError):
+    """A DICOM file or data set cannot be read, written or converted: the base of the errors of
+    :mod:`asyncdicom.storage` (``InvalidDicomFile``, ``InvalidDataset``, ``TranscodeError``).
+
+    ``store()`` finds such a problem before it sends anything, so the association stays usable;
+    only a big file that changes on disk while it is being streamed aborts the association."""

@@ -9,10 +9,13 @@ from __future__ import annotations
 import array
 import functools
 import hashlib
+import logging
 import os
+import re
 import shutil
 import struct
 import tracemalloc
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,12 +24,17 @@ import anyio
 import anyio.to_thread
 import pydicom
 import pydicom.data
+import pydicom.uid
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import _read_file_meta_info, read_preamble
 from pydicom.filewriter import write_file_meta_info
 
+from asyncdicom import AE, AEConfig
+from asyncdicom.errors import DICOMError, StorageError
+from asyncdicom.protocol import uids
+from asyncdicom.services.storage import save_request
 from asyncdicom.storage import (
     InvalidDicomFile,
     Part10Source,
@@ -47,6 +55,11 @@ from asyncdicom.storage.files import (
     EXPLICIT_VR_LITTLE_ENDIAN,
     IMPLICIT_VR_LITTLE_ENDIAN,
     NATIVE_TRANSFER_SYNTAXES,
+    InvalidDataset,
+    StoredFile,
+    encode_file_meta,
+    read_header,
+    remove_stale_temp_files,
 )
 from asyncdicom.storage.synthetic import CT_IMAGE_STORAGE, make_ct_instance, write_ct_files
 
@@ -99,13 +112,16 @@ def write_source(folder: Path, source: Part10Source, chunk_size: int) -> Path:
         return writer.commit()
 
 
-def new_writer(folder: Path, uid: str, ts: str = EXPLICIT_VR_LITTLE_ENDIAN) -> Part10Writer:
+def new_writer(
+    folder: Path, uid: str, ts: str = EXPLICIT_VR_LITTLE_ENDIAN, **options: Any
+) -> Part10Writer:
     return Part10Writer(
         folder,
         sop_class_uid=CT_IMAGE_STORAGE,
         sop_instance_uid=uid,
         transfer_syntax_uid=ts,
         implementation_class_uid=IMPL_UID,
+        **options,
     )
 
 
@@ -241,7 +257,7 @@ async def test_leaving_without_commit_and_explicit_discard(tmp_path: Path) -> No
 @pytest.mark.anyio
 async def test_commit_failure_leaves_nothing(tmp_path: Path) -> None:
     (tmp_path / "1.2.3.dcm").mkdir()  # the final name is taken by a directory
-    writer = await in_thread(new_writer, tmp_path, "1.2.3")
+    writer = await in_thread(new_writer, tmp_path, "1.2.3", on_duplicate="overwrite")
     await in_thread(writer.write, b"\x00\x00")
     with pytest.raises(OSError):
         await in_thread(writer.commit)
@@ -255,7 +271,7 @@ async def test_existing_file_is_replaced_atomically(tmp_path: Path) -> None:
     final.write_bytes(b"old copy")
 
     def write(payload: bytes) -> Path:
-        with new_writer(tmp_path, "1.2.3") as writer:
+        with new_writer(tmp_path, "1.2.3", on_duplicate="overwrite") as writer:
             writer.write(payload)
             # Until commit the old copy is untouched.
             assert final.read_bytes() == b"old copy"
@@ -367,7 +383,7 @@ async def test_symlink_at_final_name_is_replaced_not_followed(tmp_path: Path) ->
     victim.write_bytes(b"precious")
     (store / "1.2.3.dcm").symlink_to(victim)
     # A dangling link named like a temporary file cannot be hijacked either (O_EXCL).
-    writer = await in_thread(new_writer, store, "1.2.3")
+    writer = await in_thread(new_writer, store, "1.2.3", on_duplicate="overwrite")
     await in_thread(writer.write, b"\x00\x00")
     path = await in_thread(writer.commit)
     assert victim.read_bytes() == b"precious"
@@ -800,3 +816,472 @@ def test_fast_file_meta_matches_pydicom(
         source_ae_title=source_ae,
     )
     assert encode_file_meta(**kwargs) == _encode_file_meta_pydicom(**kwargs)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------------------------
+# An instance stored twice: the duplicate policies
+
+
+def _commit(folder: Path, uid: str, payload: bytes, **options: Any) -> StoredFile:
+    with new_writer(folder, uid, **options) as writer:
+        writer.write(payload)
+        return writer.commit()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("policy", [None, "unique", "overwrite", "ignore"])
+async def test_duplicate_policies(tmp_path: Path, policy: str | None) -> None:
+    options = {} if policy is None else {"on_duplicate": policy}
+    root = tmp_path.resolve()
+    # one element (0008,0005) CS, its value 2, 4 or 6 bytes long: each copy is told apart
+    payloads = [b"\x08\x00\x05\x00CS" + struct.pack("<H", 2 * n) + b"AB" * n for n in (1, 2, 3)]
+    stored = [await in_thread(_commit, tmp_path, "1.2.3", p, **options) for p in payloads]
+    assert stored[0] == root / "1.2.3.dcm" and stored[0].duplicate is None
+    assert [s.dataset_size for s in stored] == [len(p) for p in payloads]
+    names = sorted(os.listdir(tmp_path))
+    if policy in (None, "unique"):  # the default keeps every copy
+        assert names == ["1.2.3.dcm", "1.2.3_1.dcm", "1.2.3_2.dcm"]
+        assert stored[1:] == [root / "1.2.3_1.dcm", root / "1.2.3_2.dcm"]
+        assert [s.duplicate for s in stored[1:]] == ["unique", "unique"]
+        for path, payload in zip(stored, payloads, strict=True):
+            assert dataset_bytes_on_disk(path)[0] == payload
+    elif policy == "overwrite":
+        assert names == ["1.2.3.dcm"]
+        assert stored[1:] == [root / "1.2.3.dcm"] * 2
+        assert [s.duplicate for s in stored[1:]] == ["overwrite", "overwrite"]
+        assert dataset_bytes_on_disk(root / "1.2.3.dcm")[0] == payloads[2]
+    else:
+        assert names == ["1.2.3.dcm"]
+        assert stored[1:] == [root / "1.2.3.dcm"] * 2
+        assert [s.duplicate for s in stored[1:]] == ["ignore", "ignore"]
+        assert dataset_bytes_on_disk(root / "1.2.3.dcm")[0] == payloads[0]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("policy", ["unique", "ignore"])
+async def test_duplicate_name_taken_by_a_link_or_folder_is_kept(
+    tmp_path: Path, policy: str
+) -> None:
+    store = tmp_path / "store"
+    store.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"precious")
+    (store / "1.2.3.dcm").symlink_to(victim)
+    (store / "1.2.4.dcm").symlink_to(tmp_path / "dangling")
+    (store / "1.2.5.dcm").mkdir()
+    for uid in ("1.2.3", "1.2.4", "1.2.5"):
+        path = await in_thread(_commit, store, uid, b"\x00\x00", on_duplicate=policy)
+        if policy == "unique":
+            assert path.name == f"{uid}_1.dcm" and path.duplicate == "unique"
+            assert path.read_bytes()[128:132] == b"DICM" and not path.is_symlink()
+        else:
+            assert path.name == f"{uid}.dcm" and path.duplicate == "ignore"
+    assert victim.read_bytes() == b"precious"
+    assert not (tmp_path / "dangling").exists()
+    assert (store / "1.2.3.dcm").is_symlink() and (store / "1.2.5.dcm").is_dir()
+    assert not [n for n in os.listdir(store) if n.endswith(".part")]
+
+
+def test_writer_rejects_unknown_policy_and_layout(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="on_duplicate"):
+        new_writer(tmp_path, "1.2.3", on_duplicate="replace")
+    with pytest.raises(ValueError, match="layout"):
+        new_writer(tmp_path, "1.2.3", layout="tree")
+    assert os.listdir(tmp_path) == []
+
+
+def test_stored_file_is_a_path(tmp_path: Path) -> None:
+    stored = _commit(tmp_path, "1.2.3", b"\x00\x00")
+    assert isinstance(stored, StoredFile) and isinstance(stored, Path)
+    assert stored == tmp_path.resolve() / "1.2.3.dcm"
+    assert hash(stored) == hash(tmp_path.resolve() / "1.2.3.dcm")
+    assert os.fspath(stored) == str(tmp_path.resolve() / "1.2.3.dcm")
+    assert sorted(tmp_path.resolve().iterdir()) == [stored]
+    assert stored.read_bytes()[128:132] == b"DICM"
+
+
+# ---------------------------------------------------------------------------------------------
+# The sorted layout
+
+
+def _encoded(ds: Dataset, ts: str = EXPLICIT_VR_LITTLE_ENDIAN) -> bytes:
+    return encode_dataset(ds, ts)
+
+
+def _commit_dataset(folder: Path, ds: Dataset, ts: str = EXPLICIT_VR_LITTLE_ENDIAN) -> StoredFile:
+    return _commit(folder, str(ds.SOPInstanceUID), _encoded(ds, ts), ts=ts, layout="sorted")
+
+
+def _hashed(value: str) -> str:
+    """How an invalid UID is named (computed here, not by the code under test)."""
+    return "uid-" + hashlib.sha256(value.encode()).hexdigest()[:32]
+
+
+# Patient ID -> folder name, worked out by hand from the rules in folder_name's docstring
+HOSTILE_PATIENT_IDS = {
+    "../../etc": "___.._etc",
+    "/etc/passwd": "_etc_passwd",
+    "..": "__",
+    ".": "_",
+    "a\\b": "a_b",
+    "C:x": "C_x",
+    "CON": "_CON",
+    "nul.txt": "_nul.txt",
+    ".hidden.": "_hidden_",
+    "  PAT 7  ": "PAT_7",
+    "x" * 70: "x" * 64,
+    "": "UNKNOWN",
+    "   ": "UNKNOWN",
+}
+
+
+@pytest.mark.anyio
+@pytest.mark.filterwarnings("ignore:The value length .* exceeds:UserWarning")
+async def test_sorted_layout_hostile_patient_ids_stay_inside(tmp_path: Path) -> None:
+    store = tmp_path / "a" / "b" / "store"
+    store.mkdir(parents=True)
+    (tmp_path / "etc").mkdir()
+    before_outside = tree(tmp_path) - {"a", "a/b", "a/b/store"}
+    root = store.resolve()
+    for patient_id, expected in HOSTILE_PATIENT_IDS.items():
+        ds = make_ct_instance(64, patient_id=patient_id)
+        path = await in_thread(_commit_dataset, store, ds)
+        assert path.relative_to(root).parts == (
+            expected,
+            str(ds.StudyInstanceUID),
+            str(ds.SeriesInstanceUID),
+            f"{ds.SOPInstanceUID}.dcm",
+        ), patient_id
+        assert path.resolve().is_relative_to(root)
+        assert pydicom.dcmread(path).SOPInstanceUID == ds.SOPInstanceUID
+    after_outside = {p for p in tree(tmp_path) if not p.startswith("a/b/store/")}
+    assert after_outside - {"a", "a/b", "a/b/store"} == before_outside
+    assert not [p for p in tree(store) if p.endswith(".part")]
+
+
+@pytest.mark.anyio
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI:UserWarning")
+async def test_sorted_layout_missing_and_invalid_values(tmp_path: Path) -> None:
+    root = tmp_path.resolve()
+    missing = make_ct_instance(64)
+    del missing.PatientID, missing.StudyInstanceUID, missing.SeriesInstanceUID
+    path = await in_thread(_commit_dataset, tmp_path, missing)
+    assert path.relative_to(root).parts[:3] == ("UNKNOWN", "UNKNOWN", "UNKNOWN")
+
+    hostile = make_ct_instance(64, patient_id="P")
+    hostile.StudyInstanceUID = "../../x"
+    hostile.SeriesInstanceUID = "/etc"
+    path = await in_thread(_commit_dataset, tmp_path, hostile)
+    assert path.relative_to(root).parts[:3] == ("P", _hashed("../../x"), _hashed("/etc"))
+
+    # not a data set at all: stored all the same, under the placeholders
+    path = await in_thread(_commit, tmp_path, "1.2.3", b"\xff\xff\xff\xff garbage", layout="sorted")
+    assert path.relative_to(root).parts == ("UNKNOWN", "UNKNOWN", "UNKNOWN", "1.2.3.dcm")
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "sample",
+    [
+        "CT_small.dcm",
+        "MR_small_implicit.dcm",
+        "MR_small_bigendian.dcm",
+        "image_dfl.dcm",
+        "JPEG2000.dcm",
+        "rtplan.dcm",
+    ],
+)
+async def test_sorted_layout_folders_agree_with_pydicom(tmp_path: Path, sample: str) -> None:
+    source = await in_thread(read_part10_for_send, SAMPLES / sample)
+    with Part10Writer(
+        tmp_path,
+        sop_class_uid=source.sop_class_uid,
+        sop_instance_uid=source.sop_instance_uid,
+        transfer_syntax_uid=source.transfer_syntax_uid,
+        implementation_class_uid=IMPL_UID,
+        layout="sorted",
+    ) as writer:
+        with pytest.raises(ValueError, match="on commit"):
+            _ = writer.path
+        for chunk in source.iter_chunks(1000):
+            writer.write(chunk)
+        path = await in_thread(writer.commit)
+    assert writer.path == path
+    reference = pydicom.dcmread(SAMPLES / sample)
+    assert path.relative_to(tmp_path.resolve()).parts == (
+        reference.get("PatientID") or "UNKNOWN",
+        reference.StudyInstanceUID,
+        reference.SeriesInstanceUID,
+        f"{source.sop_instance_uid}.dcm",
+    )
+    assert dataset_bytes_on_disk(path)[0] == dataset_bytes_on_disk(SAMPLES / sample)[0]
+
+
+def _big_instance(ts: str, size: int) -> tuple[Dataset, bytes]:
+    ds = make_ct_instance(64, patient_id="BIG")
+    ds.Rows, ds.Columns = 2048, size // 4096
+    ds.PixelData = bytes(size) if ts == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN else os.urandom(size)
+    return ds, encode_dataset(ds, ts)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("ts", [EXPLICIT_VR_LITTLE_ENDIAN, DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN])
+async def test_sorted_layout_and_header_do_not_read_the_pixel_data(tmp_path: Path, ts: str) -> None:
+    """The folder names and the header come from the head of the data set: memory stays far
+    below the size of the pixel data (pydicom alone would inflate a deflated file whole)."""
+    ds, data = _big_instance(ts, 32 << 20)
+    writer = await in_thread(new_writer, tmp_path, str(ds.SOPInstanceUID), ts, layout="sorted")
+    await in_thread(writer.write, data)
+    del data
+    tracemalloc.start()
+    try:
+        path = await in_thread(writer.commit)
+        _, commit_peak = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        header = await in_thread(path.header)
+        _, header_peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert path.relative_to(tmp_path.resolve()).parts[0] == "BIG"
+    assert commit_peak < 4 << 20, commit_peak
+    assert header_peak < 4 << 20, header_peak
+    assert header.PatientID == "BIG" and header.SOPInstanceUID == ds.SOPInstanceUID
+    assert "PixelData" not in header and header.Rows == 2048
+    assert header.file_meta.TransferSyntaxUID == ts
+
+
+@pytest.mark.anyio
+async def test_sorted_layout_does_not_follow_links(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    store.mkdir()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (store / "PAT").symlink_to(outside)
+    (store / "FILE").write_bytes(b"x")
+    for patient_id in ("PAT", "FILE"):
+        ds = make_ct_instance(64, patient_id=patient_id)
+        with pytest.raises(NotADirectoryError):
+            await in_thread(_commit_dataset, store, ds)
+    assert list(outside.iterdir()) == []
+    assert sorted(os.listdir(store)) == ["FILE", "PAT"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading the header of a stored file
+
+
+@pytest.mark.parametrize(
+    "sample",
+    ["CT_small.dcm", "MR_small_bigendian.dcm", "image_dfl.dcm", "JPEG2000.dcm", "rtplan.dcm"],
+)
+def test_read_header_agrees_with_pydicom(sample: str) -> None:
+    header = read_header(SAMPLES / sample)
+    reference = pydicom.dcmread(SAMPLES / sample)
+    assert "PixelData" not in header
+    assert [e.tag for e in header] == [e.tag for e in reference if e.tag < 0x7FE00008]
+    for elem in header:
+        assert elem.value == reference[elem.tag].value, elem.tag
+    assert header.file_meta == reference.file_meta
+
+
+def test_read_header_defers_long_values(tmp_path: Path) -> None:
+    """A long value before the pixel data (a private blob here) is read only when accessed."""
+    ds = make_ct_instance(64)
+    ds.add_new(0x00091010, "LO", "PRIVATE")  # a private creator, then a long private value
+    blob = os.urandom(16 << 20)
+    ds.add_new(0x00091001, "OB", blob)
+    path = tmp_path / "x.dcm"
+    with open(path, "wb") as fp:
+        fp.write(b"\x00" * 128 + b"DICM")
+        fp.write(
+            encode_file_meta(
+                sop_class_uid=CT_IMAGE_STORAGE,
+                sop_instance_uid=str(ds.SOPInstanceUID),
+                transfer_syntax_uid=EXPLICIT_VR_LITTLE_ENDIAN,
+                implementation_class_uid=IMPL_UID,
+            )
+        )
+        fp.write(encode_dataset(ds, EXPLICIT_VR_LITTLE_ENDIAN))
+    del ds
+    tracemalloc.start()
+    try:
+        header = read_header(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 << 20, peak
+    assert header[0x00091001].value == blob  # read when asked
+    assert header.SOPInstanceUID and "PixelData" not in header
+
+
+def test_read_header_of_a_non_dicom_file(tmp_path: Path) -> None:
+    text = tmp_path / "notes.txt"
+    text.write_bytes(b"\x02\x00\x10\x00" + b"not DICOM at all " * 20)
+    with pytest.raises(InvalidDicomFile):
+        read_header(text)
+    with pytest.raises(FileNotFoundError):
+        read_header(tmp_path / "missing.dcm")
+
+
+# ---------------------------------------------------------------------------------------------
+# Temporary files left by a killed writer
+
+
+def test_remove_stale_temp_files(tmp_path: Path) -> None:
+    stale = [tmp_path / f".{c * 32}.part" for c in "ab"]
+    for path in stale:
+        path.write_bytes(b"half an instance")
+    live = new_writer(tmp_path, "1.2.3")  # being written: locked by its writer
+    keep = [tmp_path / n for n in (".keep.part", "notes.part", f".{'C' * 32}.part", "x.dcm")]
+    for path in keep:
+        path.write_bytes(b"not ours")
+    target = tmp_path.parent / f"{tmp_path.name}-target"
+    target.write_bytes(b"precious")
+    link = tmp_path / f".{'d' * 32}.part"
+    link.symlink_to(target)
+    folder = tmp_path / f".{'e' * 32}.part"
+    folder.mkdir()
+
+    assert remove_stale_temp_files(tmp_path) == 2
+    assert not any(p.exists() for p in stale)
+    assert live.temp_path.exists()
+    assert all(p.exists() for p in keep) and link.is_symlink() and folder.is_dir()
+    assert target.read_bytes() == b"precious"
+    live.write(b"\x00\x00")
+    assert live.commit() == tmp_path.resolve() / "1.2.3.dcm"
+    assert remove_stale_temp_files(tmp_path) == 0
+    assert remove_stale_temp_files(tmp_path / "missing") == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Implementation Class UID
+
+
+def test_implementation_class_uid_is_our_own() -> None:
+    """PS3.5 B.2: "2.25." and the decimal value of a UUID, under no other software's root."""
+    uid = uids.IMPLEMENTATION_CLASS_UID
+    assert re.fullmatch(r"2\.25\.(0|[1-9][0-9]*)", uid) and len(uid) <= 64
+    value = int(uid.removeprefix("2.25."))
+    assert value < 1 << 128
+    assert uuid.UUID(int=value).version == 4
+    assert pydicom.uid.UID(uid).is_valid
+    assert not uid.startswith(pydicom.uid.PYDICOM_ROOT_UID)
+    assert not uid.startswith("1.2.826.0.1.3680043.")
+    assert AEConfig().implementation_class_uid == uid
+
+
+# ---------------------------------------------------------------------------------------------
+# The API: store() errors, save_request() options
+
+
+CT_CONTEXT = (CT_IMAGE_STORAGE, [EXPLICIT_VR_LITTLE_ENDIAN])
+
+
+@pytest.mark.anyio
+async def test_store_errors_come_before_sending_and_are_dicom_errors(tmp_path: Path) -> None:
+    text = tmp_path / "notes.txt"
+    text.write_text("not a DICOM file\n" * 50)
+    received: list[str] = []
+    scp = AE("SCP", accept_any_storage=True)
+
+    @scp.on_store
+    async def on_store(request: Any) -> int:
+        received.append(request.message.affected_sop_instance_uid)
+        await request.discard()
+        return 0x0000
+
+    no_instance_uid = make_ct_instance(64)
+    del no_instance_uid.SOPInstanceUID
+    empty_class_uid = make_ct_instance(64)
+    empty_class_uid.SOPClassUID = ""
+    good = make_ct_instance(64)
+    with anyio.fail_after(30):
+        async with scp.server("127.0.0.1", 0) as server:
+            async with AE("SCU").associate(
+                "127.0.0.1", server.port, contexts=[uids.VERIFICATION, CT_CONTEXT]
+            ) as assoc:
+                with pytest.raises(DICOMError) as caught:
+                    await assoc.store(text)
+                assert isinstance(caught.value, InvalidDicomFile)
+                assert isinstance(caught.value, StorageError)
+                for bad, missing in [
+                    (Dataset(), r"SOP Class UID \(0008,0016\)"),
+                    (empty_class_uid, r"SOP Class UID \(0008,0016\)"),
+                    (no_instance_uid, r"SOP Instance UID \(0008,0018\)"),
+                ]:
+                    with pytest.raises(InvalidDataset, match=missing) as invalid:
+                        await assoc.store(bad)
+                    assert isinstance(invalid.value, ValueError)
+                    assert isinstance(invalid.value, DICOMError)
+                # nothing was sent: the association goes on
+                assert assoc.is_established
+                assert (await assoc.echo()).status == 0x0000
+                assert (await assoc.store(good)).status == 0x0000
+    assert received == [good.SOPInstanceUID]
+
+
+@pytest.mark.anyio
+async def test_save_request_policy_layout_and_header(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    out = tmp_path / "out"
+    seen: list[tuple[StoredFile, str]] = []
+    scp = AE("SCP", accept_any_storage=True)
+
+    @scp.on_store
+    async def on_store(request: Any) -> int:
+        stored = await save_request(request, out, on_duplicate="ignore", layout="sorted")
+        seen.append((stored, str(stored.header().PatientName)))
+        return 0x0000
+
+    first = make_ct_instance(20_000, patient_id="PAT-7", seed=1)
+    first.PatientName = "Doe^Jane"
+    again = make_ct_instance(20_000, patient_id="PAT-7", seed=2)
+    for keyword in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "PatientName"):
+        setattr(again, keyword, first.get(keyword))
+    caplog.set_level(logging.WARNING, logger="asyncdicom")
+    with anyio.fail_after(30):
+        async with scp.server("127.0.0.1", 0) as server:
+            async with AE("SCU").associate("127.0.0.1", server.port, contexts=[CT_CONTEXT]) as a:
+                assert (await a.store(first)).status == 0x0000
+                assert (await a.store(again)).status == 0x0000
+    expected = out.resolve().joinpath(
+        "PAT-7",
+        str(first.StudyInstanceUID),
+        str(first.SeriesInstanceUID),
+        f"{first.SOPInstanceUID}.dcm",
+    )
+    assert [(path, path.duplicate, name) for path, name in seen] == [
+        (expected, None, "Doe^Jane"),
+        (expected, "ignore", "Doe^Jane"),
+    ]
+    assert pydicom.dcmread(expected).PixelData == first.PixelData  # the first copy was kept
+    assert pydicom.dcmread(expected).file_meta.ImplementationClassUID == (
+        uids.IMPLEMENTATION_CLASS_UID
+    )
+    duplicates = [r for r in caplog.records if "duplicate_instance" in r.getMessage()]
+    assert len(duplicates) == 1 and duplicates[0].levelno == logging.WARNING
+    assert str(first.SOPInstanceUID) in duplicates[0].getMessage()
+
+
+@pytest.mark.anyio
+async def test_save_to_keeps_both_copies_by_default(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    saved: list[Path] = []
+    scp = AE("SCP", accept_any_storage=True)
+
+    @scp.on_store
+    async def on_store(request: Any) -> int:
+        saved.append(await request.save_to(out))
+        return 0x0000
+
+    ds = make_ct_instance(1000, seed=1)
+    with anyio.fail_after(30):
+        async with scp.server("127.0.0.1", 0) as server:
+            async with AE("SCU").associate("127.0.0.1", server.port, contexts=[CT_CONTEXT]) as a:
+                assert (await a.store(ds)).status == 0x0000
+                assert (await a.store(ds)).status == 0x0000
+    uid = str(ds.SOPInstanceUID)
+    assert [p.name for p in saved] == [f"{uid}.dcm", f"{uid}_1.dcm"]
+    assert [getattr(p, "duplicate", "?") for p in saved] == [None, "unique"]
+    assert sorted(out.iterdir()) == sorted(saved)

@@ -98,11 +98,12 @@ __all__ = [
 
 # --------------------------------------------------------------------------- identity
 
-#: Our Implementation Class UID (PS3.7 D.3.3.2), sent in every A-ASSOCIATE-RQ/AC.  It lies under
-#: pydicom's UID root (1.2.826.0.1.3680043.8.498.), which pydicom offers to software built on it;
-#: the fixed short suffix ".77.1.1" cannot collide with pydicom's generated UIDs, whose random
-#: suffixes are much longer.
-IMPLEMENTATION_CLASS_UID = "1.2.826.0.1.3680043.8.498.77.1.1"
+#: Our Implementation Class UID (PS3.7 D.3.3.2), sent in every A-ASSOCIATE-RQ/AC and written to
+#: (0002,0012) of the files we store.  A UUID-derived UID (PS3.5 B.2: ``2.25.`` followed by the
+#: decimal value of a UUID), generated once from a random (version 4) UUID and fixed here: it
+#: needs no registered root and belongs to no other software.  Keep it unchanged across releases
+#: (the Implementation Version Name tells releases apart).
+IMPLEMENTATION_CLASS_UID = "2.25.312581430763013493233249181303429117357"
 #: Our Implementation Version Name (PS3.7 D.3.3.2.3): 1 to 16 characters of the default repertoire.
 IMPLEMENTATION_VERSION_NAME = "ASYNCDICOM_010"
 

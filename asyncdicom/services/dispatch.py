@@ -25,6 +25,8 @@ from .base import HandlerRegistry, Service, is_async_callable, make_response
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
+    from ..storage.files import DuplicatePolicy, Layout, StoredFile
+
 __all__ = ["ServiceDispatcher", "ServiceRequest"]
 
 # ---------------------------------------------------------------------- requests
@@ -53,11 +55,20 @@ class ServiceRequest(IncomingRequest):
 
         return decode_dataset(self.data or b"", self.context.transfer_syntax or "")
 
-    async def save_to(self, folder: str | Path) -> Path:
-        """C-STORE: write the instance to ``folder`` as a Part 10 file, atomically."""
+    async def save_to(
+        self,
+        folder: str | Path,
+        *,
+        on_duplicate: DuplicatePolicy = "unique",
+        layout: Layout = "flat",
+    ) -> StoredFile:
+        """C-STORE: write the instance to ``folder`` as a Part 10 file, atomically (see
+        :func:`~asyncdicom.services.storage.save_request` for ``on_duplicate`` and
+        ``layout``).  The returned path's ``header()`` reads the stored data set without its
+        pixel data."""
         from .storage import save_request
 
-        return await save_request(self, folder)
+        return await save_request(self, folder, on_duplicate=on_duplicate, layout=layout)
 
 
 def _encode(dataset: Any, context: PresentationContext) -> DatasetSource:

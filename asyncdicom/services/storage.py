@@ -9,7 +9,9 @@ or refused with :class:`~asyncdicom.errors.NoAcceptedContext`.  A data set of at
 memory; a bigger one is streamed from disk in chunks, never held whole.
 
 SCP: :func:`save_request` writes a received instance to a folder as a Part 10 file, streamed in
-batches, under a temporary name that is renamed only once the last fragment has arrived.
+batches, under a temporary name that is renamed only once the last fragment has arrived; flat
+or in patient/study/series folders, and keeping, replacing or ignoring an existing file of the
+same name (a warning is logged in each case).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from ..protocol.uids import UNCOMPRESSED_TRANSFER_SYNTAXES, is_storage_sop_class
 from .base import Service
 
 if TYPE_CHECKING:
-    from ..storage.files import Part10Writer
+    from ..storage.files import DuplicatePolicy, Layout, Part10Writer, StoredFile
 
 __all__ = ["SEND_WHOLE_LIMIT", "STORAGE_SERVICE", "StorageSCU", "save_request", "store"]
 
@@ -141,8 +143,7 @@ async def store(
             data = await anyio.to_thread.run_sync(transcode, source, target)
     else:
         ds = dataset_or_path
-        sop_class = str(ds.SOPClassUID)
-        sop_instance = str(ds.SOPInstanceUID)
+        sop_class, sop_instance = _sop_uids(ds)
         meta = getattr(ds, "file_meta", None)
         own_ts = str(getattr(meta, "TransferSyntaxUID", "") or "") if meta is not None else ""
         preferred = ([own_ts] if own_ts else []) + [
@@ -168,16 +169,59 @@ async def store(
     return await association.request(context, rq, data)
 
 
-async def save_request(request: IncomingRequest, folder: str | os.PathLike[str]) -> Path:
+def _sop_uids(ds: Any) -> tuple[str, str]:
+    """(SOP Class UID, SOP Instance UID) of a data set to send; :class:`InvalidDataset` names
+    the one that is missing or empty."""
+    from ..storage.files import InvalidDataset
+
+    found = []
+    for keyword, tag in (("SOPClassUID", "(0008,0016)"), ("SOPInstanceUID", "(0008,0018)")):
+        try:
+            value = getattr(ds, keyword, None)
+        except Exception as exc:  # a value pydicom cannot decode
+            raise InvalidDataset(f"the data set's {keyword} {tag} cannot be read: {exc}") from exc
+        text = str(value).strip(" \x00") if value is not None else ""
+        if not text:
+            name = "SOP Class UID" if keyword == "SOPClassUID" else "SOP Instance UID"
+            raise InvalidDataset(f"the data set has no {name} {tag}: C-STORE needs it")
+        found.append(text)
+    return found[0], found[1]
+
+
+async def save_request(
+    request: IncomingRequest,
+    folder: str | os.PathLike[str],
+    *,
+    on_duplicate: DuplicatePolicy = "unique",
+    layout: Layout = "flat",
+) -> StoredFile:
     """Write the C-STORE request's data set to ``folder`` as a Part 10 file; return its path.
 
-    The file appears under its final name only when complete; if the association ends early
-    (abort, transport loss) or writing fails, nothing is left behind.
+    The path is a :class:`~asyncdicom.storage.files.StoredFile` (a :class:`~pathlib.Path`):
+    its ``header()`` reads the stored data set without its pixel data (to log the Patient Name,
+    say), and ``duplicate`` tells whether a file of the same name existed.
+
+    * ``on_duplicate`` (:data:`~asyncdicom.storage.files.DuplicatePolicy`): when a file with
+      the instance's name exists, ``"unique"`` (default) keeps it and stores the new one as
+      ``<SOP Instance UID>_1.dcm`` (``_2``, ...), ``"overwrite"`` replaces it, ``"ignore"``
+      keeps it and drops the new one (the returned path is then the existing file's).  Each
+      case logs a ``duplicate_instance`` warning.
+    * ``layout`` (:data:`~asyncdicom.storage.files.Layout`): ``"flat"`` (default) stores
+      ``folder/<SOP Instance UID>.dcm``; ``"sorted"`` stores
+      ``folder/<Patient ID>/<Study Instance UID>/<Series Instance UID>/<SOP Instance UID>.dcm``,
+      names read from the head of the data set once it is on disk (never its pixel data) and
+      made safe (:func:`~asyncdicom.storage.files.folder_name`).
+
+    ``folder`` is created if needed.  The file appears under its final name only when complete;
+    if the association ends early (abort, transport loss) or writing fails, nothing is left
+    behind.  A SOP Instance UID that is not a valid UID never names a path outside ``folder``
+    (it is replaced by a hash, :func:`~asyncdicom.storage.files.safe_filename`).  Writing
+    errors raise :class:`OSError` (a handler that lets it through answers 0xA700).
 
     The temporary file is created as soon as the request arrives, data is written in batches
     of :data:`_WRITE_BATCH` (in a worker thread), and the tail is written and the file renamed
     once the last fragment is in (in the event loop's thread, unless
-    ``AEConfig.file_io_in_threads``).
+    ``AEConfig.file_io_in_threads`` or the sorted layout, which parses the header).
     """
     from ..storage.files import Part10Writer
 
@@ -197,6 +241,8 @@ async def save_request(request: IncomingRequest, folder: str | os.PathLike[str])
             implementation_class_uid=cfg.implementation_class_uid,
             implementation_version_name=cfg.implementation_version_name,
             source_ae_title=association.calling_ae_title or None,
+            on_duplicate=on_duplicate,
+            layout=layout,
         )
 
     # Local file operations here take microseconds to a fraction of a millisecond, less than
@@ -206,6 +252,7 @@ async def save_request(request: IncomingRequest, folder: str | os.PathLike[str])
     # everything to worker threads, for slow or network file systems.
     threaded = cfg.file_io_in_threads
     writer = await anyio.to_thread.run_sync(_open) if threaded else _open()
+    commit_threaded = threaded or layout == "sorted"
     try:
         batch: list[memoryview] = []
         size = 0
@@ -215,8 +262,8 @@ async def save_request(request: IncomingRequest, folder: str | os.PathLike[str])
             if size >= _WRITE_BATCH:
                 await anyio.to_thread.run_sync(_write_batch, writer, batch)
                 batch, size = [], 0
-        path: Path
-        if threaded:
+        path: StoredFile
+        if commit_threaded:
             path = await anyio.to_thread.run_sync(_write_and_commit, writer, batch)
         else:
             path = _write_and_commit(writer, batch)
@@ -224,7 +271,22 @@ async def save_request(request: IncomingRequest, folder: str | os.PathLike[str])
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(writer.discard)
         raise
+    if path.duplicate is not None:
+        association.log.warning(
+            "duplicate_instance",
+            instance=message.affected_sop_instance_uid,
+            file=str(path),
+            action=_DUPLICATE_ACTIONS[path.duplicate],
+        )
     return path
+
+
+#: what the ``duplicate_instance`` warning says was done, per policy
+_DUPLICATE_ACTIONS = {
+    "unique": "a file of this name exists: kept it and saved this copy under a new name",
+    "overwrite": "a file of this name existed: replaced it",
+    "ignore": "a file of this name exists: kept it and dropped this copy",
+}
 
 
 def _write_batch(writer: Part10Writer, batch: list[memoryview]) -> None:
@@ -232,7 +294,7 @@ def _write_batch(writer: Part10Writer, batch: list[memoryview]) -> None:
         writer.write(chunk)
 
 
-def _write_and_commit(writer: Part10Writer, batch: list[memoryview]) -> Path:
+def _write_and_commit(writer: Part10Writer, batch: list[memoryview]) -> StoredFile:
     """The tail of an instance and the rename, in one worker-thread call."""
     _write_batch(writer, batch)
     return writer.commit()

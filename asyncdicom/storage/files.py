@@ -9,7 +9,11 @@ Receiving (PS3.10 section 7):
     Endian, PS3.10 section 7.1) and then the data set bytes exactly as received in the negotiated
     transfer syntax.  The data set is appended chunk by chunk and never held in memory.  The file
     is written under a temporary name in the same folder and renamed atomically on
-    :meth:`Part10Writer.commit`, so a reader never sees a half-written instance.
+    :meth:`Part10Writer.commit`, so a reader never sees a half-written instance.  The file is
+    placed flat in the folder or in patient/study/series sub-folders (:data:`LAYOUTS`), and an
+    existing file of the same name is kept, replaced or ignored (:data:`DUPLICATE_POLICIES`).
+    :func:`read_header` reads a stored file's data set without its pixel data, and
+    :func:`remove_stale_temp_files` removes what a killed writer left.
 
 Sending:
     :func:`read_part10_for_send` parses only the File Meta Information of a file and returns a
@@ -21,7 +25,8 @@ Sending:
 File naming (:func:`safe_filename`): the SOP Instance UID comes from the peer and is untrusted.
 A well-formed UID is used as the file name (``<uid>.dcm``); anything else is replaced by a name
 derived from a SHA-256 hash of the raw value, so no peer-supplied value can name a path outside
-the storage folder.
+the storage folder.  The sorted layout's folder names (:func:`folder_name`) come from the data
+set (Patient ID, Study and Series Instance UID) and are sanitised the same way.
 """
 
 from __future__ import annotations
@@ -30,16 +35,30 @@ import array
 import contextlib
 import copy
 import hashlib
+import io
 import os
 import re
 import struct
+import sys
 import uuid
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, BinaryIO, cast
+from typing import TYPE_CHECKING, BinaryIO, Literal, cast
+
+from ..errors import StorageError
+
+if sys.platform == "win32":  # pragma: no cover
+    from pathlib import WindowsPath as _SystemPath
+else:
+    from pathlib import PosixPath as _SystemPath
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
 
 # pydicom (and numpy, which it pulls in) is imported where it is used: writing received files
 # and sending Part 10 files never need it, and importing it costs ~0.1 s of every CLI start.
@@ -48,21 +67,30 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN",
+    "DUPLICATE_POLICIES",
     "EXPLICIT_VR_BIG_ENDIAN",
     "EXPLICIT_VR_LITTLE_ENDIAN",
     "IMPLICIT_VR_LITTLE_ENDIAN",
+    "LAYOUTS",
     "NATIVE_TRANSFER_SYNTAXES",
+    "DuplicatePolicy",
+    "InvalidDataset",
     "InvalidDicomFile",
+    "Layout",
     "Part10Source",
     "Part10Writer",
     "StorageError",
+    "StoredFile",
     "TranscodeError",
     "UnsupportedTransferSyntax",
     "decode_dataset",
     "encode_dataset",
     "encode_file_meta",
+    "folder_name",
     "is_valid_uid",
+    "read_header",
     "read_part10_for_send",
+    "remove_stale_temp_files",
     "safe_filename",
     "target_path",
     "transcode",
@@ -118,16 +146,52 @@ _UID_RE = re.compile(r"[0-9]+(?:\.[0-9]+)*")
 _MAX_UID_LENGTH = 64  # PS3.5 Table 6.2-1, VR UI
 _HASHED_NAME_PREFIX = "uid-"
 _TEMP_SUFFIX = ".part"
+#: the temporary names of Part10Writer: "." + 32 hex digits + ".part"
+_TEMP_NAME_RE = re.compile(r"\.[0-9a-f]{32}\.part")
 _SOP_CLASS_UID_TAG = 0x00080016
 _SOP_INSTANCE_UID_TAG = 0x00080018
+_PATIENT_ID_TAG = 0x00100020
+_STUDY_INSTANCE_UID_TAG = 0x0020000D
+_SERIES_INSTANCE_UID_TAG = 0x0020000E
+#: the bulk data elements :func:`read_header` stops at: Float, Double Float and Pixel Data
+_PIXEL_DATA_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
 
+#: What :class:`Part10Writer` does when a file with the instance's name exists already:
+#:
+#: * ``"unique"``: keep both; the new file gets the first free name ``<name>_1.dcm``,
+#:   ``<name>_2.dcm``, ... (``_`` never occurs in a UID, so such a name cannot be another
+#:   instance's);
+#: * ``"overwrite"``: replace the existing file (atomically);
+#: * ``"ignore"``: keep the existing file and drop the new one.
+DuplicatePolicy = Literal["unique", "overwrite", "ignore"]
+#: the values of :data:`DuplicatePolicy`, the default (``"unique"``: nothing received is lost) first
+DUPLICATE_POLICIES: tuple[DuplicatePolicy, ...] = ("unique", "overwrite", "ignore")
 
-class StorageError(Exception):
-    """Base class of the errors raised by :mod:`asyncdicom.storage`."""
+#: Where :class:`Part10Writer` puts a file in its folder:
+#:
+#: * ``"flat"``: ``<SOP Instance UID>.dcm`` directly in the folder;
+#: * ``"sorted"``: ``<Patient ID>/<Study Instance UID>/<Series Instance UID>/<SOP Instance
+#:   UID>.dcm``, the three folder names read from the data set (:func:`folder_name`).
+Layout = Literal["flat", "sorted"]
+#: the values of :data:`Layout`, the default first
+LAYOUTS: tuple[Layout, ...] = ("flat", "sorted")
+
+#: the folder name used for a missing (empty or absent) Patient ID, Study or Series UID
+MISSING_VALUE_FOLDER = "UNKNOWN"
+
+#: most files named ``<name>_<n>.dcm`` tried for one instance under the ``"unique"`` policy
+_MAX_COPIES = 10_000
+#: values longer than this are read only when accessed by :func:`read_header` (bytes)
+_HEADER_DEFER_SIZE = 64 * 1024
 
 
 class InvalidDicomFile(StorageError):
     """The file (or byte string) is not a DICOM data set we can read."""
+
+
+class InvalidDataset(StorageError, ValueError):
+    """A data set lacks what the operation needs, e.g. a C-STORE of a data set without SOP
+    Class UID (0008,0016) or SOP Instance UID (0008,0018)."""
 
 
 class TranscodeError(StorageError):
@@ -196,6 +260,41 @@ def target_path(folder: str | os.PathLike[str], name: str) -> Path:
     if candidate.parent.resolve() != base or candidate.name != name:
         raise ValueError(f"file name {name!r} escapes the storage folder")
     return candidate
+
+
+_UNSAFE_FOLDER_CHARS = re.compile(r"[^A-Za-z0-9._-]")
+_MAX_FOLDER_NAME = 64
+#: names Windows reserves for devices, whatever their extension
+_RESERVED_NAMES = frozenset(
+    {"CON", "PRN", "AUX", "NUL"} | {f"{d}{n}" for d in ("COM", "LPT") for n in range(1, 10)}
+)
+
+
+def folder_name(value: str | None, *, uid: bool = False) -> str:
+    """A safe folder name (one path component) for an untrusted value from a data set.
+
+    With ``uid=True`` (Study/Series Instance UID) a valid UID is used as it is and anything
+    else is named like :func:`safe_filename` does (``uid-<hash>``).  Otherwise (Patient ID)
+    surrounding spaces are dropped, every character but ASCII letters, digits, ``.``, ``_`` and
+    ``-`` becomes ``_``, leading and trailing dots become ``_`` (so ``..`` and hidden names
+    cannot occur), the name is cut to 64 characters, and Windows device names get a ``_``
+    prefix (``"../../etc"`` becomes ``"___.._etc"``, ``"CON"`` ``"_CON"``).  Distinct values
+    may share a name (``"a/b"`` and ``"a_b"``); the UIDs below keep their instances apart.  An
+    empty or missing value gives :data:`MISSING_VALUE_FOLDER`.
+    """
+    text = (value or "").strip(" \x00")
+    if not text:
+        return MISSING_VALUE_FOLDER
+    if uid:
+        return safe_filename(text, suffix="")
+    name = _UNSAFE_FOLDER_CHARS.sub("_", text)[:_MAX_FOLDER_NAME]
+    stripped = name.strip(".")
+    lead = len(name) - len(name.lstrip("."))
+    trail = len(name) - len(name.rstrip("."))
+    name = "_" * lead + stripped + "_" * trail if stripped else "_" * len(name)
+    if name.split(".")[0].upper() in _RESERVED_NAMES:
+        name = "_" + name
+    return name
 
 
 # ---------------------------------------------------------------------------------------------
@@ -325,14 +424,55 @@ def _encode_file_meta_pydicom(
     return buffer.getvalue()
 
 
+class StoredFile(_SystemPath):
+    """The path of a stored instance (a :class:`pathlib.Path`), with what happened to it.
+
+    Returned by :meth:`Part10Writer.commit` and ``request.save_to()``.  It compares, hashes and
+    works like the plain path of the file, and adds:
+
+    * :attr:`duplicate`: ``None`` when no file had the instance's name; otherwise the
+      :data:`DuplicatePolicy` that was applied (``"unique"``: this path is the new copy's
+      ``<name>_<n>.dcm``; ``"overwrite"``: the previous file was replaced; ``"ignore"``: this
+      path is the existing file, the instance just received was dropped);
+    * :attr:`dataset_size`: the number of data set bytes received;
+    * :meth:`header`: the file's data set without its pixel data, read when asked.
+
+    Paths derived from it (``parent``, ``with_suffix()``, ...) are of this class too but carry
+    the defaults (``duplicate=None``, ``dataset_size=0``).
+    """
+
+    #: ``None``, or the policy applied because a file with the instance's name existed
+    duplicate: DuplicatePolicy | None = None
+    #: data set bytes received (the File Meta Information is not counted)
+    dataset_size: int = 0
+
+    @classmethod
+    def _made(
+        cls, path: Path, *, duplicate: DuplicatePolicy | None, dataset_size: int
+    ) -> StoredFile:
+        stored = cls(path)
+        stored.duplicate = duplicate
+        stored.dataset_size = dataset_size
+        return stored
+
+    def header(self, *, defer_size: int | None = _HEADER_DEFER_SIZE) -> Dataset:
+        """The data set of this file up to its pixel data, with its File Meta Information.
+
+        Reads the file now, with :func:`read_header` (a few kilobytes for an image; the pixel
+        data is never read).  Blocking file I/O: from an ``async`` handler on a slow disk, call
+        it through ``anyio.to_thread.run_sync``.
+        """
+        return read_header(self, defer_size=defer_size)
+
+
 class Part10Writer:
     """Write one received SOP instance to ``folder`` as a DICOM Part 10 file, streaming.
 
     Parameters
     ----------
     folder:
-        Existing directory; the file ends up directly inside it (never elsewhere, whatever the
-        UIDs contain).
+        Existing directory; the file ends up inside it (never elsewhere, whatever the UIDs and
+        other values from the peer contain).
     sop_class_uid, sop_instance_uid:
         Affected SOP Class/Instance UID of the C-STORE-RQ; they become (0002,0002)/(0002,0003)
         and the instance UID names the file (:func:`safe_filename`).
@@ -344,24 +484,46 @@ class Part10Writer:
         Identify the implementation writing the file, (0002,0012)/(0002,0013).
     source_ae_title:
         Optional (0002,0016) Source Application Entity Title: the AE that sent the instance.
+    on_duplicate:
+        What :meth:`commit` does when a file with the final name exists
+        (:data:`DuplicatePolicy`): ``"unique"`` (default) keeps both, ``"overwrite"`` replaces
+        the existing file, ``"ignore"`` keeps it and drops the new one.
+    layout:
+        ``"flat"`` (default): ``folder/<SOP Instance UID>.dcm``; ``"sorted"``:
+        ``folder/<Patient ID>/<Study UID>/<Series UID>/<SOP Instance UID>.dcm`` (:data:`Layout`),
+        the three names read by :meth:`commit` from the head of the data set written, never
+        from its pixel data, and made safe with :func:`folder_name`.
 
     Life cycle: the constructor creates ``folder/.<random hex>.part`` with ``O_CREAT | O_EXCL``
-    (it cannot clobber or follow anything) and writes preamble, ``DICM`` and the meta group.
-    :meth:`write` appends data set bytes.  :meth:`commit` flushes, closes and renames the
-    temporary file to the final name with :func:`os.replace`, atomic because both are in the
-    same folder; :meth:`discard` removes the temporary file.  Used as a context manager, leaving
-    the block without :meth:`commit` (normally or by an exception) discards.  A writer dropped
-    without either (process killed) leaves its ``.*.part`` file behind; those names never clash
-    with stored files and can be removed when the server starts.
+    (it cannot clobber or follow anything), locks it (POSIX ``flock``, so that
+    :func:`remove_stale_temp_files` in another process leaves it alone) and writes preamble,
+    ``DICM`` and the meta group.  :meth:`write` appends data set bytes.  :meth:`commit` flushes
+    the file and moves it to its final name, atomically: :func:`os.replace` (overwrite) or a
+    hard link that fails if the name is taken (unique, ignore), the temporary name being in the
+    same folder tree.  :meth:`discard` removes the temporary file.  Used as a context manager,
+    leaving the block without :meth:`commit` (normally or by an exception) discards.  A writer
+    dropped without either (process killed) leaves its ``.*.part`` file behind; those names
+    never clash with stored files and :func:`remove_stale_temp_files` removes them.
 
-    An existing file with the final name is replaced atomically: a SOP instance that is sent
-    again replaces the previous copy.  If the final name is a symlink, the link itself is
-    replaced, its target is never written.  There is no ``fsync``: after a power loss a recent
-    file may be missing or empty, but a crash of the process never leaves a partial file under a
-    final name.  File permissions are ``0o666`` minus the process umask.
+    If the final name is a symlink, it counts as an existing file: the link itself is replaced
+    (overwrite) or kept, its target is never written.  There is no ``fsync``: after a power
+    loss a recent file may be missing or empty, but a crash of the process never leaves a
+    partial file under a final name.  File permissions are ``0o666`` minus the process umask.
     """
 
-    __slots__ = ("_bytes_written", "_file", "_final_path", "_state", "_temp_path")
+    __slots__ = (
+        "_bytes_written",
+        "_file",
+        "_final_path",
+        "_folder",
+        "_header_length",
+        "_layout",
+        "_name",
+        "_on_duplicate",
+        "_state",
+        "_temp_path",
+        "_transfer_syntax_uid",
+    )
 
     def __init__(
         self,
@@ -373,7 +535,15 @@ class Part10Writer:
         implementation_class_uid: str,
         implementation_version_name: str | None = None,
         source_ae_title: str | None = None,
+        on_duplicate: DuplicatePolicy = "unique",
+        layout: Layout = "flat",
     ) -> None:
+        if on_duplicate not in DUPLICATE_POLICIES:
+            raise ValueError(
+                f"on_duplicate must be one of {DUPLICATE_POLICIES}, not {on_duplicate!r}"
+            )
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}, not {layout!r}")
         header = (
             _PREAMBLE
             + _PREFIX
@@ -386,13 +556,25 @@ class Part10Writer:
                 source_ae_title=source_ae_title,
             )
         )
-        self._final_path = target_path(folder, safe_filename(sop_instance_uid))
-        self._temp_path = target_path(self._final_path.parent, f".{uuid.uuid4().hex}{_TEMP_SUFFIX}")
+        self._name = safe_filename(sop_instance_uid)
+        self._on_duplicate: DuplicatePolicy = on_duplicate
+        self._layout: Layout = layout
+        self._transfer_syntax_uid = transfer_syntax_uid
+        self._header_length = len(header)
+        # Flat: the final path is known (and checked) now.  Sorted: only the folder is.
+        self._final_path: Path | None = None
+        if layout == "flat":
+            self._final_path = target_path(folder, self._name)
+            self._folder = self._final_path.parent
+        else:
+            self._folder = target_path(folder, self._name).parent
+        self._temp_path = target_path(self._folder, f".{uuid.uuid4().hex}{_TEMP_SUFFIX}")
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
         fd = os.open(self._temp_path, flags, 0o666)
         self._state = "open"
         self._bytes_written = 0
         try:
+            _lock(fd)
             self._file: BinaryIO = os.fdopen(fd, "wb")
         except BaseException:
             os.close(fd)
@@ -406,7 +588,11 @@ class Part10Writer:
 
     @property
     def path(self) -> Path:
-        """The final path the instance gets on :meth:`commit`."""
+        """The file's path: after :meth:`commit`, where it was stored; before, where the flat
+        layout will put it (unless the name is taken).  The sorted layout names its folders on
+        :meth:`commit`: before, this raises :class:`ValueError`."""
+        if self._final_path is None:
+            raise ValueError("the sorted layout chooses the file's folder on commit")
         return self._final_path
 
     @property
@@ -432,19 +618,58 @@ class Part10Writer:
         self._file.write(chunk)
         self._bytes_written += memoryview(chunk).nbytes
 
-    def commit(self) -> Path:
-        """Flush, close and atomically move the file to its final name, which is returned."""
+    def commit(self) -> StoredFile:
+        """Flush the file and move it to its final name; return that path (a :class:`StoredFile`
+        telling whether a file of that name existed and what was done).
+
+        On POSIX the temporary file stays open (and locked) until it has its final name.  With
+        the ``"ignore"`` policy and a taken name, the new file is removed and the existing one's
+        path is returned.
+        """
         if self._state != "open":
             raise ValueError(f"Part10Writer is {self._state}")
         try:
-            self._file.close()  # flushes
-            os.replace(self._temp_path, self._final_path)
+            self._file.flush()
+            if not _RENAME_OPEN_FILES:
+                self._file.close()
+            final = self._final_path if self._final_path is not None else self._sorted_path()
+            path, duplicate = _place(self._temp_path, final, self._on_duplicate)
+            self._file.close()
         except BaseException:
             self._state = "discarded"
+            with contextlib.suppress(OSError):
+                self._file.close()
             self._remove_temp()
             raise
         self._state = "committed"
-        return self._final_path
+        self._final_path = path
+        return StoredFile._made(path, duplicate=duplicate, dataset_size=self._bytes_written)
+
+    def _sorted_path(self) -> Path:
+        """``folder/<patient>/<study>/<series>/<name>``, the folders created as needed.
+
+        Each level must be a real directory inside ``folder``: a symlink or a file of that name
+        fails the commit (:class:`OSError`) rather than being followed.
+        """
+        patient, study, series = _read_sort_keys(
+            self._temp_path, self._header_length, self._transfer_syntax_uid
+        )
+        current = self._folder
+        for part in (
+            folder_name(patient),
+            folder_name(study, uid=True),
+            folder_name(series, uid=True),
+        ):
+            if not _is_plain_component(part):  # cannot happen: folder_name makes plain names
+                raise ValueError(f"unsafe folder name {part!r}")
+            current = current / part
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(current)
+            if current.is_symlink() or not current.is_dir():
+                raise NotADirectoryError(
+                    f"{current} is not a directory (a file or a link has its name)"
+                )
+        return current / self._name
 
     def discard(self) -> None:
         """Close and remove the temporary file.  Idempotent; does nothing after :meth:`commit`."""
@@ -472,7 +697,108 @@ class Part10Writer:
         self.discard()
 
     def __repr__(self) -> str:
-        return f"<Part10Writer {self._final_path.name} {self._state} {self._bytes_written} bytes>"
+        name = self._final_path.name if self._final_path is not None else self._name
+        return f"<Part10Writer {name} {self._state} {self._bytes_written} bytes>"
+
+
+#: POSIX renames a file that is open (and keeps its lock) without trouble; Windows does not.
+_RENAME_OPEN_FILES = os.name == "posix"
+
+
+def _lock(fd: int) -> None:
+    """Mark a temporary file as being written: an exclusive ``flock`` held until it is closed.
+
+    Where locks are not available (Windows, a file system without them) nothing is done: on
+    Windows an open file cannot be removed anyway.
+    """
+    if fcntl is None:  # pragma: no cover - Windows
+        return
+    with contextlib.suppress(OSError):
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def _place(temp: Path, final: Path, policy: DuplicatePolicy) -> tuple[Path, DuplicatePolicy | None]:
+    """Give ``temp`` the name ``final`` according to ``policy``; return the path the instance
+    has and the policy applied (``None`` if the name was free)."""
+    if policy == "overwrite":
+        existed = os.path.lexists(final)
+        os.replace(temp, final)
+        return final, ("overwrite" if existed else None)
+    if _link_if_free(temp, final):
+        return final, None
+    if policy == "ignore":
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
+        return final, "ignore"
+    stem, suffix = final.name[: -len(final.suffix) or None], final.suffix
+    for n in range(1, _MAX_COPIES + 1):
+        candidate = final.with_name(f"{stem}_{n}{suffix}")
+        if _link_if_free(temp, candidate):
+            return candidate, "unique"
+    raise FileExistsError(f"{final} and {_MAX_COPIES} copies of it exist already")
+
+
+def _link_if_free(temp: Path, final: Path) -> bool:
+    """Move ``temp`` to ``final`` unless that name is taken (by anything, a dangling link
+    included); True if moved.  Atomic with a hard link; on a file system without hard links,
+    checked first (another process might then take the name in between)."""
+    try:
+        os.link(temp, final)
+    except FileExistsError:
+        return False
+    except OSError:
+        # no hard links here (FAT, some network file systems): check, then rename
+        if os.path.lexists(final):
+            return False
+        os.replace(temp, final)
+        return True
+    os.unlink(temp)
+    return True
+
+
+def remove_stale_temp_files(folder: str | os.PathLike[str]) -> int:
+    """Remove the temporary files that killed writers left in ``folder``; return how many.
+
+    Only names of :class:`Part10Writer`'s form (``.<32 hex digits>.part``, regular files, not
+    links) directly in ``folder`` are considered.  One that a live writer (of this or another
+    process) is still writing is left alone: the writer holds a lock on it (POSIX), and Windows
+    refuses to remove an open file.  A missing ``folder`` has none.
+    """
+    removed = 0
+    try:
+        entries = list(os.scandir(folder))
+    except FileNotFoundError:
+        return 0
+    for entry in entries:
+        if not _TEMP_NAME_RE.fullmatch(entry.name) or not entry.is_file(follow_symlinks=False):
+            continue
+        try:
+            if _remove_if_unlocked(entry.path):
+                removed += 1
+        except FileNotFoundError:
+            continue  # its writer committed or discarded it meanwhile
+        except PermissionError:
+            continue  # open elsewhere (Windows), or not ours to remove
+    return removed
+
+
+def _remove_if_unlocked(path: str) -> bool:
+    if fcntl is None:  # pragma: no cover - Windows: an open file cannot be removed
+        os.unlink(path)
+        return True
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(path, flags)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False  # a live writer has it
+        except OSError:
+            pass  # no locks on this file system: the name alone decides
+        os.unlink(path)
+        return True
+    finally:
+        os.close(fd)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -800,6 +1126,166 @@ def read_part10_for_send(path: str | os.PathLike[str], *, read_limit: int = 0) -
         has_file_meta=has_meta,
         data=data,
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading the header of a stored file
+
+
+def read_header(
+    path: str | os.PathLike[str], *, defer_size: int | None = _HEADER_DEFER_SIZE
+) -> Dataset:
+    """The data set of a DICOM file up to its pixel data, with its File Meta Information.
+
+    Reading stops at the first of (7FE0,0008) Float Pixel Data, (7FE0,0009) Double Float Pixel
+    Data and (7FE0,0010) Pixel Data, so an image's pixels are never read: what is read is the
+    few kilobytes of the header (Patient Name, UIDs, ...).  Values longer than ``defer_size``
+    bytes (e.g. an encapsulated PDF) are read from the file only when accessed (pydicom's
+    deferred reading, which opens ``path`` again); ``None`` reads every value.  A Deflated
+    Explicit VR Little Endian file is inflated as it is read, up to the pixel data (its values
+    are never deferred).
+
+    Raises :class:`InvalidDicomFile` if the file is not DICOM; :class:`OSError` (missing file,
+    permissions) propagates unchanged.
+    """
+    import pydicom
+    from pydicom.dataset import FileDataset
+    from pydicom.filereader import read_dataset, read_file_meta_info
+
+    file_path = Path(path)
+    with open(file_path, "rb", buffering=0) as fp:
+        reader = _HeadReader(fp, os.fstat(fp.fileno()).st_size)
+        head = reader.get(0, 132)
+        has_preamble = len(head) == 132 and head[128:132] == _PREFIX
+        values, offset = _parse_meta_group(reader, 132 if has_preamble else 0, file_path)
+    try:
+        if _ui(values.get(0x00020010)) != DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
+            return pydicom.dcmread(
+                file_path, stop_before_pixels=True, defer_size=defer_size, force=True
+            )
+        # pydicom would inflate the whole data set, pixel data included: inflate as we read
+        meta = read_file_meta_info(file_path)
+        with open(file_path, "rb") as raw:
+            raw.seek(offset)
+            data = read_dataset(
+                cast(BinaryIO, _InflatingReader(raw)),
+                is_implicit_VR=False,
+                is_little_endian=True,
+                stop_when=lambda tag, _vr, _length: tag in _PIXEL_DATA_TAGS,
+            )
+        preamble = head[:128] if has_preamble else None
+        return FileDataset(file_path, data, preamble, meta, False, True)
+    except (OSError, InvalidDicomFile):
+        raise
+    except Exception as exc:  # pydicom raises many kinds of errors on garbage input
+        raise InvalidDicomFile(f"{file_path}: cannot read the data set ({exc})") from exc
+
+
+def _read_sort_keys(
+    path: Path, offset: int, transfer_syntax_uid: str
+) -> tuple[str | None, str | None, str | None]:
+    """(Patient ID, Study Instance UID, Series Instance UID) from the data set at ``offset``.
+
+    Reading stops after (0020,000E): only the head of the data set is read, other values on
+    the way are skipped (not read) and deflated data is inflated only that far.  A data set
+    that cannot be parsed that far gives ``None`` for what was not found.  The values are the
+    raw bytes decoded as Latin-1 without padding (:func:`folder_name` keeps ASCII only).
+    """
+    from pydicom.filereader import read_dataset
+
+    try:
+        implicit, little, deflated = _encoding_of(transfer_syntax_uid)
+    except UnsupportedTransferSyntax:
+        implicit, little, deflated = False, True, False  # private syntaxes: explicit VR LE
+    wanted = (_PATIENT_ID_TAG, _STUDY_INSTANCE_UID_TAG, _SERIES_INSTANCE_UID_TAG)
+    with open(path, "rb") as raw:
+        raw.seek(offset)
+        fp = cast(BinaryIO, _InflatingReader(raw)) if deflated else raw
+        try:
+            ds = read_dataset(
+                fp,
+                implicit,
+                little,
+                stop_when=lambda tag, _vr, _length: tag > _SERIES_INSTANCE_UID_TAG,
+                specific_tags=list(wanted),
+            )
+        except Exception:  # malformed data set: store it all the same, under placeholders
+            return None, None, None
+    found: list[str | None] = []
+    for tag in wanted:
+        elem = ds.get_item(tag) if tag in ds else None
+        value = getattr(elem, "value", None)
+        if isinstance(value, bytes):
+            found.append(value.decode("latin-1").strip(" \x00") or None)
+        else:
+            found.append(None)
+    patient, study, series = found
+    return patient, study, series
+
+
+class _InflatingReader(io.RawIOBase):
+    """A read-only file object over a raw deflate stream, inflated as it is read (for pydicom's
+    data set reader): :meth:`tell`, :meth:`read`, and :meth:`seek` forward (skipping) or back by
+    at most :data:`_INFLATE_BACK` bytes.  Memory stays bounded whatever the stream holds."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        super().__init__()
+        self._raw = raw
+        self._inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        self._buf = bytearray()  # inflated bytes, self._buf[0] is at position self._start
+        self._start = 0
+        self._pos = 0
+        self._eof = False
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_SET:
+            target = offset
+        elif whence == io.SEEK_CUR:
+            target = self._pos + offset
+        else:
+            raise OSError("an inflated stream cannot seek from its end")
+        if target < self._start:
+            raise OSError("an inflated stream cannot seek that far back")
+        self._pos = target
+        return target
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        n = len(buffer)
+        self._fill(self._pos + n)
+        rel = self._pos - self._start
+        chunk = self._buf[rel : rel + n]
+        buffer[: len(chunk)] = chunk
+        self._pos += len(chunk)
+        return len(chunk)
+
+    def _fill(self, end: int) -> None:
+        """Inflate until the bytes before ``end`` are buffered or the stream ends; bytes more
+        than :data:`_INFLATE_BACK` behind the position are dropped on the way."""
+        while self._start + len(self._buf) < end and not self._eof:
+            data = self._inflater.unconsumed_tail or self._raw.read(1 << 16)
+            if not data:
+                self._buf += self._inflater.flush()
+                self._eof = True
+            else:
+                self._buf += self._inflater.decompress(data, 1 << 20)
+                self._eof = self._inflater.eof
+            keep_from = min(self._pos - _INFLATE_BACK, self._start + len(self._buf))
+            if keep_from - self._start > _INFLATE_BACK:
+                del self._buf[: keep_from - self._start]
+                self._start = keep_from
+
+
+#: how far back an :class:`_InflatingReader` can seek (pydicom steps back a few bytes at most)
+_INFLATE_BACK = 1 << 16
 
 
 # ---------------------------------------------------------------------------------------------

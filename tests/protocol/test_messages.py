@@ -186,7 +186,7 @@ def test_storage_constant_names_match_dictionary_kind() -> None:
 
 
 def test_implementation_identity() -> None:
-    assert uids.IMPLEMENTATION_CLASS_UID.startswith("1.2.826.0.1.3680043.8.498.")
+    assert uids.IMPLEMENTATION_CLASS_UID.startswith("2.25.")  # our own root (PS3.5 B.2)
     assert 1 <= len(uids.IMPLEMENTATION_VERSION_NAME) <= 16
     assert uids.IMPLEMENTATION_VERSION_NAME.isascii()
 
