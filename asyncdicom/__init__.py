@@ -19,6 +19,7 @@ from .protocol.negotiation import ContextRequest, IdentityDecision, SupportedCon
 from .protocol.status import Status, StatusCategory
 from .services import HandlerRegistry, Service, ServiceRequest
 from .services import ServiceAssociation as Association
+from .storage.contexts import TooManyPresentationContexts, contexts_for_files
 
 __all__ = [
     "AE",
@@ -39,7 +40,9 @@ __all__ = [
     "StatusCategory",
     "SupportedContext",
     "Timeouts",
+    "TooManyPresentationContexts",
     "__version__",
+    "contexts_for_files",
     "presets",
     "uids",
 ]

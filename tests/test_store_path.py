@@ -1,5 +1,6 @@
 """The C-STORE send and save paths: Part10Source in store(), small files read whole, big files
-streamed, the SCP's batched writes, and the storescu worker (prefetch, failure accounting).
+streamed, the SCP's batched writes, the storescu worker (prefetch, failure accounting), and the
+presentation contexts proposed for a set of files.
 
 Our SCU against our SCP over loopback, on asyncio and trio.
 """
@@ -13,13 +14,16 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import pydicom.data
 import pytest
 
-from asyncdicom import AE
+from asyncdicom import AE, ContextRequest, TooManyPresentationContexts, contexts_for_files
 from asyncdicom.cli import main as main_cli
 from asyncdicom.cli import storescu as cli
+from asyncdicom.errors import DICOMError
 from asyncdicom.protocol import uids
 from asyncdicom.services import storage as storage_service
+from asyncdicom.storage.contexts import contexts_for_syntaxes
 from asyncdicom.storage.files import (
     EXPLICIT_VR_LITTLE_ENDIAN,
     IMPLICIT_VR_LITTLE_ENDIAN,
@@ -278,7 +282,7 @@ async def test_storescu_file_gone_after_scan_counts_as_failed(
 async def test_storescu_rejected_associations_count_every_file_once(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    write_ct_files(tmp_path / "in", 7, 2_000, seed=12)
+    files = write_ct_files(tmp_path / "in", 7, 2_000, seed=12)
     scp = AE("SCP", accept_any_storage=True, require_called_ae_title=True)
     async with scp.server() as server:
         args = _storescu_args(
@@ -289,7 +293,10 @@ async def test_storescu_rejected_associations_count_every_file_once(
     captured = capsys.readouterr()
     assert code == 1
     assert re.search(r"\bsent 0, failed 7\b", captured.out), captured.out
-    assert "association failed" in captured.err
+    lines = captured.err.splitlines()
+    assert lines[0].startswith("asyncdicom: error: 2 associations could not be opened: ")
+    not_sent = sorted(line.split(": ")[2] for line in lines[1:] if ": not sent: " in line)
+    assert not_sent == sorted(map(str, files)) and len(lines) == 8, lines
 
 
 @pytest.mark.anyio
@@ -308,3 +315,65 @@ async def test_storescu_sends_every_file_with_concurrency(
     for f in files:
         source = read_part10_for_send(f)
         assert _received(out, source) == source.read_bytes()
+
+
+# --------------------------------------------------------------------------- contexts for files
+
+SAMPLES = Path(pydicom.data.__file__).parent / "test_files"
+
+
+def test_contexts_for_files_one_context_per_pair_and_a_fallback(tmp_path: Path) -> None:
+    explicit = write_ct_files(tmp_path / "ct", 2, 100, seed=20)
+    implicit = _write_part10(
+        tmp_path / "implicit.dcm", make_ct_instance(100, seed=21), IMPLICIT_VR_LITTLE_ENDIAN
+    )
+    rle = SAMPLES / "MR_small_RLE.dcm"  # MR Image Storage, RLE Lossless
+    j2k = SAMPLES / "JPEG2000.dcm"  # Secondary Capture, JPEG 2000
+    paths = [*explicit, implicit, rle, j2k, rle]
+    expected = [
+        ContextRequest(CT, ("1.2.840.10008.1.2.1",)),
+        ContextRequest(CT, ("1.2.840.10008.1.2",)),
+        ContextRequest("1.2.840.10008.5.1.4.1.1.4", ("1.2.840.10008.1.2.5",)),
+        ContextRequest("1.2.840.10008.5.1.4.1.1.7", ("1.2.840.10008.1.2.4.91",)),
+        # only the SOP class with uncompressed files gets the conversion fallback
+        ContextRequest(CT, ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")),
+    ]
+    assert contexts_for_files(paths) == expected
+    assert contexts_for_files(str(p) for p in paths) == expected
+    assert contexts_for_files([read_part10_for_send(p) for p in paths]) == expected
+    assert contexts_for_files([]) == []
+
+
+# pydicom's look at the text file (is it a data set without a header?) warns about its VR
+@pytest.mark.filterwarnings("ignore:Expected implicit VR")
+def test_contexts_for_files_refuses_more_than_128(tmp_path: Path) -> None:
+    classes = uids.storage_sop_classes()
+    # 64 SOP classes of uncompressed files: 64 contexts + 64 fallbacks, exactly the limit
+    fits = [(c, EXPLICIT_VR_LITTLE_ENDIAN) for c in classes[:64]]
+    assert len(contexts_for_syntaxes(fits)) == 128
+    too_many = [(c, EXPLICIT_VR_LITTLE_ENDIAN) for c in classes[:65]]
+    with pytest.raises(TooManyPresentationContexts) as caught:
+        contexts_for_syntaxes(too_many)
+    assert caught.value.needed == 130
+    assert isinstance(caught.value, DICOMError) and isinstance(caught.value, ValueError)
+    assert "130 presentation contexts needed" in str(caught.value)
+    not_dicom = tmp_path / "notes.txt"
+    not_dicom.write_text("not DICOM\n")
+    with pytest.raises(InvalidDicomFile):
+        contexts_for_files([not_dicom])
+
+
+@pytest.mark.anyio
+async def test_contexts_for_files_let_a_refused_syntax_be_converted(tmp_path: Path) -> None:
+    """An acceptor that takes only Implicit VR Little Endian: the Explicit VR file goes out on
+    the fallback context, converted."""
+    path = write_ct_files(tmp_path / "in", 1, 2000, seed=22)[0]
+    out = tmp_path / "out"
+    scp = _storing_scp(out, storage_transfer_syntaxes=(IMPLICIT_VR_LITTLE_ENDIAN,))
+    async with scp.server() as server:
+        async with AE("SCU").associate(
+            "127.0.0.1", server.port, contexts=contexts_for_files([path])
+        ) as assoc:
+            assert (await assoc.store(path)).status == 0x0000
+    saved = read_part10_for_send(out / path.name)
+    assert saved.transfer_syntax_uid == IMPLICIT_VR_LITTLE_ENDIAN

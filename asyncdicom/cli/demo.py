@@ -1,112 +1,193 @@
-"""``asyncdicom demo``: an SCP and an SCU in one process, echo and store sample files."""
+"""``asyncdicom demo``: an SCP and an SCU in one process, echo and store sample files.
+
+The sample files are :data:`SAMPLE_FILES`, taken from the test files that pydicom installs
+(``pydicom/data/test_files``).  The demo names the folder, lists every file it sends, and reports
+a sample this pydicom does not have, or cannot be read, instead of skipping it silently.  Two of
+the samples (``MR_small.dcm`` and ``MR_small_RLE.dcm``: one image in two transfer syntaxes)
+carry the same SOP Instance UID; the summary names them next to the number of files the SCP
+wrote, so that a count of instances that differs from the count of files is explained.
+"""
 
 from __future__ import annotations
 
 import argparse
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import __version__
 from ..ae import AE
+from ..errors import DICOMError
 from ..protocol import uids
+from ..protocol.status import describe
+from ..storage.contexts import contexts_for_files
+from ..storage.files import StorageError
 from .common import add_common, ok
-from .storescu import _contexts_for, _StoreItem
 
-__all__ = ["add_parser", "run"]
+if TYPE_CHECKING:
+    from ..storage.files import Part10Source
+
+__all__ = ["SAMPLE_FILES", "add_parser", "run"]
+
+#: the sample files sent, from pydicom's ``test_files``: several SOP classes, in uncompressed
+#: (explicit and implicit VR) and compressed (JPEG 2000, RLE) transfer syntaxes
+SAMPLE_FILES = (
+    "CT_small.dcm",
+    "MR_small.dcm",
+    "rtplan.dcm",
+    "rtdose.dcm",
+    "waveform_ecg.dcm",
+    "JPEG2000.dcm",
+    "MR_small_RLE.dcm",
+    "SC_rgb_small_odd.dcm",
+)
 
 
 def add_parser(sub: Any) -> None:
     """Add the ``demo`` sub-command to ``sub``."""
-    p = sub.add_parser("demo", help="SCP and SCU in one process: echo and store samples")
+    p = sub.add_parser(
+        "demo",
+        help="SCP and SCU in one process: echo and store samples",
+        description=(
+            "Start a Storage SCP on 127.0.0.1, send it a C-ECHO and pydicom's sample files "
+            "with C-STORE, and print what happened."
+        ),
+    )
     add_common(p)
     p.set_defaults(func=run)
 
 
-def _sample_files() -> list[Path]:
+def sample_folder() -> Path:
+    """The folder of pydicom's test files."""
     import pydicom.data
 
-    folder = Path(pydicom.data.__file__).parent / "test_files"
-    names = [
-        "CT_small.dcm",
-        "MR_small.dcm",
-        "rtplan.dcm",
-        "rtdose.dcm",
-        "waveform_ecg.dcm",
-        "JPEG2000.dcm",
-        "MR_small_RLE.dcm",
-        "SC_rgb.dcm",
+    return Path(pydicom.data.__file__).parent / "test_files"
+
+
+@dataclass
+class _Sample:
+    path: Path
+    source: Part10Source | None = None
+    #: why the file is not sent (missing, unreadable, not DICOM)
+    problem: str | None = None
+
+
+def _samples() -> list[_Sample]:
+    from ..storage.files import InvalidDicomFile, read_part10_for_send
+
+    folder = sample_folder()
+    samples = []
+    for name in SAMPLE_FILES:
+        sample = _Sample(folder / name)
+        try:
+            sample.source = read_part10_for_send(sample.path)
+        except FileNotFoundError:
+            sample.problem = "missing: this pydicom does not ship it"
+        except (InvalidDicomFile, OSError) as exc:
+            sample.problem = f"not sent: {exc}"
+        samples.append(sample)
+    return samples
+
+
+def _uid_name(uid: str) -> str:
+    from pydicom.uid import UID
+
+    return UID(uid).name or uid
+
+
+def _shared_uids(sent: list[_Sample]) -> list[str]:
+    """One phrase per SOP Instance UID that several sent files carry."""
+    by_uid: dict[str, list[str]] = {}
+    for sample in sent:
+        assert sample.source is not None
+        by_uid.setdefault(sample.source.sop_instance_uid, []).append(sample.path.name)
+    return [
+        f"{' and '.join(names)} carry the same SOP Instance UID, {uid}"
+        for uid, names in by_uid.items()
+        if len(names) > 1
     ]
-    return [folder / n for n in names if (folder / n).exists()]
 
 
 async def run(args: argparse.Namespace) -> int:
+    """Run the demo; 0 if the C-ECHO and every C-STORE succeeded."""
+    import pydicom
     from rich.console import Console
     from rich.table import Table
 
-    from ..storage.files import read_part10_for_send
-
     console = Console()
-    files = _sample_files()
-    received: dict[str, Path] = {}
+    samples = _samples()
+    sendable = [s for s in samples if s.source is not None]
+    received: set[str] = set()
+    written: set[Path] = set()
+    ok_all = True
+    stored: list[_Sample] = []
     with tempfile.TemporaryDirectory(prefix="asyncdicom-demo-") as tmp:
         scp = AE("DEMO-SCP", accept_any_storage=True)
 
         @scp.on_store
         async def on_store(request: Any) -> int:
-            path = await request.save_to(tmp)
-            received[request.message.affected_sop_instance_uid] = path
+            written.add(await request.save_to(tmp))
+            received.add(request.message.affected_sop_instance_uid)
             return 0x0000
 
         table = Table(title=f"asyncdicom {__version__} demo ({args.backend})")
-        for col in ("operation", "object", "size", "status", "ms"):
+        for col in ("operation", "object", "SOP class", "transfer syntax", "size", "status", "ms"):
             table.add_column(col)
-        ok_all = True
         async with scp.server("127.0.0.1", 0) as server:
-            scu = AE("DEMO-SCU")
-            sources = [read_part10_for_send(f) for f in files]
-            contexts = _contexts_for(
-                [
-                    _StoreItem(f, s.sop_class_uid, s.transfer_syntax_uid, f.stat().st_size)
-                    for f, s in zip(files, sources, strict=True)
-                ]
-            )
-            async with scu.associate(
+            contexts = contexts_for_files(s.source for s in sendable if s.source is not None)
+            async with AE("DEMO-SCU").associate(
                 "127.0.0.1",
                 server.port,
                 called_aet="DEMO-SCP",
                 contexts=[uids.VERIFICATION, *contexts],
             ) as assoc:
-                stored = 0
                 t0 = time.perf_counter()
                 status = (await assoc.echo()).status
                 ok_all &= status == 0
-                table.add_row(
-                    "C-ECHO",
-                    "Verification",
-                    "-",
-                    f"0x{status:04X}",
-                    f"{(time.perf_counter() - t0) * 1000:.1f}",
-                )
-                for f, src in zip(files, sources, strict=True):
+                ms = f"{(time.perf_counter() - t0) * 1000:.1f}"
+                table.add_row("C-ECHO", "-", "Verification", "-", "-", _status(status), ms)
+                for sample in samples:
+                    if sample.source is None:
+                        table.add_row("-", sample.path.name, "-", "-", "-", sample.problem, "-")
+                        continue
+                    source = sample.source
                     t0 = time.perf_counter()
-                    status = (await assoc.store(f)).status
-                    ms = (time.perf_counter() - t0) * 1000
-                    good = ok(status) and src.sop_instance_uid in received
-                    stored += good
+                    try:
+                        status = (await assoc.store(source)).status
+                    except (DICOMError, StorageError, OSError) as exc:
+                        outcome, good = f"not sent: {exc}", False
+                    else:
+                        good = ok(status) and source.sop_instance_uid in received
+                        outcome = _status(status) + ("" if good else " (not received)")
+                    ms = f"{(time.perf_counter() - t0) * 1000:.1f}"
+                    if good:
+                        stored.append(sample)
                     ok_all &= good
                     table.add_row(
                         "C-STORE",
-                        f.name,
-                        f"{f.stat().st_size // 1024} KiB",
-                        f"0x{status:04X}" + ("" if good else " (not received)"),
-                        f"{ms:.1f}",
+                        sample.path.name,
+                        _uid_name(source.sop_class_uid),
+                        _uid_name(source.transfer_syntax_uid),
+                        f"{sample.path.stat().st_size / 1024:.0f} KiB",
+                        outcome,
+                        ms,
                     )
-        console.print(table)
-        console.print(
-            f"{stored} of {len(files)} instances stored and written as Part 10 files"
-            f" ({len(received)} distinct SOP Instance UIDs)"
-            + ("; all good." if ok_all else "; FAILURES above.")
-        )
+    console.print(f"Sample files from pydicom {pydicom.__version__}: {sample_folder()}")
+    console.print(table)
+    for sample in samples:
+        if sample.source is None:
+            console.print(f"{sample.path.name}: {sample.problem}")
+    files = "file" if len(written) == 1 else "files"
+    summary = f"{len(stored)} of {len(sendable)} files stored; the SCP wrote {len(written)} {files}"
+    shared = _shared_uids(stored)
+    if shared:
+        summary += "; " + "; ".join(shared)
+    console.print(summary + ("; all good." if ok_all else "; FAILURES above."))
     return 0 if ok_all else 1
+
+
+def _status(status: int) -> str:
+    """``0x0000 Success``; another status with its meaning."""
+    return "0x0000 Success" if status == 0 else describe(status)
