@@ -2,9 +2,46 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# ---------------------------------------------------------------------------------------------
+# Hypothesis settings profiles, chosen with HYPOTHESIS_PROFILE (default "ci")
+# ---------------------------------------------------------------------------------------------
+#
+# "ci": derandomized (the same examples on every run, so a red CI means a regression, not a
+# lucky draw), no example database, a fixed budget of examples; no per-example deadline, since
+# timing on shared machines is noise. "thorough": new random examples on every run, five times
+# the budget; .ci/run runs the property tests once with it (about a minute), and a failure
+# prints the @reproduce_failure blob to replay it. Both start from Hypothesis' own defaults,
+# never from a profile Hypothesis loads by itself (it loads a derandomized one when it detects
+# CI). A test's own @settings(max_examples=...) keeps its budget under both profiles.
+
+HYPOTHESIS_PROFILE_ENV = "HYPOTHESIS_PROFILE"
+_hypothesis_defaults = settings.get_profile("default")
+settings.register_profile(
+    "ci",
+    parent=_hypothesis_defaults,
+    derandomize=True,
+    database=None,
+    max_examples=100,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile(
+    "thorough",
+    parent=_hypothesis_defaults,
+    derandomize=False,
+    max_examples=500,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.load_profile(os.environ.get(HYPOTHESIS_PROFILE_ENV) or "ci")
 
 
 @pytest.fixture(params=["asyncio", "trio"])

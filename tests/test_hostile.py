@@ -24,6 +24,7 @@ import random
 import ssl
 import struct
 import tracemalloc
+from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -31,12 +32,13 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.abc
 import pydicom
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from asyncdicom import AE
+from asyncdicom import AE, HookEvent
 from asyncdicom.ae import Timeouts
 from asyncdicom.protocol import dimse, messages, uids
 from asyncdicom.protocol.codec import decode_pdu, encode_pdata, encode_pdu
@@ -60,6 +62,9 @@ IMPLICIT = uids.IMPLICIT_VR_LITTLE_ENDIAN
 EXPLICIT = uids.EXPLICIT_VR_LITTLE_ENDIAN
 #: ARTIM of the servers under test: small, so that connections left in Sta2/Sta13 close fast
 ARTIM = 0.3
+#: ARTIM for scenarios that must finish before it expires (a trickled A-ASSOCIATE-RQ): far
+#: longer than they take, shorter than GUARD so that the scenarios waiting for it still end
+SLOW_ARTIM = 2.0
 #: guard for every wait on the network (never a synchronisation device)
 GUARD = 10.0
 #: the A-ABORT provider reasons of PS3.8 Table 9-26 (3 is reserved)
@@ -82,6 +87,11 @@ class RawPeer:
     async def connect(cls, port: int) -> AsyncIterator[RawPeer]:
         async with await anyio.connect_tcp("127.0.0.1", port) as stream:
             yield cls(stream)
+
+    @property
+    def local_port(self) -> int:
+        """Our end's port: the server knows this connection by it (``peer_port``)."""
+        return int(self.stream.extra(anyio.abc.SocketAttribute.local_port))
 
     async def send(self, data: bytes) -> None:
         await self.stream.send(data)
@@ -250,14 +260,49 @@ class Bench:
     port: int
     load: LegitLoad
     folder: Path
+    #: the server under test (scenarios may watch it through hooks)
+    ae: AE
+    #: its ARTIM timeout
+    artim: float
+
+
+class ServerReads:
+    """The size of every read the server makes, per connection (keyed by the peer's port),
+    seen through the PDU_RECEIVED hook: it tells a scenario what the server has received."""
+
+    def __init__(self, ae: AE) -> None:
+        self.sizes: dict[int, list[int]] = defaultdict(list)
+        self._changed = anyio.Event()
+        self._ae = ae
+
+    def __enter__(self) -> ServerReads:
+        self._ae.hooks.add(HookEvent.PDU_RECEIVED, self._on_read)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._ae.hooks.remove(HookEvent.PDU_RECEIVED, self._on_read)
+
+    def _on_read(self, event: HookEvent, assoc: Any, *, data: bytes, **_: Any) -> None:
+        self.sizes[assoc.peer_port].append(len(data))
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    async def wait_for_total(self, peer_port: int, total: int) -> None:
+        """Wait until the server has read ``total`` bytes from the connection of
+        ``peer_port``."""
+        with anyio.fail_after(GUARD):
+            while sum(self.sizes[peer_port]) < total:
+                await self._changed.wait()
 
 
 @asynccontextmanager
-async def hostile_bench(tmp_path: Path, **ae_options: Any) -> AsyncIterator[Bench]:
+async def hostile_bench(
+    tmp_path: Path, *, artim: float = ARTIM, **ae_options: Any
+) -> AsyncIterator[Bench]:
     """A storage SCP with a legitimate association running; on exit, checks that the
     association was unharmed and that exactly its instances are on disk."""
     folder = tmp_path / "received"
-    scp = AE("SCP", accept_any_storage=True, timeouts=Timeouts(artim=ARTIM), **ae_options)
+    scp = AE("SCP", accept_any_storage=True, timeouts=Timeouts(artim=artim), **ae_options)
 
     @scp.on_store
     async def on_store(request: Any) -> int:
@@ -269,7 +314,7 @@ async def hostile_bench(tmp_path: Path, **ae_options: Any) -> AsyncIterator[Benc
         async with anyio.create_task_group() as tg:
             await tg.start(load.run)
             await load.more_rounds(1)
-            yield Bench(server.port, load, folder)
+            yield Bench(server.port, load, folder, scp, artim)
             # the legitimate association goes on working after the hostile peer is gone
             await load.more_rounds(2)
             load.stop()
@@ -315,28 +360,33 @@ async def tls_client_hello(b: Bench) -> None:
 
 
 async def associate_rq_byte_by_byte(b: Bench) -> None:
+    """An A-ASSOCIATE-RQ trickled one byte at a time is assembled and accepted.
+
+    Each byte goes out only once the server has read the previous one on its own (its
+    PDU_RECEIVED hook says so), so the server really sees one byte per read; its ARTIM
+    (``b.artim``, SLOW_ARTIM for this scenario) is far longer than the whole trickle, so an
+    A-ASSOCIATE-AC is the only acceptable outcome: a server that cannot frame the bytes gets
+    no pass from ARTIM expiring first.
+    """
     rq = associate_rq(VERIFICATION_RQ)
-    # measured from before connecting: the server's ARTIM starts when it accepts, which a
-    # busy loop may report to this task later than it happened
-    started = anyio.current_time()
-    async with RawPeer.connect(b.port) as peer:
-        try:
+    with ServerReads(b.ae) as reads:
+        async with RawPeer.connect(b.port) as peer:
+            port = peer.local_port
+            started = anyio.current_time()
             for i in range(len(rq)):
                 await peer.send(rq[i : i + 1])
-                # let the server see each byte on its own (a yield, not a wait)
-                await anyio.lowlevel.checkpoint()
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-            pass  # closed by ARTIM while we were still trickling (a busy machine)
-        pdu = await peer.receive_pdu()
-        if pdu is None:
-            # allowed only if ARTIM really expired before the last byte arrived
-            assert anyio.current_time() - started >= ARTIM * 0.9
-            return
-        assert isinstance(pdu, AssociateAC)
-        await peer.send_message(1, messages.CEchoRQ(message_id=1))
-        rsp = await peer.receive_command()
-        assert isinstance(rsp, messages.CEchoRSP) and rsp.status == 0
-        await peer.release()
+                await reads.wait_for_total(port, i + 1)
+            trickle = anyio.current_time() - started
+            assert reads.sizes[port] == [1] * len(rq), "the server read more than a byte at once"
+            assert trickle < b.artim, f"the trickle took {trickle:.2f} s, ARTIM is {b.artim} s"
+            pdu = await peer.receive_pdu()
+            assert isinstance(pdu, AssociateAC), (
+                f"no A-ASSOCIATE-AC for an RQ trickled over {trickle:.2f} s: {pdu!r}"
+            )
+            await peer.send_message(1, messages.CEchoRQ(message_id=1))
+            rsp = await peer.receive_command()
+            assert isinstance(rsp, messages.CEchoRSP) and rsp.status == 0
+            await peer.release()
 
 
 async def associate_rq_stalls_halfway(b: Bench) -> None:
@@ -348,7 +398,7 @@ async def associate_rq_stalls_halfway(b: Bench) -> None:
         await peer.send(rq[: len(rq) // 2])
         # ARTIM (started when the connection was accepted) closes it, without a PDU
         await peer.expect_closed()
-        assert anyio.current_time() - started >= ARTIM * 0.9
+        assert anyio.current_time() - started >= b.artim * 0.9
 
 
 async def rq_then_garbage_in_one_segment(b: Bench) -> None:
@@ -528,15 +578,21 @@ SCENARIOS: dict[str, Callable[[Bench], Coroutine[Any, Any, None]]] = {
 }
 
 
+#: scenarios that need a server ARTIM longer than the default
+SCENARIO_ARTIM = {"associate_rq_byte_by_byte": SLOW_ARTIM}
+
+
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
 async def test_hostile_peer_beside_legit_association(scenario: str, tmp_path: Path) -> None:
-    async with hostile_bench(tmp_path) as bench:
+    async with hostile_bench(tmp_path, artim=SCENARIO_ARTIM.get(scenario, ARTIM)) as bench:
         with anyio.fail_after(GUARD * 2):
             await SCENARIOS[scenario](bench)
 
 
 async def test_all_hostile_peers_at_once(tmp_path: Path) -> None:
-    async with hostile_bench(tmp_path) as bench:
+    # SLOW_ARTIM for all: the byte-by-byte scenario must finish before ARTIM (the ones that
+    # wait for ARTIM take that long, concurrently)
+    async with hostile_bench(tmp_path, artim=SLOW_ARTIM) as bench:
         with anyio.fail_after(GUARD * 3):
             async with anyio.create_task_group() as tg:
                 for fn in SCENARIOS.values():
@@ -860,9 +916,15 @@ async def test_transfer_stalled_mid_message_is_aborted_after_the_dimse_timeout(
     tmp_path: Path, stall_after_command: bool
 ) -> None:
     """A peer that starts a C-STORE and then goes silent is aborted once the next fragment is
-    more than the DIMSE timeout late, and leaves no file, not even a temporary one."""
+    more than the DIMSE timeout late, and leaves no file, not even a temporary one.
+
+    The timeout runs from the last fragment, not from the start of the message: in the
+    "some-data" case the fragments come spaced out, each within the timeout of the previous
+    one but together over a longer time, and must not be cut off.
+    """
     folder = tmp_path / "out"
-    dimse_timeout = 0.3
+    dimse_timeout = 0.6
+    gap = 0.25  # between fragments: well within the timeout, three of them exceed it
     scp = AE("SCP", accept_any_storage=True, timeouts=Timeouts(dimse=dimse_timeout, artim=ARTIM))
     handler_ended = anyio.Event()
 
@@ -874,15 +936,26 @@ async def test_transfer_stalled_mid_message_is_aborted_after_the_dimse_timeout(
             handler_ended.set()
         return 0x0000
 
+    # empty (0008,0005) CS, (0008,0008) CS, (0008,0012) DA: the start of a data set
+    elements = [(0x0005, b"CS"), (0x0008, b"CS"), (0x0012, b"DA")]
+    fragments = [struct.pack("<HH2sH", 0x0008, e, vr, 0) for e, vr in elements]
+    if stall_after_command:
+        fragments = []
     async with scp.server() as server, RawPeer.connect(server.port) as peer:
         ac = await peer.associate(associate_rq([(CT, [EXPLICIT])]))
         context_id = ac.presentation_contexts[0].context_id
+        # Each clock starts before its send(): the server may read the bytes (and start its
+        # timer) before send() returns here, and a clock started afterwards would shorten
+        # the measured wait.
+        last_sent = anyio.current_time()
         await peer.send(encode_pdata(context_id, 0x03, _store_command(1, "1.2.826.0.1.3")))
-        if not stall_after_command:
-            await peer.send(encode_pdata(context_id, 0x00, b"\x08\x00\x05\x00CS\x00\x00"))
-        silent_since = anyio.current_time()
+        for fragment in fragments:
+            await anyio.sleep(gap)  # pacing the peer on a clock, not a synchronisation
+            last_sent = anyio.current_time()
+            await peer.send(encode_pdata(context_id, 0x00, fragment))
         await peer.expect_abort(source=0, reason=0)
-        assert anyio.current_time() - silent_since >= dimse_timeout * 0.9
+        silent_for = anyio.current_time() - last_sent
+        assert silent_for >= dimse_timeout * 0.9, f"aborted {silent_for:.2f} s after a fragment"
         with anyio.fail_after(GUARD):
             await handler_ended.wait()
     assert not folder.exists() or list(folder.iterdir()) == []

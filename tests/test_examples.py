@@ -1,0 +1,238 @@
+"""The scripts in examples/, run as a user runs them: as subprocesses, on both backends.
+
+Every failure a user can provoke (a closed port, a rejection, a port already taken, a folder
+that cannot be created, a bad argument) is one line on stderr and a non-zero exit status,
+never a traceback. Peers are in-process AEs served by the test's event loop while the example
+runs (:func:`anyio.run_process` does not block it).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from subprocess import CompletedProcess
+from typing import Any
+
+import anyio
+import anyio.abc
+import pydicom
+import pydicom.data
+import pytest
+from test_cli import free_port
+
+from asyncdicom import AE, ServiceRequest
+from asyncdicom.protocol import uids
+
+pytestmark = pytest.mark.anyio
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+ECHO_SCU = EXAMPLES / "echo_scu.py"
+STORE_SCP = EXAMPLES / "store_scp.py"
+CT_SMALL = Path(pydicom.data.__file__).parent / "test_files" / "CT_small.dcm"
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONWARNINGS": "ignore"}
+GUARD = 60.0
+
+
+async def run_example(script: Path, *args: str, cwd: Path) -> CompletedProcess[bytes]:
+    with anyio.fail_after(GUARD):
+        return await anyio.run_process(
+            [sys.executable, str(script), *args], cwd=cwd, env=ENV, check=False
+        )
+
+
+def one_error_line(result: CompletedProcess[bytes], script: Path) -> str:
+    """The single line a failing example writes to stderr (checked to be just that)."""
+    stderr = result.stderr.decode()
+    assert "Traceback" not in stderr, stderr
+    lines = stderr.splitlines()
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith(f"{script.name}: error: "), stderr
+    return lines[0]
+
+
+# --------------------------------------------------------------------------- echo_scu.py
+
+
+async def test_echo_scu_against_a_live_scp(tmp_path: Path, anyio_backend: str) -> None:
+    scp = AE("ECHOSCP")
+    callers: list[str] = []
+
+    @scp.on_echo
+    async def on_echo(request: ServiceRequest) -> int:
+        callers.append(request.association.calling_ae_title)
+        return 0x0000
+
+    async with scp.server("127.0.0.1", 0) as server:
+        result = await run_example(
+            ECHO_SCU, "127.0.0.1", str(server.port), "ECHOSCP", anyio_backend, cwd=tmp_path
+        )
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stderr == b""
+    lines = result.stdout.decode().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        f"C-ECHO to ECHOSCP@127.0.0.1:{server.port}: C-ECHO-RSP 0x0000"
+    ), lines
+    assert callers == ["ECHOSCU"]
+
+
+async def test_echo_scu_exits_1_on_a_failure_status(tmp_path: Path, anyio_backend: str) -> None:
+    scp = AE("ECHOSCP")
+
+    @scp.on_echo
+    async def on_echo(request: ServiceRequest) -> int:
+        return 0x0110  # Processing failure
+
+    async with scp.server("127.0.0.1", 0) as server:
+        result = await run_example(
+            ECHO_SCU, "127.0.0.1", str(server.port), "ECHOSCP", anyio_backend, cwd=tmp_path
+        )
+    assert result.returncode == 1
+    assert "0x0110" in result.stdout.decode()
+
+
+async def test_echo_scu_closed_port_is_one_line(tmp_path: Path, anyio_backend: str) -> None:
+    port = free_port()
+    result = await run_example(
+        ECHO_SCU, "127.0.0.1", str(port), "ANY-SCP", anyio_backend, cwd=tmp_path
+    )
+    assert result.returncode == 1
+    assert f"127.0.0.1:{port}" in one_error_line(result, ECHO_SCU)
+    assert result.stdout == b""
+
+
+async def test_echo_scu_rejected_association_is_one_line(
+    tmp_path: Path, anyio_backend: str
+) -> None:
+    scp = AE("ECHOSCP", require_called_ae_title=True)
+    async with scp.server("127.0.0.1", 0) as server:
+        result = await run_example(
+            ECHO_SCU, "127.0.0.1", str(server.port), "SOMEONE-ELSE", anyio_backend, cwd=tmp_path
+        )
+    assert result.returncode == 1
+    assert "rejected" in one_error_line(result, ECHO_SCU)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["127.0.0.1", "99999"],
+        ["127.0.0.1", "-5"],
+        ["127.0.0.1", "abc"],
+        ["127.0.0.1", "104", "AN-AE-TITLE-TOO-LONG"],
+        ["127.0.0.1", "104", "ANY-SCP", "curio"],
+        ["127.0.0.1"],
+    ],
+    ids=["port-too-big", "port-negative", "port-not-a-number", "long-aet", "backend", "missing"],
+)
+def test_echo_scu_bad_arguments_are_usage_errors(tmp_path: Path, args: list[str]) -> None:
+    result = subprocess.run(
+        [sys.executable, str(ECHO_SCU), *args],
+        cwd=tmp_path,
+        env=ENV,
+        capture_output=True,
+        timeout=GUARD,
+    )
+    stderr = result.stderr.decode()
+    assert result.returncode == 2, stderr
+    assert "Traceback" not in stderr
+    assert stderr.splitlines()[-1].startswith("echo_scu.py: error: "), stderr
+
+
+# --------------------------------------------------------------------------- store_scp.py
+
+
+async def _read_line(stream: anyio.abc.ByteReceiveStream, buffer: bytearray) -> str:
+    """The next line the process writes (the guard fails the test if none comes)."""
+    with anyio.fail_after(GUARD):
+        while b"\n" not in buffer:
+            buffer += await stream.receive()
+    line, _, rest = bytes(buffer).partition(b"\n")
+    buffer[:] = rest
+    return line.decode()
+
+
+async def _read_all(stream: anyio.abc.ByteReceiveStream) -> str:
+    data = bytearray()
+    while True:
+        try:
+            data += await stream.receive()
+        except anyio.EndOfStream:
+            return data.decode()
+
+
+async def test_store_scp_stores_answers_echo_and_stops_on_ctrl_c(
+    tmp_path: Path, anyio_backend: str
+) -> None:
+    output = tmp_path / "incoming"
+    uid = str(pydicom.dcmread(CT_SMALL, stop_before_pixels=True).SOPInstanceUID)
+    command = [sys.executable, str(STORE_SCP), "0", str(output), anyio_backend]
+    async with await anyio.open_process(command, cwd=tmp_path, env=ENV) as process:
+        assert process.stdout is not None and process.stderr is not None
+        pending = bytearray()
+        try:
+            ready = await _read_line(process.stdout, pending)
+            assert ready.startswith("listening on 127.0.0.1:"), ready
+            port = int(ready.split("127.0.0.1:")[1].split()[0])
+            contexts: list[Any] = [uids.VERIFICATION, uids.CT_IMAGE_STORAGE]
+            with anyio.fail_after(GUARD):
+                async with AE("STORESCU").associate(
+                    "127.0.0.1", port, called_aet="STORESCP", contexts=contexts
+                ) as assoc:
+                    assert (await assoc.echo()).status == 0x0000
+                    assert (await assoc.store(CT_SMALL)).status == 0x0000
+            assert await _read_line(process.stdout, pending) == f"stored {uid}.dcm from STORESCU"
+            # the other example against this one
+            echo = await run_example(
+                ECHO_SCU, "127.0.0.1", str(port), "STORESCP", anyio_backend, cwd=tmp_path
+            )
+            assert echo.returncode == 0, echo.stderr.decode()
+        finally:
+            process.send_signal(signal.SIGINT)  # Ctrl-C
+            with anyio.fail_after(GUARD):
+                status = await process.wait()
+                stderr = await _read_all(process.stderr)
+    assert status == 0, stderr
+    assert stderr == "", stderr
+    assert pydicom.dcmread(output / f"{uid}.dcm").SOPInstanceUID == uid
+
+
+async def test_store_scp_port_in_use_is_one_line(tmp_path: Path, anyio_backend: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = await run_example(
+            STORE_SCP, str(port), str(tmp_path / "out"), anyio_backend, cwd=tmp_path
+        )
+    assert result.returncode == 1
+    assert f"127.0.0.1:{port}" in one_error_line(result, STORE_SCP)
+    assert result.stdout == b""
+
+
+async def test_store_scp_unusable_folder_is_one_line(tmp_path: Path, anyio_backend: str) -> None:
+    (tmp_path / "a-file").write_text("not a folder")
+    folder = tmp_path / "a-file" / "incoming"
+    result = await run_example(STORE_SCP, "0", str(folder), anyio_backend, cwd=tmp_path)
+    assert result.returncode == 2
+    assert str(folder) in one_error_line(result, STORE_SCP)
+    assert result.stdout == b""
+
+
+@pytest.mark.parametrize("args", [["99999", "out"], ["abc", "out"], ["0"], ["0", "out", "curio"]])
+def test_store_scp_bad_arguments_are_usage_errors(tmp_path: Path, args: list[str]) -> None:
+    result = subprocess.run(
+        [sys.executable, str(STORE_SCP), *args],
+        cwd=tmp_path,
+        env=ENV,
+        capture_output=True,
+        timeout=GUARD,
+    )
+    stderr = result.stderr.decode()
+    assert result.returncode == 2, stderr
+    assert "Traceback" not in stderr
+    assert stderr.splitlines()[-1].startswith("store_scp.py: error: "), stderr
+    assert not (tmp_path / "out").exists()
