@@ -773,6 +773,7 @@ class Association:
                     reason=event.reason,
                     local=event.local,
                     error=str(event.error) if event.error else None,
+                    detail=self._lost or self._abort_detail or None,
                 )
                 self.hooks.emit(HookEvent.ASSOCIATION_ABORTED, self, abort=event)
             elif isinstance(event, ConnectionClosed):
