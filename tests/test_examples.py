@@ -129,9 +129,14 @@ async def test_echo_scu_rejected_association_is_one_line(
     ids=["port-too-big", "port-negative", "port-not-a-number", "long-aet", "backend", "missing"],
 )
 def test_echo_scu_bad_arguments_are_usage_errors(tmp_path: Path, args: list[str]) -> None:
+    assert_usage_error(ECHO_SCU, args, tmp_path)
+
+
+def assert_usage_error(script: Path, args: list[str], cwd: Path) -> None:
+    """``script args`` exits 2 with argparse's one error line and no traceback."""
     result = subprocess.run(
-        [sys.executable, str(ECHO_SCU), *args],
-        cwd=tmp_path,
+        [sys.executable, str(script), *args],
+        cwd=cwd,
         env=ENV,
         capture_output=True,
         timeout=GUARD,
@@ -139,7 +144,7 @@ def test_echo_scu_bad_arguments_are_usage_errors(tmp_path: Path, args: list[str]
     stderr = result.stderr.decode()
     assert result.returncode == 2, stderr
     assert "Traceback" not in stderr
-    assert stderr.splitlines()[-1].startswith("echo_scu.py: error: "), stderr
+    assert stderr.splitlines()[-1].startswith(f"{script.name}: error: "), stderr
 
 
 # --------------------------------------------------------------------------- store_scp.py
@@ -224,15 +229,5 @@ async def test_store_scp_unusable_folder_is_one_line(tmp_path: Path, anyio_backe
 
 @pytest.mark.parametrize("args", [["99999", "out"], ["abc", "out"], ["0"], ["0", "out", "curio"]])
 def test_store_scp_bad_arguments_are_usage_errors(tmp_path: Path, args: list[str]) -> None:
-    result = subprocess.run(
-        [sys.executable, str(STORE_SCP), *args],
-        cwd=tmp_path,
-        env=ENV,
-        capture_output=True,
-        timeout=GUARD,
-    )
-    stderr = result.stderr.decode()
-    assert result.returncode == 2, stderr
-    assert "Traceback" not in stderr
-    assert stderr.splitlines()[-1].startswith("store_scp.py: error: "), stderr
+    assert_usage_error(STORE_SCP, args, tmp_path)
     assert not (tmp_path / "out").exists()

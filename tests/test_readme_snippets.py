@@ -198,19 +198,24 @@ async def test_scu_snippet_against_the_readme_scp(
         assert "C-ECHO-RSP 0x0000" in output, output
 
 
-@pytest.mark.parametrize("snippet", of_kind("pytest"))
-def test_test_snippet_passes_under_pytest(snippet: Snippet, tmp_path: Path) -> None:
-    files_the_snippet_sends(snippet, tmp_path)
-    (tmp_path / "test_snippet.py").write_text(snippet.source)
-    (tmp_path / "pytest.ini").write_text("[pytest]\n")  # none of this project's settings
-    result = subprocess.run(
+def run_snippet_tests(folder: Path) -> subprocess.CompletedProcess[str]:
+    """pytest on ``folder/test_snippet.py``, with none of this project's settings."""
+    return subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_snippet.py"],
-        cwd=tmp_path,
+        cwd=folder,
         env=ENV,
         capture_output=True,
         text=True,
         timeout=GUARD,
     )
+
+
+@pytest.mark.parametrize("snippet", of_kind("pytest"))
+def test_test_snippet_passes_under_pytest(snippet: Snippet, tmp_path: Path) -> None:
+    files_the_snippet_sends(snippet, tmp_path)
+    (tmp_path / "test_snippet.py").write_text(snippet.source)
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")  # none of this project's settings
+    result = run_snippet_tests(tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert re.search(r"\b[1-9]\d* passed\b", result.stdout), result.stdout
 
@@ -225,14 +230,7 @@ def test_the_test_snippet_can_fail(tmp_path: Path) -> None:
         ds.save_as(tmp_path / name)
     (tmp_path / "test_snippet.py").write_text(snippet.source)
     (tmp_path / "pytest.ini").write_text("[pytest]\n")
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_snippet.py"],
-        cwd=tmp_path,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=GUARD,
-    )
+    result = run_snippet_tests(tmp_path)
     assert result.returncode == 1, result.stdout + result.stderr
     assert re.search(r"\b[1-9]\d* failed\b", result.stdout), result.stdout
     assert "passed" not in result.stdout, result.stdout
