@@ -81,6 +81,44 @@ async def test_limited_peer_receives_every_file(
     assert "Traceback" not in err(result)
 
 
+async def test_associations_a_peer_leaves_waiting_are_given_up_when_all_is_sent(
+    tmp_path: Path, anyio_backend: str
+) -> None:
+    """A peer that serves one association and leaves the other connections unanswered (its
+    listen queue): once the first association has stored every file, storescu stops waiting
+    for the others instead of running into the ACSE timeout (20 s here)."""
+    files = write_ct_files(tmp_path / "in", 12, 64)
+    received: list[str] = []
+    scp = counting_scp(received)
+    held: list[Any] = []
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+    port = int(listener.extra(anyio.abc.SocketAttribute.local_port))
+
+    async def serve_first_only(stream: Any) -> None:
+        held.append(stream)
+        if len(held) == 1:
+            await scp.serve_stream(stream)
+        else:
+            await anyio.sleep_forever()  # accepted by TCP, never answered
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, serve_first_only)
+        started = anyio.current_time()
+        result = await run_cli(
+            *storescu(port, str(tmp_path / "in"), "--concurrency", "3", "--acse-timeout", "20",
+                      backend=anyio_backend),
+            cwd=tmp_path,
+        )  # fmt: skip
+        elapsed = anyio.current_time() - started
+        tg.cancel_scope.cancel()
+    assert result.returncode == 0, err(result)
+    assert re.match(r"sent 12, failed 0;", out(result)), out(result)
+    assert Counter(received) == Counter(p.stem for p in files)
+    assert len(held) == 3  # the two other workers did connect
+    assert "could not be opened" not in err(result), err(result)
+    assert elapsed < 10, f"{elapsed:.1f} s: storescu waited for associations it did not need"
+
+
 async def test_storescp_limited_to_3_associations_stores_all_1000(
     tmp_path: Path, anyio_backend: str, thousand_files: list[Path]
 ) -> None:

@@ -216,6 +216,8 @@ class _Run:
     #: the last reason an association could not be opened or ended early
     last_problem: str = ""
     interrupted: bool = False
+    #: scopes of associations still being opened: given up once every file is resolved
+    opening: set[anyio.CancelScope] = field(default_factory=set)
 
     def stored(self, item: _StoreItem, status: int) -> None:
         report = self.report
@@ -249,6 +251,13 @@ class _Run:
         self.in_flight.discard(item)
         self.queue.resolved()
         self.advance(1)
+        if not self.queue.pending:
+            # every file is stored or failed: a worker still waiting for its association
+            # (a peer serving one association at a time keeps it in its listen queue) has
+            # nothing left to send, so it stops waiting instead of running into the ACSE
+            # timeout
+            for scope in self.opening:
+                scope.cancel()
 
 
 def _not_stored(item: _StoreItem) -> str:
@@ -451,23 +460,27 @@ async def _association(run: _Run) -> _Outcome:
     association fails."""
     args = run.args
     outcome = _Outcome()
+    opening = anyio.CancelScope()
+    run.opening.add(opening)
     try:
-        async with run.ae.associate(
-            args.host,
-            args.port,
-            called_aet=args.called_aet,
-            contexts=run.contexts,
-            bind=args.bind,
-        ) as assoc:
-            outcome.opened = True
-            # the prefetcher starts only now: a worker still waiting for its association holds
-            # no file (a peer that serves one association at a time would otherwise leave that
-            # file waiting until our ACSE timeout)
-            send, ready = anyio.create_memory_object_stream[_Loaded](0)
-            stop = _Stop()
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(_prefetch, run, send, stop)
-                await _send_all(run, assoc, ready, stop, outcome)
+        with opening:
+            async with run.ae.associate(
+                args.host,
+                args.port,
+                called_aet=args.called_aet,
+                contexts=run.contexts,
+                bind=args.bind,
+            ) as assoc:
+                run.opening.discard(opening)
+                outcome.opened = True
+                # the prefetcher starts only now: a worker still waiting for its association holds
+                # no file (a peer that serves one association at a time would otherwise leave that
+                # file waiting until our ACSE timeout)
+                send, ready = anyio.create_memory_object_stream[_Loaded](0)
+                stop = _Stop()
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(_prefetch, run, send, stop)
+                    await _send_all(run, assoc, ready, stop, outcome)
     except (DICOMError, OSError) as exc:
         reason = describe_error(exc, args)
         if not outcome.opened:
@@ -477,6 +490,8 @@ async def _association(run: _Run) -> _Outcome:
             run.report.association_problem("was not released cleanly", reason)
         elif outcome.failure is None:
             outcome.failure = reason
+    finally:
+        run.opening.discard(opening)
     if outcome.failure is not None:
         run.last_problem = outcome.failure
         run.report.association_problem("ended during a transfer", outcome.failure)

@@ -529,6 +529,36 @@ async def test_cli_storescu_concurrency_to_storescp(
     assert scp.log_text().count("Association Acknowledged") == 3, scp.log_text()
 
 
+async def test_cli_storescu_concurrency_to_a_one_association_storescp(
+    anyio_backend: str, dcmtk_storescp: DcmtkStoreSCP, ct_folder: Path
+) -> None:
+    """Single-process storescp serves one association at a time: the first worker sends while
+    the others wait in its listen queue.  Every file is stored once, exit 0, and storescu
+    never waits for an association it no longer needs (the ACSE timeout is 20 s here)."""
+    started = anyio.current_time()
+    rc, out, err = await _run_cli(
+        "storescu",
+        dcmtk_storescp.host,
+        str(dcmtk_storescp.port),
+        os.fspath(ct_folder),
+        "--called-aet",
+        dcmtk_storescp.aet,
+        "--concurrency",
+        "3",
+        "--acse-timeout",
+        "20",
+        "--backend",
+        anyio_backend,
+    )
+    elapsed = anyio.current_time() - started
+    assert rc == 0, err
+    assert re.search(r"^sent 12, failed 0; ", out, re.M), out
+    assert_instances_match(dcmtk_storescp.received_files(), sorted(ct_folder.iterdir()))
+    assert elapsed < 10, (
+        f"storescu took {elapsed:.1f} s: it waited for associations it no longer needed"
+    )
+
+
 # --------------------------------------------------------------------------- 6. release, abort
 
 
