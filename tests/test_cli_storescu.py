@@ -268,11 +268,35 @@ async def test_file_that_kills_every_association_is_tried_three_times(
     assert "(tried on 3 associations)" in err(result)
 
 
+@pytest.mark.parametrize("concurrency", ["1", "2"])
+async def test_bad_first_file_does_not_stop_the_workers(
+    tmp_path: Path, anyio_backend: str, concurrency: str
+) -> None:
+    """The first file sent kills every association it is on: it fails after its 3 tries, and
+    every other file is still sent, with one worker or several (a worker whose association
+    ends before storing anything tries once more, starting with another file)."""
+    files = sorted(write_ct_files(tmp_path / "in", 12, 64))  # storescu sends in name order
+    poison = files[0]
+    received: list[str] = []
+    requests: list[str] = []
+    scp = _aborting_scp(received, requests, lambda uid, n: uid == poison.stem)
+    async with scp.server() as server:
+        result = await run_cli(
+            *storescu(server.port, str(tmp_path / "in"), "--concurrency", concurrency,
+                      backend=anyio_backend),
+            cwd=tmp_path,
+        )  # fmt: skip
+    assert result.returncode == 1, err(result)
+    assert re.match(r"sent 11, failed 1;", out(result)), (out(result), err(result))
+    assert requests.count(poison.stem) == 3
+    assert sorted(received) == sorted(f.stem for f in files[1:])
+
+
 async def test_peer_aborting_every_association_does_not_go_round(
     tmp_path: Path, anyio_backend: str
 ) -> None:
-    """Each worker's association dies before storing anything: each worker stops after one
-    try, and every file is listed as not stored."""
+    """Each worker's association dies before storing anything: each worker stops after two
+    tries (the second with another file first), and every file is listed as not stored."""
     files = write_ct_files(tmp_path / "in", 30, 64)
     requests: list[str] = []
     scp = _aborting_scp([], requests, lambda uid, n: True)
@@ -284,7 +308,7 @@ async def test_peer_aborting_every_association_does_not_go_round(
         )  # fmt: skip
     assert result.returncode == 1, err(result)
     assert re.match(r"sent 0, failed 30;", out(result)), out(result)
-    assert len(requests) == 3  # one per worker
+    assert len(requests) == 6  # two per worker
     listed = [line for line in error_lines(result) if ".dcm: not " in line]
     assert sorted(line.split(": ")[2] for line in listed) == sorted(map(str, files))
 

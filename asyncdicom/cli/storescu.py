@@ -14,8 +14,11 @@ the next file is read ahead (:func:`_prefetch`).  No file is lost when an associ
   ``--dimse-timeout``), the file being sent goes back to the end of the queue, to be sent on
   another association (the file read ahead goes back too: it was not sent).  A file is tried
   on at most :data:`_MAX_ATTEMPTS` associations, then it fails with the association's error;
-* the worker then opens a new association, but only if the one that failed had stored at
-  least one file: a peer that aborts every association ends each worker after one attempt;
+* the worker then opens a new association, unless this is the second association in a row
+  that ended before storing anything (:data:`_MAX_STRIKES`): a peer that aborts every
+  association ends each worker after two attempts.  An association that ended on a file that
+  had already ended another one does not count (that file, not the peer, is the likely cause,
+  and it is set aside after its last attempt), so one bad file cannot stop the workers;
 * a worker whose queue runs empty keeps its association while files are still in transfer on
   other associations, so that a file coming back is sent at once;
 * once every worker has stopped, the files still queued fail, with the reason.
@@ -60,6 +63,9 @@ __all__ = ["add_parser", "run"]
 
 #: associations a file is tried on before it counts as failed
 _MAX_ATTEMPTS = 3
+#: associations in a row that end before storing anything after which a worker stops (the
+#: second one starts with another file: the first file may have been the cause)
+_MAX_STRIKES = 2
 #: failed files listed without --show-all-errors
 _SHOWN_ERRORS = 20
 #: Media Storage Directory Storage: a DICOMDIR, an index of files (PS3.10 8.6), not an instance
@@ -445,13 +451,22 @@ class _Outcome:
     responses: int = 0
     #: why it ended during a transfer
     failure: str | None = None
+    #: the file in transfer when it ended had ended another association before
+    repeat_offender: bool = False
 
 
 async def _worker(run: _Run) -> None:
     """Open associations and send files until the queue is done (see the module notes)."""
+    strikes = 0  # associations in a row that ended before storing anything
     while run.queue.pending:
         outcome = await _association(run)
-        if outcome.finished or not outcome.opened or outcome.responses == 0:
+        if outcome.finished or not outcome.opened:
+            return
+        if outcome.responses or outcome.repeat_offender:
+            strikes = 0
+            continue
+        strikes += 1
+        if strikes >= _MAX_STRIKES:
             return
 
 
@@ -514,6 +529,7 @@ async def _send_all(
         outcome.failure = exc.reason
         if current is not None:
             run.retry(current, exc.reason)
+            outcome.repeat_offender = current.attempts > 1
     finally:
         stop.is_set = True
         run.queue.wake()
