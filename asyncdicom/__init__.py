@@ -17,7 +17,7 @@ from .protocol import uids
 from .protocol.messages import Priority
 from .protocol.negotiation import ContextRequest, IdentityDecision, SupportedContext
 from .protocol.status import Status, StatusCategory
-from .services import HandlerRegistry, Service, ServiceRequest
+from .services import FindResults, HandlerRegistry, QueryFailed, Service, ServiceRequest
 from .services import ServiceAssociation as Association
 from .storage.contexts import TooManyPresentationContexts, contexts_for_files
 
@@ -27,12 +27,14 @@ __all__ = [
     "Association",
     "ContextRequest",
     "DIMSEResponse",
+    "FindResults",
     "HandlerRegistry",
     "HookEvent",
     "IdentityDecision",
     "IncomingRequest",
     "Operation",
     "Priority",
+    "QueryFailed",
     "Server",
     "Service",
     "ServiceRequest",

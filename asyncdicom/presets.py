@@ -21,6 +21,7 @@ __all__ = [
     "QR_MOVE",
     "VERIFICATION",
     "contexts_for",
+    "qr_find_supported",
     "storage_supported",
 ]
 
@@ -104,3 +105,11 @@ def storage_supported(
         SupportedContext(uid, tuple(transfer_syntaxes), scu_role_allowed=scu_role)
         for uid in uids.storage_sop_classes()
     )
+
+
+def qr_find_supported(
+    transfer_syntaxes: Sequence[str] = DEFAULT_TRANSFER_SYNTAXES,
+) -> tuple[SupportedContext, ...]:
+    """Acceptor: the Query/Retrieve FIND SOP classes of :data:`QR_FIND` (for
+    ``AEConfig.supported_contexts``; an AE does not accept them unless configured)."""
+    return tuple(SupportedContext(uid, tuple(transfer_syntaxes)) for uid in QR_FIND)

@@ -516,6 +516,15 @@ async def test_demo_names_its_samples_and_the_shared_uid(
     assert f"Sample files from pydicom {pydicom.__version__}: {SAMPLES}" in text
     for name in demo.SAMPLE_FILES:
         assert re.search(rf"C-STORE\s+│ {re.escape(name)}\s+│", text), name
+    # C-FIND at STUDY level: one match per distinct study among the samples (read here with
+    # pydicom, independently of the demo)
+    studies = {
+        pydicom.dcmread(SAMPLES / name, stop_before_pixels=True).StudyInstanceUID
+        for name in demo.SAMPLE_FILES
+    }
+    assert re.search(
+        rf"C-FIND\s+│ STUDY level\s+│.*│ {len(studies)} studies; 0x0000 Success\s+│", text
+    ), text
     n = len(demo.SAMPLE_FILES)
     summary = text.strip().splitlines()[-1]
     assert re.fullmatch(

@@ -13,13 +13,17 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pydicom.dataset import Dataset
+
 from .. import __version__
 from ..ae import AE
 from ..errors import DICOMError
+from ..presets import qr_find_supported
 from ..protocol import uids
 from ..protocol.status import describe
 from ..storage.contexts import contexts_for_files
@@ -124,13 +128,31 @@ async def run(args: argparse.Namespace) -> int:
     ok_all = True
     stored: list[_Sample] = []
     with tempfile.TemporaryDirectory(prefix="asyncdicom-demo-") as tmp:
-        scp = AE("DEMO-SCP", accept_any_storage=True)
+        scp = AE("DEMO-SCP", accept_any_storage=True, supported_contexts=qr_find_supported())
+        studies: dict[str, Dataset] = {}  # what the SCP's C-FIND answers from
 
         @scp.on_store
         async def on_store(request: Any) -> int:
-            written.add(await request.save_to(tmp))
+            path = await request.save_to(tmp)
+            written.add(path)
             received.add(request.message.affected_sop_instance_uid)
+            header = path.header()  # the stored data set without its pixel data
+            study = studies.setdefault(header.get("StudyInstanceUID", "?"), Dataset())
+            for keyword in ("PatientName", "PatientID", "StudyInstanceUID", "StudyDate"):
+                if keyword in header:
+                    setattr(study, keyword, header.get(keyword))
             return 0x0000
+
+        @scp.on("C-FIND", sop_class=uids.STUDY_ROOT_QR_FIND)
+        async def on_find(request: Any) -> AsyncIterator[Dataset]:
+            # the demo answers every STUDY-level query with every study it holds (a real SCP
+            # matches the keys: see asyncdicom.qr)
+            for study in studies.values():
+                match = Dataset()
+                match.QueryRetrieveLevel = "STUDY"
+                for keyword in ("PatientName", "PatientID", "StudyInstanceUID", "StudyDate"):
+                    setattr(match, keyword, study.get(keyword, ""))
+                yield match
 
         table = Table(title=f"asyncdicom {__version__} demo ({args.backend})")
         for col in ("operation", "object", "SOP class", "transfer syntax", "size", "status", "ms"):
@@ -141,7 +163,7 @@ async def run(args: argparse.Namespace) -> int:
                 "127.0.0.1",
                 server.port,
                 called_aet="DEMO-SCP",
-                contexts=[uids.VERIFICATION, *contexts],
+                contexts=[uids.VERIFICATION, uids.STUDY_ROOT_QR_FIND, *contexts],
             ) as assoc:
                 t0 = time.perf_counter()
                 status = (await assoc.echo()).status
@@ -174,6 +196,24 @@ async def run(args: argparse.Namespace) -> int:
                         outcome,
                         ms,
                     )
+                t0 = time.perf_counter()
+                query = Dataset()
+                query.QueryRetrieveLevel = "STUDY"
+                for keyword in ("PatientName", "PatientID", "StudyInstanceUID", "StudyDate"):
+                    setattr(query, keyword, "")
+                try:
+                    async with assoc.find(query, model="study") as results:
+                        matches = [m async for m in results]
+                    final = results.status
+                except DICOMError as exc:
+                    matches, final, found = [], None, f"failed: {exc}"
+                else:
+                    status_text = "no final response" if final is None else _status(final)
+                    found = f"{len(matches)} studies; {status_text}"
+                good = final == 0 and len(matches) == len(studies)
+                ok_all &= good
+                ms = f"{(time.perf_counter() - t0) * 1000:.1f}"
+                table.add_row("C-FIND", "STUDY level", "Study Root FIND", "-", "-", found, ms)
     console.print(f"Sample files from pydicom {pydicom.__version__}: {sample_folder()}")
     console.print(table)
     for sample in samples:

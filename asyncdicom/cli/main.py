@@ -1,4 +1,4 @@
-"""The ``asyncdicom`` command: echoscu, storescu, storescp and demo.
+"""The ``asyncdicom`` command: echoscu, storescu, findscu, storescp and demo.
 
 Exit status: 0 only on full success, 1 when an operation failed (rejected, aborted, a status
 other than success/warning), 2 for usage errors, 130 after Ctrl-C.  Errors are one clear line
@@ -19,7 +19,7 @@ if sys.version_info < (3, 11):  # pragma: no cover
 from .. import __version__
 from ..errors import DICOMError
 from ..log import configure_cli_logging, get_logger
-from . import demo, echoscu, storescp, storescu
+from . import demo, echoscu, findscu, storescp, storescu
 from .common import CLIError, HelpFormatter, check_bind, describe_error, err
 
 __all__ = ["build_parser", "main"]
@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="asyncdicom", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"asyncdicom {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for app in (echoscu, storescu, storescp, demo):
+    for app in (echoscu, storescu, storescp, findscu, demo):
         app.add_parser(sub)
     for command in sub.choices.values():
         # every app's --help shows the defaults (the apps' modules need not ask for it)

@@ -20,14 +20,18 @@ from .base import (
     request_type,
 )
 from .dispatch import ServiceDispatcher, ServiceRequest
+from .query_retrieve import QR_FIND_SERVICE, FindResults, QueryFailed, QueryRetrieveSCU
 from .storage import STORAGE_SERVICE, StorageSCU
 from .verification import VERIFICATION_SERVICE, VerificationSCU
 
 __all__ = [
     "DEFAULT_SERVICES",
+    "QR_FIND_SERVICE",
     "STORAGE_SERVICE",
     "VERIFICATION_SERVICE",
+    "FindResults",
     "HandlerRegistry",
+    "QueryFailed",
     "Service",
     "ServiceAssociation",
     "ServiceDispatcher",
@@ -41,11 +45,11 @@ __all__ = [
 F = TypeVar("F", bound=Callable[..., Any])
 
 #: the services every AE has by default
-DEFAULT_SERVICES: tuple[Service, ...] = (VERIFICATION_SERVICE, STORAGE_SERVICE)
+DEFAULT_SERVICES: tuple[Service, ...] = (VERIFICATION_SERVICE, STORAGE_SERVICE, QR_FIND_SERVICE)
 
 
-class ServiceAssociation(VerificationSCU, StorageSCU):
-    """An association with every service's SCU helpers (``echo()``, ``store()``, ...) and
+class ServiceAssociation(VerificationSCU, StorageSCU, QueryRetrieveSCU):
+    """An association with every service's SCU helpers (``echo()``, ``store()``, ``find()``) and
     handlers of its own, which take precedence over the AE's for requests arriving on it."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

@@ -1,0 +1,173 @@
+"""``asyncdicom findscu``: C-FIND (Query/Retrieve) to a peer.
+
+Builds the query identifier from ``--level`` and the ``-k KEY[=VALUE]`` keys, sends it on the
+chosen information model and prints one line per match on stdout: ``KEYWORD=VALUE`` pairs
+(values quoted as a shell would need them), or with ``--json`` one JSON object per line (the
+DICOM JSON model, PS3.18 F.2).  A summary line goes to stderr.  Exit status 0 only when the
+final status is Success.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shlex
+from typing import Any
+
+from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+from pydicom.tag import Tag
+
+from ..protocol.status import describe
+from ..services.query_retrieve import FIND_MODELS, QueryFailed, find_model_uid
+from .common import add_common, add_scu, err, format_address, notice, scu_ae
+
+__all__ = ["add_parser", "parse_key", "run"]
+
+LEVELS = ("PATIENT", "STUDY", "SERIES", "IMAGE")
+
+_TAG = re.compile(r"\(?([0-9A-Fa-f]{4}),?([0-9A-Fa-f]{4})\)?")
+_INTEGER_VRS = {"US", "UL", "SS", "SL", "SV", "UV"}
+_FLOAT_VRS = {"FL", "FD"}
+
+
+def parse_key(text: str) -> tuple[int, str, Any]:
+    """``KEY[=VALUE]`` -> (tag, VR, value): KEY is a keyword (``PatientName``) or a tag
+    (``0010,0010``, ``(0010,0010)``, ``00100010``); no value means universal matching (an
+    empty value; an empty sequence for a sequence key).  Raises
+    :class:`argparse.ArgumentTypeError` for an unknown key or a value its VR cannot hold."""
+    key, has_value, value = text.partition("=")
+    key = key.strip()
+    found = _TAG.fullmatch(key)
+    tag = int(found.group(1) + found.group(2), 16) if found else tag_for_keyword(key)
+    if tag is None:
+        raise argparse.ArgumentTypeError(f"unknown key {key!r} (a DICOM keyword or gggg,eeee)")
+    try:
+        vr = dictionary_VR(tag)
+    except KeyError:
+        raise argparse.ArgumentTypeError(f"{key!r} is not in the DICOM dictionary") from None
+    vr = vr.split(" or ")[0]
+    if vr == "SQ":
+        if has_value and value:
+            raise argparse.ArgumentTypeError(f"the sequence key {key!r} takes no value")
+        return tag, vr, []
+    if not value:
+        return tag, vr, None
+    parts = value.split("\\")
+    try:
+        if vr in _INTEGER_VRS:
+            converted: list[Any] = [int(p) for p in parts]
+        elif vr in _FLOAT_VRS:
+            converted = [float(p) for p in parts]
+        else:
+            return tag, vr, value
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{key}={value!r}: not a number for VR {vr}") from None
+    return tag, vr, converted[0] if len(converted) == 1 else converted
+
+
+def add_parser(sub: Any) -> None:
+    """Add the ``findscu`` sub-command to ``sub``."""
+    p = sub.add_parser(
+        "findscu",
+        help="send C-FIND (query)",
+        description="Send a C-FIND request (Query/Retrieve FIND) to a peer and print the matches.",
+    )
+    add_scu(p)
+    p.add_argument(
+        "--model",
+        choices=tuple(FIND_MODELS),
+        default="study",
+        help="Query/Retrieve information model (patient root, study root, patient/study only)",
+    )
+    p.add_argument(
+        "--level",
+        required=True,
+        type=str.upper,
+        choices=LEVELS,
+        help="Query/Retrieve Level (0008,0052) of the query",
+    )
+    p.add_argument(
+        "-k",
+        "--key",
+        dest="keys",
+        action="append",
+        type=parse_key,
+        metavar="KEY[=VALUE]",
+        help="a query key: keyword or gggg,eeee, with its matching value (none: return it)",
+    )
+    p.add_argument("--json", action="store_true", help="print each match as a JSON line")
+    add_common(p)
+    p.set_defaults(func=run)
+
+
+def build_query(level: str, keys: list[tuple[int, str, Any]]) -> Dataset:
+    """The identifier: Query/Retrieve Level and the keys, in the order given (a later key
+    replaces an earlier one with the same tag)."""
+    ds = Dataset()
+    ds.QueryRetrieveLevel = level
+    for tag, vr, value in keys:
+        ds[tag] = DataElement(tag, vr, value)
+    return ds
+
+
+def format_match(ds: Dataset) -> str:
+    """One line for a match: ``KEYWORD=VALUE`` pairs, each quoted as a shell would need."""
+    pairs = []
+    for elem in ds:
+        name = keyword_for_tag(elem.tag) or f"{Tag(elem.tag).group:04X},{Tag(elem.tag).element:04X}"
+        if elem.VR == "SQ":
+            value = f"<{len(elem.value)} item(s)>"
+        elif elem.value is None:
+            value = ""
+        elif elem.VM > 1:
+            value = "\\".join(str(v) for v in elem.value)
+        else:
+            value = str(elem.value)
+        pairs.append(shlex.quote(f"{name}={value}"))
+    return " ".join(pairs)
+
+
+async def run(args: argparse.Namespace) -> int:
+    """Associate, send one C-FIND, print the matches, release; 0 if the final status was
+    Success."""
+    ae = scu_ae(args)
+    peer = format_address(args.host, args.port)
+    query = build_query(args.level, args.keys or [])
+    sop_class = find_model_uid(args.model)
+    failed: QueryFailed | None = None
+    async with ae.associate(
+        args.host,
+        args.port,
+        called_aet=args.called_aet,
+        contexts=[sop_class],
+        bind=args.bind,
+    ) as assoc:
+        async with assoc.find(query, model=args.model) as results:
+            try:
+                async for match in results:
+                    if args.json:
+                        print(json.dumps(match.to_json_dict()), flush=True)
+                    else:
+                        print(format_match(match), flush=True)
+            except QueryFailed as exc:
+                failed = exc
+    status = results.status
+    assert status is not None
+    if failed is not None or status != 0x0000:
+        comment = results.final.error_comment if results.final is not None else None
+        err(
+            f"C-FIND to {peer}: status {describe(status)}"
+            + (f" ({comment})" if comment else "")
+            + f" after {results.count} match(es)"
+        )
+        return 1
+    notice(
+        f"C-FIND: {results.count} match(es) from {peer}, status {describe(status)}",
+        "find_done",
+        matches=results.count,
+        status=status,
+    )
+    return 0

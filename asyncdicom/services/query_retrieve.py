@@ -1,0 +1,214 @@
+"""Query/Retrieve service class, FIND (PS3.4 Annex C; C-FIND, PS3.7 9.1.2).
+
+SCU: :meth:`QueryRetrieveSCU.find` sends a C-FIND-RQ with a query identifier on one of the
+information models (Patient Root, Study Root, Patient/Study Only) and yields the identifier of
+each Pending response as a pydicom Dataset, as it arrives::
+
+    async with assoc.find(query, model="study") as results:
+        async for identifier in results:
+            print(identifier.StudyInstanceUID)
+    print(results.final)  # the final C-FIND-RSP
+
+Leaving the ``async with`` block before the final response sends C-CANCEL-RQ and reads the
+remaining responses (the association stays usable); ``results.final`` is then the SCP's answer
+to the cancel, normally Cancel (0xFE00).  A final Failure status raises :class:`QueryFailed`
+at the end of the iteration (its ``response`` is the final response); Success, Warning and
+Cancel do not raise.
+
+SCP: a handler registered for C-FIND (``@ae.on("C-FIND", sop_class=...)``) is a generator,
+async or plain, that yields one identifier (a Dataset) per match; the framework sends each one
+as a Pending response (0xFF00; yield ``(0xFF01, identifier)`` to say that optional keys were
+not supported, PS3.4 C.4.1.1.4) and Success when the generator ends.  Matching is the
+handler's business: the framework does none.  C-CANCEL-RQ stops the generator between two
+matches and the framework answers Cancel (0xFE00).
+
+Defaults of :data:`QR_FIND_SERVICE`: the FIND SOP classes are *not* accepted unless the
+application configures them (``AEConfig.supported_contexts``, for instance
+:func:`asyncdicom.presets.qr_find_supported`), as DCMTK's SCPs accept only the SOP classes
+they are configured for.  A C-FIND on an accepted context with no handler registered is
+answered 0xC000 (Unable to process) with an Error Comment; a handler's exception maps to
+0xA700 (Out of resources) for ``MemoryError`` and to 0xC000 otherwise (PS3.4 C.4.1.1.4).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from pydicom.dataset import Dataset
+
+from ..association import Association, DIMSEResponse, Operation
+from ..errors import DICOMError, NoAcceptedContext
+from ..protocol import messages
+from ..protocol.messages import Priority
+from ..protocol.status import Status, StatusCategory
+from ..protocol.uids import (
+    PATIENT_ROOT_QR_FIND,
+    PATIENT_STUDY_ONLY_QR_FIND,
+    STUDY_ROOT_QR_FIND,
+)
+from .base import Service, make_response
+
+__all__ = [
+    "FIND_MODELS",
+    "QR_FIND_SERVICE",
+    "FindResults",
+    "QueryFailed",
+    "QueryRetrieveSCU",
+    "find_model_uid",
+]
+
+#: the Query/Retrieve information models by short name -> their FIND SOP Class UID
+FIND_MODELS: dict[str, str] = {
+    "patient": PATIENT_ROOT_QR_FIND,
+    "study": STUDY_ROOT_QR_FIND,
+    "patient-study": PATIENT_STUDY_ONLY_QR_FIND,  # retired, still met in the field
+}
+
+
+def find_model_uid(model: str) -> str:
+    """The FIND SOP Class UID of ``model``: ``"patient"``, ``"study"``, ``"patient-study"``,
+    or one of the three UIDs itself; ValueError otherwise."""
+    if model in FIND_MODELS:
+        return FIND_MODELS[model]
+    if model in FIND_MODELS.values():
+        return model
+    raise ValueError(
+        f"unknown Query/Retrieve model {model!r} (one of {', '.join(FIND_MODELS)}, or its UID)"
+    )
+
+
+class QueryFailed(DICOMError):
+    """The SCP ended a C-FIND with a Failure status; ``response`` is its final response."""
+
+    def __init__(self, response: DIMSEResponse) -> None:
+        super().__init__(f"C-FIND failed: {response}")
+        self.response = response
+
+
+def _no_handler(message: messages.Message) -> messages.Message:
+    return make_response(
+        message,
+        int(Status.UNABLE_TO_PROCESS),
+        error_comment="no C-FIND handler is registered for this model",
+    )
+
+
+def _find_exception_status(message: messages.Message, exc: BaseException) -> int:
+    # PS3.4 C.4.1.1.4: A700 refused, out of resources; Cxxx failed, unable to process
+    if isinstance(exc, MemoryError):
+        return int(Status.OUT_OF_RESOURCES)
+    return int(Status.UNABLE_TO_PROCESS)
+
+
+#: C-FIND on the Patient Root, Study Root and Patient/Study Only (retired) FIND SOP classes.
+#: Not accepted by default: list them in ``AEConfig.supported_contexts``
+#: (:func:`asyncdicom.presets.qr_find_supported`).  Without a handler: 0xC000.
+QR_FIND_SERVICE = Service(
+    name="Query/Retrieve FIND",
+    commands=(messages.CFindRQ,),
+    sop_classes=frozenset(FIND_MODELS.values()),
+    accept_by_default=False,
+    no_handler_response=_no_handler,
+    exception_status=_find_exception_status,
+)
+
+
+class FindResults:
+    """The matches of one C-FIND, as an async iterator of pydicom Datasets (the identifiers of
+    the Pending responses, in order of arrival).
+
+    Once the iteration ends, :attr:`final` is the final C-FIND-RSP (:attr:`status`,
+    :attr:`ok`); a Failure raises :class:`QueryFailed` from the iteration.  :attr:`count` is
+    the number of matches received, :attr:`pending` the Pending responses themselves.
+    """
+
+    def __init__(self, operation: Operation) -> None:
+        self.operation = operation
+        #: matches received so far
+        self.count = 0
+        #: the last Pending response (its status tells 0xFF00 from 0xFF01)
+        self.last_pending: DIMSEResponse | None = None
+
+    @property
+    def final(self) -> DIMSEResponse | None:
+        """The final C-FIND-RSP, once received."""
+        return self.operation.final
+
+    @property
+    def status(self) -> int | None:
+        """The final status, once received."""
+        return None if self.operation.final is None else self.operation.final.status
+
+    @property
+    def ok(self) -> bool:
+        """True once a final Success or Warning has been received."""
+        return self.operation.final is not None and self.operation.final.ok
+
+    @property
+    def cancelled(self) -> bool:
+        """True when C-CANCEL-RQ was sent for this query."""
+        return self.operation.cancel_sent
+
+    def __aiter__(self) -> FindResults:
+        return self
+
+    async def __anext__(self) -> Dataset:
+        while True:
+            response = await self.operation.__anext__()
+            if not response.is_pending:
+                if response.category is StatusCategory.FAILURE:
+                    raise QueryFailed(response)
+                raise StopAsyncIteration
+            self.last_pending = response
+            if response.dataset is None:  # a Pending response must carry one; skip it
+                continue
+            self.count += 1
+            identifier: Dataset = response.decode()
+            return identifier
+
+    async def cancel(self) -> None:
+        """Send C-CANCEL-RQ now; the iteration goes on up to the final response."""
+        await self.operation.cancel()
+
+
+class QueryRetrieveSCU(Association):
+    """The Query/Retrieve SCU helpers of an association (C-FIND)."""
+
+    @asynccontextmanager
+    async def find(
+        self,
+        identifier: Dataset | bytes,
+        *,
+        model: str = "study",
+        priority: int = Priority.MEDIUM,
+    ) -> AsyncIterator[FindResults]:
+        """C-FIND (PS3.7 9.1.2): query with ``identifier`` (the keys; a Dataset with Query/
+        Retrieve Level, or bytes already encoded in the context's transfer syntax) on
+        ``model`` (``"study"``, ``"patient"``, ``"patient-study"`` or the SOP Class UID).
+
+        ``async with assoc.find(ds) as results: async for match in results: ...``; leaving
+        the block early sends C-CANCEL-RQ and reads the remaining responses.  Raises
+        :class:`~asyncdicom.errors.NoAcceptedContext` when the model was not accepted,
+        :class:`QueryFailed` (from the iteration) on a final Failure status.
+        """
+        sop_class = find_model_uid(model)
+        context = self.find_context(sop_class)
+        if context is None:
+            raise NoAcceptedContext(
+                f"no accepted presentation context for the {model} Query/Retrieve FIND model "
+                f"({sop_class})"
+            )
+        if isinstance(identifier, (bytes, bytearray, memoryview)):
+            data = bytes(identifier)
+        else:
+            from ..storage.files import encode_dataset
+
+            data = encode_dataset(identifier, context.transfer_syntax or "")
+        rq = messages.CFindRQ(
+            message_id=self.next_message_id(),
+            affected_sop_class_uid=sop_class,
+            priority=priority,
+        )
+        async with self.invoke(context, rq, data) as operation:
+            yield FindResults(operation)
