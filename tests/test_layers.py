@@ -135,6 +135,15 @@ def test_dependencies_point_down() -> None:
     for upper in ("asyncdicom.ae", "asyncdicom.cli", "asyncdicom.testing"):
         assert _reaches(graph, "asyncdicom.services", upper) == [], upper
     assert _reaches(graph, "asyncdicom.ae", "asyncdicom.cli") == []
+    # the Query/Retrieve matching engine is sans-IO: data sets in, answers out
+    for upper in (
+        "asyncdicom.association",
+        "asyncdicom.transport",
+        "asyncdicom.services",
+        "asyncdicom.ae",
+        "asyncdicom.cli",
+    ):
+        assert _reaches(graph, "asyncdicom.qr", upper) == [], upper
 
 
 def test_the_driver_names_no_specific_service() -> None:

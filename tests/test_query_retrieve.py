@@ -269,3 +269,43 @@ async def test_find_over_sockets() -> None:
                 found = [m.StudyInstanceUID async for m in results]
     assert found == [uid for uid, _ in STUDIES]
     assert results.status == 0
+
+
+# --------------------------------------------------------------------------- with asyncdicom.qr
+
+
+async def test_handler_matching_with_the_qr_engine(anyio_backend: str) -> None:
+    """The handler of docs/api.md: asyncdicom.qr decides the matches; a bad identifier ends
+    the operation with the standard's failure status (0xA900)."""
+    from asyncdicom.qr import QueryError, parse_query
+
+    records = [_study("1.2.3.1", "DOE^JOHN"), _study("1.2.3.2", "ROE^JANE")]
+    for record in records:
+        record.StudyDate = "20200505"
+    scp = AE("SCP", supported_contexts=presets.qr_find_supported())
+
+    @scp.on("C-FIND", sop_class=STUDY)
+    async def on_find(request: Any) -> AsyncIterator[Any]:
+        try:
+            query = parse_query(await request.dataset(), "study")
+        except QueryError as exc:
+            yield exc.status
+            return
+        for record in records:
+            if query.matches(record):
+                yield query.response(record)
+
+    with anyio.fail_after(10):
+        async with associated(scp, contexts=[STUDY]) as assoc:
+            wanted = _query(PatientName="DOE*", StudyDate="20200101-20201231")
+            async with assoc.find(wanted) as results:
+                found = [str(m.StudyInstanceUID) async for m in results]
+            assert found == ["1.2.3.1"]
+            assert results.status == 0x0000
+            bad = Dataset()
+            bad.QueryRetrieveLevel = "SERIES"
+            bad.SeriesInstanceUID = ""  # no Study Instance UID above: not hierarchical
+            with pytest.raises(QueryFailed) as failed:
+                async with assoc.find(bad) as results:
+                    [m async for m in results]
+            assert failed.value.response.status == 0xA900

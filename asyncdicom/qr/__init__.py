@@ -1,0 +1,42 @@
+"""Query/Retrieve without I/O: C-FIND identifier validation, PS3.4 C.2.2.2 attribute matching,
+response identifiers, and the translation of a query into a portable SQL WHERE fragment.
+
+Nothing here reads a file, a socket or a clock; an SCP (in memory, or the qrscp on its SQLite
+index) calls these functions with the identifier it received and the records it holds.
+"""
+
+from __future__ import annotations
+
+from .matching import (
+    INDEX_COLUMNS,
+    LEVELS,
+    MODELS,
+    IdentifierMismatch,
+    ModelNotSupported,
+    Query,
+    QueryError,
+    SqlColumn,
+    SqlFilter,
+    UnableToProcess,
+    index_value,
+    match_value,
+    parse_query,
+    sql_filter,
+)
+
+__all__ = [
+    "INDEX_COLUMNS",
+    "LEVELS",
+    "MODELS",
+    "IdentifierMismatch",
+    "ModelNotSupported",
+    "Query",
+    "QueryError",
+    "SqlColumn",
+    "SqlFilter",
+    "UnableToProcess",
+    "index_value",
+    "match_value",
+    "parse_query",
+    "sql_filter",
+]
