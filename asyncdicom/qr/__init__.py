@@ -1,12 +1,14 @@
 """Query/Retrieve without I/O: C-FIND identifier validation, PS3.4 C.2.2.2 attribute matching,
 response identifiers, and the translation of a query into a portable SQL WHERE fragment.
 
-Nothing here reads a file, a socket or a clock; an SCP (in memory, or the qrscp on its SQLite
-index) calls these functions with the identifier it received and the records it holds.
+Nothing in :mod:`.matching` reads a file, a socket or a clock; an SCP (in memory, or the qrscp
+on its SQLite index) calls these functions with the identifier it received and the records it
+holds.  :mod:`.index` is that SQLite index: :class:`SQLiteIndex` (synchronous, thread-safe).
 """
 
 from __future__ import annotations
 
+from .index import SCHEMA_VERSION, IndexDatabaseError, SchemaVersionError, SQLiteIndex
 from .matching import (
     INDEX_COLUMNS,
     LEVELS,
@@ -28,10 +30,14 @@ __all__ = [
     "INDEX_COLUMNS",
     "LEVELS",
     "MODELS",
+    "SCHEMA_VERSION",
     "IdentifierMismatch",
+    "IndexDatabaseError",
     "ModelNotSupported",
     "Query",
     "QueryError",
+    "SQLiteIndex",
+    "SchemaVersionError",
     "SqlColumn",
     "SqlFilter",
     "UnableToProcess",

@@ -1,0 +1,458 @@
+"""The storage index of the qrscp: stored instances indexed in SQLite for C-FIND, C-GET, C-MOVE.
+
+:class:`SQLiteIndex` keeps four tables, one per Query/Retrieve level (``patient``, ``study``,
+``series``, ``instance``), each with the key columns of :data:`~asyncdicom.qr.INDEX_COLUMNS`
+that belong to its level (values from :func:`~asyncdicom.qr.index_value`, so that the WHERE
+fragments of :func:`~asyncdicom.qr.sql_filter` apply unchanged) and a ``record`` column: the
+attributes of that level as an Explicit VR Little Endian data set, used for the keys the SQL
+cannot express and for the response identifiers.  The SQL is portable apart from the pragmas
+run when a connection opens.
+
+The schema carries a version (``PRAGMA user_version``); a file written by a newer or unknown
+schema raises :class:`SchemaVersionError` instead of being changed.
+
+Thread safety: one connection is opened with ``check_same_thread=False`` and every operation
+holds an internal lock, so the index may be called from any thread, for example through
+``anyio.to_thread.run_sync`` from the event loop.  :meth:`SQLiteIndex.find` runs its SQL under
+the lock when first advanced, then matches and yields without holding it.
+"""
+
+from __future__ import annotations
+
+import io
+import sqlite3
+import threading
+from collections.abc import Iterator
+from types import TracebackType
+from typing import cast
+
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import read_dataset
+from pydicom.filewriter import write_dataset
+
+from .matching import INDEX_COLUMNS, LEVELS, Query, SqlColumn, index_value, sql_filter
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "IndexDatabaseError",
+    "SQLiteIndex",
+    "SchemaVersionError",
+]
+
+#: the version of the schema this module writes and reads
+SCHEMA_VERSION = 1
+
+_LEVEL_ORDER = ("PATIENT", "STUDY", "SERIES", "IMAGE")
+_TABLES = {"PATIENT": "patient", "STUDY": "study", "SERIES": "series", "IMAGE": "instance"}
+_PARENT_FK = {"STUDY": "patient_pk", "SERIES": "study_pk", "IMAGE": "series_pk"}
+
+SPECIFIC_CHARACTER_SET = 0x00080005
+MODALITY = 0x00080060
+MODALITIES_IN_STUDY = 0x00080061
+
+# Patient Study module attributes (group 0010 but study level)
+_PATIENT_STUDY = frozenset({0x00101010, 0x00101020, 0x00101030, 0x001021B0})
+
+_STUDY_TAGS = frozenset(
+    {
+        0x0020000D,  # Study Instance UID
+        0x00080020,  # Study Date
+        0x00080030,  # Study Time
+        0x00080050,  # Accession Number
+        0x00080051,  # Issuer of Accession Number Sequence
+        0x00080061,  # Modalities in Study
+        0x00080090,  # Referring Physician's Name
+        0x00081030,  # Study Description
+        0x00081032,  # Procedure Code Sequence
+        0x00081048,  # Physician(s) of Record
+        0x00081060,  # Name of Physician(s) Reading Study
+        0x00081080,  # Admitting Diagnoses Description
+        0x00081110,  # Referenced Study Sequence
+        0x00200010,  # Study ID
+        0x00201070,  # Other Study Numbers
+    }
+    | _PATIENT_STUDY
+)
+
+_SERIES_TAGS = frozenset(
+    {
+        0x0020000E,  # Series Instance UID
+        0x00080060,  # Modality
+        0x00080021,  # Series Date
+        0x00080031,  # Series Time
+        0x0008103E,  # Series Description
+        0x00081050,  # Performing Physician's Name
+        0x00081070,  # Operators' Name
+        0x00180015,  # Body Part Examined
+        0x00181030,  # Protocol Name
+        0x00200011,  # Series Number
+        0x00200060,  # Laterality
+        0x00400244,  # Performed Procedure Step Start Date
+        0x00400245,  # Performed Procedure Step Start Time
+        0x00400275,  # Request Attributes Sequence
+    }
+)
+
+_BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
+
+
+def level_of(tag: int) -> str:
+    """The Query/Retrieve level an attribute belongs to in this index: Patient module
+    attributes (group 0010 apart from the Patient Study module) at PATIENT, the usual study
+    and series attributes at STUDY and SERIES, everything else at IMAGE."""
+    if tag in _STUDY_TAGS:
+        return "STUDY"
+    if tag in _SERIES_TAGS:
+        return "SERIES"
+    if tag >> 16 == 0x0010:
+        return "PATIENT"
+    return "IMAGE"
+
+
+def _columns_of(level: str) -> dict[int, SqlColumn]:
+    return {tag: col for tag, col in INDEX_COLUMNS.items() if level_of(tag) == level}
+
+
+class IndexDatabaseError(Exception):
+    """The index file cannot be used: not an SQLite database, or not an index of this module."""
+
+
+class SchemaVersionError(IndexDatabaseError):
+    """The index file was written with a schema version this module does not know
+    (``found``), typically by a newer release."""
+
+    def __init__(self, message: str, *, found: int) -> None:
+        super().__init__(message)
+        self.found = found
+
+
+def _encode(ds: Dataset) -> bytes:
+    fp = DicomBytesIO()
+    fp.is_little_endian = True
+    fp.is_implicit_VR = False
+    write_dataset(fp, ds)
+    return fp.getvalue()
+
+
+def _decode(blob: bytes) -> Dataset:
+    return read_dataset(io.BytesIO(blob), False, True)
+
+
+def _split(header: Dataset) -> dict[str, Dataset]:
+    """The header's public, non-binary attributes, by level (Specific Character Set in every
+    level so that each record decodes on its own)."""
+    parts = {level: Dataset() for level in _LEVEL_ORDER}
+    charset = header.get(SPECIFIC_CHARACTER_SET)
+    for elem in header:
+        tag = int(elem.tag)
+        if tag >> 16 in (0x0002, 0xFFFE) or (tag >> 16) % 2 == 1 or elem.VR in _BINARY_VRS:
+            continue
+        if tag in (SPECIFIC_CHARACTER_SET, MODALITIES_IN_STUDY):
+            continue
+        parts[level_of(tag)].add(elem)
+    if charset is not None:
+        for ds in parts.values():
+            ds.add(charset)
+    return parts
+
+
+def _row_values(level: str, header: Dataset) -> dict[str, str | int | None]:
+    values: dict[str, str | int | None] = {}
+    for tag, col in _columns_of(level).items():
+        if tag == MODALITIES_IN_STUDY:
+            continue  # kept up to date from the series of the study
+        elem = header.get(tag)
+        value = elem.value if elem is not None else None
+        values[col.name] = index_value(col.vr, value)
+        if col.folded:
+            values[col.folded] = index_value(col.vr, value, fold=True)
+    return values
+
+
+def _schema() -> list[str]:
+    statements: list[str] = []
+    for level in _LEVEL_ORDER:
+        table = _TABLES[level]
+        defs = ["pk INTEGER PRIMARY KEY"]
+        if level in _PARENT_FK:
+            parent = _TABLES[_LEVEL_ORDER[_LEVEL_ORDER.index(level) - 1]]
+            defs.append(f"{_PARENT_FK[level]} INTEGER NOT NULL REFERENCES {parent} (pk)")
+        unique = INDEX_COLUMNS[LEVELS[level]].name
+        for col in _columns_of(level).values():
+            kind = "INTEGER" if col.vr == "IS" else "TEXT"
+            defs.append(f"{col.name} {kind}{' UNIQUE' if col.name == unique else ''}")
+            if col.folded:
+                defs.append(f"{col.folded} TEXT")
+        if level == "IMAGE":
+            defs.append("path TEXT NOT NULL")
+        defs.append("record BLOB NOT NULL")
+        statements.append(f"CREATE TABLE {table} ({', '.join(defs)})")
+        if level in _PARENT_FK:
+            fk = _PARENT_FK[level]
+            statements.append(f"CREATE INDEX {table}_{fk} ON {table} ({fk})")
+        for col in _columns_of(level).values():
+            if col.name != unique:
+                statements.append(f"CREATE INDEX {table}_{col.name} ON {table} ({col.name})")
+            if col.folded:
+                statements.append(f"CREATE INDEX {table}_{col.folded} ON {table} ({col.folded})")
+    return statements
+
+
+class SQLiteIndex:
+    """An index of stored instances in one SQLite database (``":memory:"`` for a transient one).
+
+    Opening an existing file keeps its data; a new or empty file gets the current schema.  File
+    databases use WAL journaling.  Safe to call from several threads (one connection, one lock).
+    Raises :class:`SchemaVersionError` for a file of another schema version and
+    :class:`IndexDatabaseError` for a file that is not an index.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._con = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        try:
+            self._open()
+        except sqlite3.DatabaseError as exc:
+            self._con.close()
+            raise IndexDatabaseError(f"{path}: not an index database ({exc})") from None
+        except IndexDatabaseError:
+            self._con.close()
+            raise
+
+    def _open(self) -> None:
+        con = self._con
+        con.execute("PRAGMA case_sensitive_like = ON")
+        con.execute("PRAGMA foreign_keys = ON")
+        (version,) = con.execute("PRAGMA user_version").fetchone()
+        if version == 0:
+            (tables,) = con.execute(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table'"
+            ).fetchone()
+            if tables:
+                raise IndexDatabaseError(f"{self.path}: a database, but not an index")
+            if self.path != ":memory:":
+                con.execute("PRAGMA journal_mode = WAL")
+            con.execute("BEGIN")
+            for statement in _schema():
+                con.execute(statement)
+            con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            con.execute("COMMIT")
+        elif version != SCHEMA_VERSION:
+            raise SchemaVersionError(
+                f"{self.path}: index schema version {version}, this release reads "
+                f"version {SCHEMA_VERSION}",
+                found=version,
+            )
+        elif self.path != ":memory:":
+            con.execute("PRAGMA journal_mode = WAL")
+
+    # -- life cycle ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the connection."""
+        with self._lock:
+            self._con.close()
+
+    def __enter__(self) -> SQLiteIndex:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- adding ---------------------------------------------------------------------------------
+
+    def add(self, header: Dataset, path: str) -> bool:
+        """Index one stored instance from its header (Pixel Data not needed) and its file path.
+
+        Creates or reuses the patient, study and series rows (their attributes are refreshed
+        from this header) and keeps Modalities in Study up to date.  Returns True for a new
+        instance, False when the SOP Instance UID was already indexed: its row is updated.
+        Raises ValueError when the header has no SOP, Series or Study Instance UID.
+        """
+        parts = _split(header)
+        for level in ("STUDY", "SERIES", "IMAGE"):
+            column = INDEX_COLUMNS[LEVELS[level]].name
+            if _row_values(level, header)[column] is None:
+                raise ValueError(f"the header has no {column.replace('_', ' ')}")
+        with self._lock:
+            con = self._con
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                new = self._add(header, path, parts)
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            con.execute("COMMIT")
+            return new
+
+    def _upsert(
+        self, level: str, header: Dataset, record: Dataset, extra: dict[str, object]
+    ) -> int:
+        table = _TABLES[level]
+        values: dict[str, object] = {**_row_values(level, header), **extra}
+        values["record"] = _encode(record)
+        unique = INDEX_COLUMNS[LEVELS[level]].name
+        row = self._con.execute(
+            f"SELECT pk FROM {table} WHERE {unique} IS ?", (values[unique],)
+        ).fetchone()
+        names = list(values)
+        if row is None:
+            cursor = self._con.execute(
+                f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
+                tuple(values.values()),
+            )
+            assert cursor.lastrowid is not None
+            return cursor.lastrowid
+        pk = int(row[0])
+        self._con.execute(
+            f"UPDATE {table} SET {', '.join(f'{n} = ?' for n in names)} WHERE pk = ?",
+            (*values.values(), pk),
+        )
+        return pk
+
+    def _add(self, header: Dataset, path: str, parts: dict[str, Dataset]) -> bool:
+        con = self._con
+        sop = _row_values("IMAGE", header)["sop_instance_uid"]
+        old = con.execute(
+            "SELECT series.pk, series.study_pk FROM instance JOIN series "
+            "ON series.pk = instance.series_pk WHERE sop_instance_uid = ?",
+            (sop,),
+        ).fetchone()
+        patient_pk = self._upsert("PATIENT", header, parts["PATIENT"], {})
+        study_pk = self._upsert("STUDY", header, parts["STUDY"], {"patient_pk": patient_pk})
+        series_pk = self._upsert("SERIES", header, parts["SERIES"], {"study_pk": study_pk})
+        self._upsert("IMAGE", header, parts["IMAGE"], {"series_pk": series_pk, "path": path})
+        self._refresh_modalities(study_pk)
+        if old is not None and int(old[0]) != series_pk:
+            self._prune(int(old[0]), int(old[1]))
+        return old is None
+
+    def _refresh_modalities(self, study_pk: int) -> None:
+        rows = self._con.execute(
+            "SELECT DISTINCT modality FROM series WHERE study_pk = ? AND modality IS NOT NULL",
+            (study_pk,),
+        ).fetchall()
+        joined = "\\".join(sorted(str(m) for (m,) in rows)) or None
+        self._con.execute(
+            "UPDATE study SET modalities_in_study = ? WHERE pk = ?", (joined, study_pk)
+        )
+
+    def _prune(self, series_pk: int, study_pk: int) -> None:
+        """Remove the rows an updated instance left empty."""
+        con = self._con
+        con.execute(
+            "DELETE FROM series WHERE pk = ? AND NOT EXISTS "
+            "(SELECT 1 FROM instance WHERE series_pk = ?)",
+            (series_pk, series_pk),
+        )
+        (patient_pk,) = con.execute(
+            "SELECT patient_pk FROM study WHERE pk = ?", (study_pk,)
+        ).fetchone()
+        con.execute(
+            "DELETE FROM study WHERE pk = ? AND NOT EXISTS "
+            "(SELECT 1 FROM series WHERE study_pk = ?)",
+            (study_pk, study_pk),
+        )
+        self._refresh_modalities(study_pk)
+        con.execute(
+            "DELETE FROM patient WHERE pk = ? AND NOT EXISTS "
+            "(SELECT 1 FROM study WHERE patient_pk = ?)",
+            (patient_pk, patient_pk),
+        )
+
+    # -- querying -------------------------------------------------------------------------------
+
+    def _select(self, query: Query) -> tuple[list[tuple[object, ...]], tuple[int, ...]]:
+        """The rows passing the SQL part of ``query``: (level pk, modalities in study or None,
+        records from the top level down), and the residual tags."""
+        levels = _LEVEL_ORDER[: _LEVEL_ORDER.index(query.level) + 1]
+        # only the columns of the joined tables: a key of a lower level is left to Python
+        # (and matches only universally, the record lacking it)
+        columns = {tag: col for tag, col in INDEX_COLUMNS.items() if level_of(tag) in levels}
+        filt = sql_filter(query, columns)
+        tables = [_TABLES[level] for level in levels]
+        joins = tables[0]
+        for level in levels[1:]:
+            parent = _TABLES[_LEVEL_ORDER[_LEVEL_ORDER.index(level) - 1]]
+            table = _TABLES[level]
+            joins += f" JOIN {table} ON {table}.{_PARENT_FK[level]} = {parent}.pk"
+        modalities = "study.modalities_in_study" if "study" in tables else "NULL"
+        records = ", ".join(f"{t}.record" for t in tables)
+        sql = (
+            f"SELECT {tables[-1]}.pk, {modalities}, {records} FROM {joins} "
+            f"WHERE {filt.where} ORDER BY {tables[-1]}.pk"
+        )
+        with self._lock:
+            rows = self._con.execute(sql, filt.params).fetchall()
+        return rows, filt.residual
+
+    @staticmethod
+    def _record(row: tuple[object, ...]) -> Dataset:
+        record = Dataset()
+        for blob in row[2:]:
+            assert isinstance(blob, bytes)
+            record.update(_decode(blob))
+        modalities = row[1]
+        if isinstance(modalities, str):
+            record.add(DataElement(MODALITIES_IN_STUDY, "CS", modalities.split("\\")))
+        return record
+
+    def _matching(self, query: Query) -> Iterator[tuple[int, Dataset]]:
+        rows, residual = self._select(query)
+        for row in rows:
+            record = self._record(row)
+            if query.matches(record, only=residual):
+                yield cast(int, row[0]), record
+
+    def records(self, query: Query) -> Iterator[Dataset]:
+        """The records matching ``query`` at its level: the attributes of the level and of the
+        levels above (a STUDY record carries the patient's attributes and Modalities in
+        Study)."""
+        for _pk, record in self._matching(query):
+            yield record
+
+    def find(self, query: Query) -> Iterator[Dataset]:
+        """The C-FIND response identifiers for ``query``, one per matching entity, in the order
+        the entities were indexed."""
+        for record in self.records(query):
+            yield query.response(record)
+
+    def instances(self, query: Query) -> list[str]:
+        """The file paths of the instances under the entities matching ``query`` (what a
+        C-GET or C-MOVE with this identifier sends), in the order they were indexed."""
+        pks = [pk for pk, _record in self._matching(query)]
+        if not pks:
+            return []
+        joins = "instance"
+        child = "IMAGE"
+        for upper in ("SERIES", "STUDY", "PATIENT")[: 3 - _LEVEL_ORDER.index(query.level)]:
+            table = _TABLES[upper]
+            joins += f" JOIN {table} ON {table}.pk = {_TABLES[child]}.{_PARENT_FK[child]}"
+            child = upper
+        key = f"{_TABLES[query.level]}.pk"
+        paths: list[str] = []
+        chunk = 500
+        with self._lock:
+            for start in range(0, len(pks), chunk):
+                part = pks[start : start + chunk]
+                rows = self._con.execute(
+                    f"SELECT instance.path FROM {joins} WHERE {key} IN "
+                    f"({', '.join('?' * len(part))}) ORDER BY instance.pk",
+                    part,
+                ).fetchall()
+                paths.extend(str(p) for (p,) in rows)
+        return paths
+
+    def count(self) -> int:
+        """The number of indexed instances."""
+        with self._lock:
+            (n,) = self._con.execute("SELECT count(*) FROM instance").fetchone()
+        return int(n)

@@ -1,0 +1,446 @@
+"""The qrscp storage index (asyncdicom.qr.index): schema and versions, adding and updating
+instances, hierarchical finds in both models, SQL agreeing with the Python matcher, paths."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+from pydicom.dataset import Dataset
+
+from asyncdicom.qr import (
+    SCHEMA_VERSION,
+    IndexDatabaseError,
+    Query,
+    SchemaVersionError,
+    SQLiteIndex,
+    parse_query,
+)
+from asyncdicom.storage.synthetic import make_ct_instance
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+def header(
+    patient_id: str,
+    study: str,
+    series: str,
+    *,
+    modality: str = "CT",
+    study_date: str = "20240101",
+    name: str = "DOE^JOHN",
+    number: int = 1,
+) -> Dataset:
+    ds = make_ct_instance(
+        0,
+        patient_id=patient_id,
+        study_instance_uid=study,
+        series_instance_uid=series,
+        instance_number=number,
+    )
+    del ds.PixelData
+    ds.Modality = modality
+    ds.StudyDate = study_date
+    ds.PatientName = name
+    return ds
+
+
+def q(level: str, model: str = "study", **keys: object) -> Query:
+    ds = Dataset()
+    ds.QueryRetrieveLevel = level
+    for k, v in keys.items():
+        setattr(ds, k, v)
+    return parse_query(ds, model)
+
+
+def values(index: SQLiteIndex, query: Query, keyword: str) -> list[str]:
+    return [str(r[keyword].value) if keyword in r else "" for r in index.find(query)]
+
+
+def small() -> SQLiteIndex:
+    """P1: study 1.1 (series 1.1.1 CT x2, 1.1.2 MR), study 1.2 (US); P2: study 2.1 (CT)."""
+    index = SQLiteIndex(":memory:")
+    index.add(header("P1", "1.1", "1.1.1", number=1), "p1/a")
+    index.add(header("P1", "1.1", "1.1.1", number=2), "p1/b")
+    index.add(header("P1", "1.1", "1.1.2", modality="MR"), "p1/c")
+    index.add(header("P1", "1.2", "1.2.1", modality="US", study_date="20230505"), "p1/d")
+    index.add(header("P2", "2.1", "2.1.1", name="ROE^JANE"), "p2/e")
+    return index
+
+
+# --------------------------------------------------------------------------------------------
+# schema
+# --------------------------------------------------------------------------------------------
+
+
+def test_schema_is_created_versioned_and_reopened(tmp_path: Path) -> None:
+    db = str(tmp_path / "index.sqlite")
+    with SQLiteIndex(db) as index:
+        assert index.add(header("P1", "1.1", "1.1.1"), "a.dcm")
+    con = sqlite3.connect(db)
+    assert con.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+    assert con.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    tables = {t for (t,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"patient", "study", "series", "instance"} <= tables
+    indexes = {i for (i,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert {"study_study_date", "patient_patient_name", "series_modality"} <= indexes
+    con.close()
+    with SQLiteIndex(db) as index:
+        assert index.count() == 1
+        assert values(
+            index, q("STUDY", PatientID="P1", StudyInstanceUID=""), "StudyInstanceUID"
+        ) == ["1.1"]
+
+
+def test_newer_schema_version_is_a_typed_error(tmp_path: Path) -> None:
+    db = str(tmp_path / "index.sqlite")
+    SQLiteIndex(db).close()
+    con = sqlite3.connect(db)
+    con.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    con.close()
+    with pytest.raises(SchemaVersionError) as info:
+        SQLiteIndex(db)
+    assert info.value.found == SCHEMA_VERSION + 1
+
+
+def test_foreign_database_and_non_database_are_typed_errors(tmp_path: Path) -> None:
+    other = tmp_path / "other.sqlite"
+    con = sqlite3.connect(other)
+    con.execute("CREATE TABLE t (x)")
+    con.close()
+    with pytest.raises(IndexDatabaseError):
+        SQLiteIndex(str(other))
+    junk = tmp_path / "junk.sqlite"
+    junk.write_bytes(b"not a database at all" * 100)
+    with pytest.raises(IndexDatabaseError):
+        SQLiteIndex(str(junk))
+
+
+# --------------------------------------------------------------------------------------------
+# add
+# --------------------------------------------------------------------------------------------
+
+
+def test_second_add_updates_instead_of_duplicating() -> None:
+    index = SQLiteIndex(":memory:")
+    ds = header("P1", "1.1", "1.1.1")
+    assert index.add(ds, "old.dcm") is True
+    ds.InstanceNumber = 7
+    assert index.add(ds, "new.dcm") is False
+    assert index.count() == 1
+    assert index.instances(q("STUDY", StudyInstanceUID="1.1")) == ["new.dcm"]
+    found = list(
+        index.find(
+            q(
+                "IMAGE",
+                StudyInstanceUID="1.1",
+                SeriesInstanceUID="1.1.1",
+                SOPInstanceUID="",
+                InstanceNumber="",
+            )
+        )
+    )
+    assert [r.InstanceNumber for r in found] == [7]
+
+
+def test_an_updated_instance_moving_series_leaves_no_empty_rows() -> None:
+    index = SQLiteIndex(":memory:")
+    ds = header("P1", "1.1", "1.1.1")
+    index.add(ds, "a.dcm")
+    ds.StudyInstanceUID = "9.9"
+    ds.SeriesInstanceUID = "9.9.9"
+    ds.Modality = "MR"
+    assert index.add(ds, "a.dcm") is False
+    assert values(index, q("STUDY", StudyInstanceUID=""), "StudyInstanceUID") == ["9.9"]
+    assert values(
+        index, q("STUDY", StudyInstanceUID="", ModalitiesInStudy=""), "ModalitiesInStudy"
+    ) == ["MR"]
+
+
+def test_header_without_uids_is_rejected() -> None:
+    index = SQLiteIndex(":memory:")
+    ds = header("P1", "1.1", "1.1.1")
+    del ds.SeriesInstanceUID
+    with pytest.raises(ValueError, match="series"):
+        index.add(ds, "a.dcm")
+    assert index.count() == 0
+
+
+def test_modalities_in_study_follow_the_series() -> None:
+    index = small()
+    studies = list(index.find(q("STUDY", StudyInstanceUID="", ModalitiesInStudy="")))
+    found = [s.ModalitiesInStudy for s in studies]
+    assert [[m] if isinstance(m, str) else list(m) for m in found] == [["CT", "MR"], ["US"], ["CT"]]
+    assert values(
+        index, q("STUDY", StudyInstanceUID="", ModalitiesInStudy="MR"), "StudyInstanceUID"
+    ) == ["1.1"]
+    assert values(
+        index, q("STUDY", StudyInstanceUID="", ModalitiesInStudy="CT"), "StudyInstanceUID"
+    ) == ["1.1", "2.1"]
+
+
+# --------------------------------------------------------------------------------------------
+# hierarchical finds
+# --------------------------------------------------------------------------------------------
+
+
+def test_patient_root_levels() -> None:
+    index = small()
+    patients = list(index.find(q("PATIENT", "patient", PatientID="", PatientName="")))
+    assert [(p.PatientID, str(p.PatientName)) for p in patients] == [
+        ("P1", "DOE^JOHN"),
+        ("P2", "ROE^JANE"),
+    ]
+    assert all(p.QueryRetrieveLevel == "PATIENT" for p in patients)
+    assert "StudyInstanceUID" not in patients[0]
+    studies = q("STUDY", "patient", PatientID="P1", StudyInstanceUID="", StudyDate="")
+    assert values(index, studies, "StudyInstanceUID") == ["1.1", "1.2"]
+    series = q(
+        "SERIES",
+        "patient",
+        PatientID="P1",
+        StudyInstanceUID="1.1",
+        SeriesInstanceUID="",
+        Modality="",
+    )
+    assert values(index, series, "Modality") == ["CT", "MR"]
+    images = q(
+        "IMAGE",
+        "patient",
+        PatientID="P1",
+        StudyInstanceUID="1.1",
+        SeriesInstanceUID="1.1.1",
+        SOPInstanceUID="",
+        InstanceNumber="",
+    )
+    assert values(index, images, "InstanceNumber") == ["1", "2"]
+    # the patient ID of another patient finds nothing below it
+    assert (
+        values(
+            index, q("STUDY", "patient", PatientID="P2", StudyInstanceUID="1.1"), "StudyInstanceUID"
+        )
+        == []
+    )
+
+
+def test_study_root_records_carry_the_levels_above() -> None:
+    index = small()
+    found = list(
+        index.find(q("STUDY", StudyInstanceUID="", PatientName="ROE*", PatientID="", StudyDate=""))
+    )
+    assert len(found) == 1
+    assert (found[0].PatientID, found[0].StudyInstanceUID, found[0].StudyDate) == (
+        "P2",
+        "2.1",
+        "20240101",
+    )
+    series = list(
+        index.find(
+            q(
+                "SERIES",
+                StudyInstanceUID="1.1",
+                SeriesInstanceUID="",
+                PatientID="",
+                StudyDescription="",
+            )
+        )
+    )
+    assert [(s.PatientID, s.StudyDescription) for s in series] == [("P1", "Synthetic CT")] * 2
+    # a key of a lower level than the query's matches only universally
+    assert (
+        values(index, q("STUDY", StudyInstanceUID="", SOPInstanceUID="x"), "StudyInstanceUID") == []
+    )
+    # patient/study only model
+    assert values(index, q("PATIENT", "patient-study", PatientID="P*"), "PatientID") == ["P1", "P2"]
+
+
+def test_residual_keys_are_matched_in_python() -> None:
+    index = small()
+    # Series Description has no column: the record's value decides
+    assert (
+        len(list(index.find(q("SERIES", StudyInstanceUID="1.1", SeriesDescription="Synthetic*"))))
+        == 2
+    )
+    assert list(index.find(q("SERIES", StudyInstanceUID="1.1", SeriesDescription="nope"))) == []
+    assert values(index, q("PATIENT", "patient", PatientID="", PatientSex="O"), "PatientID") == [
+        "P1",
+        "P2",
+    ]
+
+
+# --------------------------------------------------------------------------------------------
+# SQL + Python agree with the Python matcher alone
+# --------------------------------------------------------------------------------------------
+
+
+def _synthetic(n: int = 50) -> list[Dataset]:
+    """~17 studies of 7 patients, 2 series each, varied names, dates, modalities."""
+    names = ["DOE^JOHN", "DOE^JANE", "ROE^RICHARD", "O'NEIL^A", "doe^john", "MÜLLER^K"]
+    modalities = ["CT", "MR", "US", "CR"]
+    out = []
+    for i in range(n):
+        s = i // 3
+        p = s % 7
+        ds = header(
+            f"PID{p}" if p != 3 else "P_3%",
+            f"1.2.{s}",
+            f"1.2.{s}.{i % 2}",
+            modality=modalities[(s + i % 2) % 4],
+            study_date=f"20{10 + s % 12:02d}0{1 + s % 9}15",
+            name=names[p % len(names)],
+            number=i,
+        )
+        ds.AccessionNumber = f"ACC{s}"
+        out.append(ds)
+    return out
+
+
+QUERIES = [
+    {"PatientID": "PID1"},
+    {"PatientID": "PID*"},
+    {"PatientID": "P?D2"},
+    {"PatientID": "P_3%"},
+    {"PatientID": "P_*"},
+    {"PatientName": "DOE*"},
+    {"PatientName": "*'*"},
+    {"PatientName": "M?LLER^K"},
+    {"StudyDate": "20150101-20181231"},
+    {"StudyDate": "-20120101"},
+    {"StudyDate": "20200101-"},
+    {"StudyInstanceUID": "1.2.1\\1.2.5\\1.2.99"},
+    {"AccessionNumber": "ACC1*"},
+    {"ModalitiesInStudy": "MR"},
+    {"ModalitiesInStudy": "U?"},
+    {"ModalitiesInStudy": "CR\\US"},
+    {"PatientID": "PID2", "StudyDate": "20100101-20301231"},
+    {"PatientID": ""},
+]
+
+
+def _records(headers: list[Dataset], level: str) -> dict[str, Dataset]:
+    """The entities of ``headers`` at ``level`` as the Python matcher sees them: unique key ->
+    the attributes of the entity's last header, Modalities in Study computed."""
+    key = {
+        "PATIENT": "PatientID",
+        "STUDY": "StudyInstanceUID",
+        "SERIES": "SeriesInstanceUID",
+        "IMAGE": "SOPInstanceUID",
+    }[level]
+    last: dict[str, Dataset] = {}
+    mods: dict[str, set[str]] = {}
+    for h in headers:
+        last[str(h.data_element(key).value)] = h
+        mods.setdefault(h.StudyInstanceUID, set()).add(h.Modality)
+    result = {}
+    for k, h in last.items():
+        rec = Dataset()
+        rec.update(h)
+        if level != "PATIENT":
+            rec.ModalitiesInStudy = sorted(mods[h.StudyInstanceUID])
+        result[k] = rec
+    return result
+
+
+@pytest.mark.parametrize("keys", QUERIES, ids=[str(k) for k in QUERIES])
+def test_index_agrees_with_the_python_matcher(keys: dict[str, str]) -> None:
+    headers = _synthetic()
+    index = SQLiteIndex(":memory:")
+    for n, h in enumerate(headers):
+        index.add(h, f"f{n}")
+    query = q("STUDY", **{"StudyInstanceUID": "", **keys})
+    expected = sorted(k for k, rec in _records(headers, "STUDY").items() if query.matches(rec))
+    assert expected  # every query selects something
+    assert sorted(values(index, query, "StudyInstanceUID")) == expected
+    # and the same at PATIENT level for the patient keys
+    patient_keys = {k: v for k, v in keys.items() if k in ("PatientID", "PatientName")}
+    if patient_keys:
+        pq = q("PATIENT", "patient", **{"PatientID": "", **patient_keys})
+        expected_p = sorted(k for k, rec in _records(headers, "PATIENT").items() if pq.matches(rec))
+        assert sorted(values(index, pq, "PatientID")) == expected_p
+
+
+@pytest.mark.parametrize(
+    "keys",
+    [{"Modality": "MR"}, {"Modality": "?R"}, {"Modality": "CT\\US"}, {"SeriesNumber": "1"}],
+)
+def test_series_level_agrees_with_the_python_matcher(keys: dict[str, str]) -> None:
+    headers = _synthetic()
+    index = SQLiteIndex(":memory:")
+    for n, h in enumerate(headers):
+        index.add(h, f"f{n}")
+    for study in ("1.2.0", "1.2.5"):
+        query = q("SERIES", StudyInstanceUID=study, SeriesInstanceUID="", **keys)
+        expected = sorted(k for k, rec in _records(headers, "SERIES").items() if query.matches(rec))
+        assert sorted(values(index, query, "SeriesInstanceUID")) == expected
+
+
+# --------------------------------------------------------------------------------------------
+# instances, hostile values, threads
+# --------------------------------------------------------------------------------------------
+
+
+def test_instances_under_the_matching_entities() -> None:
+    index = small()
+    assert index.instances(q("PATIENT", "patient", PatientID="P1")) == [
+        "p1/a",
+        "p1/b",
+        "p1/c",
+        "p1/d",
+    ]
+    assert index.instances(q("STUDY", StudyInstanceUID="1.1\\2.1")) == [
+        "p1/a",
+        "p1/b",
+        "p1/c",
+        "p2/e",
+    ]
+    assert index.instances(q("STUDY", StudyDate="20230101-20231231")) == ["p1/d"]
+    assert index.instances(q("SERIES", StudyInstanceUID="1.1", Modality="CT")) == ["p1/a", "p1/b"]
+    image = q("IMAGE", StudyInstanceUID="1.1", SeriesInstanceUID="1.1.1", InstanceNumber="2")
+    assert index.instances(image) == ["p1/b"]
+    assert index.instances(q("STUDY", StudyInstanceUID="9.9")) == []
+
+
+def test_hostile_values_are_stored_and_queried_exactly() -> None:
+    index = SQLiteIndex(":memory:")
+    hostile = "x'); DROP TABLE study;--"
+    index.add(header("P%_!'1", "1.1", "1.1.1", name="O'BRIEN^%_"), "a")
+    ds = header("P%_!'1", "1.2", "1.2.1", name="O'BRIEN^%_")
+    ds.StudyDescription = hostile
+    index.add(ds, "b")
+    index.add(header("PX__1", "1.3", "1.3.1", name="OXBRIEN^ab"), "c")
+    assert values(index, q("PATIENT", "patient", PatientID="P%_!'1"), "PatientID") == ["P%_!'1"]
+    assert values(index, q("PATIENT", "patient", PatientID="P%*"), "PatientID") == ["P%_!'1"]
+    assert values(index, q("PATIENT", "patient", PatientID="P_*"), "PatientID") == []
+    assert values(
+        index, q("PATIENT", "patient", PatientID="", PatientName="O'BRIEN^%_"), "PatientID"
+    ) == ["P%_!'1"]
+    assert values(
+        index, q("PATIENT", "patient", PatientID="", PatientName="O?BRIEN^*"), "PatientID"
+    ) == ["P%_!'1", "PX__1"]
+    assert values(
+        index, q("STUDY", StudyInstanceUID="", StudyDescription=hostile), "StudyInstanceUID"
+    ) == ["1.2"]
+    assert index.count() == 3
+
+
+def test_concurrent_adds_and_finds_from_threads() -> None:
+    index = SQLiteIndex(":memory:")
+    errors: list[BaseException] = []
+
+    def work(t: int) -> None:
+        try:
+            for i in range(20):
+                index.add(header(f"T{t}", f"{t}.{i}", f"{t}.{i}.1"), f"{t}/{i}")
+                list(index.find(q("STUDY", StudyInstanceUID="", PatientID=f"T{t}")))
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert index.count() == 80
