@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import sys
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
@@ -16,8 +17,11 @@ import sniffio
 from anyio.abc import ByteStream, SocketAttribute, TaskGroup
 from anyio.streams.stapled import MultiListener
 
+if sys.version_info < (3, 11):  # pragma: no cover
+    from exceptiongroup import BaseExceptionGroup
+
 from . import _asyncio_stream
-from .errors import ConnectTimeout, TransportError
+from .errors import ConnectTimeout, DICOMError, TransportError
 
 __all__ = ["Listener", "close_quietly", "connect", "listen", "peer_address", "set_nodelay"]
 
@@ -56,9 +60,36 @@ async def connect(
     except TimeoutError as exc:
         raise ConnectTimeout(f"connecting to {host}:{port} timed out after {timeout} s") from exc
     except OSError as exc:
-        raise TransportError(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from exc
+        # trio reports "All connection attempts failed" around the real errors: name the real one
+        cause = os_error_behind(exc) or exc
+        if isinstance(cause, ConnectionRefusedError):
+            text = "connection refused"
+        else:
+            text = cause.strerror or str(cause)
+        raise TransportError(f"cannot connect to {host}:{port}: {text}") from exc
     set_nodelay(stream)
     return stream
+
+
+def os_error_behind(exc: BaseException) -> OSError | None:
+    """The OSError behind ``exc`` that carries an error number (searched breadth-first through
+    causes, contexts and exception groups), else the first OSError found, else None."""
+    fallback: OSError | None = None
+    seen: set[int] = set()
+    todo: list[BaseException] = [exc]
+    while todo:
+        current = todo.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, OSError) and not isinstance(current, DICOMError):
+            if current.errno is not None:
+                return current
+            fallback = fallback or current
+        if isinstance(current, BaseExceptionGroup):
+            todo.extend(current.exceptions)
+        todo.extend(e for e in (current.__cause__, current.__context__) if e is not None)
+    return fallback
 
 
 class Listener(Protocol):

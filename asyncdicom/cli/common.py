@@ -27,14 +27,12 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
-if sys.version_info < (3, 11):  # pragma: no cover
-    from exceptiongroup import BaseExceptionGroup
-
 from ..ae import AE, Timeouts
 from ..config import MAX_MAX_PDU_LENGTH, MIN_MAX_PDU_LENGTH
 from ..errors import AssociationError, ConnectTimeout, DICOMError, TransportError
 from ..log import get_logger, json_logging
 from ..protocol.status import StatusCategory, category
+from ..transport import os_error_behind
 
 __all__ = [
     "MAX_MAX_PDU",
@@ -312,7 +310,7 @@ def describe_error(exc: BaseException, args: argparse.Namespace | None = None) -
             return f"no TCP connection to {where} within {limit:g} s (--connect-timeout)"
         return str(exc)
     if isinstance(exc, TransportError) and not isinstance(exc, AssociationError):
-        cause = _os_error(exc)
+        cause = os_error_behind(exc)
         if cause is not None:
             text = _describe_os_error(cause, host, where, bind)
             if text is not None:
@@ -322,27 +320,6 @@ def describe_error(exc: BaseException, args: argparse.Namespace | None = None) -
         if text is not None:
             return text
     return str(exc) or type(exc).__name__
-
-
-def _os_error(exc: BaseException) -> OSError | None:
-    """The OSError behind ``exc`` that carries an error number (searched breadth-first through
-    causes, contexts and exception groups), else the first OSError found, else None."""
-    fallback: OSError | None = None
-    seen: set[int] = set()
-    todo: list[BaseException] = [exc]
-    while todo:
-        current = todo.pop(0)
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        if isinstance(current, OSError) and not isinstance(current, DICOMError):
-            if current.errno is not None:
-                return current
-            fallback = fallback or current
-        if isinstance(current, BaseExceptionGroup):
-            todo.extend(current.exceptions)
-        todo.extend(e for e in (current.__cause__, current.__context__) if e is not None)
-    return fallback
 
 
 def _describe_os_error(
