@@ -796,6 +796,45 @@ async def test_write_ct_files(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
 
 
+def encode_file_meta_with_pydicom(
+    *,
+    sop_class_uid: str,
+    sop_instance_uid: str,
+    transfer_syntax_uid: str,
+    implementation_class_uid: str,
+    implementation_version_name: str | None = None,
+    source_ae_title: str | None = None,
+) -> bytes:
+    """The same group encoded by pydicom: the reference the fast encoder is tested against."""
+    from pydicom import config as pydicom_config
+    from pydicom.dataelem import DataElement
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_file_meta_info
+
+    ignore = pydicom_config.IGNORE
+    meta = FileMetaDataset()
+    elements: list[tuple[int, str, object]] = [
+        (0x00020000, "UL", 0),  # group length: filled in by write_file_meta_info
+        (0x00020001, "OB", b"\x00\x01"),
+        (0x00020002, "UI", sop_class_uid),
+        (0x00020003, "UI", sop_instance_uid),
+        (0x00020010, "UI", transfer_syntax_uid),
+        (0x00020012, "UI", implementation_class_uid),
+    ]
+    if implementation_version_name is not None:
+        elements.append((0x00020013, "SH", implementation_version_name))
+    if source_ae_title is not None:
+        elements.append((0x00020016, "AE", source_ae_title.strip(" ")))
+    for tag, vr, value in elements:
+        meta[tag] = DataElement(tag, vr, value, validation_mode=ignore)
+    buffer = DicomBytesIO()
+    # enforce_standard=False: write exactly our elements (pydicom would otherwise add its own
+    # Implementation Version Name); the group length is still recomputed because it is present.
+    write_file_meta_info(buffer, meta, enforce_standard=False)
+    return buffer.getvalue()
+
+
 @pytest.mark.parametrize("version_name", [None, "V1", "ASYNCDICOM_010", "ODD"])
 @pytest.mark.parametrize("source_ae", [None, "A", "STORESCU", " PADDED  "])
 @pytest.mark.parametrize(
@@ -805,7 +844,7 @@ async def test_write_ct_files(tmp_path: Path) -> None:
 def test_fast_file_meta_matches_pydicom(
     version_name: str | None, source_ae: str | None, instance_uid: str
 ) -> None:
-    from asyncdicom.storage.files import _encode_file_meta_pydicom, encode_file_meta
+    from asyncdicom.storage.files import encode_file_meta
 
     kwargs = dict(
         sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
@@ -815,7 +854,7 @@ def test_fast_file_meta_matches_pydicom(
         implementation_version_name=version_name,
         source_ae_title=source_ae,
     )
-    assert encode_file_meta(**kwargs) == _encode_file_meta_pydicom(**kwargs)  # type: ignore[arg-type]
+    assert encode_file_meta(**kwargs) == encode_file_meta_with_pydicom(**kwargs)  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------------------------------------

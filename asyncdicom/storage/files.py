@@ -124,7 +124,6 @@ _NATIVE_ENCODING: dict[str, tuple[bool, bool]] = {
 
 _PREAMBLE = b"\x00" * 128
 _PREFIX = b"DICM"
-_META_VERSION = b"\x00\x01"  # (0002,0001) File Meta Information Version, PS3.10 Table 7.1-1
 
 # Explicit VR elements whose length field is 2 reserved bytes + 4-byte length (PS3.5 7.1.2).
 _LONG_LENGTH_VRS = frozenset(
@@ -350,8 +349,8 @@ def encode_file_meta(
 
     # Hand-encoded: this runs once per received instance, and pydicom's general writer costs
     # ~0.4 ms here where these few fixed-VR elements take microseconds.  The test suite checks
-    # the bytes against pydicom's encoding (_encode_file_meta_pydicom).  UIDs are written as
-    # received: a peer's non-conformant UID is recorded as sent.
+    # the bytes against pydicom's encoding (tests/test_storage_files.py, tests/test_oracles.py).
+    # UIDs are written as received: a peer's non-conformant UID is recorded as sent.
     body = bytearray()
     body += _META_VERSION_ELEMENT
     body += _short_element(0x0002, 0x0002, b"UI", _ui_bytes(sop_class_uid), b"\x00")
@@ -383,45 +382,6 @@ def _short_element(group: int, element: int, vr: bytes, value: bytes, pad: bytes
     if len(value) % 2:
         value += pad
     return struct.pack("<HH2sH", group, element, vr, len(value)) + value
-
-
-def _encode_file_meta_pydicom(
-    *,
-    sop_class_uid: str,
-    sop_instance_uid: str,
-    transfer_syntax_uid: str,
-    implementation_class_uid: str,
-    implementation_version_name: str | None = None,
-    source_ae_title: str | None = None,
-) -> bytes:
-    """The same group encoded by pydicom: the reference the fast encoder is tested against."""
-    from pydicom import config as pydicom_config
-    from pydicom.dataelem import DataElement
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.filebase import DicomBytesIO
-    from pydicom.filewriter import write_file_meta_info
-
-    ignore = pydicom_config.IGNORE
-    meta = FileMetaDataset()
-    elements: list[tuple[int, str, object]] = [
-        (0x00020000, "UL", 0),  # group length: filled in by write_file_meta_info
-        (0x00020001, "OB", _META_VERSION),
-        (0x00020002, "UI", sop_class_uid),
-        (0x00020003, "UI", sop_instance_uid),
-        (0x00020010, "UI", transfer_syntax_uid),
-        (0x00020012, "UI", implementation_class_uid),
-    ]
-    if implementation_version_name is not None:
-        elements.append((0x00020013, "SH", implementation_version_name))
-    if source_ae_title is not None:
-        elements.append((0x00020016, "AE", source_ae_title.strip(" ")))
-    for tag, vr, value in elements:
-        meta[tag] = DataElement(tag, vr, value, validation_mode=ignore)
-    buffer = DicomBytesIO()
-    # enforce_standard=False: write exactly our elements (pydicom would otherwise add its own
-    # Implementation Version Name); the group length is still recomputed because it is present.
-    write_file_meta_info(buffer, meta, enforce_standard=False)
-    return buffer.getvalue()
 
 
 class StoredFile(_SystemPath):
