@@ -244,39 +244,15 @@ async def test_aborted_association_file_is_sent_on_another(
     assert "association aborted by the peer" in warnings[0]
 
 
+@pytest.mark.parametrize(("position", "concurrency"), [(3, "2"), (0, "1"), (0, "2")])
 async def test_file_that_kills_every_association_is_tried_three_times(
-    tmp_path: Path, anyio_backend: str
+    tmp_path: Path, anyio_backend: str, position: int, concurrency: str
 ) -> None:
-    files = write_ct_files(tmp_path / "in", 12, 64)
-    poison = files[3]
-    received: list[str] = []
-    requests: list[str] = []
-    scp = _aborting_scp(received, requests, lambda uid, n: uid == poison.stem)
-    async with scp.server() as server:
-        result = await run_cli(
-            *storescu(server.port, str(tmp_path / "in"), "--concurrency", "2",
-                      backend=anyio_backend),
-            cwd=tmp_path,
-        )  # fmt: skip
-    assert result.returncode == 1, err(result)
-    assert re.match(r"sent 11, failed 1;", out(result)), out(result)
-    assert requests.count(poison.stem) == 3
-    assert sorted(received) == sorted(f.stem for f in files if f != poison)
-    assert f"asyncdicom: error: {poison}: not stored: association aborted by the peer" in err(
-        result
-    )
-    assert "(tried on 3 associations)" in err(result)
-
-
-@pytest.mark.parametrize("concurrency", ["1", "2"])
-async def test_bad_first_file_does_not_stop_the_workers(
-    tmp_path: Path, anyio_backend: str, concurrency: str
-) -> None:
-    """The first file sent kills every association it is on: it fails after its 3 tries, and
-    every other file is still sent, with one worker or several (a worker whose association
-    ends before storing anything tries once more, starting with another file)."""
+    """One file kills every association it is on: it fails after its 3 tries and every other
+    file is still sent, also when it is the first file sent (a worker whose association ends
+    before storing anything tries once more, starting with another file)."""
     files = sorted(write_ct_files(tmp_path / "in", 12, 64))  # storescu sends in name order
-    poison = files[0]
+    poison = files[position]
     received: list[str] = []
     requests: list[str] = []
     scp = _aborting_scp(received, requests, lambda uid, n: uid == poison.stem)
@@ -289,7 +265,11 @@ async def test_bad_first_file_does_not_stop_the_workers(
     assert result.returncode == 1, err(result)
     assert re.match(r"sent 11, failed 1;", out(result)), (out(result), err(result))
     assert requests.count(poison.stem) == 3
-    assert sorted(received) == sorted(f.stem for f in files[1:])
+    assert sorted(received) == sorted(f.stem for f in files if f != poison)
+    assert f"asyncdicom: error: {poison}: not stored: association aborted by the peer" in err(
+        result
+    )
+    assert "(tried on 3 associations)" in err(result)
 
 
 async def test_peer_aborting_every_association_does_not_go_round(
