@@ -136,6 +136,9 @@ class AE:
         #: the services this AE has (their defaults answer requests without a handler)
         self.services: list[Service] = list(DEFAULT_SERVICES)
         self._dispatcher = ServiceDispatcher(self.handlers, self.services)
+        #: C-MOVE SCP: where each Move Destination AE title is (host, port); a C-MOVE to a
+        #: title not listed is answered 0xA801
+        self.move_destinations: dict[str, tuple[str, int]] = {}
         self._identity_handler: IdentityHandler | None = None
         self._extended_negotiation: ExtendedNegotiationCallback | None = None
         self._associations: set[Association] = set()

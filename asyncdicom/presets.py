@@ -22,6 +22,8 @@ __all__ = [
     "VERIFICATION",
     "contexts_for",
     "qr_find_supported",
+    "qr_supported",
+    "retrieve_contexts",
     "storage_supported",
 ]
 
@@ -113,3 +115,49 @@ def qr_find_supported(
     """Acceptor: the Query/Retrieve FIND SOP classes of :data:`QR_FIND` (for
     ``AEConfig.supported_contexts``; an AE does not accept them unless configured)."""
     return tuple(SupportedContext(uid, tuple(transfer_syntaxes)) for uid in QR_FIND)
+
+
+def qr_supported(
+    transfer_syntaxes: Sequence[str] = DEFAULT_TRANSFER_SYNTAXES,
+) -> tuple[SupportedContext, ...]:
+    """Acceptor: every Query/Retrieve SOP class of :data:`QR_FIND`, :data:`QR_GET` and
+    :data:`QR_MOVE` (for ``AEConfig.supported_contexts`` of a Q/R SCP).  A C-GET SCP must also
+    accept the storage SOP classes with the SCU role allowed
+    (``storage_supported(scu_role=True)``) to send its sub-operations."""
+    return tuple(
+        SupportedContext(uid, tuple(transfer_syntaxes)) for uid in QR_FIND + QR_GET + QR_MOVE
+    )
+
+
+def retrieve_contexts(
+    operation: str,
+    *,
+    model: str = "study",
+    storage: Iterable[str] = COMMON_STORAGE,
+    transfer_syntaxes: Sequence[str] = DEFAULT_TRANSFER_SYNTAXES,
+    storage_transfer_syntaxes: Sequence[str] | None = None,
+) -> list[ContextRequest]:
+    """Requestor: the contexts for a C-GET or C-MOVE (``operation`` ``"get"`` or ``"move"``) on
+    ``model`` (``"patient"``, ``"study"``, ``"patient-study"``): the model's GET or MOVE SOP
+    class and its FIND SOP class (to query first on the same association), and for C-GET the
+    ``storage`` SOP classes proposed with the SCP role (this side receives the C-STOREs), in
+    ``storage_transfer_syntaxes`` (default: every transfer syntax, so that stored instances
+    come as they are).  ValueError beyond the 128 contexts an A-ASSOCIATE-RQ holds."""
+    index = {"patient": 0, "study": 1, "patient-study": 2}
+    if model not in index:
+        raise ValueError(f"unknown Query/Retrieve model {model!r} (one of {', '.join(index)})")
+    if operation not in ("get", "move"):
+        raise ValueError(f"operation must be 'get' or 'move', not {operation!r}")
+    retrieve = (QR_GET if operation == "get" else QR_MOVE)[index[model]]
+    tss = tuple(transfer_syntaxes)
+    out = [ContextRequest(retrieve, tss), ContextRequest(QR_FIND[index[model]], tss)]
+    if operation == "get":
+        stss = tuple(storage_transfer_syntaxes or uids.ALL_TRANSFER_SYNTAXES)
+        classes = list(dict.fromkeys(storage))
+        if len(classes) + len(out) > 128:
+            raise ValueError(
+                f"{len(classes)} storage SOP classes and {len(out)} Query/Retrieve contexts: an "
+                "association proposes 128 contexts at most"
+            )
+        out.extend(ContextRequest(uid, stss, scu_role=False, scp_role=True) for uid in classes)
+    return out

@@ -21,17 +21,22 @@ from .base import (
 )
 from .dispatch import ServiceDispatcher, ServiceRequest
 from .query_retrieve import QR_FIND_SERVICE, FindResults, QueryFailed, QueryRetrieveSCU
+from .retrieve import QR_GET_SERVICE, QR_MOVE_SERVICE, Retrieval, RetrieveFailed, RetrieveSCU
 from .storage import STORAGE_SERVICE, StorageSCU
 from .verification import VERIFICATION_SERVICE, VerificationSCU
 
 __all__ = [
     "DEFAULT_SERVICES",
     "QR_FIND_SERVICE",
+    "QR_GET_SERVICE",
+    "QR_MOVE_SERVICE",
     "STORAGE_SERVICE",
     "VERIFICATION_SERVICE",
     "FindResults",
     "HandlerRegistry",
     "QueryFailed",
+    "Retrieval",
+    "RetrieveFailed",
     "Service",
     "ServiceAssociation",
     "ServiceDispatcher",
@@ -45,12 +50,19 @@ __all__ = [
 F = TypeVar("F", bound=Callable[..., Any])
 
 #: the services every AE has by default
-DEFAULT_SERVICES: tuple[Service, ...] = (VERIFICATION_SERVICE, STORAGE_SERVICE, QR_FIND_SERVICE)
+DEFAULT_SERVICES: tuple[Service, ...] = (
+    VERIFICATION_SERVICE,
+    STORAGE_SERVICE,
+    QR_FIND_SERVICE,
+    QR_GET_SERVICE,
+    QR_MOVE_SERVICE,
+)
 
 
-class ServiceAssociation(VerificationSCU, StorageSCU, QueryRetrieveSCU):
-    """An association with every service's SCU helpers (``echo()``, ``store()``, ``find()``) and
-    handlers of its own, which take precedence over the AE's for requests arriving on it."""
+class ServiceAssociation(VerificationSCU, StorageSCU, QueryRetrieveSCU, RetrieveSCU):
+    """An association with every service's SCU helpers (``echo()``, ``store()``, ``find()``,
+    ``get()``, ``move()``) and handlers of its own, which take precedence over the AE's for
+    requests arriving on it."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -101,6 +101,9 @@ class Service:
     * ``no_handler_status``: the status answered when no handler is registered;
       ``no_handler_response`` may build the whole response instead.
     * ``exception_status``: the status a handler's exception maps to.
+    * ``runner``: how a request with a handler is served, when the generic forms of
+      :func:`call` do not fit: ``async def runner(dispatcher, request, handler)`` sends
+      every response itself (C-GET and C-MOVE run their sub-operations this way).
     """
 
     name: str
@@ -114,6 +117,7 @@ class Service:
     no_handler_status: int = int(Status.UNRECOGNIZED_OPERATION)
     no_handler_response: Callable[[messages.Message], messages.Message] | None = None
     exception_status: Callable[[messages.Message, BaseException], int] = _processing_failure
+    runner: Callable[[Any, Any, Callable[..., Any]], Awaitable[None]] | None = None
 
     def covers(self, sop_class_uid: str) -> bool:
         """True when this service serves ``sop_class_uid``."""

@@ -199,6 +199,10 @@ class ServiceDispatcher:
                 await request.discard()
             await self._respond(request, self.default_response(message, sop_class))
             return
+        service = self.service_for(message, sop_class)
+        if service is not None and service.runner is not None:
+            await service.runner(self, request, handler)
+            return
         if inspect.isasyncgenfunction(handler) or inspect.isgeneratorfunction(handler):
             await self._serve_generator(request, handler, sop_class)
             return

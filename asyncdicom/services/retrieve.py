@@ -1,0 +1,776 @@
+"""Query/Retrieve service class, GET and MOVE (PS3.4 C.4.2, C.4.3; C-GET and C-MOVE, PS3.7 9.1.3,
+9.1.4).
+
+SCU: :meth:`RetrieveSCU.move` asks the SCP to send the matching instances to another AE (a
+*move destination* it knows by AE title); :meth:`RetrieveSCU.get` has them sent back on the same
+association, as C-STORE-RQs that this side answers (the storage SOP classes must have been
+proposed with the SCP role: :func:`asyncdicom.presets.retrieve_contexts`)::
+
+    async with assoc.move(query, destination="STORESCP", model="study") as retrieval:
+        async for progress in retrieval:       # each Pending C-MOVE-RSP
+            print(retrieval.completed, "of", retrieval.completed + retrieval.remaining)
+    print(retrieval.status, retrieval.failed_instances)
+
+    async with assoc.get(query, store="incoming/") as retrieval:
+        await retrieval.wait()
+
+Leaving the block before the final response sends C-CANCEL-RQ and reads the remaining
+responses.  A final Failure (0xA801 destination unknown, 0xA702 every sub-operation failed,
+0xA900, 0xC000, ...) raises :class:`RetrieveFailed`; Success, Warning (0xB000: some
+sub-operations failed or warned) and Cancel (0xFE00) do not.
+
+SCP: a handler registered for C-GET or C-MOVE (``@ae.on("C-MOVE", sop_class=...)``; a plain
+generator runs in a worker thread) yields the instances to send: paths of DICOM files, pydicom
+Datasets or :class:`~asyncdicom.storage.files.Part10Source` objects.  It may instead yield a
+final status (``0xC000``, ``(0xA900, error_dataset)``, a response) to refuse the request.  The
+framework reads them all (a C-CANCEL-RQ stops the handler between two items), reads each file's
+header, then performs the sub-operations and counts them (:func:`run_retrieve`):
+
+* C-MOVE: looks the Move Destination up in the AE's table (``ae.move_destinations``, AE title ->
+  ``(host, port)``; an unknown title is answered 0xA801), opens an association to it proposing
+  exactly the SOP classes and transfer syntaxes the instances need (at most 128 presentation
+  contexts per association: more are sent over several associations, one after the other), with
+  an asynchronous operations window of :data:`MOVE_WINDOW`, so that several C-STOREs are
+  outstanding when the destination grants it; each C-STORE-RQ carries the Move Originator AE
+  Title and Message ID.
+* C-GET: sends the C-STORE-RQs on the requesting association, in the contexts where the SCU
+  accepted the SCP role, as many at once as the association's window allows.
+* A Pending response (0xFF00) with the four counts follows each sub-operation; the final
+  response is Success (0x0000) when every sub-operation succeeded, Warning (0xB000) when some
+  failed or warned, Failure 0xA702 when all failed, or Cancel (0xFE00) when a C-CANCEL-RQ came
+  (no new sub-operation starts, the outstanding ones finish, the counts are those reached).  Its
+  identifier carries the Failed SOP Instance UID List (0008,0058) when any failed.
+
+Defaults of :data:`QR_GET_SERVICE` and :data:`QR_MOVE_SERVICE`: not accepted unless configured
+(:func:`asyncdicom.presets.qr_supported`); no handler: 0xC000.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+import anyio
+from pydicom.dataset import Dataset
+
+from ..association import Association, DIMSEResponse, Operation
+from ..errors import DICOMError, NoAcceptedContext
+from ..log import get_logger
+from ..protocol import messages, uids
+from ..protocol.messages import Priority
+from ..protocol.negotiation import ContextRequest
+from ..protocol.status import Status, StatusCategory
+from ..protocol.uids import UNCOMPRESSED_TRANSFER_SYNTAXES
+from .base import Service, make_response
+from .storage import store
+
+if TYPE_CHECKING:
+    from ..storage.files import DuplicatePolicy, Layout, StoredFile
+    from .dispatch import ServiceDispatcher, ServiceRequest
+
+__all__ = [
+    "GET_MODELS",
+    "MOVE_MODELS",
+    "MOVE_WINDOW",
+    "QR_GET_SERVICE",
+    "QR_MOVE_SERVICE",
+    "MoveAssociator",
+    "Retrieval",
+    "RetrieveFailed",
+    "RetrieveSCU",
+    "retrieve_model_uid",
+    "run_retrieve",
+]
+
+#: the Query/Retrieve information models by short name -> their GET SOP Class UID
+GET_MODELS: dict[str, str] = {
+    "patient": uids.PATIENT_ROOT_QR_GET,
+    "study": uids.STUDY_ROOT_QR_GET,
+    "patient-study": uids.PATIENT_STUDY_ONLY_QR_GET,
+}
+#: ... and their MOVE SOP Class UID
+MOVE_MODELS: dict[str, str] = {
+    "patient": uids.PATIENT_ROOT_QR_MOVE,
+    "study": uids.STUDY_ROOT_QR_MOVE,
+    "patient-study": uids.PATIENT_STUDY_ONLY_QR_MOVE,
+}
+
+#: C-STORE sub-operations a C-MOVE keeps outstanding on the destination's association at most
+#: (proposed as the asynchronous operations window; a destination that does not grant one
+#: gets one at a time)
+MOVE_WINDOW = 8
+#: ... and a C-GET on the requesting association (within the window the SCU granted)
+GET_WINDOW = 8
+
+#: Failed SOP Instance UID List (0008,0058)
+FAILED_SOP_INSTANCE_UID_LIST = 0x00080058
+
+#: how many file headers are read per worker-thread call
+_HEADER_BATCH = 64
+
+
+def retrieve_model_uid(model: str, operation: Literal["get", "move"]) -> str:
+    """The GET or MOVE SOP Class UID of ``model`` (``"patient"``, ``"study"``,
+    ``"patient-study"``, or one of the UIDs itself); ValueError otherwise."""
+    table = GET_MODELS if operation == "get" else MOVE_MODELS
+    if model in table:
+        return table[model]
+    if model in table.values():
+        return model
+    raise ValueError(
+        f"unknown Query/Retrieve model {model!r} for {operation.upper()} "
+        f"(one of {', '.join(table)}, or its UID)"
+    )
+
+
+class RetrieveFailed(DICOMError):
+    """The SCP ended a C-GET or C-MOVE with a Failure status; ``response`` is its final
+    response (``failed_instances`` the Failed SOP Instance UID List it carried)."""
+
+    def __init__(self, response: DIMSEResponse, failed_instances: list[str]) -> None:
+        name = response.message.NAME.removesuffix("-RSP")
+        super().__init__(f"{name} failed: {response}")
+        self.response = response
+        self.failed_instances = failed_instances
+
+
+# ---------------------------------------------------------------------- SCP: defaults
+
+
+def _no_handler(message: messages.Message) -> messages.Message:
+    return make_response(
+        message,
+        int(Status.UNABLE_TO_PROCESS),
+        error_comment=f"no {message.NAME.removesuffix('-RQ')} handler is registered for this model",
+    )
+
+
+def _exception_status(message: messages.Message, exc: BaseException) -> int:
+    if isinstance(exc, MemoryError):
+        return int(Status.OUT_OF_RESOURCES_MATCHES)
+    return int(Status.UNABLE_TO_PROCESS)
+
+
+async def _run(
+    dispatcher: ServiceDispatcher, request: ServiceRequest, handler: Callable[..., Any]
+) -> None:
+    await run_retrieve(dispatcher, request, handler)
+
+
+#: C-GET on the Patient Root, Study Root and Patient/Study Only GET SOP classes.
+QR_GET_SERVICE = Service(
+    name="Query/Retrieve GET",
+    commands=(messages.CGetRQ,),
+    sop_classes=frozenset(GET_MODELS.values()),
+    no_handler_response=_no_handler,
+    exception_status=_exception_status,
+    runner=_run,
+)
+
+#: C-MOVE on the Patient Root, Study Root and Patient/Study Only MOVE SOP classes.
+QR_MOVE_SERVICE = Service(
+    name="Query/Retrieve MOVE",
+    commands=(messages.CMoveRQ,),
+    sop_classes=frozenset(MOVE_MODELS.values()),
+    no_handler_response=_no_handler,
+    exception_status=_exception_status,
+    runner=_run,
+)
+
+
+# ---------------------------------------------------------------------- SCP: the engine
+
+
+class MoveAssociator(Protocol):
+    """What the C-MOVE engine needs from the AE that owns the association (an
+    :class:`asyncdicom.AE` fits): its table of move destinations and a way to open an
+    association."""
+
+    @property
+    def move_destinations(self) -> Mapping[str, tuple[str, int]]:
+        """Move Destination AE title -> (host, port)."""
+
+    def associate(
+        self,
+        host: str,
+        port: int,
+        *,
+        called_aet: str = ...,
+        contexts: Iterable[Any] = ...,
+        async_ops_window: tuple[int, int] | None = None,
+    ) -> AbstractAsyncContextManager[Association]:
+        """Open an association (released when the block ends)."""
+
+
+@dataclass
+class _Counts:
+    """Where a retrieve stands."""
+
+    total: int
+    completed: int = 0
+    failed: int = 0
+    warning: int = 0
+    failed_uids: list[str] = field(default_factory=list)
+    #: SOP Instance UIDs whose sub-operation started
+    started: set[str] = field(default_factory=set)
+    comment: str | None = None
+
+    @property
+    def done(self) -> int:
+        return self.completed + self.failed + self.warning
+
+    @property
+    def remaining(self) -> int:
+        return self.total - self.done
+
+    def fail(self, uid: str | None) -> None:
+        self.failed += 1
+        if uid:
+            self.failed_uids.append(uid)
+
+
+@dataclass(frozen=True, slots=True)
+class _Instance:
+    """One instance to send: what to pass to :func:`store`, and its UIDs."""
+
+    source: Any  # Part10Source or Dataset
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax_uid: str | None  # None: a Dataset without its own encoding
+
+
+def _describe(item: Any) -> _Instance:
+    """The :class:`_Instance` of a handler's item (reads a file's header: run in a thread)."""
+    from ..storage.files import InvalidDataset, Part10Source, read_part10_for_send
+    from .storage import _sop_uids
+
+    if isinstance(item, (str, os.PathLike)):
+        item = read_part10_for_send(Path(item))
+    if isinstance(item, Part10Source):
+        return _Instance(item, item.sop_class_uid, item.sop_instance_uid, item.transfer_syntax_uid)
+    if isinstance(item, Dataset):
+        sop_class, sop_instance = _sop_uids(item)
+        meta = getattr(item, "file_meta", None)
+        ts = str(getattr(meta, "TransferSyntaxUID", "") or "") if meta is not None else ""
+        return _Instance(item, sop_class, sop_instance, ts or None)
+    raise InvalidDataset(
+        f"a retrieve handler yielded {type(item).__name__}: expected a path, a Dataset or a "
+        "Part10Source"
+    )
+
+
+def _describe_batch(items: list[Any]) -> list[_Instance | BaseException]:
+    out: list[_Instance | BaseException] = []
+    for item in items:
+        try:
+            out.append(_describe(item))
+        except Exception as exc:
+            out.append(exc)
+    return out
+
+
+def _context_requests(instances: Iterable[_Instance]) -> list[list[ContextRequest]]:
+    """The presentation contexts to propose for ``instances``, grouped per SOP class: the
+    uncompressed syntaxes (anything uncompressed can be converted to them) and each
+    compressed syntax in a context of its own."""
+    needs: dict[str, dict[str, None]] = {}
+    for inst in instances:
+        syntaxes = needs.setdefault(inst.sop_class_uid, {})
+        ts = inst.transfer_syntax_uid
+        if ts is None or ts in UNCOMPRESSED_TRANSFER_SYNTAXES:
+            syntaxes[""] = None
+        else:
+            syntaxes[ts] = None
+    groups: list[list[ContextRequest]] = []
+    for sop_class, syntaxes in needs.items():
+        group = []
+        for ts in syntaxes:
+            if ts == "":
+                group.append(
+                    ContextRequest(
+                        sop_class, (uids.EXPLICIT_VR_LITTLE_ENDIAN, uids.IMPLICIT_VR_LITTLE_ENDIAN)
+                    )
+                )
+            else:
+                group.append(ContextRequest(sop_class, (ts,)))
+        groups.append(group)
+    return groups
+
+
+def _batches(
+    instances: list[_Instance], limit: int = 128
+) -> list[tuple[list[ContextRequest], list[_Instance]]]:
+    """Split ``instances`` into association-sized batches of at most ``limit`` contexts."""
+    groups = _context_requests(instances)
+    batches: list[tuple[list[ContextRequest], set[str]]] = []
+    for group in groups:
+        if not batches or len(batches[-1][0]) + len(group) > limit:
+            batches.append(([], set()))
+        batches[-1][0].extend(group)
+        batches[-1][1].add(group[0].abstract_syntax)
+    return [
+        (contexts, [i for i in instances if i.sop_class_uid in classes])
+        for contexts, classes in batches
+    ]
+
+
+async def run_retrieve(
+    dispatcher: ServiceDispatcher, request: ServiceRequest, handler: Callable[..., Any]
+) -> None:
+    """Serve one C-GET or C-MOVE request with ``handler`` (see the module docstring)."""
+    from .dispatch import _is_final, _Items
+
+    association = request.association
+    message = request.message
+    log = association.log
+    items: list[Any] = []
+    final: Any = None
+    handler_items = _Items(handler, request)
+    # 1. the handler's items: cancellable between two of them
+    try:
+        with anyio.CancelScope() as scope:
+            request.cancel_scope = scope
+            if request.cancel_requested:
+                scope.cancel()
+            while True:
+                item = await handler_items.next()
+                if item is _Items._DONE:
+                    break
+                if _is_final(item):
+                    final = item
+                    break
+                items.append(item)
+                if len(items) % 256 == 0:
+                    await anyio.lowlevel.checkpoint()
+        request.cancel_scope = None
+        if scope.cancelled_caught:
+            final = int(Status.CANCEL)
+    except Exception as exc:
+        if association.is_closed:
+            return
+        final = dispatcher._failed(request, handler, exc, request.sop_class_uid)
+    finally:
+        request.cancel_scope = None
+        await handler_items.aclose()
+    if request.has_dataset and not request._consumed:
+        await request.discard()
+    if final is not None:
+        if final == int(Status.CANCEL):
+            counts = _Counts(total=len(items))
+            await _send_final(dispatcher, request, counts, cancelled=True)
+        else:
+            await dispatcher._send_result(request, final, final=True)
+        return
+
+    # 2. where the instances go
+    counts = _Counts(total=len(items))
+    destination: tuple[str, int] | None = None
+    owner: Any = association.ae
+    if isinstance(message, messages.CMoveRQ):
+        title = (message.move_destination or "").strip(" ")
+        table: Mapping[str, tuple[str, int]] = getattr(owner, "move_destinations", {}) or {}
+        destination = table.get(title)
+        if destination is None:
+            log.warning("move_destination_unknown", destination=title)
+            response = make_response(
+                message,
+                int(Status.MOVE_DESTINATION_UNKNOWN),
+                error_comment=f"unknown move destination {title!r}"[:64],
+            )
+            await dispatcher._respond(request, response)
+            return
+
+    # 3. each item's header (files are read in worker threads, a batch at a time)
+    instances: list[_Instance] = []
+    for start in range(0, len(items), _HEADER_BATCH):
+        batch = items[start : start + _HEADER_BATCH]
+        for item, described in zip(
+            batch, await anyio.to_thread.run_sync(_describe_batch, batch), strict=True
+        ):
+            if isinstance(described, BaseException):
+                log.warning("retrieve_item_unreadable", item=str(item)[:200], error=str(described))
+                counts.fail(None)
+                counts.comment = "an instance could not be read"
+            else:
+                instances.append(described)
+    del items
+
+    # 4. the sub-operations
+    if instances:
+        if destination is None:
+            window = _window(association, GET_WINDOW)
+            await _send_all(dispatcher, request, association, instances, counts, window, None)
+        else:
+            assert isinstance(message, messages.CMoveRQ)
+            await _move(dispatcher, request, owner, destination, instances, counts)
+    if association.is_closed:
+        return
+    await _send_final(dispatcher, request, counts, cancelled=request.cancel_requested)
+
+
+def _window(association: Association, cap: int) -> int:
+    negotiated = association.negotiated
+    allowed = negotiated.max_operations_invoked if negotiated is not None else 1
+    return cap if allowed == 0 else max(1, min(cap, allowed))
+
+
+async def _move(
+    dispatcher: ServiceDispatcher,
+    request: ServiceRequest,
+    owner: MoveAssociator,
+    destination: tuple[str, int],
+    instances: list[_Instance],
+    counts: _Counts,
+) -> None:
+    message = request.message
+    assert isinstance(message, messages.CMoveRQ)
+    title = message.move_destination.strip(" ")
+    host, port = destination
+    log = request.association.log
+    for contexts, batch in _batches(instances):
+        if request.cancel_requested or request.association.is_closed:
+            return
+        try:
+            async with owner.associate(
+                host,
+                port,
+                called_aet=title,
+                contexts=contexts,
+                async_ops_window=(MOVE_WINDOW, 1),
+            ) as sub:
+                log.info(
+                    "move_association_open",
+                    destination=title,
+                    address=f"{host}:{port}",
+                    instances=len(batch),
+                )
+                window = _window(sub, MOVE_WINDOW)
+                await _send_all(
+                    dispatcher, request, sub, batch, counts, window, (message, request.association)
+                )
+        except DICOMError as exc:
+            # could not associate, or the association broke: what was not sent failed
+            log.warning("move_association_failed", destination=title, error=str(exc))
+            counts.comment = f"move destination {title}: {exc}"
+            for inst in batch:
+                if inst.sop_instance_uid not in counts.started:
+                    counts.fail(inst.sop_instance_uid)
+
+
+async def _send_all(
+    dispatcher: ServiceDispatcher,
+    request: ServiceRequest,
+    target: Association,
+    instances: list[_Instance],
+    counts: _Counts,
+    window: int,
+    move: tuple[messages.CMoveRQ, Association] | None,
+) -> None:
+    """The C-STORE sub-operations of ``instances`` on ``target``, ``window`` at a time; a
+    Pending response after each.  Stops starting new ones on C-CANCEL."""
+    log = request.association.log
+    origin = request.association
+    slots = anyio.Semaphore(window)
+    originator = (origin.peer_ae_title, move[0].message_id) if move is not None else None
+
+    async def one(inst: _Instance) -> None:
+        try:
+            try:
+                response = await store(
+                    target,
+                    inst.source,
+                    priority=int(getattr(request.message, "priority", 0) or 0),
+                    move_originator_aet=originator[0] if originator else None,
+                    move_originator_message_id=originator[1] if originator else None,
+                )
+            except DICOMError as exc:
+                log.warning(
+                    "sub_operation_failed", sop_instance_uid=inst.sop_instance_uid, error=str(exc)
+                )
+                counts.fail(inst.sop_instance_uid)
+                if counts.comment is None:
+                    counts.comment = str(exc)
+                if target.is_closed:
+                    raise
+            else:
+                cat = response.category
+                if cat is StatusCategory.SUCCESS:
+                    counts.completed += 1
+                elif cat is StatusCategory.WARNING:
+                    counts.warning += 1
+                else:
+                    log.warning(
+                        "sub_operation_failed",
+                        sop_instance_uid=inst.sop_instance_uid,
+                        status=f"{response.status:#06x}",
+                    )
+                    counts.fail(inst.sop_instance_uid)
+            if not origin.is_closed and not request.cancel_requested:
+                await _send_pending(dispatcher, request, counts)
+        finally:
+            slots.release()
+
+    async with anyio.create_task_group() as tg:
+        for inst in instances:
+            await slots.acquire()
+            if request.cancel_requested or origin.is_closed or target.is_closed:
+                slots.release()
+                break
+            counts.started.add(inst.sop_instance_uid)
+            tg.start_soon(one, inst)
+
+
+async def _send_pending(
+    dispatcher: ServiceDispatcher, request: ServiceRequest, counts: _Counts
+) -> None:
+    response = make_response(
+        request.message,
+        int(Status.PENDING),
+        number_of_remaining_suboperations=counts.remaining,
+        number_of_completed_suboperations=counts.completed,
+        number_of_failed_suboperations=counts.failed,
+        number_of_warning_suboperations=counts.warning,
+    )
+    await dispatcher._respond(request, response)
+
+
+async def _send_final(
+    dispatcher: ServiceDispatcher, request: ServiceRequest, counts: _Counts, *, cancelled: bool
+) -> None:
+    from .dispatch import _encode
+
+    if cancelled:
+        status = int(Status.CANCEL)
+    elif counts.failed == 0 and counts.warning == 0:
+        status = int(Status.SUCCESS)
+    elif counts.completed == 0 and counts.warning == 0:
+        status = int(Status.OUT_OF_RESOURCES_SUB_OPERATIONS)
+    else:
+        status = int(Status.SUB_OPERATIONS_COMPLETE_WITH_FAILURES)
+    identifier: Dataset | None = None
+    if counts.failed_uids:
+        identifier = Dataset()
+        identifier.FailedSOPInstanceUIDList = list(counts.failed_uids)
+    fields: dict[str, Any] = {
+        "number_of_completed_suboperations": counts.completed,
+        "number_of_failed_suboperations": counts.failed,
+        "number_of_warning_suboperations": counts.warning,
+        "has_dataset": identifier is not None,
+    }
+    if cancelled:
+        fields["number_of_remaining_suboperations"] = counts.remaining
+    if status != int(Status.SUCCESS) and counts.comment:
+        fields["error_comment"] = counts.comment[:64]
+    response = make_response(request.message, status, **fields)
+    encoded = _encode(identifier, request.context) if identifier is not None else None
+    await dispatcher._respond(request, response, encoded)
+
+
+# ---------------------------------------------------------------------- SCU
+
+
+class Retrieval:
+    """A C-GET or C-MOVE in progress: an async iterator of its Pending responses, with the
+    sub-operation counts of the latest response (:attr:`remaining`, :attr:`completed`,
+    :attr:`failed`, :attr:`warning`).
+
+    Once the iteration ends, :attr:`final` is the final response; :attr:`failed_instances`
+    the Failed SOP Instance UID List it carried.  A Failure raises :class:`RetrieveFailed`
+    from the iteration (and from :meth:`wait`).  For a C-GET into a folder, :attr:`received`
+    lists the files written.
+    """
+
+    def __init__(self, operation: Operation) -> None:
+        self.operation = operation
+        #: the latest sub-operation counts (None until a response carried them)
+        self.remaining: int | None = None
+        self.completed: int | None = None
+        self.failed: int | None = None
+        self.warning: int | None = None
+        #: the Failed SOP Instance UID List (0008,0058) of the final response
+        self.failed_instances: list[str] = []
+        #: C-GET into a folder: the files written
+        self.received: list[StoredFile] = []
+        #: C-GET: C-STORE-RQs received that could not be stored
+        self.receive_errors = 0
+
+    @property
+    def final(self) -> DIMSEResponse | None:
+        """The final response, once received."""
+        return self.operation.final
+
+    @property
+    def status(self) -> int | None:
+        """The final status, once received."""
+        return None if self.operation.final is None else self.operation.final.status
+
+    @property
+    def ok(self) -> bool:
+        """True once a final Success or Warning has been received."""
+        return self.operation.final is not None and self.operation.final.ok
+
+    @property
+    def cancelled(self) -> bool:
+        """True when C-CANCEL-RQ was sent."""
+        return self.operation.cancel_sent
+
+    def _count(self, response: DIMSEResponse) -> None:
+        msg: Any = response.message
+        for name in ("remaining", "completed", "failed", "warning"):
+            value = getattr(msg, f"number_of_{name}_suboperations", None)
+            if value is not None:
+                setattr(self, name, int(value))
+        if (
+            not response.is_pending
+            and msg.number_of_remaining_suboperations is None
+            and self.remaining is not None
+        ):
+            self.remaining = 0  # a final response other than Cancel: nothing remains
+
+    def __aiter__(self) -> Retrieval:
+        return self
+
+    async def __anext__(self) -> DIMSEResponse:
+        response = await self.operation.__anext__()
+        self._count(response)
+        if response.is_pending:
+            return response
+        if response.dataset is not None:
+            try:
+                identifier = response.decode()
+                value = identifier.get("FailedSOPInstanceUIDList")
+            except Exception:  # an identifier we cannot read: the status still counts
+                value = None
+            if value:
+                values = [value] if isinstance(value, str) else list(value)
+                self.failed_instances = [str(v) for v in values]
+        if response.category is StatusCategory.FAILURE:
+            raise RetrieveFailed(response, self.failed_instances)
+        raise StopAsyncIteration
+
+    async def wait(self) -> DIMSEResponse:
+        """Read the responses up to the final one and return it (raises
+        :class:`RetrieveFailed` on a Failure)."""
+        async for _ in self:
+            pass
+        assert self.operation.final is not None
+        return self.operation.final
+
+    async def cancel(self) -> None:
+        """Send C-CANCEL-RQ now; the responses go on up to the final one."""
+        await self.operation.cancel()
+
+
+StoreTarget = str | os.PathLike[str] | Callable[..., Awaitable[Any]]
+
+
+class RetrieveSCU(Association):
+    """The Query/Retrieve retrieve helpers of an association (C-GET, C-MOVE)."""
+
+    def _identifier_and_context(
+        self, identifier: Dataset | bytes, sop_class: str, what: str
+    ) -> tuple[Any, bytes]:
+        context = self.find_context(sop_class)
+        if context is None:
+            raise NoAcceptedContext(
+                f"no accepted presentation context for the {what} model ({sop_class})"
+            )
+        if isinstance(identifier, (bytes, bytearray, memoryview)):
+            return context, bytes(identifier)
+        from ..storage.files import encode_dataset
+
+        return context, encode_dataset(identifier, context.transfer_syntax or "")
+
+    @asynccontextmanager
+    async def move(
+        self,
+        identifier: Dataset | bytes,
+        *,
+        destination: str,
+        model: str = "study",
+        priority: int = Priority.MEDIUM,
+    ) -> AsyncIterator[Retrieval]:
+        """C-MOVE (PS3.7 9.1.4): have the SCP send the instances matching ``identifier`` (a
+        Dataset with Query/Retrieve Level and the unique keys) to the AE ``destination``.
+
+        ``async with assoc.move(ds, destination="STORESCP") as r: async for _ in r: ...``;
+        leaving the block early sends C-CANCEL-RQ.  Raises ``NoAcceptedContext`` when the
+        model's MOVE context was not accepted, :class:`RetrieveFailed` (from the iteration)
+        on a final Failure status.
+        """
+        from ..protocol.negotiation import _check_ae_title
+
+        _check_ae_title("move destination", destination)
+        sop_class = retrieve_model_uid(model, "move")
+        context, data = self._identifier_and_context(identifier, sop_class, f"{model} MOVE")
+        rq = messages.CMoveRQ(
+            message_id=self.next_message_id(),
+            affected_sop_class_uid=sop_class,
+            move_destination=destination,
+            priority=priority,
+        )
+        async with self.invoke(context, rq, data) as operation:
+            yield Retrieval(operation)
+
+    @asynccontextmanager
+    async def get(
+        self,
+        identifier: Dataset | bytes,
+        *,
+        store: StoreTarget,
+        model: str = "study",
+        priority: int = Priority.MEDIUM,
+        on_duplicate: DuplicatePolicy = "unique",
+        layout: Layout = "flat",
+    ) -> AsyncIterator[Retrieval]:
+        """C-GET (PS3.7 9.1.3): have the SCP send the instances matching ``identifier`` back
+        on this association.  ``store`` is a folder (each instance is written there as a Part
+        10 file, see :meth:`~asyncdicom.services.ServiceRequest.save_to` for
+        ``on_duplicate`` and ``layout``) or a C-STORE handler (``async def
+        handler(request)`` returning a status, as for ``ae.on("C-STORE")``).
+
+        The storage SOP classes must have been proposed with the SCP role
+        (:func:`asyncdicom.presets.retrieve_contexts`).  Leaving the block early sends
+        C-CANCEL-RQ.  Raises ``NoAcceptedContext`` when the model's GET context was not
+        accepted, :class:`RetrieveFailed` (from the iteration) on a final Failure status.
+        """
+        sop_class = retrieve_model_uid(model, "get")
+        context, data = self._identifier_and_context(identifier, sop_class, f"{model} GET")
+        handlers = getattr(self, "handlers", None)
+        if handlers is None:
+            raise TypeError("C-GET needs an association with handlers of its own")
+        retrieval: Retrieval | None = None
+        if callable(store):
+            handler: Callable[..., Awaitable[Any]] = store
+        else:
+            folder = Path(store)
+
+            async def handler(request: Any) -> int:
+                try:
+                    stored = await request.save_to(folder, on_duplicate=on_duplicate, layout=layout)
+                except OSError as exc:
+                    get_logger().warning("get_store_failed", error=str(exc))
+                    if retrieval is not None:
+                        retrieval.receive_errors += 1
+                    return int(Status.OUT_OF_RESOURCES)
+                if retrieval is not None:
+                    retrieval.received.append(stored)
+                return int(Status.SUCCESS)
+
+        previous = handlers.get(messages.CStoreRQ)
+        handlers.set(messages.CStoreRQ, handler)
+        try:
+            rq = messages.CGetRQ(
+                message_id=self.next_message_id(),
+                affected_sop_class_uid=sop_class,
+                priority=priority,
+            )
+            async with self.invoke(context, rq, data) as operation:
+                retrieval = Retrieval(operation)
+                yield retrieval
+        finally:
+            handlers.set(messages.CStoreRQ, previous)
