@@ -17,7 +17,15 @@ from .protocol import uids
 from .protocol.messages import Priority
 from .protocol.negotiation import ContextRequest, IdentityDecision, SupportedContext
 from .protocol.status import Status, StatusCategory
-from .services import FindResults, HandlerRegistry, QueryFailed, Service, ServiceRequest
+from .services import (
+    FindResults,
+    HandlerRegistry,
+    QueryFailed,
+    Retrieval,
+    RetrieveFailed,
+    Service,
+    ServiceRequest,
+)
 from .services import ServiceAssociation as Association
 from .storage.contexts import TooManyPresentationContexts, contexts_for_files
 
@@ -35,6 +43,8 @@ __all__ = [
     "Operation",
     "Priority",
     "QueryFailed",
+    "Retrieval",
+    "RetrieveFailed",
     "Server",
     "Service",
     "ServiceRequest",
