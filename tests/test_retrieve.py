@@ -451,3 +451,69 @@ async def test_leaving_a_long_move_early_cancels_it(tmp_path: Path) -> None:
     assert done + remaining + message.number_of_failed_suboperations == 40
     assert remaining > 0
     assert len(dest.received) == done
+
+
+async def test_a_plain_generator_is_drained_in_batches_and_its_final_status_wins() -> None:
+    calls: list[int] = []
+    scp = AE("QRSCP", supported_contexts=presets.qr_supported())
+
+    @scp.on("C-GET")
+    def many(request: Any) -> Iterator[Any]:
+        for n in range(600):
+            calls.append(n)
+            yield object()  # not an instance: each one a failed sub-operation
+        yield 0xA701  # then a final status: it wins, nothing is sent
+
+    async with associated(scp, contexts=presets.retrieve_contexts("get")) as a:
+        with pytest.raises(RetrieveFailed) as caught:
+            async with a.get(_query(), store=".") as retrieval:
+                await retrieval.wait()
+    assert caught.value.response.status == 0xA701
+    assert len(calls) == 600
+
+    scp2 = AE("QRSCP", supported_contexts=presets.qr_supported())
+
+    @scp2.on("C-GET")
+    def unreadable(request: Any) -> Iterator[Any]:
+        yield from [object()] * 600
+
+    async with associated(scp2, contexts=presets.retrieve_contexts("get")) as a:
+        with pytest.raises(RetrieveFailed) as caught:
+            async with a.get(_query(), store=".") as retrieval:
+                await retrieval.wait()
+    assert caught.value.response.status == 0xA702
+    assert caught.value.response.message.number_of_failed_suboperations == 600
+
+
+@pytest.mark.parametrize("form", ["async", "plain"])
+async def test_a_handler_may_return_its_instances_or_a_status(form: str, tmp_path: Path) -> None:
+    paths = _write(tmp_path / "archive", 3)
+    scp = AE(
+        "QRSCP",
+        supported_contexts=presets.qr_supported() + presets.storage_supported(scu_role=True),
+    )
+    if form == "async":
+
+        @scp.on("C-GET")
+        async def listing(request: Any) -> Any:
+            query = await request.dataset()
+            return [str(p) for p in paths] if query.StudyInstanceUID == STUDY_UID else 0xA900
+
+    else:
+
+        @scp.on("C-GET")
+        def listing(request: Any) -> Any:
+            query = request.decode()
+            return [str(p) for p in paths] if query.StudyInstanceUID == STUDY_UID else 0xA900
+
+    contexts = presets.retrieve_contexts("get", storage=[CT])
+    async with associated(scp, contexts=contexts) as a:
+        async with a.get(_query(), store=tmp_path / "out") as retrieval:
+            await retrieval.wait()
+        assert retrieval.completed == 3
+        other = _query()
+        other.StudyInstanceUID = "1.2.3"
+        with pytest.raises(RetrieveFailed) as caught:
+            async with a.get(other, store=tmp_path / "out") as retrieval:
+                await retrieval.wait()
+        assert caught.value.response.status == 0xA900

@@ -371,6 +371,37 @@ class _Items:
         gen = self._gen
         return await anyio.to_thread.run_sync(lambda: next(gen, self._DONE))  # type: ignore[arg-type]
 
+    async def next_batch(self, limit: int) -> list[Any]:
+        """Up to ``limit`` items, ``[]`` once the generator is exhausted; a final status is
+        the last item of its batch.  A plain generator is advanced in one worker-thread call
+        per batch (an async generator gives one item at a time)."""
+        batch: list[Any] = []
+        if self._agen is None and self._gen is None:  # the first call creates the generator
+            first = await self.next()
+            if first is self._DONE:
+                return []
+            if self._agen is not None or _is_final(first):
+                return [first]
+            batch.append(first)
+        elif self._agen is not None:
+            item = await self.next()
+            return [] if item is self._DONE else [item]
+        gen = self._gen
+        assert gen is not None
+        done = self._DONE
+
+        def pull() -> list[Any]:
+            while len(batch) < limit:
+                item = next(gen, done)
+                if item is done:
+                    break
+                batch.append(item)
+                if _is_final(item):
+                    break
+            return batch
+
+        return await anyio.to_thread.run_sync(pull)
+
     async def aclose(self) -> None:
         """Close the generator (its ``finally`` blocks run)."""
         with anyio.CancelScope(shield=True):

@@ -22,8 +22,10 @@ sub-operations failed or warned) and Cancel (0xFE00) do not.
 SCP: a handler registered for C-GET or C-MOVE (``@ae.on("C-MOVE", sop_class=...)``; a plain
 generator runs in a worker thread) yields the instances to send: paths of DICOM files, pydicom
 Datasets or :class:`~asyncdicom.storage.files.Part10Source` objects.  It may instead yield a
-final status (``0xC000``, ``(0xA900, error_dataset)``, a response) to refuse the request.  The
-framework reads them all (a C-CANCEL-RQ stops the handler between two items), reads each file's
+final status (``0xC000``, ``(0xA900, error_dataset)``, a response) to refuse the request.  A
+handler that is not a generator returns its instances (a list) or such a status.  The
+framework reads them all (a C-CANCEL-RQ stops the handler between two items; a plain
+generator is advanced in batches in a worker thread), reads each file's
 header, then performs the sub-operations and counts them (:func:`run_retrieve`):
 
 * C-MOVE: looks the Move Destination up in the AE's table (``ae.move_destinations``, AE title ->
@@ -47,6 +49,7 @@ Defaults of :data:`QR_GET_SERVICE` and :data:`QR_MOVE_SERVICE`: not accepted unl
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -65,12 +68,12 @@ from ..protocol.messages import Priority
 from ..protocol.negotiation import ContextRequest
 from ..protocol.status import Status, StatusCategory
 from ..protocol.uids import UNCOMPRESSED_TRANSFER_SYNTAXES
-from .base import Service, make_response
+from .base import Service, call, is_async_callable, make_response
+from .dispatch import ServiceDispatcher, ServiceRequest, _encode, _is_final, _Items
 from .storage import store
 
 if TYPE_CHECKING:
     from ..storage.files import DuplicatePolicy, Layout, StoredFile
-    from .dispatch import ServiceDispatcher, ServiceRequest
 
 __all__ = [
     "GET_MODELS",
@@ -111,6 +114,8 @@ FAILED_SOP_INSTANCE_UID_LIST = 0x00080058
 
 #: how many file headers are read per worker-thread call
 _HEADER_BATCH = 64
+#: how many items of a plain-generator handler are taken per worker-thread call
+_ITEM_BATCH = 256
 
 
 def retrieve_model_uid(model: str, operation: Literal["get", "move"]) -> str:
@@ -322,13 +327,14 @@ async def run_retrieve(
     dispatcher: ServiceDispatcher, request: ServiceRequest, handler: Callable[..., Any]
 ) -> None:
     """Serve one C-GET or C-MOVE request with ``handler`` (see the module docstring)."""
-    from .dispatch import _is_final, _Items
 
     association = request.association
     message = request.message
     log = association.log
     items: list[Any] = []
     final: Any = None
+    if not (inspect.isasyncgenfunction(handler) or inspect.isgeneratorfunction(handler)):
+        handler = _as_generator(handler)
     handler_items = _Items(handler, request)
     # 1. the handler's items: cancellable between two of them
     try:
@@ -336,16 +342,14 @@ async def run_retrieve(
             request.cancel_scope = scope
             if request.cancel_requested:
                 scope.cancel()
-            while True:
-                item = await handler_items.next()
-                if item is _Items._DONE:
+            while final is None:
+                batch = await handler_items.next_batch(_ITEM_BATCH)
+                if not batch:
                     break
-                if _is_final(item):
-                    final = item
-                    break
-                items.append(item)
-                if len(items) % 256 == 0:
-                    await anyio.lowlevel.checkpoint()
+                if _is_final(batch[-1]):
+                    final = batch.pop()
+                items.extend(batch)
+                await anyio.lowlevel.checkpoint()  # a C-CANCEL can get in between
         request.cancel_scope = None
         if scope.cancelled_caught:
             final = int(Status.CANCEL)
@@ -410,6 +414,25 @@ async def run_retrieve(
     if association.is_closed:
         return
     await _send_final(dispatcher, request, counts, cancelled=request.cancel_requested)
+
+
+def _as_generator(handler: Callable[..., Any]) -> Callable[..., AsyncIterator[Any]]:
+    """A handler that returns its instances (a list, any iterable) or a status, as an async
+    generator (a plain function is called in a worker thread, by the one rule)."""
+
+    async def items(request: Any) -> AsyncIterator[Any]:
+        if request.has_dataset and not is_async_callable(handler):
+            request.data = await request.read()
+        result = await call(handler, request)
+        if result is None:
+            return
+        if isinstance(result, (int, tuple, messages.Response)) or _is_final(result):
+            yield result
+            return
+        for item in result:
+            yield item
+
+    return items
 
 
 def _window(association: Association, cap: int) -> int:
@@ -541,8 +564,6 @@ async def _send_pending(
 async def _send_final(
     dispatcher: ServiceDispatcher, request: ServiceRequest, counts: _Counts, *, cancelled: bool
 ) -> None:
-    from .dispatch import _encode
-
     if cancelled:
         status = int(Status.CANCEL)
     elif counts.failed == 0 and counts.warning == 0:
