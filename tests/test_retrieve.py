@@ -517,3 +517,80 @@ async def test_a_handler_may_return_its_instances_or_a_status(form: str, tmp_pat
             async with a.get(other, store=tmp_path / "out") as retrieval:
                 await retrieval.wait()
         assert caught.value.response.status == 0xA900
+
+
+TREE = {
+    "P1": {"1.9.1": {"1.9.1.1": [CT, CT], "1.9.1.2": [MR]}, "1.9.2": {"1.9.2.1": [CT]}},
+    "P2": {"1.9.3": {"1.9.3.1": [uids.SECONDARY_CAPTURE_IMAGE_STORAGE]}},
+}
+
+
+def _tree_scp(queries: list[Dataset]) -> AE:
+    """A FIND SCP over TREE, hierarchical: each level needs the unique keys above it."""
+    scp = AE("QRSCP", supported_contexts=presets.qr_supported())
+
+    @scp.on("C-FIND")
+    async def find(request: Any) -> AsyncIterator[Any]:
+        q = await request.dataset()
+        queries.append(q)
+        level = q.QueryRetrieveLevel
+        for pid, studies in TREE.items():
+            if q.get("PatientID") and q.PatientID != pid:
+                continue
+            if level == "PATIENT":
+                yield _keys(level, PatientID=pid)
+                continue
+            wanted = q.get("StudyInstanceUID")
+            wanted = [] if not wanted else [wanted] if isinstance(wanted, str) else list(wanted)
+            for study, series in studies.items():
+                if wanted and study not in wanted:
+                    continue
+                if level == "STUDY":
+                    yield _keys(level, StudyInstanceUID=study)
+                    continue
+                assert wanted, "hierarchical: SERIES and IMAGE need the Study Instance UID"
+                for se, classes in series.items():
+                    if q.get("SeriesInstanceUID") and q.SeriesInstanceUID != se:
+                        continue
+                    if level == "SERIES":
+                        yield _keys(level, SeriesInstanceUID=se)
+                        continue
+                    assert q.get("SeriesInstanceUID"), "IMAGE needs the Series Instance UID"
+                    for n, sop_class in enumerate(classes):
+                        yield _keys(level, SOPInstanceUID=f"{se}.{n}", SOPClassUID=sop_class)
+
+    return scp
+
+
+def _keys(level: str, **keys: str) -> Dataset:
+    ds = Dataset()
+    ds.QueryRetrieveLevel = level
+    for k, v in keys.items():
+        setattr(ds, k, v)
+    return ds
+
+
+async def test_sop_classes_to_retrieve_walks_the_hierarchy() -> None:
+    from asyncdicom.services.retrieve import sop_classes_to_retrieve
+
+    queries: list[Dataset] = []
+    scp = _tree_scp(queries)
+    contexts = presets.retrieve_contexts("get") + presets.retrieve_contexts("get", model="patient")
+    async with associated(scp, contexts=contexts) as a:
+        one = await sop_classes_to_retrieve(a, _keys("STUDY", StudyInstanceUID="1.9.1"))
+        assert one == {CT, MR}
+        assert len(queries) == 3  # the study's series, then each series' images
+        two = await sop_classes_to_retrieve(a, _keys("STUDY", StudyInstanceUID="1.9.2\\1.9.3"))
+        assert two == {CT, uids.SECONDARY_CAPTURE_IMAGE_STORAGE}
+        patient = await sop_classes_to_retrieve(
+            a, _keys("PATIENT", PatientID="P1"), model="patient"
+        )
+        assert patient == {CT, MR}
+        series = await sop_classes_to_retrieve(
+            a, _keys("SERIES", StudyInstanceUID="1.9.1", SeriesInstanceUID="1.9.1.2")
+        )
+        assert series == {MR}
+        with pytest.raises(ValueError, match="more than 2 queries"):
+            await sop_classes_to_retrieve(a, _keys("STUDY", StudyInstanceUID="1.9.1"), limit=2)
+        with pytest.raises(ValueError, match="Query/Retrieve Level 'PATIENT'"):
+            await sop_classes_to_retrieve(a, _keys("PATIENT", PatientID="P1"))

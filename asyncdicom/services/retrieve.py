@@ -87,6 +87,7 @@ __all__ = [
     "RetrieveSCU",
     "retrieve_model_uid",
     "run_retrieve",
+    "sop_classes_to_retrieve",
 ]
 
 #: the Query/Retrieve information models by short name -> their GET SOP Class UID
@@ -795,3 +796,74 @@ class RetrieveSCU(Association):
                 yield retrieval
         finally:
             handlers.set(messages.CStoreRQ, previous)
+
+
+_LEVEL_KEYS = (
+    ("PATIENT", "PatientID"),
+    ("STUDY", "StudyInstanceUID"),
+    ("SERIES", "SeriesInstanceUID"),
+    ("IMAGE", "SOPInstanceUID"),
+)
+
+
+async def sop_classes_to_retrieve(
+    association: Any, identifier: Dataset, *, model: str = "study", limit: int = 1000
+) -> set[str]:
+    """The SOP Class UIDs of the instances a C-GET with ``identifier`` would retrieve, found
+    with C-FIND queries on the same model (level by level down to IMAGE, asking for SOP Class
+    UID (0008,0016)), so that a C-GET can propose exactly the storage contexts it needs.
+
+    Needs the model's FIND context on ``association`` (:func:`asyncdicom.presets.retrieve_contexts`
+    proposes it).  At most ``limit`` queries are made (ValueError beyond: the retrieval is too
+    wide to discover this way).  Raises ``QueryFailed`` when a query fails.
+    """
+    levels = [name for name, _ in _LEVEL_KEYS]
+    if model in ("study", uids.STUDY_ROOT_QR_FIND):
+        levels.remove("PATIENT")
+    start = str(identifier.get("QueryRetrieveLevel", "") or "").strip().upper()
+    if start not in levels:
+        raise ValueError(f"Query/Retrieve Level {start!r} is not one of {', '.join(levels)}")
+    found: set[str] = set()
+    queries = 0
+    # (level to query next, the unique keys fixed so far)
+    todo: list[tuple[str, dict[str, str]]] = []
+    fixed: dict[str, str] = {}
+    for name in levels[: levels.index(start)]:
+        value = identifier.get(dict(_LEVEL_KEYS)[name])
+        if value:
+            fixed[dict(_LEVEL_KEYS)[name]] = str(value)
+    start_key = dict(_LEVEL_KEYS)[start]
+    raw = identifier.get(start_key)
+    values = [] if not raw else [raw] if isinstance(raw, str) else [str(v) for v in raw]
+    if start == "IMAGE":
+        todo.append(("IMAGE", fixed | ({start_key: "\\".join(values)} if values else {})))
+    else:
+        nxt = levels[levels.index(start) + 1]
+        for value in values or [""]:
+            todo.append((nxt, fixed | ({start_key: value} if value else {})))
+    while todo:
+        level, keys = todo.pop()
+        queries += 1
+        if queries > limit:
+            raise ValueError(f"more than {limit} queries to list the instances' SOP classes")
+        query = Dataset()
+        query.QueryRetrieveLevel = level
+        for key, value in keys.items():
+            setattr(query, key, value)
+        key = dict(_LEVEL_KEYS)[level]
+        if key not in keys:
+            setattr(query, key, "")
+        if level == "IMAGE":
+            query.SOPClassUID = ""
+        async with association.find(query, model=model) as results:
+            async for match in results:
+                if level == "IMAGE":
+                    value = str(match.get("SOPClassUID", "") or "").strip("\0 ")
+                    if value:
+                        found.add(value)
+                else:
+                    child = str(match.get(key, "") or "").strip("\0 ")
+                    if child:
+                        nxt = levels[levels.index(level) + 1]
+                        todo.append((nxt, {**keys, key: child}))
+    return found
