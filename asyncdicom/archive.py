@@ -1,0 +1,434 @@
+"""A small archive (PACS) on an AE: C-STORE into a folder, C-FIND, C-GET and C-MOVE from an index.
+
+:class:`Archive` keeps the instances it receives as Part 10 files in a storage folder (in the
+sorted layout, ``<Patient ID>/<Study UID>/<Series UID>/<SOP Instance UID>.dcm``) and indexes
+them in SQLite (:class:`~asyncdicom.qr.SQLiteIndex`, by default ``<folder>/index.sqlite``), so
+that the index, and with it the archive, survives restarts.  :meth:`Archive.install` registers
+its handlers on an :class:`~asyncdicom.AE` configured with :func:`qrscp_config`::
+
+    archive = Archive("/data/archive", move_destinations={"VIEWER": ("10.0.0.5", 11112)})
+    ae = AE(config=qrscp_config("QRSCP"))
+    async with archive:
+        archive.install(ae)
+        await ae.serve("0.0.0.0", 11112)
+
+* **C-STORE**: the file is written (a re-sent instance replaces the old copy), its header read
+  and indexed; the C-STORE-RSP is sent only once the index row is committed, so an instance
+  the peer was told is stored is also found.  Index writes are batched: one writer task
+  commits whatever instances arrived meanwhile in one transaction.  A file or database that
+  cannot be written answers 0xA700 (out of resources); a data set that cannot be indexed
+  (no Study, Series or SOP Instance UID) 0xC000, and its file is removed.
+* **C-FIND** on the Patient Root, Study Root and Patient/Study Only models: the matching rules
+  of PS3.4 C.2.2.2 (:mod:`asyncdicom.qr.matching`); an identifier the model cannot answer
+  gets the standard's failure status with an Error Comment: 0xA900 (Query/Retrieve Level
+  missing or unknown, a unique key of a level above missing), 0xC000 (a key value with no
+  meaning, an identifier that cannot be decoded), 0x0122 (not a Query/Retrieve model).
+* **C-GET / C-MOVE** on the same models: the files of the instances under the entities the
+  identifier selects; the sub-operations are performed by the retrieve engine
+  (:mod:`asyncdicom.services.retrieve`), which answers 0xA801 for a C-MOVE to an AE title
+  missing from ``ae.move_destinations``.
+
+Database work never runs on the event loop: queries run in worker threads on a connection of
+their own (WAL journaling: a query does not wait for an ingest commit), index writes in worker
+threads on another.  A new index opened on a folder that already holds ``.dcm`` files indexes
+them first (a lost or deleted index file is rebuilt).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterator, Mapping
+from contextlib import AsyncExitStack, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from pydicom.dataset import Dataset
+
+from .ae import AE
+from .config import AEConfig
+from .errors import StorageError
+from .log import get_logger
+from .presets import QR_FIND, QR_GET, QR_MOVE, qr_supported, storage_supported
+from .protocol import messages
+from .protocol.status import Status
+from .qr import QueryError, SQLiteIndex, parse_query
+from .qr.index import Added
+from .services.base import make_response
+from .storage.files import StoredFile, read_header
+
+__all__ = [
+    "DEFAULT_DB_NAME",
+    "Archive",
+    "qrscp_config",
+]
+
+#: the index file's name in the storage folder when no other path is given
+DEFAULT_DB_NAME = "index.sqlite"
+
+#: C-STORE failure statuses (PS3.4 B.2.3)
+_OUT_OF_RESOURCES = 0xA700
+_CANNOT_UNDERSTAND = 0xC000
+
+#: instances committed in one transaction at most
+_BATCH_LIMIT = 512
+#: stored instances waiting for the index writer at most (more C-STOREs wait to be queued)
+_QUEUE_SIZE = 1024
+#: files indexed per transaction when an index is rebuilt from the folder
+_REBUILD_BATCH = 500
+
+
+# ---------------------------------------------------------------------------------------------
+# AE configuration
+# ---------------------------------------------------------------------------------------------
+
+
+def qrscp_config(ae_title: str = "QRSCP", **fields: Any) -> AEConfig:
+    """An :class:`~asyncdicom.AEConfig` for a Query/Retrieve SCP that also stores: FIND, GET
+    and MOVE of the three information models (:func:`~asyncdicom.presets.qr_supported`),
+    every storage SOP class with the SCU role allowed (the C-STOREs of a C-GET go back on the
+    requesting association) and any other storage SOP class (``accept_any_storage``);
+    ``fields`` set the other configuration fields (``max_pdu_length``, ``timeouts``, ...)."""
+    fields.setdefault("supported_contexts", qr_supported() + storage_supported(scu_role=True))
+    fields.setdefault("accept_any_storage", True)
+    return AEConfig(ae_title=ae_title, **fields)
+
+
+# ---------------------------------------------------------------------------------------------
+# The archive
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class _Job:
+    """One stored file waiting for the index writer."""
+
+    path: StoredFile
+    done: anyio.Event = field(default_factory=anyio.Event)
+    result: Added | Exception | None = None
+
+
+class Archive:
+    """A storage folder and its SQLite index, served on an AE (see the module docstring).
+
+    ``storage`` is the folder (created if needed); ``db`` the index file (default
+    ``<storage>/index.sqlite``); ``move_destinations`` the AE titles a C-MOVE may name, as
+    ``{"AET": (host, port)}`` (added to ``ae.move_destinations`` by :meth:`install`);
+    ``pn_case_insensitive`` makes Person Name matching case-insensitive (the default is
+    case-sensitive, as PS3.4 and DCMTK's dcmqrscp).
+
+    Use it as an async context manager: entering opens the index (and indexes the folder's
+    files when the index is new), leaving waits for the index writes in progress and closes
+    the index.  :meth:`install` registers the handlers on an AE; the archive must be open
+    while that AE serves.
+    """
+
+    def __init__(
+        self,
+        storage: str | os.PathLike[str],
+        *,
+        db: str | os.PathLike[str] | None = None,
+        move_destinations: Mapping[str, tuple[str, int]] | None = None,
+        pn_case_insensitive: bool = False,
+    ) -> None:
+        #: the storage folder
+        self.folder = Path(storage)
+        #: the index file
+        self.db_path = Path(db) if db is not None else self.folder / DEFAULT_DB_NAME
+        #: C-MOVE destinations: AE title -> (host, port)
+        self.move_destinations: dict[str, tuple[str, int]] = dict(move_destinations or {})
+        self.pn_case_insensitive = pn_case_insensitive
+        #: the files indexed when the archive was opened on a new index (0 otherwise)
+        self.rebuilt = 0
+        #: the files found but not indexed during that rebuild (not DICOM, no UIDs, unreadable)
+        self.rebuild_skipped = 0
+        self.log = get_logger(archive=str(self.folder))
+        self._writer: SQLiteIndex | None = None
+        self._reader: SQLiteIndex | None = None
+        self._send: MemoryObjectSendStream[_Job] | None = None
+        self._stack: AsyncExitStack | None = None
+
+    # -- life cycle -------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Archive:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def open(self) -> None:
+        """Open (or create) the index in a worker thread, index the folder's files if the
+        index is new, and start the index writer.  Raises
+        :class:`~asyncdicom.qr.IndexDatabaseError` for a file that is not an index of this
+        release, :class:`OSError` / :class:`sqlite3.Error` when it cannot be opened."""
+        if self._stack is not None:
+            raise RuntimeError("the archive is open already")
+        await anyio.to_thread.run_sync(self._open_indexes)
+        stack = AsyncExitStack()
+        try:
+            tg = await stack.enter_async_context(anyio.create_task_group())
+            send, receive = anyio.create_memory_object_stream[_Job](_QUEUE_SIZE)
+            self._send = send
+            tg.start_soon(self._write_index, receive)
+        except BaseException:
+            await stack.aclose()
+            await anyio.to_thread.run_sync(self._close_indexes)
+            raise
+        self._stack = stack
+
+    async def aclose(self) -> None:
+        """Finish the index writes in progress and close the index (in a worker thread)."""
+        stack, self._stack = self._stack, None
+        if stack is None:
+            return
+        if self._send is not None:
+            self._send.close()  # the writer commits what is queued, then ends
+            self._send = None
+        try:
+            await stack.aclose()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self._close_indexes)
+
+    def _open_indexes(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        is_new = not self.db_path.exists() or self.db_path.stat().st_size == 0
+        writer = SQLiteIndex(str(self.db_path))
+        try:
+            reader = SQLiteIndex(str(self.db_path))
+        except BaseException:
+            writer.close()
+            raise
+        self._writer, self._reader = writer, reader
+        if is_new and _holds_dicom_files(self.folder, self.db_path):
+            self._rebuild(writer)
+
+    def _close_indexes(self) -> None:
+        for index in (self._reader, self._writer):
+            if index is not None:
+                index.close()
+        self._reader = self._writer = None
+
+    def _rebuild(self, index: SQLiteIndex) -> None:
+        """Index every ``.dcm`` file of the folder (a new index on an existing archive)."""
+        self.log.info("index_rebuild_started", db=str(self.db_path))
+        batch: list[tuple[Dataset, str]] = []
+        for path in _dicom_files(self.folder, self.db_path):
+            try:
+                batch.append((read_header(path), str(path)))
+            except (OSError, StorageError) as exc:
+                self.rebuild_skipped += 1
+                self.log.warning("index_rebuild_skipped", file=str(path), error=str(exc))
+                continue
+            if len(batch) >= _REBUILD_BATCH:
+                self._rebuild_batch(index, batch)
+                batch = []
+        if batch:
+            self._rebuild_batch(index, batch)
+        self.log.info("index_rebuilt", instances=self.rebuilt, skipped=self.rebuild_skipped)
+
+    def _rebuild_batch(self, index: SQLiteIndex, batch: list[tuple[Dataset, str]]) -> None:
+        for (_header, path), result in zip(batch, index.add_many(batch), strict=True):
+            if isinstance(result, Exception):
+                self.rebuild_skipped += 1
+                self.log.warning("index_rebuild_skipped", file=path, error=str(result))
+            else:
+                self.rebuilt += 1
+
+    @property
+    def index(self) -> SQLiteIndex:
+        """The index's query connection (use it from worker threads); the archive must be
+        open."""
+        if self._reader is None:
+            raise RuntimeError("the archive is not open")
+        return self._reader
+
+    # -- the handlers ----------------------------------------------------------------------
+
+    def install(self, ae: AE) -> None:
+        """Register the archive's handlers on ``ae``: C-STORE (any SOP class), C-FIND, C-GET
+        and C-MOVE of the Patient Root, Study Root and Patient/Study Only models; add
+        :attr:`move_destinations` to ``ae.move_destinations``.  ``ae`` must accept those
+        contexts (:func:`qrscp_config`)."""
+        ae.on_store(self._on_store)
+        for uid in QR_FIND:
+            ae.on("C-FIND", sop_class=uid)(self._on_find)
+        for uid in QR_GET:
+            ae.on("C-GET", sop_class=uid)(self._on_retrieve)
+        for uid in QR_MOVE:
+            ae.on("C-MOVE", sop_class=uid)(self._on_retrieve)
+        ae.move_destinations.update(self.move_destinations)
+
+    async def _on_store(self, request: Any) -> int | messages.Message:
+        association = request.association
+        uid = request.message.affected_sop_instance_uid
+        send = self._send
+        if send is None:
+            await request.discard()
+            return make_response(
+                request.message, _OUT_OF_RESOURCES, error_comment="the archive is closed"
+            )
+        try:
+            stored = await request.save_to(self.folder, on_duplicate="overwrite", layout="sorted")
+        except (OSError, StorageError, ValueError) as exc:
+            status = _OUT_OF_RESOURCES if isinstance(exc, OSError) else _CANNOT_UNDERSTAND
+            association.log.warning(
+                "store_failed", instance=uid, status=f"0x{status:04X}", error=str(exc)
+            )
+            return status
+        job = _Job(stored)
+        try:
+            await send.send(job)
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            return make_response(
+                request.message, _OUT_OF_RESOURCES, error_comment="the archive is closed"
+            )
+        await job.done.wait()
+        result = job.result
+        if isinstance(result, Added):
+            association.log.info(
+                "instance_stored", instance=uid, file=str(stored), replaced=not result.new
+            )
+            return 0x0000
+        if isinstance(result, (OSError, sqlite3.Error)):
+            status = _OUT_OF_RESOURCES
+        else:
+            status = _CANNOT_UNDERSTAND
+        association.log.warning(
+            "store_failed", instance=uid, status=f"0x{status:04X}", error=str(result)
+        )
+        comment = f"not indexed: {result}"
+        return make_response(
+            request.message, status, error_comment=comment if len(comment) <= 64 else None
+        )
+
+    async def _write_index(self, receive: MemoryObjectReceiveStream[_Job]) -> None:
+        """The index writer: commits the stored files waiting, in batches, until closed."""
+        async with receive:
+            while True:
+                try:
+                    batch = [await receive.receive()]
+                except anyio.EndOfStream:
+                    return
+                while len(batch) < _BATCH_LIMIT:
+                    try:
+                        batch.append(receive.receive_nowait())
+                    except (anyio.WouldBlock, anyio.EndOfStream):
+                        break
+                try:
+                    await anyio.to_thread.run_sync(self._index_batch, batch)
+                except Exception as exc:  # the database refused the whole batch
+                    self.log.error("index_write_failed", error=f"{type(exc).__name__}: {exc}")
+                    for job in batch:
+                        job.result = exc
+                finally:
+                    for job in batch:
+                        job.done.set()
+
+    def _index_batch(self, batch: list[_Job]) -> None:
+        """In a worker thread: read the headers, index them in one transaction, remove the
+        files of instances that cannot be indexed and the old copies of re-sent ones."""
+        index = self._writer
+        assert index is not None
+        items: list[tuple[Dataset, str]] = []
+        readable: list[_Job] = []
+        for job in batch:
+            try:
+                items.append((job.path.header(), str(job.path)))
+                readable.append(job)
+            except (OSError, StorageError) as exc:
+                job.result = exc
+        for job, result in zip(readable, index.add_many(items) if items else [], strict=True):
+            job.result = result
+            if isinstance(result, Exception):
+                _unlink_quietly(job.path)
+            elif result.previous_path is not None and result.previous_path != str(job.path):
+                _unlink_quietly(Path(result.previous_path))
+
+    def _on_find(self, request: Any) -> Iterator[Any]:
+        """C-FIND (a plain generator: runs in a worker thread)."""
+        try:
+            query = parse_query(
+                request.decode(),
+                request.sop_class_uid,
+                pn_case_insensitive=self.pn_case_insensitive,
+            )
+        except QueryError as exc:
+            yield _query_failure(request, exc)
+            return
+        except Exception as exc:  # an identifier pydicom cannot decode
+            yield _undecodable(request, exc)
+            return
+        yield from self.index.find(query)
+
+    def _on_retrieve(self, request: Any) -> Iterator[Any]:
+        """C-GET and C-MOVE (a plain generator: runs in a worker thread): the files of the
+        instances the identifier selects."""
+        try:
+            query = parse_query(
+                request.decode(),
+                request.sop_class_uid,
+                pn_case_insensitive=self.pn_case_insensitive,
+            )
+        except QueryError as exc:
+            yield _query_failure(request, exc)
+            return
+        except Exception as exc:
+            yield _undecodable(request, exc)
+            return
+        yield from self.index.instances(query)
+
+
+def _query_failure(request: Any, exc: QueryError) -> messages.Message:
+    return make_response(
+        request.message,
+        exc.status,
+        error_comment=exc.error_comment,
+        offending_element=(exc.tag,) if exc.tag is not None else None,
+    )
+
+
+def _undecodable(request: Any, exc: Exception) -> messages.Message:
+    request.association.log.warning(
+        "identifier_undecodable", message=request.message.NAME, error=str(exc)
+    )
+    return make_response(
+        request.message,
+        int(Status.UNABLE_TO_PROCESS),
+        error_comment="the identifier cannot be decoded",
+    )
+
+
+def _unlink_quietly(path: Path) -> None:
+    with suppress(OSError):
+        path.unlink()
+
+
+def _walk(folder: Path, db_path: Path) -> Iterator[Path]:
+    db = db_path.resolve()
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        for name in sorted(files):
+            if name.endswith(".dcm") and not name.startswith("."):
+                path = Path(root, name)
+                if path.resolve() != db:
+                    yield path
+
+
+def _holds_dicom_files(folder: Path, db_path: Path) -> bool:
+    """Whether ``folder`` has at least one ``.dcm`` file (stops at the first)."""
+    return next(_walk(folder, db_path), None) is not None
+
+
+def _dicom_files(folder: Path, db_path: Path) -> Iterator[Path]:
+    return _walk(folder, db_path)

@@ -1,0 +1,236 @@
+"""``asyncdicom qrscp``: a small archive (Query/Retrieve SCP).
+
+Stores the instances it receives by C-STORE in a folder (sorted by patient, study and series)
+and indexes them in SQLite; answers C-FIND, C-GET, C-MOVE and C-ECHO from that index
+(:class:`asyncdicom.archive.Archive`).  The index is kept across restarts; a new index on a
+folder that already holds files indexes them first.  The storage folder is checked at start: one
+that cannot be written, or an index file that cannot be used, is one error line and exit status
+2.  C-MOVE destinations are given as ``--move-destination AET=HOST:PORT`` (repeatable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from ..ae import AE, Timeouts
+from ..archive import Archive, qrscp_config
+from ..qr import IndexDatabaseError
+from ..storage.files import remove_stale_temp_files
+from .common import (
+    add_common,
+    add_max_pdu,
+    ae_title,
+    err,
+    format_address,
+    listen_port,
+    notice,
+    port,
+    positive_int,
+    timeout,
+)
+from .storescp import output_folder, prepare_output_folder
+
+__all__ = ["add_parser", "db_file", "move_destination", "qrscp_ae", "run"]
+
+
+def move_destination(text: str) -> tuple[str, str, int]:
+    """An argparse type: ``AET=HOST:PORT`` (an IPv6 address in brackets, ``[::1]:104``) ->
+    (AE title, host, port)."""
+    title, sep, address = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected AET=HOST:PORT")
+    aet = ae_title(title)
+    host, colon, port_text = address.rpartition(":")
+    if not colon or not host or not port_text:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected AET=HOST:PORT")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: write an IPv6 address in brackets, e.g. {aet}=[::1]:104"
+        )
+    if not host or any(ch.isspace() for ch in host):
+        raise argparse.ArgumentTypeError(f"{text!r}: no valid host")
+    return aet, host, port(port_text)
+
+
+def db_file(text: str) -> Path:
+    """An argparse type: the ``--db`` path (opened at start)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("the file name is empty")
+    return Path(text)
+
+
+def add_parser(sub: Any) -> None:
+    """Add the ``qrscp`` sub-command to ``sub``."""
+    p = sub.add_parser(
+        "qrscp",
+        help="a small archive: C-STORE, C-FIND, C-GET, C-MOVE",
+        description="Store the instances received by C-STORE, index them in SQLite, and answer "
+        "C-FIND, C-GET, C-MOVE and C-ECHO from the index.",
+    )
+    p.add_argument(
+        "--port",
+        type=listen_port,
+        required=True,
+        metavar="P",
+        help="TCP port to listen on, 0..65535 (0: any free port, printed at start)",
+    )
+    p.add_argument(
+        "--host",
+        default="0.0.0.0",
+        metavar="H",
+        help="address to listen on ('::' for every IPv6 interface)",
+    )
+    p.add_argument(
+        "--aet",
+        type=ae_title,
+        default="QRSCP",
+        metavar="A",
+        help="our AE title (requests are accepted whatever Called AE Title they carry)",
+    )
+    p.add_argument(
+        "--storage",
+        type=output_folder,
+        required=True,
+        metavar="DIR",
+        help="the archive's folder (created if needed; must be writable)",
+    )
+    p.add_argument(
+        "--db",
+        type=db_file,
+        default=None,
+        metavar="FILE",
+        help="the SQLite index file (default: DIR/index.sqlite)",
+    )
+    p.add_argument(
+        "--move-destination",
+        type=move_destination,
+        action="append",
+        default=None,
+        metavar="AET=HOST:PORT",
+        help="an AE a C-MOVE may send to (repeatable)",
+    )
+    p.add_argument(
+        "--max-associations",
+        type=positive_int,
+        default=1000,
+        metavar="N",
+        help="concurrent associations; more are rejected (transient)",
+    )
+    p.add_argument(
+        "--acse-timeout",
+        type=timeout,
+        default=30.0,
+        metavar="S",
+        help="seconds for association set-up and release, also the ARTIM timer",
+    )
+    p.add_argument(
+        "--dimse-timeout",
+        type=timeout,
+        default=60.0,
+        metavar="S",
+        help="abort when a message in progress stops arriving for this long (seconds)",
+    )
+    p.add_argument(
+        "--network-timeout",
+        type=timeout,
+        default=None,
+        metavar="S",
+        help="abort an association silent for this long (seconds; default: no limit)",
+    )
+    add_max_pdu(p)
+    add_common(p)
+    p.set_defaults(func=run)
+
+
+def qrscp_ae(args: argparse.Namespace) -> AE:
+    """The AE of ``qrscp`` for the parsed options (the archive's handlers not yet installed)."""
+    return AE(
+        config=qrscp_config(
+            args.aet,
+            max_pdu_length=args.max_pdu,
+            max_associations=args.max_associations,
+            timeouts=Timeouts(
+                acse=args.acse_timeout,
+                dimse=args.dimse_timeout,
+                network=args.network_timeout,
+                artim=args.acse_timeout,
+            ),
+        )
+    )
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+async def run(args: argparse.Namespace) -> int:
+    """Run ``qrscp`` until SIGINT or SIGTERM; the exit status."""
+    storage: Path = args.storage
+    problem = prepare_output_folder(storage)
+    if problem is not None:
+        err(f"argument --storage: {problem}")
+        return 2
+    destinations: dict[str, tuple[str, int]] = {}
+    for aet, host, peer_port in args.move_destination or []:
+        if aet in destinations:
+            err(f"argument --move-destination: {aet!r} is given twice")
+            return 2
+        destinations[aet] = (host, peer_port)
+    removed = await anyio.to_thread.run_sync(remove_stale_temp_files, storage)
+    if removed:
+        notice(
+            f"qrscp: removed {_plural(removed, 'temporary file')} left in {storage} "
+            "by an interrupted run",
+            "stale_temp_files_removed",
+            count=removed,
+            folder=str(storage),
+        )
+    archive = Archive(storage, db=args.db, move_destinations=destinations)
+    try:
+        await archive.open()
+    except (IndexDatabaseError, sqlite3.Error, OSError) as exc:
+        err(f"argument --db: cannot use the index {str(archive.db_path)!r}: {exc}")
+        return 2
+    try:
+        if archive.rebuilt or archive.rebuild_skipped:
+            skipped = f" ({archive.rebuild_skipped} skipped)" if archive.rebuild_skipped else ""
+            notice(
+                f"qrscp: new index {archive.db_path}: indexed "
+                f"{_plural(archive.rebuilt, 'file')} found in {storage}{skipped}",
+                "index_rebuilt",
+                instances=archive.rebuilt,
+                skipped=archive.rebuild_skipped,
+                db=str(archive.db_path),
+            )
+        ae = qrscp_ae(args)
+        archive.install(ae)
+        count = await anyio.to_thread.run_sync(archive.index.count)
+        # the signals are caught before the "listening" line: a SIGTERM sent as soon as it is
+        # read stops the app cleanly (exit status 0)
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with anyio.create_task_group() as tg:
+                server = await tg.start(ae.serve, args.host, args.port)
+                notice(
+                    f"qrscp: {ae.ae_title} listening on "
+                    f"{format_address(args.host, server.port)} "
+                    f"({_plural(count, 'instance')} in {storage})",
+                    "listening",
+                    ae_title=ae.ae_title,
+                    host=args.host,
+                    port=server.port,
+                    instances=count,
+                )
+                async for _ in signals:
+                    break
+                tg.cancel_scope.cancel()
+    finally:
+        await archive.aclose()
+    return 0

@@ -1,0 +1,420 @@
+"""The archive (asyncdicom.archive.Archive) on an AE, in process, both backends: C-STORE into the
+folder and the index, C-FIND at every level of every model with the matching rules, bad
+queries answered with the standard's statuses, the index kept across reopening and rebuilt
+when lost, C-GET and C-MOVE through the retrieve engine, an unknown move destination."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+
+from asyncdicom import AE, presets, uids
+from asyncdicom.archive import Archive, qrscp_config
+from asyncdicom.protocol.messages import CFindRQ
+from asyncdicom.protocol.negotiation import SupportedContext
+from asyncdicom.services.query_retrieve import QueryFailed
+from asyncdicom.services.retrieve import RetrieveFailed
+from asyncdicom.storage.files import encode_dataset
+from asyncdicom.storage.synthetic import make_ct_instance
+
+pytestmark = [pytest.mark.anyio, pytest.mark.filterwarnings("ignore::UserWarning")]
+
+GUARD = 30.0
+CT = (uids.CT_IMAGE_STORAGE, [uids.EXPLICIT_VR_LITTLE_ENDIAN])
+
+
+def instance(
+    patient: str, study: str, series: str, number: int, *, modality: str = "CT", **keys: Any
+) -> Dataset:
+    ds = make_ct_instance(
+        64,
+        patient_id=patient,
+        study_instance_uid=study,
+        series_instance_uid=series,
+        instance_number=number,
+    )
+    ds.Modality = modality
+    for keyword, value in keys.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+def collection() -> list[Dataset]:
+    """P1 DOE^JOHN: study 1.1 (2024-01-01; series 1.1.1 CT x2, 1.1.2 MR), study 1.2
+    (2023-05-05, US); P2 ROE^JANE: study 2.1 (2024-06-01, CT)."""
+    john = {"PatientName": "DOE^JOHN"}
+    return [
+        instance("P1", "1.1", "1.1.1", 1, StudyDate="20240101", **john),
+        instance("P1", "1.1", "1.1.1", 2, StudyDate="20240101", **john),
+        instance("P1", "1.1", "1.1.2", 1, modality="MR", StudyDate="20240101", **john),
+        instance("P1", "1.2", "1.2.1", 1, modality="US", StudyDate="20230505", **john),
+        instance("P2", "2.1", "2.1.1", 1, StudyDate="20240601", PatientName="ROE^JANE"),
+    ]
+
+
+def query(level: str, **keys: Any) -> Dataset:
+    ds = Dataset()
+    ds.QueryRetrieveLevel = level
+    for keyword, value in keys.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+@asynccontextmanager
+async def running(
+    folder: Path, *, destinations: dict[str, tuple[str, int]] | None = None
+) -> AsyncIterator[tuple[Archive, int]]:
+    """An open archive on a served AE: (archive, port)."""
+    ae = AE(config=qrscp_config("QRSCP"))
+    async with Archive(folder, move_destinations=destinations) as archive:
+        archive.install(ae)
+        async with ae.server() as server:
+            yield archive, server.port
+
+
+async def store_all(port: int, datasets: list[Dataset]) -> list[int]:
+    async with AE("SCU").associate("127.0.0.1", port, called_aet="QRSCP", contexts=[CT]) as assoc:
+        return [(await assoc.store(ds)).status for ds in datasets]
+
+
+async def find(port: int, identifier: Dataset, model: str = "study") -> list[Dataset]:
+    async with AE("SCU").associate(
+        "127.0.0.1", port, called_aet="QRSCP", contexts=presets.QR_FIND
+    ) as assoc:
+        async with assoc.find(identifier, model=model) as results:
+            return [match async for match in results]
+
+
+def uids_of(matches: list[Dataset], keyword: str) -> list[str]:
+    return sorted(str(m.get(keyword, "")) for m in matches)
+
+
+# --------------------------------------------------------------------------- store and find
+
+
+async def test_store_then_find_at_every_level_and_model(tmp_path: Path) -> None:
+    datasets = collection()
+    with anyio.fail_after(GUARD):
+        async with running(tmp_path / "archive") as (archive, port):
+            assert await store_all(port, datasets) == [0] * len(datasets)
+            # study root
+            studies = await find(port, query("STUDY", StudyInstanceUID="", PatientName=""))
+            series = await find(
+                port, query("SERIES", StudyInstanceUID="1.1", SeriesInstanceUID="", Modality="")
+            )
+            images = await find(
+                port, query("IMAGE", StudyInstanceUID="1.1", SeriesInstanceUID="1.1.1",
+                            SOPInstanceUID="", InstanceNumber="")
+            )  # fmt: skip
+            # patient root
+            patients = await find(port, query("PATIENT", PatientID="", PatientName=""), "patient")
+            p_studies = await find(
+                port, query("STUDY", PatientID="P1", StudyInstanceUID=""), "patient"
+            )
+            p_series = await find(
+                port,
+                query("SERIES", PatientID="P1", StudyInstanceUID="1.1", SeriesInstanceUID=""),
+                "patient",
+            )
+            # patient/study only
+            ps_studies = await find(
+                port, query("STUDY", PatientID="P2", StudyInstanceUID=""), "patient-study"
+            )
+            count = await anyio.to_thread.run_sync(archive.index.count)
+    assert count == 5
+    assert uids_of(studies, "StudyInstanceUID") == ["1.1", "1.2", "2.1"]
+    assert {str(m.PatientName) for m in studies} == {"DOE^JOHN", "ROE^JANE"}
+    assert [(m.SeriesInstanceUID, m.Modality) for m in series] == [
+        ("1.1.1", "CT"),
+        ("1.1.2", "MR"),
+    ]
+    assert sorted(int(m.InstanceNumber) for m in images) == [1, 2]
+    assert {m.SOPInstanceUID for m in images} == {str(d.SOPInstanceUID) for d in datasets[:2]}
+    assert [(m.PatientID, str(m.PatientName)) for m in patients] == [
+        ("P1", "DOE^JOHN"),
+        ("P2", "ROE^JANE"),
+    ]
+    assert uids_of(p_studies, "StudyInstanceUID") == ["1.1", "1.2"]
+    assert uids_of(p_series, "SeriesInstanceUID") == ["1.1.1", "1.1.2"]
+    assert uids_of(ps_studies, "StudyInstanceUID") == ["2.1"]
+    for match in studies:
+        assert match.QueryRetrieveLevel == "STUDY"
+    # the files are in the sorted layout, in the storage folder
+    for ds in datasets:
+        path = tmp_path / "archive" / ds.PatientID / ds.StudyInstanceUID / ds.SeriesInstanceUID
+        assert pydicom.dcmread(path / f"{ds.SOPInstanceUID}.dcm").SOPInstanceUID == (
+            ds.SOPInstanceUID
+        )
+
+
+async def test_find_matching_rules(tmp_path: Path) -> None:
+    with anyio.fail_after(GUARD):
+        async with running(tmp_path) as (_archive, port):
+            await store_all(port, collection())
+            wildcard = await find(port, query("STUDY", StudyInstanceUID="", PatientName="DOE*"))
+            one_char = await find(port, query("STUDY", StudyInstanceUID="", PatientName="?OE^JANE"))
+            date_range = await find(
+                port, query("STUDY", StudyInstanceUID="", StudyDate="20240101-20241231")
+            )
+            open_range = await find(
+                port, query("STUDY", StudyInstanceUID="", StudyDate="-20231231")
+            )
+            uid_list = await find(port, query("STUDY", StudyInstanceUID=["1.2", "2.1"]))
+            modalities = await find(
+                port, query("STUDY", StudyInstanceUID="", ModalitiesInStudy="MR")
+            )
+            none = await find(port, query("STUDY", StudyInstanceUID="", PatientName="NOBODY"))
+            case = await find(port, query("STUDY", StudyInstanceUID="", PatientName="doe*"))
+    assert uids_of(wildcard, "StudyInstanceUID") == ["1.1", "1.2"]
+    assert uids_of(one_char, "StudyInstanceUID") == ["2.1"]
+    assert uids_of(date_range, "StudyInstanceUID") == ["1.1", "2.1"]
+    assert uids_of(open_range, "StudyInstanceUID") == ["1.2"]
+    assert uids_of(uid_list, "StudyInstanceUID") == ["1.2", "2.1"]
+    assert uids_of(modalities, "StudyInstanceUID") == ["1.1"]
+    assert list(modalities[0].ModalitiesInStudy) == ["CT", "MR"]
+    assert none == [] and case == []  # Person Name matching is case-sensitive by default
+
+
+@pytest.mark.parametrize(
+    ("model", "identifier", "status", "comment"),
+    [
+        ("study", query("FRAME", StudyInstanceUID=""), 0xA900, "unknown Query/Retrieve Level"),
+        ("study", query("", StudyInstanceUID=""), 0xA900, "Query/Retrieve Level"),
+        ("study", Dataset(), 0xA900, "Query/Retrieve Level is missing"),
+        ("study", query("SERIES", SeriesInstanceUID=""), 0xA900, "needs one STUDY unique key"),
+        ("patient", query("STUDY", StudyInstanceUID=""), 0xA900, "needs one PATIENT unique"),
+        ("patient-study", query("SERIES", StudyInstanceUID="1.1"), 0xA900, "not part of"),
+        ("study", query("STUDY", StudyDate="20241231-20240101"), 0xC000, "reversed DA range"),
+        ("study", query("STUDY", StudyTime="2561"), 0xC000, "malformed TM value"),
+    ],
+)
+async def test_bad_queries_get_the_standard_failure_status(
+    tmp_path: Path, model: str, identifier: Dataset, status: int, comment: str
+) -> None:
+    with anyio.fail_after(GUARD):
+        async with running(tmp_path) as (_archive, port):
+            await store_all(port, collection()[:1])
+            with pytest.raises(QueryFailed) as failed:
+                await find(port, identifier, model)
+            # the association and the archive go on
+            assert len(await find(port, query("STUDY", StudyInstanceUID=""))) == 1
+    response = failed.value.response
+    assert response.status == status
+    assert response.error_comment is not None and comment in response.error_comment
+
+
+async def test_undecodable_identifier_is_unable_to_process(tmp_path: Path) -> None:
+    # Query/Retrieve Level with a VR that does not exist
+    garbage = b"\x08\x00\x52\x00ZZ\x06\x00STUDY "
+    with anyio.fail_after(GUARD):
+        async with running(tmp_path) as (_archive, port):
+            with pytest.raises(QueryFailed) as failed:
+                await find(port, garbage)  # type: ignore[arg-type]
+    assert failed.value.response.status == 0xC000
+    assert failed.value.response.error_comment == "the identifier cannot be decoded"
+
+
+async def test_unsupported_model_is_0122(tmp_path: Path) -> None:
+    """The archive's C-FIND handler, reached on a SOP class that is not a Query/Retrieve
+    model (here registered for Modality Worklist on purpose), answers 0x0122."""
+    worklist = uids.MODALITY_WORKLIST_FIND
+    config = qrscp_config("QRSCP")
+    ae = AE(
+        config=qrscp_config(
+            "QRSCP",
+            supported_contexts=(
+                *config.supported_contexts,
+                SupportedContext(worklist, (uids.EXPLICIT_VR_LITTLE_ENDIAN,)),
+            ),
+        )
+    )
+    with anyio.fail_after(GUARD):
+        async with Archive(tmp_path) as archive:
+            archive.install(ae)
+            ae.on("C-FIND", sop_class=worklist)(ae.handler_for("C-FIND", uids.STUDY_ROOT_QR_FIND))
+            async with ae.server() as server:
+                async with AE("SCU").associate(
+                    "127.0.0.1", server.port, contexts=[worklist]
+                ) as assoc:
+                    async with assoc.invoke(
+                        assoc.find_context(worklist),
+                        CFindRQ(
+                            message_id=assoc.next_message_id(), affected_sop_class_uid=worklist
+                        ),
+                        encode_dataset(query("STUDY"), uids.EXPLICIT_VR_LITTLE_ENDIAN),
+                    ) as operation:
+                        responses = [r async for r in operation]
+    assert [r.status for r in responses] == [0x0122]
+    assert "not a Query/Retrieve information model" in (responses[0].error_comment or "")
+
+
+async def test_resent_instance_replaces_the_old_one(tmp_path: Path) -> None:
+    first = instance("P1", "1.1", "1.1.1", 1, PatientName="DOE^JOHN")
+    again = instance("P9", "9.1", "9.1.1", 1, PatientName="MOVED^TO")
+    again.SOPInstanceUID = first.SOPInstanceUID
+    again.file_meta.MediaStorageSOPInstanceUID = first.SOPInstanceUID
+    with anyio.fail_after(GUARD):
+        async with running(tmp_path) as (archive, port):
+            assert await store_all(port, [first, first, again]) == [0, 0, 0]
+            images = await find(
+                port,
+                query("IMAGE", StudyInstanceUID="9.1", SeriesInstanceUID="9.1.1",
+                      SOPInstanceUID=""),
+            )  # fmt: skip
+            studies = await find(port, query("STUDY", StudyInstanceUID=""))
+            count = await anyio.to_thread.run_sync(archive.index.count)
+    assert count == 1
+    assert [m.SOPInstanceUID for m in images] == [first.SOPInstanceUID]
+    assert uids_of(studies, "StudyInstanceUID") == ["9.1"]
+    # one file: the old copy, under the old patient and study, is gone
+    assert [p.relative_to(tmp_path).parts[:3] for p in tmp_path.rglob("*.dcm")] == [
+        ("P9", "9.1", "9.1.1")
+    ]
+
+
+async def test_instance_without_study_uid_is_refused_and_not_kept(tmp_path: Path) -> None:
+    bad = instance("P1", "1.1", "1.1.1", 1)
+    del bad.StudyInstanceUID
+    with anyio.fail_after(GUARD):
+        async with running(tmp_path) as (archive, port):
+            statuses = await store_all(port, [bad, *collection()[:1]])
+            count = await anyio.to_thread.run_sync(archive.index.count)
+    assert statuses == [0xC000, 0x0000]
+    assert count == 1
+    assert len(list(tmp_path.rglob("*.dcm"))) == 1
+
+
+async def test_unwritable_storage_is_out_of_resources(tmp_path: Path) -> None:
+    folder = tmp_path / "archive"
+    db = tmp_path / "index.sqlite"
+    ae = AE(config=qrscp_config("QRSCP"))
+    async with Archive(folder, db=db) as archive:
+        archive.install(ae)
+        async with ae.server() as server:
+            folder.rmdir()
+            folder.write_text("a file where the folder was")
+            with anyio.fail_after(GUARD):
+                statuses = await store_all(server.port, collection()[:2])
+    assert statuses == [0xA700, 0xA700]
+
+
+# --------------------------------------------------------------------------- restarts
+
+
+async def test_index_survives_closing_and_reopening(tmp_path: Path) -> None:
+    datasets = collection()
+    with anyio.fail_after(GUARD):
+        async with running(tmp_path) as (_archive, port):
+            await store_all(port, datasets)
+        assert (tmp_path / "index.sqlite").is_file()
+        async with running(tmp_path) as (archive, port):
+            assert archive.rebuilt == 0  # the index was kept, not rebuilt
+            studies = await find(port, query("STUDY", StudyInstanceUID=""))
+            count = await anyio.to_thread.run_sync(archive.index.count)
+    assert count == len(datasets)
+    assert uids_of(studies, "StudyInstanceUID") == ["1.1", "1.2", "2.1"]
+
+
+async def test_lost_index_is_rebuilt_from_the_folder(tmp_path: Path) -> None:
+    datasets = collection()
+    with anyio.fail_after(GUARD):
+        async with running(tmp_path) as (_archive, port):
+            await store_all(port, datasets)
+        for name in ("index.sqlite", "index.sqlite-wal", "index.sqlite-shm"):
+            (tmp_path / name).unlink(missing_ok=True)
+        (tmp_path / "P1" / "junk.dcm").write_bytes(b"not DICOM")
+        async with running(tmp_path) as (archive, port):
+            series = await find(port, query("SERIES", StudyInstanceUID="1.1"))
+            count = await anyio.to_thread.run_sync(archive.index.count)
+    assert archive.rebuilt == len(datasets) and archive.rebuild_skipped == 1
+    assert count == len(datasets)
+    assert len(series) == 2
+
+
+async def test_not_an_index_file_is_refused(tmp_path: Path) -> None:
+    db = tmp_path / "other.sqlite"
+    with sqlite3.connect(db) as con:
+        con.execute("CREATE TABLE something (x)")
+    from asyncdicom.qr import IndexDatabaseError
+
+    with pytest.raises(IndexDatabaseError):
+        await Archive(tmp_path / "archive", db=db).open()
+
+
+# --------------------------------------------------------------------------- retrieve
+
+
+async def test_get_sends_the_selected_instances_back(tmp_path: Path) -> None:
+    datasets = collection()
+    received = tmp_path / "received"
+    with anyio.fail_after(GUARD):
+        async with running(tmp_path / "archive") as (_archive, port):
+            await store_all(port, datasets)
+            contexts = presets.retrieve_contexts(
+                "get", model="study", storage=[uids.CT_IMAGE_STORAGE]
+            )
+            async with AE("SCU").associate(
+                "127.0.0.1", port, called_aet="QRSCP", contexts=contexts
+            ) as assoc:
+                async with assoc.get(
+                    query("SERIES", StudyInstanceUID="1.1", SeriesInstanceUID="1.1.1"),
+                    model="study",
+                    store=received,
+                ) as retrieval:
+                    await retrieval.wait()
+    assert retrieval.status == 0x0000 and retrieval.completed == 2
+    assert sorted(p.stem for p in received.iterdir()) == sorted(
+        str(d.SOPInstanceUID) for d in datasets[:2]
+    )
+
+
+async def test_move_to_a_known_destination_and_to_an_unknown_one(tmp_path: Path) -> None:
+    datasets = collection()
+    got: list[str] = []
+    destination = AE("DEST", accept_any_storage=True)
+
+    @destination.on_store
+    async def on_store(request: Any) -> int:
+        got.append(request.message.affected_sop_instance_uid)
+        await request.discard()
+        return 0x0000
+
+    with anyio.fail_after(GUARD):
+        async with destination.server() as dest:
+            async with running(tmp_path, destinations={"DEST": ("127.0.0.1", dest.port)}) as (
+                _archive,
+                port,
+            ):
+                await store_all(port, datasets)
+                contexts = presets.retrieve_contexts("move", model="patient")
+                async with AE("SCU").associate(
+                    "127.0.0.1", port, called_aet="QRSCP", contexts=contexts
+                ) as assoc:
+                    async with assoc.move(
+                        query("PATIENT", PatientID="P1"), destination="DEST", model="patient"
+                    ) as retrieval:
+                        await retrieval.wait()
+                    with pytest.raises(RetrieveFailed) as unknown:
+                        async with assoc.move(
+                            query("PATIENT", PatientID="P1"), destination="NOWHERE",
+                            model="patient",
+                        ) as other:  # fmt: skip
+                            await other.wait()
+                    with pytest.raises(RetrieveFailed) as bad:
+                        async with assoc.move(
+                            query("STUDY", StudyInstanceUID="1.1"), destination="DEST",
+                            model="patient",
+                        ) as third:  # fmt: skip
+                            await third.wait()
+    assert retrieval.status == 0x0000 and retrieval.completed == 4
+    assert sorted(got) == sorted(str(d.SOPInstanceUID) for d in datasets[:4])
+    assert unknown.value.response.status == 0xA801
+    assert bad.value.response.status == 0xA900

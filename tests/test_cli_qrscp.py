@@ -1,0 +1,207 @@
+"""``asyncdicom qrscp`` run as a subprocess, on both backends: instances stored with
+``asyncdicom storescu`` are found with ``asyncdicom findscu``, also after a restart on the same
+folder; C-MOVE to a storescp; usage errors (bad --move-destination, unusable storage folder)."""
+
+from __future__ import annotations
+
+import shlex
+import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from subprocess import PIPE
+
+import anyio
+import pytest
+from test_cli import CLI, ENV, GUARD, StoreSCPProcess, err, out, run_cli
+from test_cli_storescu import without_file_permission_override
+
+from asyncdicom.storage.synthetic import make_ct_instance
+
+pytestmark = [pytest.mark.anyio, pytest.mark.filterwarnings("ignore::UserWarning")]
+
+
+@asynccontextmanager
+async def app(cwd: Path, backend: str, *args: str) -> AsyncIterator[StoreSCPProcess]:
+    """``asyncdicom ARGS`` listening on 127.0.0.1 (a free port; ``.port``), stopped with
+    SIGTERM when the block ends unless the test stopped it."""
+    command = [*CLI, *args, "--port", "0", "--host", "127.0.0.1", "--backend", backend]
+    async with await anyio.open_process(
+        command, cwd=cwd, env=ENV, stdout=PIPE, stderr=PIPE
+    ) as process:
+        scp = StoreSCPProcess(process)
+        try:
+            scp.port = await scp.wait_listening()  # type: ignore[attr-defined]
+            yield scp
+        finally:
+            if process.returncode is None:
+                process.send_signal(signal.SIGTERM)
+                with anyio.fail_after(GUARD, shield=True):
+                    await process.wait()
+
+
+def write_instances(folder: Path) -> list[str]:
+    """Two studies of patient P1 (CT and MR series) and one of P2; the SOP Instance UIDs."""
+    folder.mkdir(parents=True)
+    made = []
+    for n, (patient, study, series, modality) in enumerate(
+        [
+            ("P1", "1.1", "1.1.1", "CT"),
+            ("P1", "1.1", "1.1.2", "MR"),
+            ("P1", "1.2", "1.2.1", "CT"),
+            ("P2", "2.1", "2.1.1", "CT"),
+        ]
+    ):
+        ds = make_ct_instance(
+            64, patient_id=patient, study_instance_uid=study, series_instance_uid=series
+        )
+        ds.Modality = modality
+        ds.PatientName = f"DOE^{patient}"
+        ds.save_as(folder / f"{n}.dcm", enforce_file_format=True)
+        made.append(str(ds.SOPInstanceUID))
+    return made
+
+
+async def findscu(port: int, backend: str, cwd: Path, *keys: str) -> list[dict[str, str]]:
+    args = [f"-k{key}" for key in keys]
+    result = await run_cli(
+        "findscu", "127.0.0.1", str(port), "--called-aet", "QRSCP", "--backend", backend,
+        "--level", "STUDY", "-k", "StudyInstanceUID", *args, cwd=cwd,
+    )  # fmt: skip
+    assert result.returncode == 0, err(result)
+    return [dict(p.split("=", 1) for p in shlex.split(line)) for line in out(result).splitlines()]
+
+
+async def test_store_find_restart_find(tmp_path: Path, anyio_backend: str) -> None:
+    write_instances(tmp_path / "src")
+    with anyio.fail_after(GUARD * 3):
+        async with app(tmp_path, anyio_backend, "qrscp", "--storage", "archive") as scp:
+            port = scp.port  # type: ignore[attr-defined]
+            sent = await run_cli(
+                "storescu", "127.0.0.1", str(port), "src", "--called-aet", "QRSCP",
+                "--backend", anyio_backend, cwd=tmp_path,
+            )  # fmt: skip
+            assert sent.returncode == 0, err(sent)
+            echo = await run_cli("echoscu", "127.0.0.1", str(port), cwd=tmp_path)
+            assert echo.returncode == 0, err(echo)
+            before = await findscu(
+                port, anyio_backend, tmp_path, "PatientID=P1", "ModalitiesInStudy"
+            )
+            assert await scp.stop() == 0
+        assert "Traceback" not in scp.stderr.decode()
+        async with app(tmp_path, anyio_backend, "qrscp", "--storage", "archive") as scp:
+            assert "(4 instances in archive)" in scp.stderr.decode()
+            port = scp.port  # type: ignore[attr-defined]
+            after = await findscu(
+                port, anyio_backend, tmp_path, "PatientID=P1", "ModalitiesInStudy"
+            )
+            everyone = await findscu(port, anyio_backend, tmp_path, "PatientName=DOE*")
+            assert await scp.stop() == 0
+    expected = [
+        {"QueryRetrieveLevel": "STUDY", "StudyInstanceUID": "1.1", "PatientID": "P1",
+         "ModalitiesInStudy": "CT\\MR", "SpecificCharacterSet": "ISO_IR 100"},
+        {"QueryRetrieveLevel": "STUDY", "StudyInstanceUID": "1.2", "PatientID": "P1",
+         "ModalitiesInStudy": "CT", "SpecificCharacterSet": "ISO_IR 100"},
+    ]  # fmt: skip
+    assert before == expected
+    assert after == expected
+    assert sorted(m["StudyInstanceUID"] for m in everyone) == ["1.1", "1.2", "2.1"]
+    assert (tmp_path / "archive" / "index.sqlite").is_file()
+
+
+async def test_move_to_a_storescp(tmp_path: Path, anyio_backend: str) -> None:
+    uids = write_instances(tmp_path / "src")
+    with anyio.fail_after(GUARD * 3):
+        async with app(
+            tmp_path, anyio_backend, "storescp", "--aet", "STORESCP", "--output-dir", "moved"
+        ) as dest:
+            dest_port = dest.port  # type: ignore[attr-defined]
+            async with app(
+                tmp_path, anyio_backend, "qrscp", "--storage", "archive", "--db", "qr.sqlite",
+                "--move-destination", f"STORESCP=127.0.0.1:{dest_port}",
+            ) as scp:  # fmt: skip
+                port = scp.port  # type: ignore[attr-defined]
+                sent = await run_cli(
+                    "storescu", "127.0.0.1", str(port), "src", "--backend", anyio_backend,
+                    cwd=tmp_path,
+                )  # fmt: skip
+                assert sent.returncode == 0, err(sent)
+                moved = await run_cli(
+                    "movescu", "127.0.0.1", str(port), "--called-aet", "QRSCP",
+                    "--backend", anyio_backend, "--level", "STUDY", "-k", "StudyInstanceUID=1.1",
+                    "--move-dest", "STORESCP", cwd=tmp_path,
+                )  # fmt: skip
+                unknown = await run_cli(
+                    "movescu", "127.0.0.1", str(port), "--called-aet", "QRSCP",
+                    "--backend", anyio_backend, "--level", "STUDY", "-k", "StudyInstanceUID=1.1",
+                    "--move-dest", "NOWHERE", cwd=tmp_path,
+                )  # fmt: skip
+    assert moved.returncode == 0, (out(moved), err(moved))
+    assert sorted(p.stem for p in (tmp_path / "moved").iterdir()) == sorted(uids[:2])
+    assert unknown.returncode == 1
+    assert "0xA801" in err(unknown), err(unknown)
+    assert (tmp_path / "qr.sqlite").is_file()
+    assert not (tmp_path / "archive" / "index.sqlite").exists()
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("STORESCP", "expected AET=HOST:PORT"),
+        ("STORESCP=127.0.0.1", "expected AET=HOST:PORT"),
+        ("STORESCP=127.0.0.1:0", "a TCP port is 1..65535, not 0"),
+        ("STORESCP=127.0.0.1:x", "not a whole number"),
+        ("A-TITLE-LONGER-THAN-16=h:104", "at most 16 characters"),
+        ("X=::1:104", "IPv6 address in brackets"),
+    ],
+)
+async def test_bad_move_destination_is_a_usage_error(
+    tmp_path: Path, anyio_backend: str, value: str, message: str
+) -> None:
+    result = await run_cli(
+        "qrscp", "--port", "0", "--storage", "archive", "--move-destination", value,
+        "--backend", anyio_backend, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 2, err(result)
+    last = err(result).strip().splitlines()[-1]
+    assert last.startswith("asyncdicom qrscp: error: argument --move-destination:"), last
+    assert message in last, last
+    assert not (tmp_path / "archive").exists()
+
+
+async def test_duplicate_move_destination_is_a_usage_error(
+    tmp_path: Path, anyio_backend: str
+) -> None:
+    result = await run_cli(
+        "qrscp", "--port", "0", "--storage", "archive", "--backend", anyio_backend,
+        "--move-destination", "A=h:104", "--move-destination", "A=k:105", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 2, err(result)
+    assert err(result).splitlines() == [
+        "asyncdicom: error: argument --move-destination: 'A' is given twice"
+    ]
+
+
+@pytest.mark.parametrize("case", ["read-only folder", "a file", "not an index"])
+async def test_unusable_storage_or_index_is_one_line_and_exit_2(
+    tmp_path: Path, anyio_backend: str, case: str
+) -> None:
+    prefix: list[str] = []
+    options = ["--storage", "archive"]
+    if case == "read-only folder":
+        prefix = without_file_permission_override()
+        (tmp_path / "archive").mkdir(mode=0o555)
+        expected = "argument --storage: cannot write in the folder 'archive': Permission denied"
+    elif case == "a file":
+        (tmp_path / "archive").write_text("not a folder")
+        expected = "argument --storage: 'archive' is not a folder"
+    else:
+        (tmp_path / "notes.sqlite").write_text("not a database, not an index")
+        options += ["--db", "notes.sqlite"]
+        expected = "argument --db: cannot use the index 'notes.sqlite'"
+    args = ["qrscp", "--port", "0", "--host", "127.0.0.1", "--backend", anyio_backend, *options]
+    with anyio.fail_after(GUARD):
+        result = await anyio.run_process([*prefix, *CLI, *args], cwd=tmp_path, env=ENV, check=False)
+    assert result.returncode == 2, err(result)
+    lines = err(result).splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"asyncdicom: error: {expected}"), lines
