@@ -223,6 +223,11 @@ class SQLiteIndex:
         self.path = path
         self._lock = threading.Lock()
         self._con = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        # (level, unique key) -> (pk, fingerprint of the row written): a patient, study or
+        # series row whose attributes did not change is not rewritten (most instances of a
+        # series share them; encoding the record is the bulk of the cost of adding).  Valid
+        # while this connection is the only writer; cleared on rollback and deletions.
+        self._known: dict[tuple[str, object], tuple[int, int]] = {}
         try:
             self._open()
         except sqlite3.DatabaseError as exc:
@@ -324,6 +329,7 @@ class SQLiteIndex:
                     else:
                         results.append(self._add(*item))
             except BaseException:
+                self._known.clear()
                 con.execute("ROLLBACK")
                 raise
             con.execute("COMMIT")
@@ -371,14 +377,38 @@ class SQLiteIndex:
             "ON series.pk = instance.series_pk WHERE sop_instance_uid = ?",
             (sop,),
         ).fetchone()
-        patient_pk = self._upsert("PATIENT", header, parts["PATIENT"], {})
-        study_pk = self._upsert("STUDY", header, parts["STUDY"], {"patient_pk": patient_pk})
-        series_pk = self._upsert("SERIES", header, parts["SERIES"], {"study_pk": study_pk})
+        patient_pk, _ = self._upsert_parent("PATIENT", header, parts["PATIENT"], {})
+        study_pk, _ = self._upsert_parent(
+            "STUDY", header, parts["STUDY"], {"patient_pk": patient_pk}
+        )
+        series_pk, series_written = self._upsert_parent(
+            "SERIES", header, parts["SERIES"], {"study_pk": study_pk}
+        )
         self._upsert("IMAGE", header, parts["IMAGE"], {"series_pk": series_pk, "path": path})
-        self._refresh_modalities(study_pk)
+        if series_written:
+            self._refresh_modalities(study_pk)
         if old is not None and int(old[0]) != series_pk:
             self._prune(int(old[0]), int(old[1]))
         return Added(new=old is None, previous_path=None if old is None else str(old[2]))
+
+    def _upsert_parent(
+        self, level: str, header: Dataset, record: Dataset, extra: dict[str, object]
+    ) -> tuple[int, bool]:
+        """:meth:`_upsert` for a patient, study or series row, skipped when the row was
+        written by this connection with the same attributes: (pk, whether it was written)."""
+        elem = header.get(LEVELS[level])
+        key = (level, None if elem is None else str(elem.value))
+        fingerprint = hash(
+            (tuple((e.tag, e.VR, repr(e.value)) for e in record), tuple(extra.items()))
+        )
+        known = self._known.get(key)
+        if known is not None and known[1] == fingerprint and key[1] is not None:
+            return known[0], False
+        pk = self._upsert(level, header, record, extra)
+        if len(self._known) >= 16384:
+            self._known.clear()
+        self._known[key] = (pk, fingerprint)
+        return pk, True
 
     def _refresh_modalities(self, study_pk: int) -> None:
         rows = self._con.execute(
@@ -392,6 +422,7 @@ class SQLiteIndex:
 
     def _prune(self, series_pk: int, study_pk: int) -> None:
         """Remove the rows an updated instance left empty."""
+        self._known.clear()
         con = self._con
         con.execute(
             "DELETE FROM series WHERE pk = ? AND NOT EXISTS "
