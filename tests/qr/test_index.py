@@ -159,6 +159,30 @@ def test_an_updated_instance_moving_series_leaves_no_empty_rows() -> None:
     ) == ["MR"]
 
 
+def test_parent_rows_follow_changed_attributes_and_rollbacks() -> None:
+    index = SQLiteIndex(":memory:")
+    index.add(header("P1", "1.1", "1.1.1", number=1), "a.dcm")
+    index.add(header("P1", "1.1", "1.1.1", number=2), "b.dcm")  # same parents: skipped
+    assert values(
+        index, q("PATIENT", "patient", PatientID="P1", PatientName=""), "PatientName"
+    ) == ["DOE^JOHN"]
+    index.add(header("P1", "1.1", "1.1.1", number=3, name="DOE^JOHNNY"), "c.dcm")
+    assert values(
+        index, q("PATIENT", "patient", PatientID="P1", PatientName=""), "PatientName"
+    ) == ["DOE^JOHNNY"]
+    # a batch rolled back: the rows it wrote are gone, and are written again next time
+    broken = header("P2", "2.1", "2.1.1")
+    with pytest.raises(sqlite3.IntegrityError):
+        index.add_many([(broken, "d.dcm"), (broken, None)])  # type: ignore[list-item]
+    index.add(header("P2", "2.1", "2.1.1", modality="MR"), "e.dcm")
+    assert values(index, q("STUDY", PatientID="P2", StudyInstanceUID=""), "StudyInstanceUID") == [
+        "2.1"
+    ]
+    assert values(
+        index, q("STUDY", StudyInstanceUID="2.1", ModalitiesInStudy=""), "ModalitiesInStudy"
+    ) == ["MR"]
+
+
 def test_header_without_uids_is_rejected() -> None:
     index = SQLiteIndex(":memory:")
     ds = header("P1", "1.1", "1.1.1")
