@@ -141,8 +141,11 @@ def retrieve_contexts(
     ``model`` (``"patient"``, ``"study"``, ``"patient-study"``): the model's GET or MOVE SOP
     class and its FIND SOP class (to query first on the same association), and for C-GET the
     ``storage`` SOP classes proposed with the SCP role (this side receives the C-STOREs), in
-    ``storage_transfer_syntaxes`` (default: every transfer syntax, so that stored instances
-    come as they are).  ValueError beyond the 128 contexts an A-ASSOCIATE-RQ holds."""
+    ``storage_transfer_syntaxes``; by default every transfer syntax, so that stored instances
+    come as they are: per SOP class, one context for the uncompressed syntaxes and one per
+    compressed syntax when they fit (up to 12 SOP classes), else one for the uncompressed and
+    one for all the compressed syntaxes (up to 63), else one with all of them.  ValueError
+    beyond the 128 contexts an A-ASSOCIATE-RQ holds."""
     index = {"patient": 0, "study": 1, "patient-study": 2}
     if model not in index:
         raise ValueError(f"unknown Query/Retrieve model {model!r} (one of {', '.join(index)})")
@@ -152,12 +155,32 @@ def retrieve_contexts(
     tss = tuple(transfer_syntaxes)
     out = [ContextRequest(retrieve, tss), ContextRequest(QR_FIND[index[model]], tss)]
     if operation == "get":
-        stss = tuple(storage_transfer_syntaxes or uids.ALL_TRANSFER_SYNTAXES)
         classes = list(dict.fromkeys(storage))
         if len(classes) + len(out) > 128:
             raise ValueError(
                 f"{len(classes)} storage SOP classes and {len(out)} Query/Retrieve contexts: an "
                 "association proposes 128 contexts at most"
             )
-        out.extend(ContextRequest(uid, stss, scu_role=False, scp_role=True) for uid in classes)
+        if storage_transfer_syntaxes is not None:
+            groups = [tuple(storage_transfer_syntaxes)]
+        else:
+            # The acceptor picks one transfer syntax per context, and an instance in a
+            # compressed syntax can only be sent in a context of that syntax.  So, as far as
+            # the 128 contexts allow: one context for the uncompressed syntaxes (anything
+            # uncompressed converts to them) and one per compressed syntax; else the
+            # compressed ones together (the SCP picks one of them); else one context each.
+            everything = uids.ALL_TRANSFER_SYNTAXES
+            plain = tuple(t for t in everything if t in uids.UNCOMPRESSED_TRANSFER_SYNTAXES)
+            packed = tuple(t for t in everything if t not in uids.UNCOMPRESSED_TRANSFER_SYNTAXES)
+            if len(out) + len(classes) * (1 + len(packed)) <= 128:
+                groups = [plain, *((t,) for t in packed)]
+            elif len(out) + 2 * len(classes) <= 128:
+                groups = [plain, packed]
+            else:
+                groups = [everything]
+        out.extend(
+            ContextRequest(uid, group, scu_role=False, scp_role=True)
+            for uid in classes
+            for group in groups
+        )
     return out

@@ -631,6 +631,19 @@ async def test_demo(tmp_path: Path, anyio_backend: str) -> None:
     text = out(result)
     assert f"demo ({anyio_backend})" in text
     assert "C-ECHO" in text and text.count("C-STORE") >= 3
+    # the studies found are retrieved: every stored file comes back (C-GET) and reaches the
+    # move destination (C-MOVE)
+    stored = re.search(r"the SCP wrote (\d+) files", text)
+    assert stored, text
+    assert re.search(
+        rf"C-GET .*{stored[1]} completed, 0 failed; 0x0000 Success; {stored[1]} files written",
+        text,
+    ), text
+    assert re.search(
+        rf"C-MOVE .* to DEMO-DEST .*{stored[1]} completed, 0 failed; 0x0000 Success; "
+        rf"DEMO-DEST received {stored[1]}",
+        text,
+    ), text
     assert "all good" in text
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import anyio
 import pytest
+from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -130,14 +131,30 @@ def test_models() -> None:
 
 
 def test_retrieve_contexts() -> None:
+    plain = set(uids.UNCOMPRESSED_TRANSFER_SYNTAXES) & set(uids.ALL_TRANSFER_SYNTAXES)
+    packed = set(uids.ALL_TRANSFER_SYNTAXES) - plain
     get = presets.retrieve_contexts("get", model="patient", storage=[CT, MR, CT])
-    assert [c.abstract_syntax for c in get] == [
+    assert [c.abstract_syntax for c in get[:2]] == [
         uids.PATIENT_ROOT_QR_GET,
         uids.PATIENT_ROOT_QR_FIND,
-        CT,
-        MR,
     ]
-    assert [(c.scu_role, c.scp_role) for c in get[2:]] == [(False, True), (False, True)]
+    assert [c.abstract_syntax for c in get[2:]] == [CT] * (1 + len(packed)) + [MR] * (
+        1 + len(packed)
+    )
+    assert {(c.scu_role, c.scp_role) for c in get[2:]} == {(False, True)}
+    # few classes: the uncompressed syntaxes together, each compressed one on its own
+    assert set(get[2].transfer_syntaxes) == plain
+    assert {c.transfer_syntaxes for c in get[3 : 3 + len(packed)]} == {(t,) for t in packed}
+    common = presets.retrieve_contexts("get")  # 24 classes: two contexts each
+    assert len(common) == 2 + 2 * len(presets.COMMON_STORAGE)
+    assert set(common[3].transfer_syntaxes) == packed
+    wide = presets.retrieve_contexts("get", storage=[f"1.2.3.{i}" for i in range(100)])
+    assert len(wide) == 102  # two per class would not fit: one with every syntax
+    assert set(wide[2].transfer_syntaxes) == set(uids.ALL_TRANSFER_SYNTAXES)
+    chosen = presets.retrieve_contexts(
+        "get", storage=[CT], storage_transfer_syntaxes=["1.2.840.10008.1.2"]
+    )
+    assert [c.transfer_syntaxes for c in chosen[2:]] == [("1.2.840.10008.1.2",)]
     move = presets.retrieve_contexts("move")
     assert [c.abstract_syntax for c in move] == [uids.STUDY_ROOT_QR_MOVE, uids.STUDY_ROOT_QR_FIND]
     assert not any(c.proposes_roles for c in move)
@@ -594,3 +611,20 @@ async def test_sop_classes_to_retrieve_walks_the_hierarchy() -> None:
             await sop_classes_to_retrieve(a, _keys("STUDY", StudyInstanceUID="1.9.1"), limit=2)
         with pytest.raises(ValueError, match="Query/Retrieve Level 'PATIENT'"):
             await sop_classes_to_retrieve(a, _keys("PATIENT", PatientID="P1"))
+
+
+async def test_get_brings_compressed_and_uncompressed_instances_of_one_class(
+    tmp_path: Path,
+) -> None:
+    from pydicom.data import get_testdata_file
+
+    files = [get_testdata_file("MR_small.dcm"), get_testdata_file("MR_small_RLE.dcm")]
+    scp = _qr_scp([str(f) for f in files])
+    contexts = presets.retrieve_contexts("get", storage=[MR])
+    async with associated(scp, contexts=contexts) as a:
+        async with a.get(_query(), store=tmp_path) as retrieval:
+            final = await retrieval.wait()
+    assert final.status == 0x0000, final
+    assert retrieval.completed == 2
+    syntaxes = sorted(str(dcmread(f).file_meta.TransferSyntaxUID) for f in retrieval.received)
+    assert syntaxes == sorted([uids.EXPLICIT_VR_LITTLE_ENDIAN, uids.RLE_LOSSLESS])

@@ -12,7 +12,15 @@ import anyio
 import pytest
 from pydicom.dataset import Dataset
 
-from asyncdicom import AE, ContextRequest, Status, StatusCategory, SupportedContext, uids
+from asyncdicom import (
+    AE,
+    ContextRequest,
+    HookEvent,
+    Status,
+    StatusCategory,
+    SupportedContext,
+    uids,
+)
 from asyncdicom.config import DEFAULT_TRANSFER_SYNTAXES
 from asyncdicom.protocol import messages
 from asyncdicom.storage.files import encode_dataset
@@ -282,6 +290,24 @@ async def test_leaving_an_iteration_early_cancels_and_keeps_the_association() ->
         assert (await assoc.echo()).status == 0x0000  # same association, still usable
     assert state["closed"]
     assert state["yielded"] < 10_000
+
+
+async def test_a_received_c_cancel_is_observed_by_the_dimse_hook() -> None:
+    state: dict[str, Any] = {"yielded": 0, "closed": False}
+    scp = _long_find_scp(10_000, state)
+    seen: list[Any] = []
+    scp.hooks.add(HookEvent.DIMSE_RECEIVED, lambda event, assoc, message: seen.append(message))
+    async with associated(scp, contexts=[(FIND, [EXPLICIT])]) as assoc:
+        ctx = assoc.find_context(FIND)
+        assert ctx is not None
+        async with assoc.invoke(ctx, _find_rq(assoc), _query()) as op:
+            await op.__anext__()
+            await op.cancel()
+            async for _ in op:
+                pass
+    names = [m.NAME for m in seen]
+    assert names == ["C-FIND-RQ", "C-CANCEL-RQ"]
+    assert seen[1].message_id_being_responded_to == op.message_id
 
 
 async def test_c_cancel_stops_the_handler_within_a_few_responses() -> None:

@@ -1,4 +1,4 @@
-"""``asyncdicom demo``: an SCP and an SCU in one process, echo and store sample files.
+"""``asyncdicom demo``: an SCP and an SCU in one process: echo, store, find and retrieve samples.
 
 The sample files are :data:`SAMPLE_FILES`, taken from the test files that pydicom installs
 (``pydicom/data/test_files``).  The demo names the folder, lists every file it sends, and reports
@@ -6,6 +6,10 @@ a sample this pydicom does not have, or cannot be read, instead of skipping it s
 the samples (``MR_small.dcm`` and ``MR_small_RLE.dcm``: one image in two transfer syntaxes)
 carry the same SOP Instance UID; the summary names them next to the number of files the SCP
 wrote, so that a count of instances that differs from the count of files is explained.
+
+After the C-FIND the demo retrieves the studies found: a C-GET (the SCP sends the files back on
+the SCU's association; they are written to a folder) and a C-MOVE to a second in-process
+Storage SCP, the move destination.  Everything listens on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import argparse
 import tempfile
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +27,7 @@ from pydicom.dataset import Dataset
 from .. import __version__
 from ..ae import AE
 from ..errors import DICOMError
-from ..presets import qr_find_supported
+from ..presets import qr_supported, retrieve_contexts, storage_supported
 from ..protocol import uids
 from ..protocol.status import describe
 from ..storage.contexts import contexts_for_files
@@ -31,6 +35,7 @@ from ..storage.files import StorageError
 from .common import add_common, ok
 
 if TYPE_CHECKING:
+    from ..protocol.negotiation import ContextRequest
     from ..storage.files import Part10Source
 
 __all__ = ["SAMPLE_FILES", "add_parser", "run"]
@@ -53,10 +58,11 @@ def add_parser(sub: Any) -> None:
     """Add the ``demo`` sub-command to ``sub``."""
     p = sub.add_parser(
         "demo",
-        help="SCP and SCU in one process: echo and store samples",
+        help="SCP and SCU in one process: echo, store, find, get and move samples",
         description=(
-            "Start a Storage SCP on 127.0.0.1, send it a C-ECHO and pydicom's sample files "
-            "with C-STORE, and print what happened."
+            "Start a Storage and Query/Retrieve SCP on 127.0.0.1, send it a C-ECHO and "
+            "pydicom's sample files with C-STORE, find the studies with C-FIND, retrieve "
+            "them with C-GET and C-MOVE, and print what happened."
         ),
     )
     add_common(p)
@@ -128,8 +134,14 @@ async def run(args: argparse.Namespace) -> int:
     ok_all = True
     stored: list[_Sample] = []
     with tempfile.TemporaryDirectory(prefix="asyncdicom-demo-") as tmp:
-        scp = AE("DEMO-SCP", accept_any_storage=True, supported_contexts=qr_find_supported())
+        scp = AE(
+            "DEMO-SCP",
+            accept_any_storage=True,
+            # FIND, GET and MOVE; the storage classes also in the SCU role, for C-GET's C-STOREs
+            supported_contexts=qr_supported() + storage_supported(scu_role=True),
+        )
         studies: dict[str, Dataset] = {}  # what the SCP's C-FIND answers from
+        files_by_study: dict[str, list[Path]] = {}  # ... and its C-GET and C-MOVE
 
         @scp.on_store
         async def on_store(request: Any) -> int:
@@ -137,7 +149,9 @@ async def run(args: argparse.Namespace) -> int:
             written.add(path)
             received.add(request.message.affected_sop_instance_uid)
             header = path.header()  # the stored data set without its pixel data
-            study = studies.setdefault(header.get("StudyInstanceUID", "?"), Dataset())
+            study_uid = str(header.get("StudyInstanceUID", "?"))
+            files_by_study.setdefault(study_uid, []).append(path)
+            study = studies.setdefault(study_uid, Dataset())
             for keyword in ("PatientName", "PatientID", "StudyInstanceUID", "StudyDate"):
                 if keyword in header:
                     setattr(study, keyword, header.get(keyword))
@@ -214,6 +228,28 @@ async def run(args: argparse.Namespace) -> int:
                 ok_all &= good
                 ms = f"{(time.perf_counter() - t0) * 1000:.1f}"
                 table.add_row("C-FIND", "STUDY level", "Study Root FIND", "-", "-", found, ms)
+
+            @scp.on("C-GET", sop_class=uids.STUDY_ROOT_QR_GET)
+            @scp.on("C-MOVE", sop_class=uids.STUDY_ROOT_QR_MOVE)
+            async def on_retrieve(request: Any) -> AsyncIterator[Path]:
+                # the files of the studies asked for (Study Instance UID list matching)
+                for uid in _uids(await request.dataset()):
+                    for path in files_by_study.get(uid, []):
+                        yield path
+
+            wanted = [str(m.StudyInstanceUID) for m in matches if m.get("StudyInstanceUID")]
+            # C-GET: the storage contexts the samples need (a compressed file comes as it is
+            # stored, so its transfer syntax needs a context of its own), with the SCP role
+            storage = [
+                replace(c, scu_role=False, scp_role=True)
+                for c in contexts_for_files(s.source for s in stored if s.source is not None)
+            ]
+            for row, good in (
+                await _get(server.port, wanted, storage, Path(tmp) / "got", len(written)),
+                await _move(scp, server.port, wanted, len(written)),
+            ):
+                table.add_row(*row)
+                ok_all &= good
     console.print(f"Sample files from pydicom {pydicom.__version__}: {sample_folder()}")
     console.print(table)
     for sample in samples:
@@ -231,3 +267,95 @@ async def run(args: argparse.Namespace) -> int:
 def _status(status: int) -> str:
     """``0x0000 Success``; another status with its meaning."""
     return "0x0000 Success" if status == 0 else describe(status)
+
+
+def _uids(identifier: Dataset) -> list[str]:
+    """The Study Instance UIDs of a retrieve identifier (one value or a list)."""
+    value = identifier.get("StudyInstanceUID")
+    if not value:
+        return []
+    return [str(v) for v in value] if not isinstance(value, str) else [value]
+
+
+def _study_identifier(study_uids: list[str]) -> Dataset:
+    ds = Dataset()
+    ds.QueryRetrieveLevel = "STUDY"
+    ds.StudyInstanceUID = study_uids
+    return ds
+
+
+def _counts(retrieval: Any, status: int | None) -> str:
+    done = f"{retrieval.completed or 0} completed, {retrieval.failed or 0} failed"
+    return f"{done}; " + ("no final response" if status is None else _status(status))
+
+
+_Row = tuple[tuple[str, str, str, str, str, str, str], bool]
+
+
+async def _get(
+    port: int,
+    study_uids: list[str],
+    storage: list[ContextRequest],
+    folder: Path,
+    expected: int,
+) -> _Row:
+    """C-GET of the studies into ``folder``: the table row, and whether every file came."""
+    from ..services.retrieve import RetrieveFailed
+
+    t0 = time.perf_counter()
+    contexts = retrieve_contexts("get", model="study", storage=()) + storage
+    what = f"{len(study_uids)} studies"
+    try:
+        async with AE("DEMO-SCU").associate(
+            "127.0.0.1", port, called_aet="DEMO-SCP", contexts=contexts
+        ) as assoc:
+            async with assoc.get(
+                _study_identifier(study_uids), store=folder, model="study"
+            ) as retrieval:
+                await retrieval.wait()
+    except (RetrieveFailed, DICOMError, OSError) as exc:
+        outcome, good = f"failed: {exc}", False
+    else:
+        written = len(retrieval.received)
+        outcome = f"{_counts(retrieval, retrieval.status)}; {written} files written"
+        good = retrieval.status == 0 and written == expected
+    ms = f"{(time.perf_counter() - t0) * 1000:.1f}"
+    return ("C-GET", what, "Study Root GET", "-", "-", outcome, ms), good
+
+
+async def _move(scp: AE, port: int, study_uids: list[str], expected: int) -> _Row:
+    """C-MOVE of the studies to a second Storage SCP, DEMO-DEST: the table row, and whether
+    every instance arrived there."""
+    from ..services.retrieve import RetrieveFailed
+
+    arrived: list[str] = []
+    dest = AE("DEMO-DEST", accept_any_storage=True)
+
+    @dest.on_store
+    async def on_store(request: Any) -> int:
+        await request.discard()
+        arrived.append(request.message.affected_sop_instance_uid)
+        return 0x0000
+
+    t0 = time.perf_counter()
+    what = f"{len(study_uids)} studies to DEMO-DEST"
+    try:
+        async with dest.server("127.0.0.1", 0) as dest_server:
+            scp.move_destinations["DEMO-DEST"] = ("127.0.0.1", dest_server.port)
+            async with AE("DEMO-SCU").associate(
+                "127.0.0.1",
+                port,
+                called_aet="DEMO-SCP",
+                contexts=retrieve_contexts("move", model="study"),
+            ) as assoc:
+                async with assoc.move(
+                    _study_identifier(study_uids), destination="DEMO-DEST", model="study"
+                ) as retrieval:
+                    await retrieval.wait()
+    except (RetrieveFailed, DICOMError, OSError) as exc:
+        outcome, good = f"failed: {exc}", False
+    else:
+        outcome = f"{_counts(retrieval, retrieval.status)}; DEMO-DEST received {len(arrived)}"
+        good = retrieval.status == 0 and len(arrived) == expected
+    ms = f"{(time.perf_counter() - t0) * 1000:.1f}"
+    return ("C-MOVE", what, "Study Root MOVE", "-", "-", outcome, ms), good

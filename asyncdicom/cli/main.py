@@ -1,4 +1,4 @@
-"""The ``asyncdicom`` command: echoscu, storescu, findscu, storescp and demo.
+"""The ``asyncdicom`` command: echoscu, storescu, findscu, getscu, movescu, storescp and demo.
 
 Exit status: 0 only on full success, 1 when an operation failed (rejected, aborted, a status
 other than success/warning), 2 for usage errors, 130 after Ctrl-C.  Errors are one clear line
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Sequence
 
 import anyio
@@ -19,7 +20,7 @@ if sys.version_info < (3, 11):  # pragma: no cover
 from .. import __version__
 from ..errors import DICOMError
 from ..log import configure_cli_logging, get_logger
-from . import demo, echoscu, findscu, storescp, storescu
+from . import demo, echoscu, findscu, getscu, movescu, qrscp, storescp, storescu
 from .common import CLIError, HelpFormatter, check_bind, describe_error, err
 
 __all__ = ["build_parser", "main"]
@@ -33,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="asyncdicom", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"asyncdicom {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for app in (echoscu, storescu, storescp, findscu, demo):
+    for app in (echoscu, storescu, storescp, findscu, getscu, movescu, qrscp, demo):
         app.add_parser(sub)
     for command in sub.choices.values():
         # every app's --help shows the defaults (the apps' modules need not ask for it)
@@ -47,6 +48,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     check_bind(_subparser(parser, args), args)
     configure_cli_logging(verbose=args.verbose, json=args.log_json)
+    if args.verbose < 2:
+        # pydicom's remarks on the values it decodes (an invalid UID in a peer's data set, ...)
+        # are not the user's business in the apps; -vv shows them
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom\b")
     try:
         return int(anyio.run(args.func, args, backend=args.backend))
     except KeyboardInterrupt:

@@ -87,7 +87,15 @@ PYNETDICOM_SCU_SCRIPT = Path(__file__).resolve().with_name("pynetdicom_scu.py")
 DCMTK_BIN_ENV = "ASYNCDICOM_DCMTK_BIN"
 
 #: The DCMTK programs the interop tests use.
-DCMTK_PROGRAMS: tuple[str, ...] = ("storescp", "storescu", "echoscu", "dcmdump")
+DCMTK_PROGRAMS: tuple[str, ...] = (
+    "storescp",
+    "storescu",
+    "echoscu",
+    "dcmdump",
+    "findscu",
+    "getscu",
+    "movescu",
+)
 
 #: DCMTK 3.6.7 accepts ``--max-pdu`` values in this closed range only (see ``storescp --help``).
 DCMTK_MAX_PDU_RANGE: tuple[int, int] = (4096, 131072)

@@ -1,0 +1,169 @@
+"""``asyncdicom getscu``: C-GET (Query/Retrieve GET): retrieve instances and write them as files.
+
+The identifier is built from ``--level`` and the ``-k KEY[=VALUE]`` keys, as for ``findscu``.
+The association proposes the model's GET SOP class (and its FIND SOP class), and one storage
+context with the SCP role per ``--sop-class`` (by default
+:data:`asyncdicom.presets.COMMON_STORAGE`) listing every transfer syntax (the SCP accepts one of
+them per SOP class).  The SCP sends the instances back on the same association as C-STORE-RQs;
+each one is written to ``--output-dir`` (default: the current folder, as DCMTK's ``getscu``)
+with the ``--layout`` and ``--on-duplicate`` of ``storescp``.
+
+Progress, summary, Ctrl-C and the exit status: :mod:`asyncdicom.cli.retrieve_app`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from ..storage.files import DUPLICATE_POLICIES, LAYOUTS, is_valid_uid
+from .common import add_common, add_scu, err, notice
+from .retrieve_app import MAX_CONTEXTS, add_identifier_options, finish, identifier, retrieve
+from .storescp import output_folder, prepare_output_folder
+
+__all__ = ["add_parser", "run", "sop_class"]
+
+
+def sop_class(text: str) -> str:
+    """An argparse type: a SOP Class UID (``1.2.840.10008.5.1.4.1.1.2``) or pydicom's keyword
+    for one (``CTImageStorage``)."""
+    value = text.strip()
+    if is_valid_uid(value):
+        return value
+    import pydicom.uid
+
+    found = getattr(pydicom.uid, value, None)
+    if isinstance(found, pydicom.uid.UID) and found.type == "SOP Class":
+        return str(found)
+    raise argparse.ArgumentTypeError(
+        f"{text!r} is neither a UID (digits and dots, at most 64 characters) nor the keyword "
+        "of a SOP class (e.g. CTImageStorage)"
+    )
+
+
+def add_parser(sub: Any) -> None:
+    """Add the ``getscu`` sub-command to ``sub``."""
+    p = sub.add_parser(
+        "getscu",
+        help="retrieve instances with C-GET",
+        description="Send a C-GET request (Query/Retrieve GET) to a peer and write the "
+        "instances it sends back as files.",
+    )
+    add_scu(p)
+    add_identifier_options(p, "C-GET")
+    p.add_argument(
+        "--output-dir",
+        type=output_folder,
+        default=".",
+        metavar="DIR",
+        help="write the instances received here (created if needed; must be writable)",
+    )
+    p.add_argument(
+        "--layout",
+        choices=LAYOUTS,
+        default="flat",
+        help="flat: DIR/<SOP Instance UID>.dcm; sorted: "
+        "DIR/<Patient ID>/<Study UID>/<Series UID>/<SOP Instance UID>.dcm",
+    )
+    p.add_argument(
+        "--on-duplicate",
+        choices=DUPLICATE_POLICIES,
+        default="unique",
+        help="when a file with the instance's name exists: unique keeps both (the new one as "
+        "<name>_1.dcm), overwrite replaces it, ignore keeps it and drops the new one",
+    )
+    p.add_argument(
+        "--sop-class",
+        dest="sop_classes",
+        action="append",
+        type=sop_class,
+        metavar="UID",
+        help="a storage SOP class to receive (UID or keyword, repeatable; default: the "
+        "common storage classes of asyncdicom.presets.COMMON_STORAGE)",
+    )
+    p.add_argument(
+        "--discover",
+        action="store_true",
+        help="before the C-GET, list the SOP classes of the instances to retrieve with C-FIND "
+        "queries down to the IMAGE level (on an association of their own) and propose only "
+        "those, each with every transfer syntax in contexts of its own where they fit",
+    )
+    add_common(p)
+    p.set_defaults(func=run)
+
+
+async def _discover(args: argparse.Namespace, query: Any) -> list[str] | None:
+    """The SOP classes the C-GET will bring, from C-FIND queries; None (after one error line)
+    when they cannot be listed."""
+    from ..services.query_retrieve import QueryFailed, find_model_uid
+    from ..services.retrieve import sop_classes_to_retrieve
+    from .common import scu_ae
+
+    ae = scu_ae(args)
+    try:
+        async with ae.associate(
+            args.host,
+            args.port,
+            called_aet=args.called_aet,
+            contexts=[find_model_uid(args.model)],
+            bind=args.bind,
+        ) as assoc:
+            found = await sop_classes_to_retrieve(assoc, query, model=args.model)
+    except (QueryFailed, ValueError) as exc:
+        err(f"getscu: --discover: the SOP classes could not be listed: {exc}")
+        return None
+    return sorted(found)
+
+
+async def run(args: argparse.Namespace) -> int:
+    """Associate, send one C-GET, write what comes back, release; 0 if the final status was
+    Success, 1 otherwise, 130 after Ctrl-C (2 for an unusable ``--output-dir`` or too many
+    ``--sop-class``)."""
+    from .. import presets
+
+    folder: Path = args.output_dir
+    query = identifier(args)
+    storage = list(dict.fromkeys(args.sop_classes or presets.COMMON_STORAGE))
+    if args.discover:
+        found = await _discover(args, query)
+        if found is None:
+            return 1
+        storage = list(dict.fromkeys([*(args.sop_classes or []), *found]))
+        if args.verbose:
+            notice(
+                f"getscu: --discover found {len(found)} SOP class(es): {', '.join(found)}",
+                "sop_classes_discovered",
+                sop_classes=found,
+            )
+    try:
+        contexts = presets.retrieve_contexts("get", model=args.model, storage=storage)
+    except ValueError:
+        err(
+            f"argument --sop-class: {len(storage)} storage SOP classes do not fit in one "
+            f"association: with the C-GET and C-FIND contexts an association proposes "
+            f"{MAX_CONTEXTS} presentation contexts at most, so {MAX_CONTEXTS - 2} SOP classes"
+        )
+        return 2
+    problem = prepare_output_folder(folder)
+    if problem is not None:
+        err(f"argument --output-dir: {problem}")
+        return 2
+    outcome = await retrieve(
+        args,
+        "C-GET",
+        contexts,
+        lambda assoc: assoc.get(
+            query,
+            store=folder,
+            model=args.model,
+            on_duplicate=args.on_duplicate,
+            layout=args.layout,
+        ),
+    )
+    written = len(outcome.retrieval.received) if outcome.retrieval is not None else 0
+    extra = f"{written} file{'' if written == 1 else 's'} written to {folder}"
+    not_written = outcome.retrieval.receive_errors if outcome.retrieval is not None else 0
+    if not_written:
+        extra += f", {not_written} could not be written"
+    return finish(outcome, args, "C-GET", extra)
