@@ -1110,11 +1110,12 @@ class Association:
             waiter.close()
 
     def _on_cancel(self, event: CancelReceived) -> None:
-        if self._tracing or self.hooks.wants(HookEvent.DIMSE_RECEIVED):
-            message = messages.CCancelRQ(message_id_being_responded_to=event.message_id)
+        message = event.message
+        if message is not None:
             if self._tracing:
                 self._trace("dimse_received", message, event.context_id)
-            self.hooks.emit(HookEvent.DIMSE_RECEIVED, self, message=message)
+            if self.hooks.wants(HookEvent.DIMSE_RECEIVED):
+                self.hooks.emit(HookEvent.DIMSE_RECEIVED, self, message=message)
         request = self._performing.get(event.message_id) if event.known else None
         if request is None:
             # it already ended (the C-CANCEL crossed its final response): nothing to do

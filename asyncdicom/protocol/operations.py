@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .dimse import _IDLE as _ASSEMBLER_IDLE
 from .dimse import CommandReceived, MessageAssembler
@@ -109,6 +109,8 @@ class CancelReceived:
     context_id: int
     message_id: int
     known: bool
+    #: the C-CANCEL-RQ itself (for observers: traces, hooks)
+    message: Message | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -345,7 +347,7 @@ class DIMSEOperations:
                 self.performed.get(target) == context_id
                 and self._performed_fields.get(target) in _MULTI_RESPONSE_FIELDS
             )
-            return CancelReceived(context_id, target, known)
+            return CancelReceived(context_id, target, known, message)
         msg_id = message.message_id  # type: ignore[union-attr]
         performed = self.performed
         if msg_id in performed:

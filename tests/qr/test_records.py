@@ -1,0 +1,81 @@
+"""encode_explicit_le: raw Explicit VR Little Endian elements copied as they are, anything
+else through pydicom; decoded, the result holds what pydicom's own writer gives, for every
+sample file pydicom ships (both little endian encodings, big endian, sequences of defined
+and undefined length, ambiguous VRs)."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file, get_testdata_files
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
+
+from asyncdicom.qr.index import _decode, _encode
+from asyncdicom.qr.records import encode_explicit_le
+
+BINARY = {"OB", "OW", "OD", "OF", "OL", "OV", "UN"}
+
+
+def _kept(ds: Dataset) -> list[object]:
+    """The elements an index record would hold (no meta, private, binary, group lengths)."""
+    return [
+        t
+        for t in ds.keys()  # noqa: SIM118 (tags, not elements: nothing decoded)
+        if t.group != 2 and t.group % 2 == 0 and t.element != 0 and ds.get_item(t).VR not in BINARY
+    ]
+
+
+def _samples() -> list[str]:
+    out = []
+    for f in sorted(get_testdata_files("*.dcm")):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                pydicom.dcmread(f, stop_before_pixels=True)
+        except Exception:
+            continue
+        out.append(f)
+    return out
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("path", _samples(), ids=lambda p: Path(p).name)
+def test_same_values_as_pydicoms_writer(path: str) -> None:
+    ds = pydicom.dcmread(path, stop_before_pixels=True, defer_size=4096)
+    tags = _kept(ds)
+    reference = Dataset()
+    for t in tags:
+        reference[t] = ds.get_item(t)
+    expected = _decode(_encode(reference))
+    got = _decode(encode_explicit_le([ds.get_item(t) for t in tags], ds))
+    assert list(got.keys()) == list(expected.keys())
+    for t in expected.keys():  # noqa: SIM118 (tags: iterating a Dataset gives elements)
+        assert got[t].VR == expected[t].VR, t
+        assert got[t].value == expected[t].value, t
+
+
+def test_raw_explicit_elements_are_copied_byte_for_byte() -> None:
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"), stop_before_pixels=True)
+    raw = ds.get_item(0x00080008)
+    assert isinstance(raw, RawDataElement) and not raw.is_implicit_VR
+    encoded = encode_explicit_le([raw])
+    assert encoded == b"\x08\x00\x08\x00CS\x16\x00" + b"ORIGINAL\\PRIMARY\\AXIAL"
+    sequence = ds.get_item(0x00101002)  # Other Patient IDs Sequence, defined length
+    assert isinstance(sequence, RawDataElement) and sequence.VR == "SQ"
+    assert encode_explicit_le([sequence])[8:12] == len(sequence.value).to_bytes(4, "little")
+    assert encode_explicit_le([sequence])[12:] == sequence.value
+
+
+def test_implicit_vr_and_decoded_elements_go_through_pydicom() -> None:
+    ds = pydicom.dcmread(get_testdata_file("MR_small_implicit.dcm"), stop_before_pixels=True)
+    raw = ds.get_item(0x00080008)
+    assert isinstance(raw, RawDataElement) and raw.is_implicit_VR
+    decoded = Dataset()
+    decoded.PatientName = "DOE^JOHN"
+    got = _decode(encode_explicit_le([raw, decoded["PatientName"]]))
+    assert got.ImageType == ds.ImageType
+    assert got.PatientName == "DOE^JOHN"
