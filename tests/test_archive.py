@@ -183,6 +183,52 @@ async def test_find_matching_rules(tmp_path: Path) -> None:
     assert none == [] and case == []  # Person Name matching is case-sensitive by default
 
 
+async def test_find_returns_the_counts_asked_for(tmp_path: Path) -> None:
+    counts = ("NumberOfPatientRelatedStudies", "NumberOfPatientRelatedSeries",
+              "NumberOfPatientRelatedInstances")  # fmt: skip
+    study_keys = ("NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances")
+    with anyio.fail_after(GUARD):
+        async with running(tmp_path) as (_archive, port):
+            await store_all(port, collection())
+            patients = await find(
+                port, query("PATIENT", PatientID="", **dict.fromkeys(counts, "")), "patient"
+            )
+            studies = await find(
+                port,
+                query("STUDY", StudyInstanceUID="", SOPClassesInStudy="",
+                      **dict.fromkeys(study_keys, "")),
+            )  # fmt: skip
+            series = await find(
+                port,
+                query("SERIES", StudyInstanceUID="1.1", SeriesInstanceUID="",
+                      NumberOfSeriesRelatedInstances=""),
+            )  # fmt: skip
+            plain = await find(port, query("STUDY", StudyInstanceUID="", PatientID=""))
+            matched = await find(
+                port, query("STUDY", StudyInstanceUID="", NumberOfStudyRelatedInstances="3")
+            )
+    assert sorted((m.PatientID, *(int(m[k].value) for k in counts)) for m in patients) == [
+        ("P1", 2, 3, 4),
+        ("P2", 1, 1, 1),
+    ]
+    assert sorted(
+        (m.StudyInstanceUID, *(int(m[k].value) for k in study_keys), m.SOPClassesInStudy)
+        for m in studies
+    ) == [
+        ("1.1", 2, 3, uids.CT_IMAGE_STORAGE),
+        ("1.2", 1, 1, uids.CT_IMAGE_STORAGE),
+        ("2.1", 1, 1, uids.CT_IMAGE_STORAGE),
+    ]
+    assert sorted((m.SeriesInstanceUID, int(m.NumberOfSeriesRelatedInstances)) for m in series) == [
+        ("1.1.1", 2),
+        ("1.1.2", 1),
+    ]
+    # returned only when asked for; a value given is matched
+    assert len(plain) == 3
+    assert not any(k in m for m in plain for k in (*counts, *study_keys, "SOPClassesInStudy"))
+    assert uids_of(matched, "StudyInstanceUID") == ["1.1"]
+
+
 @pytest.mark.parametrize(
     ("model", "identifier", "status", "comment"),
     [

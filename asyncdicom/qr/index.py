@@ -8,6 +8,13 @@ attributes of that level as an Explicit VR Little Endian data set, used for the 
 cannot express and for the response identifiers.  The SQL is portable apart from the pragmas
 run when a connection opens.
 
+The optional return keys counting the entities under an entity (Number of Patient Related
+Studies and the like, PS3.4 C.3.4) and SOP Classes in Study are computed when a query asks for
+them, by subqueries on the parent-key indexes, never stored: adding an instance costs nothing
+more, and the values cannot drift from the rows.  A value given for one of them is matched
+exactly (in Python, as every key without a column); values of these attributes in a stored
+header are ignored.
+
 The schema carries a version (``PRAGMA user_version``); a file written by a newer or unknown
 schema raises :class:`SchemaVersionError` instead of being changed.
 
@@ -52,6 +59,43 @@ _PARENT_FK = {"STUDY": "patient_pk", "SERIES": "study_pk", "IMAGE": "series_pk"}
 SPECIFIC_CHARACTER_SET = 0x00080005
 MODALITY = 0x00080060
 MODALITIES_IN_STUDY = 0x00080061
+SOP_CLASSES_IN_STUDY = 0x00080062
+
+#: the optional return keys counted at query time (PS3.4 C.3.4, C.6.1.1, C.6.2.1): tag ->
+#: (the table whose row is counted for, a portable scalar subquery counting for that row)
+_COUNTS: dict[int, tuple[str, str]] = {
+    0x00201200: (  # Number of Patient Related Studies
+        "patient",
+        "SELECT count(*) FROM study AS c_study WHERE c_study.patient_pk = patient.pk",
+    ),
+    0x00201202: (  # Number of Patient Related Series
+        "patient",
+        "SELECT count(*) FROM series AS c_series JOIN study AS c_study "
+        "ON c_study.pk = c_series.study_pk WHERE c_study.patient_pk = patient.pk",
+    ),
+    0x00201204: (  # Number of Patient Related Instances
+        "patient",
+        "SELECT count(*) FROM instance AS c_instance JOIN series AS c_series "
+        "ON c_series.pk = c_instance.series_pk JOIN study AS c_study "
+        "ON c_study.pk = c_series.study_pk WHERE c_study.patient_pk = patient.pk",
+    ),
+    0x00201206: (  # Number of Study Related Series
+        "study",
+        "SELECT count(*) FROM series AS c_series WHERE c_series.study_pk = study.pk",
+    ),
+    0x00201208: (  # Number of Study Related Instances
+        "study",
+        "SELECT count(*) FROM instance AS c_instance JOIN series AS c_series "
+        "ON c_series.pk = c_instance.series_pk WHERE c_series.study_pk = study.pk",
+    ),
+    0x00201209: (  # Number of Series Related Instances
+        "series",
+        "SELECT count(*) FROM instance AS c_instance WHERE c_instance.series_pk = series.pk",
+    ),
+}
+
+#: the attributes the index computes: never taken from a stored header
+_COMPUTED = frozenset({MODALITIES_IN_STUDY, SOP_CLASSES_IN_STUDY, *_COUNTS})
 
 # Patient Study module attributes (group 0010 but study level)
 _PATIENT_STUDY = frozenset({0x00101010, 0x00101020, 0x00101030, 0x001021B0})
@@ -125,6 +169,17 @@ class Added(NamedTuple):
     previous_path: str | None
 
 
+class _Selection(NamedTuple):
+    """The rows of a query's SQL: (level pk, Modalities in Study, study pk, the ``counts``,
+    the records from the top level down); SOP Classes in Study by study pk when asked for;
+    the tags the SQL left to Python."""
+
+    rows: list[tuple[object, ...]]
+    counts: tuple[int, ...]
+    sop_classes: dict[int, list[str]] | None
+    residual: tuple[int, ...]
+
+
 class IndexDatabaseError(Exception):
     """The index file cannot be used: not an SQLite database, or not an index of this module."""
 
@@ -159,7 +214,7 @@ def _split(header: Dataset) -> dict[str, Dataset]:
         tag = int(elem.tag)
         if tag >> 16 in (0x0002, 0xFFFE) or (tag >> 16) % 2 == 1 or elem.VR in _BINARY_VRS:
             continue
-        if tag in (SPECIFIC_CHARACTER_SET, MODALITIES_IN_STUDY):
+        if tag == SPECIFIC_CHARACTER_SET or tag in _COMPUTED:
             continue
         parts[level_of(tag)].add(elem)
     if charset is not None:
@@ -446,9 +501,9 @@ class SQLiteIndex:
 
     # -- querying -------------------------------------------------------------------------------
 
-    def _select(self, query: Query) -> tuple[list[tuple[object, ...]], tuple[int, ...]]:
-        """The rows passing the SQL part of ``query``: (level pk, modalities in study or None,
-        records from the top level down), and the residual tags."""
+    def _select(self, query: Query) -> _Selection:
+        """The rows passing the SQL part of ``query``, with what is needed to build their
+        records."""
         levels = _LEVEL_ORDER[: _LEVEL_ORDER.index(query.level) + 1]
         # only the columns of the joined tables: a key of a lower level is left to Python
         # (and matches only universally, the record lacking it)
@@ -460,38 +515,79 @@ class SQLiteIndex:
             parent = _TABLES[_LEVEL_ORDER[_LEVEL_ORDER.index(level) - 1]]
             table = _TABLES[level]
             joins += f" JOIN {table} ON {table}.{_PARENT_FK[level]} = {parent}.pk"
-        modalities = "study.modalities_in_study" if "study" in tables else "NULL"
-        records = ", ".join(f"{t}.record" for t in tables)
+        asked = set(query.keys)
+        # the counts the query asks for, of its entity or of one above; a count of a lower
+        # level is left out (returned empty and matching only universally, as any key below)
+        counts = tuple(
+            tag for tag, (table, _) in _COUNTS.items() if tag in asked and table in tables
+        )
+        sop_classes = SOP_CLASSES_IN_STUDY in asked and "study" in tables
+        selected = [
+            f"{tables[-1]}.pk",
+            "study.modalities_in_study" if "study" in tables else "NULL",
+            "study.pk" if "study" in tables else "NULL",
+            *(f"({_COUNTS[tag][1]})" for tag in counts),
+            *(f"{t}.record" for t in tables),
+        ]
         sql = (
-            f"SELECT {tables[-1]}.pk, {modalities}, {records} FROM {joins} "
-            f"WHERE {filt.where} ORDER BY {tables[-1]}.pk"
+            f"SELECT {', '.join(selected)} FROM {joins} WHERE {filt.where} ORDER BY {tables[-1]}.pk"
         )
         with self._lock:
             rows = self._con.execute(sql, filt.params).fetchall()
-        return rows, filt.residual
+            classes = self._sop_classes({int(r[2]) for r in rows}) if sop_classes else None
+        return _Selection(rows, counts, classes, filt.residual)
+
+    def _sop_classes(self, study_pks: set[int]) -> dict[int, list[str]]:
+        """SOP Classes in Study of each study (sorted UIDs); the caller holds the lock."""
+        classes: dict[int, list[str]] = {}
+        pks = sorted(study_pks)
+        chunk = 500
+        for start in range(0, len(pks), chunk):
+            part = pks[start : start + chunk]
+            rows = self._con.execute(
+                "SELECT DISTINCT series.study_pk, instance.sop_class_uid FROM instance "
+                "JOIN series ON series.pk = instance.series_pk WHERE series.study_pk IN "
+                f"({', '.join('?' * len(part))}) AND instance.sop_class_uid IS NOT NULL",
+                part,
+            ).fetchall()
+            for study_pk, uid in rows:
+                classes.setdefault(int(study_pk), []).append(str(uid))
+        for uids in classes.values():
+            uids.sort()
+        return classes
 
     @staticmethod
-    def _record(row: tuple[object, ...]) -> Dataset:
+    def _record(row: tuple[object, ...], selection: _Selection) -> Dataset:
+        counts = selection.counts
         record = Dataset()
-        for blob in row[2:]:
+        for blob in row[3 + len(counts) :]:
             assert isinstance(blob, bytes)
             record.update(_decode(blob))
         modalities = row[1]
         if isinstance(modalities, str):
             record.add(DataElement(MODALITIES_IN_STUDY, "CS", modalities.split("\\")))
+        for tag, value in zip(counts, row[3 : 3 + len(counts)], strict=True):
+            record.add(DataElement(tag, "IS", cast(int, value)))
+        if selection.sop_classes is not None:
+            uids = selection.sop_classes.get(cast(int, row[2]))
+            if uids:
+                record.add(DataElement(SOP_CLASSES_IN_STUDY, "UI", uids))
         return record
 
     def _matching(self, query: Query) -> Iterator[tuple[int, Dataset]]:
-        rows, residual = self._select(query)
-        for row in rows:
-            record = self._record(row)
-            if query.matches(record, only=residual):
+        selection = self._select(query)
+        for row in selection.rows:
+            record = self._record(row, selection)
+            if query.matches(record, only=selection.residual):
                 yield cast(int, row[0]), record
 
     def records(self, query: Query) -> Iterator[Dataset]:
         """The records matching ``query`` at its level: the attributes of the level and of the
         levels above (a STUDY record carries the patient's attributes and Modalities in
-        Study)."""
+        Study), and those of the computed return keys the query asks for, of its level or one
+        above: Number of Patient Related Studies, Series, Instances (0020,1200/1202/1204),
+        Number of Study Related Series, Instances (0020,1206/1208), Number of Series Related
+        Instances (0020,1209) and SOP Classes in Study (0008,0062)."""
         for _pk, record in self._matching(query):
             yield record
 

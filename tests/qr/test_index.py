@@ -401,6 +401,202 @@ def test_series_level_agrees_with_the_python_matcher(keys: dict[str, str]) -> No
 
 
 # --------------------------------------------------------------------------------------------
+# computed return keys: Number of ... Related ..., SOP Classes in Study
+# --------------------------------------------------------------------------------------------
+
+MR_IMAGE = "1.2.840.10008.5.1.4.1.1.4"
+CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
+COUNT_KEYWORDS = (
+    "NumberOfPatientRelatedStudies",
+    "NumberOfPatientRelatedSeries",
+    "NumberOfPatientRelatedInstances",
+    "NumberOfStudyRelatedSeries",
+    "NumberOfStudyRelatedInstances",
+    "NumberOfSeriesRelatedInstances",
+    "SOPClassesInStudy",
+)
+
+
+def counted() -> SQLiteIndex:
+    """small(), with the MR instance of series 1.1.2 an MR Image."""
+    index = SQLiteIndex(":memory:")
+    index.add(header("P1", "1.1", "1.1.1", number=1), "p1/a")
+    index.add(header("P1", "1.1", "1.1.1", number=2), "p1/b")
+    mr = header("P1", "1.1", "1.1.2", modality="MR")
+    mr.SOPClassUID = MR_IMAGE
+    index.add(mr, "p1/c")
+    index.add(header("P1", "1.2", "1.2.1", modality="US", study_date="20230505"), "p1/d")
+    index.add(header("P2", "2.1", "2.1.1", name="ROE^JANE"), "p2/e")
+    return index
+
+
+def table(index: SQLiteIndex, query: Query, *keywords: str) -> list[tuple[object, ...]]:
+    """One tuple per response: each keyword's value (int for IS, list for several values, None
+    for zero length)."""
+    rows = []
+    for r in index.find(query):
+        row: list[object] = []
+        for k in keywords:
+            value = r[k].value if k in r else "absent"
+            if r[k].VR == "IS" and value is not None:
+                value = int(value)
+            elif r[k].VR == "UI" and value is not None and not isinstance(value, str):
+                value = list(value)
+            row.append(value)
+        rows.append(tuple(row))
+    return rows
+
+
+def test_count_keys_are_computed_at_each_level() -> None:
+    index = counted()
+    patient_counts = (
+        "NumberOfPatientRelatedStudies",
+        "NumberOfPatientRelatedSeries",
+        "NumberOfPatientRelatedInstances",
+    )
+    patients = q("PATIENT", "patient", PatientID="", **dict.fromkeys(patient_counts, ""))
+    assert table(index, patients, "PatientID", *patient_counts) == [
+        ("P1", 2, 3, 4),
+        ("P2", 1, 1, 1),
+    ]
+    study_keys = (
+        "NumberOfStudyRelatedSeries",
+        "NumberOfStudyRelatedInstances",
+        "SOPClassesInStudy",
+    )
+    studies = q("STUDY", StudyInstanceUID="", **dict.fromkeys(study_keys, ""))
+    assert table(index, studies, "StudyInstanceUID", *study_keys) == [
+        ("1.1", 2, 3, [CT_IMAGE, MR_IMAGE]),
+        ("1.2", 1, 1, CT_IMAGE),
+        ("2.1", 1, 1, CT_IMAGE),
+    ]
+    # a Study Root STUDY record carries the patient's attributes, counts included
+    studies = q("STUDY", PatientID="P1", StudyInstanceUID="", NumberOfPatientRelatedStudies="")
+    assert table(index, studies, "StudyInstanceUID", "NumberOfPatientRelatedStudies") == [
+        ("1.1", 2),
+        ("1.2", 2),
+    ]
+    series = q(
+        "SERIES",
+        "patient",
+        PatientID="P1",
+        StudyInstanceUID="1.1",
+        SeriesInstanceUID="",
+        NumberOfSeriesRelatedInstances="",
+        NumberOfStudyRelatedInstances="",
+    )
+    assert table(
+        index,
+        series,
+        "SeriesInstanceUID",
+        "NumberOfSeriesRelatedInstances",
+        "NumberOfStudyRelatedInstances",
+    ) == [("1.1.1", 2, 3), ("1.1.2", 1, 3)]
+    # a key of a level below the query's is returned empty, as any other
+    below = q("STUDY", StudyInstanceUID="1.2", NumberOfSeriesRelatedInstances="")
+    assert table(index, below, "NumberOfSeriesRelatedInstances") == [(None,)]
+
+
+def test_count_keys_are_returned_only_when_requested() -> None:
+    index = counted()
+    for query in (
+        q("PATIENT", "patient", PatientID="", NumberOfPatientRelatedStudies=""),
+        q("STUDY", StudyInstanceUID="", NumberOfStudyRelatedSeries="", PatientName=""),
+        q("SERIES", StudyInstanceUID="1.1", SeriesInstanceUID=""),
+    ):
+        requested = {e.keyword for e in query.identifier}
+        for response in index.find(query):
+            returned = {e.keyword for e in response if e.keyword in COUNT_KEYWORDS}
+            assert returned == requested & set(COUNT_KEYWORDS)
+            # and the records used for matching carry only the requested ones too
+        for record in index.records(query):
+            assert {e.keyword for e in record if e.keyword in COUNT_KEYWORDS} <= requested
+    assert table(
+        index, q("STUDY", StudyInstanceUID="1.1", NumberOfStudyRelatedSeries=""),
+        "NumberOfStudyRelatedSeries",
+    ) == [(2,)]  # fmt: skip
+
+
+def test_count_keys_with_a_value_match_exactly() -> None:
+    index = counted()
+    assert values(
+        index,
+        q("STUDY", StudyInstanceUID="", NumberOfStudyRelatedInstances="3"),
+        "StudyInstanceUID",
+    ) == ["1.1"]
+    assert values(
+        index, q("STUDY", StudyInstanceUID="", NumberOfStudyRelatedSeries="1"), "StudyInstanceUID"
+    ) == ["1.2", "2.1"]
+    assert values(
+        index, q("STUDY", StudyInstanceUID="", SOPClassesInStudy=MR_IMAGE), "StudyInstanceUID"
+    ) == ["1.1"]
+    assert values(
+        index,
+        q("PATIENT", "patient", PatientID="", NumberOfPatientRelatedInstances=["1", "4"]),
+        "PatientID",
+    ) == ["P1", "P2"]
+    assert (
+        values(
+            index,
+            q("SERIES", StudyInstanceUID="1.1", NumberOfSeriesRelatedInstances="7"),
+            "SeriesInstanceUID",
+        )
+        == []
+    )
+
+
+def test_count_keys_follow_updates_and_ignore_the_headers_values() -> None:
+    index = counted()
+    ds = header("P2", "2.1", "2.1.1", name="ROE^JANE", number=2)
+    ds.NumberOfSeriesRelatedInstances = 99  # a stale value in a header is not answered
+    ds.SOPClassesInStudy = ["9.9"]
+    index.add(ds, "p2/f")
+    image = q(
+        "IMAGE",
+        StudyInstanceUID="2.1",
+        SeriesInstanceUID="2.1.1",
+        SOPInstanceUID=ds.SOPInstanceUID,
+        NumberOfSeriesRelatedInstances="",
+        SOPClassesInStudy="",
+    )
+    assert table(index, image, "NumberOfSeriesRelatedInstances", "SOPClassesInStudy") == [
+        (2, CT_IMAGE)
+    ]
+    patients = q(
+        "PATIENT",
+        "patient",
+        PatientID="",
+        NumberOfPatientRelatedStudies="",
+        NumberOfPatientRelatedInstances="",
+    )
+    assert table(
+        index,
+        patients,
+        "PatientID",
+        "NumberOfPatientRelatedStudies",
+        "NumberOfPatientRelatedInstances",
+    ) == [
+        ("P1", 2, 4),
+        ("P2", 1, 2),
+    ]
+    # the instance moves to a new study of P1: both patients' counts follow
+    ds.PatientID = "P1"
+    ds.StudyInstanceUID = "1.3"
+    ds.SeriesInstanceUID = "1.3.1"
+    assert index.add(ds, "p1/f") is False
+    assert table(
+        index,
+        patients,
+        "PatientID",
+        "NumberOfPatientRelatedStudies",
+        "NumberOfPatientRelatedInstances",
+    ) == [
+        ("P1", 3, 5),
+        ("P2", 1, 1),
+    ]
+
+
+# --------------------------------------------------------------------------------------------
 # instances, hostile values, threads
 # --------------------------------------------------------------------------------------------
 
