@@ -33,13 +33,12 @@ from collections.abc import Iterator, Sequence
 from types import TracebackType
 from typing import NamedTuple, cast
 
-from pydicom.dataelem import DataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
-from pydicom.filewriter import write_dataset
 
 from .matching import INDEX_COLUMNS, LEVELS, Query, SqlColumn, index_value, sql_filter
+from .records import encode_explicit_le
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -193,33 +192,40 @@ class SchemaVersionError(IndexDatabaseError):
         self.found = found
 
 
-def _encode(ds: Dataset) -> bytes:
-    fp = DicomBytesIO()
-    fp.is_little_endian = True
-    fp.is_implicit_VR = False
-    write_dataset(fp, ds)
-    return fp.getvalue()
-
-
 def _decode(blob: bytes) -> Dataset:
     return read_dataset(io.BytesIO(blob), False, True)
 
 
-def _split(header: Dataset) -> dict[str, Dataset]:
+#: the elements of one level's record, in tag order (raw ones as read, when not decoded yet)
+_Record = list[DataElement | RawDataElement]
+
+
+def _split(header: Dataset) -> dict[str, _Record]:
     """The header's public, non-binary attributes, by level (Specific Character Set in every
-    level so that each record decodes on its own)."""
-    parts = {level: Dataset() for level in _LEVEL_ORDER}
-    charset = header.get(SPECIFIC_CHARACTER_SET)
-    for elem in header:
-        tag = int(elem.tag)
-        if tag >> 16 in (0x0002, 0xFFFE) or (tag >> 16) % 2 == 1 or elem.VR in _BINARY_VRS:
+    level so that each record decodes on its own).  Elements are taken as pydicom holds them:
+    raw ones are not decoded (:func:`~asyncdicom.qr.records.encode_explicit_le` copies them)."""
+    parts: dict[str, _Record] = {level: [] for level in _LEVEL_ORDER}
+    charset = None
+    for tag in header.keys():  # noqa: SIM118 (tags: iterating a Dataset decodes elements)
+        group = tag >> 16
+        if group in (0x0002, 0xFFFE) or group % 2 == 1 or tag & 0xFFFF == 0:
+            continue  # meta, delimiters, private, group lengths
+        elem = header.get_item(tag)
+        vr = elem.VR
+        if vr is None:  # raw, implicit VR: the VR comes from decoding
+            elem = header[tag]
+            vr = elem.VR
+        if vr in _BINARY_VRS:
             continue
-        if tag == SPECIFIC_CHARACTER_SET or tag in _COMPUTED:
+        if tag == SPECIFIC_CHARACTER_SET:
+            charset = elem
             continue
-        parts[level_of(tag)].add(elem)
+        if tag in _COMPUTED:
+            continue
+        parts[level_of(int(tag))].append(elem)
     if charset is not None:
-        for ds in parts.values():
-            ds.add(charset)
+        for elements in parts.values():
+            elements.insert(0, charset)  # (0008,0005) precedes every level's attributes
     return parts
 
 
@@ -365,7 +371,7 @@ class SQLiteIndex:
         SOP, Series or Study Instance UID (that item is skipped, the others are indexed).  A
         database error rolls the whole batch back and is raised.
         """
-        prepared: list[tuple[Dataset, str, dict[str, Dataset]] | ValueError] = []
+        prepared: list[tuple[Dataset, str, dict[str, _Record]] | ValueError] = []
         for header, path in items:
             try:
                 prepared.append((header, path, self._prepare(header)))
@@ -391,7 +397,7 @@ class SQLiteIndex:
         return results
 
     @staticmethod
-    def _prepare(header: Dataset) -> dict[str, Dataset]:
+    def _prepare(header: Dataset) -> dict[str, _Record]:
         parts = _split(header)
         for level in ("STUDY", "SERIES", "IMAGE"):
             column = INDEX_COLUMNS[LEVELS[level]].name
@@ -400,11 +406,11 @@ class SQLiteIndex:
         return parts
 
     def _upsert(
-        self, level: str, header: Dataset, record: Dataset, extra: dict[str, object]
+        self, level: str, header: Dataset, record: _Record, extra: dict[str, object]
     ) -> int:
         table = _TABLES[level]
         values: dict[str, object] = {**_row_values(level, header), **extra}
-        values["record"] = _encode(record)
+        values["record"] = encode_explicit_le(record, header)
         unique = INDEX_COLUMNS[LEVELS[level]].name
         row = self._con.execute(
             f"SELECT pk FROM {table} WHERE {unique} IS ?", (values[unique],)
@@ -424,7 +430,7 @@ class SQLiteIndex:
         )
         return pk
 
-    def _add(self, header: Dataset, path: str, parts: dict[str, Dataset]) -> Added:
+    def _add(self, header: Dataset, path: str, parts: dict[str, _Record]) -> Added:
         con = self._con
         sop = _row_values("IMAGE", header)["sop_instance_uid"]
         old = con.execute(
@@ -447,7 +453,7 @@ class SQLiteIndex:
         return Added(new=old is None, previous_path=None if old is None else str(old[2]))
 
     def _upsert_parent(
-        self, level: str, header: Dataset, record: Dataset, extra: dict[str, object]
+        self, level: str, header: Dataset, record: _Record, extra: dict[str, object]
     ) -> tuple[int, bool]:
         """:meth:`_upsert` for a patient, study or series row, skipped when the row was
         written by this connection with the same attributes: (pk, whether it was written)."""

@@ -13,9 +13,21 @@ import pytest
 from pydicom.data import get_testdata_file, get_testdata_files
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
 
-from asyncdicom.qr.index import _decode, _encode
+from asyncdicom.qr.index import _decode
 from asyncdicom.qr.records import encode_explicit_le
+
+
+def _encode(ds: Dataset) -> bytes:
+    """pydicom's own writer, the reference."""
+    fp = DicomBytesIO()
+    fp.is_little_endian = True
+    fp.is_implicit_VR = False
+    write_dataset(fp, ds)
+    return fp.getvalue()
+
 
 BINARY = {"OB", "OW", "OD", "OF", "OL", "OV", "UN"}
 
