@@ -31,6 +31,7 @@ from anyio.abc import ByteStream, TaskStatus
 from . import errors, transport
 from .association import Association
 from .config import DEFAULT_TRANSFER_SYNTAXES, AEConfig, Timeouts
+from .correlation import Correlator
 from .hooks import HookEvent, Hooks
 from .log import get_logger
 from .protocol import messages, uids
@@ -66,6 +67,7 @@ from .services import (
     ServiceDispatcher,
     call,
 )
+from .services.commitment import STORAGE_COMMITMENT, CommitmentResult, receive_report
 
 __all__ = [
     "AE",
@@ -139,6 +141,11 @@ class AE:
         #: C-MOVE SCP: where each Move Destination AE title is (host, port); a C-MOVE to a
         #: title not listed is answered 0xA801
         self.move_destinations: dict[str, tuple[str, int]] = {}
+        #: Storage Commitment SCU: the requests awaiting their report, by Transaction UID;
+        #: the N-EVENT-REPORT handler registered here delivers to it (replace the handler and
+        #: the reports are yours)
+        self.commitments: Correlator[CommitmentResult] = Correlator(max_early=0)
+        self.handlers.set("N-EVENT-REPORT", receive_report, sop_class=STORAGE_COMMITMENT)
         self._identity_handler: IdentityHandler | None = None
         self._extended_negotiation: ExtendedNegotiationCallback | None = None
         self._associations: set[Association] = set()

@@ -23,6 +23,12 @@ its handlers on an :class:`~asyncdicom.AE` configured with :func:`qrscp_config`:
   gets the standard's failure status with an Error Comment: 0xA900 (Query/Retrieve Level
   missing or unknown, a unique key of a level above missing), 0xC000 (a key value with no
   meaning, an identifier that cannot be decoded), 0x0122 (not a Query/Retrieve model).
+* **Storage Commitment** (Push Model, N-ACTION): each instance of a request is looked up in
+  the index: committed when its SOP Instance UID is indexed with the same SOP Class UID and its
+  file is still on disk; else failed with reason 0x0112 (no such object instance) or 0x0119
+  (class / instance conflict).  The report (N-EVENT-REPORT) goes on the requesting association
+  while it is open, else on a new association to the requestor's address in
+  ``commitment_peers`` (:class:`~asyncdicom.services.commitment.CommitmentSCP`).
 * **C-GET / C-MOVE** on the same models: the files of the instances under the entities the
   identifier selects; the sub-operations are performed by the retrieve engine
   (:mod:`asyncdicom.services.retrieve`), which answers 0xA801 for a C-MOVE to an AE title
@@ -46,6 +52,7 @@ from types import TracebackType
 from typing import Any
 
 import anyio
+from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from pydicom.dataset import Dataset
 
@@ -53,12 +60,24 @@ from .ae import AE
 from .config import AEConfig
 from .errors import StorageError
 from .log import get_logger
-from .presets import QR_FIND, QR_GET, QR_MOVE, qr_supported, storage_supported
+from .presets import (
+    QR_FIND,
+    QR_GET,
+    QR_MOVE,
+    qr_supported,
+    storage_commitment_scp_supported,
+    storage_supported,
+)
 from .protocol import messages
 from .protocol.status import Status
 from .qr import QueryError, SQLiteIndex, parse_query
 from .qr.index import Added
 from .services.base import make_response
+from .services.commitment import (
+    CLASS_INSTANCE_CONFLICT,
+    NO_SUCH_OBJECT_INSTANCE,
+    CommitmentSCP,
+)
 from .storage.files import StoredFile, read_header
 
 __all__ = [
@@ -91,9 +110,13 @@ def qrscp_config(ae_title: str = "QRSCP", **fields: Any) -> AEConfig:
     """An :class:`~asyncdicom.AEConfig` for a Query/Retrieve SCP that also stores: FIND, GET
     and MOVE of the three information models (:func:`~asyncdicom.presets.qr_supported`),
     every storage SOP class with the SCU role allowed (the C-STOREs of a C-GET go back on the
-    requesting association) and any other storage SOP class (``accept_any_storage``);
-    ``fields`` set the other configuration fields (``max_pdu_length``, ``timeouts``, ...)."""
-    fields.setdefault("supported_contexts", qr_supported() + storage_supported(scu_role=True))
+    requesting association), any other storage SOP class (``accept_any_storage``) and Storage
+    Commitment Push Model as SCP; ``fields`` set the other configuration fields
+    (``max_pdu_length``, ``timeouts``, ...)."""
+    fields.setdefault(
+        "supported_contexts",
+        qr_supported() + storage_supported(scu_role=True) + storage_commitment_scp_supported(),
+    )
     fields.setdefault("accept_any_storage", True)
     return AEConfig(ae_title=ae_title, **fields)
 
@@ -119,7 +142,8 @@ class Archive:
     ``<storage>/index.sqlite``); ``move_destinations`` the AE titles a C-MOVE may name, as
     ``{"AET": (host, port)}`` (added to ``ae.move_destinations`` by :meth:`install`);
     ``pn_case_insensitive`` makes Person Name matching case-insensitive (the default is
-    case-sensitive, as PS3.4 and DCMTK's dcmqrscp).
+    case-sensitive, as PS3.4 and DCMTK's dcmqrscp); ``commitment_peers`` the addresses of
+    Storage Commitment requestors, ``{"AET": (host, port)}``, for reports on a new association.
 
     Use it as an async context manager: entering opens the index (and indexes the folder's
     files when the index is new), leaving waits for the index writes in progress and closes
@@ -134,6 +158,7 @@ class Archive:
         db: str | os.PathLike[str] | None = None,
         move_destinations: Mapping[str, tuple[str, int]] | None = None,
         pn_case_insensitive: bool = False,
+        commitment_peers: Mapping[str, tuple[str, int]] | None = None,
     ) -> None:
         #: the storage folder
         self.folder = Path(storage)
@@ -142,6 +167,11 @@ class Archive:
         #: C-MOVE destinations: AE title -> (host, port)
         self.move_destinations: dict[str, tuple[str, int]] = dict(move_destinations or {})
         self.pn_case_insensitive = pn_case_insensitive
+        #: Storage Commitment requestors: AE title -> (host, port), for reports on a new
+        #: association
+        self.commitment_peers: dict[str, tuple[str, int]] = dict(commitment_peers or {})
+        #: the Storage Commitment SCP, once :meth:`install` ran
+        self.commitment: CommitmentSCP | None = None
         #: the files indexed when the archive was opened on a new index (0 otherwise)
         self.rebuilt = 0
         #: the files found but not indexed during that rebuild (not DICOM, no UIDs, unreadable)
@@ -151,6 +181,7 @@ class Archive:
         self._reader: SQLiteIndex | None = None
         self._send: MemoryObjectSendStream[_Job] | None = None
         self._stack: AsyncExitStack | None = None
+        self._tg: TaskGroup | None = None
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -180,6 +211,9 @@ class Archive:
             send, receive = anyio.create_memory_object_stream[_Job](_QUEUE_SIZE)
             self._send = send
             tg.start_soon(self._write_index, receive)
+            self._tg = tg
+            if self.commitment is not None:
+                self.commitment.start(tg)
         except BaseException:
             await stack.aclose()
             await anyio.to_thread.run_sync(self._close_indexes)
@@ -191,6 +225,10 @@ class Archive:
         stack, self._stack = self._stack, None
         if stack is None:
             return
+        self._tg = None
+        if self.commitment is not None:
+            # reports still in progress are given up: the requestors time out
+            self.commitment.stop(cancel=True)
         if self._send is not None:
             self._send.close()  # the writer commits what is queued, then ends
             self._send = None
@@ -257,9 +295,9 @@ class Archive:
 
     def install(self, ae: AE) -> None:
         """Register the archive's handlers on ``ae``: C-STORE (any SOP class), C-FIND, C-GET
-        and C-MOVE of the Patient Root, Study Root and Patient/Study Only models; add
-        :attr:`move_destinations` to ``ae.move_destinations``.  ``ae`` must accept those
-        contexts (:func:`qrscp_config`)."""
+        and C-MOVE of the Patient Root, Study Root and Patient/Study Only models, Storage
+        Commitment (N-ACTION, :attr:`commitment`); add :attr:`move_destinations` to
+        ``ae.move_destinations``.  ``ae`` must accept those contexts (:func:`qrscp_config`)."""
         ae.on_store(self._on_store)
         for uid in QR_FIND:
             ae.on("C-FIND", sop_class=uid)(self._on_find)
@@ -268,6 +306,24 @@ class Archive:
         for uid in QR_MOVE:
             ae.on("C-MOVE", sop_class=uid)(self._on_retrieve)
         ae.move_destinations.update(self.move_destinations)
+        self.commitment = CommitmentSCP(ae, self.check_commitment, peers=self.commitment_peers)
+        # (until the archive is open, requests are answered "not running")
+        self.commitment.start(self._tg)
+
+    def check_commitment(self, references: list[tuple[str, str]]) -> dict[str, int]:
+        """Storage Commitment (in a worker thread): the failed instances of ``references``
+        ((SOP Class UID, SOP Instance UID) pairs) as {SOP Instance UID: Failure Reason}: 0x0112
+        when the instance is not indexed or its file is gone, 0x0119 when it is indexed with
+        another SOP Class UID."""
+        found = self.index.lookup_instances([uid for _cls, uid in references])
+        failed: dict[str, int] = {}
+        for sop_class, sop_instance in references:
+            row = found.get(sop_instance)
+            if row is None or not os.path.isfile(row[1]):
+                failed[sop_instance] = NO_SUCH_OBJECT_INSTANCE
+            elif row[0] and row[0] != sop_class:
+                failed[sop_instance] = CLASS_INSTANCE_CONFLICT
+        return failed
 
     async def _on_store(self, request: Any) -> int | messages.Message:
         association = request.association

@@ -85,13 +85,16 @@ class Correlator(Generic[V]):
             if self._waiting.get(key) is pending:
                 del self._waiting[key]
 
-    def deliver(self, key: Hashable, value: V) -> bool:
-        """Hand ``value`` to whoever expects ``key``; True if someone did (else it is kept for
-        a later :meth:`expect`, the oldest early value being dropped beyond ``max_early``)."""
+    def deliver(self, key: Hashable, value: V, *, keep: bool = True) -> bool:
+        """Hand ``value`` to whoever expects ``key``; True if someone did.  Else, with
+        ``keep``, it is kept for a later :meth:`expect` (the oldest early value is dropped
+        beyond ``max_early``); without, it is dropped."""
         pending = self._waiting.get(key)
         if pending is not None and not pending.done:
             pending._set(value)
             return True
+        if not keep or self._max_early <= 0:
+            return False
         if len(self._early) >= self._max_early:
             self._early.pop(next(iter(self._early)))
         self._early[key] = value

@@ -19,12 +19,17 @@ __all__ = [
     "QR_FIND",
     "QR_GET",
     "QR_MOVE",
+    "STORAGE_COMMITMENT",
     "VERIFICATION",
     "contexts_for",
+    "mpps_supported",
     "qr_find_supported",
     "qr_supported",
     "retrieve_contexts",
+    "storage_commitment_scp_supported",
+    "storage_commitment_scu_supported",
     "storage_supported",
+    "worklist_supported",
 ]
 
 #: Verification (C-ECHO)
@@ -117,6 +122,22 @@ def qr_find_supported(
     return tuple(SupportedContext(uid, tuple(transfer_syntaxes)) for uid in QR_FIND)
 
 
+def worklist_supported(
+    transfer_syntaxes: Sequence[str] = DEFAULT_TRANSFER_SYNTAXES,
+) -> tuple[SupportedContext, ...]:
+    """Acceptor: the Modality Worklist Information Model FIND SOP class (for
+    ``AEConfig.supported_contexts`` of a worklist SCP; not accepted unless configured)."""
+    return (SupportedContext(uids.MODALITY_WORKLIST_FIND, tuple(transfer_syntaxes)),)
+
+
+def mpps_supported(
+    transfer_syntaxes: Sequence[str] = DEFAULT_TRANSFER_SYNTAXES,
+) -> tuple[SupportedContext, ...]:
+    """Acceptor: the Modality Performed Procedure Step SOP class, N-CREATE and N-SET (for
+    ``AEConfig.supported_contexts`` of an MPPS SCP; not accepted unless configured)."""
+    return (SupportedContext(uids.MODALITY_PERFORMED_PROCEDURE_STEP, tuple(transfer_syntaxes)),)
+
+
 def qr_supported(
     transfer_syntaxes: Sequence[str] = DEFAULT_TRANSFER_SYNTAXES,
 ) -> tuple[SupportedContext, ...]:
@@ -184,3 +205,34 @@ def retrieve_contexts(
             for group in groups
         )
     return out
+
+
+#: Storage Commitment Push Model, requestor side: the context to propose for ``commit()``
+STORAGE_COMMITMENT: tuple[ContextRequest, ...] = (
+    ContextRequest(uids.STORAGE_COMMITMENT_PUSH_MODEL, DEFAULT_TRANSFER_SYNTAXES),
+)
+
+
+def storage_commitment_scu_supported(
+    transfer_syntaxes: Sequence[str] = DEFAULT_TRANSFER_SYNTAXES,
+) -> tuple[SupportedContext, ...]:
+    """Acceptor, for a Storage Commitment **SCU** that receives its reports on associations
+    the SCP opens: the SOP class with the SCU role allowed (the SCP proposes the SCP role for
+    itself, PS3.7 D.3.3.4).  The SCP role stays allowed too, for peers that propose no role
+    selection at all."""
+    return (
+        SupportedContext(
+            uids.STORAGE_COMMITMENT_PUSH_MODEL,
+            tuple(transfer_syntaxes),
+            scu_role_allowed=True,
+            scp_role_allowed=True,
+        ),
+    )
+
+
+def storage_commitment_scp_supported(
+    transfer_syntaxes: Sequence[str] = DEFAULT_TRANSFER_SYNTAXES,
+) -> tuple[SupportedContext, ...]:
+    """Acceptor, for a Storage Commitment **SCP** (:class:`~asyncdicom.services.CommitmentSCP`):
+    the SOP class in the SCP role."""
+    return (SupportedContext(uids.STORAGE_COMMITMENT_PUSH_MODEL, tuple(transfer_syntaxes)),)

@@ -16,7 +16,7 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
-from asyncdicom import AE, presets, uids
+from asyncdicom import AE, HookEvent, presets, uids
 from asyncdicom.archive import Archive, qrscp_config
 from asyncdicom.protocol.messages import CFindRQ
 from asyncdicom.protocol.negotiation import SupportedContext
@@ -464,3 +464,95 @@ async def test_move_to_a_known_destination_and_to_an_unknown_one(tmp_path: Path)
     assert sorted(got) == sorted(str(d.SOPInstanceUID) for d in datasets[:4])
     assert unknown.value.response.status == 0xA801
     assert bad.value.response.status == 0xA900
+
+
+# --------------------------------------------------------------------------- storage commitment
+
+
+async def test_commitment_checks_the_index_and_the_files(tmp_path: Path) -> None:
+    """3 stored instances are committed; an unknown one fails with 0x0112, one asked for with
+    another SOP class with 0x0119, one whose file is gone with 0x0112."""
+    from asyncdicom.services.commitment import STORAGE_COMMITMENT
+
+    datasets = collection()
+    stored = [(str(d.SOPClassUID), str(d.SOPInstanceUID)) for d in datasets]
+    unknown = (uids.CT_IMAGE_STORAGE, "1.2.826.0.1.3680043.10.404")
+    conflict = (uids.MR_IMAGE_STORAGE, stored[3][1])
+    gone = stored[4]
+    with anyio.fail_after(GUARD):
+        async with running(tmp_path / "archive") as (archive, port):
+            assert await store_all(port, datasets) == [0] * len(datasets)
+            (path,) = [p for p in (tmp_path / "archive").rglob(f"{gone[1]}.dcm")]
+            path.unlink()
+            async with AE("SCU").associate(
+                "127.0.0.1", port, called_aet="QRSCP", contexts=[STORAGE_COMMITMENT]
+            ) as assoc:
+                result = await assoc.commit([*stored[:3], unknown, conflict, gone], timeout=10)
+            assert archive.commitment is not None
+            assert archive.commitment.reports == [(result.transaction_uid, 2, "same")]
+    assert sorted(result.committed) == sorted(stored[:3])
+    assert sorted(result.failed) == sorted(
+        [(*unknown, 0x0112), (*conflict, 0x0119), (*gone, 0x0112)]
+    )
+    assert result.reported_by == "QRSCP"
+
+
+async def test_commitment_report_goes_to_the_peer_after_release(tmp_path: Path) -> None:
+    """The requestor releases before the report is ready: it comes on a new association to the
+    address in ``commitment_peers``."""
+    from pydicom.uid import generate_uid
+
+    from asyncdicom.services.commitment import (
+        STORAGE_COMMITMENT,
+        STORAGE_COMMITMENT_INSTANCE,
+        awaiting_report,
+        commitment_request,
+    )
+
+    datasets = collection()[:2]
+    refs = [(str(d.SOPClassUID), str(d.SOPInstanceUID)) for d in datasets]
+    released = anyio.Event()
+    scu = AE("MODALITY", supported_contexts=presets.storage_commitment_scu_supported())
+    reported = anyio.Event()  # the report's association was released
+    scu.hooks.add(
+        HookEvent.ASSOCIATION_RELEASED,
+        lambda _e, assoc: assoc.role.name == "ACCEPTOR" and reported.set(),
+    )
+    transaction = generate_uid()
+    ae = AE(config=qrscp_config("QRSCP"))
+    with anyio.fail_after(GUARD):
+        async with scu.server() as listening:
+            peers = {"MODALITY": ("127.0.0.1", listening.port)}
+            async with Archive(tmp_path / "archive", commitment_peers=peers) as archive:
+                archive.install(ae)
+                assert archive.commitment is not None
+                check = archive.commitment.check
+
+                async def after_release(references: list[tuple[str, str]]) -> Any:
+                    await released.wait()
+                    return await anyio.to_thread.run_sync(check, references)
+
+                archive.commitment.check = after_release
+                async with ae.server() as server:
+                    await store_all(server.port, datasets)
+                    with awaiting_report(scu, transaction) as pending:
+                        async with scu.associate(
+                            "127.0.0.1", server.port, called_aet="QRSCP",
+                            contexts=[STORAGE_COMMITMENT],
+                        ) as assoc:  # fmt: skip
+                            info = commitment_request(transaction, [*refs, (CT[0], "1.2.3.4")])
+                            rsp = await assoc.n_action(
+                                STORAGE_COMMITMENT, STORAGE_COMMITMENT_INSTANCE, 1, info
+                            )
+                        released.set()
+                        result = await pending.wait(10)
+                    await reported.wait()
+                assert archive.commitment.reports == [(transaction, 2, "new")]
+    assert rsp.status == 0x0000
+    assert sorted(result.committed) == sorted(refs)
+    assert result.failed == ((CT[0], "1.2.3.4", 0x0112),)
+
+
+async def test_qrscp_config_accepts_storage_commitment(tmp_path: Path) -> None:
+    supported = qrscp_config("QRSCP").supported_contexts
+    assert "1.2.840.10008.1.20.1" in {c.abstract_syntax for c in supported}

@@ -644,6 +644,10 @@ async def test_demo(tmp_path: Path, anyio_backend: str) -> None:
         rf"DEMO-DEST received {stored[1]}",
         text,
     ), text
+    # storage commitment of the stored instances, answered on the same association
+    assert re.search(
+        r"N-ACTION .*Storage Commitment .*?(\d+) committed, 0 failed; event type 1", text
+    ), text
     assert "all good" in text
 
 

@@ -9,14 +9,16 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from pydicom.dataset import Dataset
 
-from asyncdicom import AE, presets
+from asyncdicom import AE, presets, uids
 from tests.test_cli import err, free_port, out, run_cli
 
 pytestmark = pytest.mark.anyio
 
+MWL_FIND = uids.MODALITY_WORKLIST_FIND
 STUDIES = [("1.2.3.1", "DOE^JOHN", "CT\\PT"), ("1.2.3.2", "DOE^JANE", "MR")]
 
 
@@ -146,3 +148,149 @@ async def test_findscu_usage_errors(
     assert result.returncode == 2, err(result)
     assert message in err(result)
     assert "Traceback" not in err(result)
+
+
+# --------------------------------------------------------------------------- --model mwl
+
+
+def _worklist_scp(queries: list[Dataset]) -> AE:
+    from asyncdicom.worklist import Worklist
+    from tests.test_worklist import ITEMS
+
+    worklist = Worklist(items=ITEMS)
+    scp = AE("WLSCP")
+    worklist.install(scp)
+    answer = scp.handlers.get("C-FIND", uids.MODALITY_WORKLIST_FIND)
+    assert answer is not None
+
+    def find(request: Any) -> Any:  # records the query, then lets the worklist answer
+        queries.append(request.decode())
+        yield from answer(request)
+
+    scp.on("C-FIND", sop_class=uids.MODALITY_WORKLIST_FIND)(find)
+    return scp
+
+
+async def test_findscu_worklist_query(tmp_path: Path, anyio_backend: str) -> None:
+    queries: list[Dataset] = []
+    scp = _worklist_scp(queries)
+    async with scp.server() as server:
+        result = await _findscu(
+            server.port, "--model", "mwl", "-k", "PatientName=DOE*", "-k", "AccessionNumber",
+            "-k", "ScheduledProcedureStepSequence[0].Modality=CT",
+            "-k", "(0040,0100)[0].(0040,0001)",
+            "-k", "ScheduledProcedureStepSequence.ScheduledProcedureStepStartDate=20240301-",
+            backend=anyio_backend, cwd=tmp_path,
+        )  # fmt: skip
+    assert result.returncode == 0, err(result)
+    lines = [dict(p.split("=", 1) for p in shlex.split(line)) for line in out(result).splitlines()]
+    assert lines == [
+        {
+            "SpecificCharacterSet": "ISO_IR 100",
+            "AccessionNumber": "A1",
+            "PatientName": "DOE^JOHN",
+            "ScheduledProcedureStepSequence[0].ScheduledStationAETitle": "CT1",
+            "ScheduledProcedureStepSequence[0].Modality": "CT",
+            "ScheduledProcedureStepSequence[0].ScheduledProcedureStepStartDate": "20240301",
+        }
+    ]
+    (query,) = queries
+    assert "QueryRetrieveLevel" not in query
+    (step,) = query.ScheduledProcedureStepSequence
+    assert step.Modality == "CT" and step.ScheduledStationAETitle == ""
+    assert step.ScheduledProcedureStepStartDate == "20240301-"
+
+
+async def test_findscu_worklist_json(tmp_path: Path, anyio_backend: str) -> None:
+    scp = _worklist_scp([])
+    async with scp.server() as server:
+        result = await _findscu(
+            server.port, "--model", "mwl", "-k", "ScheduledProcedureStepSequence",
+            "-k", "PatientID=ID-A2", "--json", backend=anyio_backend, cwd=tmp_path,
+        )  # fmt: skip
+    assert result.returncode == 0, err(result)
+    (match,) = [json.loads(line) for line in out(result).splitlines()]
+    (step,) = match["00400100"]["Value"]  # an empty sequence key returns the whole sequence
+    assert step["00080060"]["Value"] == ["MR"] and step["00400001"]["Value"] == ["MR1"]
+
+
+async def test_findscu_worklist_failure_is_one_line(tmp_path: Path, anyio_backend: str) -> None:
+    scp = _worklist_scp([])
+    async with scp.server() as server:
+        result = await _findscu(
+            server.port, "--model", "mwl",
+            "-k", "(0040,0100).ScheduledProcedureStepStartDate=20240302-20240301",
+            backend=anyio_backend, cwd=tmp_path,
+        )  # fmt: skip
+    assert result.returncode == 1
+    lines = err(result).strip().splitlines()
+    assert len(lines) == 1 and "0xC000" in lines[0] and "reversed DA range" in lines[0], lines
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--model", "mwl", "--level", "STUDY"], "the mwl model (Modality Worklist) has no"),
+        (["--model", "mwl", "-k", "PatientName.Modality=CT"], "'PatientName' is not a sequence"),
+        (["--model", "mwl", "-k", "ScheduledProcedureStepSequence[1].Modality"], "one item, [0]"),
+        (["--model", "mwl", "-k", "ScheduledProcedureStepSequence.NoSuchKey"], "unknown key"),
+    ],
+)
+async def test_findscu_worklist_usage_errors(
+    tmp_path: Path, anyio_backend: str, args: list[str], message: str
+) -> None:
+    result = await _findscu(free_port(), *args, backend=anyio_backend, cwd=tmp_path)
+    assert result.returncode == 2, err(result)
+    assert message in err(result)
+    assert "Traceback" not in err(result)
+
+
+async def test_qrscp_worklist_and_mpps(tmp_path: Path, anyio_backend: str) -> None:
+    """``qrscp --worklist DIR`` answers ``findscu --model mwl`` from the folder's files, and
+    serves MPPS, keeping the steps in STORAGE/mpps across a restart."""
+    from asyncdicom.services.mpps import MPPS
+    from tests.test_cli import StoreSCPProcess, app_process
+    from tests.test_worklist import ITEMS, save
+
+    folder = tmp_path / "worklist"
+    for item in ITEMS:
+        save(folder / f"{item.AccessionNumber}.wl", item)
+    storage = tmp_path / "archive"
+    step = Dataset()
+    step.PerformedProcedureStepStatus = "IN PROGRESS"
+    uid = "1.2.826.0.1.3680043.10.9.78.1"
+    args = ["qrscp", "--port", "0", "--host", "127.0.0.1", "--storage", str(storage)]
+    for worklist in (["--worklist", str(folder)], []):
+        async with app_process(
+            *args, *worklist, "--backend", anyio_backend, cwd=tmp_path
+        ) as process:
+            app = StoreSCPProcess(process)
+            port = await app.wait_listening()
+            if worklist:
+                result = await _findscu(
+                    port, "--model", "mwl", "-k", "ScheduledProcedureStepSequence.Modality=CT",
+                    "-k", "AccessionNumber", backend=anyio_backend, cwd=tmp_path,
+                )  # fmt: skip
+                assert result.returncode == 0, err(result)
+                matches = [
+                    dict(p.split("=", 1) for p in shlex.split(line))
+                    for line in out(result).splitlines()
+                ]
+                assert [m["AccessionNumber"] for m in matches] == ["A1", "A3"]
+            with anyio.fail_after(60):
+                async with AE("MODALITY").associate(
+                    "127.0.0.1", port, called_aet="QRSCP", contexts=[MPPS, MWL_FIND]
+                ) as assoc:
+                    if worklist:
+                        assert (await assoc.n_create(MPPS, step, sop_instance=uid)).status == 0
+                    else:  # after the restart: the step is known, and no worklist is served
+                        done = Dataset()
+                        done.PerformedProcedureStepStatus = "COMPLETED"
+                        assert (await assoc.n_set(MPPS, uid, done)).status == 0
+                        rsp = await assoc.n_set(MPPS, uid, done)
+                        assert rsp.status == 0x0110 and rsp.message.error_id == 0xA710
+                        assert assoc.find_context(MWL_FIND) is None
+            code = await app.stop()
+        assert code == 0, app.stderr.decode()
+        assert b"Traceback" not in app.stderr
+    assert (storage / "mpps" / f"{uid}.mpps").is_file()

@@ -10,12 +10,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from subprocess import PIPE
+from typing import Any
 
 import anyio
 import pytest
 from test_cli import CLI, ENV, GUARD, StoreSCPProcess, err, out, run_cli
 from test_cli_storescu import without_file_permission_override
 
+from asyncdicom import HookEvent, uids
 from asyncdicom.storage.synthetic import make_ct_instance
 
 pytestmark = [pytest.mark.anyio, pytest.mark.filterwarnings("ignore::UserWarning")]
@@ -205,3 +207,107 @@ async def test_unusable_storage_or_index_is_one_line_and_exit_2(
     assert result.returncode == 2, err(result)
     lines = err(result).splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"asyncdicom: error: {expected}"), lines
+
+
+# --------------------------------------------------------------------------- storage commitment
+
+
+async def test_stgcmtscu_against_qrscp(tmp_path: Path, anyio_backend: str) -> None:
+    """3 instances stored with storescu and 1 never sent: stgcmtscu reports 3 committed and 1
+    failed (0x0112, no such object instance), exit status 1."""
+    write_instances(tmp_path / "src")
+    unknown = tmp_path / "src" / "3.dcm"
+    unknown.rename(tmp_path / "unknown.dcm")
+    with anyio.fail_after(GUARD * 3):
+        async with app(tmp_path, anyio_backend, "qrscp", "--storage", "archive") as scp:
+            port = str(scp.port)  # type: ignore[attr-defined]
+            sent = await run_cli(
+                "storescu", "127.0.0.1", port, "src", "--backend", anyio_backend, cwd=tmp_path
+            )
+            assert sent.returncode == 0, err(sent)
+            result = await run_cli(
+                "stgcmtscu", "127.0.0.1", port, "src", "unknown.dcm", "--called-aet", "QRSCP",
+                "--backend", anyio_backend, "--timeout", "30", cwd=tmp_path,
+            )  # fmt: skip
+            assert await scp.stop() == 0
+    assert result.returncode == 1, (out(result), err(result))
+    (line,) = err(result).splitlines()
+    assert line.startswith(
+        "asyncdicom: error: unknown.dcm: not committed: 0x0112 (no such object"
+    ), line
+    assert out(result).startswith("committed 3 of 4 instances, failed 1; ")
+    assert "reported by QRSCP" in out(result)
+    assert "Traceback" not in scp.stderr.decode()
+
+
+async def test_peer_receives_the_report_on_a_new_association(
+    tmp_path: Path, anyio_backend: str
+) -> None:
+    """The requestor keeps its association but never answers the report there: after
+    --dimse-timeout qrscp gives that association up and reports to the --peer address."""
+    from pydicom.uid import generate_uid
+
+    from asyncdicom import AE, presets
+    from asyncdicom.services.commitment import (
+        STORAGE_COMMITMENT,
+        STORAGE_COMMITMENT_INSTANCE,
+        awaiting_report,
+        commitment_request,
+    )
+
+    scu = AE("MODALITY", supported_contexts=presets.storage_commitment_scu_supported())
+    incoming: list[str] = []
+    scu.hooks.add(
+        HookEvent.ASSOCIATION_ACCEPTED,
+        lambda _e, assoc: assoc.role.name == "ACCEPTOR" and incoming.append(assoc.peer_ae_title),
+    )
+    transaction = generate_uid()
+    refs = [(uids.CT_IMAGE_STORAGE, "1.2.826.0.1.3680043.10.77")]
+    with anyio.fail_after(GUARD * 2):
+        async with scu.server("127.0.0.1", 0) as listening:
+            async with app(
+                tmp_path, anyio_backend, "qrscp", "--storage", "archive", "--dimse-timeout", "1",
+                "--peer", f"MODALITY=127.0.0.1:{listening.port}",
+            ) as scp:  # fmt: skip
+                with awaiting_report(scu, transaction) as pending:
+                    async with scu.associate(
+                        "127.0.0.1", scp.port, called_aet="QRSCP",  # type: ignore[attr-defined]
+                        contexts=[STORAGE_COMMITMENT],
+                    ) as assoc:  # fmt: skip
+
+                        @assoc.on("N-EVENT-REPORT", sop_class=STORAGE_COMMITMENT)
+                        async def never_answer(request: Any) -> int:
+                            await anyio.sleep_forever()
+                            return 0  # pragma: no cover
+
+                        rsp = await assoc.n_action(
+                            STORAGE_COMMITMENT,
+                            STORAGE_COMMITMENT_INSTANCE,
+                            1,
+                            commitment_request(transaction, refs),
+                        )
+                        result = await pending.wait(GUARD)
+                assert await scp.stop() == 0
+    assert rsp.status == 0x0000
+    assert result.failed == ((*refs[0], 0x0112),) and result.committed == ()
+    assert incoming == ["QRSCP"]
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (["MODALITY"], "argument --peer: 'MODALITY': expected AET=HOST:PORT"),
+        (["M=127.0.0.1:0"], "argument --peer: a TCP port is 1..65535, not 0"),
+        (["A=h:104", "A=k:105"], "argument --peer: 'A' is given twice"),
+    ],
+)
+async def test_bad_peer_is_a_usage_error(
+    tmp_path: Path, anyio_backend: str, values: list[str], message: str
+) -> None:
+    options = [arg for value in values for arg in ("--peer", value)]
+    result = await run_cli(
+        "qrscp", "--port", "0", "--storage", "archive", "--backend", anyio_backend, *options,
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 2, err(result)
+    assert message in err(result).strip().splitlines()[-1], err(result)

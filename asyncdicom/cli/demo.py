@@ -7,9 +7,11 @@ the samples (``MR_small.dcm`` and ``MR_small_RLE.dcm``: one image in two transfe
 carry the same SOP Instance UID; the summary names them next to the number of files the SCP
 wrote, so that a count of instances that differs from the count of files is explained.
 
-After the C-FIND the demo retrieves the studies found: a C-GET (the SCP sends the files back on
-the SCU's association; they are written to a folder) and a C-MOVE to a second in-process
-Storage SCP, the move destination.  Everything listens on 127.0.0.1.
+After the C-FIND the SCU asks the SCP to commit to the instances it stored (Storage Commitment:
+N-ACTION, the report comes back as N-EVENT-REPORT on the same association), then retrieves the
+studies found: a C-GET (the SCP sends the files back on the SCU's association; they are written
+to a folder) and a C-MOVE to a second in-process Storage SCP, the move destination.  Everything
+listens on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -27,9 +29,15 @@ from pydicom.dataset import Dataset
 from .. import __version__
 from ..ae import AE
 from ..errors import DICOMError
-from ..presets import qr_supported, retrieve_contexts, storage_supported
+from ..presets import (
+    qr_supported,
+    retrieve_contexts,
+    storage_commitment_scp_supported,
+    storage_supported,
+)
 from ..protocol import uids
 from ..protocol.status import describe
+from ..services.commitment import CommitmentSCP, CommitmentTimeout
 from ..storage.contexts import contexts_for_files
 from ..storage.files import StorageError
 from .common import add_common, ok
@@ -58,11 +66,11 @@ def add_parser(sub: Any) -> None:
     """Add the ``demo`` sub-command to ``sub``."""
     p = sub.add_parser(
         "demo",
-        help="SCP and SCU in one process: echo, store, find, get and move samples",
+        help="SCP and SCU in one process: echo, store, commit, find, get and move samples",
         description=(
             "Start a Storage and Query/Retrieve SCP on 127.0.0.1, send it a C-ECHO and "
-            "pydicom's sample files with C-STORE, find the studies with C-FIND, retrieve "
-            "them with C-GET and C-MOVE, and print what happened."
+            "pydicom's sample files with C-STORE, find the studies with C-FIND, ask for "
+            "storage commitment, retrieve them with C-GET and C-MOVE, and print what happened."
         ),
     )
     add_common(p)
@@ -137,8 +145,11 @@ async def run(args: argparse.Namespace) -> int:
         scp = AE(
             "DEMO-SCP",
             accept_any_storage=True,
-            # FIND, GET and MOVE; the storage classes also in the SCU role, for C-GET's C-STOREs
-            supported_contexts=qr_supported() + storage_supported(scu_role=True),
+            # FIND, GET and MOVE; the storage classes also in the SCU role, for C-GET's C-STOREs;
+            # Storage Commitment as SCP
+            supported_contexts=qr_supported()
+            + storage_supported(scu_role=True)
+            + storage_commitment_scp_supported(),
         )
         studies: dict[str, Dataset] = {}  # what the SCP's C-FIND answers from
         files_by_study: dict[str, list[Path]] = {}  # ... and its C-GET and C-MOVE
@@ -171,13 +182,26 @@ async def run(args: argparse.Namespace) -> int:
         table = Table(title=f"asyncdicom {__version__} demo ({args.backend})")
         for col in ("operation", "object", "SOP class", "transfer syntax", "size", "status", "ms"):
             table.add_column(col)
-        async with scp.server("127.0.0.1", 0) as server:
+
+        def committed(references: list[tuple[str, str]]) -> dict[str, int]:
+            # Storage Commitment: the instances the SCP did not receive fail (0x0112)
+            return {uid: 0x0112 for _cls, uid in references if uid not in received}
+
+        async with (
+            CommitmentSCP(scp, committed),
+            scp.server("127.0.0.1", 0) as server,
+        ):
             contexts = contexts_for_files(s.source for s in sendable if s.source is not None)
             async with AE("DEMO-SCU").associate(
                 "127.0.0.1",
                 server.port,
                 called_aet="DEMO-SCP",
-                contexts=[uids.VERIFICATION, uids.STUDY_ROOT_QR_FIND, *contexts],
+                contexts=[
+                    uids.VERIFICATION,
+                    uids.STUDY_ROOT_QR_FIND,
+                    uids.STORAGE_COMMITMENT_PUSH_MODEL,
+                    *contexts,
+                ],
             ) as assoc:
                 t0 = time.perf_counter()
                 status = (await assoc.echo()).status
@@ -228,6 +252,9 @@ async def run(args: argparse.Namespace) -> int:
                 ok_all &= good
                 ms = f"{(time.perf_counter() - t0) * 1000:.1f}"
                 table.add_row("C-FIND", "STUDY level", "Study Root FIND", "-", "-", found, ms)
+                row, good = await _commit(assoc, stored)
+                table.add_row(*row)
+                ok_all &= good
 
             @scp.on("C-GET", sop_class=uids.STUDY_ROOT_QR_GET)
             @scp.on("C-MOVE", sop_class=uids.STUDY_ROOT_QR_MOVE)
@@ -290,6 +317,28 @@ def _counts(retrieval: Any, status: int | None) -> str:
 
 
 _Row = tuple[tuple[str, str, str, str, str, str, str], bool]
+
+
+async def _commit(assoc: Any, stored: list[_Sample]) -> _Row:
+    """Storage Commitment of the stored samples (N-ACTION, then the N-EVENT-REPORT on the same
+    association): the table row, and whether the SCP committed to every one."""
+    instances = {
+        (s.source.sop_class_uid, s.source.sop_instance_uid) for s in stored if s.source is not None
+    }
+    t0 = time.perf_counter()
+    try:
+        result = await assoc.commit(sorted(instances), timeout=10.0)
+    except (CommitmentTimeout, DICOMError) as exc:
+        outcome, good = f"failed: {exc}", False
+    else:
+        outcome = (
+            f"{len(result.committed)} committed, {len(result.failed)} failed; "
+            f"event type {result.event_type}"
+        )
+        good = result.ok and len(result.committed) == len(instances)
+    ms = f"{(time.perf_counter() - t0) * 1000:.1f}"
+    what = f"{len(instances)} instances"
+    return ("N-ACTION", what, "Storage Commitment", "-", "-", outcome, ms), good
 
 
 async def _get(

@@ -1,10 +1,15 @@
-"""``asyncdicom findscu``: C-FIND (Query/Retrieve) to a peer.
+"""``asyncdicom findscu``: C-FIND (Query/Retrieve, or Modality Worklist) to a peer.
 
 Builds the query identifier from ``--level`` and the ``-k KEY[=VALUE]`` keys, sends it on the
 chosen information model and prints one line per match on stdout: ``KEYWORD=VALUE`` pairs
 (values quoted as a shell would need them), or with ``--json`` one JSON object per line (the
 DICOM JSON model, PS3.18 F.2).  A summary line goes to stderr.  Exit status 0 only when the
 final status is Success.
+
+``--model mwl`` queries the Modality Worklist Information Model (PS3.4 K.6.1), which has no
+levels (no ``--level``); its keys are mostly in the Scheduled Procedure Step Sequence, given
+as ``-k SEQUENCE.KEY=VALUE`` (``-k ScheduledProcedureStepSequence.Modality=CT``; the DCMTK
+form ``(0040,0100)[0].(0008,0060)=CT`` works too).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
 from ..protocol.status import describe
-from ..services.query_retrieve import FIND_MODELS, QueryFailed, find_model_uid
+from ..services.query_retrieve import QUERY_MODELS, QueryFailed, find_model_uid
 from .common import add_common, add_scu, err, format_address, notice, scu_ae
 
 __all__ = ["add_parser", "parse_key", "run"]
@@ -31,15 +36,10 @@ LEVELS = ("PATIENT", "STUDY", "SERIES", "IMAGE")
 _TAG = re.compile(r"\(?([0-9A-Fa-f]{4}),?([0-9A-Fa-f]{4})\)?")
 _INTEGER_VRS = {"US", "UL", "SS", "SL", "SV", "UV"}
 _FLOAT_VRS = {"FL", "FD"}
+_ITEM_INDEX = re.compile(r"\[\d+\]$")
 
 
-def parse_key(text: str) -> tuple[int, str, Any]:
-    """``KEY[=VALUE]`` -> (tag, VR, value): KEY is a keyword (``PatientName``) or a tag
-    (``0010,0010``, ``(0010,0010)``, ``00100010``); no value means universal matching (an
-    empty value; an empty sequence for a sequence key).  Raises
-    :class:`argparse.ArgumentTypeError` for an unknown key or a value its VR cannot hold."""
-    key, has_value, value = text.partition("=")
-    key = key.strip()
+def _tag_vr(key: str) -> tuple[int, str]:
     found = _TAG.fullmatch(key)
     tag = int(found.group(1) + found.group(2), 16) if found else tag_for_keyword(key)
     if tag is None:
@@ -48,7 +48,34 @@ def parse_key(text: str) -> tuple[int, str, Any]:
         vr = dictionary_VR(tag)
     except KeyError:
         raise argparse.ArgumentTypeError(f"{key!r} is not in the DICOM dictionary") from None
-    vr = vr.split(" or ")[0]
+    return tag, vr.split(" or ")[0]
+
+
+def parse_key(text: str) -> tuple[int, str, Any]:
+    """``KEY[=VALUE]`` -> (tag, VR, value): KEY is a keyword (``PatientName``) or a tag
+    (``0010,0010``, ``(0010,0010)``, ``00100010``); no value means universal matching (an
+    empty value; an empty sequence for a sequence key).  A key inside the item of a sequence
+    key is ``SEQUENCE.KEY`` (or ``SEQUENCE[0].KEY``; a query's sequence holds one item),
+    nested as deep as needed: it gives (the sequence's tag, ``"SQ"``, [an item holding the
+    key]), which :func:`build_query` merges with the sequence's other item keys.  Raises
+    :class:`argparse.ArgumentTypeError` for an unknown key or a value its VR cannot hold."""
+    key, has_value, value = text.partition("=")
+    key = key.strip()
+    head, dot, rest = key.partition(".")
+    if dot:
+        head = head.strip()
+        if head.endswith("[0]"):
+            head = head[:-3]
+        elif _ITEM_INDEX.search(head):
+            raise argparse.ArgumentTypeError(f"{key!r}: a query's sequence key holds one item, [0]")
+        tag, vr = _tag_vr(head)
+        if vr != "SQ":
+            raise argparse.ArgumentTypeError(f"{head!r} is not a sequence: {key!r}")
+        inner = parse_key(rest + (f"={value}" if has_value else ""))
+        item = Dataset()
+        _put(item, *inner)
+        return tag, vr, [item]
+    tag, vr = _tag_vr(key)
     if vr == "SQ":
         if has_value and value:
             raise argparse.ArgumentTypeError(f"the sequence key {key!r} takes no value")
@@ -78,16 +105,16 @@ def add_parser(sub: Any) -> None:
     add_scu(p)
     p.add_argument(
         "--model",
-        choices=tuple(FIND_MODELS),
+        choices=tuple(QUERY_MODELS),
         default="study",
-        help="Query/Retrieve information model (patient root, study root, patient/study only)",
+        help="information model: Query/Retrieve (patient root, study root, patient/study "
+        "only) or mwl, the Modality Worklist",
     )
     p.add_argument(
         "--level",
-        required=True,
         type=str.upper,
         choices=LEVELS,
-        help="Query/Retrieve Level (0008,0052) of the query",
+        help="Query/Retrieve Level (0008,0052) of the query (required; none for --model mwl)",
     )
     p.add_argument(
         "-k",
@@ -96,43 +123,75 @@ def add_parser(sub: Any) -> None:
         action="append",
         type=parse_key,
         metavar="KEY[=VALUE]",
-        help="a query key: keyword or gggg,eeee, with its matching value (none: return it)",
+        help="a query key: keyword or gggg,eeee, with its matching value (none: return it); "
+        "SEQUENCE.KEY for a key in a sequence's item",
     )
     p.add_argument("--json", action="store_true", help="print each match as a JSON line")
     add_common(p)
     p.set_defaults(func=run)
 
 
-def build_query(level: str, keys: list[tuple[int, str, Any]]) -> Dataset:
-    """The identifier: Query/Retrieve Level and the keys, in the order given (a later key
-    replaces an earlier one with the same tag)."""
+def _put(ds: Dataset, tag: int, vr: str, value: Any) -> None:
+    """Add one key to ``ds``: a later key replaces an earlier one with the same tag, except
+    that the item keys of a sequence key are merged into its one item."""
+    old = ds.get(tag)
+    if vr == "SQ" and old is not None and old.VR == "SQ" and old.value:
+        if value:
+            for elem in value[0]:
+                _put(old.value[0], int(elem.tag), elem.VR, elem.value)
+        return
+    ds[tag] = DataElement(tag, vr, value)
+
+
+def build_query(level: str | None, keys: list[tuple[int, str, Any]]) -> Dataset:
+    """The identifier: Query/Retrieve Level (none when ``level`` is None, as for the
+    worklist model) and the keys, in the order given (a later key replaces an earlier one with
+    the same tag; the item keys of a sequence are merged)."""
     ds = Dataset()
-    ds.QueryRetrieveLevel = level
+    if level is not None:
+        ds.QueryRetrieveLevel = level
     for tag, vr, value in keys:
-        ds[tag] = DataElement(tag, vr, value)
+        _put(ds, tag, vr, value)
     return ds
 
 
-def format_match(ds: Dataset) -> str:
-    """One line for a match: ``KEYWORD=VALUE`` pairs, each quoted as a shell would need."""
+def _pairs(ds: Dataset, prefix: str) -> list[str]:
     pairs = []
     for elem in ds:
         name = keyword_for_tag(elem.tag) or f"{Tag(elem.tag).group:04X},{Tag(elem.tag).element:04X}"
+        name = prefix + name
         if elem.VR == "SQ":
-            value = f"<{len(elem.value)} item(s)>"
-        elif elem.value is None:
+            if not elem.value:
+                pairs.append(f"{name}=")
+            for i, item in enumerate(elem.value or []):
+                pairs.extend(_pairs(item, f"{name}[{i}]."))
+            continue
+        if elem.value is None:
             value = ""
         elif elem.VM > 1:
             value = "\\".join(str(v) for v in elem.value)
         else:
             value = str(elem.value)
-        pairs.append(shlex.quote(f"{name}={value}"))
-    return " ".join(pairs)
+        pairs.append(f"{name}={value}")
+    return pairs
+
+
+def format_match(ds: Dataset) -> str:
+    """One line for a match: ``KEYWORD=VALUE`` pairs, each quoted as a shell would need; the
+    attributes in a sequence's items as ``SEQUENCE[i].KEYWORD=VALUE`` (an empty sequence as
+    ``SEQUENCE=``)."""
+    return " ".join(shlex.quote(pair) for pair in _pairs(ds, ""))
 
 
 async def run(args: argparse.Namespace) -> int:
     """Associate, send one C-FIND, print the matches, release; 0 if the final status was
     Success."""
+    if args.model == "mwl" and args.level is not None:
+        err("argument --level: the mwl model (Modality Worklist) has no Query/Retrieve Level")
+        return 2
+    if args.model != "mwl" and args.level is None:
+        err("the following arguments are required: --level (with every model but mwl)")
+        return 2
     ae = scu_ae(args)
     peer = format_address(args.host, args.port)
     query = build_query(args.level, args.keys or [])

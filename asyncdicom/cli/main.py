@@ -20,7 +20,17 @@ if sys.version_info < (3, 11):  # pragma: no cover
 from .. import __version__
 from ..errors import DICOMError
 from ..log import configure_cli_logging, get_logger
-from . import demo, echoscu, findscu, getscu, movescu, qrscp, storescp, storescu
+from . import (
+    demo,
+    echoscu,
+    findscu,
+    getscu,
+    movescu,
+    qrscp,
+    stgcmtscu,
+    storescp,
+    storescu,
+)
 from .common import CLIError, HelpFormatter, check_bind, describe_error, err
 
 __all__ = ["build_parser", "main"]
@@ -34,7 +44,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="asyncdicom", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"asyncdicom {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for app in (echoscu, storescu, storescp, findscu, getscu, movescu, qrscp, demo):
+    for app in (
+        echoscu,
+        storescu,
+        storescp,
+        findscu,
+        getscu,
+        movescu,
+        qrscp,
+        stgcmtscu,
+            demo,
+    ):
         app.add_parser(sub)
     for command in sub.choices.values():
         # every app's --help shows the defaults (the apps' modules need not ask for it)

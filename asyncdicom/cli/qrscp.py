@@ -6,6 +6,11 @@ and indexes them in SQLite; answers C-FIND, C-GET, C-MOVE and C-ECHO from that i
 folder that already holds files indexes them first.  The storage folder is checked at start: one
 that cannot be written, or an index file that cannot be used, is one error line and exit status
 2.  C-MOVE destinations are given as ``--move-destination AET=HOST:PORT`` (repeatable).
+
+It also answers Storage Commitment requests (N-ACTION): each instance is looked up in the index
+and the report (N-EVENT-REPORT) goes back on the requesting association while it is open, else
+on a new association to the requestor's address, given as ``--peer AET=HOST:PORT``
+(repeatable).
 """
 
 from __future__ import annotations
@@ -71,9 +76,9 @@ def add_parser(sub: Any) -> None:
     """Add the ``qrscp`` sub-command to ``sub``."""
     p = sub.add_parser(
         "qrscp",
-        help="a small archive: C-STORE, C-FIND, C-GET, C-MOVE",
+        help="a small archive: C-STORE, C-FIND, C-GET, C-MOVE, storage commitment",
         description="Store the instances received by C-STORE, index them in SQLite, and answer "
-        "C-FIND, C-GET, C-MOVE and C-ECHO from the index.",
+        "C-FIND, C-GET, C-MOVE, C-ECHO and storage commitment requests from the index.",
     )
     p.add_argument(
         "--port",
@@ -118,6 +123,15 @@ def add_parser(sub: Any) -> None:
         help="an AE a C-MOVE may send to (repeatable)",
     )
     p.add_argument(
+        "--peer",
+        type=move_destination,
+        action="append",
+        default=None,
+        metavar="AET=HOST:PORT",
+        help="where a Storage Commitment requestor listens, for reports on a new association "
+        "(repeatable)",
+    )
+    p.add_argument(
         "--max-associations",
         type=positive_int,
         default=1000,
@@ -144,6 +158,21 @@ def add_parser(sub: Any) -> None:
         default=None,
         metavar="S",
         help="abort an association silent for this long (seconds; default: no limit)",
+    )
+    p.add_argument(
+        "--worklist",
+        type=output_folder,
+        default=None,
+        metavar="DIR",
+        help="answer Modality Worklist C-FIND from the .wl/.dcm files of DIR (read again as "
+        "they change)",
+    )
+    p.add_argument(
+        "--mpps",
+        type=output_folder,
+        default=None,
+        metavar="DIR",
+        help="the folder where the MPPS procedure steps are kept (default: mpps in --storage)",
     )
     add_max_pdu(p)
     add_common(p)
@@ -184,6 +213,12 @@ async def run(args: argparse.Namespace) -> int:
             err(f"argument --move-destination: {aet!r} is given twice")
             return 2
         destinations[aet] = (host, peer_port)
+    peers: dict[str, tuple[str, int]] = {}
+    for aet, host, peer_port in args.peer or []:
+        if aet in peers:
+            err(f"argument --peer: {aet!r} is given twice")
+            return 2
+        peers[aet] = (host, peer_port)
     removed = await anyio.to_thread.run_sync(remove_stale_temp_files, storage)
     if removed:
         notice(
@@ -193,7 +228,7 @@ async def run(args: argparse.Namespace) -> int:
             count=removed,
             folder=str(storage),
         )
-    archive = Archive(storage, db=args.db, move_destinations=destinations)
+    archive = Archive(storage, db=args.db, move_destinations=destinations, commitment_peers=peers)
     try:
         await archive.open()
     except (IndexDatabaseError, sqlite3.Error, OSError) as exc:
@@ -212,6 +247,10 @@ async def run(args: argparse.Namespace) -> int:
             )
         ae = qrscp_ae(args)
         archive.install(ae)
+        problem = await install_worklist_and_mpps(ae, args, storage)
+        if problem is not None:
+            err(problem)
+            return 2
         count = await anyio.to_thread.run_sync(archive.index.count)
         # the signals are caught before the "listening" line: a SIGTERM sent as soon as it is
         # read stops the app cleanly (exit status 0)
@@ -234,3 +273,32 @@ async def run(args: argparse.Namespace) -> int:
     finally:
         await archive.aclose()
     return 0
+
+
+async def install_worklist_and_mpps(ae: AE, args: argparse.Namespace, storage: Path) -> str | None:
+    """Serve MPPS on ``ae`` (steps kept in ``--mpps``, by default ``STORAGE/mpps``) and, with
+    ``--worklist``, the Modality Worklist; the usage error to report, or None."""
+    from ..services.mpps import MPPSSCP
+    from ..worklist import Worklist
+
+    if args.worklist is not None:
+        if not args.worklist.is_dir():
+            return f"argument --worklist: {str(args.worklist)!r} is not a folder"
+        worklist = Worklist(args.worklist)
+        count = len(await anyio.to_thread.run_sync(worklist.items))
+        worklist.install(ae)
+        notice(
+            f"qrscp: Modality Worklist: {_plural(count, 'item')} in {args.worklist}",
+            "worklist_loaded",
+            items=count,
+            folder=str(args.worklist),
+        )
+    folder = args.mpps if args.mpps is not None else storage / "mpps"
+    try:
+        mpps = await anyio.to_thread.run_sync(MPPSSCP, folder)
+    except OSError as exc:
+        return f"argument --mpps: cannot read the folder {str(folder)!r}: {exc.strerror or exc}"
+    mpps.install(ae)
+    for path, reason in mpps.skipped:
+        notice(f"qrscp: MPPS: skipped {path}: {reason}", "mpps_file_skipped", file=str(path))
+    return None

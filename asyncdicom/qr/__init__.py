@@ -13,6 +13,7 @@ from .matching import (
     INDEX_COLUMNS,
     LEVELS,
     MODELS,
+    WORKLIST_MODEL,
     IdentifierMismatch,
     ModelNotSupported,
     Query,
@@ -23,6 +24,7 @@ from .matching import (
     index_value,
     match_value,
     parse_query,
+    parse_worklist_query,
     sql_filter,
 )
 
@@ -31,6 +33,7 @@ __all__ = [
     "LEVELS",
     "MODELS",
     "SCHEMA_VERSION",
+    "WORKLIST_MODEL",
     "IdentifierMismatch",
     "IndexDatabaseError",
     "ModelNotSupported",
@@ -44,5 +47,6 @@ __all__ = [
     "index_value",
     "match_value",
     "parse_query",
+    "parse_worklist_query",
     "sql_filter",
 ]

@@ -629,6 +629,24 @@ class SQLiteIndex:
                 paths.extend(str(p) for (p,) in rows)
         return paths
 
+    def lookup_instances(self, sop_instance_uids: Sequence[str]) -> dict[str, tuple[str, str]]:
+        """SOP Instance UID -> (SOP Class UID, file path) of those of ``sop_instance_uids``
+        that are indexed (for storage commitment: is it here, and is it what the requestor
+        thinks it is)."""
+        found: dict[str, tuple[str, str]] = {}
+        uids = list(sop_instance_uids)
+        with self._lock:
+            for start in range(0, len(uids), 500):
+                part = uids[start : start + 500]
+                rows = self._con.execute(
+                    "SELECT sop_instance_uid, sop_class_uid, path FROM instance "
+                    f"WHERE sop_instance_uid IN ({', '.join('?' * len(part))})",
+                    part,
+                ).fetchall()
+                for uid, sop_class, path in rows:
+                    found[str(uid)] = (str(sop_class or ""), str(path))
+        return found
+
     def count(self) -> int:
         """The number of indexed instances."""
         with self._lock:

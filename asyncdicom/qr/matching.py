@@ -53,6 +53,7 @@ __all__ = [
     "INDEX_COLUMNS",
     "LEVELS",
     "MODELS",
+    "WORKLIST_MODEL",
     "IdentifierMismatch",
     "ModelNotSupported",
     "Query",
@@ -63,6 +64,7 @@ __all__ = [
     "index_value",
     "match_value",
     "parse_query",
+    "parse_worklist_query",
     "sql_filter",
 ]
 
@@ -488,9 +490,9 @@ def _model_name(model: str) -> str:
 class Query:
     """A validated C-FIND identifier, compiled for matching (made by :func:`parse_query`)."""
 
-    #: "patient", "study" or "patient-study"
+    #: "patient", "study", "patient-study", or "mwl" (:func:`parse_worklist_query`)
     model: str
-    #: "PATIENT", "STUDY", "SERIES" or "IMAGE"
+    #: "PATIENT", "STUDY", "SERIES" or "IMAGE"; empty for a worklist query (no levels)
     level: str
     #: the request identifier as received
     identifier: Dataset
@@ -519,9 +521,11 @@ class Query:
         the record's value (zero length when it has none), Query/Retrieve Level, and the
         record's Specific Character Set (the request's when the record has none), since the
         values are the record's.  A sequence key with item keys returns the matching items,
-        each with the requested item keys only."""
+        each with the requested item keys only.  A worklist query (no level) returns no
+        Query/Retrieve Level."""
         out = _response(self.identifier, self._keys, record)
-        out.add_new(QUERY_RETRIEVE_LEVEL, "CS", self.level)
+        if self.level:
+            out.add_new(QUERY_RETRIEVE_LEVEL, "CS", self.level)
         charset = record.get(SPECIFIC_CHARACTER_SET) or self.identifier.get(SPECIFIC_CHARACTER_SET)
         if charset is not None and charset.value:
             out.add(_copy(charset))
@@ -611,6 +615,55 @@ def parse_query(identifier: Dataset, model: str, *, pn_case_insensitive: bool = 
         above[tag] = texts[0]
     keys = tuple(_compile(elem, pn_case_insensitive) for elem in identifier if _matched(elem))
     return Query(name, level, identifier, above, pn_case_insensitive, keys)
+
+
+#: the model name of :func:`parse_worklist_query`'s queries
+WORKLIST_MODEL = "mwl"
+
+
+def _check_worklist_vrs(identifier: Dataset) -> None:
+    """A key whose VR contradicts the dictionary in the way that matters for matching (a
+    sequence sent as a value, a value sent as a sequence) cannot be a key of the model."""
+    for elem in identifier:
+        tag = int(elem.tag)
+        if not _matched(elem):
+            continue
+        try:
+            known = dictionary_VR(tag)
+        except KeyError:
+            continue  # a private or unknown key: matched by its own VR
+        if (known == "SQ") != (elem.VR == "SQ"):
+            what = "a sequence" if known == "SQ" else "not a sequence"
+            raise IdentifierMismatch(f"key ({tag >> 16:04X},{tag & 0xFFFF:04X}) is {what}", tag=tag)
+        if elem.VR == "SQ" and elem.value:
+            for item in elem.value:
+                _check_worklist_vrs(item)
+
+
+def parse_worklist_query(identifier: Dataset, *, pn_case_insensitive: bool = False) -> Query:
+    """Validate a C-FIND request identifier of the Modality Worklist Information Model
+    (PS3.4 K.6.1) and compile its keys.
+
+    The model has no levels: every key of the identifier is matched against the worklist
+    item, with the rules of PS3.4 C.2.2.2 listed in the module docstring.  The usual keys are
+    the Scheduled Procedure Step Sequence (0040,0100) with its item keys (Scheduled Station
+    AE Title, Modality, Scheduled Procedure Step Start Date and Time, which are ranges,
+    Scheduled Performing Physician's Name, ...) and the top-level Patient's Name, Patient ID,
+    Accession Number, Requested Procedure ID and so on.  A sequence key matches an item when
+    one of the item's sequence items matches every item key, and the response returns only
+    the matching sequence items, each with the requested item keys.  Start Date and Start
+    Time are matched independently (combined date-time matching needs the extended
+    negotiation this matcher does not offer, PS3.4 C.2.2.2.5).  A Query/Retrieve Level, if
+    the identifier carries one, is ignored.
+
+    Raises :class:`IdentifierMismatch` (0xA900) for a key that is a sequence where the model
+    has a value or the reverse, :class:`UnableToProcess` (0xC000) for a key value with no
+    meaning for matching (a malformed or reversed date range, a sequence key with more than
+    one item).
+    """
+    _check_worklist_vrs(identifier)
+    keys = tuple(_compile(elem, pn_case_insensitive) for elem in identifier if _matched(elem))
+    return Query(WORKLIST_MODEL, "", identifier, {}, pn_case_insensitive, keys)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -19,19 +19,42 @@ from .base import (
     make_response,
     request_type,
 )
+from .commitment import (
+    STORAGE_COMMITMENT_SERVICE,
+    CommitmentRefused,
+    CommitmentResult,
+    CommitmentSCP,
+    CommitmentSCU,
+    CommitmentTimeout,
+)
 from .dispatch import ServiceDispatcher, ServiceRequest
-from .query_retrieve import QR_FIND_SERVICE, FindResults, QueryFailed, QueryRetrieveSCU
+from .mpps import MPPS_SERVICE, MPPSSCP
+from .query_retrieve import (
+    MWL_FIND_SERVICE,
+    QR_FIND_SERVICE,
+    FindResults,
+    QueryFailed,
+    QueryRetrieveSCU,
+)
 from .retrieve import QR_GET_SERVICE, QR_MOVE_SERVICE, Retrieval, RetrieveFailed, RetrieveSCU
 from .storage import STORAGE_SERVICE, StorageSCU
 from .verification import VERIFICATION_SERVICE, VerificationSCU
 
 __all__ = [
     "DEFAULT_SERVICES",
+    "MPPSSCP",
+    "MPPS_SERVICE",
+    "MWL_FIND_SERVICE",
     "QR_FIND_SERVICE",
     "QR_GET_SERVICE",
     "QR_MOVE_SERVICE",
+    "STORAGE_COMMITMENT_SERVICE",
     "STORAGE_SERVICE",
     "VERIFICATION_SERVICE",
+    "CommitmentRefused",
+    "CommitmentResult",
+    "CommitmentSCP",
+    "CommitmentTimeout",
     "FindResults",
     "HandlerRegistry",
     "QueryFailed",
@@ -56,13 +79,16 @@ DEFAULT_SERVICES: tuple[Service, ...] = (
     QR_FIND_SERVICE,
     QR_GET_SERVICE,
     QR_MOVE_SERVICE,
+    STORAGE_COMMITMENT_SERVICE,
+    MWL_FIND_SERVICE,
+    MPPS_SERVICE,
 )
 
 
-class ServiceAssociation(VerificationSCU, StorageSCU, QueryRetrieveSCU, RetrieveSCU):
+class ServiceAssociation(VerificationSCU, StorageSCU, QueryRetrieveSCU, RetrieveSCU, CommitmentSCU):
     """An association with every service's SCU helpers (``echo()``, ``store()``, ``find()``,
-    ``get()``, ``move()``) and handlers of its own, which take precedence over the AE's for
-    requests arriving on it."""
+    ``get()``, ``move()``, ``commit()``, the DIMSE-N ``n_get()`` ... ``n_event_report()``) and
+    handlers of its own, which take precedence over the AE's for requests arriving on it."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -12,7 +12,7 @@ serves every SOP class (:class:`HandlerRegistry`), on the AE and optionally on o
 
 * ``async def handler(request)`` runs on the event loop and returns the response: a status
   (``int`` / :class:`~asyncdicom.protocol.status.Status`), ``(status, dataset)``, a complete
-  response message, or ``None`` for Success;
+  response message (alone or as ``(response, dataset)``), or ``None`` for Success;
 * a plain ``def handler(request)`` runs in a worker thread (``anyio.to_thread``) after the
   request's data set, if any, has been read into ``request.data``; it returns the same;
 * an ``async def`` *generator* (or a plain generator, iterated in a worker thread) serves

@@ -334,8 +334,11 @@ def _is_final(item: Any) -> bool:
     """A yielded item that ends the operation: a final status or response."""
     if isinstance(item, messages.Response):
         return not is_pending(item.status)
-    if isinstance(item, tuple):
-        return not is_pending(int(item[0]))
+    if isinstance(item, tuple) and item:
+        head = item[0]
+        if isinstance(head, messages.Response):
+            return not is_pending(head.status)
+        return not is_pending(int(head))
     if isinstance(item, int):
         return not is_pending(item)
     return False
@@ -423,7 +426,14 @@ def _to_response(
     dataset: Any = None
     try:
         response: Any
-        if isinstance(result, messages.Response):
+        if isinstance(result, tuple) and result and isinstance(result[0], messages.Response):
+            # (a complete response, its data set): e.g. an Error Comment and an Attribute List
+            response, dataset = result[0], result[1]
+            if response.COMMAND_FIELD != message.COMMAND_FIELD | 0x8000:
+                raise ValueError(f"{response.NAME} does not answer a {message.NAME}")
+            if dataset is not None and not getattr(response, "has_dataset", True):
+                response = dataclasses.replace(response, has_dataset=True)
+        elif isinstance(result, messages.Response):
             response = result
             if response.COMMAND_FIELD != message.COMMAND_FIELD | 0x8000:
                 raise ValueError(f"{response.NAME} does not answer a {message.NAME}")

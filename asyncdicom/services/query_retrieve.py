@@ -43,6 +43,7 @@ from ..protocol import messages
 from ..protocol.messages import Priority
 from ..protocol.status import Status, StatusCategory
 from ..protocol.uids import (
+    MODALITY_WORKLIST_FIND,
     PATIENT_ROOT_QR_FIND,
     PATIENT_STUDY_ONLY_QR_FIND,
     STUDY_ROOT_QR_FIND,
@@ -51,7 +52,9 @@ from .base import Service, make_response
 
 __all__ = [
     "FIND_MODELS",
+    "MWL_FIND_SERVICE",
     "QR_FIND_SERVICE",
+    "QUERY_MODELS",
     "FindResults",
     "QueryFailed",
     "QueryRetrieveSCU",
@@ -66,15 +69,20 @@ FIND_MODELS: dict[str, str] = {
 }
 
 
+#: every model ``find()`` queries: the Query/Retrieve models of :data:`FIND_MODELS` and the
+#: Modality Worklist Information Model (``"mwl"``, PS3.4 K.6.1), which has no levels
+QUERY_MODELS: dict[str, str] = {**FIND_MODELS, "mwl": MODALITY_WORKLIST_FIND}
+
+
 def find_model_uid(model: str) -> str:
     """The FIND SOP Class UID of ``model``: ``"patient"``, ``"study"``, ``"patient-study"``,
-    or one of the three UIDs itself; ValueError otherwise."""
-    if model in FIND_MODELS:
-        return FIND_MODELS[model]
-    if model in FIND_MODELS.values():
+    ``"mwl"`` (Modality Worklist), or one of those UIDs itself; ValueError otherwise."""
+    if model in QUERY_MODELS:
+        return QUERY_MODELS[model]
+    if model in QUERY_MODELS.values():
         return model
     raise ValueError(
-        f"unknown Query/Retrieve model {model!r} (one of {', '.join(FIND_MODELS)}, or its UID)"
+        f"unknown Query/Retrieve model {model!r} (one of {', '.join(QUERY_MODELS)}, or its UID)"
     )
 
 
@@ -108,6 +116,18 @@ QR_FIND_SERVICE = Service(
     name="Query/Retrieve FIND",
     commands=(messages.CFindRQ,),
     sop_classes=frozenset(FIND_MODELS.values()),
+    accept_by_default=False,
+    no_handler_response=_no_handler,
+    exception_status=_find_exception_status,
+)
+
+#: C-FIND on the Modality Worklist Information Model (PS3.4 K.6.1), with the statuses and
+#: defaults of :data:`QR_FIND_SERVICE`.  Not accepted unless configured
+#: (:func:`asyncdicom.presets.worklist_supported`, or :meth:`asyncdicom.worklist.Worklist.install`)
+MWL_FIND_SERVICE = Service(
+    name="Modality Worklist FIND",
+    commands=(messages.CFindRQ,),
+    sop_classes=frozenset({MODALITY_WORKLIST_FIND}),
     accept_by_default=False,
     no_handler_response=_no_handler,
     exception_status=_find_exception_status,
@@ -185,7 +205,9 @@ class QueryRetrieveSCU(Association):
     ) -> AsyncIterator[FindResults]:
         """C-FIND (PS3.7 9.1.2): query with ``identifier`` (the keys; a Dataset with Query/
         Retrieve Level, or bytes already encoded in the context's transfer syntax) on
-        ``model`` (``"study"``, ``"patient"``, ``"patient-study"`` or the SOP Class UID).
+        ``model`` (``"study"``, ``"patient"``, ``"patient-study"``, ``"mwl"`` for the
+        Modality Worklist, whose identifier has no Query/Retrieve Level, or the SOP Class
+        UID).
 
         ``async with assoc.find(ds) as results: async for match in results: ...``; leaving
         the block early sends C-CANCEL-RQ and reads the remaining responses.  Raises
@@ -195,9 +217,13 @@ class QueryRetrieveSCU(Association):
         sop_class = find_model_uid(model)
         context = self.find_context(sop_class)
         if context is None:
+            what = (
+                "Modality Worklist FIND model"
+                if sop_class == MODALITY_WORKLIST_FIND
+                else f"{model} Query/Retrieve FIND model"
+            )
             raise NoAcceptedContext(
-                f"no accepted presentation context for the {model} Query/Retrieve FIND model "
-                f"({sop_class})"
+                f"no accepted presentation context for the {what} ({sop_class})"
             )
         if isinstance(identifier, (bytes, bytearray, memoryview)):
             data = bytes(identifier)

@@ -664,3 +664,18 @@ def test_concurrent_adds_and_finds_from_threads() -> None:
         thread.join()
     assert errors == []
     assert index.count() == 80
+
+
+def test_lookup_instances() -> None:
+    index = small()
+    sop = [
+        r.SOPInstanceUID
+        for r in index.records(
+            q("IMAGE", StudyInstanceUID="1.1", SeriesInstanceUID="1.1.1", SOPInstanceUID="")
+        )
+    ]
+    found = index.lookup_instances([*sop, "9.9.9"])
+    assert set(found) == set(sop)
+    assert {path for _cls, path in found.values()} == {"p1/a", "p1/b"}
+    assert {cls for cls, _path in found.values()} == {"1.2.840.10008.5.1.4.1.1.2"}
+    assert index.lookup_instances([]) == {}

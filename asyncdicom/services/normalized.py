@@ -1,0 +1,177 @@
+"""The DIMSE-N services (PS3.7 10.1): N-EVENT-REPORT, N-GET, N-SET, N-ACTION, N-CREATE and
+N-DELETE, as SCU helpers of an association.
+
+Each helper sends one request and returns its response as a
+:class:`~asyncdicom.association.DIMSEResponse` (``status``, ``ok``, ``message`` -- the typed
+``N...RSP`` -- and ``decode()`` for the data set it carries)::
+
+    rsp = await assoc.n_get(uids.PRINTER, uids.PRINTER_INSTANCE, ["PrinterStatus"])
+    rsp = await assoc.n_create(uids.MODALITY_PERFORMED_PROCEDURE_STEP, attributes)
+    mpps_uid = rsp.message.affected_sop_instance_uid
+    rsp = await assoc.n_set(uids.MODALITY_PERFORMED_PROCEDURE_STEP, mpps_uid, changes)
+    rsp = await assoc.n_action(uids.STORAGE_COMMITMENT_PUSH_MODEL, instance, 1, info)
+
+A failure status is returned, not raised: what it means is the SOP class's business.  The
+request goes on an accepted presentation context of the SOP class in which this side may act
+as SCU -- or as SCP for N-EVENT-REPORT, which the SCP of a SOP class sends to its SCU (on an
+association the SCP opened, that role comes from SCP/SCU Role Selection, PS3.7 D.3.3.4);
+:class:`~asyncdicom.errors.NoAcceptedContext` otherwise.
+
+On the SCP side the requests reach the handlers registered with ``ae.on("N-ACTION",
+sop_class=...)`` and so on; the services built on them (Storage Commitment, MPPS) declare their
+defaults in their own modules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from pydicom.datadict import tag_for_keyword
+from pydicom.dataset import Dataset
+from pydicom.tag import Tag
+
+from ..association import Association, DIMSEResponse
+from ..errors import NoAcceptedContext
+from ..protocol import messages
+from ..protocol.negotiation import PresentationContext
+
+__all__ = ["NormalizedSCU", "attribute_tags"]
+
+
+def attribute_tags(attributes: Iterable[int | str | tuple[int, int]]) -> tuple[int, ...]:
+    """Tags from ints, ``(group, element)`` pairs or keywords (``"PatientName"``);
+    ValueError for an unknown keyword."""
+    out = []
+    for item in attributes:
+        if isinstance(item, str):
+            tag = tag_for_keyword(item)
+            if tag is None:
+                raise ValueError(f"{item!r} is not a DICOM keyword")
+            out.append(int(tag))
+        else:
+            out.append(int(Tag(item)))
+    return tuple(out)
+
+
+class NormalizedSCU(Association):
+    """The DIMSE-N helpers of an association (see the module docstring)."""
+
+    def _normalized_context(self, sop_class: str, role: str, what: str) -> PresentationContext:
+        context = self.find_context(sop_class, role=role)
+        if context is None:
+            side = "SCU" if role == "scu" else "SCP (the sender of N-EVENT-REPORT)"
+            raise NoAcceptedContext(
+                f"no accepted presentation context for {sop_class} in which this side may act "
+                f"as {side}: cannot send {what}"
+            )
+        return context
+
+    def _encode(self, dataset: Dataset | bytes, context: PresentationContext) -> bytes:
+        if isinstance(dataset, (bytes, bytearray, memoryview)):
+            return bytes(dataset)
+        from ..storage.files import encode_dataset
+
+        return encode_dataset(dataset, context.transfer_syntax or "")
+
+    async def _normalized(
+        self,
+        sop_class: str,
+        role: str,
+        message: Any,
+        dataset: Dataset | bytes | None,
+    ) -> DIMSEResponse:
+        context = self._normalized_context(sop_class, role, message.NAME)
+        data = None if dataset is None else self._encode(dataset, context)
+        return await self.request(context, message, data)
+
+    async def n_event_report(
+        self,
+        sop_class: str,
+        sop_instance: str,
+        event_type: int,
+        information: Dataset | bytes | None = None,
+    ) -> DIMSEResponse:
+        """N-EVENT-REPORT (PS3.7 10.1.1): report event ``event_type`` about ``sop_instance``,
+        with the Event Information data set ``information``."""
+        rq = messages.NEventReportRQ(
+            message_id=self.next_message_id(),
+            affected_sop_class_uid=sop_class,
+            affected_sop_instance_uid=sop_instance,
+            event_type_id=event_type,
+            has_dataset=information is not None,
+        )
+        return await self._normalized(sop_class, "scp", rq, information)
+
+    async def n_get(
+        self,
+        sop_class: str,
+        sop_instance: str,
+        attributes: Iterable[int | str | tuple[int, int]] | None = None,
+    ) -> DIMSEResponse:
+        """N-GET (PS3.7 10.1.2): the values of ``attributes`` (tags or keywords; ``None``: all
+        of them) of ``sop_instance``; ``response.decode()`` is the Attribute List."""
+        rq = messages.NGetRQ(
+            message_id=self.next_message_id(),
+            requested_sop_class_uid=sop_class,
+            requested_sop_instance_uid=sop_instance,
+            attribute_identifier_list=None if attributes is None else attribute_tags(attributes),
+        )
+        return await self._normalized(sop_class, "scu", rq, None)
+
+    async def n_set(
+        self, sop_class: str, sop_instance: str, modifications: Dataset | bytes
+    ) -> DIMSEResponse:
+        """N-SET (PS3.7 10.1.3): change the attributes of ``sop_instance`` to the values of
+        the Modification List ``modifications``."""
+        rq = messages.NSetRQ(
+            message_id=self.next_message_id(),
+            requested_sop_class_uid=sop_class,
+            requested_sop_instance_uid=sop_instance,
+        )
+        return await self._normalized(sop_class, "scu", rq, modifications)
+
+    async def n_action(
+        self,
+        sop_class: str,
+        sop_instance: str,
+        action_type: int,
+        information: Dataset | bytes | None = None,
+    ) -> DIMSEResponse:
+        """N-ACTION (PS3.7 10.1.4): ask for action ``action_type`` on ``sop_instance`` with
+        the Action Information data set ``information``."""
+        rq = messages.NActionRQ(
+            message_id=self.next_message_id(),
+            requested_sop_class_uid=sop_class,
+            requested_sop_instance_uid=sop_instance,
+            action_type_id=action_type,
+            has_dataset=information is not None,
+        )
+        return await self._normalized(sop_class, "scu", rq, information)
+
+    async def n_create(
+        self,
+        sop_class: str,
+        attributes: Dataset | bytes | None = None,
+        *,
+        sop_instance: str | None = None,
+    ) -> DIMSEResponse:
+        """N-CREATE (PS3.7 10.1.5): create an instance of ``sop_class`` with the Attribute
+        List ``attributes``.  Without ``sop_instance`` the SCP chooses the SOP Instance UID
+        and returns it as ``response.message.affected_sop_instance_uid``."""
+        rq = messages.NCreateRQ(
+            message_id=self.next_message_id(),
+            affected_sop_class_uid=sop_class,
+            affected_sop_instance_uid=sop_instance,
+            has_dataset=attributes is not None,
+        )
+        return await self._normalized(sop_class, "scu", rq, attributes)
+
+    async def n_delete(self, sop_class: str, sop_instance: str) -> DIMSEResponse:
+        """N-DELETE (PS3.7 10.1.6): delete ``sop_instance``."""
+        rq = messages.NDeleteRQ(
+            message_id=self.next_message_id(),
+            requested_sop_class_uid=sop_class,
+            requested_sop_instance_uid=sop_instance,
+        )
+        return await self._normalized(sop_class, "scu", rq, None)
