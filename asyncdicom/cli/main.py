@@ -21,6 +21,7 @@ from .. import __version__
 from ..errors import DICOMError
 from ..log import configure_cli_logging, get_logger
 from . import (
+    bench,
     demo,
     echoscu,
     findscu,
@@ -53,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
         movescu,
         qrscp,
         stgcmtscu,
-            demo,
+        bench,
+        demo,
     ):
         app.add_parser(sub)
     for command in sub.choices.values():

@@ -1,0 +1,593 @@
+"""The load-test engine: many associations, several operations in flight on each, latency
+histograms.
+
+A :class:`LoadSpec` says what to do; :class:`LoadGenerator` does it in this process and returns
+a :class:`LoadResult`::
+
+    spec = LoadSpec("127.0.0.1", 11112, called_aet="STORESCP", operation="echo",
+                    associations=10, window=4, rate=500, duration=5)
+    result = await LoadGenerator(spec).run()
+    print(result.ops_per_s, result.percentiles(result.latency))
+
+**Associations.**  ``associations`` tasks each hold one association, and open a new one when
+the peer closes it (release or abort).  When ``window`` is above 1 the A-ASSOCIATE-RQ proposes
+an asynchronous operations window of ``window`` operations invoked; each association then has
+as many operations outstanding at once as the peer granted (at most ``window``; one when the
+peer ignores the proposal).
+
+**Closed and open loop.**  Without ``rate`` every slot sends its next operation as soon as the
+previous one was answered (closed loop: the peer's speed sets the rate).  With ``rate`` the
+operations follow a fixed arrival schedule computed from the start time: operation *i* is due at
+``start + i / rate``, whether or not the peer kept up.  Its latency is measured from that
+*scheduled* time, not from when a slot was free to send it: when the peer is slow, operations
+wait for a slot and that wait is part of their latency, so a slow peer shows as high latency
+rather than as a lower rate that hides it ("coordinated omission" avoided).  The rate is only
+held if ``associations x window`` slots suffice for ``rate x latency`` operations in flight.
+
+**Stop.**  ``count`` operations, or operations scheduled (open loop) or started (closed loop)
+within ``duration`` seconds; operations in flight then finish.
+
+**Results.**  Operation latency and association setup time (TCP connect to A-ASSOCIATE-AC) go
+into HDR histograms (microseconds, 3 significant digits).  Every failure is counted by kind:
+``rejected``, ``aborted`` (A-ABORT, A-P-ABORT, connection lost), ``timeout`` (connect, ACSE,
+DIMSE, storage commitment report), ``connect`` (connection refused, unreachable),
+``no-context``, ``commit-failed`` (a report listing failed instances), ``other``, and each
+failure status by its code (``0xA700``).  An association that cannot be opened counts as one
+failed operation (the one that was waiting for it).
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import anyio
+from hdrh.histogram import HdrHistogram
+from pydicom.dataset import Dataset
+
+from ..ae import AE
+from ..config import Timeouts
+from ..errors import (
+    AssociationAborted,
+    AssociationRejected,
+    DICOMError,
+    NoAcceptedContext,
+    TransportError,
+)
+from ..protocol import uids
+from ..protocol.negotiation import ContextRequest
+from ..protocol.status import StatusCategory, category
+from ..services import CommitmentRefused, QueryFailed, RetrieveFailed
+from ..services.commitment import STORAGE_COMMITMENT, CommitmentTimeout
+from ..services.query_retrieve import find_model_uid
+from ..services.retrieve import retrieve_model_uid
+from ..storage.contexts import contexts_for_files
+from ..storage.files import Part10Source, read_part10_for_send
+from .newuids import SOP_INSTANCE_UID, UIDLocations, UIDSource, locate_uids, patch_uids
+
+__all__ = [
+    "HIGHEST_MICROSECONDS",
+    "LoadGenerator",
+    "LoadResult",
+    "LoadSpec",
+    "Operation",
+    "classify",
+    "new_histogram",
+    "percentiles",
+    "run_load",
+]
+
+#: the largest latency a histogram holds (1 hour, in microseconds); longer ones count as this
+HIGHEST_MICROSECONDS = 3_600_000_000
+#: percentiles reported (key: name in the results)
+PERCENTILES = {"p50": 50.0, "p90": 90.0, "p99": 99.0, "p999": 99.9}
+#: delay before re-opening an association after a failure that consumed no time (refused)
+_RETRY_PAUSE = 0.05
+
+
+class Operation(str, enum.Enum):
+    """The DIMSE operation a load test repeats."""
+
+    ECHO = "echo"
+    STORE = "store"
+    FIND = "find"
+    MOVE = "move"
+    COMMIT = "commit"
+
+
+def new_histogram() -> HdrHistogram:
+    """An empty latency histogram: 1 us .. 1 hour, 3 significant digits."""
+    return HdrHistogram(1, HIGHEST_MICROSECONDS, 3)
+
+
+@dataclass(frozen=True)
+class LoadSpec:
+    """What a load test does (see the module docstring).
+
+    ``operation``: echo, store (``files``), find (``query`` keys, ``model``), move (``query``,
+    ``move_destination``, ``model``) or commit (``files``: each operation asks for a commitment
+    to all of them and waits up to ``commit_timeout`` s for the report on the same association).
+    ``query`` is ``(keyword, value)`` pairs; ``level`` its Query/Retrieve Level.  Give
+    ``duration`` or ``count`` (or both: whichever comes first).  ``new_uids``: store every
+    instance with fresh Study/Series/SOP Instance UIDs (see :mod:`.newuids`).
+    """
+
+    host: str
+    port: int
+    called_aet: str = "ANY-SCP"
+    operation: Operation = Operation.ECHO
+    files: tuple[Path, ...] = ()
+    associations: int = 1
+    window: int = 1
+    rate: float | None = None
+    duration: float | None = None
+    count: int | None = None
+    new_uids: bool = False
+    query: tuple[tuple[str, str], ...] = ()
+    level: str = "STUDY"
+    model: str = "study"
+    move_destination: str | None = None
+    commit_timeout: float = 60.0
+    aet: str = "ASYNCDICOM"
+    bind: str | None = None
+    max_pdu: int = 262144
+    timeouts: Timeouts = field(default_factory=Timeouts)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "operation", Operation(self.operation))
+        object.__setattr__(self, "files", tuple(Path(f) for f in self.files))
+        if self.associations < 1:
+            raise ValueError("associations must be at least 1")
+        if self.window < 1:
+            raise ValueError("window must be at least 1")
+        if self.rate is not None and not (math.isfinite(self.rate) and self.rate > 0):
+            raise ValueError("rate must be a number of operations per second above 0")
+        if self.duration is None and self.count is None:
+            raise ValueError("give a duration or a count")
+        if self.duration is not None and not (math.isfinite(self.duration) and self.duration > 0):
+            raise ValueError("duration must be a number of seconds above 0")
+        if self.count is not None and self.count < 1:
+            raise ValueError("count must be at least 1")
+        if self.operation in (Operation.STORE, Operation.COMMIT) and not self.files:
+            raise ValueError(f"the {self.operation.value} operation needs files")
+        if self.operation is Operation.MOVE and not self.move_destination:
+            raise ValueError("the move operation needs a move destination")
+        if self.new_uids and self.operation is not Operation.STORE:
+            raise ValueError("new UIDs apply to the store operation only")
+
+
+# ------------------------------------------------------------------------------------ results
+
+
+def percentiles(histogram: HdrHistogram) -> dict[str, float]:
+    """p50, p90, p99, p999 and max of a microsecond histogram, in milliseconds (0 when empty)."""
+    if histogram.get_total_count() == 0:
+        return {**{name: 0.0 for name in PERCENTILES}, "max": 0.0}
+    out = {name: histogram.get_value_at_percentile(p) / 1000.0 for name, p in PERCENTILES.items()}
+    out["max"] = histogram.get_max_value() / 1000.0
+    return out
+
+
+@dataclass
+class LoadResult:
+    """The outcome of a load test: counts, rates and the two latency histograms
+    (microseconds).  Results of several processes merge with :meth:`merged`."""
+
+    operations: int = 0
+    errors_by_kind: dict[str, int] = field(default_factory=dict)
+    elapsed: float = 0.0
+    bytes_sent: int = 0
+    latency: HdrHistogram = field(default_factory=new_histogram)
+    setup: HdrHistogram = field(default_factory=new_histogram)
+    associations_opened: int = 0
+    negotiated: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def errors(self) -> int:
+        """Failed operations, all kinds together."""
+        return sum(self.errors_by_kind.values())
+
+    @property
+    def ops_per_s(self) -> float:
+        """Operations (succeeded or not) per second of the run."""
+        return self.operations / self.elapsed if self.elapsed > 0 else 0.0
+
+    @property
+    def mb_per_s(self) -> float:
+        """Data set megabytes (10**6 bytes) sent per second."""
+        return self.bytes_sent / 1e6 / self.elapsed if self.elapsed > 0 else 0.0
+
+    def percentiles(self, histogram: HdrHistogram) -> dict[str, float]:
+        """See :func:`percentiles`."""
+        return percentiles(histogram)
+
+    def summary(self) -> dict[str, Any]:
+        """The result as ``bench --json`` writes it: ``operations``, ``errors``,
+        ``errors_by_kind``, ``ops_per_s``, ``MB_per_s``, ``latency_ms`` and
+        ``association_setup_ms`` ({p50, p90, p99, p999, max}), ``negotiated``."""
+        return {
+            "operations": self.operations,
+            "errors": self.errors,
+            "errors_by_kind": dict(sorted(self.errors_by_kind.items())),
+            "ops_per_s": round(self.ops_per_s, 3),
+            "MB_per_s": round(self.mb_per_s, 3),
+            "latency_ms": percentiles(self.latency),
+            "association_setup_ms": percentiles(self.setup),
+            "negotiated": self.negotiated,
+        }
+
+    def encode(self) -> dict[str, Any]:
+        """A JSON-able form, histograms in HdrHistogram's compressed encoding (to send a
+        worker process's result to the parent); :meth:`decode` reverses it."""
+        return {
+            "operations": self.operations,
+            "errors_by_kind": self.errors_by_kind,
+            "elapsed": self.elapsed,
+            "bytes_sent": self.bytes_sent,
+            "latency": _encode_histogram(self.latency),
+            "setup": _encode_histogram(self.setup),
+            "associations_opened": self.associations_opened,
+            "negotiated": self.negotiated,
+        }
+
+    @classmethod
+    def decode(cls, data: dict[str, Any]) -> LoadResult:
+        """The result :meth:`encode` encoded."""
+        return cls(
+            operations=int(data["operations"]),
+            errors_by_kind={str(k): int(v) for k, v in data["errors_by_kind"].items()},
+            elapsed=float(data["elapsed"]),
+            bytes_sent=int(data["bytes_sent"]),
+            latency=_decode_histogram(data["latency"]),
+            setup=_decode_histogram(data["setup"]),
+            associations_opened=int(data["associations_opened"]),
+            negotiated=dict(data["negotiated"]),
+        )
+
+    @classmethod
+    def merged(cls, results: Sequence[LoadResult]) -> LoadResult:
+        """One result for runs that went on at the same time (worker processes): counts and
+        histograms added, the longest elapsed time, the first negotiated parameters."""
+        out = cls()
+        for r in results:
+            out.operations += r.operations
+            for kind, n in r.errors_by_kind.items():
+                out.errors_by_kind[kind] = out.errors_by_kind.get(kind, 0) + n
+            out.elapsed = max(out.elapsed, r.elapsed)
+            out.bytes_sent += r.bytes_sent
+            out.latency.add(r.latency)
+            out.setup.add(r.setup)
+            out.associations_opened += r.associations_opened
+            out.negotiated = out.negotiated or r.negotiated
+        return out
+
+
+def _encode_histogram(h: HdrHistogram) -> str:
+    if h.get_total_count() == 0:
+        return ""
+    encoded: bytes = h.encode()
+    return encoded.decode("ascii")
+
+
+def _decode_histogram(text: str) -> HdrHistogram:
+    out = new_histogram()
+    if text:
+        out.add(HdrHistogram.decode(text.encode("ascii")))
+    return out
+
+
+def classify(exc: BaseException) -> str:
+    """The error kind of an exception that failed an operation or an association."""
+    if isinstance(exc, AssociationRejected):
+        return "rejected"
+    if isinstance(exc, (QueryFailed, RetrieveFailed, CommitmentRefused)):
+        return f"0x{exc.response.status:04X}"
+    if isinstance(exc, (TimeoutError, CommitmentTimeout)):
+        return "timeout"
+    if isinstance(exc, AssociationAborted):
+        return "aborted"
+    if isinstance(exc, TransportError):
+        return "connect"
+    if isinstance(exc, NoAcceptedContext):
+        return "no-context"
+    return "other"
+
+
+# ------------------------------------------------------------------------------------ schedule
+
+
+@dataclass(frozen=True, slots=True)
+class _Ticket:
+    """One operation to do: its number and when it is due (closed loop: when it was taken)."""
+
+    index: int
+    due: float
+
+
+class _Schedule:
+    """Hands out the operations: at once (closed loop) or at their scheduled time (open)."""
+
+    def __init__(self, spec: LoadSpec, start: float, offset: float = 0.0) -> None:
+        self.rate = spec.rate
+        self.count = spec.count
+        self.start = start
+        self.end = math.inf if spec.duration is None else start + spec.duration
+        self.offset = offset
+        self.issued = 0
+        #: tickets given back by a slot whose association went away before sending
+        self.returned: list[_Ticket] = []
+
+    @property
+    def exhausted(self) -> bool:
+        if self.returned:
+            return False
+        if self.count is not None and self.issued >= self.count:
+            return True
+        if self.rate is not None:
+            return self._due(self.issued) >= self.end
+        return anyio.current_time() >= self.end
+
+    def _due(self, index: int) -> float:
+        assert self.rate is not None
+        return self.start + self.offset + index / self.rate
+
+    async def take(self) -> _Ticket | None:
+        if self.returned:
+            return self.returned.pop()
+        if self.exhausted:
+            return None
+        index = self.issued
+        self.issued += 1
+        if self.rate is None:
+            return _Ticket(index, anyio.current_time())
+        due = self._due(index)
+        if due > anyio.current_time():
+            await anyio.sleep_until(due)
+        return _Ticket(index, due)
+
+
+# ------------------------------------------------------------------------------------ engine
+
+
+@dataclass(frozen=True, slots=True)
+class _Instance:
+    source: Part10Source
+    where: UIDLocations | None
+
+
+class LoadGenerator:
+    """Runs one :class:`LoadSpec` in this process (see the module docstring).
+
+    While :meth:`run` runs, :attr:`operations` and :attr:`errors` count what is done so far
+    (for a progress display).
+    """
+
+    def __init__(self, spec: LoadSpec, *, schedule_offset: float = 0.0) -> None:
+        self.spec = spec
+        self.result = LoadResult()
+        self._offset = schedule_offset
+        self._instances: list[_Instance] = []
+        self._new_uids = UIDSource()
+        self._contexts: list[ContextRequest | str] = []
+        self._identifier: Dataset | None = None
+        self._schedule: _Schedule | None = None
+        self._ae = AE(spec.aet, max_pdu_length=spec.max_pdu, timeouts=spec.timeouts)
+        self._prepared = False
+
+    @property
+    def operations(self) -> int:
+        """Operations finished so far (succeeded or failed)."""
+        return self.result.operations
+
+    @property
+    def errors(self) -> int:
+        """Failed operations so far."""
+        return self.result.errors
+
+    def prepare(self) -> None:
+        """Read the files (headers and data sets, kept in memory) and build the contexts and
+        the query; :meth:`run` calls it if needed.  Blocking (call it in a worker thread from
+        async code).  Raises ``InvalidDicomFile`` / ``OSError`` for a file that cannot be sent
+        and :class:`~.newuids.UIDPatchError` when its UIDs cannot be replaced."""
+        if self._prepared:
+            return
+        spec = self.spec
+        op = spec.operation
+        if op in (Operation.STORE, Operation.COMMIT):
+            for path in spec.files:
+                source = read_part10_for_send(path, read_limit=1 << 62)
+                where = None
+                if spec.new_uids:
+                    assert source.data is not None
+                    where = locate_uids(source.data, source.transfer_syntax_uid)
+                self._instances.append(_Instance(source, where))
+        if op is Operation.ECHO:
+            self._contexts = [uids.VERIFICATION]
+        elif op is Operation.STORE:
+            self._contexts = list(contexts_for_files([i.source for i in self._instances]))
+        elif op is Operation.COMMIT:
+            self._contexts = [STORAGE_COMMITMENT]
+        else:
+            ds = Dataset()
+            ds.QueryRetrieveLevel = spec.level
+            for keyword, value in spec.query:
+                setattr(ds, keyword, value)
+            self._identifier = ds
+            if op is Operation.FIND:
+                self._contexts = [find_model_uid(spec.model)]
+            else:
+                self._contexts = [retrieve_model_uid(spec.model, "move")]
+        self._prepared = True
+
+    async def run(self, *, start: float | None = None) -> LoadResult:
+        """Run the load test and return its result.  ``start`` (the loop clock, as
+        ``anyio.current_time()``) is when the schedule begins (default: now)."""
+        if not self._prepared:
+            await anyio.to_thread.run_sync(self.prepare)
+        if start is not None and start > anyio.current_time():
+            await anyio.sleep_until(start)
+        begin = anyio.current_time() if start is None else start
+        self._schedule = _Schedule(self.spec, begin, self._offset)
+        async with anyio.create_task_group() as tg:
+            for _ in range(self.spec.associations):
+                tg.start_soon(self._association_task)
+        self.result.elapsed = anyio.current_time() - begin
+        return self.result
+
+    # -------------------------------------------------------------------------- internals
+
+    def _fail(self, kind: str) -> None:
+        self.result.operations += 1
+        self.result.errors_by_kind[kind] = self.result.errors_by_kind.get(kind, 0) + 1
+
+    async def _association_task(self) -> None:
+        spec = self.spec
+        schedule = self._schedule
+        assert schedule is not None
+        window = (spec.window, 1) if spec.window > 1 else None
+        while True:
+            ticket = await schedule.take()
+            if ticket is None:
+                return
+            opened = anyio.current_time()
+            established = False
+            try:
+                async with self._ae.associate(
+                    spec.host,
+                    spec.port,
+                    called_aet=spec.called_aet,
+                    contexts=self._contexts,
+                    bind=spec.bind,
+                    async_ops_window=window,
+                ) as assoc:
+                    established = True
+                    self.result.associations_opened += 1
+                    self.result.setup.record_value(_microseconds(anyio.current_time() - opened))
+                    self._note_negotiated(assoc)
+                    await self._run_slots(assoc, ticket)
+            except DICOMError as exc:
+                if not established:
+                    self._fail(classify(exc))  # the ticket that waited for this association
+                    if anyio.current_time() - opened < _RETRY_PAUSE:
+                        await anyio.sleep(_RETRY_PAUSE)
+                # else: the operations that failed with it are counted; re-open
+            except OSError as exc:  # a local resource problem (too many open files, ...)
+                if not established:
+                    self._fail(classify(exc))
+                    await anyio.sleep(_RETRY_PAUSE)
+
+    def _note_negotiated(self, assoc: Any) -> None:
+        if self.result.negotiated:
+            return
+        n = assoc.negotiated
+        self.result.negotiated = {
+            "peer_max_pdu_length": n.peer_max_pdu_length,
+            "local_max_pdu_length": n.local_max_pdu_length,
+            "max_operations_invoked": n.max_operations_invoked,
+            "max_operations_performed": n.max_operations_performed,
+            "operations_outstanding": self._slots(assoc),
+            "peer_implementation_class_uid": n.peer_implementation_class_uid,
+            "peer_implementation_version_name": n.peer_implementation_version_name,
+            "accepted_contexts": [
+                {"abstract_syntax": c.abstract_syntax, "transfer_syntax": c.transfer_syntax}
+                for c in assoc.accepted_contexts
+            ],
+        }
+
+    def _slots(self, assoc: Any) -> int:
+        granted = int(assoc.negotiated.max_operations_invoked)
+        return self.spec.window if granted == 0 else min(self.spec.window, granted)
+
+    async def _run_slots(self, assoc: Any, first: _Ticket) -> None:
+        async with anyio.create_task_group() as tg:
+            for n in range(self._slots(assoc)):
+                tg.start_soon(self._slot, assoc, first if n == 0 else None)
+
+    async def _slot(self, assoc: Any, ticket: _Ticket | None) -> None:
+        schedule = self._schedule
+        assert schedule is not None
+        while True:
+            if ticket is None:
+                ticket = await schedule.take()
+                if ticket is None:
+                    return
+            if not assoc.is_established:
+                schedule.returned.append(ticket)  # for the next association
+                return
+            try:
+                sent = await self._operation(assoc, ticket)
+            except DICOMError as exc:
+                self._fail(classify(exc))
+                if not assoc.is_established:
+                    return
+            except _StatusFailure as exc:
+                self._fail(exc.kind)
+            else:
+                self.result.operations += 1
+                self.result.bytes_sent += sent
+                self.result.latency.record_value(_microseconds(anyio.current_time() - ticket.due))
+            ticket = None
+
+    async def _operation(self, assoc: Any, ticket: _Ticket) -> int:
+        """Do one operation; the data set bytes sent.  Raises :class:`_StatusFailure` for a
+        failure status, DICOMError for the rest."""
+        op = self.spec.operation
+        if op is Operation.ECHO:
+            _check((await assoc.echo()).status)
+            return 0
+        if op is Operation.STORE:
+            copy, index = divmod(ticket.index, len(self._instances))
+            instance = self._instances[index]
+            source = instance.source
+            if instance.where is not None:
+                assert source.data is not None
+                new = self._new_uids.new_uids(instance.where, index, copy)
+                data = patch_uids(source.data, instance.where, new)
+                source = replace(source, sop_instance_uid=new[SOP_INSTANCE_UID], data=data)
+            _check((await assoc.store(source)).status)
+            return source.dataset_length if source.data is None else len(source.data)
+        if op is Operation.FIND:
+            assert self._identifier is not None
+            async with assoc.find(self._identifier, model=self.spec.model) as results:
+                async for _match in results:
+                    pass
+            return 0
+        if op is Operation.MOVE:
+            assert self._identifier is not None and self.spec.move_destination
+            async with assoc.move(
+                self._identifier, destination=self.spec.move_destination, model=self.spec.model
+            ) as retrieval:
+                await retrieval.wait()
+            return 0
+        refs = [(i.source.sop_class_uid, i.source.sop_instance_uid) for i in self._instances]
+        result = await assoc.commit(refs, timeout=self.spec.commit_timeout)
+        if not result.ok:
+            raise _StatusFailure("commit-failed")
+        return 0
+
+
+class _StatusFailure(Exception):
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+
+def _check(status: int) -> None:
+    try:
+        ok = category(status) in (StatusCategory.SUCCESS, StatusCategory.WARNING)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise _StatusFailure(f"0x{status:04X}")
+
+
+def _microseconds(seconds: float) -> int:
+    return min(HIGHEST_MICROSECONDS, max(1, round(seconds * 1e6)))
+
+
+async def run_load(spec: LoadSpec) -> LoadResult:
+    """Run ``spec`` in this process (:class:`LoadGenerator`) and return the result."""
+    return await LoadGenerator(spec).run()
