@@ -553,3 +553,63 @@ async def test_cli_usage_errors(args: list[str], tmp_path: Path) -> None:
     result = await run_cli("bench", "127.0.0.1", "104", "--called-aet", "X", *args, cwd=tmp_path)
     assert result.returncode == 2
     assert "asyncdicom bench: error:" in err(result)
+
+
+async def test_move(tmp_path: Path, anyio_backend: str) -> None:
+    from asyncdicom import presets
+
+    files = write_ct_files(tmp_path, 2, 64)
+    scp = AE("SCP", supported_contexts=presets.qr_supported())
+    dest = AE("DEST", accept_any_storage=True)
+    received: list[str] = []
+
+    @scp.on("C-MOVE")
+    def move(request: Any) -> Any:
+        yield from (str(f) for f in files)
+
+    @dest.on_store
+    async def on_store(request: Any) -> int:
+        await request.discard()
+        received.append(request.message.affected_sop_instance_uid)
+        return 0
+
+    async with serving(dest) as dest_server, serving(scp) as server:
+        scp.move_destinations["DEST"] = ("127.0.0.1", dest_server.port)
+        result = await run_load(
+            spec(
+                server.port,
+                operation="move",
+                query=(("StudyInstanceUID", "1.2.3"),),
+                move_destination="DEST",
+                count=3,
+            )
+        )
+    assert result.operations == 3 and result.errors == 0, result.errors_by_kind
+    assert len(received) == 6
+
+
+async def test_commit(tmp_path: Path, anyio_backend: str) -> None:
+    from asyncdicom import presets
+    from asyncdicom.services.commitment import CommitmentSCP
+
+    files = write_ct_files(tmp_path, 2, 64)
+    scp = AE("SCP", supported_contexts=presets.storage_commitment_scp_supported())
+    checked: list[int] = []
+
+    def check(references: list[tuple[str, str]]) -> dict[str, int]:
+        checked.append(len(references))
+        return {}
+
+    async with CommitmentSCP(scp, check), serving(scp) as server:
+        result = await run_load(spec(server.port, operation="commit", files=files, count=3))
+    assert result.operations == 3 and result.errors == 0, result.errors_by_kind
+    assert checked == [2, 2, 2]
+
+    refusing = AE("SCP", supported_contexts=presets.storage_commitment_scp_supported())
+    async with (
+        CommitmentSCP(refusing, lambda refs: {refs[0][1]: 0x0112}),
+        serving(refusing) as server,
+    ):
+        result = await run_load(spec(server.port, operation="commit", files=files, count=2))
+    assert (result.operations, result.errors) == (2, 2)  # operations counts every attempt
+    assert result.errors_by_kind == {"commit-failed": 2}
