@@ -21,6 +21,8 @@ thread (hook callbacks, which only observe, excepted: see :mod:`asyncdicom.hooks
 from __future__ import annotations
 
 import dataclasses
+import functools
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, ClassVar, TypeVar, overload
@@ -275,6 +277,7 @@ class AE:
         async_ops_window: tuple[int, int] | None = None,
         extended_negotiation: Sequence[SOPClassExtendedNegotiationSubItem] = (),
         common_extended_negotiation: Sequence[SOPClassCommonExtendedNegotiationSubItem] = (),
+        ssl_context: ssl.SSLContext | None = None,
     ) -> AsyncIterator[ServiceAssociation]:
         """Open an association to ``host:port`` and release it when the block ends.
 
@@ -282,10 +285,14 @@ class AE:
         ``(uid, [transfer syntaxes])`` pairs, or :class:`ContextRequest` objects (which can also
         propose SCP/SCU roles).  ``user_identity``, ``async_ops_window`` and the extended
         negotiation items go into the A-ASSOCIATE-RQ's user information (PS3.7 Annex D.3.3).
+        ``ssl_context`` (default: ``AEConfig.client_ssl_context``) runs the association over
+        TLS (PS3.15 Annex B), e.g. :func:`asyncdicom.transport.client_context`; the handshake
+        is bounded by ``Timeouts.tls_handshake``.
 
         An exception inside the block aborts the association instead.  Raises
         :class:`~asyncdicom.errors.AssociationRejected`, ``AssociationAborted``,
-        ``ACSETimeout``, ``TransportError`` / ``ConnectTimeout``.
+        ``ACSETimeout``, ``TransportError`` / ``ConnectTimeout`` /
+        :class:`~asyncdicom.transport.TLSError`.
         """
         rq = self._build_rq(
             called_aet,
@@ -296,7 +303,14 @@ class AE:
             common_extended_negotiation,
         )
         timeout = self.config.timeouts.connect
-        stream = await transport.connect(host, port, bind=bind, timeout=timeout)
+        stream = await transport.connect(
+            host,
+            port,
+            bind=bind,
+            timeout=timeout,
+            ssl_context=ssl_context or self.config.client_ssl_context,
+            handshake_timeout=self.config.timeouts.tls_handshake,
+        )
         async with self._associate_on(stream, rq, called_aet, f"{host}:{port}") as assoc:
             yield assoc
 
@@ -345,7 +359,7 @@ class AE:
                 implementation_class_uid=cfg.implementation_class_uid,
                 implementation_version_name=cfg.implementation_version_name,
                 async_ops_window=async_ops_window or cfg.async_ops_window,
-                user_identity=user_identity,
+                user_identity=user_identity or cfg.user_identity,
                 extended_negotiation=tuple(extended_negotiation),
                 common_extended_negotiation=tuple(common_extended_negotiation),
             ),
@@ -444,6 +458,7 @@ class AE:
             is_storage_sop_class=uids.is_storage_sop_class,
             require_called_ae_title=cfg.require_called_ae_title,
             allowed_calling_ae_titles=cfg.allowed_calling_ae_titles,
+            require_user_identity=cfg.require_user_identity,
             max_pdu_length=cfg.max_pdu_length,
             implementation_class_uid=cfg.implementation_class_uid,
             implementation_version_name=cfg.implementation_version_name,
@@ -451,27 +466,46 @@ class AE:
             extended_negotiation_handler=extended_negotiation or cfg.extended_negotiation_handler,
         )
 
+    async def _over_limit(self, assoc: Association, rq: AssociateRQ) -> bool:
+        """Acceptor: reject ``rq`` (transient, source 3, reason 2: local limit exceeded) when
+        ``max_associations`` or ``max_associations_per_calling_ae`` is reached; True if so."""
+        # Count only associations still in use: one that is released (A-RELEASE-RP already
+        # queued), aborted or closed frees its slot at once, not when its transport is finally
+        # closed, so a peer that releases and at once reconnects is not refused.
+        active = [
+            a
+            for a in self._associations
+            if not (a.released or a.abort_info is not None or a.is_closed)
+        ]
+        cfg = self.config
+        calling = rq.calling_ae_title.strip(" ")
+        if len(active) >= cfg.max_associations:
+            assoc.log.warning("association_limit", limit=cfg.max_associations)
+        elif cfg.max_associations_per_calling_ae is not None and (
+            sum(1 for a in active if a.role is Role.ACCEPTOR and a.calling_ae_title == calling)
+            >= cfg.max_associations_per_calling_ae
+        ):
+            assoc.log.warning(
+                "association_limit_per_calling_ae",
+                calling_aet=calling,
+                limit=cfg.max_associations_per_calling_ae,
+            )
+        else:
+            return False
+        await assoc._reject(
+            AssociateRJ(
+                int(RejectResult.REJECTED_TRANSIENT),
+                int(RejectSource.SERVICE_PROVIDER_PRESENTATION),
+                PRESENTATION_LOCAL_LIMIT_EXCEEDED,
+            )
+        )
+        return True
+
     async def _on_association_requested(self, assoc: Association, rq: AssociateRQ) -> None:
         """Acceptor: answer an A-ASSOCIATE-RQ (limits, identity, negotiation)."""
         self.hooks.emit(HookEvent.ASSOCIATION_REQUESTED, assoc, request=rq)
         assoc.log = assoc.log.bind(calling_aet=rq.calling_ae_title, called_aet=rq.called_ae_title)
-        # Count only associations still in use: one that is released (A-RELEASE-RP already
-        # queued), aborted or closed frees its slot at once, not when its transport is finally
-        # closed, so a peer that releases and at once reconnects is not refused.
-        active = sum(
-            1
-            for a in self._associations
-            if not (a.released or a.abort_info is not None or a.is_closed)
-        )
-        if active >= self.config.max_associations:
-            assoc.log.warning("association_limit", limit=self.config.max_associations)
-            await assoc._reject(
-                AssociateRJ(
-                    int(RejectResult.REJECTED_TRANSIENT),
-                    int(RejectSource.SERVICE_PROVIDER_PRESENTATION),
-                    PRESENTATION_LOCAL_LIMIT_EXCEEDED,
-                )
-            )
+        if await self._over_limit(assoc, rq):
             return
         identity: IdentityDecision | None = None
         item = rq.user_information.user_identity_rq
@@ -494,6 +528,10 @@ class AE:
             ext_neg = lambda ext: answers.get(id(ext))  # noqa: E731
         result = negotiate(rq, self._acceptor_config(ext_neg), identity)
         if isinstance(result, Accepted):
+            # the limits again: other requests may have been accepted while the callbacks
+            # above were awaited (nothing is awaited from here to the add)
+            if await self._over_limit(assoc, rq):
+                return
             self._associations.add(assoc)
             await assoc._accept(result.ac, result.association)
         else:
@@ -522,17 +560,35 @@ class AE:
         finally:
             self._associations.discard(assoc)
 
+    async def _handle_tls_connection(self, context: ssl.SSLContext, stream: ByteStream) -> None:
+        """Acceptor over TLS: the handshake runs here, in the connection's own task and within
+        ``Timeouts.tls_handshake``, so a silent or non-TLS peer holds up nobody else."""
+        transport.set_nodelay(stream)
+        try:
+            tls = await transport.start_tls(
+                stream, context, server_side=True, timeout=self.config.timeouts.tls_handshake
+            )
+        except transport.TLSError as exc:
+            self.log.warning("tls_handshake_failed", error=str(exc))
+            return
+        await self._handle_connection(tls)
+
     async def serve(
         self,
         host: str | None = "0.0.0.0",
         port: int = 11112,
         *,
+        ssl_context: ssl.SSLContext | None = None,
         task_status: TaskStatus[Server] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         """Accept associations on ``host:port`` until cancelled.
 
         Use ``server = await task_group.start(ae.serve, host, port)`` to run it in the
         background: the :class:`Server` it reports knows the bound port (useful with port 0).
+        With ``ssl_context`` (default: ``AEConfig.server_ssl_context``; e.g. from
+        :func:`asyncdicom.transport.server_context`) every connection must open with a TLS
+        handshake (PS3.15 Annex B), done per connection within ``Timeouts.tls_handshake``;
+        a connection whose handshake fails or times out is closed and logged.
         """
         listener = await transport.listen(host, port)
         bound = listener.port
@@ -540,18 +596,33 @@ class AE:
         try:
             async with anyio.create_task_group() as tg:
                 task_status.started(Server(self, bound, tg.cancel_scope))
-                await listener.serve(self._handle_connection, tg)
+                context = ssl_context or self.config.server_ssl_context
+                if context is None:
+                    await listener.serve(self._handle_connection, tg)
+                else:
+                    await listener.serve(
+                        functools.partial(self._handle_tls_connection, context), tg
+                    )
         finally:
             with anyio.CancelScope(shield=True):
                 await listener.aclose()
 
     @asynccontextmanager
-    async def server(self, host: str | None = "127.0.0.1", port: int = 0) -> AsyncIterator[Server]:
-        """Run :meth:`serve` in the background for the duration of the block."""
+    async def server(
+        self,
+        host: str | None = "127.0.0.1",
+        port: int = 0,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> AsyncIterator[Server]:
+        """Run :meth:`serve` in the background for the duration of the block (over TLS with
+        ``ssl_context``, as :meth:`serve`)."""
         failure: BaseException | None = None
         async with anyio.create_task_group() as tg:
             try:
-                srv: Server = await tg.start(self.serve, host, port)
+                srv: Server = await tg.start(
+                    functools.partial(self.serve, ssl_context=ssl_context), host, port
+                )
             except BaseException as exc:
                 # could not listen (port taken, address not local...): raise the error
                 # itself, not a group around it

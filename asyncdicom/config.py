@@ -6,10 +6,12 @@ it depends on nothing above the protocol core.
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass, field
 
 from .protocol import uids
 from .protocol.negotiation import ExtendedNegotiationHandler, SupportedContext
+from .protocol.pdu import UserIdentityRQSubItem
 
 __all__ = [
     "DEFAULT_TRANSFER_SYNTAXES",
@@ -44,6 +46,8 @@ class Timeouts:
     * ``artim``: PS3.8 ARTIM timer: how long an accepted connection may stay silent before its
       A-ASSOCIATE-RQ, and how long we wait for the peer to close after a reject, release
       response or abort.
+    * ``tls_handshake``: the TLS handshake of each connection (with TLS only), apart from
+      ``connect`` and ``artim``: a peer that connects and never completes it is closed.
     """
 
     connect: float | None = 30.0
@@ -51,6 +55,7 @@ class Timeouts:
     dimse: float | None = 60.0
     network: float | None = None
     artim: float = 30.0
+    tls_handshake: float | None = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,8 +74,18 @@ class AEConfig:
     implementation_class_uid: str = uids.IMPLEMENTATION_CLASS_UID
     implementation_version_name: str | None = uids.IMPLEMENTATION_VERSION_NAME
     max_associations: int = 1000
+    #: acceptor: at most this many associations at once from one calling AE title (None: no
+    #: limit besides ``max_associations``); one more is rejected transient, source 3, reason 2
+    max_associations_per_calling_ae: int | None = None
+    #: acceptor: reject (permanent, source 1, reason 7) an RQ whose Called AE Title is not ours
     require_called_ae_title: bool = False
+    #: acceptor: when not None, only these calling AE titles (others: permanent, 1, reason 3)
     allowed_calling_ae_titles: frozenset[str] | None = None
+    #: acceptor: reject (permanent, source 1, reason 1) an RQ without a User Identity sub-item;
+    #: the identity itself is checked by the ``AE.on_user_identity`` handler
+    require_user_identity: bool = False
+    #: requestor: the User Identity sub-item sent when ``associate`` is given none
+    user_identity: UserIdentityRQSubItem | None = None
     async_ops_window: tuple[int, int] | None = None
     accept_any_storage: bool = False
     storage_transfer_syntaxes: tuple[str, ...] = uids.ALL_TRANSFER_SYNTAXES
@@ -82,6 +97,12 @@ class AEConfig:
     #: network file systems); by default only full 1 MiB writes do, and creating, small
     #: writes and renaming run in the event loop's thread, which is faster on a local disk
     file_io_in_threads: bool = False
+    #: requestor: TLS for :meth:`AE.associate` when it is not given ``ssl_context`` (None:
+    #: plain TCP); see :func:`asyncdicom.transport.client_context`
+    client_ssl_context: ssl.SSLContext | None = None
+    #: acceptor: TLS for :meth:`AE.serve` / :meth:`AE.server` when they are not given
+    #: ``ssl_context`` (None: plain TCP); see :func:`asyncdicom.transport.server_context`
+    server_ssl_context: ssl.SSLContext | None = None
 
     def __post_init__(self) -> None:
         # We buffer one whole PDU while decoding it, so what we announce is also the memory a
@@ -93,3 +114,9 @@ class AEConfig:
             )
         if self.max_associations < 1:
             raise ValueError("max_associations must be at least 1")
+        if self.max_associations_per_calling_ae is not None and (
+            self.max_associations_per_calling_ae < 1
+        ):
+            raise ValueError("max_associations_per_calling_ae must be at least 1 (or None)")
+        if isinstance(self.allowed_calling_ae_titles, str):
+            raise TypeError("allowed_calling_ae_titles is a set of AE titles, not one string")

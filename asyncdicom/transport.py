@@ -1,13 +1,22 @@
-"""Transport seam: anyio byte streams for TCP (TLS later), with OS errors mapped to ours.
+"""Transport seam: anyio byte streams for TCP and TLS, with OS errors mapped to ours.
 
 Nothing DICOM-specific lives here.  Every socket gets TCP_NODELAY: DIMSE is request/response
 with small messages, and Nagle's algorithm would add tens of milliseconds to each exchange.
+
+TLS (PS3.15 Annex B) wraps the TCP stream of either backend in anyio's
+:class:`~anyio.streams.tls.TLSStream` (:func:`start_tls`).  The handshake has its own timeout
+and runs in the connection's own task: an acceptor wraps each accepted stream in the task that
+serves it, never in the accept loop, so a peer that connects and never says a word delays
+nobody else.  :func:`client_context` and :func:`server_context` build contexts with modern
+defaults (TLS 1.2 or later, Python's default cipher suites, certificate verification).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
+import ssl
 import sys
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
@@ -16,6 +25,7 @@ import anyio
 import sniffio
 from anyio.abc import ByteStream, SocketAttribute, TaskGroup
 from anyio.streams.stapled import MultiListener
+from anyio.streams.tls import TLSStream
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
@@ -23,7 +33,23 @@ if sys.version_info < (3, 11):  # pragma: no cover
 from . import _asyncio_stream
 from .errors import ConnectTimeout, DICOMError, TransportError
 
-__all__ = ["Listener", "close_quietly", "connect", "listen", "peer_address", "set_nodelay"]
+__all__ = [
+    "Listener",
+    "TLSError",
+    "client_context",
+    "close_quietly",
+    "connect",
+    "listen",
+    "peer_address",
+    "server_context",
+    "set_nodelay",
+    "start_tls",
+]
+
+
+class TLSError(TransportError):
+    """The TLS handshake failed or timed out, or a TLS context could not be built (a missing
+    or unreadable certificate, key or CA file)."""
 
 
 def set_nodelay(stream: ByteStream) -> None:
@@ -35,20 +61,31 @@ def set_nodelay(stream: ByteStream) -> None:
 
 def peer_address(stream: ByteStream) -> tuple[str, int]:
     """(host, port) of the remote end, or ("?", 0) when unknown."""
-    addr: Any = stream.extra(SocketAttribute.remote_address, None)
+    try:
+        addr: Any = stream.extra(SocketAttribute.remote_address, None)
+    except OSError:  # the socket is already disconnected
+        return "?", 0
     if isinstance(addr, tuple) and len(addr) >= 2:
         return str(addr[0]), int(addr[1])
     return "?", 0
 
 
 async def connect(
-    host: str, port: int, *, bind: str | None = None, timeout: float | None = None
+    host: str,
+    port: int,
+    *,
+    bind: str | None = None,
+    timeout: float | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+    handshake_timeout: float | None = 10.0,
 ) -> ByteStream:
-    """Open a TCP connection (IPv4 or IPv6) with TCP_NODELAY set.
+    """Open a TCP connection (IPv4 or IPv6) with TCP_NODELAY set, and with ``ssl_context`` a
+    TLS session over it (the server's certificate is checked against ``host`` when the
+    context's ``check_hostname`` is set).
 
     On asyncio the stream is :class:`asyncdicom._asyncio_stream.AsyncioStream` (leaner than
     anyio's for small request/response exchanges); on trio it is anyio's.
-    Raises :class:`ConnectTimeout` or :class:`TransportError`.
+    Raises :class:`ConnectTimeout`, :class:`TLSError` or :class:`TransportError`.
     """
     try:
         with anyio.fail_after(timeout):
@@ -68,7 +105,183 @@ async def connect(
             text = cause.strerror or str(cause)
         raise TransportError(f"cannot connect to {host}:{port}: {text}") from exc
     set_nodelay(stream)
+    if ssl_context is not None:
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        stream = await start_tls(
+            stream,
+            ssl_context,
+            server_side=False,
+            hostname=host,
+            timeout=handshake_timeout,
+            peer=where,
+        )
     return stream
+
+
+async def start_tls(
+    stream: ByteStream,
+    ssl_context: ssl.SSLContext,
+    *,
+    server_side: bool,
+    hostname: str | None = None,
+    timeout: float | None = 10.0,
+    peer: str | None = None,
+) -> ByteStream:
+    """Run a TLS handshake over ``stream`` within ``timeout`` seconds; the TLS stream.
+
+    On failure the underlying stream is closed and :class:`TLSError` raised, naming ``peer``
+    (default: the remote address) and the reason (certificate not trusted, no client
+    certificate, not TLS at all, timeout...).  Closing the TLS stream does not wait for the
+    peer's close_notify: DICOM ends an association with A-RELEASE or A-ABORT first.
+    """
+    if peer is None:
+        host, port = peer_address(stream)
+        peer = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ssl_context.wrap_bio(
+        incoming,
+        outgoing,
+        server_side=server_side,
+        server_hostname=None if server_side else hostname,
+    )
+    try:
+        with anyio.fail_after(timeout):
+            await _handshake(stream, tls, incoming, outgoing)
+    except TimeoutError as exc:
+        await close_quietly(stream)
+        raise TLSError(f"TLS handshake with {peer} timed out after {timeout} s") from exc
+    except (ssl.SSLError, OSError, anyio.BrokenResourceError, anyio.EndOfStream) as exc:
+        await _refuse(stream, outgoing.read(), drain=server_side)
+        raise TLSError(f"TLS handshake with {peer} failed: {tls_reason(exc)}") from exc
+    return TLSStream(
+        transport_stream=stream,
+        standard_compatible=False,
+        _ssl_object=tls,
+        _read_bio=incoming,
+        _write_bio=outgoing,
+    )
+
+
+async def _handshake(
+    stream: ByteStream, tls: ssl.SSLObject, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO
+) -> None:
+    """Drive ``tls``'s handshake over ``stream`` (raises ssl.SSLError, EndOfStream...)."""
+    while True:
+        try:
+            tls.do_handshake()
+        except ssl.SSLWantReadError:
+            pending = outgoing.read()
+            if pending:
+                await stream.send(pending)
+            try:
+                incoming.write(await stream.receive())
+            except anyio.EndOfStream:
+                incoming.write_eof()
+        else:
+            pending = outgoing.read()
+            if pending:
+                await stream.send(pending)
+            return
+
+
+async def _refuse(stream: ByteStream, alert: bytes, *, drain: bool) -> None:
+    """End a connection whose handshake failed: send the TLS alert that says why, and (an
+    acceptor) read what the peer still sends for up to a second before closing, so that
+    the peer reads the alert instead of a connection reset."""
+    with anyio.move_on_after(1.0), contextlib.suppress(Exception):
+        if alert:
+            await stream.send(alert)
+        if drain:
+            await stream.send_eof()
+            while True:
+                await stream.receive()
+    await close_quietly(stream)
+
+
+def tls_reason(exc: BaseException) -> str:
+    """A short reason for a failed TLS handshake, from the error or its causes."""
+    current: BaseException | None = exc
+    while current is not None:
+        if isinstance(current, ssl.SSLCertVerificationError):
+            return f"certificate verify failed: {current.verify_message}"
+        if isinstance(current, ssl.SSLError) and current.reason:
+            return str(current.reason).lower().replace("_", " ")
+        if isinstance(current, anyio.EndOfStream):
+            return "the peer closed the connection"
+        current = current.__cause__ or current.__context__
+    return str(exc) or "the connection broke"
+
+
+def _load(
+    what: str, paths: dict[str, str | os.PathLike[str] | None], load: Callable[[], None]
+) -> None:
+    """Run ``load`` (of ``paths``, e.g. {"certificate": ..., "private key": ...}), turning
+    a missing, unreadable or invalid file into one clear :class:`TLSError`."""
+    for name, path in paths.items():
+        if path is None:
+            continue
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            reason = "does not exist" if isinstance(exc, FileNotFoundError) else "cannot be read"
+            detail = "" if isinstance(exc, FileNotFoundError) else f": {exc.strerror or exc}"
+            raise TLSError(f"the {name} file {os.fspath(path)!r} {reason}{detail}") from exc
+    try:
+        load()
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        reason = tls_reason(exc) if isinstance(exc, ssl.SSLError) else str(exc)
+        files = " / ".join(repr(os.fspath(p)) for p in paths.values() if p is not None)
+        raise TLSError(f"cannot use the {what} ({files}): {reason}") from exc
+
+
+def client_context(
+    *,
+    ca: str | os.PathLike[str] | None = None,
+    cert: str | os.PathLike[str] | None = None,
+    key: str | os.PathLike[str] | None = None,
+) -> ssl.SSLContext:
+    """A TLS context for a requestor: TLS 1.2 or later, the server's certificate verified
+    (against ``ca``, a PEM file of trusted certificates, else the system's trust store) and
+    its name checked; ``cert`` (and ``key``, unless the key is in ``cert``) is our own
+    certificate for a server that asks for one.  Raises :class:`TLSError` for a file that
+    is missing or unusable."""
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if ca is not None:
+        _load("CA certificates", {"CA": ca}, lambda: context.load_verify_locations(cafile=ca))
+    if cert is not None:
+        _load(
+            "certificate and key",
+            {"certificate": cert, "private key": key},
+            lambda: context.load_cert_chain(cert, key),
+        )
+    elif key is not None:
+        raise TLSError("a private key needs its certificate")
+    return context
+
+
+def server_context(
+    cert: str | os.PathLike[str],
+    key: str | os.PathLike[str] | None = None,
+    *,
+    ca: str | os.PathLike[str] | None = None,
+) -> ssl.SSLContext:
+    """A TLS context for an acceptor: TLS 1.2 or later, our certificate ``cert`` (and its
+    private ``key``, unless the key is in ``cert``); with ``ca`` (a PEM file of trusted
+    certificates) every client must present a certificate that it signed, else the handshake
+    fails.  Raises :class:`TLSError` for a file that is missing or unusable."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    _load(
+        "certificate and key",
+        {"certificate": cert, "private key": key},
+        lambda: context.load_cert_chain(cert, key),
+    )
+    if ca is not None:
+        _load("CA certificates", {"CA": ca}, lambda: context.load_verify_locations(cafile=ca))
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
 
 
 def os_error_behind(exc: BaseException) -> OSError | None:

@@ -13,7 +13,17 @@ a bad value is a usage error (exit status 2) that names the option, e.g.
 * :func:`timeout` -- seconds, a finite number greater than 0;
 * :func:`max_pdu` -- the largest PDU we accept, :data:`MIN_MAX_PDU`..:data:`MAX_MAX_PDU` bytes;
 * :func:`ae_title` -- an AE title (1 to 16 characters of ISO 646 without backslash or control
-  characters, not all spaces; leading and trailing spaces are dropped).
+  characters, not all spaces; leading and trailing spaces are dropped);
+* :func:`tls_file` -- a certificate, key or CA file that exists and can be read.
+
+TLS
+---
+:func:`add_scu` gives every SCU the client TLS options (``--tls``, ``--tls-ca``,
+``--tls-cert``, ``--tls-key``) and :func:`add_tls_server` gives a server app its own
+(``--tls-cert``, ``--tls-key``, ``--tls-ca``).  :func:`check_bind`, which the ``asyncdicom``
+command runs on every app's options before the app starts, builds the
+:class:`ssl.SSLContext` (``args.ssl_context``), so a certificate and key that do not match
+are a usage error too; :func:`scu_ae` and :func:`server_tls` put it in the AE's configuration.
 """
 
 from __future__ import annotations
@@ -22,6 +32,7 @@ import argparse
 import json
 import math
 import socket
+import ssl
 import sys
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -31,22 +42,29 @@ from ..ae import AE, Timeouts
 from ..config import MAX_MAX_PDU_LENGTH, MIN_MAX_PDU_LENGTH
 from ..errors import AssociationError, ConnectTimeout, DICOMError, TransportError
 from ..log import get_logger, json_logging
+from ..protocol.pdu import UserIdentityRQSubItem
 from ..protocol.status import StatusCategory, category
-from ..transport import os_error_behind
+from ..transport import TLSError, client_context, os_error_behind, server_context
+from ..users import UsersFileError, UserStore
 
 __all__ = [
     "MAX_MAX_PDU",
     "MIN_MAX_PDU",
     "CLIError",
     "HelpFormatter",
+    "access_control",
+    "add_access_control",
     "add_common",
     "add_max_pdu",
     "add_scu",
+    "add_tls_client",
+    "add_tls_server",
     "ae_title",
     "check_bind",
     "describe_error",
     "err",
     "format_address",
+    "install_access_control",
     "int_range",
     "listen_port",
     "max_pdu",
@@ -55,7 +73,11 @@ __all__ = [
     "port",
     "positive_int",
     "scu_ae",
+    "scu_user_identity",
+    "server_tls",
     "timeout",
+    "tls_file",
+    "users_file",
 ]
 
 #: the range of ``--max-pdu`` (the library buffers one whole PDU, so it offers no "unlimited")
@@ -137,6 +159,22 @@ def max_pdu(text: str) -> int:
     if not MIN_MAX_PDU <= value <= MAX_MAX_PDU:
         raise argparse.ArgumentTypeError(f"must be {MIN_MAX_PDU}..{MAX_MAX_PDU} bytes, not {value}")
     return value
+
+
+def tls_file(text: str) -> str:
+    """An argparse type: a TLS certificate, key or CA file (PEM) that exists and can be read."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("the file name is empty")
+    try:
+        with open(text, "rb"):
+            pass
+    except FileNotFoundError:
+        raise argparse.ArgumentTypeError(f"{text!r} does not exist") from None
+    except IsADirectoryError:
+        raise argparse.ArgumentTypeError(f"{text!r} is a folder, not a file") from None
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"cannot read {text!r}: {exc.strerror or exc}") from None
+    return text
 
 
 def ae_title(text: str) -> str:
@@ -251,6 +289,129 @@ def add_scu(p: argparse.ArgumentParser) -> None:
         metavar="S",
         help="seconds to wait for each DIMSE response",
     )
+    add_tls_client(p)
+    p.add_argument(
+        "--username",
+        default=None,
+        metavar="U",
+        help="send a User Identity: this user name (with --password: user name and passcode)",
+    )
+    p.add_argument(
+        "--password",
+        default=None,
+        metavar="PW",
+        help="the passcode of --username (visible to other local users in the process list)",
+    )
+    p.add_argument(
+        "--identity-response",
+        action="store_true",
+        help="ask the peer for a positive User Identity response",
+    )
+
+
+def add_tls_client(p: argparse.ArgumentParser) -> None:
+    """The TLS options of a requestor (DICOM over TLS, PS3.15 Annex B); part of :func:`add_scu`."""
+    g = p.add_argument_group("TLS (DICOM over TLS, PS3.15)")
+    g.add_argument(
+        "--tls",
+        action="store_true",
+        help="connect over TLS 1.2 or later, verifying the peer's certificate and name",
+    )
+    g.add_argument(
+        "--tls-ca",
+        type=tls_file,
+        default=None,
+        metavar="F",
+        help="PEM file of the CA certificates to trust (default: the system's); implies --tls",
+    )
+    g.add_argument(
+        "--tls-cert",
+        type=tls_file,
+        default=None,
+        metavar="F",
+        help="our certificate (PEM), for a peer that requires one; implies --tls",
+    )
+    g.add_argument(
+        "--tls-key",
+        type=tls_file,
+        default=None,
+        metavar="F",
+        help="the private key of --tls-cert (PEM; default: in the --tls-cert file)",
+    )
+    p.set_defaults(tls_role="client")
+
+
+def add_tls_server(p: argparse.ArgumentParser) -> None:
+    """The TLS options of a server app (storescp, qrscp): with ``--tls-cert`` every
+    connection must open with a TLS handshake; use :func:`server_tls` for the AE."""
+    g = p.add_argument_group("TLS (DICOM over TLS, PS3.15)")
+    g.add_argument(
+        "--tls-cert",
+        type=tls_file,
+        default=None,
+        metavar="F",
+        help="accept only TLS 1.2 or later, with this certificate (PEM)",
+    )
+    g.add_argument(
+        "--tls-key",
+        type=tls_file,
+        default=None,
+        metavar="F",
+        help="the private key of --tls-cert (PEM; default: in the --tls-cert file)",
+    )
+    g.add_argument(
+        "--tls-ca",
+        type=tls_file,
+        default=None,
+        metavar="F",
+        help="require a client certificate signed by a CA in this PEM file",
+    )
+    p.set_defaults(tls_role="server")
+
+
+def server_tls(args: argparse.Namespace) -> dict[str, Any]:
+    """The :class:`~asyncdicom.AEConfig` fields of the options of :func:`add_tls_server`
+    (the context :func:`check_bind` built)."""
+    return {"server_ssl_context": getattr(args, "ssl_context", None)}
+
+
+def _check_tls(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Build ``args.ssl_context`` from the TLS options (a usage error if they do not fit)."""
+    role = getattr(args, "tls_role", None)
+    args.ssl_context = None
+    if role is None:
+        return
+    cert, key, ca = args.tls_cert, args.tls_key, args.tls_ca
+    if key is not None and cert is None:
+        parser.error("argument --tls-key: needs --tls-cert")
+    context: ssl.SSLContext | None = None
+    try:
+        if role == "server":
+            if ca is not None and cert is None:
+                parser.error("argument --tls-ca: needs --tls-cert (our own certificate)")
+            if cert is not None:
+                context = server_context(cert, key, ca=ca)
+        elif args.tls or cert is not None or ca is not None:
+            args.tls = True
+            context = client_context(ca=ca, cert=cert, key=key)
+    except TLSError as exc:
+        parser.error(f"TLS options: {exc}")
+    args.ssl_context = context
+
+
+def scu_user_identity(args: argparse.Namespace) -> UserIdentityRQSubItem | None:
+    """The User Identity sub-item of the options of :func:`add_scu` (None without
+    ``--username``): type 2 with ``--password``, else type 1."""
+    username = getattr(args, "username", None)
+    if username is None:
+        return None
+    password = getattr(args, "password", None)
+    return UserIdentityRQSubItem(
+        identity_type=1 if password is None else 2,
+        positive_response_requested=bool(getattr(args, "identity_response", False)),
+        primary_field=username.encode("utf-8"),
+        secondary_field=b"" if password is None else password.encode("utf-8"),
+    )
 
 
 def scu_ae(args: argparse.Namespace) -> AE:
@@ -261,7 +422,90 @@ def scu_ae(args: argparse.Namespace) -> AE:
         timeouts=Timeouts(
             connect=args.connect_timeout, acse=args.acse_timeout, dimse=args.dimse_timeout
         ),
+        user_identity=scu_user_identity(args),
+        client_ssl_context=getattr(args, "ssl_context", None),
     )
+
+
+# --------------------------------------------------------------------------- server access
+
+
+def users_file(text: str) -> UserStore:
+    """An argparse type: a users file (``asyncdicom users add``), read and checked at once."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("the file name is empty")
+    try:
+        return UserStore.load(text)
+    except UsersFileError as exc:
+        raise argparse.ArgumentTypeError(f"{text}: {exc}") from None
+
+
+def add_access_control(p: argparse.ArgumentParser) -> None:
+    """Who may associate with a server app, and how many at once (storescp, qrscp)."""
+    g = p.add_argument_group("access control")
+    g.add_argument(
+        "--require-called-aet",
+        action="store_true",
+        help="reject an A-ASSOCIATE-RQ whose Called AE Title is not --aet "
+        "(permanent, called AE title not recognized)",
+    )
+    g.add_argument(
+        "--allow-calling-aet",
+        type=ae_title,
+        action="append",
+        default=None,
+        metavar="AET",
+        help="accept only this calling AE title (repeatable); others are rejected "
+        "(permanent, calling AE title not recognized)",
+    )
+    g.add_argument(
+        "--users",
+        type=users_file,
+        default=None,
+        metavar="FILE",
+        help="require a User Identity checked against FILE (written by 'asyncdicom users add')",
+    )
+    g.add_argument(
+        "--require-passcode",
+        action="store_true",
+        help="with --users: refuse a user name without passcode (identity type 1)",
+    )
+    g.add_argument(
+        "--max-associations",
+        type=positive_int,
+        default=1000,
+        metavar="N",
+        help="concurrent associations; more are rejected (transient, local limit exceeded)",
+    )
+    g.add_argument(
+        "--max-associations-per-ae",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="concurrent associations from one calling AE title; more are rejected "
+        "(transient, local limit exceeded; default: only --max-associations)",
+    )
+
+
+def access_control(args: argparse.Namespace) -> dict[str, Any]:
+    """The :class:`~asyncdicom.AEConfig` fields of the options of :func:`add_access_control`
+    (install the users check with :func:`install_access_control`)."""
+    allowed = args.allow_calling_aet
+    return {
+        "require_called_ae_title": args.require_called_aet,
+        "allowed_calling_ae_titles": None if allowed is None else frozenset(allowed),
+        "require_user_identity": args.users is not None,
+        "max_associations": args.max_associations,
+        "max_associations_per_calling_ae": args.max_associations_per_ae,
+    }
+
+
+def install_access_control(ae: AE, args: argparse.Namespace) -> None:
+    """With ``--users``: check every User Identity against the users file."""
+    store: UserStore | None = args.users
+    if store is not None:
+        store.allow_username_only = not args.require_passcode
+        ae.on_user_identity(store.identity_handler())
 
 
 def ok(status: int) -> bool:
@@ -304,6 +548,8 @@ def describe_error(exc: BaseException, args: argparse.Namespace | None = None) -
     peer_port = getattr(args, "port", None)
     bind = getattr(args, "bind", None)
     where = format_address(host, peer_port) if host and peer_port else None
+    if isinstance(exc, TLSError):
+        return str(exc)
     if isinstance(exc, ConnectTimeout):
         limit = getattr(args, "connect_timeout", None)
         if where and limit is not None:
@@ -342,8 +588,10 @@ def check_bind(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
     """A usage error (exit 2) unless ``--bind`` names an address of this machine.
 
     Checked before anything is sent, so that a bad local address is never reported as if the
-    peer were unreachable.
+    peer were unreachable.  The TLS options are checked here too, and their
+    :class:`ssl.SSLContext` built (``args.ssl_context``, None without TLS).
     """
+    _check_tls(parser, args)
     bind = getattr(args, "bind", None)
     if not bind:
         return

@@ -31,6 +31,7 @@ from . import (
     stgcmtscu,
     storescp,
     storescu,
+    users,
 )
 from .common import CLIError, HelpFormatter, check_bind, describe_error, err
 
@@ -55,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
         qrscp,
         stgcmtscu,
         bench,
+        users,
         demo,
     ):
         app.add_parser(sub)

@@ -28,15 +28,19 @@ from ..archive import Archive, qrscp_config
 from ..qr import IndexDatabaseError
 from ..storage.files import remove_stale_temp_files
 from .common import (
+    access_control,
+    add_access_control,
     add_common,
     add_max_pdu,
+    add_tls_server,
     ae_title,
     err,
     format_address,
+    install_access_control,
     listen_port,
     notice,
     port,
-    positive_int,
+    server_tls,
     timeout,
 )
 from .storescp import output_folder, prepare_output_folder
@@ -98,7 +102,7 @@ def add_parser(sub: Any) -> None:
         type=ae_title,
         default="QRSCP",
         metavar="A",
-        help="our AE title (requests are accepted whatever Called AE Title they carry)",
+        help="our AE title (any Called AE Title is accepted unless --require-called-aet)",
     )
     p.add_argument(
         "--storage",
@@ -130,13 +134,6 @@ def add_parser(sub: Any) -> None:
         metavar="AET=HOST:PORT",
         help="where a Storage Commitment requestor listens, for reports on a new association "
         "(repeatable)",
-    )
-    p.add_argument(
-        "--max-associations",
-        type=positive_int,
-        default=1000,
-        metavar="N",
-        help="concurrent associations; more are rejected (transient)",
     )
     p.add_argument(
         "--acse-timeout",
@@ -175,17 +172,20 @@ def add_parser(sub: Any) -> None:
         help="the folder where the MPPS procedure steps are kept (default: mpps in --storage)",
     )
     add_max_pdu(p)
+    add_access_control(p)
+    add_tls_server(p)
     add_common(p)
     p.set_defaults(func=run)
 
 
 def qrscp_ae(args: argparse.Namespace) -> AE:
     """The AE of ``qrscp`` for the parsed options (the archive's handlers not yet installed)."""
-    return AE(
+    ae = AE(
         config=qrscp_config(
             args.aet,
             max_pdu_length=args.max_pdu,
-            max_associations=args.max_associations,
+            **access_control(args),
+            **server_tls(args),
             timeouts=Timeouts(
                 acse=args.acse_timeout,
                 dimse=args.dimse_timeout,
@@ -194,6 +194,8 @@ def qrscp_ae(args: argparse.Namespace) -> AE:
             ),
         )
     )
+    install_access_control(ae, args)
+    return ae
 
 
 def _plural(n: int, word: str) -> str:

@@ -28,14 +28,18 @@ from ..hooks import HookEvent
 from ..services.storage import save_request
 from ..storage.files import DUPLICATE_POLICIES, LAYOUTS, remove_stale_temp_files
 from .common import (
+    access_control,
+    add_access_control,
     add_common,
     add_max_pdu,
+    add_tls_server,
     ae_title,
     err,
     format_address,
+    install_access_control,
     listen_port,
     notice,
-    positive_int,
+    server_tls,
     timeout,
 )
 
@@ -71,7 +75,7 @@ def add_parser(sub: Any) -> None:
         type=ae_title,
         default="STORESCP",
         metavar="A",
-        help="our AE title (requests are accepted whatever Called AE Title they carry)",
+        help="our AE title (any Called AE Title is accepted unless --require-called-aet)",
     )
     out = p.add_mutually_exclusive_group(required=True)
     out.add_argument(
@@ -97,13 +101,6 @@ def add_parser(sub: Any) -> None:
         "each case is a warning",
     )
     p.add_argument(
-        "--max-associations",
-        type=positive_int,
-        default=1000,
-        metavar="N",
-        help="concurrent associations; more are rejected (transient)",
-    )
-    p.add_argument(
         "--acse-timeout",
         type=timeout,
         default=30.0,
@@ -125,6 +122,8 @@ def add_parser(sub: Any) -> None:
         help="abort an association silent for this long (seconds; default: no limit)",
     )
     add_max_pdu(p)
+    add_access_control(p)
+    add_tls_server(p)
     add_common(p)
     p.set_defaults(func=run)
 
@@ -247,7 +246,8 @@ def storescp_ae(args: argparse.Namespace, reporter: _Reporter | None = None) -> 
     ae = AE(
         args.aet,
         max_pdu_length=args.max_pdu,
-        max_associations=args.max_associations,
+        **access_control(args),
+        **server_tls(args),
         accept_any_storage=True,
         timeouts=Timeouts(
             acse=args.acse_timeout,
@@ -256,6 +256,7 @@ def storescp_ae(args: argparse.Namespace, reporter: _Reporter | None = None) -> 
             artim=args.acse_timeout,
         ),
     )
+    install_access_control(ae, args)
     reporter = reporter or _Reporter()
     reporter.install(ae)
     output: Path | None = None if args.ignore else args.output_dir

@@ -1,0 +1,149 @@
+"""``asyncdicom users`` and the access-control options of the server apps, as subprocesses.
+
+``storescp``/``qrscp`` ``--users FILE --require-called-aet --allow-calling-aet AET`` against
+``echoscu --username U --password PW``: the right credentials pass, anything else is an
+A-ASSOCIATE-RJ reported as one line with exit status 1.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anyio
+import pytest
+
+from asyncdicom.users import UserStore
+from tests.test_cli import CLI, ENV, GUARD, StoreSCPProcess, app_process, err, run_cli
+
+pytestmark = pytest.mark.anyio
+
+
+async def run_with_stdin(*args: str, stdin: bytes, cwd: Path) -> tuple[int, str]:
+    with anyio.fail_after(GUARD):
+        result = await anyio.run_process([*CLI, *args], cwd=cwd, env=ENV, input=stdin, check=False)
+    return result.returncode, result.stderr.decode()
+
+
+async def test_users_add_change_remove(tmp_path: Path) -> None:
+    path = tmp_path / "users.txt"
+    result = await run_cli("users", "add", str(path), "alice", "--password", "pw-a", cwd=tmp_path)
+    assert result.returncode == 0, err(result)
+    assert "added 'alice'" in err(result)
+    code, stderr = await run_with_stdin(
+        "users", "add", str(path), "bob", "--password-stdin", stdin=b"pw-b\n", cwd=tmp_path
+    )
+    assert code == 0, stderr
+    text = path.read_text()
+    assert "pw-a" not in text and "pw-b" not in text
+    assert [line.split(":")[0] for line in text.splitlines()] == ["alice", "bob"]
+    assert all(":scrypt$" in line for line in text.splitlines())
+    assert path.stat().st_mode & 0o777 == 0o600
+    store = UserStore.load(path)
+    assert store.verify("alice", "pw-a") and store.verify("bob", "pw-b")
+
+    # a new password for an existing user
+    result = await run_cli("users", "add", str(path), "alice", "--password", "new", cwd=tmp_path)
+    assert result.returncode == 0 and "password changed for 'alice'" in err(result)
+    store = UserStore.load(path)
+    assert store.verify("alice", "new") and not store.verify("alice", "pw-a")
+
+    result = await run_cli("users", "remove", str(path), "alice", cwd=tmp_path)
+    assert result.returncode == 0, err(result)
+    assert "alice" not in UserStore.load(path)
+    result = await run_cli("users", "remove", str(path), "alice", cwd=tmp_path)
+    assert result.returncode == 1
+    assert err(result).strip().splitlines() == [f"asyncdicom: error: {path}: no user 'alice'"]
+
+
+async def test_users_usage_errors(tmp_path: Path) -> None:
+    path = tmp_path / "users.txt"
+    # a password is required, by exactly one of the two options
+    result = await run_cli("users", "add", str(path), "alice", cwd=tmp_path)
+    assert result.returncode == 2
+    result = await run_cli("users", "add", str(path), "a:b", "--password", "x", cwd=tmp_path)
+    assert result.returncode == 2 and "argument USER" in err(result)
+    code, stderr = await run_with_stdin(
+        "users", "add", str(path), "alice", "--password-stdin", stdin=b"\n", cwd=tmp_path
+    )
+    assert code == 2 and "the password is empty" in stderr
+    assert not path.exists()
+    # a file that is not a users file is not overwritten
+    path.write_text("this is not a users file\n")
+    result = await run_cli("users", "add", str(path), "alice", "--password", "x", cwd=tmp_path)
+    assert result.returncode == 1 and "line 1" in err(result)
+    assert path.read_text() == "this is not a users file\n"
+    assert "Traceback" not in err(result)
+
+
+@pytest.fixture
+def users(tmp_path: Path) -> Path:
+    store = UserStore()
+    store.add("alice", "right")
+    path = tmp_path / "users.txt"
+    store.save(path)
+    return path
+
+
+async def _echo(port: int, *options: str, backend: str, cwd: Path) -> tuple[int, str]:
+    result = await run_cli(
+        "echoscu", "127.0.0.1", str(port), "--backend", backend, *options, cwd=cwd
+    )
+    assert "Traceback" not in err(result)
+    return result.returncode, err(result)
+
+
+@pytest.mark.parametrize("app", ["storescp", "qrscp"])
+async def test_server_access_control_with_echoscu(
+    app: str, users: Path, tmp_path: Path, anyio_backend: str
+) -> None:
+    (tmp_path / "cwd").mkdir()
+    where = ["--ignore"] if app == "storescp" else ["--storage", str(tmp_path / "archive")]
+    args = [
+        app, "--port", "0", "--host", "127.0.0.1", "--aet", "SCP", *where,
+        "--backend", anyio_backend, "--users", str(users), "--require-called-aet",
+        "--allow-calling-aet", "MODALITY", "--allow-calling-aet", "VIEWER",
+    ]  # fmt: skip
+    good = ["--aet", "MODALITY", "--called-aet", "SCP", "--username", "alice"]
+    async with app_process(*args, cwd=tmp_path / "cwd") as process:
+        scp = StoreSCPProcess(process)
+        port = await scp.wait_listening()
+        run = tmp_path / "cwd"
+        right = [*good, "--password", "right"]
+        code, stderr = await _echo(port, *right, backend=anyio_backend, cwd=run)
+        assert code == 0, stderr
+        # a positive response asked for and given
+        code, stderr = await _echo(
+            port, *good, "--password", "right", "--identity-response", backend=anyio_backend,
+            cwd=run,
+        )  # fmt: skip
+        assert code == 0, stderr
+        refusals = [
+            [*good, "--password", "wrong"],  # wrong password
+            ["--aet", "MODALITY", "--called-aet", "SCP"],  # no user identity
+            ["--aet", "MODALITY", "--called-aet", "SCP", "--username", "eve"],  # unknown user
+            ["--aet", "MODALITY", "--called-aet", "OTHER", "--username", "alice",
+             "--password", "right"],  # wrong called AE title
+            ["--aet", "INTRUDER", "--called-aet", "SCP", "--username", "alice",
+             "--password", "right"],  # calling AE title not allowed
+        ]  # fmt: skip
+        messages = []
+        for options in refusals:
+            code, stderr = await _echo(port, *options, backend=anyio_backend, cwd=run)
+            assert code == 1, (options, stderr)
+            assert "rejected" in stderr, stderr
+            messages.append(stderr.strip().splitlines()[-1])
+        assert "called AE title not recognized" in messages[3]
+        assert "calling AE title not recognized" in messages[4]
+        assert await scp.stop() == 0
+
+
+async def test_server_users_file_errors_are_usage_errors(tmp_path: Path) -> None:
+    bad = tmp_path / "users.txt"
+    bad.write_text("alice:plain-text\n")
+    for users in (bad, tmp_path / "missing.txt"):
+        result = await run_cli(
+            "storescp", "--port", "0", "--ignore", "--users", str(users), cwd=tmp_path
+        )
+        assert result.returncode == 2, err(result)
+        last = err(result).strip().splitlines()[-1]
+        assert last.startswith("asyncdicom storescp: error: argument --users:"), last

@@ -1,0 +1,320 @@
+"""DICOM over TLS (PS3.15 Annex B), in-process and through the apps, on both backends.
+
+Certificates are made by the tests with trustme (a throw-away CA) and written as PEM files.
+"""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+import trustme
+from anyio.streams.tls import TLSAttribute
+from test_cli import StoreSCPProcess, app_process, err, run_cli, storage_scp
+
+from asyncdicom import AE, HookEvent, Timeouts
+from asyncdicom.errors import ConnectionLost, TransportError
+from asyncdicom.protocol import uids
+from asyncdicom.storage.synthetic import write_ct_files
+from asyncdicom.transport import TLSError, client_context, server_context
+
+pytestmark = pytest.mark.anyio
+
+GUARD = 30.0
+
+
+@dataclass
+class PKI:
+    """PEM files of a test CA, a server certificate (127.0.0.1, localhost) and a client one."""
+
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+    other_ca: Path  # a CA that signed nothing here
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
+    folder = tmp_path_factory.mktemp("pki")
+    ca = trustme.CA()
+    server = ca.issue_cert("127.0.0.1", "localhost")
+    client = ca.issue_cert("client@example.org")
+    paths = PKI(
+        ca=folder / "ca.pem",
+        server_cert=folder / "server.pem",
+        server_key=folder / "server.key",
+        client_cert=folder / "client.pem",
+        client_key=folder / "client.key",
+        other_ca=folder / "other-ca.pem",
+    )
+    ca.cert_pem.write_to_path(str(paths.ca))
+    server.cert_chain_pems[0].write_to_path(str(paths.server_cert))
+    server.private_key_pem.write_to_path(str(paths.server_key))
+    client.cert_chain_pems[0].write_to_path(str(paths.client_cert))
+    client.private_key_pem.write_to_path(str(paths.client_key))
+    trustme.CA().cert_pem.write_to_path(str(paths.other_ca))
+    return paths
+
+
+def requested_count(ae: AE) -> list[Any]:
+    """A list that grows by one for every A-ASSOCIATE-RQ ``ae`` receives."""
+    seen: list[Any] = []
+    ae.hooks.add(HookEvent.ASSOCIATION_REQUESTED, lambda *a, **k: seen.append(a))
+    return seen
+
+
+# --------------------------------------------------------------------------- API
+
+
+async def test_echo_and_store_over_tls(pki: PKI, tmp_path: Path, anyio_backend: str) -> None:
+    received: list[str] = []
+    scp = storage_scp(tmp_path / "in", received)
+    source = write_ct_files(tmp_path / "src", 1, 300_000, seed=3)[0]
+    contexts = [uids.VERIFICATION, (uids.CT_IMAGE_STORAGE, [uids.EXPLICIT_VR_LITTLE_ENDIAN])]
+    with anyio.fail_after(GUARD):
+        async with scp.server(ssl_context=server_context(pki.server_cert, pki.server_key)) as s:
+            scu = AE("SCU")
+            async with scu.associate(
+                "127.0.0.1", s.port, contexts=contexts, ssl_context=client_context(ca=pki.ca)
+            ) as assoc:
+                assert assoc._stream.extra(TLSAttribute.tls_version) in (
+                    "TLSv1.2",
+                    "TLSv1.3",
+                )
+                assert (await assoc.echo()).status == 0x0000
+                assert (await assoc.store(source)).status == 0x0000
+    assert len(received) == 1
+    assert len(list((tmp_path / "in").rglob("*.dcm"))) == 1
+
+
+async def test_context_from_config(pki: PKI, anyio_backend: str) -> None:
+    """AEConfig.server_ssl_context / client_ssl_context apply without keyword arguments."""
+    scp = AE("SCP", server_ssl_context=server_context(pki.server_cert, pki.server_key))
+    scu = AE("SCU", client_ssl_context=client_context(ca=pki.ca))
+    with anyio.fail_after(GUARD):
+        async with scp.server() as s, scu.associate("127.0.0.1", s.port) as assoc:
+            assert (await assoc.echo()).status == 0x0000
+            assert assoc._stream.extra(TLSAttribute.cipher, None) is not None
+
+
+async def test_untrusted_server_certificate_is_refused(pki: PKI, anyio_backend: str) -> None:
+    scp = AE("SCP")
+    requested = requested_count(scp)
+    with anyio.fail_after(GUARD):
+        async with scp.server(ssl_context=server_context(pki.server_cert, pki.server_key)) as s:
+            with pytest.raises(TLSError, match="certificate verify failed"):
+                async with AE("SCU").associate(
+                    "127.0.0.1", s.port, ssl_context=client_context(ca=pki.other_ca)
+                ):
+                    pass
+    assert requested == []
+
+
+async def test_client_certificate_required(pki: PKI, anyio_backend: str) -> None:
+    """With a CA, the server requires a client certificate it signed: without one the
+    association never establishes and the client gets a clear error; with one it works."""
+    scp = AE("SCP")
+    requested = requested_count(scp)
+    context = server_context(pki.server_cert, pki.server_key, ca=pki.ca)
+    with anyio.fail_after(GUARD):
+        async with scp.server(ssl_context=context) as s:
+            # TLS 1.3: the client's handshake may end before the server checks; the server's
+            # alert then arrives instead of the A-ASSOCIATE-AC
+            with pytest.raises((TLSError, ConnectionLost), match="certificate required"):
+                async with AE("SCU").associate(
+                    "127.0.0.1", s.port, ssl_context=client_context(ca=pki.ca)
+                ):
+                    pass
+            assert requested == []
+            with_cert = client_context(ca=pki.ca, cert=pki.client_cert, key=pki.client_key)
+            async with AE("SCU").associate("127.0.0.1", s.port, ssl_context=with_cert) as assoc:
+                assert (await assoc.echo()).status == 0x0000
+    assert len(requested) == 1
+
+
+async def test_plain_tcp_to_tls_port_is_refused(pki: PKI, anyio_backend: str) -> None:
+    scp = AE("SCP")
+    requested = requested_count(scp)
+    with anyio.fail_after(GUARD):
+        async with scp.server(ssl_context=server_context(pki.server_cert, pki.server_key)) as s:
+            with pytest.raises(ConnectionLost):
+                async with AE("SCU").associate("127.0.0.1", s.port):
+                    pass
+            assert requested == []
+            # the server keeps serving
+            async with AE("SCU").associate(
+                "127.0.0.1", s.port, ssl_context=client_context(ca=pki.ca)
+            ) as assoc:
+                assert (await assoc.echo()).status == 0x0000
+    assert len(requested) == 1
+
+
+async def test_silent_client_delays_nobody(pki: PKI, anyio_backend: str) -> None:
+    """Clients that connect and never start the handshake do not hold up another client's
+    handshake (it runs per connection, with a timeout far longer than this test's guard)."""
+    scp = AE("SCP", timeouts=Timeouts(tls_handshake=300.0))
+    with anyio.fail_after(GUARD):
+        async with scp.server(ssl_context=server_context(pki.server_cert, pki.server_key)) as s:
+            silent = [await anyio.connect_tcp("127.0.0.1", s.port) for _ in range(5)]
+            try:
+                with anyio.fail_after(10):
+                    async with AE("SCU").associate(
+                        "127.0.0.1", s.port, ssl_context=client_context(ca=pki.ca)
+                    ) as assoc:
+                        assert (await assoc.echo()).status == 0x0000
+            finally:
+                for stream in silent:
+                    await stream.aclose()
+
+
+async def test_handshake_timeout_closes_a_silent_connection(pki: PKI, anyio_backend: str) -> None:
+    scp = AE("SCP", timeouts=Timeouts(tls_handshake=0.5))
+    with anyio.fail_after(GUARD):
+        async with scp.server(ssl_context=server_context(pki.server_cert, pki.server_key)) as s:
+            stream = await anyio.connect_tcp("127.0.0.1", s.port)
+            try:
+                with anyio.fail_after(10):  # a closed connection, not the test guard
+                    with pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError)):
+                        await stream.receive()
+            finally:
+                await stream.aclose()
+
+
+async def test_client_handshake_timeout(anyio_backend: str) -> None:
+    """A server that accepts TCP but never answers the ClientHello: the requestor gives up
+    after Timeouts.tls_handshake with a clear error."""
+
+    async def silent(stream: Any) -> None:
+        await anyio.sleep_forever()
+
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    scu = AE("SCU", timeouts=Timeouts(tls_handshake=0.5))
+    with anyio.fail_after(GUARD):
+        async with listener, anyio.create_task_group() as tg:
+            tg.start_soon(listener.serve, silent)
+            with pytest.raises(TLSError, match=r"timed out after 0\.5 s"):
+                async with scu.associate("127.0.0.1", port, ssl_context=client_context(ca=None)):
+                    pass
+            tg.cancel_scope.cancel()
+
+
+def test_context_defaults(pki: PKI) -> None:
+    client = client_context(ca=pki.ca)
+    assert client.minimum_version >= ssl.TLSVersion.TLSv1_2
+    assert client.verify_mode == ssl.CERT_REQUIRED and client.check_hostname
+    server = server_context(pki.server_cert, pki.server_key)
+    assert server.minimum_version >= ssl.TLSVersion.TLSv1_2
+    assert server.verify_mode == ssl.CERT_NONE
+    assert server_context(pki.server_cert, pki.server_key, ca=pki.ca).verify_mode == (
+        ssl.CERT_REQUIRED
+    )
+
+
+def test_context_file_errors(pki: PKI, tmp_path: Path) -> None:
+    with pytest.raises(TLSError, match=r"the certificate file '.*nope.pem' does not exist"):
+        server_context(tmp_path / "nope.pem", pki.server_key)
+    with pytest.raises(TLSError, match=r"the private key file '.*nope.key' does not exist"):
+        server_context(pki.server_cert, tmp_path / "nope.key")
+    with pytest.raises(TLSError, match="cannot use the certificate and key"):
+        server_context(pki.server_cert, pki.client_key)  # not this certificate's key
+    with pytest.raises(TLSError, match="the CA file"):
+        client_context(ca=tmp_path / "nope.pem")
+    assert issubclass(TLSError, TransportError)
+
+
+# --------------------------------------------------------------------------- apps
+
+
+async def test_echoscu_tls(pki: PKI, tmp_path: Path, anyio_backend: str) -> None:
+    scp = AE("SCP")
+    context = server_context(pki.server_cert, pki.server_key, ca=pki.ca)
+    with anyio.fail_after(GUARD):
+        async with scp.server(ssl_context=context) as s:
+            port = str(s.port)
+            ok = await run_cli(
+                "echoscu", "127.0.0.1", port, "--tls", "--tls-ca", str(pki.ca),
+                "--tls-cert", str(pki.client_cert), "--tls-key", str(pki.client_key),
+                "--backend", anyio_backend, cwd=tmp_path,
+            )  # fmt: skip
+            assert ok.returncode == 0, err(ok)
+            no_cert = await run_cli(
+                "echoscu", "127.0.0.1", port, "--tls", "--tls-ca", str(pki.ca),
+                "--backend", anyio_backend, cwd=tmp_path,
+            )  # fmt: skip
+            assert no_cert.returncode == 1
+            assert "certificate required" in err(no_cert)
+            assert len(err(no_cert).strip().splitlines()) == 1, err(no_cert)
+            untrusted = await run_cli(
+                "echoscu", "127.0.0.1", port, "--tls", "--backend", anyio_backend, cwd=tmp_path
+            )
+            assert untrusted.returncode == 1
+            [line] = err(untrusted).strip().splitlines()
+            assert line.startswith(
+                f"asyncdicom: error: TLS handshake with 127.0.0.1:{port} failed: certificate "
+                "verify failed: "
+            )
+
+
+async def test_storescp_tls_with_storescu(pki: PKI, tmp_path: Path, anyio_backend: str) -> None:
+    files = write_ct_files(tmp_path / "src", 2, 40_000, seed=5)
+    (tmp_path / "cwd").mkdir()
+    args = [
+        "storescp", "--port", "0", "--host", "127.0.0.1", "--output-dir", str(tmp_path / "out"),
+        "--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key),
+        "--tls-ca", str(pki.ca), "--backend", anyio_backend,
+    ]  # fmt: skip
+    async with app_process(*args, cwd=tmp_path / "cwd") as process:
+        scp = StoreSCPProcess(process)
+        port = str(await scp.wait_listening())
+        sent = await run_cli(
+            "storescu", "127.0.0.1", port, *map(str, files), "--tls-ca", str(pki.ca),
+            "--tls-cert", str(pki.client_cert), "--tls-key", str(pki.client_key),
+            "--backend", anyio_backend, cwd=tmp_path,
+        )  # fmt: skip
+        assert sent.returncode == 0, err(sent)
+        plain = await run_cli("echoscu", "127.0.0.1", port, cwd=tmp_path)
+        assert plain.returncode == 1
+        assert await scp.stop() == 0
+    assert len(list((tmp_path / "out").rglob("*.dcm"))) == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["storescp", "--port", "0", "--ignore", "--tls-cert", "missing.pem"],
+            "'missing.pem' does not exist",
+        ),
+        (
+            ["storescp", "--port", "0", "--ignore", "--tls-key", "{key}"],
+            "--tls-key: needs --tls-cert",
+        ),
+        (
+            ["storescp", "--port", "0", "--ignore", "--tls-cert", "{cert}", "--tls-key", "{ckey}"],
+            "TLS options",
+        ),
+        (["storescp", "--port", "0", "--ignore", "--tls-ca", "{ca}"], "--tls-ca: needs --tls-cert"),
+        (["echoscu", "127.0.0.1", "104", "--tls-ca", "missing.pem"], "does not exist"),
+        (["echoscu", "127.0.0.1", "104", "--tls-cert", "{cert}", "--tls-key", "."], "a folder"),
+    ],
+)
+async def test_tls_option_errors_are_usage_errors(
+    args: list[str], message: str, pki: PKI, tmp_path: Path
+) -> None:
+    files = {
+        "cert": str(pki.server_cert),
+        "key": str(pki.server_key),
+        "ckey": str(pki.client_key),
+        "ca": str(pki.ca),
+    }
+    result = await run_cli(*(a.format(**files) for a in args), cwd=tmp_path)
+    assert result.returncode == 2, err(result)
+    assert message in err(result)
+    assert "Traceback" not in err(result)
