@@ -19,6 +19,7 @@ __all__ = [
     "NetworkTimeout",
     "NoAcceptedContext",
     "StorageError",
+    "TLSError",
     "TransportError",
 ]
 
@@ -29,6 +30,11 @@ class DICOMError(Exception):
 
 class TransportError(DICOMError):
     """The TCP (or TLS) connection could not be opened or broke."""
+
+
+class TLSError(TransportError):
+    """The TLS handshake failed or timed out, or a TLS context could not be built (a missing
+    or unreadable certificate, key or CA file)."""
 
 
 class ConnectTimeout(TransportError, TimeoutError):

@@ -31,7 +31,7 @@ if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
 
 from . import _asyncio_stream
-from .errors import ConnectTimeout, DICOMError, TransportError
+from .errors import ConnectTimeout, DICOMError, TLSError, TransportError
 
 __all__ = [
     "Listener",
@@ -45,11 +45,6 @@ __all__ = [
     "set_nodelay",
     "start_tls",
 ]
-
-
-class TLSError(TransportError):
-    """The TLS handshake failed or timed out, or a TLS context could not be built (a missing
-    or unreadable certificate, key or CA file)."""
 
 
 def set_nodelay(stream: ByteStream) -> None:
