@@ -97,8 +97,6 @@ _FLUSH_THRESHOLD = 256 * 1024
 _HANDLER_QUEUE = 32
 #: after a local A-ABORT, how long the peer may take to close the connection (state 13)
 ABORT_LINGER = 1.0
-#: cap on a response's data set (C-FIND identifiers, N-GET attribute lists) held in memory
-_MAX_RESPONSE_DATASET = 64 * 1024 * 1024
 
 _assoc_ids = itertools.count(1)
 
@@ -217,8 +215,25 @@ class IncomingRequest:
             raise errors.AssociationError("the association ended before the data set was complete")
 
     async def read(self) -> bytes:
-        """The whole data set as bytes (held in memory: prefer :meth:`chunks` for big ones)."""
-        parts = [bytes(c) async for c in self.chunks()]
+        """The whole data set as bytes (held in memory: prefer :meth:`chunks` for big ones).
+
+        A data set larger than ``AEConfig.max_dataset_in_memory`` aborts the association
+        (A-ABORT, source 2) and raises :class:`~asyncdicom.errors.AssociationAborted`.
+        """
+        association = self.association
+        limit = association.config.max_dataset_in_memory
+        parts: list[bytes] = []
+        size = 0
+        async for chunk in self.chunks():
+            size += len(chunk)
+            if size > limit:
+                parts.clear()
+                await association._abort_oversized(
+                    f"request data set larger than {limit} bytes (max_dataset_in_memory)"
+                )
+                association._raise_if_gone()
+                raise errors.AssociationError("request data set too large")
+            parts.append(bytes(chunk))
         return b"".join(parts)
 
     async def discard(self) -> None:
@@ -689,11 +704,23 @@ class Association:
         if self.hooks.wants(HookEvent.PDU_SENT):
             self.hooks.emit(HookEvent.PDU_SENT, self, data=data)
         lost = False
+        write_timeout = self.config.timeouts.dimse
         async with self._write_lock:
             if self._torn:
                 return
             try:
-                await self._stream.send(data)
+                if write_timeout is None:
+                    await self._stream.send(data)
+                else:
+                    # a peer that stops reading (slow reader) must not hold us forever
+                    with anyio.move_on_after(write_timeout) as scope:
+                        await self._stream.send(data)
+                    if scope.cancelled_caught:
+                        self._write_stalled(write_timeout)
+                        with anyio.CancelScope(shield=True):
+                            await close_quietly(self._stream)
+                        self._ul.receive_data(None, now=self._now())
+                        lost = True
             except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
                 self.log.info("transport_send_failed", error=str(exc))
                 self._connection_lost(exc)
@@ -715,6 +742,15 @@ class Association:
             await self._process_events()
             return
         self._update_deadline()
+
+    def _write_stalled(self, timeout: float) -> None:
+        """A write made no progress for the DIMSE timeout: the peer stopped reading.  No
+        A-ABORT can get through a full window, so the transport is closed (A-P-ABORT)."""
+        self.log.warning("write_stalled", timeout=timeout)
+        self._torn = True
+        if self.abort_info is None and self._abort_error is None:
+            self._abort_detail = f"the peer stopped reading for {timeout:g} s (DIMSE timeout)"
+            self._abort_error = errors.DIMSETimeout
 
     def _connection_lost(self, exc: BaseException | None) -> None:
         """Note why the transport went away, if nobody ended the association first."""
@@ -791,6 +827,15 @@ class Association:
             return
         self.abort_info = AssociationAborted(2, int(exc.abort_reason), local=True, error=exc)
         self.hooks.emit(HookEvent.ASSOCIATION_ABORTED, self, abort=self.abort_info)
+
+    async def _abort_oversized(self, detail: str) -> None:
+        """A peer sent more than a limit allows: A-ABORT (provider) and close at once."""
+        with anyio.CancelScope(shield=True):
+            if self._closed.is_set():
+                return
+            await self._protocol_abort(DIMSEError(detail))
+            await self._process_events()
+            await close_quietly(self._stream)
 
     async def _finish(self) -> None:
         """The transport is gone or going: wake every waiter, close the stream."""
@@ -1060,8 +1105,13 @@ class Association:
                 return
             waiter, response, parts, size = incoming
             size += len(event.data)
-            if size > _MAX_RESPONSE_DATASET:
-                await self._protocol_abort(DIMSEError("response data set too large"))
+            limit = self.config.max_dataset_in_memory
+            if size > limit:
+                await self._protocol_abort(
+                    DIMSEError(
+                        f"response data set larger than {limit} bytes (max_dataset_in_memory)"
+                    )
+                )
                 return
             parts.append(bytes(event.data))
             if event.last:

@@ -41,7 +41,8 @@ class Timeouts:
     * ``acse``: waiting for A-ASSOCIATE-AC/RJ or A-RELEASE-RP.
     * ``dimse``: waiting for each DIMSE response, and for the next fragment of a message that
       has started arriving (a peer stalling mid-transfer is aborted); not the pause between
-      messages.
+      messages.  Also bounds each write: a peer that stops reading (its receive window stays
+      full) for this long is cut off, so a slow reader cannot hold an association forever.
     * ``network``: nothing received for this long aborts an established association.
     * ``artim``: PS3.8 ARTIM timer: how long an accepted connection may stay silent before its
       A-ASSOCIATE-RQ, and how long we wait for the peer to close after a reject, release
@@ -103,6 +104,11 @@ class AEConfig:
     #: acceptor: TLS for :meth:`AE.serve` / :meth:`AE.server` when they are not given
     #: ``ssl_context`` (None: plain TCP); see :func:`asyncdicom.transport.server_context`
     server_ssl_context: ssl.SSLContext | None = None
+    #: the largest data set held in memory, received or read: a response's data set (C-FIND
+    #: identifier, N-GET attribute list) and a request's data set read whole (C-FIND, N-SET,
+    #: N-ACTION, ... identifiers); more aborts the association (A-ABORT source 2). A C-STORE
+    #: data set saved with ``save_to`` or read with ``chunks()`` streams and is not limited
+    max_dataset_in_memory: int = 64 * 1024 * 1024
 
     def __post_init__(self) -> None:
         # We buffer one whole PDU while decoding it, so what we announce is also the memory a
@@ -112,6 +118,8 @@ class AEConfig:
                 f"max_pdu_length must be {MIN_MAX_PDU_LENGTH}..{MAX_MAX_PDU_LENGTH} bytes, "
                 f"not {self.max_pdu_length} (0, unlimited, is not offered: memory stays bounded)"
             )
+        if self.max_dataset_in_memory < 1024:
+            raise ValueError("max_dataset_in_memory must be at least 1024 bytes")
         if self.max_associations < 1:
             raise ValueError("max_associations must be at least 1")
         if self.max_associations_per_calling_ae is not None and (

@@ -321,3 +321,18 @@ async def test_help_documents_layout_and_duplicates(tmp_path: Path) -> None:
     assert "--layout {flat,sorted}" in text and "(default: flat)" in text
     assert "--on-duplicate {unique,overwrite,ignore}" in text and "(default: unique)" in text
     assert re.search(r"--max-associations N .*\(default: 1000\)", text), text
+
+
+@pytest.mark.parametrize("app", ["storescp", "qrscp"])
+def test_server_apps_limit_idle_associations_by_default(app: str, tmp_path: Path) -> None:
+    """A silent peer cannot hold an association slot forever: 300 s unless told otherwise."""
+    from asyncdicom.cli.main import build_parser
+
+    parser = build_parser()
+    base = [app, "--port", "0"] + (
+        ["--output-dir", str(tmp_path)] if app == "storescp" else ["--storage", str(tmp_path)]
+    )
+    assert parser.parse_args(base).network_timeout == 300.0
+    assert parser.parse_args([*base, "--network-timeout", "0"]).network_timeout is None
+    assert parser.parse_args([*base, "--network-timeout", "none"]).network_timeout is None
+    assert parser.parse_args([*base, "--network-timeout", "2.5"]).network_timeout == 2.5

@@ -148,6 +148,18 @@ def timeout(text: str) -> float:
     return value
 
 
+#: the server apps' default network (idle) timeout, seconds
+SERVER_NETWORK_TIMEOUT = 300.0
+
+
+def optional_timeout(text: str) -> float | None:
+    """An argparse type: a number of seconds greater than 0, or ``0`` / ``none`` for no
+    limit."""
+    if text.strip().lower() in ("0", "none"):
+        return None
+    return timeout(text)
+
+
 def max_pdu(text: str) -> int:
     """An argparse type: the largest PDU we accept, :data:`MIN_MAX_PDU`..:data:`MAX_MAX_PDU`."""
     value = _int(text)

@@ -28,6 +28,7 @@ from ..archive import Archive, qrscp_config
 from ..qr import IndexDatabaseError
 from ..storage.files import remove_stale_temp_files
 from .common import (
+    SERVER_NETWORK_TIMEOUT,
     access_control,
     add_access_control,
     add_common,
@@ -39,6 +40,7 @@ from .common import (
     install_access_control,
     listen_port,
     notice,
+    optional_timeout,
     port,
     server_tls,
     timeout,
@@ -151,10 +153,11 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument(
         "--network-timeout",
-        type=timeout,
-        default=None,
+        type=optional_timeout,
+        default=SERVER_NETWORK_TIMEOUT,
         metavar="S",
-        help="abort an association silent for this long (seconds; default: no limit)",
+        help="abort an association silent for this long, so that an idle or stalled peer "
+        "cannot hold a slot forever (seconds; 0 or none: no limit)",
     )
     p.add_argument(
         "--worklist",

@@ -28,6 +28,7 @@ from ..hooks import HookEvent
 from ..services.storage import save_request
 from ..storage.files import DUPLICATE_POLICIES, LAYOUTS, remove_stale_temp_files
 from .common import (
+    SERVER_NETWORK_TIMEOUT,
     access_control,
     add_access_control,
     add_common,
@@ -39,6 +40,7 @@ from .common import (
     install_access_control,
     listen_port,
     notice,
+    optional_timeout,
     server_tls,
     timeout,
 )
@@ -116,10 +118,11 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument(
         "--network-timeout",
-        type=timeout,
-        default=None,
+        type=optional_timeout,
+        default=SERVER_NETWORK_TIMEOUT,
         metavar="S",
-        help="abort an association silent for this long (seconds; default: no limit)",
+        help="abort an association silent for this long, so that an idle or stalled peer "
+        "cannot hold a slot forever (seconds; 0 or none: no limit)",
     )
     add_max_pdu(p)
     add_access_control(p)

@@ -434,6 +434,20 @@ class UpperLayer:
         self._outgoing.append(encode_pdu(Abort(source, reason)))
         self._abort_sent = True
 
+    def _void_pending_data(self) -> None:
+        """An abort (the user's, the peer's or ours after a bad PDU) voids the P-DATA and
+        A-RELEASE indications of PDUs that arrived before it but that the user has not taken
+        yet: it could no longer answer them (Evt9 and Evt14 have no transition in Sta1 or
+        Sta13), and an operation cut off by an abort must not complete (a C-STORE whose last
+        fragment was queued in front of the abort's cause would be stored although its
+        requestor never gets a response).  PS3.8 7.3.2: an abort may lose data in transit."""
+        events = self._events
+        if events:
+            kept = [e for e in events if not isinstance(e, (DataReceived, ReleaseRequested))]
+            if len(kept) != len(events):
+                events.clear()
+                events.extend(kept)
+
     def _perform(
         self,
         state: State,
@@ -504,10 +518,12 @@ class UpperLayer:
             if data is not None:  # Evt15: the user's A-ABORT, as given (see send())
                 self._outgoing.append(data)
                 self._abort_sent = True
+                self._void_pending_data()
             else:
                 self._queue_abort(AbortSource.SERVICE_USER, 0)
         elif action is Action.AA_3:
             assert isinstance(pdu, Abort)
+            self._void_pending_data()
             # source 0: A-ABORT indication; source 2: A-P-ABORT indication.
             events.append(AssociationAborted(int(pdu.source), int(pdu.reason), local=False))
         elif action is Action.AA_4:
@@ -520,6 +536,7 @@ class UpperLayer:
         elif action is Action.AA_8:
             assert error is not None
             reason = int(error.abort_reason)
+            self._void_pending_data()
             self._queue_abort(_PROVIDER, reason)
             events.append(AssociationAborted(_PROVIDER, reason, local=True, error=error))
         # AE-5, AR-5, AA-2, AA-5 and AA-6 only touch the timer (done above) or nothing at all.
