@@ -704,7 +704,7 @@ class Association:
         if self.hooks.wants(HookEvent.PDU_SENT):
             self.hooks.emit(HookEvent.PDU_SENT, self, data=data)
         lost = False
-        write_timeout = self.config.timeouts.dimse
+        write_timeout = self.config.timeouts.write
         async with self._write_lock:
             if self._torn:
                 return
@@ -744,12 +744,12 @@ class Association:
         self._update_deadline()
 
     def _write_stalled(self, timeout: float) -> None:
-        """A write made no progress for the DIMSE timeout: the peer stopped reading.  No
+        """A write made no progress for the write timeout: the peer stopped reading.  No
         A-ABORT can get through a full window, so the transport is closed (A-P-ABORT)."""
         self.log.warning("write_stalled", timeout=timeout)
         self._torn = True
         if self.abort_info is None and self._abort_error is None:
-            self._abort_detail = f"the peer stopped reading for {timeout:g} s (DIMSE timeout)"
+            self._abort_detail = f"the peer stopped reading for {timeout:g} s (write timeout)"
             self._abort_error = errors.DIMSETimeout
 
     def _connection_lost(self, exc: BaseException | None) -> None:

@@ -3,7 +3,7 @@
 * a command set is bounded (64 KiB) however many PDVs carry it;
 * a data set held in memory (a request's identifier read whole, a response's identifier) is
   bounded by ``AEConfig.max_dataset_in_memory``;
-* a peer that stops reading cannot block our writes past the DIMSE timeout (slow reader).
+* a peer that stops reading cannot block our writes past the write timeout (slow reader).
 
 Every test runs on both backends, over real TCP on 127.0.0.1, under an ``anyio.fail_after``
 guard; nothing waits on a sleep.
@@ -120,7 +120,7 @@ async def test_response_identifier_over_the_limit_is_aborted() -> None:
     assert "max_dataset_in_memory" in str(failed.value)
 
 
-async def test_peer_that_stops_reading_is_cut_off_after_the_dimse_timeout() -> None:
+async def test_peer_that_stops_reading_is_cut_off_after_the_write_timeout() -> None:
     """Slow reader: the acceptor's handler never reads the C-STORE data set, so the acceptor
     stops reading the socket and our writes block.  The requestor gives up after its DIMSE
     timeout (DIMSETimeout) instead of waiting forever; the acceptor's DIMSE timeout is off,
@@ -135,7 +135,7 @@ async def test_peer_that_stops_reading_is_cut_off_after_the_dimse_timeout() -> N
         return 0
 
     ds = make_ct_instance(32 * 1024 * 1024, seed=7)
-    scu = AE("SCU", timeouts=Timeouts(dimse=0.5))
+    scu = AE("SCU", timeouts=Timeouts(dimse=0.5, write=0.5))
     with anyio.fail_after(GUARD):
         async with scp.server() as server:
             with pytest.raises(errors.DIMSETimeout, match="stopped reading"):
@@ -153,7 +153,7 @@ async def test_acceptor_cuts_off_a_requestor_that_stops_reading() -> None:
     scp = AE(
         "SCP",
         supported_contexts=presets.qr_find_supported(),
-        timeouts=Timeouts(dimse=0.5),
+        timeouts=Timeouts(dimse=0.5, write=0.5),
     )
     aborted = anyio.Event()
     scp.hooks.add(HookEvent.ASSOCIATION_ABORTED, lambda *a, **k: aborted.set())
