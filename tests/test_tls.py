@@ -318,3 +318,30 @@ async def test_tls_option_errors_are_usage_errors(
     assert result.returncode == 2, err(result)
     assert message in err(result)
     assert "Traceback" not in err(result)
+
+
+@pytest.mark.parametrize("processes", ["1", "2"])
+async def test_bench_over_tls(pki: PKI, tmp_path: Path, processes: str, anyio_backend: str) -> None:
+    """``asyncdicom bench --tls``: every association (and every worker process) over TLS with
+    a client certificate; without the certificate every association is refused."""
+    import json
+
+    scp = AE("SCP")
+    context = server_context(pki.server_cert, pki.server_key, ca=pki.ca)
+    out = tmp_path / "bench.json"
+    with anyio.fail_after(GUARD):
+        async with scp.server(ssl_context=context) as s:
+            ok = await run_cli(
+                "bench", "127.0.0.1", str(s.port), "--called-aet", "SCP", "--count", "20",
+                "--associations", "2", "--processes", processes, "--tls-ca", str(pki.ca),
+                "--tls-cert", str(pki.client_cert), "--tls-key", str(pki.client_key),
+                "--json", str(out), "--backend", anyio_backend, cwd=tmp_path,
+            )  # fmt: skip
+            assert ok.returncode == 0, err(ok)
+            result = json.loads(out.read_text())
+            assert result["operations"] == 20 and result["errors"] == 0
+            refused = await run_cli(
+                "bench", "127.0.0.1", str(s.port), "--called-aet", "SCP", "--count", "4",
+                "--tls-ca", str(pki.ca), "--backend", anyio_backend, cwd=tmp_path,
+            )  # fmt: skip
+            assert refused.returncode == 1

@@ -32,6 +32,7 @@ from .common import (
     CLIError,
     add_common,
     add_max_pdu,
+    add_tls_client,
     ae_title,
     err,
     format_address,
@@ -221,6 +222,7 @@ def add_parser(sub: Any) -> None:
         metavar="S",
         help="seconds to wait for each DIMSE response",
     )
+    add_tls_client(p)
     add_common(p)
     p.set_defaults(func=run, bench_parser=p)
 
@@ -277,6 +279,10 @@ def spec_from_args(args: argparse.Namespace) -> LoadSpec:
         timeouts=Timeouts(
             connect=args.connect_timeout, acse=args.acse_timeout, dimse=args.dimse_timeout
         ),
+        tls=bool(getattr(args, "ssl_context", None)),
+        tls_ca=args.tls_ca,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
     )
 
 

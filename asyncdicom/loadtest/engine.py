@@ -136,6 +136,12 @@ class LoadSpec:
     bind: str | None = None
     max_pdu: int = 262144
     timeouts: Timeouts = field(default_factory=Timeouts)
+    #: DICOM over TLS: ``tls`` on, with these PEM files (paths, so that worker processes can
+    #: build the same context): the CA to trust (default: the system's), our certificate/key
+    tls: bool = False
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "operation", Operation(self.operation))
@@ -375,7 +381,17 @@ class LoadGenerator:
         self._contexts: list[ContextRequest | str] = []
         self._identifier: Dataset | None = None
         self._schedule: _Schedule | None = None
-        self._ae = AE(spec.aet, max_pdu_length=spec.max_pdu, timeouts=spec.timeouts)
+        ssl_context = None
+        if spec.tls:
+            from ..transport import client_context
+
+            ssl_context = client_context(ca=spec.tls_ca, cert=spec.tls_cert, key=spec.tls_key)
+        self._ae = AE(
+            spec.aet,
+            max_pdu_length=spec.max_pdu,
+            timeouts=spec.timeouts,
+            client_ssl_context=ssl_context,
+        )
         self._prepared = False
 
     @property
