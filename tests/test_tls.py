@@ -14,6 +14,8 @@ import anyio
 import pytest
 import trustme
 from anyio.streams.tls import TLSAttribute
+from pydicom import dcmread
+from pydicom.dataset import Dataset
 from test_cli import StoreSCPProcess, app_process, err, run_cli, storage_scp
 
 from asyncdicom import AE, HookEvent, Timeouts
@@ -345,3 +347,101 @@ async def test_bench_over_tls(pki: PKI, tmp_path: Path, processes: str, anyio_ba
                 "--tls-ca", str(pki.ca), "--backend", anyio_backend, cwd=tmp_path,
             )  # fmt: skip
             assert refused.returncode == 1
+
+
+async def test_qrscp_moves_over_tls_with_tls_out(
+    pki: PKI, tmp_path: Path, anyio_backend: str
+) -> None:
+    """qrscp serving TLS, and with --tls-out opening its C-MOVE sub-association over TLS to a
+    destination that requires a client certificate; without --tls-out that move fails."""
+    from asyncdicom import presets
+    from asyncdicom.services.retrieve import RetrieveFailed
+
+    files = write_ct_files(tmp_path / "src", 2, 2_000, seed=7)
+    dest = AE("DEST", accept_any_storage=True)
+    received: list[str] = []
+
+    @dest.on_store
+    async def on_store(request: Any) -> int:
+        await request.discard()
+        received.append(request.message.affected_sop_instance_uid)
+        return 0
+
+    client = client_context(ca=pki.ca, cert=pki.client_cert, key=pki.client_key)
+    dest_context = server_context(pki.server_cert, pki.server_key, ca=pki.ca)
+    for tls_out in (True, False):
+        received.clear()
+        storage = tmp_path / f"archive-{tls_out}"
+        with anyio.fail_after(GUARD * 2):
+            async with dest.server(ssl_context=dest_context) as d:
+                args = [
+                    "qrscp", "--port", "0", "--host", "127.0.0.1", "--storage", str(storage),
+                    "--move-destination", f"DEST=127.0.0.1:{d.port}",
+                    "--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key),
+                    "--tls-ca", str(pki.ca), "--backend", anyio_backend,
+                    *(["--tls-out"] if tls_out else []),
+                ]  # fmt: skip
+                async with app_process(*args, cwd=tmp_path) as process:
+                    port = await StoreSCPProcess(process).wait_listening()
+                    scu = AE("SCU")
+                    contexts = [uids.CT_IMAGE_STORAGE, *presets.retrieve_contexts("move")]
+                    async with scu.associate(
+                        "127.0.0.1", port, called_aet="QRSCP", contexts=contexts,
+                        ssl_context=client,
+                    ) as assoc:  # fmt: skip
+                        for f in files:
+                            assert (await assoc.store(f)).status == 0
+                        query = Dataset()
+                        query.QueryRetrieveLevel = "STUDY"
+                        query.StudyInstanceUID = dcmread(files[0]).StudyInstanceUID
+                        if tls_out:
+                            async with assoc.move(query, destination="DEST") as retrieval:
+                                await retrieval.wait()
+                            assert retrieval.completed == 2
+                        else:
+                            with pytest.raises(RetrieveFailed) as failed:
+                                async with assoc.move(query, destination="DEST") as retrieval:
+                                    await retrieval.wait()
+                            assert failed.value.response.status == 0xA702
+                    process.terminate()
+                    await process.wait()
+        assert len(received) == (2 if tls_out else 0)
+
+
+async def test_stgcmtscu_receives_the_report_over_tls(
+    pki: PKI, tmp_path: Path, anyio_backend: str
+) -> None:
+    """stgcmtscu --tls --listen-port: the report comes on a new TLS association to its
+    listener (our certificate serves it; the reporting peer shows one signed by the CA)."""
+    from test_cli import free_port
+
+    from asyncdicom import presets
+    from asyncdicom.services.commitment import CommitmentSCP
+
+    files = write_ct_files(tmp_path / "src", 2, 2_000, seed=11)
+    listen = free_port()
+    scp = AE(
+        "SCP",
+        supported_contexts=presets.storage_commitment_scp_supported(),
+        client_ssl_context=client_context(ca=pki.ca, cert=pki.client_cert, key=pki.client_key),
+    )
+    context = server_context(pki.server_cert, pki.server_key, ca=pki.ca)
+    tls = ["--tls-ca", str(pki.ca), "--tls-cert", str(pki.server_cert)]
+    tls += ["--tls-key", str(pki.server_key)]
+    with anyio.fail_after(GUARD * 2):
+        async with (
+            CommitmentSCP(
+                scp, lambda refs: {}, peers={"STGCMTSCU": ("127.0.0.1", listen)},
+                always_new_association=True,
+            ) as commitment,
+            scp.server(ssl_context=context) as s,
+        ):  # fmt: skip
+            ok = await run_cli(
+                "stgcmtscu", "127.0.0.1", str(s.port), str(tmp_path / "src"),
+                "--called-aet", "SCP", "--aet", "STGCMTSCU", "--listen-port", str(listen),
+                "--listen-host", "127.0.0.1", "--timeout", "20", *tls,
+                "--backend", anyio_backend, cwd=tmp_path,
+            )  # fmt: skip
+    assert ok.returncode == 0, err(ok)
+    assert [kind for _uid, _event, kind in commitment.reports] == ["new"]
+    assert len(files) == 2

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sqlite3
+import ssl
 from pathlib import Path
 from typing import Any
 
@@ -177,8 +178,26 @@ def add_parser(sub: Any) -> None:
     add_max_pdu(p)
     add_access_control(p)
     add_tls_server(p)
+    p.add_argument(
+        "--tls-out",
+        action="store_true",
+        help="open the associations to C-MOVE destinations and storage commitment peers over "
+        "TLS: their certificates verified against --tls-ca (default: the system's CAs), "
+        "--tls-cert/--tls-key as ours",
+    )
     add_common(p)
     p.set_defaults(func=run)
+
+
+def _outgoing_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """With ``--tls-out``: the TLS context of the associations qrscp opens (C-MOVE
+    destinations, storage commitment reports): the server's --tls-ca to trust their
+    certificates (the system's without it), --tls-cert/--tls-key as our own."""
+    if not getattr(args, "tls_out", False):
+        return None
+    from ..transport import client_context
+
+    return client_context(ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key)
 
 
 def qrscp_ae(args: argparse.Namespace) -> AE:
@@ -189,6 +208,7 @@ def qrscp_ae(args: argparse.Namespace) -> AE:
             max_pdu_length=args.max_pdu,
             **access_control(args),
             **server_tls(args),
+            client_ssl_context=_outgoing_tls(args),
             timeouts=Timeouts(
                 acse=args.acse_timeout,
                 dimse=args.dimse_timeout,

@@ -116,7 +116,19 @@ async def run(args: argparse.Namespace) -> int:
     ae.config = dataclasses.replace(
         ae.config, supported_contexts=storage_commitment_scu_supported()
     )
-    async with ae.server(args.listen_host, args.listen_port) as server:
+    listen_tls = None
+    if getattr(args, "ssl_context", None) is not None:
+        # with --tls the report comes over TLS too: our certificate serves the listener, and
+        # the reporting peer must show one signed by --tls-ca
+        if args.tls_cert is None:
+            raise CLIError(
+                "--listen-port with --tls needs --tls-cert (and --tls-key): the listener "
+                "that receives the report serves TLS with our certificate"
+            )
+        from ..transport import server_context
+
+        listen_tls = server_context(args.tls_cert, args.tls_key, ca=args.tls_ca)
+    async with ae.server(args.listen_host, args.listen_port, ssl_context=listen_tls) as server:
         notice(
             f"stgcmtscu: {ae.ae_title} listening on "
             f"{format_address(args.listen_host, server.port)} for the report",
