@@ -973,3 +973,39 @@ async def test_idle_between_messages_is_not_a_dimse_timeout() -> None:
         rsp = await peer.receive_command()
         assert isinstance(rsp, messages.CEchoRSP) and rsp.status == 0
         await peer.release()
+
+
+async def test_sender_failure_mid_transfer_to_the_archive_leaves_no_file_and_no_row(
+    tmp_path: Path,
+) -> None:
+    """The same cut-off C-STORE against qrscp's archive: no file, and nothing indexed."""
+    from asyncdicom.archive import Archive, qrscp_config
+
+    storage = tmp_path / "archive"
+    scp = AE(config=qrscp_config("SCP"))
+    uid, head = _big_instance_header()
+    handler_done = anyio.Event()
+    async with Archive(storage) as archive:
+        archive.install(scp)
+        archive_store = scp.handlers.get("C-STORE")
+        assert archive_store is not None
+
+        @scp.on_store
+        async def on_store(request: Any) -> Any:  # the archive's handler, observed
+            try:
+                return await archive_store(request)
+            finally:
+                handler_done.set()
+
+        async with scp.server() as server:
+            with pytest.raises(_SenderGaveUp):
+                async with AE("SCU").associate(
+                    "127.0.0.1", server.port, called_aet="SCP", contexts=[(CT, [EXPLICIT])]
+                ) as assoc:
+                    await _big_store(assoc, uid, _big_chunks(head, stop_after=8 * len(CHUNK)))
+            with anyio.fail_after(GUARD):
+                await handler_done.wait()
+        assert archive.index.count() == 0
+        assert archive.index.lookup_instances([uid]) == {}
+    left = [p for p in storage.rglob("*") if p.is_file() and not p.name.startswith("index.")]
+    assert left == [], f"left behind: {left}"
