@@ -30,6 +30,7 @@ from ..loadtest import (
 )
 from .common import (
     CLIError,
+    add_client_timeouts,
     add_common,
     add_max_pdu,
     add_tls_client,
@@ -201,27 +202,7 @@ def add_parser(sub: Any) -> None:
         "--bind", default=None, metavar="ADDR", help="local address to connect from (default: any)"
     )
     add_max_pdu(p)
-    p.add_argument(
-        "--connect-timeout",
-        type=timeout,
-        default=30.0,
-        metavar="S",
-        help="seconds allowed for each TCP connection",
-    )
-    p.add_argument(
-        "--acse-timeout",
-        type=timeout,
-        default=30.0,
-        metavar="S",
-        help="seconds to wait for A-ASSOCIATE-AC/RJ and A-RELEASE-RP",
-    )
-    p.add_argument(
-        "--dimse-timeout",
-        type=timeout,
-        default=60.0,
-        metavar="S",
-        help="seconds to wait for each DIMSE response",
-    )
+    add_client_timeouts(p, "seconds allowed for each TCP connection")
     add_tls_client(p)
     add_common(p)
     p.set_defaults(func=run, bench_parser=p)

@@ -262,6 +262,70 @@ def add_max_pdu(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_client_timeouts(
+    p: argparse.ArgumentParser, connect_help: str = "seconds allowed for the TCP connection"
+) -> None:
+    """--connect-timeout, --acse-timeout, --dimse-timeout of the apps that connect out."""
+    p.add_argument(
+        "--connect-timeout",
+        type=timeout,
+        default=30.0,
+        metavar="S",
+        help=connect_help,
+    )
+    p.add_argument(
+        "--acse-timeout",
+        type=timeout,
+        default=30.0,
+        metavar="S",
+        help="seconds to wait for A-ASSOCIATE-AC/RJ and A-RELEASE-RP",
+    )
+    p.add_argument(
+        "--dimse-timeout",
+        type=timeout,
+        default=60.0,
+        metavar="S",
+        help="seconds to wait for each DIMSE response",
+    )
+
+
+def add_server_timeouts(p: argparse.ArgumentParser) -> None:
+    """--acse-timeout, --dimse-timeout, --network-timeout of the server apps (storescp, qrscp);
+    :func:`server_timeouts` turns them into :class:`~asyncdicom.Timeouts`."""
+    p.add_argument(
+        "--acse-timeout",
+        type=timeout,
+        default=30.0,
+        metavar="S",
+        help="seconds for association set-up and release, also the ARTIM timer",
+    )
+    p.add_argument(
+        "--dimse-timeout",
+        type=timeout,
+        default=60.0,
+        metavar="S",
+        help="abort when a message in progress stops arriving for this long (seconds)",
+    )
+    p.add_argument(
+        "--network-timeout",
+        type=optional_timeout,
+        default=SERVER_NETWORK_TIMEOUT,
+        metavar="S",
+        help="abort an association silent for this long, so that an idle or stalled peer "
+        "cannot hold a slot forever (seconds; 0 or none: no limit)",
+    )
+
+
+def server_timeouts(args: argparse.Namespace) -> Timeouts:
+    """The :class:`~asyncdicom.Timeouts` of :func:`add_server_timeouts`'s options."""
+    return Timeouts(
+        acse=args.acse_timeout,
+        dimse=args.dimse_timeout,
+        network=args.network_timeout,
+        artim=args.acse_timeout,
+    )
+
+
 def add_scu(p: argparse.ArgumentParser) -> None:
     """Peer address and the options shared by the SCUs (echoscu, storescu)."""
     p.add_argument("host", metavar="HOST", help="peer host name or address (IPv4 or IPv6)")
@@ -280,27 +344,7 @@ def add_scu(p: argparse.ArgumentParser) -> None:
         "--bind", default=None, metavar="ADDR", help="local address to connect from (default: any)"
     )
     add_max_pdu(p)
-    p.add_argument(
-        "--connect-timeout",
-        type=timeout,
-        default=30.0,
-        metavar="S",
-        help="seconds allowed for the TCP connection",
-    )
-    p.add_argument(
-        "--acse-timeout",
-        type=timeout,
-        default=30.0,
-        metavar="S",
-        help="seconds to wait for A-ASSOCIATE-AC/RJ and A-RELEASE-RP",
-    )
-    p.add_argument(
-        "--dimse-timeout",
-        type=timeout,
-        default=60.0,
-        metavar="S",
-        help="seconds to wait for each DIMSE response",
-    )
+    add_client_timeouts(p)
     add_tls_client(p)
     p.add_argument(
         "--username",

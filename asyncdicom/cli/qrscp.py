@@ -24,16 +24,16 @@ from typing import Any
 
 import anyio
 
-from ..ae import AE, Timeouts
+from ..ae import AE
 from ..archive import Archive, qrscp_config
 from ..qr import IndexDatabaseError
 from ..storage.files import remove_stale_temp_files
 from .common import (
-    SERVER_NETWORK_TIMEOUT,
     access_control,
     add_access_control,
     add_common,
     add_max_pdu,
+    add_server_timeouts,
     add_tls_server,
     ae_title,
     err,
@@ -41,10 +41,9 @@ from .common import (
     install_access_control,
     listen_port,
     notice,
-    optional_timeout,
     port,
+    server_timeouts,
     server_tls,
-    timeout,
 )
 from .storescp import output_folder, prepare_output_folder
 
@@ -138,28 +137,7 @@ def add_parser(sub: Any) -> None:
         help="where a Storage Commitment requestor listens, for reports on a new association "
         "(repeatable)",
     )
-    p.add_argument(
-        "--acse-timeout",
-        type=timeout,
-        default=30.0,
-        metavar="S",
-        help="seconds for association set-up and release, also the ARTIM timer",
-    )
-    p.add_argument(
-        "--dimse-timeout",
-        type=timeout,
-        default=60.0,
-        metavar="S",
-        help="abort when a message in progress stops arriving for this long (seconds)",
-    )
-    p.add_argument(
-        "--network-timeout",
-        type=optional_timeout,
-        default=SERVER_NETWORK_TIMEOUT,
-        metavar="S",
-        help="abort an association silent for this long, so that an idle or stalled peer "
-        "cannot hold a slot forever (seconds; 0 or none: no limit)",
-    )
+    add_server_timeouts(p)
     p.add_argument(
         "--worklist",
         type=output_folder,
@@ -209,12 +187,7 @@ def qrscp_ae(args: argparse.Namespace) -> AE:
             **access_control(args),
             **server_tls(args),
             client_ssl_context=_outgoing_tls(args),
-            timeouts=Timeouts(
-                acse=args.acse_timeout,
-                dimse=args.dimse_timeout,
-                network=args.network_timeout,
-                artim=args.acse_timeout,
-            ),
+            timeouts=server_timeouts(args),
         )
     )
     install_access_control(ae, args)

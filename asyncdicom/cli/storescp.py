@@ -22,17 +22,17 @@ from typing import Any
 
 import anyio
 
-from ..ae import AE, Timeouts
+from ..ae import AE
 from ..errors import StorageError
 from ..hooks import HookEvent
 from ..services.storage import save_request
 from ..storage.files import DUPLICATE_POLICIES, LAYOUTS, remove_stale_temp_files
 from .common import (
-    SERVER_NETWORK_TIMEOUT,
     access_control,
     add_access_control,
     add_common,
     add_max_pdu,
+    add_server_timeouts,
     add_tls_server,
     ae_title,
     err,
@@ -40,9 +40,8 @@ from .common import (
     install_access_control,
     listen_port,
     notice,
-    optional_timeout,
+    server_timeouts,
     server_tls,
-    timeout,
 )
 
 __all__ = ["add_parser", "output_folder", "prepare_output_folder", "run"]
@@ -102,28 +101,7 @@ def add_parser(sub: Any) -> None:
         "<name>_1.dcm), overwrite replaces it, ignore keeps it and drops the new one; "
         "each case is a warning",
     )
-    p.add_argument(
-        "--acse-timeout",
-        type=timeout,
-        default=30.0,
-        metavar="S",
-        help="seconds for association set-up and release, also the ARTIM timer",
-    )
-    p.add_argument(
-        "--dimse-timeout",
-        type=timeout,
-        default=60.0,
-        metavar="S",
-        help="abort when a message in progress stops arriving for this long (seconds)",
-    )
-    p.add_argument(
-        "--network-timeout",
-        type=optional_timeout,
-        default=SERVER_NETWORK_TIMEOUT,
-        metavar="S",
-        help="abort an association silent for this long, so that an idle or stalled peer "
-        "cannot hold a slot forever (seconds; 0 or none: no limit)",
-    )
+    add_server_timeouts(p)
     add_max_pdu(p)
     add_access_control(p)
     add_tls_server(p)
@@ -252,12 +230,7 @@ def storescp_ae(args: argparse.Namespace, reporter: _Reporter | None = None) -> 
         **access_control(args),
         **server_tls(args),
         accept_any_storage=True,
-        timeouts=Timeouts(
-            acse=args.acse_timeout,
-            dimse=args.dimse_timeout,
-            network=args.network_timeout,
-            artim=args.acse_timeout,
-        ),
+        timeouts=server_timeouts(args),
     )
     install_access_control(ae, args)
     reporter = reporter or _Reporter()
