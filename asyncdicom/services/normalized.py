@@ -35,6 +35,7 @@ from ..association import Association, DIMSEResponse
 from ..errors import NoAcceptedContext
 from ..protocol import messages
 from ..protocol.negotiation import PresentationContext
+from .dispatch import _encode
 
 __all__ = ["NormalizedSCU", "attribute_tags"]
 
@@ -67,13 +68,6 @@ class NormalizedSCU(Association):
             )
         return context
 
-    def _encode(self, dataset: Dataset | bytes, context: PresentationContext) -> bytes:
-        if isinstance(dataset, (bytes, bytearray, memoryview)):
-            return bytes(dataset)
-        from ..storage.files import encode_dataset
-
-        return encode_dataset(dataset, context.transfer_syntax or "")
-
     async def _normalized(
         self,
         sop_class: str,
@@ -82,7 +76,7 @@ class NormalizedSCU(Association):
         dataset: Dataset | bytes | None,
     ) -> DIMSEResponse:
         context = self._normalized_context(sop_class, role, message.NAME)
-        data = None if dataset is None else self._encode(dataset, context)
+        data = None if dataset is None else _encode(dataset, context)
         return await self.request(context, message, data)
 
     async def n_event_report(

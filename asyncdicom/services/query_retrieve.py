@@ -41,6 +41,7 @@ from ..association import Association, DIMSEResponse, Operation
 from ..errors import DICOMError, NoAcceptedContext
 from ..protocol import messages
 from ..protocol.messages import Priority
+from ..protocol.negotiation import PresentationContext
 from ..protocol.status import Status, StatusCategory
 from ..protocol.uids import (
     MODALITY_WORKLIST_FIND,
@@ -134,25 +135,16 @@ MWL_FIND_SERVICE = Service(
 )
 
 
-class FindResults:
-    """The matches of one C-FIND, as an async iterator of pydicom Datasets (the identifiers of
-    the Pending responses, in order of arrival).
-
-    Once the iteration ends, :attr:`final` is the final C-FIND-RSP (:attr:`status`,
-    :attr:`ok`); a Failure raises :class:`QueryFailed` from the iteration.  :attr:`count` is
-    the number of matches received, :attr:`pending` the Pending responses themselves.
-    """
+class OperationResults:
+    """What the SCU helpers of multi-response operations (:class:`FindResults`,
+    :class:`~asyncdicom.services.retrieve.Retrieval`) tell of their operation."""
 
     def __init__(self, operation: Operation) -> None:
         self.operation = operation
-        #: matches received so far
-        self.count = 0
-        #: the last Pending response (its status tells 0xFF00 from 0xFF01)
-        self.last_pending: DIMSEResponse | None = None
 
     @property
     def final(self) -> DIMSEResponse | None:
-        """The final C-FIND-RSP, once received."""
+        """The final response, once received."""
         return self.operation.final
 
     @property
@@ -167,8 +159,44 @@ class FindResults:
 
     @property
     def cancelled(self) -> bool:
-        """True when C-CANCEL-RQ was sent for this query."""
+        """True when C-CANCEL-RQ was sent."""
         return self.operation.cancel_sent
+
+    async def cancel(self) -> None:
+        """Send C-CANCEL-RQ now; the responses go on up to the final one."""
+        await self.operation.cancel()
+
+
+def identifier_context(
+    association: Association, identifier: Dataset | bytes, sop_class: str, what: str
+) -> tuple[PresentationContext, bytes]:
+    """An accepted context of ``sop_class`` and ``identifier`` encoded in its transfer syntax
+    (bytes are taken as encoded already); ``NoAcceptedContext`` names ``what``."""
+    context = association.find_context(sop_class)
+    if context is None:
+        raise NoAcceptedContext(f"no accepted presentation context for the {what} ({sop_class})")
+    if isinstance(identifier, (bytes, bytearray, memoryview)):
+        return context, bytes(identifier)
+    from ..storage.files import encode_dataset
+
+    return context, encode_dataset(identifier, context.transfer_syntax or "")
+
+
+class FindResults(OperationResults):
+    """The matches of one C-FIND, as an async iterator of pydicom Datasets (the identifiers of
+    the Pending responses, in order of arrival).
+
+    Once the iteration ends, :attr:`final` is the final C-FIND-RSP (:attr:`status`,
+    :attr:`ok`); a Failure raises :class:`QueryFailed` from the iteration.  :attr:`count` is
+    the number of matches received, :attr:`pending` the Pending responses themselves.
+    """
+
+    def __init__(self, operation: Operation) -> None:
+        super().__init__(operation)
+        #: matches received so far
+        self.count = 0
+        #: the last Pending response (its status tells 0xFF00 from 0xFF01)
+        self.last_pending: DIMSEResponse | None = None
 
     def __aiter__(self) -> FindResults:
         return self
@@ -186,10 +214,6 @@ class FindResults:
             self.count += 1
             identifier: Dataset = response.decode()
             return identifier
-
-    async def cancel(self) -> None:
-        """Send C-CANCEL-RQ now; the iteration goes on up to the final response."""
-        await self.operation.cancel()
 
 
 class QueryRetrieveSCU(Association):
@@ -215,22 +239,12 @@ class QueryRetrieveSCU(Association):
         :class:`QueryFailed` (from the iteration) on a final Failure status.
         """
         sop_class = find_model_uid(model)
-        context = self.find_context(sop_class)
-        if context is None:
-            what = (
-                "Modality Worklist FIND model"
-                if sop_class == MODALITY_WORKLIST_FIND
-                else f"{model} Query/Retrieve FIND model"
-            )
-            raise NoAcceptedContext(
-                f"no accepted presentation context for the {what} ({sop_class})"
-            )
-        if isinstance(identifier, (bytes, bytearray, memoryview)):
-            data = bytes(identifier)
-        else:
-            from ..storage.files import encode_dataset
-
-            data = encode_dataset(identifier, context.transfer_syntax or "")
+        what = (
+            "Modality Worklist FIND model"
+            if sop_class == MODALITY_WORKLIST_FIND
+            else f"{model} Query/Retrieve FIND model"
+        )
+        context, data = identifier_context(self, identifier, sop_class, what)
         rq = messages.CFindRQ(
             message_id=self.next_message_id(),
             affected_sop_class_uid=sop_class,

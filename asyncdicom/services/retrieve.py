@@ -61,7 +61,7 @@ import anyio
 from pydicom.dataset import Dataset
 
 from ..association import Association, DIMSEResponse, Operation
-from ..errors import DICOMError, NoAcceptedContext
+from ..errors import DICOMError
 from ..log import get_logger
 from ..protocol import messages, uids
 from ..protocol.messages import Priority
@@ -70,6 +70,7 @@ from ..protocol.status import Status, StatusCategory
 from ..protocol.uids import UNCOMPRESSED_TRANSFER_SYNTAXES
 from .base import Service, call, is_async_callable, make_response
 from .dispatch import ServiceDispatcher, ServiceRequest, _encode, _is_final, _Items
+from .query_retrieve import OperationResults, identifier_context
 from .storage import store
 
 if TYPE_CHECKING:
@@ -595,7 +596,7 @@ async def _send_final(
 # ---------------------------------------------------------------------- SCU
 
 
-class Retrieval:
+class Retrieval(OperationResults):
     """A C-GET or C-MOVE in progress: an async iterator of its Pending responses, with the
     sub-operation counts of the latest response (:attr:`remaining`, :attr:`completed`,
     :attr:`failed`, :attr:`warning`).
@@ -607,7 +608,7 @@ class Retrieval:
     """
 
     def __init__(self, operation: Operation) -> None:
-        self.operation = operation
+        super().__init__(operation)
         #: the latest sub-operation counts (None until a response carried them)
         self.remaining: int | None = None
         self.completed: int | None = None
@@ -619,26 +620,6 @@ class Retrieval:
         self.received: list[StoredFile] = []
         #: C-GET: C-STORE-RQs received that could not be stored
         self.receive_errors = 0
-
-    @property
-    def final(self) -> DIMSEResponse | None:
-        """The final response, once received."""
-        return self.operation.final
-
-    @property
-    def status(self) -> int | None:
-        """The final status, once received."""
-        return None if self.operation.final is None else self.operation.final.status
-
-    @property
-    def ok(self) -> bool:
-        """True once a final Success or Warning has been received."""
-        return self.operation.final is not None and self.operation.final.ok
-
-    @property
-    def cancelled(self) -> bool:
-        """True when C-CANCEL-RQ was sent."""
-        return self.operation.cancel_sent
 
     def _count(self, response: DIMSEResponse) -> None:
         msg: Any = response.message
@@ -682,30 +663,12 @@ class Retrieval:
         assert self.operation.final is not None
         return self.operation.final
 
-    async def cancel(self) -> None:
-        """Send C-CANCEL-RQ now; the responses go on up to the final one."""
-        await self.operation.cancel()
-
 
 StoreTarget = str | os.PathLike[str] | Callable[..., Awaitable[Any]]
 
 
 class RetrieveSCU(Association):
     """The Query/Retrieve retrieve helpers of an association (C-GET, C-MOVE)."""
-
-    def _identifier_and_context(
-        self, identifier: Dataset | bytes, sop_class: str, what: str
-    ) -> tuple[Any, bytes]:
-        context = self.find_context(sop_class)
-        if context is None:
-            raise NoAcceptedContext(
-                f"no accepted presentation context for the {what} model ({sop_class})"
-            )
-        if isinstance(identifier, (bytes, bytearray, memoryview)):
-            return context, bytes(identifier)
-        from ..storage.files import encode_dataset
-
-        return context, encode_dataset(identifier, context.transfer_syntax or "")
 
     @asynccontextmanager
     async def move(
@@ -728,7 +691,7 @@ class RetrieveSCU(Association):
 
         _check_ae_title("move destination", destination)
         sop_class = retrieve_model_uid(model, "move")
-        context, data = self._identifier_and_context(identifier, sop_class, f"{model} MOVE")
+        context, data = identifier_context(self, identifier, sop_class, f"{model} MOVE model")
         rq = messages.CMoveRQ(
             message_id=self.next_message_id(),
             affected_sop_class_uid=sop_class,
@@ -761,7 +724,7 @@ class RetrieveSCU(Association):
         accepted, :class:`RetrieveFailed` (from the iteration) on a final Failure status.
         """
         sop_class = retrieve_model_uid(model, "get")
-        context, data = self._identifier_and_context(identifier, sop_class, f"{model} GET")
+        context, data = identifier_context(self, identifier, sop_class, f"{model} GET model")
         handlers = getattr(self, "handlers", None)
         if handlers is None:
             raise TypeError("C-GET needs an association with handlers of its own")
