@@ -37,6 +37,8 @@ __all__ = ["AsyncioListener", "AsyncioStream", "connect", "listen"]
 _HIGH_WATER = 4 * 1024 * 1024
 _LOW_WATER = 1024 * 1024
 _FAIRNESS = 16
+#: seconds a closed connection may take to send what is left before it is dropped
+_CLOSE_GRACE = 10.0
 
 
 class _Protocol(asyncio.Protocol):
@@ -81,6 +83,11 @@ class _Protocol(asyncio.Protocol):
             self.error = exc
         self.eof = True
         self._wake()
+        waiter, self.drain_waiter = self.drain_waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def wake_writer(self) -> None:
         waiter, self.drain_waiter = self.drain_waiter, None
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -149,9 +156,12 @@ class AsyncioStream(ByteStream):
         if p.lost or self._transport.is_closing():
             raise anyio.BrokenResourceError from p.error
         self._transport.write(item)
-        while p.writing_paused and not p.lost:
+        while p.writing_paused and not p.lost and not self._closed:
             p.drain_waiter = asyncio.get_running_loop().create_future()
             await p.drain_waiter
+        if self._closed:
+            # closed by another task while this write waited (as trio reports it)
+            raise anyio.ClosedResourceError
         if p.lost and p.error is not None:
             raise anyio.BrokenResourceError from p.error
 
@@ -163,8 +173,24 @@ class AsyncioStream(ByteStream):
         if self._closed:
             return
         self._closed = True
-        self._protocol._wake()
-        self._transport.close()
+        p = self._protocol
+        p._wake()
+        p.wake_writer()
+        transport = self._transport
+        transport.close()
+        if transport.get_write_buffer_size():
+            # close() sends what is buffered first; a peer that never reads would keep the
+            # socket open for ever (zero-window probes do not time out): drop it after a grace
+            asyncio.get_running_loop().call_later(_CLOSE_GRACE, transport.abort)
+
+    def abort(self) -> None:
+        """Close at once, dropping unsent bytes (for a peer that stopped reading); a task
+        waiting in :meth:`send` or :meth:`receive` gets ``ClosedResourceError``."""
+        self._closed = True
+        p = self._protocol
+        p._wake()
+        p.wake_writer()
+        self._transport.abort()
 
     @property
     def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:

@@ -76,7 +76,7 @@ from .protocol.operations import (
 from .protocol.pdu import Abort, AssociateRJ, AssociateRQ, ReleaseRP, ReleaseRQ
 from .protocol.status import StatusCategory, category, is_pending
 from .protocol.upper_layer import Role, UpperLayer
-from .transport import close_quietly, peer_address
+from .transport import close_forcefully, close_quietly, peer_address
 
 __all__ = [
     "Association",
@@ -473,6 +473,10 @@ class Association:
         self._network_deadline = math.inf
         self._message_deadline = math.inf
         self._cached_fragment_size = 0
+        #: the write in progress, for the write watchdog: a count of writes started, and
+        #: whether one is under way
+        self._write_serial = 0
+        self._writing = False
         #: set when a write was interrupted: part of a PDU may be on the wire, nothing more
         #: can be sent (not even an A-ABORT), the transport is closed
         self._torn = False
@@ -566,13 +570,29 @@ class Association:
         """Receive, feed the upper layer, act on its events; ends when the transport closes.
 
         A receive is bounded by a cancel scope only while a deadline exists (ARTIM running,
-        or a network timeout configured), so an idle association costs no timer at all.
-        Processing of what was received is never inside that scope: a deadline cannot cut a
-        message in half.
+        a network timeout configured, or a PDU or message in progress), so an idle
+        association costs no timer at all.  Processing of what was received is never inside
+        that scope: a deadline cannot cut a message in half, and the time we spend
+        processing is never held against the peer.
+
+        A PDU or message in progress must keep coming (slowloris): the time the reader may
+        wait is a bank of at most ``Timeouts.dimse`` seconds, which each wait draws on and
+        each byte received refills by ``1 / Timeouts.min_receive_rate`` seconds.  A peer
+        sending at least that rate never runs out; one trickling a byte every few seconds
+        is aborted once the bank is empty.
         """
         task_status.started()
-        network_timeout = self.config.timeouts.network
-        dimse_timeout = self.config.timeouts.dimse
+        timeouts = self.config.timeouts
+        network_timeout = timeouts.network
+        dimse_timeout = timeouts.dimse
+        rate = timeouts.min_receive_rate
+        # seconds earned per byte received while a transfer is in progress
+        per_byte = 1.0 / rate if rate is not None else math.inf
+        # seconds the reader may still wait for the transfer in progress (None: no transfer)
+        bank: float | None = None
+        if timeouts.write is not None and self._tg is not None:
+            self._tg.start_soon(self._watch_writes, timeouts.write)
+        ul = self._ul
         stream = self._stream
         # how much to ask for per receive (trio reads that much from the socket at once)
         sizer = ReadSizer()
@@ -583,14 +603,25 @@ class Association:
                     self._sync_hooks()
                 # DIMSE tracing at DEBUG: looked up once per receive, not per message
                 self._tracing = _TRACE.isEnabledFor(logging.DEBUG)
+                # (the clock is read only when a deadline needs it: idle costs nothing)
+                now = math.nan
                 if network_timeout is not None:
-                    self._network_deadline = self._now() + network_timeout
-                # A message that has started must keep coming: the next fragment is due
-                # within the DIMSE timeout (a peer stalling mid-transfer is aborted).
+                    now = self._now()
+                    self._network_deadline = now + network_timeout
+                # A PDU or a message that has started must keep coming (see above).
                 ops = self._ops
-                if dimse_timeout is not None and ops is not None and not ops.idle:
-                    self._message_deadline = self._now() + dimse_timeout
-                else:
+                if (
+                    dimse_timeout is not None
+                    and ops is not None
+                    and (not ops.idle or ul.receiving_pdu)
+                ):
+                    if bank is None:
+                        bank = dimse_timeout
+                    if now != now:  # NaN: not read yet
+                        now = self._now()
+                    self._message_deadline = now + bank
+                elif bank is not None:
+                    bank = None
                     self._message_deadline = math.inf
                 deadline = self._deadline()
                 data: bytes | None
@@ -614,11 +645,15 @@ class Association:
                     data = None
                 except anyio.ClosedResourceError:
                     data = None
+                received = self._now()
                 if data is not None:
                     size = sizer.update(len(data))
+                    if bank is not None:
+                        assert dimse_timeout is not None
+                        bank = min(dimse_timeout, bank - (received - now) + len(data) * per_byte)
                 if data is not None and self.hooks.wants(HookEvent.PDU_RECEIVED):
                     self.hooks.emit(HookEvent.PDU_RECEIVED, self, data=data)
-                self._ul.receive_data(data, now=self._now())
+                ul.receive_data(data, now=received)
                 await self._process_events()
                 if data is None:
                     break
@@ -671,8 +706,16 @@ class Association:
             self._network_deadline = math.inf
             self._send_abort_now()
         elif now >= self._message_deadline:
-            self.log.warning("dimse_timeout_mid_message", timeout=self.config.timeouts.dimse)
-            self._abort_detail = "DIMSE timeout: a message in progress stopped arriving"
+            timeouts = self.config.timeouts
+            self.log.warning(
+                "dimse_timeout_mid_message",
+                timeout=timeouts.dimse,
+                min_receive_rate=timeouts.min_receive_rate,
+            )
+            rate = timeouts.min_receive_rate
+            self._abort_detail = "DIMSE timeout: a PDU or message in progress stopped arriving" + (
+                f" or came slower than {rate:g} bytes/s" if rate is not None else ""
+            )
             self._abort_error = errors.DIMSETimeout
             self._message_deadline = math.inf
             self._send_abort_now()
@@ -704,25 +747,17 @@ class Association:
         if self.hooks.wants(HookEvent.PDU_SENT):
             self.hooks.emit(HookEvent.PDU_SENT, self, data=data)
         lost = False
-        write_timeout = self.config.timeouts.write
         async with self._write_lock:
             if self._torn:
                 return
+            # what the write watchdog looks at (no timer per PDU: see _watch_writes)
+            self._write_serial += 1
+            self._writing = True
             try:
-                if write_timeout is None:
-                    await self._stream.send(data)
-                else:
-                    # a peer that stops reading (slow reader) must not hold us forever
-                    with anyio.move_on_after(write_timeout) as scope:
-                        await self._stream.send(data)
-                    if scope.cancelled_caught:
-                        self._write_stalled(write_timeout)
-                        with anyio.CancelScope(shield=True):
-                            await close_quietly(self._stream)
-                        self._ul.receive_data(None, now=self._now())
-                        lost = True
+                await self._stream.send(data)
             except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
-                self.log.info("transport_send_failed", error=str(exc))
+                if not self._torn:
+                    self.log.info("transport_send_failed", error=str(exc))
                 self._connection_lost(exc)
                 self._ul.receive_data(None, now=self._now())
                 lost = True
@@ -736,6 +771,8 @@ class Association:
                     await close_quietly(self._stream)
                     self._ul.receive_data(None, now=self._now())
                 raise
+            finally:
+                self._writing = False
         if lost:
             # act on the loss now (A-P-ABORT indication, waiters woken), not when the reader
             # next wakes up: a sender must see "connection lost", not a state-machine refusal
@@ -743,13 +780,40 @@ class Association:
             return
         self._update_deadline()
 
+    async def _watch_writes(self, timeout: float) -> None:
+        """The write timeout, without a timer per PDU sent: every quarter of ``timeout`` look
+        at the write in progress; the same one seen in progress five times in a row has taken
+        at least ``timeout`` (and less than 1.25 times it): the peer stopped reading, or reads
+        too slowly to take one PDU in that time.  No A-ABORT can get through a full window,
+        so the connection is dropped (the peer sees A-P-ABORT) and the writer is woken."""
+        interval = timeout / 4
+        seen = -1
+        count = 0
+        closed = self._closed
+        while not closed.is_set():
+            with anyio.move_on_after(interval):
+                await closed.wait()
+            if closed.is_set():
+                return
+            if self._writing and self._write_serial == seen:
+                count += 1
+                if count >= 4:
+                    self._write_stalled(timeout)
+                    await close_forcefully(self._stream)
+                    return
+            else:
+                seen = self._write_serial if self._writing else -1
+                count = 0
+
     def _write_stalled(self, timeout: float) -> None:
-        """A write made no progress for the write timeout: the peer stopped reading.  No
-        A-ABORT can get through a full window, so the transport is closed (A-P-ABORT)."""
+        """A write took longer than the write timeout: records why the association ends."""
         self.log.warning("write_stalled", timeout=timeout)
         self._torn = True
         if self.abort_info is None and self._abort_error is None:
-            self._abort_detail = f"the peer stopped reading for {timeout:g} s (write timeout)"
+            self._abort_detail = (
+                f"a PDU could not be sent in {timeout:g} s: the peer stopped reading or "
+                "reads too slowly (write timeout)"
+            )
             self._abort_error = errors.DIMSETimeout
 
     def _connection_lost(self, exc: BaseException | None) -> None:
@@ -907,6 +971,7 @@ class Association:
             (c.context_id for c in negotiated.accepted_contexts),
             max_invoked=invoked,
             max_performed=negotiated.max_operations_performed,
+            max_command_length=self.config.max_command_set_length,
         )
         # ours wait for a free slot; the peer's are checked by DIMSEOperations
         self._invoke_slots = anyio.Semaphore(invoked, fast_acquire=True) if invoked else None

@@ -39,14 +39,21 @@ class Timeouts:
 
     * ``connect``: TCP connection establishment.
     * ``acse``: waiting for A-ASSOCIATE-AC/RJ or A-RELEASE-RP.
-    * ``dimse``: waiting for each DIMSE response, and for the next fragment of a message that
-      has started arriving (a peer stalling mid-transfer is aborted); not the pause between
-      messages.
-    * ``write``: a write that makes no progress for this long (the peer stopped reading and
-      its receive window stays full) closes the connection, so that a slow reader cannot
-      hold an association forever.  ``None`` (the default): no bound, as arming a timer for
-      every PDU sent costs about 9 µs, half of what answering a C-ECHO costs; a silent slow
-      reader is still cut off by ``network``.
+    * ``dimse``: waiting for each DIMSE response, and, once a PDU or a message has started
+      arriving, the longest pause allowed inside it (a peer stalling mid-transfer is
+      aborted); not the pause between messages.
+    * ``min_receive_rate`` (bytes per second, not seconds): once a PDU or a message has
+      started arriving it must keep coming at this average rate, so that a peer trickling a
+      byte every few seconds cannot hold an association slot forever.  Each byte received
+      earns ``1 / min_receive_rate`` seconds of waiting, banked up to ``dimse`` seconds (the
+      time we spend processing is not counted); when the bank runs out the association is
+      aborted (:class:`~asyncdicom.errors.DIMSETimeout`).  ``None``: only ``dimse`` bounds
+      each pause.  Applies only while ``dimse`` is set.
+    * ``write``: sending one PDU may take at most this long; a peer that stops reading (its
+      receive window stays full) or reads too slowly to take one PDU in this time has its
+      connection closed, so that a slow reader cannot hold an association forever.  Checked
+      by a watchdog every quarter of this time, so the cut comes between 1 and 1.25 times
+      this value.  ``None``: no bound.
     * ``network``: nothing received for this long aborts an established association.
     * ``artim``: PS3.8 ARTIM timer: how long an accepted connection may stay silent before its
       A-ASSOCIATE-RQ, and how long we wait for the peer to close after a reject, release
@@ -58,10 +65,20 @@ class Timeouts:
     connect: float | None = 30.0
     acse: float | None = 30.0
     dimse: float | None = 60.0
-    write: float | None = None
+    min_receive_rate: float | None = 1024.0
+    write: float | None = 60.0
     network: float | None = None
     artim: float = 30.0
     tls_handshake: float | None = 10.0
+
+    def __post_init__(self) -> None:
+        if self.min_receive_rate is not None and not self.min_receive_rate > 0:
+            raise ValueError(
+                f"min_receive_rate must be > 0 bytes per second or None, "
+                f"not {self.min_receive_rate!r}"
+            )
+        if self.write is not None and not self.write > 0:
+            raise ValueError(f"write must be > 0 seconds or None, not {self.write!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +131,10 @@ class AEConfig:
     #: N-ACTION, ... identifiers); more aborts the association (A-ABORT source 2). A C-STORE
     #: data set saved with ``save_to`` or read with ``chunks()`` streams and is not limited
     max_dataset_in_memory: int = 64 * 1024 * 1024
+    #: the largest command set accepted from the peer, however many PDVs carry it (a longer
+    #: one is aborted); a command set is a few hundred bytes, 64 KiB leaves room for long
+    #: Error Comments and Attribute Identifier Lists
+    max_command_set_length: int = 64 * 1024
 
     def __post_init__(self) -> None:
         # We buffer one whole PDU while decoding it, so what we announce is also the memory a
@@ -125,6 +146,8 @@ class AEConfig:
             )
         if self.max_dataset_in_memory < 1024:
             raise ValueError("max_dataset_in_memory must be at least 1024 bytes")
+        if self.max_command_set_length < 1024:
+            raise ValueError("max_command_set_length must be at least 1024 bytes")
         if self.max_associations < 1:
             raise ValueError("max_associations must be at least 1")
         if self.max_associations_per_calling_ae is not None and (

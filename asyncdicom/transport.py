@@ -351,6 +351,21 @@ async def listen(host: str | None, port: int, *, backlog: int = 1024) -> Listene
         raise TransportError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
 
 
+async def close_forcefully(stream: ByteStream) -> None:
+    """Close a connection at once, dropping unsent bytes (the peer stopped reading, so
+    nothing more, not even a TLS close_notify, can get through); a task blocked writing to
+    it gets ``ClosedResourceError`` or ``BrokenResourceError``."""
+    inner: Any = stream
+    if isinstance(stream, TLSStream):
+        inner = stream.transport_stream
+    if isinstance(inner, _asyncio_stream.AsyncioStream):
+        inner.abort()
+    else:
+        with anyio.CancelScope(shield=True):
+            with contextlib.suppress(OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                await anyio.aclose_forcefully(inner)
+
+
 async def close_quietly(stream: ByteStream) -> None:
     """Close a stream, ignoring errors of an already broken connection."""
     with anyio.CancelScope(shield=True):

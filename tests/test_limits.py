@@ -12,7 +12,9 @@ guard; nothing waits on a sleep.
 from __future__ import annotations
 
 import contextlib
+import struct
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -25,7 +27,14 @@ from asyncdicom.protocol import messages, uids
 from asyncdicom.protocol.codec import encode_pdata
 from asyncdicom.storage.files import encode_dataset
 from asyncdicom.storage.synthetic import make_ct_instance
-from tests.test_hostile import GUARD, VERIFICATION_RQ, RawPeer, associate_rq
+from tests.test_hostile import (
+    EXPLICIT,
+    GUARD,
+    VERIFICATION_RQ,
+    RawPeer,
+    _store_command,
+    associate_rq,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -58,6 +67,21 @@ async def test_command_set_over_64_kib_across_many_pdvs_is_aborted() -> None:
             with contextlib.suppress(anyio.BrokenResourceError, OSError):
                 await peer.send(fragment * 17)
             await peer.expect_abort(2)
+
+
+async def test_command_set_limit_is_configurable() -> None:
+    """``AEConfig.max_command_set_length``: with 2 KiB, three 1 KiB command PDVs (never a
+    "last" bit) are refused with an A-ABORT (source 2); a limit under 1 KiB is refused."""
+    scp = AE("SCP", timeouts=Timeouts(artim=1.0), max_command_set_length=2048)
+    with anyio.fail_after(GUARD):
+        async with scp.server() as server, RawPeer.connect(server.port) as peer:
+            await peer.associate(associate_rq(VERIFICATION_RQ))
+            fragment = encode_pdata(1, 0x01, b"\x00" * 1024)  # command, not last
+            with contextlib.suppress(anyio.BrokenResourceError, OSError):
+                await peer.send(fragment * 3)
+            await peer.expect_abort(2)
+    with pytest.raises(ValueError, match="max_command_set_length"):
+        AE("SCP", max_command_set_length=512)
 
 
 async def test_request_identifier_over_the_limit_is_aborted() -> None:
@@ -175,3 +199,213 @@ async def test_acceptor_cuts_off_a_requestor_that_stops_reading() -> None:
                 identifier,
             )
             await aborted.wait()
+
+
+# --------------------------------------------------------------------------- slowloris
+#
+# A peer that trickles a PDU or a message keeps coming "within the DIMSE timeout" at every
+# pause, yet would hold its association slot for ever: once a PDU or message has started it
+# must also average Timeouts.min_receive_rate.  The pacing below uses sleeps to space the
+# peer's sends in time (what is being tested), never to wait for the server.
+
+DIMSE = 0.6
+TRICKLE_GAP = 0.1  # well within the DIMSE timeout: only the rate can end these sessions
+
+
+def _pixel_data_header(length: int) -> bytes:
+    """(7FE0,0010) OB of ``length`` bytes, Explicit VR Little Endian: any bytes may follow."""
+    return struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OB", 0, length)
+
+
+def _store_scp(timeouts: Timeouts, folder: Path) -> tuple[AE, anyio.Event, list[int]]:
+    scp = AE("SCP", accept_any_storage=True, timeouts=timeouts)
+    ended = anyio.Event()
+    statuses: list[int] = []
+
+    @scp.on_store
+    async def on_store(request: Any) -> int:
+        try:
+            await request.save_to(folder)
+            statuses.append(0)
+        finally:
+            ended.set()
+        return 0x0000
+
+    return scp, ended, statuses
+
+
+async def _trickle(peer: RawPeer, pieces: list[bytes], gap: float) -> float:
+    """Send ``pieces`` ``gap`` seconds apart until the server cuts the connection; the time
+    at which the last piece was sent."""
+    last = anyio.current_time()
+    for piece in pieces:
+        await anyio.sleep(gap)
+        try:
+            await peer.send(piece)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            break
+        last = anyio.current_time()
+    return last
+
+
+async def test_message_trickled_below_the_minimum_rate_is_aborted(tmp_path: Path) -> None:
+    """A C-STORE whose data set comes 16 bytes every 0.1 s (160 bytes/s, each pause well
+    within the 0.6 s DIMSE timeout) is aborted once its 0.6 s bank is spent, about 0.7 s
+    in, and leaves no file; with the old per-pause rule it would run for 100 s."""
+    folder = tmp_path / "out"
+    timeouts = Timeouts(dimse=DIMSE, min_receive_rate=1024, artim=GUARD)
+    scp, ended, statuses = _store_scp(timeouts, folder)
+    pieces = [encode_pdata(1, 0x00, _pixel_data_header(16_000))]
+    pieces += [encode_pdata(1, 0x00, bytes(16)) for _ in range(1000)]
+    with anyio.fail_after(GUARD):
+        async with scp.server() as server, RawPeer.connect(server.port) as peer:
+            await peer.associate(associate_rq([(CT, (EXPLICIT,))]))
+            started = anyio.current_time()
+            await peer.send(encode_pdata(1, 0x03, _store_command(1, "1.2.826.0.1.3")))
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_trickle, peer, pieces, TRICKLE_GAP)
+                await peer.expect_abort(source=0, reason=0)
+                tg.cancel_scope.cancel()
+            took = anyio.current_time() - started
+            await ended.wait()
+    assert DIMSE * 0.9 <= took <= DIMSE * 3, f"aborted after {took:.2f} s"
+    assert statuses == []
+    assert not folder.exists() or not any(folder.iterdir())
+
+
+async def test_pdu_trickled_between_messages_is_aborted() -> None:
+    """Between messages too: the header of a P-DATA-TF PDU and then its body, one byte every
+    0.1 s, is aborted about 0.6 s in (before, nothing bounded a PDU started while no message
+    was in progress)."""
+    scp = AE("SCP", timeouts=Timeouts(dimse=DIMSE, min_receive_rate=1024, artim=GUARD))
+    aborted = anyio.Event()
+    scp.hooks.add(HookEvent.ASSOCIATION_ABORTED, lambda *a, **k: aborted.set())
+    pdu = encode_pdata(1, 0x03, bytes(200))
+    with anyio.fail_after(GUARD):
+        async with scp.server() as server, RawPeer.connect(server.port) as peer:
+            await peer.associate(associate_rq(VERIFICATION_RQ))
+            started = anyio.current_time()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_trickle, peer, [pdu[i : i + 1] for i in range(len(pdu))], 0.1)
+                await peer.expect_abort(source=0, reason=0)
+                tg.cancel_scope.cancel()
+            took = anyio.current_time() - started
+            await aborted.wait()
+    assert DIMSE * 0.9 <= took <= DIMSE * 3, f"aborted after {took:.2f} s"
+
+
+async def test_slow_but_steady_transfer_above_the_minimum_rate_completes(
+    tmp_path: Path,
+) -> None:
+    """The other side of the rule: 2 KiB every 0.1 s (20 KiB/s) for 2 s, three times the
+    DIMSE timeout in all, is a slow link, not an attack: stored, Success."""
+    folder = tmp_path / "out"
+    timeouts = Timeouts(dimse=DIMSE, min_receive_rate=1024, artim=GUARD)
+    scp, ended, statuses = _store_scp(timeouts, folder)
+    count, size = 20, 2048
+    body = _pixel_data_header(count * size - 12) + bytes(count * size - 12)
+    chunks = [body[i : i + size] for i in range(0, len(body), size)]
+    pieces = [
+        encode_pdata(1, 0x02 if i == len(chunks) - 1 else 0x00, chunk)
+        for i, chunk in enumerate(chunks)
+    ]
+    with anyio.fail_after(GUARD):
+        async with scp.server() as server, RawPeer.connect(server.port) as peer:
+            await peer.associate(associate_rq([(CT, (EXPLICIT,))]))
+            started = anyio.current_time()
+            await peer.send(encode_pdata(1, 0x03, _store_command(1, "1.2.826.0.1.3")))
+            await _trickle(peer, pieces, TRICKLE_GAP)
+            rsp = await peer.receive_command()
+            took = anyio.current_time() - started
+            await ended.wait()
+            await peer.release()
+    assert took >= 3 * DIMSE
+    assert isinstance(rsp, messages.CStoreRSP) and rsp.status == 0x0000
+    assert statuses == [0]
+    assert len(list(folder.iterdir())) == 1
+
+
+async def test_time_spent_processing_is_not_held_against_the_peer(tmp_path: Path) -> None:
+    """The bank counts only the reader's waits: a handler that leaves the data set unread
+    for 2 s (three DIMSE timeouts: the reader is held by back-pressure meanwhile) and then
+    reads it does not get the sender aborted."""
+    folder = tmp_path / "out"
+    timeouts = Timeouts(dimse=DIMSE, min_receive_rate=1024, artim=GUARD)
+    scp = AE("SCP", accept_any_storage=True, timeouts=timeouts)
+
+    @scp.on_store
+    async def on_store(request: Any) -> int:
+        await anyio.sleep(2 * DIMSE + 0.8)  # a slow disk, on a clock on purpose
+        await request.save_to(folder)
+        return 0x0000
+
+    size = 16 * 1024 * 1024
+    body = _pixel_data_header(size - 12) + bytes(size - 12)
+    with anyio.fail_after(GUARD):
+        async with scp.server() as server, RawPeer.connect(server.port) as peer:
+            await peer.associate(associate_rq([(CT, (EXPLICIT,))]))
+            await peer.send(encode_pdata(1, 0x03, _store_command(1, "1.2.826.0.1.3")))
+            step = 64 * 1024
+            for offset in range(0, size, step):
+                last = offset + step >= size
+                await peer.send(
+                    encode_pdata(1, 0x02 if last else 0x00, body[offset : offset + step])
+                )
+            rsp = await peer.receive_command()
+            await peer.release()
+    assert isinstance(rsp, messages.CStoreRSP) and rsp.status == 0x0000
+
+
+async def test_requestor_reading_too_slowly_is_cut_off_after_the_write_timeout() -> None:
+    """A slow reader that does read (4 KiB every 50 ms, 80 KiB/s) cannot take one 256 KiB
+    PDU of a 1 MiB C-FIND response in the 0.5 s write timeout: the acceptor drops it."""
+    scp = AE(
+        "SCP",
+        supported_contexts=presets.qr_find_supported(),
+        timeouts=Timeouts(dimse=None, write=0.5),
+    )
+    aborted = anyio.Event()
+    scp.hooks.add(HookEvent.ASSOCIATION_ABORTED, lambda *a, **k: aborted.set())
+    closed = anyio.Event()
+    scp.hooks.add(HookEvent.CONNECTION_CLOSED, lambda *a, **k: closed.set())
+    big = "Y" * (1024 * 1024 - 2)
+
+    @scp.on("C-FIND", sop_class=STUDY)
+    async def on_find(request: Any) -> AsyncIterator[Any]:
+        await request.read()
+        for _ in range(256):
+            yield _identifier(big)
+
+    async def read_slowly(peer: RawPeer) -> None:
+        with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+            while True:
+                await anyio.sleep(0.05)
+                await peer.stream.receive(4096)
+
+    identifier = encode_dataset(_identifier(), uids.IMPLICIT_VR_LITTLE_ENDIAN)
+    # (the raw peer announces 256 KiB PDUs: each takes it over 3 s to read)
+    rq = associate_rq([(STUDY, (uids.IMPLICIT_VR_LITTLE_ENDIAN,))])
+    with anyio.fail_after(GUARD):
+        async with scp.server() as server, RawPeer.connect(server.port) as peer:
+            await peer.associate(rq)
+            await peer.send_message(
+                1,
+                messages.CFindRQ(message_id=1, affected_sop_class_uid=STUDY),
+                identifier,
+            )
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(read_slowly, peer)
+                await closed.wait()
+                tg.cancel_scope.cancel()
+    assert aborted.is_set() or closed.is_set()
+
+
+def test_defaults_bound_slow_peers() -> None:
+    """Out of the box a slow reader or a trickling sender cannot hold a slot for ever."""
+    timeouts = Timeouts()
+    assert timeouts.write == 60.0
+    assert timeouts.min_receive_rate == 1024.0
+    with pytest.raises(ValueError, match="min_receive_rate"):
+        Timeouts(min_receive_rate=0)
+    with pytest.raises(ValueError, match="write"):
+        Timeouts(write=-1)

@@ -259,6 +259,11 @@ class UpperLayer:
             return outgoing[0]
         return b"".join(outgoing)
 
+    @property
+    def receiving_pdu(self) -> bool:
+        """True while part of a PDU has been received and the rest has not."""
+        return self._framer.buffered > 0 and not self._framer_dead
+
     def timer_deadline(self) -> float | None:
         """When ARTIM expires (in the clock of ``now``), or ``None`` when it is not running."""
         return self._artim_deadline
