@@ -258,7 +258,10 @@ def spec_from_args(args: argparse.Namespace) -> LoadSpec:
         bind=args.bind,
         max_pdu=args.max_pdu,
         timeouts=Timeouts(
-            connect=args.connect_timeout, acse=args.acse_timeout, dimse=args.dimse_timeout
+            connect=args.connect_timeout,
+            acse=args.acse_timeout,
+            dimse=args.dimse_timeout,
+            tls_handshake=args.tls_handshake_timeout,
         ),
         tls=bool(getattr(args, "ssl_context", None)),
         tls_ca=args.tls_ca,

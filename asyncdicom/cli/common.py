@@ -14,7 +14,9 @@ a bad value is a usage error (exit status 2) that names the option, e.g.
 * :func:`max_pdu` -- the largest PDU we accept, :data:`MIN_MAX_PDU`..:data:`MAX_MAX_PDU` bytes;
 * :func:`ae_title` -- an AE title (1 to 16 characters of ISO 646 without backslash or control
   characters, not all spaces; leading and trailing spaces are dropped);
-* :func:`tls_file` -- a certificate, key or CA file that exists and can be read.
+* :func:`tls_file` -- a certificate, key or CA file that exists and can be read;
+* :func:`receive_rate` -- bytes per second, a number above 0, or ``0`` / ``none`` for off;
+* :func:`password_file` -- a file whose first line is a password (the value is the password).
 
 TLS
 ---
@@ -24,6 +26,13 @@ TLS
 command runs on every app's options before the app starts, builds the
 :class:`ssl.SSLContext` (``args.ssl_context``), so a certificate and key that do not match
 are a usage error too; :func:`scu_ae` and :func:`server_tls` put it in the AE's configuration.
+Both sides take ``--tls-handshake-timeout`` (``Timeouts.tls_handshake``).
+
+Passwords
+---------
+An SCU's passcode (``--username``) comes from ``--password`` (visible to other local users in
+the process list), ``--password-file`` (the file's first line) or the environment variable
+``ASYNCDICOM_PASSWORD`` (:data:`PASSWORD_ENV`), in that order; see :func:`scu_user_identity`.
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import socket
 import ssl
 import sys
@@ -50,6 +60,7 @@ from ..users import UsersFileError, UserStore
 __all__ = [
     "MAX_MAX_PDU",
     "MIN_MAX_PDU",
+    "PASSWORD_ENV",
     "CLIError",
     "HelpFormatter",
     "access_control",
@@ -70,9 +81,12 @@ __all__ = [
     "max_pdu",
     "notice",
     "ok",
+    "password_file",
     "port",
     "positive_int",
+    "receive_rate",
     "scu_ae",
+    "scu_password",
     "scu_user_identity",
     "server_tls",
     "timeout",
@@ -83,6 +97,14 @@ __all__ = [
 #: the range of ``--max-pdu`` (the library buffers one whole PDU, so it offers no "unlimited")
 MIN_MAX_PDU = MIN_MAX_PDU_LENGTH
 MAX_MAX_PDU = MAX_MAX_PDU_LENGTH
+
+
+#: the environment variable an SCU app reads its passcode from when ``--username`` is given
+#: without ``--password`` or ``--password-file``
+PASSWORD_ENV = "ASYNCDICOM_PASSWORD"
+
+#: the defaults of the timeouts the options below leave to the library
+_LIBRARY_TIMEOUTS = Timeouts()
 
 
 class CLIError(Exception):
@@ -158,6 +180,53 @@ def optional_timeout(text: str) -> float | None:
     if text.strip().lower() in ("0", "none"):
         return None
     return timeout(text)
+
+
+def receive_rate(text: str) -> float | None:
+    """An argparse type: a rate in bytes per second above 0, or ``0`` / ``none`` for off."""
+    if text.strip().lower() in ("0", "none"):
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of bytes per second: {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(
+            f"must be a number of bytes per second above 0 (or 0 for off), not {text}"
+        )
+    return value
+
+
+#: the longest first line read from a --password-file (a User Identity field holds 65535 bytes)
+_MAX_PASSWORD_BYTES = 65535
+
+
+def password_file(text: str) -> str:
+    """An argparse type: a file whose first line is a password; returns the password (the line
+    without its line ending).  A file that cannot be read, or whose first line is empty or
+    not UTF-8, is a usage error."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("the file name is empty")
+    try:
+        with open(text, "rb") as f:
+            line = f.readline(_MAX_PASSWORD_BYTES + 2)
+    except FileNotFoundError:
+        raise argparse.ArgumentTypeError(f"{text!r} does not exist") from None
+    except IsADirectoryError:
+        raise argparse.ArgumentTypeError(f"{text!r} is a folder, not a file") from None
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"cannot read {text!r}: {exc.strerror or exc}") from None
+    line = line.rstrip(b"\r\n")
+    if not line:
+        raise argparse.ArgumentTypeError(f"the first line of {text!r} is empty")
+    if len(line) > _MAX_PASSWORD_BYTES:
+        raise argparse.ArgumentTypeError(
+            f"the first line of {text!r} is longer than {_MAX_PASSWORD_BYTES} bytes"
+        )
+    try:
+        return line.decode("utf-8")
+    except UnicodeDecodeError:
+        raise argparse.ArgumentTypeError(f"the first line of {text!r} is not UTF-8") from None
 
 
 def max_pdu(text: str) -> int:
@@ -314,15 +383,37 @@ def add_server_timeouts(p: argparse.ArgumentParser) -> None:
         help="abort an association silent for this long, so that an idle or stalled peer "
         "cannot hold a slot forever (seconds; 0 or none: no limit)",
     )
+    p.add_argument(
+        "--write-timeout",
+        type=optional_timeout,
+        default=_LIBRARY_TIMEOUTS.write,
+        metavar="S",
+        help="close the connection when sending one PDU takes longer than this, so that a peer "
+        "that stops reading, or reads too slowly, cannot hold a slot forever "
+        "(seconds; 0 or none: no limit)",
+    )
+    p.add_argument(
+        "--min-receive-rate",
+        type=receive_rate,
+        default=_LIBRARY_TIMEOUTS.min_receive_rate,
+        metavar="BYTES_PER_S",
+        help="once a PDU or a message has started arriving it must keep coming at this "
+        "average rate or the association is aborted, so that a peer trickling its bytes "
+        "cannot hold a slot forever (0: off, only --dimse-timeout bounds each pause)",
+    )
 
 
 def server_timeouts(args: argparse.Namespace) -> Timeouts:
-    """The :class:`~asyncdicom.Timeouts` of :func:`add_server_timeouts`'s options."""
+    """The :class:`~asyncdicom.Timeouts` of :func:`add_server_timeouts`'s options (and of
+    ``--tls-handshake-timeout``, :func:`add_tls_server`)."""
     return Timeouts(
         acse=args.acse_timeout,
         dimse=args.dimse_timeout,
         network=args.network_timeout,
         artim=args.acse_timeout,
+        write=args.write_timeout,
+        min_receive_rate=args.min_receive_rate,
+        tls_handshake=getattr(args, "tls_handshake_timeout", _LIBRARY_TIMEOUTS.tls_handshake),
     )
 
 
@@ -350,13 +441,25 @@ def add_scu(p: argparse.ArgumentParser) -> None:
         "--username",
         default=None,
         metavar="U",
-        help="send a User Identity: this user name (with --password: user name and passcode)",
+        help="send a User Identity: this user name, with a passcode from --password, "
+        f"--password-file or the environment variable {PASSWORD_ENV} (user name alone "
+        "without any of them)",
     )
-    p.add_argument(
+    secret = p.add_mutually_exclusive_group()
+    secret.add_argument(
         "--password",
         default=None,
         metavar="PW",
-        help="the passcode of --username (visible to other local users in the process list)",
+        help="the passcode of --username; visible to other local users in the process list: "
+        f"prefer --password-file or {PASSWORD_ENV}",
+    )
+    secret.add_argument(
+        "--password-file",
+        type=password_file,
+        dest="password_from_file",
+        default=None,
+        metavar="FILE",
+        help="read the passcode of --username from the first line of FILE",
     )
     p.add_argument(
         "--identity-response",
@@ -394,7 +497,18 @@ def add_tls_client(p: argparse.ArgumentParser) -> None:
         metavar="F",
         help="the private key of --tls-cert (PEM; default: in the --tls-cert file)",
     )
+    _add_tls_handshake_timeout(g)
     p.set_defaults(tls_role="client")
+
+
+def _add_tls_handshake_timeout(group: Any) -> None:
+    group.add_argument(
+        "--tls-handshake-timeout",
+        type=timeout,
+        default=_LIBRARY_TIMEOUTS.tls_handshake,
+        metavar="S",
+        help="seconds allowed for each TLS handshake (Timeouts.tls_handshake)",
+    )
 
 
 def add_tls_server(p: argparse.ArgumentParser) -> None:
@@ -422,6 +536,7 @@ def add_tls_server(p: argparse.ArgumentParser) -> None:
         metavar="F",
         help="require a client certificate signed by a CA in this PEM file",
     )
+    _add_tls_handshake_timeout(g)
     p.set_defaults(tls_role="server")
 
 
@@ -455,13 +570,37 @@ def _check_tls(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
     args.ssl_context = context
 
 
+def _check_identity(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """A usage error for a passcode option without ``--username`` (in the apps that send a
+    User Identity; ``asyncdicom users`` has a --password of its own)."""
+    if not hasattr(args, "username") or args.username is not None:
+        return
+    if getattr(args, "password", None) is not None:
+        parser.error("argument --password: needs --username")
+    if getattr(args, "password_from_file", None) is not None:
+        parser.error("argument --password-file: needs --username")
+
+
+def scu_password(args: argparse.Namespace) -> str | None:
+    """The passcode of ``--username``: ``--password``, else the first line of
+    ``--password-file``, else the environment variable :data:`PASSWORD_ENV` (an empty value
+    counts as unset); None when there is none."""
+    password: str | None = getattr(args, "password", None)
+    if password is None:
+        password = getattr(args, "password_from_file", None)
+    if password is None:
+        password = os.environ.get(PASSWORD_ENV) or None
+    return password
+
+
 def scu_user_identity(args: argparse.Namespace) -> UserIdentityRQSubItem | None:
     """The User Identity sub-item of the options of :func:`add_scu` (None without
-    ``--username``): type 2 with ``--password``, else type 1."""
+    ``--username``): type 2 (user name and passcode) when :func:`scu_password` finds a
+    passcode, else type 1 (user name only)."""
     username = getattr(args, "username", None)
     if username is None:
         return None
-    password = getattr(args, "password", None)
+    password = scu_password(args)
     return UserIdentityRQSubItem(
         identity_type=1 if password is None else 2,
         positive_response_requested=bool(getattr(args, "identity_response", False)),
@@ -476,7 +615,10 @@ def scu_ae(args: argparse.Namespace) -> AE:
         args.aet,
         max_pdu_length=args.max_pdu,
         timeouts=Timeouts(
-            connect=args.connect_timeout, acse=args.acse_timeout, dimse=args.dimse_timeout
+            connect=args.connect_timeout,
+            acse=args.acse_timeout,
+            dimse=args.dimse_timeout,
+            tls_handshake=args.tls_handshake_timeout,
         ),
         user_identity=scu_user_identity(args),
         client_ssl_context=getattr(args, "ssl_context", None),
@@ -645,9 +787,11 @@ def check_bind(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
 
     Checked before anything is sent, so that a bad local address is never reported as if the
     peer were unreachable.  The TLS options are checked here too, and their
-    :class:`ssl.SSLContext` built (``args.ssl_context``, None without TLS).
+    :class:`ssl.SSLContext` built (``args.ssl_context``, None without TLS), and a passcode
+    option given without ``--username`` is refused.
     """
     _check_tls(parser, args)
+    _check_identity(parser, args)
     bind = getattr(args, "bind", None)
     if not bind:
         return

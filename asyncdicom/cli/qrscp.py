@@ -11,6 +11,10 @@ It also answers Storage Commitment requests (N-ACTION): each instance is looked 
 and the report (N-EVENT-REPORT) goes back on the requesting association while it is open, else
 on a new association to the requestor's address, given as ``--peer AET=HOST:PORT``
 (repeatable).
+
+The associations qrscp opens (to C-MOVE destinations, and to storage commitment peers for the
+reports) are plain TCP unless ``--tls-out`` (TLS to every one) or ``--tls-out-to AET``
+(repeatable: TLS to those AE titles only) says otherwise; see :class:`QRSCPAE`.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ import argparse
 import signal
 import sqlite3
 import ssl
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +32,9 @@ import anyio
 
 from ..ae import AE
 from ..archive import Archive, qrscp_config
+from ..config import AEConfig
 from ..qr import IndexDatabaseError
+from ..services import ServiceAssociation
 from ..storage.files import remove_stale_temp_files
 from .common import (
     access_control,
@@ -47,7 +55,7 @@ from .common import (
 )
 from .storescp import output_folder, prepare_output_folder
 
-__all__ = ["add_parser", "db_file", "move_destination", "qrscp_ae", "run"]
+__all__ = ["QRSCPAE", "add_parser", "db_file", "move_destination", "qrscp_ae", "run"]
 
 
 def move_destination(text: str) -> tuple[str, str, int]:
@@ -156,39 +164,89 @@ def add_parser(sub: Any) -> None:
     add_max_pdu(p)
     add_access_control(p)
     add_tls_server(p)
-    p.add_argument(
+    out = p.add_mutually_exclusive_group()
+    out.add_argument(
         "--tls-out",
         action="store_true",
         help="open the associations to C-MOVE destinations and storage commitment peers over "
         "TLS: their certificates verified against --tls-ca (default: the system's CAs), "
         "--tls-cert/--tls-key as ours",
     )
+    out.add_argument(
+        "--tls-out-to",
+        type=ae_title,
+        action="append",
+        default=None,
+        metavar="AET",
+        help="as --tls-out, but only for the associations to this AE title, one of "
+        "--move-destination or --peer (repeatable); the others stay plain TCP",
+    )
     add_common(p)
     p.set_defaults(func=run)
 
 
 def _outgoing_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
-    """With ``--tls-out``: the TLS context of the associations qrscp opens (C-MOVE
-    destinations, storage commitment reports): the server's --tls-ca to trust their
-    certificates (the system's without it), --tls-cert/--tls-key as our own."""
-    if not getattr(args, "tls_out", False):
+    """With ``--tls-out`` or ``--tls-out-to``: the TLS context of the associations qrscp
+    opens (C-MOVE destinations, storage commitment reports): the server's --tls-ca to trust
+    their certificates (the system's without it), --tls-cert/--tls-key as our own."""
+    if not (getattr(args, "tls_out", False) or getattr(args, "tls_out_to", None)):
         return None
     from ..transport import client_context
 
     return client_context(ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key)
 
 
-def qrscp_ae(args: argparse.Namespace) -> AE:
+class QRSCPAE(AE):
+    """qrscp's AE: the associations it opens use TLS by the AE title they call.
+
+    The C-MOVE engine and the storage commitment reports open their associations with
+    :meth:`associate`, naming the destination's AE title as ``called_aet``; an AE title in
+    :attr:`tls_by_called_aet` gets that TLS context, any other one the configuration's
+    ``client_ssl_context`` (None: plain TCP).
+    """
+
+    def __init__(
+        self, *, config: AEConfig, tls_by_called_aet: Mapping[str, ssl.SSLContext] | None = None
+    ) -> None:
+        super().__init__(config=config)
+        #: called AE title -> the TLS context of the associations to it
+        self.tls_by_called_aet: dict[str, ssl.SSLContext] = dict(tls_by_called_aet or {})
+
+    @asynccontextmanager
+    async def associate(
+        self,
+        host: str,
+        port: int,
+        *,
+        called_aet: str = "ANY-SCP",
+        ssl_context: ssl.SSLContext | None = None,
+        **options: Any,
+    ) -> AsyncIterator[ServiceAssociation]:
+        """:meth:`AE.associate`, over TLS when ``called_aet`` is one of
+        :attr:`tls_by_called_aet` (and ``ssl_context`` is not given)."""
+        if ssl_context is None:
+            ssl_context = self.tls_by_called_aet.get(called_aet.strip(" "))
+        async with super().associate(
+            host, port, called_aet=called_aet, ssl_context=ssl_context, **options
+        ) as association:
+            yield association
+
+
+def qrscp_ae(args: argparse.Namespace) -> QRSCPAE:
     """The AE of ``qrscp`` for the parsed options (the archive's handlers not yet installed)."""
-    ae = AE(
+    outgoing = _outgoing_tls(args)
+    selected = getattr(args, "tls_out_to", None)
+    per_title = {} if outgoing is None or not selected else dict.fromkeys(selected, outgoing)
+    ae = QRSCPAE(
         config=qrscp_config(
             args.aet,
             max_pdu_length=args.max_pdu,
             **access_control(args),
             **server_tls(args),
-            client_ssl_context=_outgoing_tls(args),
+            client_ssl_context=outgoing if not selected else None,
             timeouts=server_timeouts(args),
-        )
+        ),
+        tls_by_called_aet=per_title,
     )
     install_access_control(ae, args)
     return ae
@@ -201,10 +259,6 @@ def _plural(n: int, word: str) -> str:
 async def run(args: argparse.Namespace) -> int:
     """Run ``qrscp`` until SIGINT or SIGTERM; the exit status."""
     storage: Path = args.storage
-    problem = prepare_output_folder(storage)
-    if problem is not None:
-        err(f"argument --storage: {problem}")
-        return 2
     destinations: dict[str, tuple[str, int]] = {}
     for aet, host, peer_port in args.move_destination or []:
         if aet in destinations:
@@ -217,6 +271,14 @@ async def run(args: argparse.Namespace) -> int:
             err(f"argument --peer: {aet!r} is given twice")
             return 2
         peers[aet] = (host, peer_port)
+    for aet in args.tls_out_to or []:
+        if aet not in destinations and aet not in peers:
+            err(f"argument --tls-out-to: {aet!r} is neither a --move-destination nor a --peer")
+            return 2
+    problem = prepare_output_folder(storage)
+    if problem is not None:
+        err(f"argument --storage: {problem}")
+        return 2
     removed = await anyio.to_thread.run_sync(remove_stale_temp_files, storage)
     if removed:
         notice(
