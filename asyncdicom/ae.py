@@ -21,8 +21,10 @@ thread (hook callbacks, which only observe, excepted: see :mod:`asyncdicom.hooks
 from __future__ import annotations
 
 import dataclasses
+import enum
 import functools
 import ssl
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, ClassVar, TypeVar, overload
@@ -38,7 +40,9 @@ from .hooks import HookEvent, Hooks
 from .log import get_logger
 from .protocol import messages, uids
 from .protocol.errors import (
+    ACSE_PROTOCOL_VERSION_NOT_SUPPORTED,
     PRESENTATION_LOCAL_LIMIT_EXCEEDED,
+    RejectReason,
     RejectResult,
     RejectSource,
 )
@@ -70,12 +74,15 @@ from .services import (
     call,
 )
 from .services.commitment import STORAGE_COMMITMENT, CommitmentResult, receive_report
+from .users import Lockout, LockoutAttempt, identity_user_name
 
 __all__ = [
     "AE",
     "AEConfig",
     "ContextRequest",
     "IdentityDecision",
+    "Refusal",
+    "RefusalRule",
     "Server",
     "SupportedContext",
     "Timeouts",
@@ -90,7 +97,65 @@ ExtendedNegotiationCallback = Callable[
     [SOPClassExtendedNegotiationSubItem], Awaitable[bytes | None] | bytes | None
 ]
 
+#: told of a failed TLS handshake on the acceptor: ``(peer_host, peer_port, error)``
+TLSFailureCallback = Callable[[str, int, str], object]
+
 F = TypeVar("F", bound=Callable[..., Any])
+
+#: the longest a refusal by lock-out is held back (to take as long as a real check)
+_MAX_LOCKOUT_DELAY = 2.0
+
+
+class RefusalRule(str, enum.Enum):
+    """The check of the acceptor that refused an A-ASSOCIATE-RQ."""
+
+    #: ``max_associations`` reached (transient, source 3, reason 2)
+    MAX_ASSOCIATIONS = "max_associations"
+    #: ``max_associations_per_calling_ae`` reached (transient, source 3, reason 2)
+    MAX_ASSOCIATIONS_PER_CALLING_AE = "max_associations_per_calling_ae"
+    #: the protocol version lacks version 1 (permanent, source 2, reason 2)
+    PROTOCOL_VERSION = "protocol_version"
+    #: not the DICOM application context (permanent, source 1, reason 2)
+    APPLICATION_CONTEXT = "application_context"
+    #: ``require_called_ae_title`` and the Called AE Title is not ours (1, 1, 7)
+    CALLED_AE_TITLE = "called_ae_title"
+    #: the Calling AE Title is not in ``allowed_calling_ae_titles`` (1, 1, 3)
+    CALLING_AE_TITLE = "calling_ae_title"
+    #: no User Identity while ``require_user_identity``, or the identity handler refused it
+    #: (1, 1, 1)
+    USER_IDENTITY = "user_identity"
+    #: the user name or the address is locked out after failed checks (:class:`Lockout`); the
+    #: peer gets the same answer as for a wrong password (1, 1, 1)
+    LOCKED_OUT = "locked_out"
+    #: any other refusal of the negotiation
+    OTHER = "other"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why the acceptor refused an association (:meth:`AE.refusal`): the rule, and a detail
+    for logs and audit trails (never sent to the peer)."""
+
+    rule: RefusalRule
+    detail: str = ""
+
+
+#: A-ASSOCIATE-RJ (source, reason) -> the rule of :func:`asyncdicom.protocol.negotiation.negotiate`
+_NEGOTIATION_RULES = {
+    (int(RejectSource.SERVICE_PROVIDER_ACSE), ACSE_PROTOCOL_VERSION_NOT_SUPPORTED): (
+        RefusalRule.PROTOCOL_VERSION
+    ),
+    (int(RejectSource.SERVICE_USER), int(RejectReason.USER_APPLICATION_CONTEXT_NOT_SUPPORTED)): (
+        RefusalRule.APPLICATION_CONTEXT
+    ),
+    (int(RejectSource.SERVICE_USER), int(RejectReason.USER_CALLED_AE_NOT_RECOGNIZED)): (
+        RefusalRule.CALLED_AE_TITLE
+    ),
+    (int(RejectSource.SERVICE_USER), int(RejectReason.USER_CALLING_AE_NOT_RECOGNIZED)): (
+        RefusalRule.CALLING_AE_TITLE
+    ),
+    (int(RejectSource.SERVICE_USER), int(RejectReason.USER_NO_REASON)): RefusalRule.USER_IDENTITY,
+}
 
 
 class Server:
@@ -149,6 +214,18 @@ class AE:
         self.commitments: Correlator[CommitmentResult] = Correlator(max_early=0)
         self.handlers.set("N-EVENT-REPORT", receive_report, sop_class=STORAGE_COMMITMENT)
         self._identity_handler: IdentityHandler | None = None
+        #: throttles failed User Identity checks (see :meth:`on_user_identity`); ``None``: off
+        self.identity_lockout: Lockout | None = None
+        #: how long an identity check takes, smoothed (a lock-out refusal takes as long)
+        self._identity_check_time = 0.0
+        #: why this AE refused an association, for :meth:`refusal`
+        self._refusals: weakref.WeakKeyDictionary[Association, Refusal] = (
+            weakref.WeakKeyDictionary()
+        )
+        #: called with ``(peer_host, peer_port, error)`` when a TLS handshake of the acceptor
+        #: fails (no association exists yet, so no hook sees it); plain functions, run inline,
+        #: whose exceptions are logged
+        self.tls_failure_callbacks: list[TLSFailureCallback] = []
         self._extended_negotiation: ExtendedNegotiationCallback | None = None
         self._associations: set[Association] = set()
         #: connections that ended because of an unexpected error in asyncdicom itself (each is
@@ -225,12 +302,27 @@ class AE:
         self.set_handler(command, handler, sop_class=sop_class)
         return handler
 
-    def on_user_identity(self, handler: IdentityHandler) -> IdentityHandler:
+    def on_user_identity(
+        self, handler: IdentityHandler, /, *, lockout: Lockout | None = None
+    ) -> IdentityHandler:
         """Decorator: decide on A-ASSOCIATE-RQ user identity (PS3.7 D.3.3.7), async or plain.
         Without one, user identity items are ignored (accepted without a positive response);
-        a handler that raises rejects the association."""
+        a handler that raises rejects the association.
+
+        ``lockout`` (a :class:`~asyncdicom.users.Lockout`, also settable as
+        :attr:`identity_lockout`) throttles password guessing: after repeated refusals for a
+        user name or from a peer address, attempts are refused without calling ``handler``,
+        with the same A-ASSOCIATE-RJ (1, 1, 1) as a refusal by it."""
         self._identity_handler = handler
+        if lockout is not None:
+            self.identity_lockout = lockout
         return handler
+
+    def refusal(self, association: Association) -> Refusal | None:
+        """Why this AE, as acceptor, refused ``association`` (``None`` if it did not): known
+        from the moment the A-ASSOCIATE-RJ is sent, so an ``ASSOCIATION_REJECTED`` hook can
+        ask."""
+        return self._refusals.get(association)
 
     def on_extended_negotiation(self, handler: F) -> F:
         """Decorator: answer SOP Class Extended Negotiation items (PS3.7 D.3.3.5), async or
@@ -479,27 +571,93 @@ class AE:
         ]
         cfg = self.config
         calling = rq.calling_ae_title.strip(" ")
+        per_ae = cfg.max_associations_per_calling_ae
         if len(active) >= cfg.max_associations:
-            assoc.log.warning("association_limit", limit=cfg.max_associations)
-        elif cfg.max_associations_per_calling_ae is not None and (
+            refusal = Refusal(
+                RefusalRule.MAX_ASSOCIATIONS,
+                f"{len(active)} associations open, the limit is {cfg.max_associations}",
+            )
+        elif per_ae is not None and (
             sum(1 for a in active if a.role is Role.ACCEPTOR and a.calling_ae_title == calling)
-            >= cfg.max_associations_per_calling_ae
+            >= per_ae
         ):
-            assoc.log.warning(
-                "association_limit_per_calling_ae",
-                calling_aet=calling,
-                limit=cfg.max_associations_per_calling_ae,
+            refusal = Refusal(
+                RefusalRule.MAX_ASSOCIATIONS_PER_CALLING_AE,
+                f"{calling!r} has {per_ae} associations open, the limit per calling AE title",
             )
         else:
             return False
-        await assoc._reject(
-            AssociateRJ(
-                int(RejectResult.REJECTED_TRANSIENT),
-                int(RejectSource.SERVICE_PROVIDER_PRESENTATION),
-                PRESENTATION_LOCAL_LIMIT_EXCEEDED,
-            )
+        rj = AssociateRJ(
+            int(RejectResult.REJECTED_TRANSIENT),
+            int(RejectSource.SERVICE_PROVIDER_PRESENTATION),
+            PRESENTATION_LOCAL_LIMIT_EXCEEDED,
         )
+        await self._refuse(assoc, rq, rj, refusal)
         return True
+
+    async def _refuse(
+        self, assoc: Association, rq: AssociateRQ, rj: AssociateRJ, refusal: Refusal
+    ) -> None:
+        """Acceptor: send ``rj``, remembering why (:meth:`refusal`, for the hooks), and log it
+        as one warning."""
+        self._refusals[assoc] = refusal
+        await assoc._reject(rj)
+        if assoc.rejection is not rj:  # aborted or closed meanwhile: nothing was refused
+            self._refusals.pop(assoc, None)
+            return
+        item = rq.user_information.user_identity_rq
+        assoc.log.warning(
+            "association_rejected",
+            rule=refusal.rule.value,
+            detail=refusal.detail,
+            result=rj.result,
+            source=rj.source,
+            reason=rj.reason,
+            reason_text=str(errors.AssociationRejected(rj.result, rj.source, rj.reason)),
+            user=identity_user_name(item) if item is not None else None,
+            identity_type=item.identity_type if item is not None else None,
+        )
+
+    async def _check_identity(
+        self, assoc: Association, rq: AssociateRQ, item: UserIdentityRQSubItem
+    ) -> tuple[IdentityDecision, tuple[str, ...]]:
+        """Acceptor: the identity handler's decision, through the lock-out if there is one;
+        and what is locked out (``()`` when the handler decided)."""
+        assert self._identity_handler is not None
+        lockout = self.identity_lockout
+        user = identity_user_name(item)
+        attempt: LockoutAttempt | None = None
+        if lockout is not None:
+            attempt = await lockout.admit(user, assoc.peer_host)
+            if attempt is None:
+                locked = lockout.locked_by(user, assoc.peer_host) or ("address",)
+                # answer no sooner than a real check would: the peer cannot tell
+                await anyio.sleep(self._identity_check_time)
+                return IdentityDecision(accepted=False), locked
+        outcome: bool | None = None
+        started = anyio.current_time()
+        try:
+            try:
+                decision: IdentityDecision = await call(self._identity_handler, rq, item)
+            except Exception as exc:
+                assoc.log.exception("identity_handler_failed", error=str(exc))
+                decision = IdentityDecision(accepted=False)
+            outcome = bool(decision.accepted)
+            elapsed = min(anyio.current_time() - started, _MAX_LOCKOUT_DELAY)
+            self._identity_check_time += (elapsed - self._identity_check_time) / 4
+            return decision, ()
+        finally:
+            if lockout is not None and attempt is not None:
+                now_locked = lockout.finish(attempt, accepted=outcome)
+                if now_locked:
+                    assoc.log.warning(
+                        "identity_lockout_started",
+                        locked=list(now_locked),
+                        user=user,
+                        failures=lockout.max_failures,
+                        window=lockout.window,
+                        duration=lockout.duration,
+                    )
 
     async def _on_association_requested(self, assoc: Association, rq: AssociateRQ) -> None:
         """Acceptor: answer an A-ASSOCIATE-RQ (limits, identity, negotiation)."""
@@ -508,13 +666,10 @@ class AE:
         if await self._over_limit(assoc, rq):
             return
         identity: IdentityDecision | None = None
+        locked: tuple[str, ...] = ()
         item = rq.user_information.user_identity_rq
         if item is not None and self._identity_handler is not None:
-            try:
-                identity = await call(self._identity_handler, rq, item)
-            except Exception as exc:
-                assoc.log.exception("identity_handler_failed", error=str(exc))
-                identity = IdentityDecision(accepted=False)
+            identity, locked = await self._check_identity(assoc, rq, item)
         ext_neg: ExtendedNegotiationHandler | None = None
         if self._extended_negotiation is not None:
             # negotiate() is pure and synchronous: ask the (maybe async) callback first
@@ -534,8 +689,20 @@ class AE:
                 return
             self._associations.add(assoc)
             await assoc._accept(result.ac, result.association)
-        else:
-            await assoc._reject(result.rj)
+            return
+        rj = result.rj
+        rule = _NEGOTIATION_RULES.get((rj.source, rj.reason), RefusalRule.OTHER)
+        detail = result.detail
+        if rule is RefusalRule.USER_IDENTITY and locked:
+            rule = RefusalRule.LOCKED_OUT
+            what = " and ".join(
+                f"user {identity_user_name(item)!r}"
+                if kind == "user" and item is not None
+                else f"address {assoc.peer_host}"
+                for kind in locked
+            )
+            detail = f"locked out after repeated failed identity checks ({what})"
+        await self._refuse(assoc, rq, rj, Refusal(rule, detail))
 
     async def serve_stream(self, stream: ByteStream) -> None:
         """Act as acceptor on one byte stream that is already open, until it closes."""
@@ -564,12 +731,18 @@ class AE:
         """Acceptor over TLS: the handshake runs here, in the connection's own task and within
         ``Timeouts.tls_handshake``, so a silent or non-TLS peer holds up nobody else."""
         transport.set_nodelay(stream)
+        host, port = transport.peer_address(stream)  # unknown once a failed handshake closed it
         try:
             tls = await transport.start_tls(
                 stream, context, server_side=True, timeout=self.config.timeouts.tls_handshake
             )
         except transport.TLSError as exc:
-            self.log.warning("tls_handshake_failed", error=str(exc))
+            self.log.warning("tls_handshake_failed", error=str(exc), peer=f"{host}:{port}")
+            for callback in tuple(self.tls_failure_callbacks):
+                try:
+                    callback(host, port, str(exc))
+                except Exception as failure:
+                    self.log.exception("tls_failure_callback_failed", error=str(failure))
             return
         await self._handle_connection(tls)
 

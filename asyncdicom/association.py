@@ -998,7 +998,6 @@ class Association:
         except LocalProtocolError:
             return  # already aborted or closed, as in _accept
         self.rejection = rj
-        self.log.info("association_rejected", result=rj.result, source=rj.source, reason=rj.reason)
         self.hooks.emit(HookEvent.ASSOCIATION_REJECTED, self, reject=rj)
 
     # ------------------------------------------------------------------ release / abort

@@ -235,14 +235,20 @@ def client_context(
     ca: str | os.PathLike[str] | None = None,
     cert: str | os.PathLike[str] | None = None,
     key: str | os.PathLike[str] | None = None,
+    check_hostname: bool = True,
 ) -> ssl.SSLContext:
     """A TLS context for a requestor: TLS 1.2 or later, the server's certificate verified
     (against ``ca``, a PEM file of trusted certificates, else the system's trust store) and
-    its name checked; ``cert`` (and ``key``, unless the key is in ``cert``) is our own
-    certificate for a server that asks for one.  Raises :class:`TLSError` for a file that
-    is missing or unusable."""
+    its name checked against the host we connect to; ``cert`` (and ``key``, unless the key is
+    in ``cert``) is our own certificate for a server that asks for one.
+
+    ``check_hostname=False`` still verifies the certificate chain but accepts any name in it:
+    for nodes whose certificates name a host other than the address used to reach them (as
+    DCMTK, which checks no name); with a private CA that signs only DICOM nodes it still
+    keeps strangers out.  Raises :class:`TLSError` for a file that is missing or unusable."""
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.check_hostname = check_hostname
     if ca is not None:
         _load("CA certificates", {"CA": ca}, lambda: context.load_verify_locations(cafile=ca))
     if cert is not None:

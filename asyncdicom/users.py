@@ -14,6 +14,11 @@ The handler accepts identity type 2 (username and passcode) when the passcode ma
 (Kerberos, SAML, JWT) go to the ``fallback`` handler given, and are refused without one.  Every
 check of a passcode runs the hash, also for a user who does not exist, so the time taken does
 not tell which user names exist; the comparison is :func:`hmac.compare_digest`.
+
+:class:`Lockout` throttles password guessing: after a number of failed checks for one user name
+or from one address, further attempts are refused for a while without being checked.
+
+>>> ae.on_user_identity(store.identity_handler(), lockout=Lockout(max_failures=5))
 """
 
 from __future__ import annotations
@@ -21,12 +26,16 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import math
 import os
 import secrets
 import tempfile
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+import anyio
 
 from .protocol.negotiation import IdentityDecision
 from .protocol.pdu import AssociateRQ, UserIdentityRQSubItem
@@ -37,11 +46,14 @@ __all__ = [
     "SCRYPT_R",
     "USERNAME",
     "USERNAME_AND_PASSCODE",
+    "Lockout",
+    "LockoutAttempt",
     "PasswordHash",
     "UserStore",
     "UsersFileError",
     "check_username",
     "hash_password",
+    "identity_user_name",
 ]
 
 #: User Identity types (PS3.7 Table D.3-14)
@@ -288,3 +300,218 @@ class UserStore:
 
     def __contains__(self, name: object) -> bool:
         return name in self.users
+
+
+# ------------------------------------------------------------------------------- lock-out
+
+#: the longest user name kept as it is in the audit trail, logs and lock-out keys
+MAX_REPORTED_NAME = 256
+
+
+def identity_user_name(item: UserIdentityRQSubItem) -> str | None:
+    """The user name of a User Identity sub-item of type 1 or 2, fit for logs and audit
+    trails (undecodable bytes replaced, control characters written ``\\xNN``, longer names cut
+    to 256 characters and marked with ``...``), else ``None``: the primary field of the other
+    types (Kerberos ticket, SAML assertion, JWT) is a credential, and the secondary field (the
+    passcode) is never read here."""
+    if item.identity_type not in (USERNAME, USERNAME_AND_PASSCODE):
+        return None
+    name = item.primary_field.decode("utf-8", errors="replace")
+    if any(_is_control(ch) for ch in name):
+        name = "".join(f"\\x{ord(ch):02x}" if _is_control(ch) else ch for ch in name)
+    if len(name) > MAX_REPORTED_NAME:
+        name = name[:MAX_REPORTED_NAME] + "..."
+    return name
+
+
+def _is_control(ch: str) -> bool:
+    code = ord(ch)
+    return code < 0x20 or 0x7F <= code < 0xA0 or ch in "\u2028\u2029"
+
+
+@dataclass(frozen=True, slots=True)
+class LockoutAttempt:
+    """An identity check that :meth:`Lockout.admit` let through; hand it back to
+    :meth:`Lockout.finish` with the outcome."""
+
+    user: str | None
+    host: str | None
+    keys: tuple[str, ...]
+
+
+class _Record:
+    """What a :class:`Lockout` knows about one user name or address."""
+
+    __slots__ = ("failures", "locked_until", "pending")
+
+    def __init__(self, max_failures: int) -> None:
+        #: times of the recent failed checks (at most ``max_failures``)
+        self.failures: deque[float] = deque(maxlen=max_failures)
+        #: checks in progress
+        self.pending = 0
+        self.locked_until = -math.inf
+
+
+_USER = "user\0"
+_HOST = "host\0"
+
+
+class Lockout:
+    """Lock-out against password guessing, for :meth:`asyncdicom.AE.on_user_identity`.
+
+    After ``max_failures`` failed identity checks within ``window`` seconds for one user name,
+    or from one peer address, further attempts for that user or from that address are refused
+    for ``duration`` seconds without being checked (the identity handler is not called).  The
+    peer gets the same A-ASSOCIATE-RJ as for a wrong password; only the audit trail and the log
+    say "locked out".  A successful check clears the failures of its user name (not those of
+    its address: one valid account must not reset the count of an address that tries others).
+    Attempts made during a lock-out neither count nor extend it.
+
+    Checks that run at the same time count too: while the failures plus the checks in progress
+    for a user name or address would reach ``max_failures``, a new attempt waits for one of
+    them to finish, so parallel connections get no more guesses than sequential ones.
+
+    At most ``max_keys`` user names and addresses are tracked (the least recently failed are
+    forgotten first), whatever the peers send; a user name longer than 256 characters is
+    tracked by its hash.  ``clock`` (default :func:`anyio.current_time`) gives the time in
+    seconds; tests pass a clock of their own.  Use one instance from one event loop.
+    """
+
+    def __init__(
+        self,
+        max_failures: int = 5,
+        window: float = 60.0,
+        duration: float = 60.0,
+        *,
+        max_keys: int = 10_000,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        if not 1 <= max_failures <= 1000:
+            raise ValueError(f"max_failures must be 1 to 1000, not {max_failures}")
+        for name, value in (("window", window), ("duration", duration)):
+            if not (value > 0 and math.isfinite(value)):
+                raise ValueError(f"{name} must be a positive number of seconds, not {value}")
+        if max_keys < 2:
+            raise ValueError(f"max_keys must be at least 2, not {max_keys}")
+        #: failed checks that start a lock-out
+        self.max_failures = max_failures
+        #: seconds within which the failures are counted
+        self.window = float(window)
+        #: seconds a lock-out lasts
+        self.duration = float(duration)
+        #: user names and addresses tracked at most
+        self.max_keys = max_keys
+        self._clock = clock or anyio.current_time
+        self._records: OrderedDict[str, _Record] = OrderedDict()
+        self._changed: anyio.Event | None = None
+
+    # ------------------------------------------------------------------ queries
+
+    def __len__(self) -> int:
+        """How many user names and addresses are tracked."""
+        return len(self._records)
+
+    @staticmethod
+    def _keys(user: str | None, host: str | None) -> tuple[str, ...]:
+        keys: list[str] = []
+        if user is not None:
+            if len(user) > MAX_REPORTED_NAME:
+                digest = hashlib.sha256(user.encode("utf-8", "surrogatepass")).hexdigest()
+                user = f"sha256:{digest}"
+            keys.append(_USER + user)
+        if host is not None:
+            keys.append(_HOST + host)
+        return tuple(keys)
+
+    def locked_by(self, user: str | None = None, host: str | None = None) -> tuple[str, ...]:
+        """Which of ``user`` and ``host`` is locked out right now: ``("user",)``,
+        ``("address",)``, both, or ``()``."""
+        now = self._clock()
+        out: list[str] = []
+        for key in self._keys(user, host):
+            record = self._records.get(key)
+            if record is not None and record.locked_until > now:
+                out.append("user" if key.startswith(_USER) else "address")
+        return tuple(out)
+
+    # ------------------------------------------------------------------ checks
+
+    async def admit(self, user: str | None, host: str | None) -> LockoutAttempt | None:
+        """Before an identity check for ``user`` (``None`` for a token type) from ``host``:
+        ``None`` if either is locked out (refuse without checking), else the attempt to pass
+        to :meth:`finish`.  Waits while the checks in progress could use up the last tries."""
+        keys = self._keys(user, host)
+        while True:
+            now = self._clock()
+            if self.locked_by(user, host):
+                return None
+            if all(self._room(key, now) for key in keys):
+                break
+            if self._changed is None:
+                self._changed = anyio.Event()
+            await self._changed.wait()
+        for key in keys:
+            self._record(key).pending += 1
+        return LockoutAttempt(user, host, keys)
+
+    def finish(self, attempt: LockoutAttempt, *, accepted: bool | None) -> tuple[str, ...]:
+        """After the check of ``attempt``: ``accepted`` True (a success clears the user's
+        failures), False (a failure, counted for the user name and the address) or ``None``
+        (no outcome: the check was cancelled).  Returns what this failure locked out,
+        ``("user",)``, ``("address",)``, both or ``()``."""
+        now = self._clock()
+        locked: list[str] = []
+        for key in attempt.keys:
+            is_user = key.startswith(_USER)
+            record = self._record(key) if accepted is False else self._records.get(key)
+            if record is None:
+                continue  # forgotten while the check ran (the table was full)
+            record.pending = max(0, record.pending - 1)
+            if accepted is False:
+                self._prune(record, now)
+                record.failures.append(now)
+                self._records.move_to_end(key)
+                if len(record.failures) >= self.max_failures:
+                    record.failures.clear()
+                    record.locked_until = now + self.duration
+                    locked.append("user" if is_user else "address")
+            elif accepted and is_user:
+                record.failures.clear()
+                record.locked_until = -math.inf
+            if not record.pending and not record.failures and record.locked_until <= now:
+                del self._records[key]
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
+        return tuple(locked)
+
+    # ------------------------------------------------------------------ bookkeeping
+
+    def _prune(self, record: _Record, now: float) -> None:
+        horizon = now - self.window
+        while record.failures and record.failures[0] <= horizon:
+            record.failures.popleft()
+
+    def _room(self, key: str, now: float) -> bool:
+        record = self._records.get(key)
+        if record is None:
+            return True
+        self._prune(record, now)
+        return len(record.failures) + record.pending < self.max_failures
+
+    def _record(self, key: str) -> _Record:
+        record = self._records.get(key)
+        if record is None:
+            if len(self._records) >= self.max_keys:
+                self._evict()
+            record = self._records[key] = _Record(self.max_failures)
+        return record
+
+    def _evict(self) -> None:
+        """Forget the least recently failed key that has no check in progress (or, if every
+        key has one, the oldest)."""
+        for key, record in self._records.items():
+            if not record.pending:
+                del self._records[key]
+                return
+        self._records.popitem(last=False)

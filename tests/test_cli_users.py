@@ -7,6 +7,7 @@ A-ASSOCIATE-RJ reported as one line with exit status 1.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import anyio
@@ -147,3 +148,66 @@ async def test_server_users_file_errors_are_usage_errors(tmp_path: Path) -> None
         assert result.returncode == 2, err(result)
         last = err(result).strip().splitlines()[-1]
         assert last.startswith("asyncdicom storescp: error: argument --users:"), last
+
+
+@pytest.mark.parametrize("app", ["storescp", "qrscp"])
+async def test_server_lockout_and_audit_log(
+    app: str, users: Path, tmp_path: Path, anyio_backend: str
+) -> None:
+    """``--lockout-after 2``: after two wrong passcodes the right one is refused too (the same
+    rejection, no hint of a lock-out); ``--audit-log`` has one line per decision, with the
+    rule, and never a passcode."""
+    (tmp_path / "cwd").mkdir()
+    audit = tmp_path / "audit.jsonl"
+    where = ["--ignore"] if app == "storescp" else ["--storage", str(tmp_path / "archive")]
+    args = [
+        app, "--port", "0", "--host", "127.0.0.1", "--aet", "SCP", *where,
+        "--backend", anyio_backend, "--users", str(users), "--lockout-after", "2",
+        "--lockout-time", "600", "--audit-log", str(audit),
+    ]  # fmt: skip
+    base = ["--aet", "MODALITY", "--called-aet", "SCP", "--username", "alice"]
+    run = tmp_path / "cwd"
+    async with app_process(*args, cwd=run) as process:
+        scp = StoreSCPProcess(process)
+        port = await scp.wait_listening()
+        code, stderr = await _echo(
+            port, *base, "--password", "right", backend=anyio_backend, cwd=run
+        )
+        assert code == 0, stderr
+        answers = []
+        for password in ("wrong-1", "wrong-2", "right"):
+            code, stderr = await _echo(
+                port, *base, "--password", password, backend=anyio_backend, cwd=run
+            )
+            assert code == 1, stderr
+            answers.append(stderr.strip().splitlines()[-1])
+        assert await scp.stop() == 0
+    # the lock-out is not told to the peer: the same rejection as a wrong passcode
+    assert answers[2] == answers[0], answers
+    text = audit.read_text()
+    assert "right" not in text and "wrong" not in text
+    records = [json.loads(line) for line in text.splitlines()]
+    events = [(r["event"], r.get("rule")) for r in records]
+    assert events == [
+        ("accepted", None),
+        ("released", None),
+        ("rejected", "user_identity"),
+        ("rejected", "user_identity"),
+        ("rejected", "locked_out"),
+    ], events
+    assert {r["user"] for r in records} == {"alice"}
+    assert {r["calling_aet"] for r in records} == {"MODALITY"}
+    assert all(r["peer_host"] == "127.0.0.1" for r in records)
+
+
+async def test_server_audit_log_usage_errors(tmp_path: Path) -> None:
+    for options in (
+        ["--audit-log", str(tmp_path)],  # a folder
+        ["--audit-log", str(tmp_path / "missing" / "audit.jsonl")],
+        ["--lockout-after", "-1"],
+    ):
+        result = await run_cli("storescp", "--port", "0", "--ignore", *options, cwd=tmp_path)
+        assert result.returncode == 2, err(result)
+        assert "Traceback" not in err(result)
+        last = err(result).strip().splitlines()[-1]
+        assert last.startswith(f"asyncdicom storescp: error: argument {options[0]}:"), last

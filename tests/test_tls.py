@@ -445,3 +445,45 @@ async def test_stgcmtscu_receives_the_report_over_tls(
     assert ok.returncode == 0, err(ok)
     assert [kind for _uid, _event, kind in commitment.reports] == ["new"]
     assert len(files) == 2
+
+
+async def test_hostname_check_and_its_switch(pki: PKI, tmp_path: Path, anyio_backend: str) -> None:
+    """A server certificate naming only another host ("pacs.example.org") is refused when we
+    connect to 127.0.0.1 (name mismatch), and accepted with ``--tls-no-hostname-check`` /
+    ``client_context(check_hostname=False)``; a certificate from another CA is still refused
+    with the switch (the chain is verified)."""
+    ca = trustme.CA()
+    named = ca.issue_cert("pacs.example.org")
+    folder = tmp_path / "named"
+    folder.mkdir()
+    ca_pem, cert_pem, key_pem = folder / "ca.pem", folder / "cert.pem", folder / "key.pem"
+    ca.cert_pem.write_to_path(str(ca_pem))
+    named.cert_chain_pems[0].write_to_path(str(cert_pem))
+    named.private_key_pem.write_to_path(str(key_pem))
+    scp = AE("SCP")
+    with anyio.fail_after(GUARD):
+        async with scp.server(ssl_context=server_context(cert_pem, key_pem)) as s:
+            port = str(s.port)
+            checked = await run_cli(
+                "echoscu", "127.0.0.1", port, "--tls-ca", str(ca_pem),
+                "--backend", anyio_backend, cwd=tmp_path,
+            )  # fmt: skip
+            assert checked.returncode == 1
+            assert "match" in err(checked) or "mismatch" in err(checked), err(checked)
+            unchecked = await run_cli(
+                "echoscu", "127.0.0.1", port, "--tls-ca", str(ca_pem),
+                "--tls-no-hostname-check", "--backend", anyio_backend, cwd=tmp_path,
+            )  # fmt: skip
+            assert unchecked.returncode == 0, err(unchecked)
+            other_ca = await run_cli(
+                "echoscu", "127.0.0.1", port, "--tls-ca", str(pki.ca),
+                "--tls-no-hostname-check", "--backend", anyio_backend, cwd=tmp_path,
+            )  # fmt: skip
+            assert other_ca.returncode == 1
+            assert "certificate verify failed" in err(other_ca), err(other_ca)
+            # the same through the API
+            context = client_context(ca=ca_pem, check_hostname=False)
+            async with AE("SCU").associate(
+                "127.0.0.1", s.port, called_aet="SCP", ssl_context=context
+            ) as assoc:
+                assert (await assoc.echo()).status == 0

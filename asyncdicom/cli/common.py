@@ -38,24 +38,27 @@ the process list), ``--password-file`` (the file's first line) or the environmen
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import socket
 import ssl
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from ..ae import AE, Timeouts
+from ..audit import AuditLog, AuditLogError
 from ..config import MAX_MAX_PDU_LENGTH, MIN_MAX_PDU_LENGTH
 from ..errors import AssociationError, ConnectTimeout, DICOMError, TransportError
 from ..log import get_logger, json_logging
 from ..protocol.pdu import UserIdentityRQSubItem
 from ..protocol.status import StatusCategory, category
 from ..transport import TLSError, client_context, os_error_behind, server_context
-from ..users import UsersFileError, UserStore
+from ..users import Lockout, UsersFileError, UserStore
 
 __all__ = [
     "MAX_MAX_PDU",
@@ -497,6 +500,12 @@ def add_tls_client(p: argparse.ArgumentParser) -> None:
         metavar="F",
         help="the private key of --tls-cert (PEM; default: in the --tls-cert file)",
     )
+    g.add_argument(
+        "--tls-no-hostname-check",
+        action="store_true",
+        help="accept a peer certificate whatever host name it gives (its chain is still "
+        "verified): for certificates that name another host than the address used",
+    )
     _add_tls_handshake_timeout(g)
     p.set_defaults(tls_role="client")
 
@@ -562,9 +571,11 @@ def _check_tls(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
                 parser.error("argument --tls-ca: needs --tls-cert (our own certificate)")
             if cert is not None:
                 context = server_context(cert, key, ca=ca)
-        elif args.tls or cert is not None or ca is not None:
+        elif args.tls or cert is not None or ca is not None or args.tls_no_hostname_check:
             args.tls = True
-            context = client_context(ca=ca, cert=cert, key=key)
+            context = client_context(
+                ca=ca, cert=cert, key=key, check_hostname=not args.tls_no_hostname_check
+            )
     except TLSError as exc:
         parser.error(f"TLS options: {exc}")
     args.ssl_context = context
@@ -669,6 +680,31 @@ def add_access_control(p: argparse.ArgumentParser) -> None:
         help="with --users: refuse a user name without passcode (identity type 1)",
     )
     g.add_argument(
+        "--lockout-after",
+        type=lockout_count,
+        default=5,
+        metavar="N",
+        help="with --users: after N failed identity checks within 60 s for one user name or "
+        "from one address, refuse that user or address for --lockout-time seconds without "
+        "checking (same rejection as a wrong passcode; 0: no lock-out)",
+    )
+    g.add_argument(
+        "--lockout-time",
+        type=timeout,
+        default=60.0,
+        metavar="S",
+        help="seconds a lock-out lasts (--lockout-after)",
+    )
+    g.add_argument(
+        "--audit-log",
+        type=audit_log_file,
+        default=None,
+        metavar="FILE",
+        help="append one JSON line per association accepted, rejected (with the rule that "
+        "refused it), released or aborted, and per failed TLS handshake, to FILE (created "
+        "owner-only; passcodes are never written)",
+    )
+    g.add_argument(
         "--max-associations",
         type=positive_int,
         default=1000,
@@ -699,11 +735,52 @@ def access_control(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def install_access_control(ae: AE, args: argparse.Namespace) -> None:
-    """With ``--users``: check every User Identity against the users file."""
+    """With ``--users``: check every User Identity against the users file, with the
+    lock-out of ``--lockout-after``/``--lockout-time``."""
     store: UserStore | None = args.users
     if store is not None:
         store.allow_username_only = not args.require_passcode
-        ae.on_user_identity(store.identity_handler())
+        lockout = None
+        if args.lockout_after:
+            lockout = Lockout(max_failures=args.lockout_after, duration=args.lockout_time)
+        ae.on_user_identity(store.identity_handler(), lockout=lockout)
+
+
+def lockout_count(text: str) -> int:
+    """argparse type of ``--lockout-after``: 0 (off) .. 1000."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 0 <= value <= 1000:
+        raise argparse.ArgumentTypeError(f"must be 0..1000, not {value}")
+    return value
+
+
+def audit_log_file(text: str) -> Path:
+    """argparse type of ``--audit-log``: a file we can append to (created if missing)."""
+    path = Path(text)
+    try:
+        AuditLog.open(path).close()
+    except AuditLogError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return path
+
+
+@contextlib.contextmanager
+def audit_trail(ae: AE, args: argparse.Namespace) -> Iterator[None]:
+    """With ``--audit-log``: the audit trail of ``ae``'s associations, written while the
+    block runs (the file is closed after it)."""
+    path: Path | None = getattr(args, "audit_log", None)
+    if path is None:
+        yield
+        return
+    with AuditLog.open(path) as audit:
+        audit.attach(ae)
+        try:
+            yield
+        finally:
+            audit.detach(ae)
 
 
 def ok(status: int) -> bool:

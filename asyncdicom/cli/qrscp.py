@@ -44,6 +44,7 @@ from .common import (
     add_server_timeouts,
     add_tls_server,
     ae_title,
+    audit_trail,
     err,
     format_address,
     install_access_control,
@@ -181,6 +182,12 @@ def add_parser(sub: Any) -> None:
         help="as --tls-out, but only for the associations to this AE title, one of "
         "--move-destination or --peer (repeatable); the others stay plain TCP",
     )
+    p.add_argument(
+        "--tls-no-hostname-check",
+        action="store_true",
+        help="with --tls-out/--tls-out-to: accept a destination's certificate whatever host "
+        "name it gives (its chain is still verified)",
+    )
     add_common(p)
     p.set_defaults(func=run)
 
@@ -193,7 +200,12 @@ def _outgoing_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
         return None
     from ..transport import client_context
 
-    return client_context(ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key)
+    return client_context(
+        ca=args.tls_ca,
+        cert=args.tls_cert,
+        key=args.tls_key,
+        check_hostname=not getattr(args, "tls_no_hostname_check", False),
+    )
 
 
 class QRSCPAE(AE):
@@ -314,7 +326,10 @@ async def run(args: argparse.Namespace) -> int:
         count = await anyio.to_thread.run_sync(archive.index.count)
         # the signals are caught before the "listening" line: a SIGTERM sent as soon as it is
         # read stops the app cleanly (exit status 0)
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        with (
+            audit_trail(ae, args),
+            anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals,
+        ):
             async with anyio.create_task_group() as tg:
                 server = await tg.start(ae.serve, args.host, args.port)
                 notice(

@@ -35,6 +35,7 @@ from .common import (
     add_server_timeouts,
     add_tls_server,
     ae_title,
+    audit_trail,
     err,
     format_address,
     install_access_control,
@@ -302,7 +303,10 @@ async def run(args: argparse.Namespace) -> int:
     ae = storescp_ae(args)
     # the signals are caught before the "listening" line: a SIGTERM sent as soon as it is
     # read stops the app cleanly (exit status 0)
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with (
+        audit_trail(ae, args),
+        anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals,
+    ):
         async with anyio.create_task_group() as tg:
             server = await tg.start(ae.serve, args.host, args.port)
             notice(
