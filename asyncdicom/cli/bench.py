@@ -267,6 +267,7 @@ def spec_from_args(args: argparse.Namespace) -> LoadSpec:
         tls_ca=args.tls_ca,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
+        tls_check_hostname=not args.tls_no_hostname_check,
     )
 
 

@@ -142,6 +142,8 @@ class LoadSpec:
     tls_ca: Path | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    #: verify that the peer's certificate names the host connected to
+    tls_check_hostname: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "operation", Operation(self.operation))
@@ -385,7 +387,12 @@ class LoadGenerator:
         if spec.tls:
             from ..transport import client_context
 
-            ssl_context = client_context(ca=spec.tls_ca, cert=spec.tls_cert, key=spec.tls_key)
+            ssl_context = client_context(
+                ca=spec.tls_ca,
+                cert=spec.tls_cert,
+                key=spec.tls_key,
+                check_hostname=spec.tls_check_hostname,
+            )
         self._ae = AE(
             spec.aet,
             max_pdu_length=spec.max_pdu,
