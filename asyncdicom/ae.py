@@ -377,9 +377,10 @@ class AE:
         ``(uid, [transfer syntaxes])`` pairs, or :class:`ContextRequest` objects (which can also
         propose SCP/SCU roles).  ``user_identity``, ``async_ops_window`` and the extended
         negotiation items go into the A-ASSOCIATE-RQ's user information (PS3.7 Annex D.3.3).
-        ``ssl_context`` (default: ``AEConfig.client_ssl_context``) runs the association over
-        TLS (PS3.15 Annex B), e.g. :func:`asyncdicom.transport.client_context`; the handshake
-        is bounded by ``Timeouts.tls_handshake``.
+        ``ssl_context`` (default: ``AEConfig.client_ssl_contexts`` for ``called_aet``, else
+        ``AEConfig.client_ssl_context``) runs the association over TLS (PS3.15 Annex B), e.g.
+        :func:`asyncdicom.transport.client_context`; the handshake is bounded by
+        ``Timeouts.tls_handshake``.
 
         An exception inside the block aborts the association instead.  Raises
         :class:`~asyncdicom.errors.AssociationRejected`, ``AssociationAborted``,
@@ -394,13 +395,18 @@ class AE:
             extended_negotiation,
             common_extended_negotiation,
         )
-        timeout = self.config.timeouts.connect
+        config = self.config
+        timeout = config.timeouts.connect
+        if ssl_context is None:
+            ssl_context = config.client_ssl_contexts.get(
+                called_aet.strip(" "), config.client_ssl_context
+            )
         stream = await transport.connect(
             host,
             port,
             bind=bind,
             timeout=timeout,
-            ssl_context=ssl_context or self.config.client_ssl_context,
+            ssl_context=ssl_context,
             handshake_timeout=self.config.timeouts.tls_handshake,
         )
         async with self._associate_on(stream, rq, called_aet, f"{host}:{port}") as assoc:

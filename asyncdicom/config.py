@@ -7,6 +7,7 @@ it depends on nothing above the protocol core.
 from __future__ import annotations
 
 import ssl
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from .protocol import uids
@@ -123,6 +124,10 @@ class AEConfig:
     #: requestor: TLS for :meth:`AE.associate` when it is not given ``ssl_context`` (None:
     #: plain TCP); see :func:`asyncdicom.transport.client_context`
     client_ssl_context: ssl.SSLContext | None = None
+    #: requestor: TLS per called AE title, before ``client_ssl_context``: an association
+    #: to an AE title listed here uses its context (e.g. only some C-MOVE destinations
+    #: over TLS); keys are AE titles without padding
+    client_ssl_contexts: Mapping[str, ssl.SSLContext] = field(default_factory=dict)
     #: acceptor: TLS for :meth:`AE.serve` / :meth:`AE.server` when they are not given
     #: ``ssl_context`` (None: plain TCP); see :func:`asyncdicom.transport.server_context`
     server_ssl_context: ssl.SSLContext | None = None

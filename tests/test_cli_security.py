@@ -402,12 +402,12 @@ def test_qrscp_outgoing_tls_by_ae_title(tmp_path: Path) -> None:
     base += ["--move-destination", "A=127.0.0.1:1", "--move-destination", "B=127.0.0.1:2"]
     base += ["--peer", "C=127.0.0.1:3"]
     ae = qrscp_ae(parse(*base, "--tls-out-to", "A", "--tls-out-to", "C"))
-    assert sorted(ae.tls_by_called_aet) == ["A", "C"]
+    assert sorted(ae.config.client_ssl_contexts) == ["A", "C"]
     assert ae.config.client_ssl_context is None
     ae = qrscp_ae(parse(*base, "--tls-out"))
-    assert ae.tls_by_called_aet == {} and ae.config.client_ssl_context is not None
+    assert ae.config.client_ssl_contexts == {} and ae.config.client_ssl_context is not None
     ae = qrscp_ae(parse(*base))
-    assert ae.tls_by_called_aet == {} and ae.config.client_ssl_context is None
+    assert ae.config.client_ssl_contexts == {} and ae.config.client_ssl_context is None
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,8 @@ on a new association to the requestor's address, given as ``--peer AET=HOST:PORT
 
 The associations qrscp opens (to C-MOVE destinations, and to storage commitment peers for the
 reports) are plain TCP unless ``--tls-out`` (TLS to every one) or ``--tls-out-to AET``
-(repeatable: TLS to those AE titles only) says otherwise; see :class:`QRSCPAE`.
+(repeatable: TLS to those AE titles only, ``AEConfig.client_ssl_contexts``) says
+otherwise.
 """
 
 from __future__ import annotations
@@ -23,8 +24,6 @@ import argparse
 import signal
 import sqlite3
 import ssl
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +31,7 @@ import anyio
 
 from ..ae import AE
 from ..archive import Archive, qrscp_config
-from ..config import AEConfig
 from ..qr import IndexDatabaseError
-from ..services import ServiceAssociation
 from ..storage.files import remove_stale_temp_files
 from .common import (
     access_control,
@@ -56,7 +53,7 @@ from .common import (
 )
 from .storescp import output_folder, prepare_output_folder
 
-__all__ = ["QRSCPAE", "add_parser", "db_file", "move_destination", "qrscp_ae", "run"]
+__all__ = ["add_parser", "db_file", "move_destination", "qrscp_ae", "run"]
 
 
 def move_destination(text: str) -> tuple[str, str, int]:
@@ -208,57 +205,21 @@ def _outgoing_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
     )
 
 
-class QRSCPAE(AE):
-    """qrscp's AE: the associations it opens use TLS by the AE title they call.
-
-    The C-MOVE engine and the storage commitment reports open their associations with
-    :meth:`associate`, naming the destination's AE title as ``called_aet``; an AE title in
-    :attr:`tls_by_called_aet` gets that TLS context, any other one the configuration's
-    ``client_ssl_context`` (None: plain TCP).
-    """
-
-    def __init__(
-        self, *, config: AEConfig, tls_by_called_aet: Mapping[str, ssl.SSLContext] | None = None
-    ) -> None:
-        super().__init__(config=config)
-        #: called AE title -> the TLS context of the associations to it
-        self.tls_by_called_aet: dict[str, ssl.SSLContext] = dict(tls_by_called_aet or {})
-
-    @asynccontextmanager
-    async def associate(
-        self,
-        host: str,
-        port: int,
-        *,
-        called_aet: str = "ANY-SCP",
-        ssl_context: ssl.SSLContext | None = None,
-        **options: Any,
-    ) -> AsyncIterator[ServiceAssociation]:
-        """:meth:`AE.associate`, over TLS when ``called_aet`` is one of
-        :attr:`tls_by_called_aet` (and ``ssl_context`` is not given)."""
-        if ssl_context is None:
-            ssl_context = self.tls_by_called_aet.get(called_aet.strip(" "))
-        async with super().associate(
-            host, port, called_aet=called_aet, ssl_context=ssl_context, **options
-        ) as association:
-            yield association
-
-
-def qrscp_ae(args: argparse.Namespace) -> QRSCPAE:
+def qrscp_ae(args: argparse.Namespace) -> AE:
     """The AE of ``qrscp`` for the parsed options (the archive's handlers not yet installed)."""
     outgoing = _outgoing_tls(args)
     selected = getattr(args, "tls_out_to", None)
     per_title = {} if outgoing is None or not selected else dict.fromkeys(selected, outgoing)
-    ae = QRSCPAE(
+    ae = AE(
         config=qrscp_config(
             args.aet,
             max_pdu_length=args.max_pdu,
             **access_control(args),
             **server_tls(args),
             client_ssl_context=outgoing if not selected else None,
+            client_ssl_contexts=per_title,
             timeouts=server_timeouts(args),
         ),
-        tls_by_called_aet=per_title,
     )
     install_access_control(ae, args)
     return ae
