@@ -37,6 +37,7 @@ from pathlib import Path
 
 import anyio
 
+from .log import get_logger
 from .protocol.negotiation import IdentityDecision
 from .protocol.pdu import AssociateRQ, UserIdentityRQSubItem
 
@@ -164,12 +165,37 @@ def hash_password(password: str | bytes) -> PasswordHash:
 _DUMMY = PasswordHash(SCRYPT_N, SCRYPT_R, SCRYPT_P, b"\0" * _SALT_BYTES, b"\0" * _HASH_BYTES)
 
 
+def _stamp(path: str | os.PathLike[str]) -> tuple[int, int, int]:
+    """What tells a changed file: inode (a file saved by renaming a new one over it), size and
+    modification time."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise UsersFileError(f"cannot read {str(path)!r}: {exc.strerror or exc}") from None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _read(path: str | os.PathLike[str]) -> list[str]:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise UsersFileError(f"cannot read {str(path)!r}: {reason}") from None
+    return text.splitlines()
+
+
 class UserStore:
     """Users and their password hashes, as read from (and written to) a users file.
 
     ``allow_username_only``: accept identity type 1 (a user name without passcode) for a user
     in the store.  Type 1 identifies; it does not authenticate: turn it off to require a
     passcode.
+
+    A store read with :meth:`load` follows its file: before each check it looks whether the
+    file changed (one ``stat``, in the worker thread of the check) and reads it again, so
+    users added, changed or removed with ``asyncdicom users`` take effect without a restart.
+    A file that has become unreadable or malformed is not used: the users read last stay in
+    force and a warning is logged (once per change of the file).
     """
 
     def __init__(
@@ -177,6 +203,9 @@ class UserStore:
     ) -> None:
         self.users: dict[str, PasswordHash] = dict(users or {})
         self.allow_username_only = allow_username_only
+        #: the file followed (set by :meth:`load`), and what it looked like when last read
+        self.path: Path | None = None
+        self._stamp: tuple[int, int, int] | None = None
 
     # ------------------------------------------------------------------ the file
 
@@ -203,12 +232,41 @@ class UserStore:
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, allow_username_only: bool = True) -> UserStore:
         """Read a users file; :class:`UsersFileError` if it cannot be read or is malformed."""
+        stamp = _stamp(path)
+        store = cls.parse(_read(path), allow_username_only=allow_username_only)
+        store.path = Path(path)
+        store._stamp = stamp
+        return store
+
+    def refresh(self) -> bool:
+        """Read the file again if it changed since it was last read (see the class); True
+        when the users were replaced.  Never raises: a bad file is logged and ignored."""
+        path = self.path
+        if path is None:
+            return False
         try:
-            text = Path(path).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = getattr(exc, "strerror", None) or str(exc)
-            raise UsersFileError(f"cannot read {str(path)!r}: {reason}") from None
-        return cls.parse(text.splitlines(), allow_username_only=allow_username_only)
+            stamp = _stamp(path)
+        except UsersFileError as exc:
+            stamp = None
+            problem = str(exc)
+        else:
+            if stamp == self._stamp:
+                return False
+            try:
+                fresh = UserStore.parse(_read(path))
+            except UsersFileError as exc:
+                problem = str(exc)
+            else:
+                self.users = fresh.users
+                self._stamp = stamp
+                get_logger().info("users_file_reloaded", path=str(path), users=len(self.users))
+                return True
+        if stamp != self._stamp:
+            get_logger().warning(
+                "users_file_not_reloaded", path=str(path), problem=problem, kept=len(self.users)
+            )
+            self._stamp = stamp  # warn once per change, not at every check
+        return False
 
     def dumps(self) -> str:
         """The users file text (users sorted by name)."""
@@ -256,7 +314,9 @@ class UserStore:
         return stored is not None and matches
 
     def check(self, item: UserIdentityRQSubItem) -> IdentityDecision:
-        """The decision for a User Identity sub-item of type 1 or 2 (others are refused)."""
+        """The decision for a User Identity sub-item of type 1 or 2 (others are refused);
+        the file is looked at first (:meth:`refresh`)."""
+        self.refresh()
         if item.identity_type == USERNAME_AND_PASSCODE:
             ok = bool(item.secondary_field) and self.verify(
                 item.primary_field, item.secondary_field

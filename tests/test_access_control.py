@@ -315,3 +315,43 @@ def test_duplicate_user_and_missing_file(tmp_path: Path) -> None:
         UserStore.parse([line, line])
     with pytest.raises(UsersFileError, match="cannot read"):
         UserStore.load(tmp_path / "missing.txt")
+
+
+def test_users_file_followed_without_a_restart(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A loaded store re-reads its file when it changes (users added, changed, removed by
+    ``asyncdicom users``); a file that turns bad is ignored, the last users kept, one warning
+    per change."""
+    path = tmp_path / "users.txt"
+    store = UserStore()
+    store.add("alice", "a1")
+    store.save(path)
+    loaded = UserStore.load(path)
+    assert loaded.check(password("alice", "a1")).accepted
+    assert not loaded.check(password("bob", "b1")).accepted
+    editor = UserStore.load(path)
+    editor.add("bob", "b1")
+    editor.add("alice", "a2")
+    editor.save(path)
+    assert loaded.check(password("bob", "b1")).accepted
+    assert loaded.check(password("alice", "a2")).accepted
+    assert not loaded.check(password("alice", "a1")).accepted
+    editor.remove("bob")
+    editor.save(path)
+    assert not loaded.check(password("bob", "b1")).accepted
+    # broken, then missing: the last good users stay, a warning for each change only
+    path.write_text("garbage\n")
+    with caplog.at_level("WARNING"):
+        for _ in range(3):
+            assert loaded.check(password("alice", "a2")).accepted
+        path.unlink()
+        for _ in range(3):
+            assert loaded.check(password("alice", "a2")).accepted
+    warnings = [r for r in caplog.records if "users_file_not_reloaded" in r.getMessage()]
+    assert len(warnings) == 2, [r.getMessage() for r in warnings]
+    editor.save(path)  # back: read again
+    assert not loaded.check(password("alice", "a1")).accepted
+    assert loaded.check(password("alice", "a2")).accepted
+    # a store not read from a file follows nothing
+    assert not UserStore().refresh()
