@@ -477,6 +477,7 @@ class Association:
         #: whether one is under way
         self._write_serial = 0
         self._writing = False
+        self._write_watch = False
         #: set when a write was interrupted: part of a PDU may be on the wire, nothing more
         #: can be sent (not even an A-ABORT), the transport is closed
         self._torn = False
@@ -590,8 +591,6 @@ class Association:
         per_byte = 1.0 / rate if rate is not None else math.inf
         # seconds the reader may still wait for the transfer in progress (None: no transfer)
         bank: float | None = None
-        if timeouts.write is not None and self._tg is not None:
-            self._tg.start_soon(self._watch_writes, timeouts.write)
         ul = self._ul
         stream = self._stream
         # how much to ask for per receive (trio reads that much from the socket at once)
@@ -750,9 +749,12 @@ class Association:
         async with self._write_lock:
             if self._torn:
                 return
-            # what the write watchdog looks at (no timer per PDU: see _watch_writes)
+            # what the write watchdog looks at (no timer per PDU: see _watch_writes); the
+            # watchdog runs only while the association is writing
             self._write_serial += 1
             self._writing = True
+            if not self._write_watch:
+                self._start_write_watch()
             try:
                 await self._stream.send(data)
             except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
@@ -780,30 +782,47 @@ class Association:
             return
         self._update_deadline()
 
+    def _start_write_watch(self) -> None:
+        timeout = self.config.timeouts.write
+        tg = self._tg
+        if timeout is None or tg is None or self._closed.is_set():
+            return
+        self._write_watch = True
+        try:
+            tg.start_soon(self._watch_writes, timeout)
+        except RuntimeError:  # the association's task group has ended
+            self._write_watch = False
+
     async def _watch_writes(self, timeout: float) -> None:
         """The write timeout, without a timer per PDU sent: every quarter of ``timeout`` look
         at the write in progress; the same one seen in progress five times in a row has taken
         at least ``timeout`` (and less than 1.25 times it): the peer stopped reading, or reads
         too slowly to take one PDU in that time.  No A-ABORT can get through a full window,
-        so the connection is dropped (the peer sees A-P-ABORT) and the writer is woken."""
+        so the connection is dropped (the peer sees A-P-ABORT) and the writer is woken.
+
+        The watchdog ends at the first look that finds no write in progress (the next write
+        starts it again), so an idle association has none: no task, no timer."""
         interval = timeout / 4
         seen = -1
         count = 0
         closed = self._closed
-        while not closed.is_set():
-            with anyio.move_on_after(interval):
-                await closed.wait()
-            if closed.is_set():
-                return
-            if self._writing and self._write_serial == seen:
-                count += 1
-                if count >= 4:
-                    self._write_stalled(timeout)
-                    await close_forcefully(self._stream)
+        try:
+            while True:
+                with anyio.move_on_after(interval):
+                    await closed.wait()
+                if closed.is_set() or not self._writing:
                     return
-            else:
-                seen = self._write_serial if self._writing else -1
-                count = 0
+                if self._write_serial == seen:
+                    count += 1
+                    if count >= 4:
+                        self._write_stalled(timeout)
+                        await close_forcefully(self._stream)
+                        return
+                else:
+                    seen = self._write_serial
+                    count = 0
+        finally:
+            self._write_watch = False
 
     def _write_stalled(self, timeout: float) -> None:
         """A write took longer than the write timeout: records why the association ends."""

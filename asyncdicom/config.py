@@ -53,8 +53,8 @@ class Timeouts:
     * ``write``: sending one PDU may take at most this long; a peer that stops reading (its
       receive window stays full) or reads too slowly to take one PDU in this time has its
       connection closed, so that a slow reader cannot hold an association forever.  Checked
-      by a watchdog every quarter of this time, so the cut comes between 1 and 1.25 times
-      this value.  ``None``: no bound.
+      by a watchdog every quarter of this time while the association is writing, so the cut
+      comes between 1 and 1.25 times this value.  ``None``: no bound.
     * ``network``: nothing received for this long aborts an established association.
     * ``artim``: PS3.8 ARTIM timer: how long an accepted connection may stay silent before its
       A-ASSOCIATE-RQ, and how long we wait for the peer to close after a reject, release
