@@ -999,9 +999,12 @@ class Association:
         """Acceptor: send A-ASSOCIATE-AC."""
         try:
             self._ul.send(ac, now=self._now())
-        except LocalProtocolError:
-            # A PDU that arrived right behind the A-ASSOCIATE-RQ (in the same read) already
-            # aborted the association (Sta13) or the peer closed it: nothing left to accept.
+        except LocalProtocolError as exc:
+            # Usually a PDU that arrived right behind the A-ASSOCIATE-RQ (in the same read)
+            # already aborted the association (Sta13) or the peer closed it: nothing left to
+            # accept.  Otherwise the answer itself could not be sent: abort, never leave the
+            # peer waiting.
+            await self._unsendable_answer("A-ASSOCIATE-AC", exc)
             return
         self.negotiated = negotiated
         self._setup_window()
@@ -1014,10 +1017,21 @@ class Association:
         """Acceptor: send A-ASSOCIATE-RJ."""
         try:
             self._ul.send(rj, now=self._now())
-        except LocalProtocolError:
-            return  # already aborted or closed, as in _accept
+        except LocalProtocolError as exc:
+            await self._unsendable_answer("A-ASSOCIATE-RJ", exc)  # as in _accept
+            return
         self.rejection = rj
         self.hooks.emit(HookEvent.ASSOCIATION_REJECTED, self, reject=rj)
+
+    async def _unsendable_answer(self, what: str, exc: LocalProtocolError) -> None:
+        """The answer to an A-ASSOCIATE-RQ was refused by the upper layer: nothing to do if
+        the association is already over, else A-ABORT (it cannot stay unanswered)."""
+        if self._ul.state is not State.AWAITING_LOCAL_ASSOCIATE_RESPONSE:
+            return
+        self.log.error("associate_answer_unsendable", pdu=what, error=str(exc))
+        self._abort_detail = f"the {what} could not be sent: {exc}"
+        self._send_abort_now()
+        await self._process_events()
 
     # ------------------------------------------------------------------ release / abort
 

@@ -59,6 +59,7 @@ __all__ = [
     "DATASET_ABSENT",
     "DATASET_PRESENT",
     "DEFAULT_SEND_PDU_LIMIT",
+    "MIN_USABLE_MAX_PDU_LENGTH",
     "CommandReceived",
     "DIMSEEvent",
     "DatasetFragment",
@@ -75,6 +76,9 @@ __all__ = [
 
 #: PDU length used when the peer announced 0 (no limit), and the largest we ever send.
 DEFAULT_SEND_PDU_LIMIT: Final = 1 << 20
+#: The smallest peer maximum PDU length (other than 0, unlimited) that can carry a PDV with
+#: data: 4 (PDV item length) + 1 (context ID) + 1 (control header) + a 2-byte fragment.
+MIN_USABLE_MAX_PDU_LENGTH: Final = 8
 #: Command Data Set Type (0000,0800) value meaning "no data set follows" (PS3.7 E.1).
 DATASET_ABSENT: Final = 0x0101
 #: The value we send for "a data set follows" (any value other than 0x0101 means that).
@@ -346,7 +350,8 @@ def decode_command(data: bytes | bytearray | memoryview) -> Message:
         elif kind == _AE:
             value = _decode_text(buf[start:end].rstrip(b"\x00 "), name) or None
         elif kind == _LO:
-            value = buf[start:end].rstrip(b"\x00 ").decode("utf-8", "replace")
+            # padding only is an empty value, as for the UI and AE elements: absent
+            value = buf[start:end].rstrip(b"\x00 ").decode("utf-8", "replace") or None
         else:  # _AT
             if length % 4:
                 raise DIMSEError(
@@ -383,7 +388,7 @@ def fragment_size(max_pdu_length: int) -> int:
     """The fragment payload size used for a peer maximum PDU length (see the packing policy)."""
     if max_pdu_length == 0 or max_pdu_length > DEFAULT_SEND_PDU_LIMIT:
         max_pdu_length = DEFAULT_SEND_PDU_LIMIT
-    if max_pdu_length < 8:
+    if max_pdu_length < MIN_USABLE_MAX_PDU_LENGTH:
         raise ValueError(
             f"max PDU length {max_pdu_length} leaves no room for a 2-byte fragment "
             "(a PDV needs 6 bytes of header)"

@@ -41,7 +41,10 @@ Decisions taken where the standard leaves room (all documented at the point of u
   "not significant", PS3.8 Table 9-18, but an empty sub-item upsets some decoders).
 * A missing Maximum Length sub-item (required by PS3.7 D.3.3.1) is read as
   :data:`FALLBACK_MAX_PDU_LENGTH` rather than "unlimited", so that we never flood a peer that
-  said nothing.
+  said nothing.  A Maximum Length of 1 to 7 cannot carry any PDV: the acceptor rejects such
+  an RQ, the requestor treats such an AC as a protocol error.
+* An RQ whose answers would not fit in the AC's User Information item (16-bit item-length;
+  role selection and extended negotiation answers echo the RQ's UIDs) is rejected.
 """
 
 from __future__ import annotations
@@ -52,10 +55,14 @@ from enum import IntEnum
 from types import MappingProxyType
 from typing import Literal
 
+from .codec import _encode_user_information
+from .dimse import MIN_USABLE_MAX_PDU_LENGTH
 from .errors import (
+    ACSE_NO_REASON,
     ACSE_PROTOCOL_VERSION_NOT_SUPPORTED,
     InvalidItem,
     InvalidParameterValue,
+    LocalProtocolError,
     RejectReason,
     RejectResult,
     RejectSource,
@@ -717,6 +724,16 @@ def _check_association(
         # PS3.7 D.3.3.7 leaves the rejection code open; we give no reason on purpose so as
         # not to tell a prober why the credentials failed.
         return _user_reject(RejectReason.USER_NO_REASON, "user identity refused")
+    peer_max = rq.user_information.maximum_length
+    if peer_max is not None and 0 < peer_max < MIN_USABLE_MAX_PDU_LENGTH:
+        # No P-DATA-TF that short can carry a PDV: we could never answer on this association.
+        return _reject(
+            int(RejectResult.REJECTED_PERMANENT),
+            int(RejectSource.SERVICE_PROVIDER_ACSE),
+            ACSE_NO_REASON,
+            f"Maximum Length {peer_max} is too small to carry a PDV "
+            f"(at least {MIN_USABLE_MAX_PDU_LENGTH}, or 0 for no limit)",
+        )
     return None
 
 
@@ -772,7 +789,10 @@ def negotiate(
     reason 2); application context other than the DICOM one (source 1, reason 2); called AE
     title not ours while ``require_called_ae_title`` (source 1, reason 7); calling AE title
     not in ``allowed_calling_ae_titles`` (source 1, reason 3); a User Identity sub-item with a
-    refused *identity* decision, or none when ``require_user_identity`` (source 1, reason 1).
+    refused *identity* decision, or none when ``require_user_identity`` (source 1, reason 1);
+    answers that do not fit in the AC's User Information item (its item-length is 16 bits, and
+    role selection and extended negotiation answers echo the RQ's UIDs), or a Maximum Length
+    of 1 to 7, too small to carry any PDV (source 2, reason 1).
     A User Identity sub-item with ``identity=None`` and ``require_user_identity`` false is
     ignored (PS3.7 D.3.3.7: an acceptor need not support it).
 
@@ -867,12 +887,25 @@ def negotiate(
     ):
         sub_items.append(UserIdentityACSubItem(identity.server_response or b""))
 
+    user_information = UserInformationItem(tuple(sub_items))
+    try:
+        # The answers echo what the peer sent (role selection UIDs, extended negotiation), so
+        # a User Information item filled up to its 16-bit item-length in the RQ can give an AC
+        # whose item does not fit (and an AC we could not send would leave the peer waiting).
+        _encode_user_information(user_information)
+    except LocalProtocolError as exc:
+        return _reject(
+            int(RejectResult.REJECTED_PERMANENT),
+            int(RejectSource.SERVICE_PROVIDER_ACSE),
+            ACSE_NO_REASON,
+            f"the A-ASSOCIATE-AC cannot carry the answers to this request: {exc}",
+        )
     ac = AssociateAC(
         # These fields are reserved in the AC and echo the RQ (PS3.8 Table 9-17).
         called_ae_title=rq.called_ae_title,
         calling_ae_title=rq.calling_ae_title,
         presentation_contexts=tuple(results),
-        user_information=UserInformationItem(tuple(sub_items)),
+        user_information=user_information,
     )
     return Accepted(ac, _association_view(rq, ac, is_requestor=False))
 
@@ -887,10 +920,18 @@ def process_associate_ac(rq: AssociateRQ, ac: AssociateAC) -> NegotiatedAssociat
     (PS3.8 7.1.1.14).  Raises :class:`~asyncdicom.protocol.errors.InvalidParameterValue` for a
     result for a context ID we never proposed, an undefined result value, or an accepted
     transfer syntax we did not propose for that context, and
-    :class:`~asyncdicom.protocol.errors.InvalidItem` for two results for one context ID; these
-    are peer protocol errors that end in an A-ABORT.  A missing result is read as result 2.
-    Role answers count only for roles we proposed as 1; no answer means the default roles.
+    :class:`~asyncdicom.protocol.errors.InvalidItem` for two results for one context ID, and
+    :class:`~asyncdicom.protocol.errors.InvalidParameterValue` for a Maximum Length of 1 to 7
+    (too small to carry any PDV); these are peer protocol errors that end in an A-ABORT.  A
+    missing result is read as result 2.  Role answers count only for roles we proposed as 1;
+    no answer means the default roles.
     """
+    peer_max = ac.user_information.maximum_length
+    if peer_max is not None and 0 < peer_max < MIN_USABLE_MAX_PDU_LENGTH:
+        raise InvalidParameterValue(
+            f"A-ASSOCIATE-AC Maximum Length {peer_max} is too small to carry a PDV "
+            f"(at least {MIN_USABLE_MAX_PDU_LENGTH}, or 0 for no limit)"
+        )
     proposals = {p.context_id: p for p in rq.presentation_contexts}
     seen: set[int] = set()
     for result in ac.presentation_contexts:
