@@ -136,6 +136,10 @@ class AEConfig:
     #: N-ACTION, ... identifiers); more aborts the association (A-ABORT source 2). A C-STORE
     #: data set saved with ``save_to`` or read with ``chunks()`` streams and is not limited
     max_dataset_in_memory: int = 64 * 1024 * 1024
+    #: where a request's data set bigger than ``max_dataset_in_memory`` is spooled when a
+    #: handler asks for it decoded (``request.dataset()``): anonymous temporary files, gone
+    #: with the data set (None: the system's temporary folder)
+    spool_directory: str | None = None
     #: the largest command set accepted from the peer, however many PDVs carry it (a longer
     #: one is aborted); a command set is a few hundred bytes, 64 KiB leaves room for long
     #: Error Comments and Attribute Identifier Lists

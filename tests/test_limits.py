@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import struct
+import tempfile
+import tracemalloc
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -25,13 +27,19 @@ from asyncdicom import AE, HookEvent, errors, presets
 from asyncdicom.ae import Timeouts
 from asyncdicom.protocol import messages, uids
 from asyncdicom.protocol.codec import encode_pdata
-from asyncdicom.storage.files import encode_dataset
+from asyncdicom.storage.files import InvalidDicomFile, decode_spooled_dataset, encode_dataset
 from asyncdicom.storage.synthetic import make_ct_instance
 from tests.test_hostile import (
+    BIG_PIXELS,
+    BIG_ROWS,
+    CHUNK,
     EXPLICIT,
     GUARD,
     VERIFICATION_RQ,
     RawPeer,
+    _big_chunks,
+    _big_instance_header,
+    _big_store,
     _store_command,
     associate_rq,
 )
@@ -85,8 +93,8 @@ async def test_command_set_limit_is_configurable() -> None:
 
 
 async def test_request_identifier_over_the_limit_is_aborted() -> None:
-    """A C-FIND identifier larger than ``max_dataset_in_memory`` is not read into memory:
-    the acceptor aborts (source 2) and its handler sees the association aborted."""
+    """A C-FIND identifier larger than ``max_dataset_in_memory`` is not read into memory by
+    ``read()``: the acceptor aborts (source 2) and its handler sees the association aborted."""
     scp = AE(
         "SCP",
         supported_contexts=presets.qr_find_supported(),
@@ -97,7 +105,7 @@ async def test_request_identifier_over_the_limit_is_aborted() -> None:
     @scp.on("C-FIND", sop_class=STUDY)
     async def on_find(request: Any) -> AsyncIterator[Any]:
         try:
-            await request.dataset()
+            await request.read()  # bytes in memory: bounded (dataset() would spool instead)
         except errors.AssociationError as exc:
             seen.append(exc)
             raise
@@ -114,6 +122,94 @@ async def test_request_identifier_over_the_limit_is_aborted() -> None:
                         [m async for m in results]
     assert len(seen) == 1 and isinstance(seen[0], errors.AssociationAborted)
     assert str(SMALL_LIMIT) in str(seen[0])
+
+
+async def test_big_request_data_set_is_spooled_to_disk_not_memory(tmp_path: Path) -> None:
+    """``request.dataset()`` on a 64 MiB C-STORE with ``max_dataset_in_memory`` 1 MiB: the
+    data set streams to an anonymous file in ``spool_directory`` (nothing named there) and
+    is decoded from it, pixel data read when accessed; traced memory stays far below the
+    data set's size until the pixels are asked for, and every byte is right."""
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    scp = AE(
+        "SCP",
+        accept_any_storage=True,
+        max_dataset_in_memory=1024 * 1024,
+        spool_directory=str(spool),
+    )
+    checks: dict[str, Any] = {}
+
+    @scp.on_store
+    async def on_store(request: Any) -> int:
+        tracemalloc.reset_peak()
+        ds = await request.dataset()
+        checks["peak"] = tracemalloc.get_traced_memory()[1]
+        checks["named"] = list(spool.iterdir())
+        checks["uid"] = ds.SOPInstanceUID
+        checks["rows"] = ds.Rows
+        pixels = ds.PixelData  # read from the spool file now
+        checks["pixels"] = (len(pixels), pixels[: len(CHUNK)] == CHUNK, pixels[-16:])
+        return 0x0000
+
+    uid, head = _big_instance_header()
+    with anyio.fail_after(60):
+        async with scp.server() as server:
+            async with AE("SCU").associate(
+                "127.0.0.1", server.port, called_aet="SCP", contexts=[(CT, [EXPLICIT])]
+            ) as assoc:
+                tracemalloc.start()
+                try:
+                    status = await _big_store(assoc, uid, _big_chunks(head))
+                finally:
+                    tracemalloc.stop()
+    assert status == 0x0000
+    assert checks["peak"] < 16 * 1024 * 1024, f"peak {checks['peak'] / 2**20:.1f} MiB"
+    assert checks["named"] == []
+    assert (checks["uid"], checks["rows"]) == (uid, BIG_ROWS)
+    assert checks["pixels"] == (BIG_PIXELS, True, CHUNK[-16:])
+    assert list(spool.iterdir()) == []
+
+
+async def test_big_identifier_is_spooled_and_decoded() -> None:
+    """A C-FIND identifier over ``max_dataset_in_memory`` reaches ``dataset()`` whole."""
+    scp = AE(
+        "SCP",
+        supported_contexts=presets.qr_find_supported(),
+        max_dataset_in_memory=SMALL_LIMIT,
+    )
+    seen: list[str] = []
+
+    @scp.on("C-FIND", sop_class=STUDY)
+    async def on_find(request: Any) -> AsyncIterator[Any]:
+        seen.append((await request.dataset()).TextValue)
+        yield 0x0000
+
+    with anyio.fail_after(GUARD):
+        async with scp.server() as server:
+            async with AE("SCU").associate(
+                "127.0.0.1", server.port, called_aet="SCP", contexts=[STUDY]
+            ) as assoc:
+                async with assoc.find(_identifier(BIG_VALUE)) as results:
+                    assert [m async for m in results] == []
+                assert results.status == 0x0000
+    assert seen == [BIG_VALUE]
+
+
+def test_spooled_deflated_data_set_is_inflated(tmp_path: Path) -> None:
+    ds = _identifier("Z" * 200_000)
+    encoded = encode_dataset(ds, uids.DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN)
+    with tempfile.TemporaryFile() as spool:
+        spool.write(encoded + b"\x00")  # a pad byte after the deflate stream is ignored
+        decoded = decode_spooled_dataset(
+            spool, uids.DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN, str(tmp_path)
+        )
+        assert decoded.TextValue == "Z" * 200_000  # over the defer size: read from the file
+        assert decoded.QueryRetrieveLevel == "STUDY"
+    with tempfile.TemporaryFile() as spool:
+        spool.write(b"\x01\x02garbage")
+        with pytest.raises(InvalidDicomFile):
+            decode_spooled_dataset(spool, uids.DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN)
+        assert spool.closed
 
 
 async def test_response_identifier_over_the_limit_is_aborted() -> None:

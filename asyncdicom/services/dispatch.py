@@ -43,11 +43,50 @@ class ServiceRequest(IncomingRequest):
     """
 
     async def dataset(self) -> Dataset:
-        """The data set (identifier) decoded with pydicom in the context's transfer syntax."""
-        from ..storage.files import decode_dataset
+        """The data set (identifier) decoded with pydicom in the context's transfer syntax.
 
-        data = await self.read()
-        return decode_dataset(data, self.context.transfer_syntax or "")
+        Up to ``AEConfig.max_dataset_in_memory`` bytes it is read into memory.  A bigger one
+        streams to an anonymous temporary file instead (in ``AEConfig.spool_directory``, the
+        system's temporary folder by default; written in worker threads) and is decoded from
+        there with its large values (over 64 KiB: pixel data, say) read from the file only
+        when accessed; the file is gone as soon as the returned Dataset is.  Memory stays
+        bounded whatever the peer sends.
+        """
+        from ..storage.files import decode_dataset, decode_spooled_dataset
+
+        association = self.association
+        config = association.config
+        limit = config.max_dataset_in_memory
+        syntax = self.context.transfer_syntax or ""
+        parts: list[bytes] = []
+        size = 0
+        spool: Any = None
+        try:
+            async for chunk in self.chunks():
+                if spool is None:
+                    size += len(chunk)
+                    parts.append(bytes(chunk))
+                    if size <= limit:
+                        continue
+                    spool = await anyio.to_thread.run_sync(_new_spool, config.spool_directory)
+                    held = b"".join(parts)
+                    parts.clear()
+                    await anyio.to_thread.run_sync(spool.write, held)
+                    del held
+                else:
+                    # the fragment is a view of received bytes nobody else writes: safe to
+                    # hand to the thread as it is
+                    await anyio.to_thread.run_sync(spool.write, chunk)
+            if spool is None:
+                return decode_dataset(b"".join(parts), syntax)
+            dataset: Dataset = await anyio.to_thread.run_sync(
+                decode_spooled_dataset, spool, syntax, config.spool_directory
+            )
+            spool = None  # now owned by the data set (its deferred values read from it)
+            return dataset
+        finally:
+            if spool is not None:
+                spool.close()
 
     def decode(self) -> Dataset:
         """For plain-function (threaded) handlers: :attr:`data` decoded with pydicom."""
@@ -69,6 +108,14 @@ class ServiceRequest(IncomingRequest):
         from .storage import save_request
 
         return await save_request(self, folder, on_duplicate=on_duplicate, layout=layout)
+
+
+def _new_spool(directory: str | None) -> Any:
+    """An anonymous temporary file (no name on disk: it disappears when closed)."""
+    import tempfile
+
+    # not a with-block: on success the file is handed to the data set
+    return tempfile.TemporaryFile(dir=directory)
 
 
 def _encode(dataset: Any, context: PresentationContext) -> DatasetSource:

@@ -1354,6 +1354,64 @@ def encode_dataset(ds: Dataset, transfer_syntax_uid: str) -> bytes:
     return data
 
 
+#: values longer than this stay in the spool file of :func:`decode_spooled_dataset` until read
+SPOOL_DEFER_SIZE = 64 * 1024
+
+
+def decode_spooled_dataset(
+    spool: BinaryIO, transfer_syntax_uid: str, directory: str | None = None
+) -> Dataset:
+    """Decode data set bytes written to the open binary file ``spool`` (see
+    :meth:`asyncdicom.services.ServiceRequest.dataset`): element headers are parsed now, values
+    longer than :data:`SPOOL_DEFER_SIZE` are read from ``spool`` when accessed, so the data
+    set keeps the file (and the file its bytes) as long as it lives.  A deflated data set is
+    inflated into a second temporary file (in ``directory``) first, in pieces.  Raises
+    :class:`InvalidDicomFile` or :class:`UnsupportedTransferSyntax` as :func:`decode_dataset`
+    does; ``spool`` is closed when it raises."""
+    import tempfile
+
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.filereader import read_dataset
+    from pydicom.uid import UID
+
+    try:
+        implicit, little, deflated = _encoding_of(transfer_syntax_uid)
+        spool.seek(0)
+        if deflated:
+            # not a with-block: on success the file is handed to the data set
+            inflated = tempfile.TemporaryFile(dir=directory)  # noqa: SIM115
+            inflater = zlib.decompressobj(wbits=-zlib.MAX_WBITS)
+            try:
+                while piece := spool.read(1 << 20):
+                    inflated.write(inflater.decompress(piece))
+                    if inflater.eof:
+                        break  # trailing padding after the deflate stream
+                inflated.write(inflater.flush())
+            except zlib.error as exc:
+                inflated.close()
+                raise InvalidDicomFile(f"deflated data set cannot be inflated: {exc}") from exc
+            spool.close()
+            spool = cast(BinaryIO, inflated)
+            spool.seek(0)
+        try:
+            ds = read_dataset(
+                spool, is_implicit_VR=implicit, is_little_endian=little, defer_size=SPOOL_DEFER_SIZE
+            )
+        except Exception as exc:  # pydicom raises many kinds of errors on malformed input
+            raise InvalidDicomFile(f"data set cannot be decoded: {exc}") from exc
+    except BaseException:
+        spool.close()
+        raise
+    # where pydicom reads deferred values from: the open file (not a name: it has none)
+    ds.filename = None
+    ds.buffer = spool
+    ds.fileobj_type = type(spool)
+    ds.timestamp = None
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = UID(transfer_syntax_uid)
+    return ds
+
+
 def decode_dataset(data: bytes | bytearray | memoryview, transfer_syntax_uid: str) -> Dataset:
     """Decode data set bytes received (or read) in ``transfer_syntax_uid`` into a Dataset.
 
