@@ -33,7 +33,7 @@ from asyncdicom.protocol.negotiation import (
     negotiate,
     process_associate_ac,
 )
-from asyncdicom.protocol.pdu import Abort, AssociateAC, AssociateRJ, AssociateRQ
+from asyncdicom.protocol.pdu import PDU, Abort, AssociateAC, AssociateRJ, AssociateRQ
 from asyncdicom.protocol.uids import IMPLICIT_VR_LITTLE_ENDIAN, VERIFICATION
 from asyncdicom.testing import memory_stream_pair
 from tests.test_fuzz import split_pdus
@@ -86,20 +86,25 @@ def test_oversized_user_information_answer_is_rejected_not_raised() -> None:
     assert decode_pdu(encode_pdu(result.rj)) == result.rj
 
 
-@pytest.mark.anyio
-async def test_live_acceptor_rejects_oversized_user_information(anyio_backend: str) -> None:
-    """The AE answers that RQ with an A-ASSOCIATE-RJ at once (it used to never answer)."""
+async def _first_answer(rq: bytes) -> PDU:
+    """What a live AE sends first in answer to the bytes ``rq`` (over an in-memory stream)."""
     scp = AE("SCP", timeouts=Timeouts(acse=2.0, dimse=2.0, artim=1.0, network=30.0))
     client, server = memory_stream_pair()
     received = b""
     with anyio.fail_after(10):
         async with anyio.create_task_group() as tg:
             tg.start_soon(scp.serve_stream, server)
-            await client.send(OVERSIZED_USER_INFORMATION_RQ)
+            await client.send(rq)
             while len(received) < 6 or len(received) < 6 + struct.unpack(">I", received[2:6])[0]:
                 received += await client.receive()
             await client.aclose()
-    assert decode_pdu(received) == AssociateRJ(
+    return decode_pdu(received)
+
+
+@pytest.mark.anyio
+async def test_live_acceptor_rejects_oversized_user_information(anyio_backend: str) -> None:
+    """The AE answers that RQ with an A-ASSOCIATE-RJ at once (it used to never answer)."""
+    assert await _first_answer(OVERSIZED_USER_INFORMATION_RQ) == AssociateRJ(
         int(RejectResult.REJECTED_PERMANENT),
         int(RejectSource.SERVICE_PROVIDER_ACSE),
         ACSE_NO_REASON,
@@ -116,17 +121,7 @@ async def test_unsendable_answer_is_an_abort_not_silence(
     from asyncdicom.protocol import negotiation
 
     monkeypatch.setattr(negotiation, "_encode_user_information", lambda item: b"")
-    scp = AE("SCP", timeouts=Timeouts(acse=2.0, dimse=2.0, artim=1.0, network=30.0))
-    client, server = memory_stream_pair()
-    received = b""
-    with anyio.fail_after(10):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(scp.serve_stream, server)
-            await client.send(OVERSIZED_USER_INFORMATION_RQ)
-            while len(received) < 6 or len(received) < 6 + struct.unpack(">I", received[2:6])[0]:
-                received += await client.receive()
-            await client.aclose()
-    pdu = decode_pdu(received)
+    pdu = await _first_answer(OVERSIZED_USER_INFORMATION_RQ)
     assert isinstance(pdu, Abort) and pdu.source == 0, pdu
 
 

@@ -48,7 +48,7 @@ import sys
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from ..ae import AE, Timeouts
 from ..audit import AuditLog, AuditLogError
@@ -208,17 +208,8 @@ def password_file(text: str) -> str:
     """An argparse type: a file whose first line is a password; returns the password (the line
     without its line ending).  A file that cannot be read, or whose first line is empty or
     not UTF-8, is a usage error."""
-    if not text.strip():
-        raise argparse.ArgumentTypeError("the file name is empty")
-    try:
-        with open(text, "rb") as f:
-            line = f.readline(_MAX_PASSWORD_BYTES + 2)
-    except FileNotFoundError:
-        raise argparse.ArgumentTypeError(f"{text!r} does not exist") from None
-    except IsADirectoryError:
-        raise argparse.ArgumentTypeError(f"{text!r} is a folder, not a file") from None
-    except OSError as exc:
-        raise argparse.ArgumentTypeError(f"cannot read {text!r}: {exc.strerror or exc}") from None
+    with _readable(text) as f:
+        line = f.readline(_MAX_PASSWORD_BYTES + 2)
     line = line.rstrip(b"\r\n")
     if not line:
         raise argparse.ArgumentTypeError(f"the first line of {text!r} is empty")
@@ -247,18 +238,23 @@ def max_pdu(text: str) -> int:
 
 def tls_file(text: str) -> str:
     """An argparse type: a TLS certificate, key or CA file (PEM) that exists and can be read."""
+    _readable(text).close()
+    return text
+
+
+def _readable(text: str) -> BinaryIO:
+    """Open a file named on the command line for reading, or raise the usage error saying why
+    it cannot be."""
     if not text.strip():
         raise argparse.ArgumentTypeError("the file name is empty")
     try:
-        with open(text, "rb"):
-            pass
+        return open(text, "rb")
     except FileNotFoundError:
         raise argparse.ArgumentTypeError(f"{text!r} does not exist") from None
     except IsADirectoryError:
         raise argparse.ArgumentTypeError(f"{text!r} is a folder, not a file") from None
     except OSError as exc:
         raise argparse.ArgumentTypeError(f"cannot read {text!r}: {exc.strerror or exc}") from None
-    return text
 
 
 def ae_title(text: str) -> str:
