@@ -185,9 +185,27 @@ async def test_pynetdicom_user_identity_and_async_window(
         window = AsynchronousOperationsWindowNegotiation()
         window.maximum_number_operations_invoked = 5
         window.maximum_number_operations_performed = 3
-        assoc = _associate(_pynetdicom_ae(uids.VERIFICATION), port, ext_neg=[identity, window])
+        received: list[Any] = []
+        assoc = _pynetdicom_ae(uids.VERIFICATION).associate(
+            "127.0.0.1",
+            port,
+            ae_title="OURSCP",
+            ext_neg=[identity, window],
+            evt_handlers=[
+                (evt.EVT_CONN_OPEN, _set_nodelay),
+                (evt.EVT_PDU_RECV, lambda event: received.append(event.pdu)),
+            ],
+        )
         if not assoc.is_established:
-            return {"established": False, "rejected": assoc.is_rejected}
+            # What pynetdicom received on the wire: its ACSE sometimes reports a rejection it
+            # received as an abort (pynetdicom 3.0.4: its reactor thread closes the socket on
+            # the A-ASSOCIATE-RJ before the requesting thread reads the confirmation, about
+            # one time in eight on a fast loopback), so its is_rejected flag is not reliable.
+            rjs = [pdu for pdu in received if type(pdu).__name__ == "A_ASSOCIATE_RJ"]
+            return {
+                "established": False,
+                "rejected": [(pdu.result, pdu.source, pdu.reason_diagnostic) for pdu in rjs],
+            }
         try:
             response = assoc.acceptor.user_identity
             return {
@@ -213,7 +231,7 @@ async def test_pynetdicom_user_identity_and_async_window(
     assert (item.identity_type, item.positive_response_requested) == (2, True)
     assert (item.primary_field, item.secondary_field) == (username, passcode)
     if not accepted:
-        assert outcome == {"established": False, "rejected": True}
+        assert outcome == {"established": False, "rejected": [(1, 1, 1)]}
         assert scp.accepted == []
         (_assoc, rj) = scp.rejected[0]
         assert (rj.result, rj.source, rj.reason) == (
