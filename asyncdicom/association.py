@@ -750,10 +750,11 @@ class Association:
             if self._torn:
                 return
             # what the write watchdog looks at (no timer per PDU: see _watch_writes); the
-            # watchdog runs only while the association is writing
+            # watchdog runs only while an established association is writing (before that
+            # only a few kilobytes are ever written: the kernel's buffer takes them at once)
             self._write_serial += 1
             self._writing = True
-            if not self._write_watch:
+            if not self._write_watch and self._ops is not None:
                 self._start_write_watch()
             try:
                 await self._stream.send(data)
