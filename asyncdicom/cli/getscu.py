@@ -17,10 +17,10 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ..storage.files import DUPLICATE_POLICIES, LAYOUTS, is_valid_uid
+from ..storage.files import is_valid_uid
 from .common import add_common, add_scu, err, notice
 from .retrieve_app import MAX_CONTEXTS, add_identifier_options, finish, identifier, retrieve
-from .storescp import output_folder, prepare_output_folder
+from .storescp import add_file_options, output_folder, prepare_output_folder
 
 __all__ = ["add_parser", "run", "sop_class"]
 
@@ -59,20 +59,7 @@ def add_parser(sub: Any) -> None:
         metavar="DIR",
         help="write the instances received here (created if needed; must be writable)",
     )
-    p.add_argument(
-        "--layout",
-        choices=LAYOUTS,
-        default="flat",
-        help="flat: DIR/<SOP Instance UID>.dcm; sorted: "
-        "DIR/<Patient ID>/<Study UID>/<Series UID>/<SOP Instance UID>.dcm",
-    )
-    p.add_argument(
-        "--on-duplicate",
-        choices=DUPLICATE_POLICIES,
-        default="unique",
-        help="when a file with the instance's name exists: unique keeps both (the new one as "
-        "<name>_1.dcm), overwrite replaces it, ignore keeps it and drops the new one",
-    )
+    add_file_options(p)
     p.add_argument(
         "--sop-class",
         dest="sop_classes",

@@ -45,7 +45,7 @@ from .common import (
     server_tls,
 )
 
-__all__ = ["add_parser", "output_folder", "prepare_output_folder", "run"]
+__all__ = ["add_file_options", "add_parser", "output_folder", "prepare_output_folder", "run"]
 
 #: C-STORE failure statuses (PS3.4 B.2.3): out of resources, cannot understand
 _OUT_OF_RESOURCES = 0xA700
@@ -87,6 +87,21 @@ def add_parser(sub: Any) -> None:
         help="write received files here (created if needed; must be writable)",
     )
     out.add_argument("--ignore", action="store_true", help="receive and discard")
+    add_file_options(p)
+    add_server_timeouts(p)
+    add_max_pdu(p)
+    add_access_control(p)
+    add_tls_server(p)
+    add_common(p)
+    p.set_defaults(func=run)
+
+
+# --------------------------------------------------------------------------- output folder
+
+
+def add_file_options(p: argparse.ArgumentParser) -> None:
+    """``--layout`` and ``--on-duplicate``: how received instances are named in the output
+    folder (storescp, getscu)."""
     p.add_argument(
         "--layout",
         choices=LAYOUTS,
@@ -102,15 +117,6 @@ def add_parser(sub: Any) -> None:
         "<name>_1.dcm), overwrite replaces it, ignore keeps it and drops the new one; "
         "each case is a warning",
     )
-    add_server_timeouts(p)
-    add_max_pdu(p)
-    add_access_control(p)
-    add_tls_server(p)
-    add_common(p)
-    p.set_defaults(func=run)
-
-
-# --------------------------------------------------------------------------- output folder
 
 
 def output_folder(text: str) -> Path:
