@@ -18,7 +18,6 @@ from typing import Any
 
 import anyio
 
-from ..config import Timeouts
 from ..loadtest import (
     LoadGenerator,
     LoadResult,
@@ -35,6 +34,7 @@ from .common import (
     add_max_pdu,
     add_tls_client,
     ae_title,
+    client_timeouts,
     err,
     format_address,
     port,
@@ -257,12 +257,7 @@ def spec_from_args(args: argparse.Namespace) -> LoadSpec:
         aet=args.aet,
         bind=args.bind,
         max_pdu=args.max_pdu,
-        timeouts=Timeouts(
-            connect=args.connect_timeout,
-            acse=args.acse_timeout,
-            dimse=args.dimse_timeout,
-            tls_handshake=args.tls_handshake_timeout,
-        ),
+        timeouts=client_timeouts(args),
         tls=bool(getattr(args, "ssl_context", None)),
         tls_ca=args.tls_ca,
         tls_cert=args.tls_cert,

@@ -330,6 +330,17 @@ def add_max_pdu(p: argparse.ArgumentParser) -> None:
     )
 
 
+def client_timeouts(args: argparse.Namespace) -> Timeouts:
+    """The :class:`~asyncdicom.Timeouts` of :func:`add_client_timeouts`'s options (and the
+    TLS handshake timeout of :func:`add_tls_client`)."""
+    return Timeouts(
+        connect=args.connect_timeout,
+        acse=args.acse_timeout,
+        dimse=args.dimse_timeout,
+        tls_handshake=args.tls_handshake_timeout,
+    )
+
+
 def add_client_timeouts(
     p: argparse.ArgumentParser, connect_help: str = "seconds allowed for the TCP connection"
 ) -> None:
@@ -621,12 +632,7 @@ def scu_ae(args: argparse.Namespace) -> AE:
     return AE(
         args.aet,
         max_pdu_length=args.max_pdu,
-        timeouts=Timeouts(
-            connect=args.connect_timeout,
-            acse=args.acse_timeout,
-            dimse=args.dimse_timeout,
-            tls_handshake=args.tls_handshake_timeout,
-        ),
+        timeouts=client_timeouts(args),
         user_identity=scu_user_identity(args),
         client_ssl_context=getattr(args, "ssl_context", None),
     )
