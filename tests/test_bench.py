@@ -393,6 +393,14 @@ def test_percentile_chart_is_a_png(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------ CLI
 
 
+async def bench_cli(port: str, called: str, *options: str, backend: str, tmp_path: Path) -> Any:
+    """``asyncdicom bench`` against 127.0.0.1:``port``, its JSON written to tmp_path/r.json."""
+    return await run_cli(
+        "bench", "127.0.0.1", port, "--called-aet", called, *options,
+        "--json", str(tmp_path / "r.json"), "--backend", backend, cwd=tmp_path,
+    )  # fmt: skip
+
+
 async def test_cli_against_our_storescp_json(tmp_path: Path, anyio_backend: str) -> None:
     files = write_ct_files(tmp_path / "src", 2, 2000)
     args = ["storescp", "--port", "0", "--host", "127.0.0.1", "--aet", "STORESCP", "--ignore"]
@@ -402,11 +410,8 @@ async def test_cli_against_our_storescp_json(tmp_path: Path, anyio_backend: str)
         scp = StoreSCPProcess(process)
         port = await scp.wait_listening()
         out_json = tmp_path / "r.json"
-        result = await run_cli(
-            "bench",
-            "127.0.0.1",
+        result = await bench_cli(
             str(port),
-            "--called-aet",
             "STORESCP",
             "--operation",
             "store",
@@ -418,13 +423,10 @@ async def test_cli_against_our_storescp_json(tmp_path: Path, anyio_backend: str)
             "2",
             "--count",
             "10",
-            "--json",
-            str(out_json),
             "--plot",
             str(tmp_path / "r.png"),
-            "--backend",
-            anyio_backend,
-            cwd=tmp_path,
+            backend=anyio_backend,
+            tmp_path=tmp_path,
         )
         await scp.stop()
     assert result.returncode == 0, err(result)
@@ -453,11 +455,8 @@ async def test_cli_against_our_storescp_json(tmp_path: Path, anyio_backend: str)
 async def test_cli_open_loop_rate(tmp_path: Path, anyio_backend: str) -> None:
     out_json = tmp_path / "r.json"
     async with serving(AE("SCP")) as server:
-        result = await run_cli(
-            "bench",
-            "127.0.0.1",
+        result = await bench_cli(
             str(server.port),
-            "--called-aet",
             "SCP",
             "--rate",
             "100",
@@ -465,11 +464,8 @@ async def test_cli_open_loop_rate(tmp_path: Path, anyio_backend: str) -> None:
             "1",
             "--associations",
             "2",
-            "--json",
-            str(out_json),
-            "--backend",
-            anyio_backend,
-            cwd=tmp_path,
+            backend=anyio_backend,
+            tmp_path=tmp_path,
         )
     assert result.returncode == 0, err(result)
     assert 90 <= json.loads(out_json.read_text())["operations"] <= 110
@@ -486,11 +482,8 @@ async def test_cli_processes_merge(tmp_path: Path, anyio_backend: str) -> None:
         return 0
 
     async with serving(scp) as server:
-        result = await run_cli(
-            "bench",
-            "127.0.0.1",
+        result = await bench_cli(
             str(server.port),
-            "--called-aet",
             "SCP",
             "--count",
             "40",
@@ -498,11 +491,8 @@ async def test_cli_processes_merge(tmp_path: Path, anyio_backend: str) -> None:
             "2",
             "--processes",
             "2",
-            "--json",
-            str(out_json),
-            "--backend",
-            anyio_backend,
-            cwd=tmp_path,
+            backend=anyio_backend,
+            tmp_path=tmp_path,
         )
     assert result.returncode == 0, err(result)
     summary = json.loads(out_json.read_text())
@@ -520,19 +510,13 @@ async def test_cli_failures_exit_1_with_kinds(tmp_path: Path, anyio_backend: str
         return 0xA700
 
     async with serving(scp) as server:
-        result = await run_cli(
-            "bench",
-            "127.0.0.1",
+        result = await bench_cli(
             str(server.port),
-            "--called-aet",
             "SCP",
             "--count",
             "3",
-            "--json",
-            str(out_json),
-            "--backend",
-            anyio_backend,
-            cwd=tmp_path,
+            backend=anyio_backend,
+            tmp_path=tmp_path,
         )
     assert result.returncode == 1
     assert json.loads(out_json.read_text())["errors_by_kind"] == {"0xA700": 3}

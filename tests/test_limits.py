@@ -63,6 +63,28 @@ def _identifier(comment: str = "") -> Dataset:
     return ds
 
 
+def _find_scp() -> AE:
+    """A C-FIND SCP (study root) holding at most SMALL_LIMIT bytes of a data set in memory."""
+    return AE(
+        "SCP", supported_contexts=presets.qr_find_supported(), max_dataset_in_memory=SMALL_LIMIT
+    )
+
+
+async def _find_big_identifier(scp: AE) -> tuple[list[Any], int | None]:
+    """Serve ``scp`` and send it a C-FIND whose identifier carries BIG_VALUE: the matches and
+    the final status."""
+    with anyio.fail_after(GUARD):
+        async with (
+            scp.server() as server,
+            AE("SCU").associate(
+                "127.0.0.1", server.port, called_aet="SCP", contexts=[STUDY]
+            ) as assoc,
+        ):
+            async with assoc.find(_identifier(BIG_VALUE)) as results:
+                matches = [m async for m in results]
+            return matches, results.status
+
+
 async def test_command_set_over_64_kib_across_many_pdvs_is_aborted() -> None:
     """A command set trickled in 17 command PDVs of 4 KiB (68 KiB, never a "last" bit) is
     refused with an A-ABORT (source 2) once it passes 64 KiB, not buffered without end."""
@@ -95,11 +117,7 @@ async def test_command_set_limit_is_configurable() -> None:
 async def test_request_identifier_over_the_limit_is_aborted() -> None:
     """A C-FIND identifier larger than ``max_dataset_in_memory`` is not read into memory by
     ``read()``: the acceptor aborts (source 2) and its handler sees the association aborted."""
-    scp = AE(
-        "SCP",
-        supported_contexts=presets.qr_find_supported(),
-        max_dataset_in_memory=SMALL_LIMIT,
-    )
+    scp = _find_scp()
     seen: list[BaseException] = []
 
     @scp.on("C-FIND", sop_class=STUDY)
@@ -111,15 +129,8 @@ async def test_request_identifier_over_the_limit_is_aborted() -> None:
             raise
         yield 0x0000
 
-    with anyio.fail_after(GUARD):
-        async with scp.server() as server:
-            scu = AE("SCU")
-            with pytest.raises(errors.AssociationError):
-                async with scu.associate(
-                    "127.0.0.1", server.port, called_aet="SCP", contexts=[STUDY]
-                ) as assoc:
-                    async with assoc.find(_identifier(BIG_VALUE)) as results:
-                        [m async for m in results]
+    with pytest.raises(errors.AssociationError):
+        await _find_big_identifier(scp)
     assert len(seen) == 1 and isinstance(seen[0], errors.AssociationAborted)
     assert str(SMALL_LIMIT) in str(seen[0])
 
@@ -172,11 +183,7 @@ async def test_big_request_data_set_is_spooled_to_disk_not_memory(tmp_path: Path
 
 async def test_big_identifier_is_spooled_and_decoded() -> None:
     """A C-FIND identifier over ``max_dataset_in_memory`` reaches ``dataset()`` whole."""
-    scp = AE(
-        "SCP",
-        supported_contexts=presets.qr_find_supported(),
-        max_dataset_in_memory=SMALL_LIMIT,
-    )
+    scp = _find_scp()
     seen: list[str] = []
 
     @scp.on("C-FIND", sop_class=STUDY)
@@ -184,14 +191,7 @@ async def test_big_identifier_is_spooled_and_decoded() -> None:
         seen.append((await request.dataset()).TextValue)
         yield 0x0000
 
-    with anyio.fail_after(GUARD):
-        async with scp.server() as server:
-            async with AE("SCU").associate(
-                "127.0.0.1", server.port, called_aet="SCP", contexts=[STUDY]
-            ) as assoc:
-                async with assoc.find(_identifier(BIG_VALUE)) as results:
-                    assert [m async for m in results] == []
-                assert results.status == 0x0000
+    assert await _find_big_identifier(scp) == ([], 0x0000)
     assert seen == [BIG_VALUE]
 
 
