@@ -602,22 +602,22 @@ class Association:
                     self._sync_hooks()
                 # DIMSE tracing at DEBUG: looked up once per receive, not per message
                 self._tracing = _TRACE.isEnabledFor(logging.DEBUG)
-                # (the clock is read only when a deadline needs it: idle costs nothing)
-                now = math.nan
-                if network_timeout is not None:
-                    now = self._now()
-                    self._network_deadline = now + network_timeout
-                # A PDU or a message that has started must keep coming (see above).
+                # A PDU or a message that has started must keep coming (see above): its
+                # grace is the DIMSE timeout.  The clock is read only when a deadline needs
+                # it: an idle association costs nothing.
                 ops = self._ops
-                if (
-                    dimse_timeout is not None
-                    and ops is not None
-                    and (not ops.idle or ul.receiving_pdu)
-                ):
+                grace = (
+                    dimse_timeout
+                    if ops is not None and (not ops.idle or ul.receiving_pdu)
+                    else None
+                )
+                if grace is not None or network_timeout is not None:
+                    now = self._now()
+                    if network_timeout is not None:
+                        self._network_deadline = now + network_timeout
+                if grace is not None:
                     if bank is None:
-                        bank = dimse_timeout
-                    if now != now:  # NaN: not read yet
-                        now = self._now()
+                        bank = grace
                     self._message_deadline = now + bank
                 elif bank is not None:
                     bank = None
