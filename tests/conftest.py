@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, settings
 # "ci": derandomized (the same examples on every run, so a red CI means a regression, not a
 # lucky draw), no example database, a fixed budget of examples; no per-example deadline, since
 # timing on shared machines is noise. "thorough": new random examples on every run, five times
-# the budget; .ci/run runs the property tests once with it (about a minute), and a failure
+# the budget; .ci/run runs the property tests once with it (about two minutes), and a failure
 # prints the @reproduce_failure blob to replay it. Both start from Hypothesis' own defaults,
 # never from a profile Hypothesis loads by itself (it loads a derandomized one when it detects
 # CI). A test's own @settings(max_examples=...) keeps its budget under both profiles.
