@@ -321,8 +321,13 @@ class AE:
     def refusal(self, association: Association) -> Refusal | None:
         """Why this AE, as acceptor, refused ``association`` (``None`` if it did not): known
         from the moment the A-ASSOCIATE-RJ is sent, so an ``ASSOCIATION_REJECTED`` hook can
-        ask."""
-        return self._refusals.get(association)
+        ask.  Also for an RQ the protocol layer refused before the AE saw it (rule
+        :attr:`RefusalRule.PROTOCOL_VERSION`)."""
+        found = self._refusals.get(association)
+        if found is None and association._provider_refusal is not None:
+            rule, detail = association._provider_refusal
+            found = Refusal(RefusalRule(rule), detail)
+        return found
 
     def on_extended_negotiation(self, handler: F) -> F:
         """Decorator: answer SOP Class Extended Negotiation items (PS3.7 D.3.3.5), async or

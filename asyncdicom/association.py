@@ -52,11 +52,12 @@ from .config import AEConfig
 from .hooks import HookEvent, Hooks
 from .log import get_logger
 from .protocol import dimse, messages
-from .protocol.errors import DIMSEError, LocalProtocolError, ProtocolError
+from .protocol.errors import BadProtocolVersion, DIMSEError, LocalProtocolError, ProtocolError
 from .protocol.events import (
     NEED_DATA,
     AssociationAborted,
     AssociationAccepted,
+    AssociationRefused,
     AssociationRejected,
     AssociationRequested,
     ConnectionClosed,
@@ -491,6 +492,8 @@ class Association:
         self._abort_error: type[errors.AssociationError] | None = None
         #: why the transport went away without a release or abort (peer closed, reset)
         self._lost: str | None = None
+        #: (rule, detail) when the upper layer itself refused the A-ASSOCIATE-RQ (AE.refusal)
+        self._provider_refusal: tuple[str, str] | None = None
         #: DIMSE messages are logged at DEBUG (refreshed by the reader and by each send)
         self._tracing = False
         self.released = False
@@ -881,6 +884,8 @@ class Association:
                 self.rejection = event.reject
                 self.hooks.emit(HookEvent.ASSOCIATION_REJECTED, self, reject=event.reject)
                 self._established.set()
+            elif isinstance(event, AssociationRefused):
+                self._on_refused_by_provider(event)
             elif isinstance(event, ReleaseRequested):
                 self._on_release_requested(event)
             elif isinstance(event, ReleaseConfirmed):
@@ -900,6 +905,27 @@ class Association:
                 await self._flush()
                 self._closed.set()
         await self._flush()
+
+    def _on_refused_by_provider(self, event: AssociationRefused) -> None:
+        """Acceptor: the upper layer rejected an A-ASSOCIATE-RQ it could not accept (a
+        protocol version without version 1); the RJ is on its way. Logged like the AE's own
+        refusals; ``AE.refusal()`` tells the ``ASSOCIATION_REJECTED`` hooks the rule and detail."""
+        rj = event.reject
+        self.rejection = rj
+        detail = str(event.error)
+        # the values of asyncdicom.ae.RefusalRule (which imports this module)
+        rule = "protocol_version" if isinstance(event.error, BadProtocolVersion) else "other"
+        self._provider_refusal = (rule, detail)
+        self.log.warning(
+            "association_rejected",
+            rule=rule,
+            detail=detail,
+            result=rj.result,
+            source=rj.source,
+            reason=rj.reason,
+            reason_text=str(errors.AssociationRejected(rj.result, rj.source, rj.reason)),
+        )
+        self.hooks.emit(HookEvent.ASSOCIATION_REJECTED, self, reject=rj)
 
     async def _protocol_abort(self, exc: ProtocolError) -> None:
         """A DIMSE-level protocol error from the peer: A-ABORT (provider) and close."""

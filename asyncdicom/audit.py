@@ -18,8 +18,10 @@ source, reason and who aborted; also an association whose connection ended witho
 or an abort) or ``tls_failed`` (a TLS handshake that failed: no association, no AE titles).
 ``user`` is the user name of a User Identity of type 1 or 2, ``null`` otherwise: the passcode
 and the tokens of the other types (Kerberos, SAML, JWT) are credentials and never written.
-Connections that end before an A-ASSOCIATE-RQ (port scans, garbage) are not audited: the log
-has them.
+An A-ASSOCIATE-RQ the upper layer refuses by itself (a protocol version without version 1) is
+a ``rejected`` line with rule ``protocol_version`` and no AE titles.  Connections that end
+before an A-ASSOCIATE-RQ, or whose request cannot be decoded at all (port scans, garbage), are
+not audited: the log has them.
 
 A line is written from the association's own task, as a hook: a short append to a
 line-buffered file, which does not hold up the event loop.  A file that cannot be opened is an
@@ -71,8 +73,8 @@ class AuditLogError(OSError):
 class _Seen:
     """What the audit trail knows of one association, from its A-ASSOCIATE-RQ on."""
 
-    calling_aet: str
-    called_aet: str
+    calling_aet: str | None
+    called_aet: str | None
     user: str | None
     identity_type: int | None
     ended: bool = False
@@ -205,6 +207,10 @@ class AuditLog:
             )
             return
         seen = self._seen.get(association)
+        if seen is None and event is HookEvent.ASSOCIATION_REJECTED:
+            # refused by the upper layer before the A-ASSOCIATE-RQ was passed on (a protocol
+            # version without version 1): no AE titles or identity to tell
+            seen = self._seen[association] = _Seen(None, None, None, None)
         if seen is None or seen.ended:
             return  # no A-ASSOCIATE-RQ seen (or already told how it ended)
         if event is HookEvent.ASSOCIATION_ACCEPTED:
@@ -214,6 +220,8 @@ class AuditLog:
             rj = data["reject"]
             ask = getattr(association.ae, "refusal", None)
             refusal = ask(association) if ask is not None else None
+            rule = refusal.rule.value if refusal is not None else None
+            detail = refusal.detail if refusal is not None else None
             self._record(
                 "rejected",
                 association,
@@ -222,8 +230,8 @@ class AuditLog:
                 source=rj.source,
                 reason=rj.reason,
                 reason_text=str(errors.AssociationRejected(rj.result, rj.source, rj.reason)),
-                rule=refusal.rule.value if refusal is not None else None,
-                detail=refusal.detail if refusal is not None else None,
+                rule=rule,
+                detail=detail,
             )
         elif event is HookEvent.ASSOCIATION_RELEASED:
             seen.ended = True

@@ -34,6 +34,7 @@ from test_access_control import (
 )
 
 from asyncdicom import AE, HookEvent
+from asyncdicom.ae import RefusalRule
 from asyncdicom.audit import AuditLog, AuditLogError
 from asyncdicom.protocol.pdu import AssociateRQ, UserIdentityRQSubItem
 from asyncdicom.users import Lockout, UserStore
@@ -284,6 +285,45 @@ async def test_lockout_is_audited_as_locked_out(users: Path, anyio_backend: str)
     assert second["detail"].startswith("locked out")
     assert (second["result"], second["source"], second["reason"]) == (1, 1, 1)
     assert second["user"] == "alice"
+
+
+async def test_protocol_version_refused_by_the_upper_layer_is_audited(
+    anyio_backend: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An A-ASSOCIATE-RQ without protocol version 1 is refused by the upper layer itself
+    (RJ 1, 2, 2), before the AE sees it: still one audit line and one warning, with no AE
+    titles (the AE never had the request)."""
+    caplog.set_level(logging.WARNING, logger="asyncdicom")
+    async with audited(AE("SCP")) as (port, records):
+        answer = await exchange(port, dataclasses.replace(rq(), protocol_version=2))
+        (line,) = await records.wait("rejected")
+    assert answer == bytes.fromhex("03 00 00000004 00 01 02 02")
+    assert (line["result"], line["source"], line["reason"]) == (1, 2, 2)
+    assert line["rule"] == "protocol_version"
+    assert "protocol version not supported" in line["reason_text"]
+    assert "Protocol-version 0x0002" in line["detail"]
+    assert line["calling_aet"] is None and line["called_aet"] is None and line["user"] is None
+    assert line["peer_host"] == "127.0.0.1"
+    assert records.events() == ["rejected"]
+    (warning,) = rejected_warnings(caplog)
+    for key in ("rule", "detail", "result", "source", "reason", "reason_text"):
+        assert warning[key] == line[key], key
+
+
+async def test_hooks_learn_why_the_protocol_layer_refused(anyio_backend: str) -> None:
+    ae = AE("SCP")
+    told: list[Any] = []
+
+    def on_rejected(event: HookEvent, association: Any, reject: Any) -> None:
+        told.append((reject, ae.refusal(association)))
+
+    ae.hooks.add(HookEvent.ASSOCIATION_REJECTED, on_rejected)
+    async with ae.server("127.0.0.1", 0) as server:
+        await exchange(server.port, dataclasses.replace(rq(), protocol_version=2))
+    ((reject, refusal),) = told
+    assert (reject.result, reject.source, reject.reason) == (1, 2, 2)
+    assert refusal is not None and refusal.rule is RefusalRule.PROTOCOL_VERSION
+    assert "Protocol-version 0x0002" in refusal.detail
 
 
 # --------------------------------------------------------------------------- aborted, TLS

@@ -28,6 +28,7 @@ __all__ = [
     "NEED_DATA",
     "AssociationAborted",
     "AssociationAccepted",
+    "AssociationRefused",
     "AssociationRejected",
     "AssociationRequested",
     "ConnectionClosed",
@@ -68,6 +69,20 @@ class AssociationRejected:
     """A-ASSOCIATE confirmation, rejected (requestor, AE-4 into Sta1)."""
 
     reject: AssociateRJ
+
+
+@dataclass(frozen=True, slots=True)
+class AssociationRefused:
+    """The service-provider itself rejected a received A-ASSOCIATE-RQ (acceptor, AE-6's "not
+    acceptable" branch into Sta13), e.g. for a protocol version without version 1.
+
+    The A-ASSOCIATE-RJ is already queued to send; PS3.8 has no indication for this, the event
+    only lets the user log or audit the refusal.  ``error`` is why (a
+    :class:`~.errors.ProtocolError` whose ``reject`` gave the RJ's fields).
+    """
+
+    reject: AssociateRJ
+    error: Exception
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +132,7 @@ UpperLayerEvent = (
     AssociationRequested
     | AssociationAccepted
     | AssociationRejected
+    | AssociationRefused
     | DataReceived
     | ReleaseRequested
     | ReleaseConfirmed

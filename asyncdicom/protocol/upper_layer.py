@@ -51,6 +51,7 @@ from .events import (
     NEED_DATA,
     AssociationAborted,
     AssociationAccepted,
+    AssociationRefused,
     AssociationRejected,
     AssociationRequested,
     ConnectionClosed,
@@ -494,7 +495,9 @@ class UpperLayer:
             accepted_state, rejected_state = CONDITIONAL_NEXT_STATE[action]
             if error is not None and error.reject is not None:
                 result, source, reason = error.reject
-                self._outgoing.append(encode_pdu(AssociateRJ(result, source, reason)))
+                reject = AssociateRJ(result, source, reason)
+                self._outgoing.append(encode_pdu(reject))
+                events.append(AssociationRefused(reject, error))
                 self._artim_deadline = now + self._artim_timeout
                 new_state = rejected_state
             else:

@@ -33,15 +33,12 @@ import dataclasses
 import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import anyio
 
 from ..protocol import messages
 from ..protocol.status import Status
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = [
     "COMMANDS",

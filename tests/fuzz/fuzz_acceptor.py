@@ -55,6 +55,7 @@ with _imports:
     from asyncdicom.protocol.events import (
         NEED_DATA,
         AssociationAborted,
+        AssociationRefused,
         AssociationRequested,
         ConnectionClosed,
         DataReceived,
@@ -245,6 +246,15 @@ class Acceptor:
                     self.send(ReleaseRP())
             elif isinstance(event, ReleaseConfirmed):
                 raise AssertionError("A-RELEASE-RP confirmed although we never sent an RQ")
+            elif isinstance(event, AssociationRefused):
+                # the provider refused the RQ itself: its RJ carries the error's fields
+                assert isinstance(event.error, ProtocolError), event
+                assert event.error.reject == (
+                    event.reject.result,
+                    event.reject.source,
+                    event.reject.reason,
+                ), event
+                assert not any(isinstance(e, AssociationRequested) for e in self.events), event
             elif isinstance(event, AssociationAborted):
                 if event.local:
                     assert event.error is None or isinstance(event.error, ProtocolError)

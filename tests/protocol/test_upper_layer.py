@@ -22,6 +22,7 @@ from asyncdicom.protocol.events import (
     NEED_DATA,
     AssociationAborted,
     AssociationAccepted,
+    AssociationRefused,
     AssociationRejected,
     AssociationRequested,
     ConnectionClosed,
@@ -304,7 +305,11 @@ def test_reject_by_provider_for_protocol_version() -> None:
     acc.receive_data(encode_pdu(make_rq(protocol_version=2)), now=5.0)
     # AE-6, "not acceptable" branch: A-ASSOCIATE-RJ (1, 2, 2), ARTIM restarted, Sta13
     assert acc.data_to_send() == b"\x03\x00\x00\x00\x00\x04\x00\x01\x02\x02"
-    assert drain(acc) == []  # the local user never hears of it
+    # no A-ASSOCIATE indication: the local user only hears of the refusal (to log it)
+    (refused,) = drain(acc)
+    assert isinstance(refused, AssociationRefused)
+    assert refused.reject == AssociateRJ(1, 2, 2)
+    assert isinstance(refused.error, BadProtocolVersion)
     assert state_of(acc) is State.AWAITING_TRANSPORT_CLOSE
     assert acc.timer_deadline() == 5.0 + ARTIM
     assert seen == [
