@@ -76,8 +76,38 @@ async def test_dcmtk_clients_to_our_storescp(pki: PKI, tmp_path: Path, anyio_bac
         assert rc == 0, output
         rc, output = await run_dcmtk("echoscu", "127.0.0.1", port)  # plain TCP
         assert rc != 0, output
+        # TLS without a client certificate (+tla): refused, as --tls-ca requires one
+        rc, output = await run_dcmtk("echoscu", "+tla", "+cf", str(pki.ca), "127.0.0.1", port)
+        assert rc != 0, output
+        # and the server still serves a client that has one
+        rc, output = await run_dcmtk("echoscu", *pki.dcmtk("client"), "127.0.0.1", port)
+        assert rc == 0, output
         assert await scp.stop() == 0, scp.stderr
     assert len(list((tmp_path / "out").rglob("*.dcm"))) == 2
+
+
+async def test_dcmtk_anonymous_tls_without_tls_ca(
+    pki: PKI, tmp_path: Path, anyio_backend: str
+) -> None:
+    """Without ``--tls-ca`` our storescp asks for no client certificate: DCMTK's anonymous
+    TLS (``+tla``, verifying our certificate against the CA) echoes and stores."""
+    files = write_ct_files(tmp_path / "src", 1, 50_000, seed=13)
+    (tmp_path / "cwd").mkdir()
+    args = [
+        "storescp", "--port", "0", "--host", "127.0.0.1", "--output-dir", str(tmp_path / "out"),
+        "--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key),
+        "--backend", anyio_backend,
+    ]  # fmt: skip
+    anonymous = ["+tla", "+cf", str(pki.ca)]
+    async with app_process(*args, cwd=tmp_path / "cwd") as process:
+        scp = StoreSCPProcess(process)
+        port = str(await scp.wait_listening())
+        rc, output = await run_dcmtk("echoscu", *anonymous, "127.0.0.1", port)
+        assert rc == 0, output
+        rc, output = await run_dcmtk("storescu", *anonymous, "127.0.0.1", port, str(files[0]))
+        assert rc == 0, output
+        assert await scp.stop() == 0, scp.stderr
+    assert len(list((tmp_path / "out").rglob("*.dcm"))) == 1
 
 
 async def test_our_clients_to_dcmtk_storescp(pki: PKI, tmp_path: Path, anyio_backend: str) -> None:
