@@ -76,6 +76,54 @@ async def test_users_usage_errors(tmp_path: Path) -> None:
     assert "Traceback" not in err(result)
 
 
+async def test_users_list_and_check(tmp_path: Path) -> None:
+    path = tmp_path / "users.txt"
+    store = UserStore()
+    store.add("alice", "pw-a")
+    store.add("bob", "pw-b")
+    store.save(path)
+    result = await run_cli("users", "list", str(path), cwd=tmp_path)
+    assert result.returncode == 0, err(result)
+    assert result.stdout.decode().splitlines() == ["alice", "bob"]
+
+    result = await run_cli("users", "check", str(path), "alice", "--password", "pw-a", cwd=tmp_path)
+    assert result.returncode == 0, err(result)
+    assert "matches" in err(result)
+    code, stderr = await run_with_stdin(
+        "users", "check", str(path), "bob", "--password-stdin", stdin=b"pw-b\n", cwd=tmp_path
+    )
+    assert code == 0, stderr
+    # a wrong password, an unknown user: status 1, one line, the password never shown
+    result = await run_cli("users", "check", str(path), "alice", "--password", "pw-b", cwd=tmp_path)
+    assert result.returncode == 1
+    assert err(result).strip().splitlines() == [
+        f"asyncdicom: error: {path}: that is not the password of 'alice'"
+    ]
+    result = await run_cli("users", "check", str(path), "carol", "--password", "x", cwd=tmp_path)
+    assert result.returncode == 1 and "no user 'carol'" in err(result)
+    # the file is only read
+    assert UserStore.load(path).users.keys() == {"alice", "bob"}
+
+    # usage errors: 2
+    for args in (
+        ("list", str(path), "alice"),
+        ("list", str(path), "--password", "x"),
+        ("check", str(path), "alice"),
+        ("check", str(path)),
+        ("remove", str(path)),
+        ("add", str(path), "--password", "x"),
+    ):
+        result = await run_cli("users", *args, cwd=tmp_path)
+        assert result.returncode == 2, (args, err(result))
+        assert "Traceback" not in err(result)
+    # a file that is missing or is not a users file: 1
+    result = await run_cli("users", "list", str(tmp_path / "missing.txt"), cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in err(result)
+    (tmp_path / "bad.txt").write_text("not a users file\n")
+    result = await run_cli("users", "list", str(tmp_path / "bad.txt"), cwd=tmp_path)
+    assert result.returncode == 1 and "line 1" in err(result)
+
+
 @pytest.fixture
 def users(tmp_path: Path) -> Path:
     store = UserStore()

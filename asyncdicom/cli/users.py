@@ -3,9 +3,12 @@
 ``asyncdicom users add FILE USER (--password PW | --password-stdin)`` adds a user, or sets the
 password of one that exists, with a salted scrypt hash (:mod:`asyncdicom.users`); the file is
 created if needed (readable by its owner only) and always rewritten atomically.
-``asyncdicom users remove FILE USER`` removes one.  ``--password-stdin`` reads the password
-from the first line of standard input, which keeps it out of the process list and the shell
-history; prefer it to ``--password``.
+``asyncdicom users remove FILE USER`` removes one, ``asyncdicom users list FILE`` prints the
+user names (one per line, on standard output) and ``asyncdicom users check FILE USER
+(--password PW | --password-stdin)`` tells whether a password is the user's (exit status 0) or
+not (1), without an association.  ``--password-stdin`` reads the password from the first line
+of standard input, which keeps it out of the process list and the shell history; prefer it to
+``--password``.
 """
 
 from __future__ import annotations
@@ -18,7 +21,10 @@ from typing import Any
 from ..users import UsersFileError, UserStore, check_username
 from .common import add_common, err, notice
 
-__all__ = ["add_parser", "run", "user_name"]
+__all__ = ["ACTIONS", "add_parser", "run", "user_name"]
+
+#: what ``asyncdicom users`` does
+ACTIONS = ("add", "remove", "list", "check")
 
 
 def user_name(text: str) -> str:
@@ -40,28 +46,36 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser(
         "users",
         help="manage a users file (user identity for storescp/qrscp --users)",
-        description="Add or remove users of a users file: one USER:scrypt$... line each, "
-        "never the password itself.",
+        description="Add, remove, list or check users of a users file: one USER:scrypt$... "
+        "line each, never the password itself.",
     )
     p.add_argument(
         "users_action",
-        choices=("add", "remove"),
+        choices=ACTIONS,
         metavar="ACTION",
-        help="add: add a user, or set a new password for one; remove: remove a user",
+        help="add: add a user, or set a new password for one; remove: remove a user; "
+        "list: print the user names; check: exit 0 if the password is the user's, else 1",
     )
     p.add_argument("file", metavar="FILE", type=_file, help="the users file (add creates it)")
-    p.add_argument("user", metavar="USER", type=user_name, help="the user name")
+    p.add_argument(
+        "user",
+        metavar="USER",
+        type=user_name,
+        nargs="?",
+        default=None,
+        help="the user name (not with list)",
+    )
     secret = p.add_mutually_exclusive_group()
     secret.add_argument(
         "--password",
         default=None,
         metavar="PW",
-        help="add: the password (visible in the process list: prefer --password-stdin)",
+        help="add, check: the password (visible in the process list: prefer --password-stdin)",
     )
     secret.add_argument(
         "--password-stdin",
         action="store_true",
-        help="add: read the password from the first line of standard input",
+        help="add, check: read the password from the first line of standard input",
     )
     add_common(p)
     p.set_defaults(func=run)
@@ -77,32 +91,72 @@ def _read(path: Path, *, create: bool) -> UserStore | None:
         return None
 
 
+def _password(args: argparse.Namespace) -> str | None:
+    """The password of ``add``/``check`` from --password or --password-stdin (None: an error
+    was reported)."""
+    if args.password is None and not args.password_stdin:
+        err(f"users {args.users_action}: one of --password and --password-stdin is required")
+        return None
+    password = sys.stdin.readline().rstrip("\r\n") if args.password_stdin else args.password
+    if not password:
+        err("the password is empty")
+        return None
+    return str(password)
+
+
 async def run(args: argparse.Namespace) -> int:
-    """Add or remove one user; 0 on success, 1 if the file cannot be read or written, 2 for a
-    bad password."""
+    """Add, remove, list or check users; 0 on success, 1 if the file cannot be read or
+    written (or ``check`` does not match), 2 for a command-line error."""
     path: Path = args.file
-    if args.users_action == "add":
-        if args.password is None and not args.password_stdin:
-            err("users add: one of --password and --password-stdin is required")
+    action = args.users_action
+    if action == "list":
+        if args.user is not None:
+            err("users list: takes no USER")
             return 2
-        password = sys.stdin.readline().rstrip("\r\n") if args.password_stdin else args.password
-        if not password:
-            err("the password is empty")
-            return 2
-        store = _read(path, create=True)
+    elif args.user is None:
+        err(f"users {action}: USER is required")
+        return 2
+    if action in ("list", "remove") and (args.password is not None or args.password_stdin):
+        err(f"users {action}: takes no password")
+        return 2
+    user = str(args.user or "")  # "" only for list
+    if action == "list":
+        store = _read(path, create=False)
         if store is None:
             return 1
-        new = store.add(args.user, password)
-        what = "added" if new else "password changed for"
-    else:
-        if args.password is not None or args.password_stdin:
-            err("users remove: takes no password")
+        for name in store.users:
+            print(name, flush=True)
+        return 0
+    if action == "check":
+        password = _password(args)
+        if password is None:
             return 2
         store = _read(path, create=False)
         if store is None:
             return 1
-        if not store.remove(args.user):
-            err(f"{path}: no user {args.user!r}")
+        if user not in store:
+            err(f"{path}: no user {user!r}")
+            return 1
+        if not store.verify(user, password):
+            err(f"{path}: that is not the password of {user!r}")
+            return 1
+        notice(f"users: the password of {user!r} matches", "user_check", user=user)
+        return 0
+    if action == "add":
+        password = _password(args)
+        if password is None:
+            return 2
+        store = _read(path, create=True)
+        if store is None:
+            return 1
+        new = store.add(user, password)
+        what = "added" if new else "password changed for"
+    else:
+        store = _read(path, create=False)
+        if store is None:
+            return 1
+        if not store.remove(user):
+            err(f"{path}: no user {user!r}")
             return 1
         what = "removed"
     try:
@@ -110,5 +164,5 @@ async def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         err(f"cannot write {str(path)!r}: {exc.strerror or exc}")
         return 1
-    notice(f"users: {what} {args.user!r} in {path}", f"user_{args.users_action}", user=args.user)
+    notice(f"users: {what} {user!r} in {path}", f"user_{action}", user=user)
     return 0
