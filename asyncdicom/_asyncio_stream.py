@@ -29,7 +29,9 @@ from typing import Any, cast
 
 import anyio
 from anyio.abc import ByteStream, SocketAttribute, TaskGroup
+from anyio.streams.stapled import MultiListener
 
+from ._accept import AcceptErrors
 from ._readsize import ReadSizer
 
 __all__ = ["AsyncioListener", "AsyncioStream", "connect", "listen"]
@@ -37,6 +39,8 @@ __all__ = ["AsyncioListener", "AsyncioStream", "connect", "listen"]
 _HIGH_WATER = 4 * 1024 * 1024
 _LOW_WATER = 1024 * 1024
 _FAIRNESS = 16
+#: connections accepted in a row before the accept loop lets the others run
+_ACCEPT_BATCH = 32
 #: seconds a closed connection may take to send what is left before it is dropped
 _CLOSE_GRACE = 10.0
 
@@ -215,47 +219,97 @@ async def connect(host: str, port: int, *, bind: str | None = None) -> AsyncioSt
 
 
 class AsyncioListener:
-    """An asyncio TCP server handing each connection to a handler task."""
+    """Listening TCP sockets whose connections become :class:`AsyncioStream` handler tasks.
 
-    def __init__(self, server: asyncio.Server, queue: asyncio.Queue[AsyncioStream]) -> None:
-        self._server = server
-        self._queue = queue
+    The sockets come from anyio (one per address family for an empty host); the accept loop
+    is ours rather than ``loop.create_server``'s, which, out of file descriptors, logs a
+    traceback for every failed attempt and schedules a retry for each: it follows
+    :class:`~asyncdicom._accept.AcceptErrors`.
+    """
+
+    def __init__(self, listener: MultiListener[Any]) -> None:
+        self._listener = listener
+        self._sockets: list[socket.socket] = [
+            sub.extra(SocketAttribute.raw_socket) for sub in listener.listeners
+        ]
+        self._scope: anyio.CancelScope | None = None
+        self._closed = False
 
     @property
     def port(self) -> int:
         """The bound TCP port."""
-        return int(self._server.sockets[0].getsockname()[1])
+        return int(self._sockets[0].getsockname()[1])
 
     async def serve(
         self, handler: Callable[[AsyncioStream], Coroutine[Any, Any, None]], task_group: TaskGroup
     ) -> None:
-        """Run ``handler(stream)`` in ``task_group`` for every accepted connection."""
+        """Run ``handler(stream)`` in ``task_group`` for every accepted connection, until
+        :meth:`aclose` (or cancellation)."""
+        with anyio.CancelScope() as scope:
+            self._scope = scope
+            if self._closed:
+                return
+            async with anyio.create_task_group() as loops:
+                for sock in self._sockets:
+                    loops.start_soon(self._accept_loop, sock, handler, task_group)
+
+    async def _accept_loop(
+        self,
+        sock: socket.socket,
+        handler: Callable[[AsyncioStream], Coroutine[Any, Any, None]],
+        task_group: TaskGroup,
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        host, port = sock.getsockname()[:2]
+        errors = AcceptErrors(f"{host}:{port}")
+        taken = 0
         while True:
-            stream = await self._queue.get()
-            task_group.start_soon(handler, stream)
+            try:
+                try:
+                    # the listening socket is non-blocking: take what waits without a trip
+                    # through the selector, wait for readiness only when nothing does
+                    conn, _ = sock.accept()
+                except (BlockingIOError, InterruptedError):
+                    conn, _ = await loop.sock_accept(sock)
+                    taken = 0
+            except OSError as exc:
+                if await errors.failed(exc):
+                    continue
+                raise
+            errors.accepted()
+            conn.setblocking(False)
+            # the transport is made in the connection's own task: the loop goes on accepting
+            task_group.start_soon(_serve_accepted, loop, conn, handler)
+            taken += 1
+            if taken >= _ACCEPT_BATCH:  # a flood must not starve the connections already in
+                taken = 0
+                await asyncio.sleep(0)
 
     async def aclose(self) -> None:
         """Stop listening (open connections are not affected)."""
-        self._server.close()
+        self._closed = True
+        if self._scope is not None:
+            self._scope.cancel()
+        await self._listener.aclose()
+
+
+async def _serve_accepted(
+    loop: asyncio.AbstractEventLoop,
+    conn: socket.socket,
+    handler: Callable[[AsyncioStream], Coroutine[Any, Any, None]],
+) -> None:
+    try:
+        transport, protocol = await loop.connect_accepted_socket(_Protocol, conn)
+    except BaseException:
+        conn.close()
+        raise
+    await handler(AsyncioStream(transport, protocol))
 
 
 async def listen(host: str | None, port: int, *, backlog: int = 1024) -> AsyncioListener:
-    """Listen for TCP connections on the running asyncio loop."""
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[AsyncioStream] = asyncio.Queue()
-
-    def factory() -> _Protocol:
-        protocol = _Protocol()
-        original = protocol.connection_made
-
-        def made(transport: asyncio.BaseTransport) -> None:
-            original(transport)
-            queue.put_nowait(AsyncioStream(cast(asyncio.Transport, transport), protocol))
-
-        protocol.connection_made = made  # type: ignore[method-assign]
-        return protocol
-
-    server = await loop.create_server(
-        factory, host or None, port, backlog=backlog, reuse_address=True
+    """Listen for TCP connections on the running asyncio loop (host ``None``/"": every
+    address family)."""
+    listener = await anyio.create_tcp_listener(
+        local_host=host or None, local_port=port, backlog=backlog
     )
-    return AsyncioListener(server, queue)
+    return AsyncioListener(listener)

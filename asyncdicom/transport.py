@@ -17,7 +17,6 @@ import contextlib
 import os
 import socket
 import ssl
-import sys
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
@@ -27,11 +26,9 @@ from anyio.abc import ByteStream, SocketAttribute, TaskGroup
 from anyio.streams.stapled import MultiListener
 from anyio.streams.tls import TLSStream
 
-if sys.version_info < (3, 11):  # pragma: no cover
-    from exceptiongroup import BaseExceptionGroup
-
 from . import _asyncio_stream
-from .errors import ConnectTimeout, DICOMError, TLSError, TransportError
+from ._accept import AcceptErrors, os_error_behind
+from .errors import ConnectTimeout, TLSError, TransportError
 
 __all__ = [
     "Listener",
@@ -285,27 +282,6 @@ def server_context(
     return context
 
 
-def os_error_behind(exc: BaseException) -> OSError | None:
-    """The OSError behind ``exc`` that carries an error number (searched breadth-first through
-    causes, contexts and exception groups), else the first OSError found, else None."""
-    fallback: OSError | None = None
-    seen: set[int] = set()
-    todo: list[BaseException] = [exc]
-    while todo:
-        current = todo.pop(0)
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        if isinstance(current, OSError) and not isinstance(current, DICOMError):
-            if current.errno is not None:
-                return current
-            fallback = fallback or current
-        if isinstance(current, BaseExceptionGroup):
-            todo.extend(current.exceptions)
-        todo.extend(e for e in (current.__cause__, current.__context__) if e is not None)
-    return fallback
-
-
 class Listener(Protocol):
     """What :func:`listen` returns, whatever the backend."""
 
@@ -337,10 +313,37 @@ class _AnyioListener:
     async def serve(
         self, handler: Callable[[Any], Coroutine[Any, Any, None]], task_group: TaskGroup
     ) -> None:
-        await self._listener.serve(handler, task_group=task_group)
+        # anyio's own serve() ends at the first failed accept(): out of file descriptors,
+        # the server would be gone. One loop per socket (IPv4 and IPv6), errors per AcceptErrors.
+        async with anyio.create_task_group() as loops:
+            for sub in self._listener.listeners:
+                loops.start_soon(self._accept_loop, sub, handler, task_group)
+
+    @staticmethod
+    async def _accept_loop(
+        listener: Any, handler: Callable[[Any], Coroutine[Any, Any, None]], task_group: TaskGroup
+    ) -> None:
+        where = "{}:{}".format(*_local_address(listener))
+        errors = AcceptErrors(where)
+        while True:
+            try:
+                stream = await listener.accept()
+            except anyio.ClosedResourceError:
+                return  # aclose()
+            except (OSError, anyio.BrokenResourceError) as exc:
+                if await errors.failed(exc):
+                    continue
+                raise
+            errors.accepted()
+            task_group.start_soon(handler, stream)
 
     async def aclose(self) -> None:
         await self._listener.aclose()
+
+
+def _local_address(listener: Any) -> tuple[str, int]:
+    address: Any = listener.extra(SocketAttribute.local_address, ("?", 0))
+    return str(address[0]), int(address[1])
 
 
 async def listen(host: str | None, port: int, *, backlog: int = 1024) -> Listener:

@@ -50,6 +50,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from .._accept import os_error_behind
 from ..ae import AE, Timeouts
 from ..audit import AuditLog, AuditLogError
 from ..config import MAX_MAX_PDU_LENGTH, MIN_MAX_PDU_LENGTH
@@ -57,7 +58,7 @@ from ..errors import AssociationError, ConnectTimeout, DICOMError, TransportErro
 from ..log import get_logger, json_logging
 from ..protocol.pdu import UserIdentityRQSubItem
 from ..protocol.status import StatusCategory, category
-from ..transport import TLSError, client_context, os_error_behind, server_context
+from ..transport import TLSError, client_context, server_context
 from ..users import Lockout, UsersFileError, UserStore
 
 __all__ = [

@@ -38,7 +38,7 @@ from . import (
 )
 from .common import CLIError, HelpFormatter, check_bind, describe_error, err
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "main", "raise_open_file_limit"]
 
 #: what ends an app with one error line and exit status 1 (anything else is a bug: traceback)
 _EXPECTED = (CLIError, DICOMError, OSError, ValueError)
@@ -79,6 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # pydicom's remarks on the values it decodes (an invalid UID in a peer's data set, ...)
         # are not the user's business in the apps; -vv shows them
         warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom\b")
+    raise_open_file_limit()
     try:
         return int(anyio.run(args.func, args, backend=args.backend))
     except KeyboardInterrupt:
@@ -95,6 +96,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         # a bug: the traceback goes through the log (a JSON object with --log-json)
         get_logger().error("internal_error", error=f"{type(leaf).__name__}: {leaf}", exc_info=leaf)
         return 1
+
+
+#: the soft limit on open files asked for when the hard limit is "unlimited"
+_UNLIMITED_TARGET = 1 << 16
+
+
+def raise_open_file_limit() -> None:
+    """Raise this process's soft limit on open files to its hard limit, as the Go runtime and
+    the JVM do: a server holds one descriptor per connection, and the usual soft limit of
+    1024 would turn a flood of a thousand idle connections into refused associations (the
+    accept loop copes when the limit is reached, but cannot accept past it).  No-op where
+    the limit cannot be read or changed."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on Windows
+        return
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        target = _UNLIMITED_TARGET if hard == resource.RLIM_INFINITY else hard
+        if soft != resource.RLIM_INFINITY and soft < target:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (OSError, ValueError):
+        pass
 
 
 def _subparser(
