@@ -38,6 +38,7 @@ from asyncdicom.loadtest.newuids import (
 from asyncdicom.loadtest.processes import split
 from asyncdicom.presets import qr_find_supported
 from asyncdicom.storage.synthetic import write_ct_files
+from asyncdicom.users import UserStore
 from tests.test_cli import GUARD, StoreSCPProcess, app_process, err, run_cli, storage_scp
 
 pytestmark = pytest.mark.anyio
@@ -523,9 +524,48 @@ async def test_cli_failures_exit_1_with_kinds(tmp_path: Path, anyio_backend: str
     assert "3 of 3 operations" in err(result) and "Traceback" not in err(result)
 
 
+async def test_cli_sends_a_user_identity_from_every_process(
+    tmp_path: Path, anyio_backend: str
+) -> None:
+    """``--username``/``--password-file`` reach every association of every worker process; a
+    wrong passcode is a rejection, counted as errors, exit status 1."""
+    store = UserStore()
+    store.add("alice", "right")
+    scp = AE("SCP", require_user_identity=True)
+    checked = store.identity_handler()
+    users: list[bytes] = []
+
+    def identity(rq: Any, item: Any) -> Any:
+        users.append(item.primary_field)
+        return checked(rq, item)
+
+    scp.on_user_identity(identity)
+    (tmp_path / "pw").write_text("right\n")
+    (tmp_path / "bad").write_text("wrong\n")
+    async with serving(scp) as server:
+        result = await bench_cli(
+            str(server.port), "SCP", "--count", "20", "--associations", "2", "--processes", "2",
+            "--username", "alice", "--password-file", str(tmp_path / "pw"),
+            backend=anyio_backend, tmp_path=tmp_path,
+        )  # fmt: skip
+        assert result.returncode == 0, err(result)
+        summary = json.loads((tmp_path / "r.json").read_text())
+        assert summary["operations"] == 20 and summary["errors"] == 0
+        assert users and set(users) == {b"alice"}
+        refused = await bench_cli(
+            str(server.port), "SCP", "--count", "3",
+            "--username", "alice", "--password-file", str(tmp_path / "bad"),
+            backend=anyio_backend, tmp_path=tmp_path,
+        )  # fmt: skip
+    assert refused.returncode == 1
+    assert json.loads((tmp_path / "r.json").read_text())["errors"] >= 1
+    assert "Traceback" not in err(refused) and "wrong" not in err(refused)
+
+
 @pytest.mark.parametrize(
     "args",
     [
+        ["--password", "x"],
         ["--operation", "store"],
         ["--new-uids"],
         ["--operation", "move"],

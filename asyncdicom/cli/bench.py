@@ -33,12 +33,14 @@ from .common import (
     add_common,
     add_max_pdu,
     add_tls_client,
+    add_user_identity,
     ae_title,
     client_timeouts,
     err,
     format_address,
     port,
     positive_int,
+    scu_user_identity,
     timeout,
 )
 
@@ -204,6 +206,7 @@ def add_parser(sub: Any) -> None:
     add_max_pdu(p)
     add_client_timeouts(p, "seconds allowed for each TCP connection")
     add_tls_client(p)
+    add_user_identity(p)
     add_common(p)
     p.set_defaults(func=run, bench_parser=p)
 
@@ -263,6 +266,7 @@ def spec_from_args(args: argparse.Namespace) -> LoadSpec:
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         tls_check_hostname=not args.tls_no_hostname_check,
+        user_identity=scu_user_identity(args),
     )
 
 

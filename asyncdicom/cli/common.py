@@ -74,6 +74,7 @@ __all__ = [
     "add_scu",
     "add_tls_client",
     "add_tls_server",
+    "add_user_identity",
     "ae_title",
     "check_bind",
     "describe_error",
@@ -428,26 +429,9 @@ def server_timeouts(args: argparse.Namespace) -> Timeouts:
     )
 
 
-def add_scu(p: argparse.ArgumentParser) -> None:
-    """Peer address and the options shared by the SCUs (echoscu, storescu)."""
-    p.add_argument("host", metavar="HOST", help="peer host name or address (IPv4 or IPv6)")
-    p.add_argument("port", metavar="PORT", type=port, help="peer TCP port (1..65535)")
-    p.add_argument(
-        "--aet", type=ae_title, default="ASYNCDICOM", metavar="A", help="our (calling) AE title"
-    )
-    p.add_argument(
-        "--called-aet",
-        type=ae_title,
-        default="ANY-SCP",
-        metavar="C",
-        help="the peer's (called) AE title",
-    )
-    p.add_argument(
-        "--bind", default=None, metavar="ADDR", help="local address to connect from (default: any)"
-    )
-    add_max_pdu(p)
-    add_client_timeouts(p)
-    add_tls_client(p)
+def add_user_identity(p: argparse.ArgumentParser) -> None:
+    """``--username``, ``--password``/``--password-file`` and ``--identity-response``: the
+    User Identity an SCU app (or bench) sends (:func:`scu_user_identity`)."""
     p.add_argument(
         "--username",
         default=None,
@@ -477,6 +461,29 @@ def add_scu(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="ask the peer for a positive User Identity response",
     )
+
+
+def add_scu(p: argparse.ArgumentParser) -> None:
+    """Peer address and the options shared by the SCUs (echoscu, storescu)."""
+    p.add_argument("host", metavar="HOST", help="peer host name or address (IPv4 or IPv6)")
+    p.add_argument("port", metavar="PORT", type=port, help="peer TCP port (1..65535)")
+    p.add_argument(
+        "--aet", type=ae_title, default="ASYNCDICOM", metavar="A", help="our (calling) AE title"
+    )
+    p.add_argument(
+        "--called-aet",
+        type=ae_title,
+        default="ANY-SCP",
+        metavar="C",
+        help="the peer's (called) AE title",
+    )
+    p.add_argument(
+        "--bind", default=None, metavar="ADDR", help="local address to connect from (default: any)"
+    )
+    add_max_pdu(p)
+    add_client_timeouts(p)
+    add_tls_client(p)
+    add_user_identity(p)
 
 
 def add_tls_client(p: argparse.ArgumentParser) -> None:

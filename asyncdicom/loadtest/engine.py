@@ -60,6 +60,7 @@ from ..errors import (
 )
 from ..protocol import uids
 from ..protocol.negotiation import ContextRequest
+from ..protocol.pdu import UserIdentityRQSubItem
 from ..protocol.status import StatusCategory, category
 from ..services import CommitmentRefused, QueryFailed, RetrieveFailed
 from ..services.commitment import STORAGE_COMMITMENT, CommitmentTimeout
@@ -144,6 +145,9 @@ class LoadSpec:
     tls_key: Path | None = None
     #: verify that the peer's certificate names the host connected to
     tls_check_hostname: bool = True
+    #: the User Identity sent on every association (None: none); a passcode in it reaches the
+    #: worker processes through their pipe, never a file or the command line
+    user_identity: UserIdentityRQSubItem | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "operation", Operation(self.operation))
@@ -398,6 +402,7 @@ class LoadGenerator:
             max_pdu_length=spec.max_pdu,
             timeouts=spec.timeouts,
             client_ssl_context=ssl_context,
+            user_identity=spec.user_identity,
         )
         self._prepared = False
 
