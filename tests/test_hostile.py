@@ -464,6 +464,37 @@ async def response_to_unknown_message_id(b: Bench) -> None:
         await peer.expect_abort(2)
 
 
+async def pipelined_requests_then_close(b: Bench) -> None:
+    """1 000 C-ECHO-RQs in one write, and the connection closed at once: the server answers
+    what it can and drops the rest when it finds the peer gone (no internal error)."""
+    internal_before = AE.total_internal_errors
+    closed = anyio.Event()
+    async with RawPeer.connect(b.port) as peer:
+        port = peer.local_port
+
+        def on_closed(event: HookEvent, assoc: Any, **_: Any) -> None:
+            if assoc.peer_port == port:
+                closed.set()
+
+        b.ae.hooks.add(HookEvent.CONNECTION_CLOSED, on_closed)
+        try:
+            await peer.associate(associate_rq(VERIFICATION_RQ))
+            await peer.send(
+                b"".join(
+                    encode_pdata(1, 0x03, dimse.encode_command(messages.CEchoRQ(message_id=i)))
+                    for i in range(1, 1001)
+                )
+            )
+            await peer.receive_raw_pdu()  # the first answer
+        finally:
+            await peer.stream.aclose()
+        try:
+            await closed.wait()
+        finally:
+            b.ae.hooks.remove(HookEvent.CONNECTION_CLOSED, on_closed)
+    assert AE.total_internal_errors == internal_before
+
+
 async def dataset_before_command(b: Bench) -> None:
     async with RawPeer.connect(b.port) as peer:
         await peer.associate(associate_rq(VERIFICATION_RQ))
@@ -565,6 +596,7 @@ SCENARIOS: dict[str, Callable[[Bench], Coroutine[Any, Any, None]]] = {
         pdata_on_rejected_context,
         pdata_on_unknown_context,
         response_to_unknown_message_id,
+        pipelined_requests_then_close,
         dataset_before_command,
         undecodable_command,
         declared_4gb_before_association,
