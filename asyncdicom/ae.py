@@ -511,6 +511,10 @@ class AE:
                     local=a.local if a else True,
                     detail=assoc._abort_detail or "during association establishment",
                 )
+                if a is not None and a.local:
+                    # we aborted (an A-ASSOCIATE-AC we cannot accept): the peer gets a moment
+                    # to close, not the whole ARTIM timeout
+                    await assoc._close_after_abort()
             if failure is None:
                 self._associations.add(assoc)
                 try:

@@ -1128,6 +1128,12 @@ class Association:
             self._abort_detail = self._abort_detail or "aborted by the local user"
             self._send_abort_now()
             await self._process_events()
+            await self._close_after_abort(linger)
+
+    async def _close_after_abort(self, linger: float = ABORT_LINGER) -> None:
+        """After an A-ABORT we sent: give the peer ``linger`` seconds (at most ARTIM) to close
+        the connection, then close it from this side."""
+        with anyio.CancelScope(shield=True):
             wait = min(linger, self.config.timeouts.artim)
             if wait > 0:
                 with anyio.move_on_after(wait):

@@ -336,6 +336,33 @@ async def test_requestor_abort_before_associate_ac() -> None:
     assert (error.source, error.reason, error.local) == (2, 0, False)
 
 
+async def test_requestor_aborting_an_invalid_ac_does_not_wait_for_artim() -> None:
+    """An A-ASSOCIATE-AC accepting a transfer syntax we did not propose: A-ABORT, and the
+    peer, which keeps the connection open, gets a moment to close it, not the whole ARTIM
+    timeout (60 s here)."""
+    from dataclasses import replace
+
+    from asyncdicom.protocol.codec import decode_pdu
+
+    async with raw_acceptor() as (port, accept), anyio.create_task_group() as tg:
+        timeouts = Timeouts(acse=GUARD, dimse=GUARD, artim=GUARD)
+        outcome = run_requestor(tg, port, echo_body, timeouts=timeouts)
+        peer = await accept()
+        raw = await peer.receive_raw_pdu()
+        assert raw is not None
+        rq = decode_pdu(raw)
+        assert isinstance(rq, AssociateRQ)
+        ac = ac_for(rq)
+        bad = tuple(replace(c, transfer_syntax="1.2.3.4.5.6") for c in ac.presentation_contexts)
+        await peer.send(encode_pdu(replace(ac, presentation_contexts=bad)))
+        await peer.expect_abort(0, 0)
+        with anyio.fail_after(GUARD / 6):  # ABORT_LINGER (1 s), far below the ARTIM of 60 s
+            await outcome.done.wait()
+    error = outcome.error
+    assert isinstance(error, errors.AssociationAborted), repr(error)
+    assert error.local and "was not proposed" in str(error)
+
+
 @pytest.mark.parametrize("how", ["reset", "abort"])
 async def test_requestor_peer_gone_while_awaiting_response(how: str) -> None:
     """The peer resets or aborts while our C-ECHO waits: the wait ends at once with the
