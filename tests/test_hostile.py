@@ -495,6 +495,32 @@ async def pipelined_requests_then_close(b: Bench) -> None:
     assert AE.total_internal_errors == internal_before
 
 
+async def _store_refused(b: Bench, dataset: bytes | None) -> None:
+    async with RawPeer.connect(b.port) as peer:
+        await peer.associate(associate_rq([(CT, (IMPLICIT,))]))
+        rq = messages.CStoreRQ(
+            message_id=7,
+            affected_sop_class_uid=CT,
+            affected_sop_instance_uid="1.2.826.0.1.3680043.10.999.1",
+            has_dataset=dataset is not None,
+        )
+        await peer.send_message(1, rq, dataset)
+        rsp = await peer.receive_command()
+        assert isinstance(rsp, messages.CStoreRSP)
+        assert (rsp.message_id_being_responded_to, rsp.status) == (7, 0xC000)
+        # (hostile_bench checks that no file was written)
+
+
+async def store_without_dataset(b: Bench) -> None:
+    """A C-STORE-RQ whose command says it has no data set: Cannot Understand, no file."""
+    await _store_refused(b, None)
+
+
+async def store_with_empty_dataset(b: Bench) -> None:
+    """A C-STORE-RQ whose data set is one empty last fragment: Cannot Understand, no file."""
+    await _store_refused(b, b"")
+
+
 async def dataset_before_command(b: Bench) -> None:
     async with RawPeer.connect(b.port) as peer:
         await peer.associate(associate_rq(VERIFICATION_RQ))
@@ -597,6 +623,8 @@ SCENARIOS: dict[str, Callable[[Bench], Coroutine[Any, Any, None]]] = {
         pdata_on_unknown_context,
         response_to_unknown_message_id,
         pipelined_requests_then_close,
+        store_without_dataset,
+        store_with_empty_dataset,
         dataset_before_command,
         undecodable_command,
         declared_4gb_before_association,

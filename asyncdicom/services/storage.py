@@ -34,7 +34,14 @@ from .base import Service
 if TYPE_CHECKING:
     from ..storage.files import DuplicatePolicy, Layout, Part10Writer, StoredFile
 
-__all__ = ["SEND_WHOLE_LIMIT", "STORAGE_SERVICE", "StorageSCU", "save_request", "store"]
+__all__ = [
+    "SEND_WHOLE_LIMIT",
+    "STORAGE_SERVICE",
+    "EmptyDataSet",
+    "StorageSCU",
+    "save_request",
+    "store",
+]
 
 
 def _store_exception_status(message: messages.Message, exc: BaseException) -> int:
@@ -188,6 +195,11 @@ def _sop_uids(ds: Any) -> tuple[str, str]:
     return found[0], found[1]
 
 
+class EmptyDataSet(ValueError):
+    """A C-STORE-RQ without a data set, or with an empty one: nothing is stored (a handler
+    that lets it through answers 0xC000, Cannot Understand)."""
+
+
 async def save_request(
     request: IncomingRequest,
     folder: str | os.PathLike[str],
@@ -227,6 +239,9 @@ async def save_request(
 
     message = request.message
     assert isinstance(message, messages.CStoreRQ)
+    if not request.has_dataset:
+        # PS3.7 9.3.1.1: the data set of a C-STORE-RQ is mandatory; nothing to store
+        raise EmptyDataSet("the C-STORE-RQ carries no data set")
     association = request.association
     cfg = association.config
     target = Path(folder)
@@ -255,13 +270,16 @@ async def save_request(
     commit_threaded = threaded or layout == "sorted"
     try:
         batch: list[memoryview] = []
-        size = 0
+        size = total = 0
         async for chunk in request.chunks():
             batch.append(chunk)
             size += len(chunk)
+            total += len(chunk)
             if size >= _WRITE_BATCH:
                 await anyio.to_thread.run_sync(_write_batch, writer, batch)
                 batch, size = [], 0
+        if not total:
+            raise EmptyDataSet("the C-STORE-RQ's data set is empty")
         path: StoredFile
         if commit_threaded:
             path = await anyio.to_thread.run_sync(_write_and_commit, writer, batch)
