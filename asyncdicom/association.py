@@ -904,6 +904,9 @@ class Association:
                     detail=self._lost or self._abort_detail or None,
                 )
                 self.hooks.emit(HookEvent.ASSOCIATION_ABORTED, self, abort=event)
+                # establishment (if under way) is over; waiters learn of the abort now
+                self._established.set()
+                self._wake_waiters()
             elif isinstance(event, ConnectionClosed):
                 await self._flush()
                 self._closed.set()
@@ -940,6 +943,15 @@ class Association:
             return
         self.abort_info = AssociationAborted(2, int(exc.abort_reason), local=True, error=exc)
         self.hooks.emit(HookEvent.ASSOCIATION_ABORTED, self, abort=self.abort_info)
+        self._wake_waiters()
+
+    def _wake_waiters(self) -> None:
+        """The association is over (aborted): every operation of ours waiting for a response
+        learns it now, not when the peer finally closes the connection (PS3.8 state 13 may
+        last the ARTIM timeout)."""
+        for waiter in list(self._waiters.values()):
+            waiter.close()
+        self._waiters.clear()
 
     async def _abort_oversized(self, detail: str) -> None:
         """A peer sent more than a limit allows: A-ABORT (provider) and close at once."""

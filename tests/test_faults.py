@@ -363,6 +363,43 @@ async def test_requestor_aborting_an_invalid_ac_does_not_wait_for_artim() -> Non
     assert error.local and "was not proposed" in str(error)
 
 
+LONG = Timeouts(acse=GUARD, dimse=GUARD, artim=GUARD)
+
+
+async def test_requestor_aborts_at_once_on_a_malformed_response() -> None:
+    """A response whose command set is garbage: A-ABORT (provider) at once, and the waiting
+    echo() learns it then, not after the DIMSE timeout (60 s here), nor after ARTIM while the
+    peer keeps the connection open."""
+    async with raw_acceptor() as (port, accept), anyio.create_task_group() as tg:
+        outcome = run_requestor(tg, port, echo_body, timeouts=LONG)
+        peer = await accept()
+        await accept_association(peer)
+        assert await peer.receive_raw_pdu() is not None  # the C-ECHO-RQ
+        await peer.send(encode_pdata(1, 0x03, b"\x01" * 50))
+        await peer.expect_abort(2)
+        with anyio.fail_after(GUARD / 6):
+            await outcome.done.wait()
+    error = outcome.error
+    assert isinstance(error, errors.AssociationAborted), repr(error)
+    assert error.local and "command set" in str(error)
+
+
+async def test_requestor_aborts_at_once_on_a_malformed_associate_rj() -> None:
+    """An A-ASSOCIATE-RJ whose PDU-length is not 4 (PS3.8 9.3.4): A-ABORT, and the requestor
+    fails at once, not after the ACSE timeout (60 s here)."""
+    async with raw_acceptor() as (port, accept), anyio.create_task_group() as tg:
+        outcome = run_requestor(tg, port, echo_body, timeouts=LONG)
+        peer = await accept()
+        assert await peer.receive_raw_pdu() is not None  # the A-ASSOCIATE-RQ
+        await peer.send(b"\x03\x00\x00\x00\x00\x06\x00\x01\x01\x03\x00\x00")
+        await peer.expect_abort(2)
+        with anyio.fail_after(GUARD / 6):
+            await outcome.done.wait()
+    error = outcome.error
+    assert isinstance(error, errors.AssociationAborted), repr(error)
+    assert error.local and (error.source, error.reason) == (2, 6)
+
+
 @pytest.mark.parametrize("how", ["reset", "abort"])
 async def test_requestor_peer_gone_while_awaiting_response(how: str) -> None:
     """The peer resets or aborts while our C-ECHO waits: the wait ends at once with the
