@@ -522,8 +522,14 @@ class Association:
 
     @property
     def is_established(self) -> bool:
-        """True while the association can carry DIMSE messages."""
-        return self._established.is_set() and not self._closed.is_set()
+        """True while the association can carry DIMSE messages (accepted, and neither aborted
+        nor closed)."""
+        return (
+            self._established.is_set()
+            and self.negotiated is not None
+            and self.abort_info is None
+            and not self._closed.is_set()
+        )
 
     @property
     def is_closed(self) -> bool:

@@ -382,6 +382,7 @@ async def test_requestor_aborts_at_once_on_a_malformed_response() -> None:
     error = outcome.error
     assert isinstance(error, errors.AssociationAborted), repr(error)
     assert error.local and "command set" in str(error)
+    assert not outcome.assoc.is_established  # aborted: no longer usable, closed or not
 
 
 async def test_requestor_aborts_at_once_on_a_malformed_associate_rj() -> None:
