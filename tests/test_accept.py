@@ -29,8 +29,6 @@ from tests.test_cli import ENV, GUARD
 
 pytestmark = pytest.mark.anyio
 
-resource = pytest.importorskip("resource", reason="RLIMIT_NOFILE is POSIX only")
-
 
 def limited_cli(soft: int, hard: int, *args: str) -> list[str]:
     """``python -m asyncdicom ARGS`` with RLIMIT_NOFILE set to (soft, hard) first."""
