@@ -21,7 +21,6 @@ thread (hook callbacks, which only observe, excepted: see :mod:`asyncdicom.hooks
 from __future__ import annotations
 
 import dataclasses
-import enum
 import functools
 import ssl
 import weakref
@@ -65,6 +64,7 @@ from .protocol.pdu import (
     UserIdentityRQSubItem,
 )
 from .protocol.upper_layer import Role
+from .refusal import Refusal, RefusalRule
 from .services import (
     DEFAULT_SERVICES,
     HandlerRegistry,
@@ -104,40 +104,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 #: the longest a refusal by lock-out is held back (to take as long as a real check)
 _MAX_LOCKOUT_DELAY = 2.0
-
-
-class RefusalRule(str, enum.Enum):
-    """The check of the acceptor that refused an A-ASSOCIATE-RQ."""
-
-    #: ``max_associations`` reached (transient, source 3, reason 2)
-    MAX_ASSOCIATIONS = "max_associations"
-    #: ``max_associations_per_calling_ae`` reached (transient, source 3, reason 2)
-    MAX_ASSOCIATIONS_PER_CALLING_AE = "max_associations_per_calling_ae"
-    #: the protocol version lacks version 1 (permanent, source 2, reason 2)
-    PROTOCOL_VERSION = "protocol_version"
-    #: not the DICOM application context (permanent, source 1, reason 2)
-    APPLICATION_CONTEXT = "application_context"
-    #: ``require_called_ae_title`` and the Called AE Title is not ours (1, 1, 7)
-    CALLED_AE_TITLE = "called_ae_title"
-    #: the Calling AE Title is not in ``allowed_calling_ae_titles`` (1, 1, 3)
-    CALLING_AE_TITLE = "calling_ae_title"
-    #: no User Identity while ``require_user_identity``, or the identity handler refused it
-    #: (1, 1, 1)
-    USER_IDENTITY = "user_identity"
-    #: the user name or the address is locked out after failed checks (:class:`Lockout`); the
-    #: peer gets the same answer as for a wrong password (1, 1, 1)
-    LOCKED_OUT = "locked_out"
-    #: any other refusal of the negotiation
-    OTHER = "other"
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Refusal:
-    """Why the acceptor refused an association (:meth:`AE.refusal`): the rule, and a detail
-    for logs and audit trails (never sent to the peer)."""
-
-    rule: RefusalRule
-    detail: str = ""
 
 
 #: A-ASSOCIATE-RJ (source, reason) -> the rule of :func:`asyncdicom.protocol.negotiation.negotiate`
@@ -323,11 +289,7 @@ class AE:
         from the moment the A-ASSOCIATE-RJ is sent, so an ``ASSOCIATION_REJECTED`` hook can
         ask.  Also for an RQ the protocol layer refused before the AE saw it (rule
         :attr:`RefusalRule.PROTOCOL_VERSION`)."""
-        found = self._refusals.get(association)
-        if found is None and association._provider_refusal is not None:
-            rule, detail = association._provider_refusal
-            found = Refusal(RefusalRule(rule), detail)
-        return found
+        return self._refusals.get(association) or association.provider_refusal
 
     def on_extended_negotiation(self, handler: F) -> F:
         """Decorator: answer SOP Class Extended Negotiation items (PS3.7 D.3.3.5), async or
@@ -621,14 +583,9 @@ class AE:
             self._refusals.pop(assoc, None)
             return
         item = rq.user_information.user_identity_rq
-        assoc.log.warning(
-            "association_rejected",
-            rule=refusal.rule.value,
-            detail=refusal.detail,
-            result=rj.result,
-            source=rj.source,
-            reason=rj.reason,
-            reason_text=str(errors.AssociationRejected(rj.result, rj.source, rj.reason)),
+        assoc._log_rejection(
+            rj,
+            refusal,
             user=identity_user_name(item) if item is not None else None,
             identity_type=item.identity_type if item is not None else None,
         )

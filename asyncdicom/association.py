@@ -77,6 +77,7 @@ from .protocol.operations import (
 from .protocol.pdu import Abort, AssociateRJ, AssociateRQ, ReleaseRP, ReleaseRQ
 from .protocol.status import StatusCategory, category, is_pending
 from .protocol.upper_layer import Role, UpperLayer
+from .refusal import Refusal, RefusalRule
 from .transport import close_forcefully, close_quietly, peer_address
 
 __all__ = [
@@ -495,8 +496,8 @@ class Association:
         self._abort_error: type[errors.AssociationError] | None = None
         #: why the transport went away without a release or abort (peer closed, reset)
         self._lost: str | None = None
-        #: (rule, detail) when the upper layer itself refused the A-ASSOCIATE-RQ (AE.refusal)
-        self._provider_refusal: tuple[str, str] | None = None
+        #: why the upper layer itself refused the A-ASSOCIATE-RQ, if it did (see AE.refusal)
+        self.provider_refusal: Refusal | None = None
         #: DIMSE messages are logged at DEBUG (refreshed by the reader and by each send)
         self._tracing = False
         self.released = False
@@ -921,23 +922,30 @@ class Association:
     def _on_refused_by_provider(self, event: AssociationRefused) -> None:
         """Acceptor: the upper layer rejected an A-ASSOCIATE-RQ it could not accept (a
         protocol version without version 1); the RJ is on its way. Logged like the AE's own
-        refusals; ``AE.refusal()`` tells the ``ASSOCIATION_REJECTED`` hooks the rule and detail."""
-        rj = event.reject
-        self.rejection = rj
-        detail = str(event.error)
-        # the values of asyncdicom.ae.RefusalRule (which imports this module)
-        rule = "protocol_version" if isinstance(event.error, BadProtocolVersion) else "other"
-        self._provider_refusal = (rule, detail)
+        refusals; ``AE.refusal()`` tells the ``ASSOCIATION_REJECTED`` hooks the rule."""
+        self.rejection = event.reject
+        rule = (
+            RefusalRule.PROTOCOL_VERSION
+            if isinstance(event.error, BadProtocolVersion)
+            else RefusalRule.OTHER
+        )
+        self.provider_refusal = Refusal(rule, str(event.error))
+        self._log_rejection(event.reject, self.provider_refusal, user=None, identity_type=None)
+        self.hooks.emit(HookEvent.ASSOCIATION_REJECTED, self, reject=event.reject)
+
+    def _log_rejection(self, rj: AssociateRJ, refusal: Refusal, **identity: Any) -> None:
+        """The one ``association_rejected`` warning of a refused A-ASSOCIATE-RQ (``identity``:
+        the ``user`` and ``identity_type`` it asked with)."""
         self.log.warning(
             "association_rejected",
-            rule=rule,
-            detail=detail,
+            rule=refusal.rule.value,
+            detail=refusal.detail,
             result=rj.result,
             source=rj.source,
             reason=rj.reason,
             reason_text=str(errors.AssociationRejected(rj.result, rj.source, rj.reason)),
+            **identity,
         )
-        self.hooks.emit(HookEvent.ASSOCIATION_REJECTED, self, reject=rj)
 
     async def _protocol_abort(self, exc: ProtocolError) -> None:
         """A DIMSE-level protocol error from the peer: A-ABORT (provider) and close."""
@@ -972,9 +980,7 @@ class Association:
         """The transport is gone or going: wake every waiter, close the stream."""
         self._closed.set()
         self._established.set()
-        for waiter in list(self._waiters.values()):
-            waiter.close()
-        self._waiters.clear()
+        self._wake_waiters()
         if self._incoming_send is not None:
             self._incoming_send.close()
             self._incoming_send = None

@@ -13,7 +13,7 @@ Each line is one event of an association this AE accepted or refused::
      "rule": "locked_out", "detail": "locked out after repeated failed identity checks ..."}
 
 ``event`` is ``accepted``, ``rejected`` (with the A-ASSOCIATE-RJ fields and the rule that
-refused, :class:`asyncdicom.ae.RefusalRule`), ``released``, ``aborted`` (with the A-ABORT
+refused, :class:`asyncdicom.refusal.RefusalRule`), ``released``, ``aborted`` (with the A-ABORT
 source, reason and who aborted; also an association whose connection ended without a release
 or an abort) or ``tls_failed`` (a TLS handshake that failed: no association, no AE titles).
 ``user`` is the user name of a User Identity of type 1 or 2, ``null`` otherwise: the passcode
@@ -220,8 +220,6 @@ class AuditLog:
             rj = data["reject"]
             ask = getattr(association.ae, "refusal", None)
             refusal = ask(association) if ask is not None else None
-            rule = refusal.rule.value if refusal is not None else None
-            detail = refusal.detail if refusal is not None else None
             self._record(
                 "rejected",
                 association,
@@ -230,8 +228,8 @@ class AuditLog:
                 source=rj.source,
                 reason=rj.reason,
                 reason_text=str(errors.AssociationRejected(rj.result, rj.source, rj.reason)),
-                rule=rule,
-                detail=detail,
+                rule=refusal.rule.value if refusal is not None else None,
+                detail=refusal.detail if refusal is not None else None,
             )
         elif event is HookEvent.ASSOCIATION_RELEASED:
             seen.ended = True
