@@ -98,8 +98,10 @@ _FLUSH_THRESHOLD = 256 * 1024
 #: data-set fragments buffered between the reader and a handler (each <= one PDU)
 _HANDLER_QUEUE = 32
 #: the states in which a request from the peer can still be answered (P-DATA allowed, PS3.8
-#: Table 9-10: Sta6, and Sta8 after the peer's A-RELEASE-RQ)
-_ANSWERING_STATES = frozenset({State.ESTABLISHED, State.AWAITING_LOCAL_RELEASE_RESPONSE})
+#: Table 9-10: Sta6, and Sta8 after the peer's A-RELEASE-RQ); compared by identity, on the
+#: hot path (an Enum's hash is a Python-level call)
+_ESTABLISHED = State.ESTABLISHED
+_AWAITING_LOCAL_RELEASE_RESPONSE = State.AWAITING_LOCAL_RELEASE_RESPONSE
 #: after a local A-ABORT, how long the peer may take to close the connection (state 13)
 ABORT_LINGER = 1.0
 
@@ -1214,7 +1216,8 @@ class Association:
 
     async def _on_request(self, event: RequestReceived) -> None:
         message = event.message
-        if self._ul.state not in _ANSWERING_STATES:
+        state = self._ul.state
+        if state is not _ESTABLISHED and state is not _AWAITING_LOCAL_RELEASE_RESPONSE:
             # The association ended (the peer closed, reset or aborted) while requests it had
             # sent before were still waiting in our input: nobody is left to answer.
             return
