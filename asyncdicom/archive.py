@@ -78,7 +78,7 @@ from .services.commitment import (
     NO_SUCH_OBJECT_INSTANCE,
     CommitmentSCP,
 )
-from .storage.files import StoredFile, read_header
+from .storage.files import StoredFile, prune_empty_folders, read_header
 
 __all__ = [
     "DEFAULT_DB_NAME",
@@ -404,12 +404,18 @@ class Archive:
                 readable.append(job)
             except (OSError, StorageError) as exc:
                 job.result = exc
+                self._remove(job.path)  # refused: nothing of it stays
         for job, result in zip(readable, index.add_many(items) if items else [], strict=True):
             job.result = result
             if isinstance(result, Exception):
-                _unlink_quietly(job.path)
+                self._remove(job.path)
             elif result.previous_path is not None and result.previous_path != str(job.path):
-                _unlink_quietly(Path(result.previous_path))
+                self._remove(Path(result.previous_path))
+
+    def _remove(self, path: Path) -> None:
+        """Remove a stored file and the folders it leaves empty."""
+        _unlink_quietly(path)
+        prune_empty_folders(path, self.folder)
 
     def _on_find(self, request: Any) -> Iterator[Any]:
         """C-FIND (a plain generator: runs in a worker thread)."""

@@ -18,7 +18,7 @@ from pydicom.dataset import Dataset
 
 from asyncdicom import AE, HookEvent, presets, uids
 from asyncdicom.archive import Archive, qrscp_config
-from asyncdicom.protocol.messages import CFindRQ
+from asyncdicom.protocol.messages import CFindRQ, CStoreRQ
 from asyncdicom.protocol.negotiation import SupportedContext
 from asyncdicom.services.query_retrieve import QueryFailed
 from asyncdicom.services.retrieve import RetrieveFailed
@@ -324,6 +324,8 @@ async def test_resent_instance_replaces_the_old_one(tmp_path: Path) -> None:
     assert [p.relative_to(tmp_path).parts[:3] for p in tmp_path.rglob("*.dcm")] == [
         ("P9", "9.1", "9.1.1")
     ]
+    # and so are its folders
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["P9"]
 
 
 async def test_instance_without_study_uid_is_refused_and_not_kept(tmp_path: Path) -> None:
@@ -336,6 +338,37 @@ async def test_instance_without_study_uid_is_refused_and_not_kept(tmp_path: Path
     assert statuses == [0xC000, 0x0000]
     assert count == 1
     assert len(list(tmp_path.rglob("*.dcm"))) == 1
+    # the folders made for the refused instance are gone too: every folder holds a file
+    folders = [p for p in tmp_path.rglob("*") if p.is_dir()]
+    assert folders and all(any(p.rglob("*.dcm")) for p in folders), folders
+
+
+async def test_truncated_resend_is_refused_and_the_good_copy_kept(tmp_path: Path) -> None:
+    good = instance("P1", "1.1", "1.1.1", 1, PatientName="DOE^JOHN")
+    raw = encode_dataset(good, uids.EXPLICIT_VR_LITTLE_ENDIAN)
+    with anyio.fail_after(GUARD):
+        async with running(tmp_path) as (archive, port):
+            assert await store_all(port, [good]) == [0]
+            (stored,) = tmp_path.rglob("*.dcm")
+            before = stored.read_bytes()
+            async with AE("SCU").associate(
+                "127.0.0.1", port, called_aet="QRSCP", contexts=[CT]
+            ) as assoc:
+                context = assoc.find_context(uids.CT_IMAGE_STORAGE)
+                assert context is not None
+                rsp = await assoc.request(
+                    context,
+                    CStoreRQ(
+                        message_id=assoc.next_message_id(),
+                        affected_sop_class_uid=uids.CT_IMAGE_STORAGE,
+                        affected_sop_instance_uid=good.SOPInstanceUID,
+                    ),
+                    raw[:-10],  # cut inside the pixel data
+                )
+            count = await anyio.to_thread.run_sync(archive.index.count)
+    assert rsp.status == 0xC000
+    assert count == 1
+    assert [p.read_bytes() for p in tmp_path.rglob("*.dcm")] == [before]
 
 
 async def test_unwritable_storage_is_out_of_resources(tmp_path: Path) -> None:

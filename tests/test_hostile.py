@@ -521,6 +521,26 @@ async def store_with_empty_dataset(b: Bench) -> None:
     await _store_refused(b, b"")
 
 
+def _ct_dataset() -> bytes:
+    return encode_dataset(make_ct_instance(4096), IMPLICIT)
+
+
+async def store_truncated_dataset(b: Bench) -> None:
+    """A data set cut inside its Pixel Data (the last fragment flag set all the same): Cannot
+    Understand, no file."""
+    await _store_refused(b, _ct_dataset()[:-100])
+
+
+async def store_dataset_cut_in_a_header(b: Bench) -> None:
+    """A data set whose last element header is cut: Cannot Understand, no file."""
+    await _store_refused(b, _ct_dataset() + b"\x10\x00\x10")
+
+
+async def store_garbage_dataset(b: Bench) -> None:
+    """Bytes that are not a data set: Cannot Understand, no file."""
+    await _store_refused(b, random.Random(11).randbytes(5000))
+
+
 async def dataset_before_command(b: Bench) -> None:
     async with RawPeer.connect(b.port) as peer:
         await peer.associate(associate_rq(VERIFICATION_RQ))
@@ -625,6 +645,9 @@ SCENARIOS: dict[str, Callable[[Bench], Coroutine[Any, Any, None]]] = {
         pipelined_requests_then_close,
         store_without_dataset,
         store_with_empty_dataset,
+        store_truncated_dataset,
+        store_dataset_cut_in_a_header,
+        store_garbage_dataset,
         dataset_before_command,
         undecodable_command,
         declared_4gb_before_association,

@@ -24,6 +24,7 @@ from asyncdicom import (
 from asyncdicom.config import DEFAULT_TRANSFER_SYNTAXES
 from asyncdicom.protocol import messages
 from asyncdicom.storage.files import encode_dataset
+from asyncdicom.storage.synthetic import make_ct_instance
 from asyncdicom.testing import associated
 
 pytestmark = pytest.mark.anyio
@@ -116,6 +117,37 @@ async def test_handler_exception_maps_to_status_and_is_logged(
     assert response.status == Status.PROCESSING_FAILURE
     assert not response.ok and response.category is StatusCategory.FAILURE
     assert "handler_failed" in caplog.text and "boom in the handler" in caplog.text
+
+
+async def test_a_data_set_cut_short_is_refused_with_a_warning_not_a_traceback(
+    caplog: pytest.LogCaptureFixture, tmp_path: Any
+) -> None:
+    scp = AE("SCP", accept_any_storage=True)
+
+    @scp.on_store
+    async def save(request: Any) -> int:
+        await request.save_to(tmp_path)
+        return 0x0000
+
+    ds = make_ct_instance(256)
+    raw = encode_dataset(ds, EXPLICIT)
+    with caplog.at_level(logging.WARNING, logger="asyncdicom"):
+        async with associated(scp, contexts=[(uids.CT_IMAGE_STORAGE, [EXPLICIT])]) as assoc:
+            context = assoc.find_context(uids.CT_IMAGE_STORAGE)
+            assert context is not None
+            rq = messages.CStoreRQ(
+                message_id=assoc.next_message_id(),
+                affected_sop_class_uid=uids.CT_IMAGE_STORAGE,
+                affected_sop_instance_uid=ds.SOPInstanceUID,
+            )
+            response = await assoc.request(context, rq, raw[:-3])
+            assert (await assoc.store(ds)).status == 0x0000  # the association goes on
+    assert response.status == 0xC000
+    refused = [r for r in caplog.records if r.getMessage().startswith("request_refused ")]
+    assert len(refused) == 1 and refused[0].levelno == logging.WARNING
+    assert "stops inside the value of (7FE0,0010), 3 byte(s) short" in refused[0].getMessage()
+    assert refused[0].exc_info is None and "handler_failed" not in caplog.text
+    assert [p.name for p in tmp_path.iterdir()] == [f"{ds.SOPInstanceUID}.dcm"]
 
 
 async def test_sop_class_handler_fallback_and_association_handler() -> None:

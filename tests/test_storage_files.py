@@ -58,6 +58,7 @@ from asyncdicom.storage.files import (
     InvalidDataset,
     StoredFile,
     encode_file_meta,
+    prune_empty_folders,
     read_header,
     remove_stale_temp_files,
 )
@@ -1324,3 +1325,50 @@ async def test_save_to_keeps_both_copies_by_default(tmp_path: Path) -> None:
     assert [p.name for p in saved] == [f"{uid}.dcm", f"{uid}_1.dcm"]
     assert [getattr(p, "duplicate", "?") for p in saved] == [None, "unique"]
     assert sorted(out.iterdir()) == sorted(saved)
+
+
+# ---------------------------------------------------------------------------------------------
+# Empty folders: pruned after a removal, made again by a writer that finds them gone
+
+
+def test_prune_empty_folders_stops_at_a_folder_in_use_and_at_the_root(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    (root / "P1" / "1.1" / "1.1.1").mkdir(parents=True)
+    (root / "P1" / "1.2").mkdir(parents=True)
+    (root / "P1" / "1.2" / "kept.dcm").write_bytes(b"x")
+    prune_empty_folders(root / "P1" / "1.1" / "1.1.1" / "gone.dcm", root)
+    assert sorted(str(p.relative_to(root)) for p in root.rglob("*")) == [
+        "P1",
+        "P1/1.2",
+        "P1/1.2/kept.dcm",
+    ]
+    (root / "P1" / "1.2" / "kept.dcm").unlink()
+    prune_empty_folders(root / "P1" / "1.2" / "kept.dcm", root)
+    assert root.is_dir() and list(root.iterdir()) == []
+    # a path outside the root: nothing is touched
+    (tmp_path / "other" / "empty").mkdir(parents=True)
+    prune_empty_folders(tmp_path / "other" / "empty" / "x.dcm", root)
+    assert (tmp_path / "other" / "empty").is_dir()
+
+
+def test_sorted_commit_makes_the_folders_again_if_pruned_meanwhile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from asyncdicom.storage import files
+
+    ds = make_ct_instance(64, patient_id="P1")
+    real_place = files._place
+    calls: list[Path] = []
+
+    def place_after_a_prune(temp: Path, final: Path, policy: Any) -> Any:
+        calls.append(final)
+        if len(calls) == 1:  # another writer empties and prunes the folders just now
+            prune_empty_folders(final, tmp_path)
+            assert not final.parent.exists()
+        return real_place(temp, final, policy)
+
+    monkeypatch.setattr(files, "_place", place_after_a_prune)
+    stored = _commit_dataset(tmp_path, ds)
+    assert len(calls) == 2 and stored.exists()
+    assert stored.relative_to(tmp_path.resolve()).parts[0] == "P1"
+    assert read_header(stored).SOPInstanceUID == ds.SOPInstanceUID

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from ..association import Association, DatasetSource, IncomingRequest
+from ..errors import StorageError
 from ..log import get_logger
 from ..protocol import messages
 from ..protocol.negotiation import PresentationContext
@@ -273,13 +274,21 @@ class ServiceDispatcher:
         self, request: IncomingRequest, handler: Any, exc: BaseException, sop_class: str
     ) -> int:
         message = request.message
-        request.association.log.error(
-            "handler_failed",
-            message=message.NAME,
-            handler=getattr(handler, "__qualname__", repr(handler)),
-            error=f"{type(exc).__name__}: {exc}",
-            exc_info=exc,
-        )
+        log = request.association.log
+        handler_name = getattr(handler, "__qualname__", repr(handler))
+        error = f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, StorageError):
+            # a data set that cannot be used (one the peer cut short, say), found by the
+            # library's own checks: expected, a warning without traceback
+            log.warning("request_refused", message=message.NAME, handler=handler_name, error=error)
+        else:
+            log.error(
+                "handler_failed",
+                message=message.NAME,
+                handler=handler_name,
+                error=error,
+                exc_info=exc,
+            )
         service = self.service_for(message, sop_class)
         if service is not None:
             return service.exception_status(message, exc)

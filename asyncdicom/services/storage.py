@@ -29,6 +29,7 @@ from ..errors import NoAcceptedContext
 from ..protocol import messages
 from ..protocol.status import Status
 from ..protocol.uids import UNCOMPRESSED_TRANSFER_SYNTAXES, is_storage_sop_class
+from ..storage.files import InvalidDataset
 from .base import Service
 
 if TYPE_CHECKING:
@@ -179,8 +180,6 @@ async def store(
 def _sop_uids(ds: Any) -> tuple[str, str]:
     """(SOP Class UID, SOP Instance UID) of a data set to send; :class:`InvalidDataset` names
     the one that is missing or empty."""
-    from ..storage.files import InvalidDataset
-
     found = []
     for keyword, tag in (("SOPClassUID", "(0008,0016)"), ("SOPInstanceUID", "(0008,0018)")):
         try:
@@ -195,7 +194,7 @@ def _sop_uids(ds: Any) -> tuple[str, str]:
     return found[0], found[1]
 
 
-class EmptyDataSet(ValueError):
+class EmptyDataSet(InvalidDataset):
     """A C-STORE-RQ without a data set, or with an empty one: nothing is stored (a handler
     that lets it through answers 0xC000, Cannot Understand)."""
 
@@ -236,6 +235,7 @@ async def save_request(
     ``AEConfig.file_io_in_threads`` or the sorted layout, which parses the header).
     """
     from ..storage.files import Part10Writer
+    from ..storage.structure import StructureCheck
 
     message = request.message
     assert isinstance(message, messages.CStoreRQ)
@@ -268,17 +268,19 @@ async def save_request(
     threaded = cfg.file_io_in_threads
     writer = await anyio.to_thread.run_sync(_open) if threaded else _open()
     commit_threaded = threaded or layout == "sorted"
+    check = StructureCheck(request.context.transfer_syntax or "")
     try:
         batch: list[memoryview] = []
-        size = total = 0
+        size = 0
         async for chunk in request.chunks():
+            check.feed(chunk)
             batch.append(chunk)
             size += len(chunk)
-            total += len(chunk)
             if size >= _WRITE_BATCH:
                 await anyio.to_thread.run_sync(_write_batch, writer, batch)
                 batch, size = [], 0
-        if not total:
+        check.finish()
+        if not check.elements:
             raise EmptyDataSet("the C-STORE-RQ's data set is empty")
         path: StoredFile
         if commit_threaded:

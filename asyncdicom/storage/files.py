@@ -180,6 +180,8 @@ MISSING_VALUE_FOLDER = "UNKNOWN"
 
 #: most files named ``<name>_<n>.dcm`` tried for one instance under the ``"unique"`` policy
 _MAX_COPIES = 10_000
+#: times the sorted layout's folders are made and the file placed, when a folder vanishes
+_PLACE_ATTEMPTS = 3
 #: values longer than this are read only when accessed by :func:`read_header` (bytes)
 _HEADER_DEFER_SIZE = 64 * 1024
 
@@ -592,8 +594,10 @@ class Part10Writer:
             self._file.flush()
             if not _RENAME_OPEN_FILES:
                 self._file.close()
-            final = self._final_path if self._final_path is not None else self._sorted_path()
-            path, duplicate = _place(self._temp_path, final, self._on_duplicate)
+            if self._final_path is not None:
+                path, duplicate = _place(self._temp_path, self._final_path, self._on_duplicate)
+            else:
+                path, duplicate = self._place_sorted()
             self._file.close()
         except BaseException:
             self._state = "discarded"
@@ -604,6 +608,18 @@ class Part10Writer:
         self._state = "committed"
         self._final_path = path
         return StoredFile._made(path, duplicate=duplicate, dataset_size=self._bytes_written)
+
+    def _place_sorted(self) -> tuple[Path, DuplicatePolicy | None]:
+        """Create the sorted layout's folders and place the file there.  Another writer may
+        remove a folder it emptied (:func:`prune_empty_folders`) between our ``mkdir`` and our
+        ``link``: the folders are made again, a few times at most."""
+        for attempt in range(_PLACE_ATTEMPTS):
+            try:
+                return _place(self._temp_path, self._sorted_path(), self._on_duplicate)
+            except FileNotFoundError:
+                if attempt == _PLACE_ATTEMPTS - 1 or not self._temp_path.exists():
+                    raise
+        raise AssertionError("unreachable")
 
     def _sorted_path(self) -> Path:
         """``folder/<patient>/<study>/<series>/<name>``, the folders created as needed.
@@ -714,6 +730,20 @@ def _link_if_free(temp: Path, final: Path) -> bool:
         return True
     os.unlink(temp)
     return True
+
+
+def prune_empty_folders(path: str | os.PathLike[str], root: str | os.PathLike[str]) -> None:
+    """Remove the folders between ``path`` (a removed file's) and ``root`` that are left
+    empty, deepest first; ``root`` itself stays.  Stops at the first folder that is not empty
+    (or cannot be removed); a folder outside ``root`` is never touched."""
+    root_path = Path(root).resolve()
+    current = Path(path).resolve().parent
+    while current != root_path and root_path in current.parents:
+        try:
+            os.rmdir(current)
+        except OSError:
+            return
+        current = current.parent
 
 
 def remove_stale_temp_files(folder: str | os.PathLike[str]) -> int:

@@ -1,0 +1,302 @@
+"""Check that a received data set is whole, as it streams in, without decoding it.
+
+A C-STORE SCP that stores data sets as received (:class:`~asyncdicom.storage.files.Part10Writer`
+never parses them) would otherwise store, and answer Success for, bytes that are not a data set
+or a data set cut short inside its last element.  :class:`StructureCheck` walks the element
+headers of the stream (PS3.5 section 7) as the fragments arrive: tag, VR and length of each
+element; it skips the values without looking at them, so a big Pixel Data value costs one
+subtraction per fragment.  Sequences and items of undefined length (PS3.5 7.5) and
+encapsulated pixel data (PS3.5 A.4) are followed to their delimiters; the contents of a
+sequence of defined length are skipped like any value.
+
+At the end (:meth:`StructureCheck.finish`) the stream must stop exactly after an element, with
+every sequence and item of undefined length closed.  What is refused, each with an
+:class:`~asyncdicom.storage.files.InvalidDataset` naming the element:
+
+* a stream that ends inside an element header or value, or inside an open sequence or item;
+* an explicit VR that is not two upper-case letters, or undefined length on a VR that cannot
+  have it;
+* an item, item delimiter or sequence delimiter where none can be, or another element where
+  only items can be (directly in a sequence or in encapsulated pixel data);
+* a deflated stream (Deflated Explicit VR Little Endian) that does not end, or does not inflate.
+
+What is not checked: the values themselves, the order of the tags, and a data set cut exactly
+between two elements of its top level (it looks like a shorter, complete one: only the sender
+knows how long it is).
+
+Sans-IO and synchronous: :meth:`feed` takes the bytes as received, any split.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+
+from ..protocol.uids import (
+    DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
+    EXPLICIT_VR_BIG_ENDIAN,
+    IMPLICIT_VR_LITTLE_ENDIAN,
+)
+from .files import InvalidDataset
+
+__all__ = ["StructureCheck"]
+
+#: JPIP Referenced Deflate: the data set is deflated like Deflated Explicit VR Little Endian
+_JPIP_REFERENCED_DEFLATE = "1.2.840.10008.1.2.4.95"
+_DEFLATED = frozenset({DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN, _JPIP_REFERENCED_DEFLATE})
+
+#: explicit VRs with a 2-byte reserved field and a 4-byte length (PS3.5 Table 7.1-1)
+_LONG_VRS = frozenset(
+    {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+)
+#: the other VRs of PS3.5 Table 6.2-1 (2-byte length); an unknown VR must at least be two
+#: upper-case letters (it is read with a 2-byte length, as a reader of an older edition would)
+_SHORT_VRS = frozenset(
+    {
+        b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS", b"LO",
+        b"LT", b"PN", b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US",
+    }
+)  # fmt: skip
+_UNDEFINED = 0xFFFFFFFF
+_ITEM = 0xE000
+_ITEM_END = 0xE00D
+_SEQUENCE_END = 0xE0DD
+_PIXEL_DATA = 0x7FE00010
+
+# What an open container of undefined length holds; each stack entry is (kind, explicit VR).
+_SEQUENCE = 0  # items, up to a sequence delimiter
+_ITEM_OPEN = 1  # elements, up to an item delimiter
+_FRAGMENTS = 2  # items of defined length (offset table, fragments), up to a sequence delimiter
+
+#: inflated bytes walked at a time (bounds the memory a deflate bomb can take)
+_INFLATE_STEP = 1 << 20
+
+
+def _tag(tag: int) -> str:
+    return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
+
+
+class StructureCheck:
+    """Walk the element structure of one data set fed in fragments (see the module docstring).
+
+    ``transfer_syntax_uid`` is the one the data set is encoded in (that of its presentation
+    context); every syntax not implicit, big endian or deflated is Explicit VR Little Endian
+    (PS3.5 A.4: the compressed ones too).  :meth:`feed` raises
+    :class:`~asyncdicom.storage.files.InvalidDataset` as soon as the structure is broken,
+    :meth:`finish` if the data set does not end where an element ends.  ``elements`` counts the
+    elements of the top level and inside sequences of undefined length.
+    """
+
+    __slots__ = (
+        "_base_explicit",
+        "_carry",
+        "_explicit",
+        "_inflater",
+        "_last_tag",
+        "_long",
+        "_short",
+        "_skip",
+        "_stack",
+        "elements",
+    )
+
+    def __init__(self, transfer_syntax_uid: str) -> None:
+        big = transfer_syntax_uid == EXPLICIT_VR_BIG_ENDIAN
+        order = ">" if big else "<"
+        self._short = struct.Struct(order + "HH2sH")  # tag, VR, 2-byte length
+        self._long = struct.Struct(order + "HHL")  # tag, 4-byte length (implicit VR, items)
+        self._base_explicit = transfer_syntax_uid != IMPLICIT_VR_LITTLE_ENDIAN
+        self._explicit = self._base_explicit
+        self._inflater = (
+            zlib.decompressobj(-zlib.MAX_WBITS) if transfer_syntax_uid in _DEFLATED else None
+        )
+        self._stack: list[tuple[int, bool]] = []
+        self._skip = 0  # value bytes still to come before the next header
+        self._carry = b""  # the start of a header cut by the end of a fragment
+        self._last_tag = -1
+        self.elements = 0
+
+    # ------------------------------------------------------------------ feeding
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        """The next bytes of the data set, as received."""
+        inflater = self._inflater
+        if inflater is None:
+            self._feed(memoryview(data))
+            return
+        try:
+            out = inflater.decompress(data, _INFLATE_STEP)
+            self._feed(memoryview(out))
+            while inflater.unconsumed_tail:
+                out = inflater.decompress(inflater.unconsumed_tail, _INFLATE_STEP)
+                self._feed(memoryview(out))
+        except zlib.error as exc:
+            raise InvalidDataset(f"the deflated data set does not inflate: {exc}") from None
+
+    def _feed(self, mv: memoryview) -> None:
+        size = len(mv)
+        skip = self._skip
+        if skip:
+            if skip >= size:
+                self._skip = skip - size
+                return
+            mv = mv[skip:]
+            self._skip = 0
+        carry = self._carry
+        if carry:
+            # finish the cut header from the first bytes of this fragment
+            joined = carry + bytes(mv[:16])
+            self._carry = b""
+            used = self._walk(memoryview(joined))
+            if used < len(carry):  # still not one whole header: mv was shorter than 16
+                self._carry = joined[used:]
+                return
+            if self._skip:  # a value runs past ``joined``: what follows it in mv is skipped
+                rest = mv[16:]
+                mv = rest
+                skip = self._skip
+                if skip >= len(mv):
+                    self._skip = skip - len(mv)
+                    return
+                mv = mv[skip:]
+                self._skip = 0
+            else:
+                mv = mv[used - len(carry) :]
+        used = self._walk(mv)
+        if used < len(mv) and not self._skip:
+            self._carry = bytes(mv[used:])
+
+    def _walk(self, mv: memoryview) -> int:
+        """Walk the headers in ``mv``; return where the first incomplete header starts, or
+        ``len(mv)`` with ``self._skip`` set when a value runs past the end."""
+        end = len(mv)
+        pos = 0
+        stack = self._stack
+        explicit = self._explicit
+        unpack_short = self._short.unpack_from
+        unpack_long = self._long.unpack_from
+        elements = 0
+        tag = self._last_tag
+        try:
+            while pos + 8 <= end:
+                if explicit:
+                    group, element, vr, length = unpack_short(mv, pos)
+                    if group == 0xFFFE:
+                        length = unpack_long(mv, pos)[2]
+                        pos += 8
+                    elif vr in _LONG_VRS:
+                        if pos + 12 > end:
+                            break
+                        length = unpack_long(mv, pos + 4)[2]
+                        pos += 12
+                    elif vr in _SHORT_VRS or (vr.isalpha() and vr.isupper()):
+                        pos += 8
+                    else:
+                        raise InvalidDataset(
+                            f"element {_tag(group << 16 | element)} has no valid VR ({vr!r})"
+                        )
+                else:
+                    group, element, length = unpack_long(mv, pos)
+                    vr = b""
+                    pos += 8
+                tag = group << 16 | element
+                if group == 0xFFFE:
+                    explicit = self._delimiter(element, length, stack)
+                    if element == _ITEM and length != _UNDEFINED:
+                        pos += length
+                    continue
+                if stack and stack[-1][0] != _ITEM_OPEN:
+                    raise InvalidDataset(
+                        f"element {_tag(tag)} where only items can be (in a sequence or "
+                        "encapsulated pixel data)"
+                    )
+                elements += 1
+                if length == _UNDEFINED:
+                    explicit = self._open(tag, vr, explicit, stack)
+                else:
+                    pos += length
+        finally:
+            self._explicit = explicit
+            self.elements += elements
+            self._last_tag = tag
+        if pos > end:
+            self._skip = pos - end
+            return end
+        return pos
+
+    def _delimiter(self, element: int, length: int, stack: list[tuple[int, bool]]) -> bool:
+        """An item or delimiter tag (FFFE,eeee); return the VR encoding that follows it."""
+        kind = stack[-1][0] if stack else None
+        if element == _ITEM:
+            if kind is None or kind == _ITEM_OPEN:
+                raise InvalidDataset("an item (FFFE,E000) outside a sequence")
+            if length == _UNDEFINED:
+                if kind == _FRAGMENTS:
+                    raise InvalidDataset("a pixel data fragment of undefined length")
+                stack.append((_ITEM_OPEN, stack[-1][1]))
+            return stack[-1][1]
+        if element == _ITEM_END:
+            if kind != _ITEM_OPEN:
+                raise InvalidDataset("an item delimiter (FFFE,E00D) outside an item")
+        elif element == _SEQUENCE_END:
+            if kind == _ITEM_OPEN:
+                raise InvalidDataset(
+                    "a sequence delimiter (FFFE,E0DD) inside an item (its item delimiter missing)"
+                )
+            if kind is None:
+                raise InvalidDataset("a sequence delimiter (FFFE,E0DD) outside a sequence")
+        else:
+            raise InvalidDataset(f"an unknown delimiter tag (FFFE,{element:04X})")
+        if length != 0:
+            raise InvalidDataset(f"a delimiter (FFFE,{element:04X}) with a length of {length}")
+        stack.pop()
+        return stack[-1][1] if stack else self._base_explicit
+
+    @staticmethod
+    def _open(tag: int, vr: bytes, explicit: bool, stack: list[tuple[int, bool]]) -> bool:
+        """An element of undefined length: open its container; return the VR encoding of
+        what follows."""
+        if not explicit:
+            # implicit VR: Pixel Data is encapsulated, anything else a sequence
+            stack.append((_FRAGMENTS if tag == _PIXEL_DATA else _SEQUENCE, False))
+            return False
+        if vr == b"SQ":
+            stack.append((_SEQUENCE, True))
+            return True
+        if vr == b"UN":
+            # PS3.5 6.2.2: a UN value of undefined length is a sequence in Implicit VR
+            stack.append((_SEQUENCE, False))
+            return False
+        if vr == b"OB" or vr == b"OW":
+            stack.append((_FRAGMENTS, True))
+            return True
+        raise InvalidDataset(f"element {_tag(tag)} with VR {vr.decode()} has undefined length")
+
+    # ------------------------------------------------------------------ the end
+
+    def finish(self) -> None:
+        """The data set is complete: raise if it stopped inside an element or container."""
+        inflater = self._inflater
+        if inflater is not None:
+            try:
+                self._feed(memoryview(inflater.flush()))
+            except zlib.error as exc:
+                raise InvalidDataset(f"the deflated data set does not inflate: {exc}") from None
+            if not inflater.eof:
+                raise InvalidDataset("the deflated data set stops before its end")
+        last = _tag(self._last_tag) if self._last_tag >= 0 else "the first element"
+        if self._skip:
+            raise InvalidDataset(
+                f"the data set stops inside the value of {last}, {self._skip} byte(s) short"
+            )
+        if self._carry:
+            raise InvalidDataset(
+                f"the data set stops inside an element header after {last} "
+                f"({len(self._carry)} byte(s) of it)"
+            )
+        if self._stack:
+            what = {_SEQUENCE: "a sequence", _ITEM_OPEN: "an item", _FRAGMENTS: "pixel data"}
+            raise InvalidDataset(
+                f"the data set stops inside {what[self._stack[-1][0]]} of undefined length "
+                f"(no delimiter), after {last}"
+            )

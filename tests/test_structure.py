@@ -1,0 +1,263 @@
+"""The structure check of received data sets (asyncdicom.storage.structure), sans-IO."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import pydicom
+import pydicom.data
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from pydicom.dataset import Dataset
+from pydicom.filereader import data_element_generator, read_file_meta_info
+from pydicom.sequence import Sequence
+
+from asyncdicom.protocol.uids import (
+    DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
+    EXPLICIT_VR_BIG_ENDIAN,
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    IMPLICIT_VR_LITTLE_ENDIAN,
+)
+from asyncdicom.storage.files import InvalidDataset, encode_dataset
+from asyncdicom.storage.structure import StructureCheck
+
+SAMPLES = Path(pydicom.data.__file__).parent / "test_files"
+
+#: whole, valid data sets of every kind the check must follow: implicit and explicit little
+#: endian, big endian, deflated, encapsulated (JPEG 2000, RLE, JPEG), nested and private
+#: sequences of undefined length, UN of undefined length, odd lengths, trailing padding
+GOOD = [
+    "CT_small.dcm",
+    "MR_small_implicit.dcm",
+    "MR_small_bigendian.dcm",
+    "MR_small_padded.dcm",
+    "image_dfl.dcm",
+    "JPEG2000.dcm",
+    "JPEG2000-embedded-sequence-delimiter.dcm",
+    "MR_small_RLE.dcm",
+    "SC_rgb_jpeg_dcmtk.dcm",
+    "rtplan.dcm",
+    "nested_priv_SQ.dcm",
+    "priv_SQ.dcm",
+    "UN_sequence.dcm",
+    "test-SR.dcm",
+    "waveform_ecg.dcm",
+    "SC_rgb_small_odd.dcm",
+    "reportsi.dcm",
+]
+
+
+def _dataset_of(name: str) -> tuple[bytes, str]:
+    syntax = str(read_file_meta_info(SAMPLES / name).TransferSyntaxUID)
+    return _raw_dataset((SAMPLES / name).read_bytes()), syntax
+
+
+def _check(data: bytes, syntax: str, sizes: list[int] | None = None) -> StructureCheck:
+    check = StructureCheck(syntax)
+    view = memoryview(data)
+    pos = 0
+    for size in sizes or []:
+        check.feed(view[pos : pos + size])
+        pos += size
+    check.feed(view[pos:])
+    check.finish()
+    return check
+
+
+def _top_level_ends(data: bytes, syntax: str) -> set[int]:
+    """Where the elements of the top level end, as pydicom's reader finds them."""
+    fp = io.BytesIO(data)
+    ends = {0}
+    implicit = syntax == IMPLICIT_VR_LITTLE_ENDIAN
+    little = syntax != EXPLICIT_VR_BIG_ENDIAN
+    for _ in data_element_generator(fp, implicit, little):
+        ends.add(fp.tell())
+    return ends
+
+
+@pytest.mark.parametrize("name", GOOD)
+def test_whole_data_sets_pass(name: str) -> None:
+    data, syntax = _dataset_of(name)
+    check = _check(data, syntax)
+    assert check.elements >= 1
+
+
+@pytest.mark.parametrize("name", GOOD)
+def test_any_split_of_a_whole_data_set_passes(name: str) -> None:
+    data, syntax = _dataset_of(name)
+    for step in (1, 2, 3, 7, 11, 13, 100):
+        sizes = [step] * (len(data) // step)
+        assert _check(data, syntax, sizes).elements >= 1
+
+
+@pytest.mark.parametrize(
+    "name", [n for n in GOOD if n not in ("image_dfl.dcm",)]
+)  # a deflated stream cut anywhere is checked by test_deflated_cut_short
+def test_a_data_set_cut_inside_an_element_is_refused(name: str) -> None:
+    data, syntax = _dataset_of(name)
+    ends = _top_level_ends(data, syntax)
+    assert max(ends) == len(data)
+    # every cut inside the last 64 bytes, inside the first 64, and a spread of others
+    cuts = set(range(max(1, len(data) - 64), len(data))) | set(range(1, 64))
+    cuts |= set(range(1, len(data), max(1, len(data) // 300)))
+    for cut in sorted(cuts):
+        if cut in ends:
+            assert _check(data[:cut], syntax).elements >= 1  # a shorter, complete data set
+            continue
+        with pytest.raises(InvalidDataset, match="stops inside"):
+            _check(data[:cut], syntax)
+
+
+def test_pydicoms_truncated_samples_are_refused() -> None:
+    for name in ("MR_truncated.dcm", "rtplan_truncated.dcm"):
+        syntax = str(read_file_meta_info(SAMPLES / name).TransferSyntaxUID)
+        with pytest.raises(InvalidDataset, match="stops inside"):
+            _check(_raw_dataset((SAMPLES / name).read_bytes()), syntax)
+
+
+def _raw_dataset(part10: bytes) -> bytes:
+    """The data set bytes of a Part 10 file: after the meta group (its group length known)."""
+    assert part10[128:132] == b"DICM"
+    (meta_length,) = struct.unpack_from("<L", part10, 132 + 8)
+    return part10[132 + 12 + meta_length :]
+
+
+def _element(tag: int, vr: bytes, value: bytes, *, undefined: bool = False) -> bytes:
+    head = struct.pack("<HH", tag >> 16, tag & 0xFFFF) + vr
+    length = 0xFFFFFFFF if undefined else len(value)
+    if vr in (b"OB", b"OW", b"SQ", b"UN", b"UT"):
+        return head + b"\0\0" + struct.pack("<L", length) + value
+    return head + struct.pack("<H", length) + value
+
+
+def _delim(element: int, length: int = 0) -> bytes:
+    return struct.pack("<HHL", 0xFFFE, element, length)
+
+
+PATIENT = _element(0x00100010, b"PN", b"DOE^JOHN")
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"\x10\x00\x10\x00\x00\x00\x08\x00DOE^JOHN", "no valid VR"),
+        (_delim(0xE000, 4) + b"abcd", "item .* outside a sequence"),
+        (_delim(0xE00D), "item delimiter .* outside an item"),
+        (_delim(0xE0DD), "sequence delimiter .* outside a sequence"),
+        (_delim(0xE00F), "unknown delimiter"),
+        (_element(0x00081115, b"SQ", b"", undefined=True) + PATIENT, "where only items can be"),
+        (_element(0x00104000, b"UT", b"", undefined=True), "with VR UT has undefined length"),
+        (
+            _element(0x00081115, b"SQ", b"", undefined=True)
+            + _delim(0xE000, 0xFFFFFFFF)
+            + _delim(0xE0DD),
+            "its item delimiter missing",
+        ),
+        (
+            _element(0x00081115, b"SQ", b"", undefined=True) + _delim(0xE000, 0xFFFFFFFF),
+            "stops inside an item of undefined length",
+        ),
+        (
+            _element(0x00081115, b"SQ", b"", undefined=True) + _delim(0xE0DD, 4),
+            "with a length of 4",
+        ),
+        (
+            _element(0x7FE00010, b"OB", b"", undefined=True) + _delim(0xE000, 0xFFFFFFFF),
+            "fragment of undefined length",
+        ),
+        (_element(0x00081115, b"SQ", b"", undefined=True), "inside a sequence"),
+        (_element(0x7FE00010, b"OB", b"", undefined=True) + _delim(0xE000), "inside pixel data"),
+        (PATIENT + PATIENT[:5], "inside an element header"),
+        (PATIENT + PATIENT[:-1], "inside the value of \\(0010,0010\\), 1 byte"),
+    ],
+)
+def test_broken_structures_are_refused(data: bytes, message: str) -> None:
+    for sizes in ([], [1] * len(data), [3] * (len(data) // 3)):
+        with pytest.raises(InvalidDataset, match=message):
+            _check(data, EXPLICIT_VR_LITTLE_ENDIAN, sizes)
+
+
+def test_unknown_upper_case_vr_passes_with_a_short_length() -> None:
+    _check(_element(0x00091001, b"XX", b"ab") + PATIENT, EXPLICIT_VR_LITTLE_ENDIAN)
+
+
+def _deflated() -> bytes:
+    ds = Dataset()
+    ds.PatientName = "DOE^JOHN"
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    ds.SOPInstanceUID = "1.2.3.4"
+    raw = encode_dataset(ds, EXPLICIT_VR_LITTLE_ENDIAN)
+    deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    return deflater.compress(raw) + deflater.flush()
+
+
+def test_deflated_whole_passes_and_cut_short_is_refused() -> None:
+    data = _deflated()
+    assert _check(data, DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN, [1] * len(data)).elements == 3
+    for cut in range(1, len(data)):
+        with pytest.raises(InvalidDataset):
+            _check(data[:cut], DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN)
+    with pytest.raises(InvalidDataset, match="does not inflate"):
+        _check(b"\xff" * 64, DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN)
+
+
+def test_a_deflate_bomb_is_walked_in_bounded_steps() -> None:
+    # 64 MiB of one OB value, deflated to about 64 KiB: inflated a megabyte at a time
+    value = bytes(64 << 20)
+    raw = _element(0x00091010, b"OB", b"")[:-4] + struct.pack("<L", len(value)) + value
+    deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    data = deflater.compress(raw) + deflater.flush()
+    assert len(data) < 1 << 20
+    assert _check(data, DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN).elements == 1
+
+
+def _nested(depth: int, syntax: str) -> bytes:
+    ds = Dataset()
+    ds.PatientName = "DOE^JOHN"
+    inner = ds
+    for _ in range(depth):
+        item = Dataset()
+        item.CodeValue = "1"
+        inner.ContentSequence = Sequence([item])
+        inner = item
+    ds.is_undefined_length_sequence_item = True
+    return encode_dataset(ds, syntax)
+
+
+@pytest.mark.parametrize(
+    "syntax", [IMPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_BIG_ENDIAN]
+)
+def test_nested_sequences_in_every_uncompressed_syntax(syntax: str) -> None:
+    data = _nested(5, syntax)
+    assert _check(data, syntax).elements == 2  # the contents of defined-length items are skipped
+    assert _check(data, syntax, [1] * len(data)).elements == 2
+
+
+@given(
+    name=st.sampled_from(GOOD),
+    sizes=st.lists(st.integers(min_value=0, max_value=40), max_size=30),
+)
+def test_whole_data_sets_pass_whatever_the_split(name: str, sizes: list[int]) -> None:
+    data, syntax = _dataset_of(name)
+    _check(data, syntax, sizes)
+
+
+@given(
+    data=st.binary(max_size=400),
+    syntax=st.sampled_from(
+        [
+            IMPLICIT_VR_LITTLE_ENDIAN,
+            EXPLICIT_VR_LITTLE_ENDIAN,
+            EXPLICIT_VR_BIG_ENDIAN,
+            DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
+        ]
+    ),
+)
+def test_any_bytes_give_a_verdict_or_invalid_dataset(data: bytes, syntax: str) -> None:
+    with contextlib.suppress(InvalidDataset):
+        _check(data, syntax)
