@@ -167,7 +167,8 @@ class IncomingRequest:
     :meth:`chunks` or whole with :meth:`read`; one that nobody reads is discarded.
 
     :attr:`cancel_requested` turns True when the peer sends C-CANCEL-RQ for it; the
-    :attr:`cancel_scope` (if the serving code set one) is cancelled at that moment.
+    :attr:`cancel_scope` (if the serving code set one) is cancelled at that moment, and
+    :meth:`wait_cancelled` returns.
     """
 
     def __init__(
@@ -195,6 +196,7 @@ class IncomingRequest:
         self.cancel_scope: anyio.CancelScope | None = None
         #: a final response has been sent
         self.answered = False
+        self._cancelled: anyio.Event | None = None  # made by the first wait_cancelled()
 
     @property
     def has_dataset(self) -> bool:
@@ -266,10 +268,31 @@ class IncomingRequest:
             self.answered = True
         await association.send_message(self.context, response, dataset, _command=command)
 
+    async def wait_cancelled(self) -> None:
+        """Return once the peer has sent C-CANCEL-RQ for this operation (at once if it has),
+        e.g. in a task beside the handler's work, to stop it::
+
+            async with anyio.create_task_group() as tg:
+                async def stop_on_cancel() -> None:
+                    await request.wait_cancelled()
+                    tg.cancel_scope.cancel()
+                tg.start_soon(stop_on_cancel)
+                ...  # the work
+
+        Waits forever if no C-CANCEL-RQ comes (wrap it in a scope that the work's end cancels).
+        """
+        if self.cancel_requested:
+            return
+        if self._cancelled is None:
+            self._cancelled = anyio.Event()
+        await self._cancelled.wait()
+
     def _cancel(self) -> None:
         self.cancel_requested = True
         if self.cancel_scope is not None:
             self.cancel_scope.cancel()
+        if self._cancelled is not None:
+            self._cancelled.set()
 
 
 # ---------------------------------------------------------------------- operations we invoke

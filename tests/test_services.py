@@ -364,6 +364,31 @@ async def test_c_cancel_stops_the_handler_within_a_few_responses() -> None:
     assert state["yielded"] - yielded_at_cancel < 100, state
 
 
+async def test_a_plain_async_handler_awaits_the_c_cancel() -> None:
+    scp = _find_scp()
+    started = anyio.Event()
+    waits: list[bool] = []
+
+    @scp.on("C-FIND")
+    async def find(request: Any) -> int:
+        started.set()
+        await request.wait_cancelled()
+        waits.append(request.cancel_requested)
+        await request.wait_cancelled()  # returns at once once cancelled
+        return 0xFE00
+
+    async with associated(scp, contexts=[(FIND, [EXPLICIT])]) as assoc:
+        ctx = assoc.find_context(FIND)
+        assert ctx is not None
+        with anyio.fail_after(10):
+            async with assoc.invoke(ctx, _find_rq(assoc), _query()) as op:
+                await started.wait()
+                await op.cancel()
+                statuses = [r.status async for r in op]
+    assert statuses == [Status.CANCEL]
+    assert waits == [True]
+
+
 async def test_cancelling_a_request_that_cannot_be_cancelled_waits_for_its_answer() -> None:
     scp = AE("SCP")
     release = anyio.Event()
