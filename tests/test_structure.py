@@ -49,6 +49,7 @@ GOOD = [
     "waveform_ecg.dcm",
     "SC_rgb_small_odd.dcm",
     "reportsi.dcm",
+    "SC_rgb_jpeg.dcm",  # implicit VR although its transfer syntax is explicit
 ]
 
 
@@ -106,8 +107,10 @@ def test_a_data_set_cut_inside_an_element_is_refused(name: str) -> None:
     cuts = set(range(max(1, len(data) - 64), len(data))) | set(range(1, 64))
     cuts |= set(range(1, len(data), max(1, len(data) // 300)))
     for cut in sorted(cuts):
-        if cut in ends:
-            assert _check(data[:cut], syntax).elements >= 1  # a shorter, complete data set
+        tail = data[max(e for e in ends if e <= cut) : cut]
+        if cut in ends or (cut > min(ends - {0}) and len(tail) < 8 and not tail.strip(b"\0")):
+            # a shorter, complete data set (maybe with NUL bytes after it, let through)
+            assert _check(data[:cut], syntax).elements >= 1
             continue
         with pytest.raises(InvalidDataset, match="stops inside"):
             _check(data[:cut], syntax)
@@ -145,7 +148,7 @@ PATIENT = _element(0x00100010, b"PN", b"DOE^JOHN")
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        (b"\x10\x00\x10\x00\x00\x00\x08\x00DOE^JOHN", "no valid VR"),
+        (PATIENT + b"\x10\x00\x20\x00\x00\x00\x02\x00AB", "no valid VR"),
         (_delim(0xE000, 4) + b"abcd", "item .* outside a sequence"),
         (_delim(0xE00D), "item delimiter .* outside an item"),
         (_delim(0xE0DD), "sequence delimiter .* outside a sequence"),
@@ -261,3 +264,33 @@ def test_whole_data_sets_pass_whatever_the_split(name: str, sizes: list[int]) ->
 def test_any_bytes_give_a_verdict_or_invalid_dataset(data: bytes, syntax: str) -> None:
     with contextlib.suppress(InvalidDataset):
         _check(data, syntax)
+
+
+def test_the_vr_encoding_of_the_first_element_wins() -> None:
+    ds = Dataset()
+    ds.PatientName = "DOE^JOHN"
+    ds.ContentSequence = Sequence([Dataset()])
+    ds.ContentSequence[0].CodeValue = "1"
+    implicit = encode_dataset(ds, IMPLICIT_VR_LITTLE_ENDIAN)
+    explicit = encode_dataset(ds, EXPLICIT_VR_LITTLE_ENDIAN)
+    for data in (implicit, explicit):
+        for syntax in (IMPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN):
+            for sizes in ([], [1] * len(data), [5, 3]):
+                assert _check(data, syntax, sizes).elements == 2
+    # and the encoding found holds for the rest: an explicit element after implicit ones is
+    # read as implicit (its length then runs past the end)
+    with pytest.raises(InvalidDataset):
+        _check(implicit + PATIENT, EXPLICIT_VR_LITTLE_ENDIAN)
+
+
+@pytest.mark.parametrize("padding", [1, 2, 7])
+def test_nul_padding_shorter_than_a_header_passes(padding: int) -> None:
+    _check(PATIENT + bytes(padding), EXPLICIT_VR_LITTLE_ENDIAN, [1] * 12)
+    with pytest.raises(InvalidDataset, match="inside an element header"):
+        _check(PATIENT + b"\x01" + bytes(padding - 1), EXPLICIT_VR_LITTLE_ENDIAN)
+
+
+def test_encapsulated_pixel_data_sent_as_un() -> None:
+    fragments = _delim(0xE000, 0) + _delim(0xE000, 4) + b"\xff\xd8\xff\xd9" + _delim(0xE0DD)
+    data = PATIENT + _element(0x7FE00010, b"UN", b"", undefined=True) + fragments
+    assert _check(data, EXPLICIT_VR_LITTLE_ENDIAN, [1] * len(data)).elements == 2

@@ -20,6 +20,11 @@ every sequence and item of undefined length closed.  What is refused, each with 
   only items can be (directly in a sequence or in encapsulated pixel data);
 * a deflated stream (Deflated Explicit VR Little Endian) that does not end, or does not inflate.
 
+What is let through, as pydicom and DCMTK read it: a data set whose first element shows it
+is in implicit VR although its transfer syntax is explicit (or the reverse), some senders
+passing such files on unchanged (it is then walked in the encoding it has); NUL bytes after
+the last element, fewer than a header's eight.
+
 What is not checked: the values themselves, the order of the tags, and a data set cut exactly
 between two elements of its top level (it looks like a shorter, complete one: only the sender
 knows how long it is).
@@ -90,6 +95,7 @@ class StructureCheck:
     __slots__ = (
         "_base_explicit",
         "_carry",
+        "_detect_vr",
         "_explicit",
         "_inflater",
         "_last_tag",
@@ -107,6 +113,8 @@ class StructureCheck:
         self._long = struct.Struct(order + "HHL")  # tag, 4-byte length (implicit VR, items)
         self._base_explicit = transfer_syntax_uid != IMPLICIT_VR_LITTLE_ENDIAN
         self._explicit = self._base_explicit
+        # the VR encoding is checked against the first element (see _detect) unless big endian
+        self._detect_vr = not big
         self._inflater = (
             zlib.decompressobj(-zlib.MAX_WBITS) if transfer_syntax_uid in _DEFLATED else None
         )
@@ -171,6 +179,8 @@ class StructureCheck:
         ``len(mv)`` with ``self._skip`` set when a value runs past the end."""
         end = len(mv)
         pos = 0
+        if self._detect_vr and end >= 6:
+            self._detect(mv)
         stack = self._stack
         explicit = self._explicit
         unpack_short = self._short.unpack_from
@@ -224,6 +234,20 @@ class StructureCheck:
             return end
         return pos
 
+    def _detect(self, mv: memoryview) -> None:
+        """At the first element: a data set whose VR encoding is not its transfer syntax's
+        (implicit VR on an explicit context, or the reverse) is read in the encoding it has,
+        as pydicom and DCMTK read such files; some senders pass such files on as they are."""
+        self._detect_vr = False
+        if mv[0] == 0xFE and mv[1] == 0xFF:  # an item tag: nothing to tell from
+            return
+        vr = bytes(mv[4:6])
+        looks_explicit = vr in _LONG_VRS or vr in _SHORT_VRS
+        if self._base_explicit and not looks_explicit and not (vr.isalpha() and vr.isupper()):
+            self._base_explicit = self._explicit = False
+        elif not self._base_explicit and looks_explicit:
+            self._base_explicit = self._explicit = True
+
     def _delimiter(self, element: int, length: int, stack: list[tuple[int, bool]]) -> bool:
         """An item or delimiter tag (FFFE,eeee); return the VR encoding that follows it."""
         kind = stack[-1][0] if stack else None
@@ -263,11 +287,11 @@ class StructureCheck:
         if vr == b"SQ":
             stack.append((_SEQUENCE, True))
             return True
-        if vr == b"UN":
+        if vr == b"UN" and tag != _PIXEL_DATA:
             # PS3.5 6.2.2: a UN value of undefined length is a sequence in Implicit VR
             stack.append((_SEQUENCE, False))
             return False
-        if vr == b"OB" or vr == b"OW":
+        if vr == b"OB" or vr == b"OW" or vr == b"UN":  # UN: Pixel Data its sender did not know
             stack.append((_FRAGMENTS, True))
             return True
         raise InvalidDataset(f"element {_tag(tag)} with VR {vr.decode()} has undefined length")
@@ -289,7 +313,9 @@ class StructureCheck:
             raise InvalidDataset(
                 f"the data set stops inside the value of {last}, {self._skip} byte(s) short"
             )
-        if self._carry:
+        carry = self._carry
+        # NUL padding shorter than a header after the last element is let through
+        if carry and (carry.strip(b"\0") or not self.elements):
             raise InvalidDataset(
                 f"the data set stops inside an element header after {last} "
                 f"({len(self._carry)} byte(s) of it)"
