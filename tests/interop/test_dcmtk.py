@@ -252,6 +252,73 @@ async def test_storescu_transfer_syntaxes_to_our_scp(
             assert bytes(dcmread(received).PixelData) == _swap16(bytes(want.PixelData))
 
 
+#: storescu's proposal flag for each transfer syntax of the pydicom samples
+_PROPOSE_FOR: dict[str, ProposeOption] = {
+    uids.IMPLICIT_VR_LITTLE_ENDIAN: "implicit",
+    uids.EXPLICIT_VR_LITTLE_ENDIAN: "little",
+    uids.EXPLICIT_VR_BIG_ENDIAN: "big",
+    uids.DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN: "deflated",
+    "1.2.840.10008.1.2.4.50": "jpeg8",
+    "1.2.840.10008.1.2.4.51": "jpeg12",
+    "1.2.840.10008.1.2.4.70": "lossless",
+    "1.2.840.10008.1.2.4.80": "jls-lossless",
+    "1.2.840.10008.1.2.4.81": "jls-lossy",
+    "1.2.840.10008.1.2.4.90": "j2k-lossless",
+    "1.2.840.10008.1.2.4.91": "j2k-lossy",
+    "1.2.840.10008.1.2.5": "rle",
+}
+
+
+def _every_sample_dcmtk_sends() -> dict[str, list[Path]]:
+    """pydicom's sample instances of a storage SOP class, one per SOP Instance UID, by
+    transfer syntax; not the two cut short on purpose, nor SC_rgb_jpeg.dcm (implicit VR under
+    an explicit transfer syntax: DCMTK cannot read it)."""
+    from asyncdicom.protocol.uids import is_storage_sop_class
+
+    groups: dict[str, list[Path]] = {}
+    seen: set[str] = set()
+    for path in sorted(SAMPLES.glob("*.dcm")):
+        if "truncated" in path.name or path.name == "SC_rgb_jpeg.dcm":
+            continue
+        try:
+            ds = dcmread(path, stop_before_pixels=True)
+            sop, uid = str(ds.SOPClassUID), str(ds.SOPInstanceUID)
+            syntax = str(ds.file_meta.TransferSyntaxUID)
+        except Exception:  # no meta, no UIDs: not an instance to send
+            continue
+        if uid in seen or not is_storage_sop_class(sop) or syntax not in _PROPOSE_FOR:
+            continue
+        seen.add(uid)
+        groups.setdefault(syntax, []).append(path)
+    return groups
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+async def test_storescu_every_pydicom_sample_to_our_scp(our_scp_factory: Any) -> None:
+    """Whatever DCMTK sends of pydicom's samples (eleven transfer syntaxes, sequences,
+    encapsulated pixel data, odd lengths, private tags) passes the structure check of the
+    received data sets: nothing valid is refused."""
+    groups = _every_sample_dcmtk_sends()
+    files = [path for group in groups.values() for path in group]
+    assert len(groups) >= 10 and len(files) >= 30, groups
+    async with our_scp_factory() as scp:
+        for syntax, group in groups.items():
+            rc, output = await run_dcmtk(
+                storescu_command(
+                    "127.0.0.1",
+                    scp.port,
+                    group,
+                    called_aet="OURSCP",
+                    propose=_PROPOSE_FOR[syntax],
+                    required_only=True,
+                )
+            )
+            assert rc == 0 and "E:" not in output, output
+    assert sorted(_uid_of(p) for p in scp.stored_paths()) == sorted(_uid_of(p) for p in files)
+    for path, syntax in scp.stored:
+        assert _transfer_syntax_of(path) == syntax
+
+
 @pytest.mark.parametrize(
     ("source", "propose"),
     [
