@@ -245,6 +245,12 @@ class IncomingRequest:
             parts.append(bytes(chunk))
         return b"".join(parts)
 
+    @property
+    def data_unread(self) -> bool:
+        """The request has a data set that nobody has started to read (what serving code
+        drops with :meth:`discard` once the handler is done)."""
+        return self._data is not None and not self._consumed
+
     async def discard(self) -> None:
         """Read and drop the data set."""
         async for _ in self.chunks():

@@ -100,7 +100,11 @@ class Service:
     * ``exception_status``: the status a handler's exception maps to.
     * ``runner``: how a request with a handler is served, when the generic forms of
       :func:`call` do not fit: ``async def runner(dispatcher, request, handler)`` sends
-      every response itself (C-GET and C-MOVE run their sub-operations this way).
+      every response itself (C-GET and C-MOVE run their sub-operations this way), with the
+      dispatcher's :meth:`~asyncdicom.services.ServiceDispatcher.respond`,
+      :meth:`~asyncdicom.services.ServiceDispatcher.send_result`,
+      :meth:`~asyncdicom.services.ServiceDispatcher.serve_generator` and
+      :meth:`~asyncdicom.services.ServiceDispatcher.handler_failed`.
     """
 
     name: str

@@ -105,7 +105,7 @@ async def _serve(dispatcher: Any, request: Any, handler: Callable[..., Any]) -> 
     its follow-up started after the response went out."""
     sop_class = request.sop_class_uid
     if inspect.isasyncgenfunction(handler) or inspect.isgeneratorfunction(handler):
-        await dispatcher._serve_generator(request, handler, sop_class)
+        await dispatcher.serve_generator(request, handler, sop_class)
         return
     after: Callable[[], None] | None = None
     result: Any
@@ -121,11 +121,11 @@ async def _serve(dispatcher: Any, request: Any, handler: Callable[..., Any]) -> 
     except Exception as exc:
         if request.association.is_closed:
             return
-        result = dispatcher._failed(request, handler, exc, sop_class)
+        result = dispatcher.handler_failed(request, handler, exc, sop_class)
     try:
-        if request.has_dataset and not request._consumed:
+        if request.data_unread:
             await request.discard()
-        await dispatcher._send_result(request, result, final=True)
+        await dispatcher.send_result(request, result, final=True)
     finally:
         if after is not None:
             after()  # also when the response could not be sent: the report then goes elsewhere

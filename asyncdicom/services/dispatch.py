@@ -245,14 +245,14 @@ class ServiceDispatcher:
         if handler is None:
             if request.has_dataset:
                 await request.discard()
-            await self._respond(request, self.default_response(message, sop_class))
+            await self.respond(request, self.default_response(message, sop_class))
             return
         service = self.service_for(message, sop_class)
         if service is not None and service.runner is not None:
             await service.runner(self, request, handler)
             return
         if inspect.isasyncgenfunction(handler) or inspect.isgeneratorfunction(handler):
-            await self._serve_generator(request, handler, sop_class)
+            await self.serve_generator(request, handler, sop_class)
             return
         result: Any
         try:
@@ -265,14 +265,17 @@ class ServiceDispatcher:
         except Exception as exc:
             if association.is_closed:
                 return
-            result = self._failed(request, handler, exc, sop_class)
-        if request.has_dataset and not request._consumed:
+            result = self.handler_failed(request, handler, exc, sop_class)
+        if request.data_unread:
             await request.discard()
-        await self._send_result(request, result, final=True)
+        await self.send_result(request, result, final=True)
 
-    def _failed(
+    def handler_failed(
         self, request: IncomingRequest, handler: Any, exc: BaseException, sop_class: str
     ) -> int:
+        """Log a handler's exception (a ``request_refused`` warning for a
+        :class:`~asyncdicom.errors.StorageError`, a ``handler_failed`` error with its
+        traceback otherwise); return the status the service maps it to."""
         message = request.message
         log = request.association.log
         handler_name = getattr(handler, "__qualname__", repr(handler))
@@ -294,7 +297,7 @@ class ServiceDispatcher:
             return service.exception_status(message, exc)
         return int(Status.PROCESSING_FAILURE)
 
-    async def _serve_generator(
+    async def serve_generator(
         self, request: IncomingRequest, handler: Callable[..., Any], sop_class: str
     ) -> None:
         """Multi-response: each yielded item is a Pending response; C-CANCEL stops it.
@@ -323,7 +326,7 @@ class ServiceDispatcher:
                 if _is_final(item):
                     final = item
                     break
-                await self._send_result(request, item, final=False)
+                await self.send_result(request, item, final=False)
                 # A handler whose results never wait for I/O would otherwise keep the event
                 # loop to itself: let the reader (a C-CANCEL may be waiting) and the other
                 # associations run between two results.
@@ -334,15 +337,15 @@ class ServiceDispatcher:
         except Exception as exc:
             if association.is_closed:
                 return
-            final = self._failed(request, handler, exc, sop_class)
+            final = self.handler_failed(request, handler, exc, sop_class)
         finally:
             request.cancel_scope = None
             await items.aclose()
-        if request.has_dataset and not request._consumed:
+        if request.data_unread:
             await request.discard()
-        await self._send_result(request, final, final=True)
+        await self.send_result(request, final, final=True)
 
-    async def _send_result(self, request: IncomingRequest, result: Any, *, final: bool) -> None:
+    async def send_result(self, request: IncomingRequest, result: Any, *, final: bool) -> None:
         """Turn what a handler returned or yielded into a response and send it.
 
         A final result that makes no valid response (a Pending status, a response of another
@@ -362,14 +365,16 @@ class ServiceDispatcher:
             )
             response = make_response(request.message, int(Status.PROCESSING_FAILURE))
             encoded = None
-        await self._respond(request, response, encoded)
+        await self.respond(request, response, encoded)
 
-    async def _respond(
+    async def respond(
         self,
         request: IncomingRequest,
         response: messages.Message,
         dataset: DatasetSource | None = None,
     ) -> None:
+        """Send ``response`` (and its data set) for ``request``; a response whose echoed UIDs
+        cannot be encoded is sent without them."""
         try:
             await request.respond(response, dataset)
         except ValueError:

@@ -358,18 +358,18 @@ async def run_retrieve(
     except Exception as exc:
         if association.is_closed:
             return
-        final = dispatcher._failed(request, handler, exc, request.sop_class_uid)
+        final = dispatcher.handler_failed(request, handler, exc, request.sop_class_uid)
     finally:
         request.cancel_scope = None
         await handler_items.aclose()
-    if request.has_dataset and not request._consumed:
+    if request.data_unread:
         await request.discard()
     if final is not None:
         if final == int(Status.CANCEL):
             counts = _Counts(total=len(items))
             await _send_final(dispatcher, request, counts, cancelled=True)
         else:
-            await dispatcher._send_result(request, final, final=True)
+            await dispatcher.send_result(request, final, final=True)
         return
 
     # 2. where the instances go
@@ -387,7 +387,7 @@ async def run_retrieve(
                 int(Status.MOVE_DESTINATION_UNKNOWN),
                 error_comment=f"unknown move destination {title!r}"[:64],
             )
-            await dispatcher._respond(request, response)
+            await dispatcher.respond(request, response)
             return
 
     # 3. each item's header (files are read in worker threads, a batch at a time)
@@ -560,7 +560,7 @@ async def _send_pending(
         number_of_failed_suboperations=counts.failed,
         number_of_warning_suboperations=counts.warning,
     )
-    await dispatcher._respond(request, response)
+    await dispatcher.respond(request, response)
 
 
 async def _send_final(
@@ -590,7 +590,7 @@ async def _send_final(
         fields["error_comment"] = counts.comment[:64]
     response = make_response(request.message, status, **fields)
     encoded = _encode(identifier, request.context) if identifier is not None else None
-    await dispatcher._respond(request, response, encoded)
+    await dispatcher.respond(request, response, encoded)
 
 
 # ---------------------------------------------------------------------- SCU
