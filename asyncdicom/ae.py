@@ -459,6 +459,12 @@ class AE:
             elif assoc.rejection is not None:
                 rj = assoc.rejection
                 failure = errors.AssociationRejected(rj.result, rj.source, rj.reason)
+            elif assoc._lost_to_tls is not None and assoc.negotiated is None:
+                # TLS 1.3: the client's handshake ends before the server has checked its
+                # certificate; the server's refusal is an alert on the first read
+                failure = errors.TLSError(
+                    f"TLS with {where} failed after the handshake: {assoc._lost_to_tls}"
+                )
             elif assoc._lost is not None:
                 failure = errors.ConnectionLost(
                     assoc._lost

@@ -78,7 +78,7 @@ from .protocol.pdu import Abort, AssociateRJ, AssociateRQ, ReleaseRP, ReleaseRQ
 from .protocol.status import StatusCategory, category, is_pending
 from .protocol.upper_layer import Role, UpperLayer
 from .refusal import Refusal, RefusalRule
-from .transport import close_forcefully, close_quietly, peer_address
+from .transport import close_forcefully, close_quietly, peer_address, tls_alert
 
 __all__ = [
     "Association",
@@ -527,6 +527,8 @@ class Association:
         self._abort_error: type[errors.AssociationError] | None = None
         #: why the transport went away without a release or abort (peer closed, reset)
         self._lost: str | None = None
+        #: the TLS alert that broke the connection, if one did (see tls_alert)
+        self._lost_to_tls: str | None = None
         #: why the upper layer itself refused the A-ASSOCIATE-RQ, if it did (see AE.refusal)
         self.provider_refusal: Refusal | None = None
         #: DIMSE messages are logged at DEBUG (refreshed by the reader and by each send)
@@ -891,6 +893,7 @@ class Association:
                 cause = exc.__cause__ if exc.__cause__ is not None else exc
                 text = str(cause) or type(cause).__name__
                 self._lost = f"the connection to the peer broke ({text})"
+                self._lost_to_tls = tls_alert(exc)
             self._abort_detail = self._abort_detail or self._lost
 
     async def _process_events(self) -> None:

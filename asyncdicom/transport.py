@@ -204,6 +204,17 @@ def tls_reason(exc: BaseException) -> str:
     return str(exc) or "the connection broke"
 
 
+def tls_alert(exc: BaseException) -> str | None:
+    """The reason of the TLS error (an alert from the peer, say) behind a broken connection,
+    or None if TLS had no part in it."""
+    current: BaseException | None = exc
+    while current is not None:
+        if isinstance(current, ssl.SSLError):
+            return tls_reason(current)
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def _load(
     what: str, paths: dict[str, str | os.PathLike[str] | None], load: Callable[[], None]
 ) -> None:
