@@ -12,12 +12,13 @@ its handlers on an :class:`~asyncdicom.AE` configured with :func:`qrscp_config`:
         archive.install(ae)
         await ae.serve("0.0.0.0", 11112)
 
-* **C-STORE**: the file is written (a re-sent instance replaces the old copy), its header read
-  and indexed; the C-STORE-RSP is sent only once the index row is committed, so an instance
-  the peer was told is stored is also found.  Index writes are batched: one writer task
-  commits whatever instances arrived meanwhile in one transaction.  A file or database that
-  cannot be written answers 0xA700 (out of resources); a data set that cannot be indexed
-  (no Study, Series or SOP Instance UID) 0xC000, and its file is removed.
+* **C-STORE**: the file is written (a re-sent instance beside the old copy, which it replaces
+  only once indexed), its header read and indexed; the C-STORE-RSP is sent only once the
+  index row is committed, so an instance the peer was told is stored is also found.  Index
+  writes are batched: one writer task commits whatever instances arrived meanwhile in one
+  transaction.  A file or database that cannot be written answers 0xA700 (out of
+  resources); a data set that cannot be indexed (no Study, Series or SOP Instance UID) 0xC000,
+  and its file is removed (a stored copy of the instance is kept).
 * **C-FIND** on the Patient Root, Study Root and Patient/Study Only models: the matching rules
   of PS3.4 C.2.2.2 (:mod:`asyncdicom.qr.matching`); an identifier the model cannot answer
   gets the standard's failure status with an Error Comment: 0xA900 (Query/Retrieve Level
@@ -78,6 +79,7 @@ from .services.commitment import (
     NO_SUCH_OBJECT_INSTANCE,
     CommitmentSCP,
 )
+from .services.storage import save_request
 from .storage.files import StoredFile, prune_empty_folders, read_header
 
 __all__ = [
@@ -132,6 +134,12 @@ class _Job:
 
     path: StoredFile
     done: anyio.Event = field(default_factory=anyio.Event)
+    #: where the file is once indexed: the instance's own name (see _index_batch)
+    final: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.final = _own_name(self.path)
+
     result: Added | Exception | None = None
 
 
@@ -335,7 +343,12 @@ class Archive:
                 request.message, _OUT_OF_RESOURCES, error_comment="the archive is closed"
             )
         try:
-            stored = await request.save_to(self.folder, on_duplicate="overwrite", layout="sorted")
+            # a re-sent instance is written beside the stored copy (<uid>_1.dcm) and takes
+            # its name only once indexed (_index_batch): a copy that cannot be indexed never
+            # replaces a good one
+            stored = await save_request(
+                request, self.folder, on_duplicate="unique", layout="sorted", warn_duplicate=False
+            )
         except (OSError, StorageError, ValueError) as exc:
             status = _OUT_OF_RESOURCES if isinstance(exc, OSError) else _CANNOT_UNDERSTAND
             association.log.warning(
@@ -353,7 +366,7 @@ class Archive:
         result = job.result
         if isinstance(result, Added):
             association.log.info(
-                "instance_stored", instance=uid, file=str(stored), replaced=not result.new
+                "instance_stored", instance=uid, file=str(job.final), replaced=not result.new
             )
             return 0x0000
         if isinstance(result, (OSError, sqlite3.Error)):
@@ -400,16 +413,25 @@ class Archive:
         readable: list[_Job] = []
         for job in batch:
             try:
-                items.append((job.path.header(), str(job.path)))
+                items.append((job.path.header(), str(job.final)))
                 readable.append(job)
             except (OSError, StorageError) as exc:
                 job.result = exc
-                self._remove(job.path)  # refused: nothing of it stays
+                self._remove(job.path)  # refused: nothing of it stays, a stored copy is kept
         for job, result in zip(readable, index.add_many(items) if items else [], strict=True):
             job.result = result
             if isinstance(result, Exception):
-                self._remove(job.path)
-            elif result.previous_path is not None and result.previous_path != str(job.path):
+                self._remove(job.path)  # the new copy only
+                continue
+            if job.final != job.path:
+                # a re-sent instance, indexed: it replaces the stored copy, atomically
+                try:
+                    os.replace(job.path, job.final)
+                except OSError as exc:
+                    job.result = exc
+                    self._remove(job.path)
+                    continue
+            if result.previous_path is not None and result.previous_path != str(job.final):
                 self._remove(Path(result.previous_path))
 
     def _remove(self, path: Path) -> None:
@@ -469,6 +491,15 @@ def _undecodable(request: Any, exc: Exception) -> messages.Message:
         int(Status.UNABLE_TO_PROCESS),
         error_comment="the identifier cannot be decoded",
     )
+
+
+def _own_name(path: StoredFile) -> Path:
+    """The instance's own file name for a copy saved beside it as ``<name>_<n>.dcm``."""
+    if path.duplicate != "unique":
+        return Path(path)
+    stem, _, number = path.stem.rpartition("_")
+    assert stem and number.isdigit(), path
+    return path.with_name(stem + path.suffix)
 
 
 def _unlink_quietly(path: Path) -> None:

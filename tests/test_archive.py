@@ -371,6 +371,47 @@ async def test_truncated_resend_is_refused_and_the_good_copy_kept(tmp_path: Path
     assert [p.read_bytes() for p in tmp_path.rglob("*.dcm")] == [before]
 
 
+async def test_unindexable_resend_never_replaces_the_stored_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A re-sent instance that the index refuses (here: a header the index cannot prepare)
+    lands on the stored copy's path: it is written beside it and dropped, the stored copy
+    kept; sent again whole, it takes the stored copy's place."""
+    from asyncdicom.qr.index import SQLiteIndex
+
+    prepare = SQLiteIndex._prepare
+
+    def refuse_one(header: Dataset) -> Any:
+        if str(header.get("PatientName", "")) == "BAD^INDEX":
+            raise ValueError("the header cannot be read: refused for the test")
+        return prepare(header)
+
+    monkeypatch.setattr(SQLiteIndex, "_prepare", staticmethod(refuse_one))
+    good = instance("P1", "1.1", "1.1.1", 1, PatientName="DOE^JOHN")
+    bad = instance("P1", "1.1", "1.1.1", 1, PatientName="BAD^INDEX")
+    changed = instance("P1", "1.1", "1.1.1", 1, PatientName="DOE^JANE")
+    bad.SOPInstanceUID = changed.SOPInstanceUID = good.SOPInstanceUID
+    with anyio.fail_after(GUARD):
+        async with running(tmp_path) as (archive, port):
+            assert await store_all(port, [good]) == [0]
+            (stored,) = tmp_path.rglob("*.dcm")
+            before = stored.read_bytes()
+            assert await store_all(port, [bad]) == [0xC000]
+            assert [p.read_bytes() for p in tmp_path.rglob("*.dcm")] == [before]
+            assert await store_all(port, [changed]) == [0]
+            count = await anyio.to_thread.run_sync(archive.index.count)
+            matches = await find(
+                port,
+                query("IMAGE", StudyInstanceUID="1.1", SeriesInstanceUID="1.1.1",
+                      SOPInstanceUID="", PatientName=""),
+            )  # fmt: skip
+    assert count == 1
+    (kept,) = tmp_path.rglob("*.dcm")
+    assert kept == stored
+    assert pydicom.dcmread(kept).PatientName == "DOE^JANE"
+    assert [str(m.PatientName) for m in matches] == ["DOE^JANE"]
+
+
 async def test_unwritable_storage_is_out_of_resources(tmp_path: Path) -> None:
     folder = tmp_path / "archive"
     db = tmp_path / "index.sqlite"

@@ -237,8 +237,9 @@ def _nested(depth: int, syntax: str) -> bytes:
 )
 def test_nested_sequences_in_every_uncompressed_syntax(syntax: str) -> None:
     data = _nested(5, syntax)
-    assert _check(data, syntax).elements == 2  # the contents of defined-length items are skipped
-    assert _check(data, syntax, [1] * len(data)).elements == 2
+    # the items of defined length are walked: the name, then a sequence and a code each level
+    assert _check(data, syntax).elements == 11
+    assert _check(data, syntax, [1] * len(data)).elements == 11
 
 
 @given(
@@ -276,7 +277,7 @@ def test_the_vr_encoding_of_the_first_element_wins() -> None:
     for data in (implicit, explicit):
         for syntax in (IMPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN):
             for sizes in ([], [1] * len(data), [5, 3]):
-                assert _check(data, syntax, sizes).elements == 2
+                assert _check(data, syntax, sizes).elements == 3
     # and the encoding found holds for the rest: an explicit element after implicit ones is
     # read as implicit (its length then runs past the end)
     with pytest.raises(InvalidDataset):
@@ -294,3 +295,64 @@ def test_encapsulated_pixel_data_sent_as_un() -> None:
     fragments = _delim(0xE000, 0) + _delim(0xE000, 4) + b"\xff\xd8\xff\xd9" + _delim(0xE0DD)
     data = PATIENT + _element(0x7FE00010, b"UN", b"", undefined=True) + fragments
     assert _check(data, EXPLICIT_VR_LITTLE_ENDIAN, [1] * len(data)).elements == 2
+
+
+def _item(content: bytes) -> bytes:
+    return _delim(0xE000, len(content)) + content
+
+
+def _sequence(tag: int, content: bytes) -> bytes:
+    return _element(tag, b"SQ", content)
+
+
+CODE = _element(0x00080100, b"SH", b"1 ")
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        # garbage in a sequence of defined length: an element where only items can be
+        (_sequence(0x00400275, CODE), "where only items can be"),
+        # an element longer than the item that holds it
+        (
+            _sequence(0x00400275, _delim(0xE000, 6) + CODE),
+            "runs past the end of its item of defined length",
+        ),
+        # an item longer than its sequence
+        (
+            _element(0x00400275, b"SQ", b"")[:-4] + struct.pack("<L", 8) + _item(CODE) + PATIENT,
+            "runs past the end of its sequence of defined length",
+        ),
+        # the data set ends inside a sequence of defined length, between two items
+        (
+            _element(0x00400275, b"SQ", b"")[:-4] + struct.pack("<L", 40) + _item(CODE),
+            "stops inside a sequence of defined length, 22 byte\\(s\\) short",
+        ),
+    ],
+)
+def test_broken_defined_length_containers_are_refused(data: bytes, message: str) -> None:
+    for sizes in ([], [1] * len(data), [7] * (len(data) // 7)):
+        with pytest.raises(InvalidDataset, match=message):
+            _check(PATIENT + data, EXPLICIT_VR_LITTLE_ENDIAN, sizes)
+
+
+def test_defined_length_containers_pass_whole() -> None:
+    nested = _sequence(0x00400275, _item(CODE + _sequence(0x00400260, _item(CODE) + _item(b""))))
+    data = PATIENT + nested + _element(0x00100020, b"LO", b"ID")
+    assert _check(data, EXPLICIT_VR_LITTLE_ENDIAN, [1] * len(data)).elements == 6
+    # redundant delimiters inside containers of defined length are let through
+    redundant = _sequence(0x00400275, _item(CODE + _delim(0xE00D)) + _delim(0xE0DD))
+    assert _check(PATIENT + redundant, EXPLICIT_VR_LITTLE_ENDIAN).elements == 3
+
+
+def test_implicit_vr_sequences_known_to_the_dictionary_are_walked() -> None:
+    def implicit(tag: int, value: bytes) -> bytes:
+        return struct.pack("<HHL", tag >> 16, tag & 0xFFFF, len(value)) + value
+
+    code = implicit(0x00080100, b"1 ")
+    good = implicit(0x00400275, _item(code))
+    assert _check(good, IMPLICIT_VR_LITTLE_ENDIAN).elements == 2
+    with pytest.raises(InvalidDataset, match="where only items can be"):
+        _check(implicit(0x00400275, code), IMPLICIT_VR_LITTLE_ENDIAN)
+    # a private tag: its VR unknown, its value is skipped whatever it holds
+    assert _check(implicit(0x00091010, code), IMPLICIT_VR_LITTLE_ENDIAN).elements == 1

@@ -205,6 +205,7 @@ async def save_request(
     *,
     on_duplicate: DuplicatePolicy = "unique",
     layout: Layout = "flat",
+    warn_duplicate: bool = True,
 ) -> StoredFile:
     """Write the C-STORE request's data set to ``folder`` as a Part 10 file; return its path.
 
@@ -216,7 +217,8 @@ async def save_request(
       the instance's name exists, ``"unique"`` (default) keeps it and stores the new one as
       ``<SOP Instance UID>_1.dcm`` (``_2``, ...), ``"overwrite"`` replaces it, ``"ignore"``
       keeps it and drops the new one (the returned path is then the existing file's).  Each
-      case logs a ``duplicate_instance`` warning.
+      case logs a ``duplicate_instance`` warning, unless ``warn_duplicate`` is False (for a
+      caller that decides what becomes of the copies itself).
     * ``layout`` (:data:`~asyncdicom.storage.files.Layout`): ``"flat"`` (default) stores
       ``folder/<SOP Instance UID>.dcm``; ``"sorted"`` stores
       ``folder/<Patient ID>/<Study Instance UID>/<Series Instance UID>/<SOP Instance UID>.dcm``,
@@ -291,7 +293,7 @@ async def save_request(
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(writer.discard)
         raise
-    if path.duplicate is not None:
+    if path.duplicate is not None and warn_duplicate:
         association.log.warning(
             "duplicate_instance",
             instance=message.affected_sop_instance_uid,

@@ -5,9 +5,10 @@ never parses them) would otherwise store, and answer Success for, bytes that are
 or a data set cut short inside its last element.  :class:`StructureCheck` walks the element
 headers of the stream (PS3.5 section 7) as the fragments arrive: tag, VR and length of each
 element; it skips the values without looking at them, so a big Pixel Data value costs one
-subtraction per fragment.  Sequences and items of undefined length (PS3.5 7.5) and
-encapsulated pixel data (PS3.5 A.4) are followed to their delimiters; the contents of a
-sequence of defined length are skipped like any value.
+subtraction per fragment.  Sequences and items (PS3.5 7.5) are walked into, to their
+delimiters or to the end their length gives, and encapsulated pixel data (PS3.5 A.4) to its
+delimiter.  In Implicit VR a sequence of defined length is known by its tag (the data
+dictionary's SQ attributes); a private one is skipped like any value.
 
 At the end (:meth:`StructureCheck.finish`) the stream must stop exactly after an element, with
 every sequence and item of undefined length closed.  What is refused, each with an
@@ -18,6 +19,8 @@ every sequence and item of undefined length closed.  What is refused, each with 
   have it;
 * an item, item delimiter or sequence delimiter where none can be, or another element where
   only items can be (directly in a sequence or in encapsulated pixel data);
+* an element or item running past the end of the sequence or item of defined length that
+  holds it;
 * a deflated stream (Deflated Explicit VR Little Endian) that does not end, or does not inflate.
 
 What is let through, as pydicom and DCMTK read it: a data set whose first element shows it
@@ -36,6 +39,8 @@ from __future__ import annotations
 
 import struct
 import zlib
+
+from pydicom.datadict import dictionary_VR, keyword_dict
 
 from ..protocol.uids import (
     DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
@@ -73,6 +78,12 @@ _SEQUENCE = 0  # items, up to a sequence delimiter
 _ITEM_OPEN = 1  # elements, up to an item delimiter
 _FRAGMENTS = 2  # items of defined length (offset table, fragments), up to a sequence delimiter
 
+#: the tags of the data dictionary whose VR is SQ: in Implicit VR, the sequences of defined
+#: length that can be told from other values (a private one cannot: it is skipped as a value)
+_SEQUENCE_TAGS = frozenset(tag for tag in keyword_dict.values() if dictionary_VR(tag) == "SQ")
+
+_KIND_NAMES = {_SEQUENCE: "sequence", _ITEM_OPEN: "item", _FRAGMENTS: "pixel data"}
+
 #: inflated bytes walked at a time (bounds the memory a deflate bomb can take)
 _INFLATE_STEP = 1 << 20
 
@@ -97,6 +108,7 @@ class StructureCheck:
         "_carry",
         "_detect_vr",
         "_explicit",
+        "_fed",
         "_inflater",
         "_last_tag",
         "_long",
@@ -118,7 +130,10 @@ class StructureCheck:
         self._inflater = (
             zlib.decompressobj(-zlib.MAX_WBITS) if transfer_syntax_uid in _DEFLATED else None
         )
-        self._stack: list[tuple[int, bool]] = []
+        # open containers: (kind, explicit VR inside, stream offset of the end or -1 for
+        # undefined length)
+        self._stack: list[tuple[int, bool, int]] = []
+        self._fed = 0  # stream bytes fed so far (inflated ones for a deflated data set)
         self._skip = 0  # value bytes still to come before the next header
         self._carry = b""  # the start of a header cut by the end of a fragment
         self._last_tag = -1
@@ -142,41 +157,47 @@ class StructureCheck:
             raise InvalidDataset(f"the deflated data set does not inflate: {exc}") from None
 
     def _feed(self, mv: memoryview) -> None:
+        start = self._fed  # stream offset of mv[0]
         size = len(mv)
+        self._fed = start + size
         skip = self._skip
         if skip:
             if skip >= size:
                 self._skip = skip - size
                 return
             mv = mv[skip:]
+            start += skip
             self._skip = 0
         carry = self._carry
         if carry:
             # finish the cut header from the first bytes of this fragment
             joined = carry + bytes(mv[:16])
             self._carry = b""
-            used = self._walk(memoryview(joined))
+            used = self._walk(memoryview(joined), start - len(carry))
             if used < len(carry):  # still not one whole header: mv was shorter than 16
                 self._carry = joined[used:]
                 return
             if self._skip:  # a value runs past ``joined``: what follows it in mv is skipped
-                rest = mv[16:]
-                mv = rest
+                mv = mv[16:]
+                start += 16
                 skip = self._skip
                 if skip >= len(mv):
                     self._skip = skip - len(mv)
                     return
                 mv = mv[skip:]
+                start += skip
                 self._skip = 0
             else:
                 mv = mv[used - len(carry) :]
-        used = self._walk(mv)
+                start += used - len(carry)
+        used = self._walk(mv, start)
         if used < len(mv) and not self._skip:
             self._carry = bytes(mv[used:])
 
-    def _walk(self, mv: memoryview) -> int:
-        """Walk the headers in ``mv``; return where the first incomplete header starts, or
-        ``len(mv)`` with ``self._skip`` set when a value runs past the end."""
+    def _walk(self, mv: memoryview, base: int) -> int:
+        """Walk the headers in ``mv`` (``base``: the stream offset of ``mv[0]``); return where
+        the first incomplete header starts, or ``len(mv)`` with ``self._skip`` set when a
+        value runs past the end."""
         end = len(mv)
         pos = 0
         if self._detect_vr and end >= 6:
@@ -188,7 +209,13 @@ class StructureCheck:
         elements = 0
         tag = self._last_tag
         try:
-            while pos + 8 <= end:
+            while True:
+                # containers of defined length end where their length says
+                while stack and stack[-1][2] == base + pos:
+                    stack.pop()
+                    explicit = stack[-1][1] if stack else self._base_explicit
+                if pos + 8 > end:
+                    break
                 if explicit:
                     group, element, vr, length = unpack_short(mv, pos)
                     if group == 0xFFFE:
@@ -210,10 +237,23 @@ class StructureCheck:
                     vr = b""
                     pos += 8
                 tag = group << 16 | element
+                if stack:
+                    limit = stack[-1][2]
+                    if 0 <= limit < base + pos + (0 if length == _UNDEFINED else length):
+                        raise InvalidDataset(
+                            f"element {_tag(tag)} runs past the end of its "
+                            f"{_KIND_NAMES[stack[-1][0]]} of defined length"
+                        )
                 if group == 0xFFFE:
-                    explicit = self._delimiter(element, length, stack)
                     if element == _ITEM and length != _UNDEFINED:
-                        pos += length
+                        if stack and stack[-1][0] == _SEQUENCE:
+                            explicit = self._item(length, base + pos, stack)
+                        elif stack and stack[-1][0] == _FRAGMENTS:
+                            pos += length
+                        else:
+                            raise InvalidDataset("an item (FFFE,E000) outside a sequence")
+                    else:
+                        explicit = self._delimiter(element, length, stack)
                     continue
                 if stack and stack[-1][0] != _ITEM_OPEN:
                     raise InvalidDataset(
@@ -223,6 +263,9 @@ class StructureCheck:
                 elements += 1
                 if length == _UNDEFINED:
                     explicit = self._open(tag, vr, explicit, stack)
+                elif vr == b"SQ" or (not explicit and tag in _SEQUENCE_TAGS):
+                    if length:
+                        stack.append((_SEQUENCE, explicit, base + pos + length))
                 else:
                     pos += length
         finally:
@@ -248,51 +291,63 @@ class StructureCheck:
         elif not self._base_explicit and looks_explicit:
             self._base_explicit = self._explicit = True
 
-    def _delimiter(self, element: int, length: int, stack: list[tuple[int, bool]]) -> bool:
-        """An item or delimiter tag (FFFE,eeee); return the VR encoding that follows it."""
-        kind = stack[-1][0] if stack else None
-        if element == _ITEM:
+    @staticmethod
+    def _item(length: int, start: int, stack: list[tuple[int, bool, int]]) -> bool:
+        """An item of defined length in a sequence: walk its elements up to its end."""
+        explicit = stack[-1][1]
+        if length:
+            stack.append((_ITEM_OPEN, explicit, start + length))
+        return explicit
+
+    def _delimiter(self, element: int, length: int, stack: list[tuple[int, bool, int]]) -> bool:
+        """An item of undefined length or a delimiter tag (FFFE,eeee); return the VR encoding
+        that follows it."""
+        top = stack[-1] if stack else None
+        kind = top[0] if top is not None else None
+        if element == _ITEM:  # of undefined length
             if kind is None or kind == _ITEM_OPEN:
                 raise InvalidDataset("an item (FFFE,E000) outside a sequence")
-            if length == _UNDEFINED:
-                if kind == _FRAGMENTS:
-                    raise InvalidDataset("a pixel data fragment of undefined length")
-                stack.append((_ITEM_OPEN, stack[-1][1]))
+            if kind == _FRAGMENTS:
+                raise InvalidDataset("a pixel data fragment of undefined length")
+            stack.append((_ITEM_OPEN, stack[-1][1], -1))
             return stack[-1][1]
         if element == _ITEM_END:
             if kind != _ITEM_OPEN:
                 raise InvalidDataset("an item delimiter (FFFE,E00D) outside an item")
         elif element == _SEQUENCE_END:
-            if kind == _ITEM_OPEN:
+            if kind == _ITEM_OPEN and top is not None and top[2] < 0:
                 raise InvalidDataset(
                     "a sequence delimiter (FFFE,E0DD) inside an item (its item delimiter missing)"
                 )
-            if kind is None:
+            if kind is None or kind == _ITEM_OPEN:
                 raise InvalidDataset("a sequence delimiter (FFFE,E0DD) outside a sequence")
         else:
             raise InvalidDataset(f"an unknown delimiter tag (FFFE,{element:04X})")
         if length != 0:
             raise InvalidDataset(f"a delimiter (FFFE,{element:04X}) with a length of {length}")
-        stack.pop()
+        assert top is not None
+        if top[2] < 0:  # a container of undefined length ends at its delimiter
+            stack.pop()
+        # (in one of defined length, a delimiter is redundant: let through, as readers do)
         return stack[-1][1] if stack else self._base_explicit
 
     @staticmethod
-    def _open(tag: int, vr: bytes, explicit: bool, stack: list[tuple[int, bool]]) -> bool:
+    def _open(tag: int, vr: bytes, explicit: bool, stack: list[tuple[int, bool, int]]) -> bool:
         """An element of undefined length: open its container; return the VR encoding of
         what follows."""
         if not explicit:
             # implicit VR: Pixel Data is encapsulated, anything else a sequence
-            stack.append((_FRAGMENTS if tag == _PIXEL_DATA else _SEQUENCE, False))
+            stack.append((_FRAGMENTS if tag == _PIXEL_DATA else _SEQUENCE, False, -1))
             return False
         if vr == b"SQ":
-            stack.append((_SEQUENCE, True))
+            stack.append((_SEQUENCE, True, -1))
             return True
         if vr == b"UN" and tag != _PIXEL_DATA:
             # PS3.5 6.2.2: a UN value of undefined length is a sequence in Implicit VR
-            stack.append((_SEQUENCE, False))
+            stack.append((_SEQUENCE, False, -1))
             return False
         if vr == b"OB" or vr == b"OW" or vr == b"UN":  # UN: Pixel Data its sender did not know
-            stack.append((_FRAGMENTS, True))
+            stack.append((_FRAGMENTS, True, -1))
             return True
         raise InvalidDataset(f"element {_tag(tag)} with VR {vr.decode()} has undefined length")
 
@@ -314,15 +369,26 @@ class StructureCheck:
                 f"the data set stops inside the value of {last}, {self._skip} byte(s) short"
             )
         carry = self._carry
+        stack = self._stack
+        while stack and stack[-1][2] == self._fed - len(carry):  # ended with the data set
+            stack.pop()
         # NUL padding shorter than a header after the last element is let through
         if carry and (carry.strip(b"\0") or not self.elements):
             raise InvalidDataset(
                 f"the data set stops inside an element header after {last} "
                 f"({len(self._carry)} byte(s) of it)"
             )
-        if self._stack:
-            what = {_SEQUENCE: "a sequence", _ITEM_OPEN: "an item", _FRAGMENTS: "pixel data"}
+        if stack:
+            kind, _, stop = stack[-1]
+            what = "an " + _KIND_NAMES[kind] if kind == _ITEM_OPEN else _KIND_NAMES[kind]
+            if kind == _SEQUENCE:
+                what = "a sequence"
+            if stop < 0:
+                raise InvalidDataset(
+                    f"the data set stops inside {what} of undefined length (no delimiter), "
+                    f"after {last}"
+                )
             raise InvalidDataset(
-                f"the data set stops inside {what[self._stack[-1][0]]} of undefined length "
-                f"(no delimiter), after {last}"
+                f"the data set stops inside {what} of defined length, "
+                f"{stop - self._fed} byte(s) short, after {last}"
             )
