@@ -28,7 +28,13 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 #: harness name -> libFuzzer -max_len (the negotiation seeds include a 64 KiB boundary RQ)
-HARNESSES = {"codec": 8192, "negotiation": 70000, "dimse": 8192, "acceptor": 16384}
+HARNESSES = {
+    "codec": 8192,
+    "negotiation": 70000,
+    "dimse": 8192,
+    "acceptor": 16384,
+    "dataset": 16384,
+}
 
 
 def write_seeds(name: str, corpus: Path) -> int:

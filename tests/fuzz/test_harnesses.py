@@ -18,9 +18,9 @@ if str(HERE) not in sys.path:  # the harnesses import fuzz_common as a sibling m
 
 import fuzz_common  # noqa: E402
 
-HARNESSES = ("codec", "negotiation", "dimse", "acceptor")
+HARNESSES = ("codec", "negotiation", "dimse", "acceptor", "dataset")
 #: mutations per harness: a few thousand, well within the time budget below
-MUTATIONS = {"codec": 5000, "negotiation": 5000, "dimse": 5000, "acceptor": 3000}
+MUTATIONS = {"codec": 5000, "negotiation": 5000, "dimse": 5000, "acceptor": 3000, "dataset": 5000}
 
 
 def test_harnesses_import_without_atheris() -> None:
