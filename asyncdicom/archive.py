@@ -79,7 +79,7 @@ from .services.commitment import (
     NO_SUCH_OBJECT_INSTANCE,
     CommitmentSCP,
 )
-from .services.storage import save_request
+from .services.storage import save_request, store_failure_status
 from .storage.files import StoredFile, prune_empty_folders, read_header
 
 __all__ = [
@@ -350,7 +350,7 @@ class Archive:
                 request, self.folder, on_duplicate="unique", layout="sorted", warn_duplicate=False
             )
         except (OSError, StorageError, ValueError) as exc:
-            status = _OUT_OF_RESOURCES if isinstance(exc, OSError) else _CANNOT_UNDERSTAND
+            status = store_failure_status(exc)
             association.log.warning(
                 "store_failed", instance=uid, status=f"0x{status:04X}", error=str(exc)
             )

@@ -24,6 +24,7 @@ import random
 import ssl
 import struct
 import tracemalloc
+import warnings
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
@@ -495,7 +496,7 @@ async def pipelined_requests_then_close(b: Bench) -> None:
     assert AE.total_internal_errors == internal_before
 
 
-async def _store_refused(b: Bench, dataset: bytes | None) -> None:
+async def _store_refused(b: Bench, dataset: bytes | None, status: int = 0xC000) -> None:
     async with RawPeer.connect(b.port) as peer:
         await peer.associate(associate_rq([(CT, (IMPLICIT,))]))
         rq = messages.CStoreRQ(
@@ -507,7 +508,7 @@ async def _store_refused(b: Bench, dataset: bytes | None) -> None:
         await peer.send_message(1, rq, dataset)
         rsp = await peer.receive_command()
         assert isinstance(rsp, messages.CStoreRSP)
-        assert (rsp.message_id_being_responded_to, rsp.status) == (7, 0xC000)
+        assert (rsp.message_id_being_responded_to, rsp.status) == (7, status)
         # (hostile_bench checks that no file was written)
 
 
@@ -521,8 +522,16 @@ async def store_with_empty_dataset(b: Bench) -> None:
     await _store_refused(b, b"")
 
 
-def _ct_dataset() -> bytes:
-    return encode_dataset(make_ct_instance(4096), IMPLICIT)
+def _ct_dataset(**changes: Any) -> bytes:
+    """A CT instance naming the instance _store_refused's command names (or not: changes)."""
+    ds = make_ct_instance(4096)
+    ds.SOPInstanceUID = "1.2.826.0.1.3680043.10.999.1"
+    for keyword, value in changes.items():
+        if value is None:
+            delattr(ds, keyword)
+        else:
+            setattr(ds, keyword, value)
+    return encode_dataset(ds, IMPLICIT)
 
 
 async def store_truncated_dataset(b: Bench) -> None:
@@ -534,6 +543,22 @@ async def store_truncated_dataset(b: Bench) -> None:
 async def store_dataset_cut_in_a_header(b: Bench) -> None:
     """A data set whose last element header is cut: Cannot Understand, no file."""
     await _store_refused(b, _ct_dataset() + b"\x10\x00\x10")
+
+
+async def store_dataset_of_another_instance(b: Bench) -> None:
+    """A data set whose SOP Instance UID is not its command's: 0xA900 (Data Set does not
+    match SOP Class, as DCMTK's storescp answers), no file."""
+    await _store_refused(b, _ct_dataset(SOPInstanceUID="1.2.3.4"), 0xA900)
+
+
+async def store_dataset_of_another_class(b: Bench) -> None:
+    """A data set whose SOP Class UID is not its command's: 0xA900, no file."""
+    await _store_refused(b, _ct_dataset(SOPClassUID=uids.MR_IMAGE_STORAGE), 0xA900)
+
+
+async def store_dataset_without_sop_instance_uid(b: Bench) -> None:
+    """A data set without SOP Instance UID: Cannot Understand, no file."""
+    await _store_refused(b, _ct_dataset(SOPInstanceUID=None))
 
 
 async def store_garbage_dataset(b: Bench) -> None:
@@ -648,6 +673,9 @@ SCENARIOS: dict[str, Callable[[Bench], Coroutine[Any, Any, None]]] = {
         store_truncated_dataset,
         store_dataset_cut_in_a_header,
         store_garbage_dataset,
+        store_dataset_of_another_instance,
+        store_dataset_of_another_class,
+        store_dataset_without_sop_instance_uid,
         dataset_before_command,
         undecodable_command,
         declared_4gb_before_association,
@@ -800,7 +828,15 @@ async def test_hostile_sop_instance_uids_stay_in_folder(tmp_path: Path) -> None:
         await request.save_to(folder)
         return 0x0000
 
-    dataset = encode_dataset(make_ct_instance(1000, seed=5), EXPLICIT)
+    def dataset_of(uid: str) -> bytes:
+        # the data set names the same (hostile) instance as its command, as it must
+        ds = make_ct_instance(1000, seed=5)
+        ds.SOPInstanceUID = uid
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom warns of the invalid UIDs
+            return encode_dataset(ds, EXPLICIT)
+
+    datasets = {uid: dataset_of(uid) for uid in HOSTILE_UIDS}
     assert len(HOSTILE_UIDS[3]) == 199
     async with scp.server() as server, RawPeer.connect(server.port) as peer:
         with anyio.fail_after(GUARD):
@@ -808,7 +844,7 @@ async def test_hostile_sop_instance_uids_stay_in_folder(tmp_path: Path) -> None:
             for n, uid in enumerate(HOSTILE_UIDS, start=1):
                 command = _store_command(n, uid)
                 await peer.send(encode_pdata(1, 0x03, command))
-                await peer.send(encode_pdata(1, 0x02, dataset))
+                await peer.send(encode_pdata(1, 0x02, datasets[uid]))
                 rsp = await peer.receive_command()
                 assert isinstance(rsp, messages.CStoreRSP), rsp
                 assert rsp.message_id_being_responded_to == n
@@ -825,7 +861,8 @@ async def test_hostile_sop_instance_uids_stay_in_folder(tmp_path: Path) -> None:
     assert len(files) == len(HOSTILE_UIDS), files
     for f in files:
         assert f.is_file() and f.parent == folder and not f.name.startswith(".")
-        assert f.read_bytes().endswith(dataset)
+        content = f.read_bytes()
+        assert sum(content.endswith(d) for d in datasets.values()) == 1, f
 
 
 def _store_command(message_id: int, sop_instance_uid: str) -> bytes:

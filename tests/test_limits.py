@@ -308,9 +308,16 @@ DIMSE = 0.6
 TRICKLE_GAP = 0.1  # well within the DIMSE timeout: only the rate can end these sessions
 
 
+def _ui(element: int, uid: str) -> bytes:
+    value = uid.encode() + b"\0" * (len(uid) % 2)
+    return struct.pack("<HH2sH", 0x0008, element, b"UI", len(value)) + value
+
+
 def _pixel_data_header(length: int) -> bytes:
-    """(7FE0,0010) OB of ``length`` bytes, Explicit VR Little Endian: any bytes may follow."""
-    return struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OB", 0, length)
+    """The SOP Class and Instance UIDs of _store_command's instance, then (7FE0,0010) OB of
+    ``length`` bytes, Explicit VR Little Endian: any bytes may follow."""
+    uids_ = _ui(0x0016, CT) + _ui(0x0018, "1.2.826.0.1.3")
+    return uids_ + struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OB", 0, length)
 
 
 def _store_scp(timeouts: Timeouts, folder: Path) -> tuple[AE, anyio.Event, list[int]]:
@@ -442,8 +449,8 @@ async def test_time_spent_processing_is_not_held_against_the_peer(tmp_path: Path
             await peer.associate(associate_rq([(CT, (EXPLICIT,))]))
             await peer.send(encode_pdata(1, 0x03, _store_command(1, "1.2.826.0.1.3")))
             step = 64 * 1024
-            for offset in range(0, size, step):
-                last = offset + step >= size
+            for offset in range(0, len(body), step):
+                last = offset + step >= len(body)
                 await peer.send(
                     encode_pdata(1, 0x02 if last else 0x00, body[offset : offset + step])
                 )

@@ -365,3 +365,31 @@ def test_implicit_vr_sequences_known_to_the_dictionary_are_walked() -> None:
         _check(implicit(0x00400275, code), IMPLICIT_VR_LITTLE_ENDIAN)
     # a private tag: its VR unknown, its value is skipped whatever it holds
     assert _check(implicit(0x00091010, code), IMPLICIT_VR_LITTLE_ENDIAN).elements == 1
+
+
+@pytest.mark.parametrize(
+    "syntax",
+    [
+        IMPLICIT_VR_LITTLE_ENDIAN,
+        EXPLICIT_VR_LITTLE_ENDIAN,
+        EXPLICIT_VR_BIG_ENDIAN,
+        DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
+    ],
+)
+def test_sop_uids_of_the_top_level_are_found_however_cut(syntax: str) -> None:
+    ds = Dataset()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    ds.SOPInstanceUID = "1.2.826.0.1.3680043.10.999.12345"  # odd length: padded with NUL
+    item = Dataset()
+    item.SOPInstanceUID = "9.9.9"  # nested: not the data set's own
+    ds.ReferencedImageSequence = Sequence([item])
+    raw = encode_dataset(ds, EXPLICIT_VR_LITTLE_ENDIAN if syntax.endswith(".99") else syntax)
+    if syntax.endswith(".99"):
+        deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+        raw = deflater.compress(raw) + deflater.flush()
+    for sizes in ([], [1] * len(raw), [3, 5, 7, 11, 13]):
+        check = _check(raw, syntax, sizes)
+        assert check.sop_uids() == (ds.SOPClassUID, ds.SOPInstanceUID)
+    del ds.SOPClassUID
+    raw = encode_dataset(ds, EXPLICIT_VR_LITTLE_ENDIAN)
+    assert _check(raw, EXPLICIT_VR_LITTLE_ENDIAN).sop_uids() == (None, ds.SOPInstanceUID)

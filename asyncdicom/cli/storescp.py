@@ -25,7 +25,7 @@ import anyio
 from ..ae import AE
 from ..errors import StorageError
 from ..hooks import HookEvent
-from ..services.storage import save_request
+from ..services.storage import save_request, store_failure_status
 from ..storage.files import DUPLICATE_POLICIES, LAYOUTS, remove_stale_temp_files
 from .common import (
     access_control,
@@ -46,10 +46,6 @@ from .common import (
 )
 
 __all__ = ["add_file_options", "add_parser", "output_folder", "prepare_output_folder", "run"]
-
-#: C-STORE failure statuses (PS3.4 B.2.3): out of resources, cannot understand
-_OUT_OF_RESOURCES = 0xA700
-_CANNOT_UNDERSTAND = 0xC000
 
 
 def add_parser(sub: Any) -> None:
@@ -264,7 +260,7 @@ def storescp_ae(args: argparse.Namespace, reporter: _Reporter | None = None) -> 
                 )
             except (OSError, StorageError, ValueError) as exc:
                 counts.failed += 1
-                status = _OUT_OF_RESOURCES if isinstance(exc, OSError) else _CANNOT_UNDERSTAND
+                status = store_failure_status(exc)
                 association.log.warning(
                     "store_failed",
                     instance=uid,

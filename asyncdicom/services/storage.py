@@ -34,22 +34,33 @@ from .base import Service
 
 if TYPE_CHECKING:
     from ..storage.files import DuplicatePolicy, Layout, Part10Writer, StoredFile
+    from ..storage.structure import StructureCheck
 
 __all__ = [
     "SEND_WHOLE_LIMIT",
     "STORAGE_SERVICE",
+    "DataSetMismatch",
     "EmptyDataSet",
     "StorageSCU",
     "save_request",
     "store",
+    "store_failure_status",
 ]
 
 
-def _store_exception_status(message: messages.Message, exc: BaseException) -> int:
-    # PS3.4 B.2.3: A7xx out of resources (a full disk), C000 cannot understand
+def store_failure_status(exc: BaseException) -> int:
+    """The C-STORE status for an exception raised while storing (PS3.4 B.2.3): 0xA700 (out
+    of resources) for an :class:`OSError` (a full disk), 0xA900 (data set does not match SOP
+    class) for :class:`DataSetMismatch`, 0xC000 (cannot understand) for anything else."""
     if isinstance(exc, OSError):
         return 0xA700
+    if isinstance(exc, DataSetMismatch):
+        return 0xA900
     return 0xC000
+
+
+def _store_exception_status(message: messages.Message, exc: BaseException) -> int:
+    return store_failure_status(exc)
 
 
 #: C-STORE on every storage SOP class (PS3.4 Annex B); which ones an acceptor accepts is
@@ -199,6 +210,12 @@ class EmptyDataSet(InvalidDataset):
     that lets it through answers 0xC000, Cannot Understand)."""
 
 
+class DataSetMismatch(InvalidDataset):
+    """The data set's SOP Class UID or SOP Instance UID is not the one of its C-STORE-RQ
+    (PS3.3 C.12.1.1.1: they shall be equal): nothing is stored (a handler that lets it
+    through answers 0xA900, Data Set does not match SOP Class, as DCMTK's storescp does)."""
+
+
 async def save_request(
     request: IncomingRequest,
     folder: str | os.PathLike[str],
@@ -284,6 +301,7 @@ async def save_request(
         check.finish()
         if not check.elements:
             raise EmptyDataSet("the C-STORE-RQ's data set is empty")
+        _check_sop_uids(check, message)
         path: StoredFile
         if commit_threaded:
             path = await anyio.to_thread.run_sync(_write_and_commit, writer, batch)
@@ -301,6 +319,21 @@ async def save_request(
             action=_DUPLICATE_ACTIONS[path.duplicate],
         )
     return path
+
+
+def _check_sop_uids(check: StructureCheck, message: messages.CStoreRQ) -> None:
+    """The data set names the SOP class and instance its command does (PS3.3 C.12.1.1.1)."""
+    sop_class, sop_instance = check.sop_uids()
+    for name, tag, value, expected in (
+        ("SOP Class UID", "(0008,0016)", sop_class, message.affected_sop_class_uid),
+        ("SOP Instance UID", "(0008,0018)", sop_instance, message.affected_sop_instance_uid),
+    ):
+        if not value:
+            raise InvalidDataset(f"the data set has no {name} {tag}")
+        if value != expected:
+            raise DataSetMismatch(
+                f"the data set's {name} {tag} is {value[:80]!r}, its C-STORE-RQ's {expected!r}"
+            )
 
 
 #: what the ``duplicate_instance`` warning says was done, per policy

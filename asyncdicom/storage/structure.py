@@ -82,6 +82,13 @@ _FRAGMENTS = 2  # items of defined length (offset table, fragments), up to a seq
 #: length that can be told from other values (a private one cannot: it is skipped as a value)
 _SEQUENCE_TAGS = frozenset(tag for tag in keyword_dict.values() if dictionary_VR(tag) == "SQ")
 
+#: SOP Class UID and SOP Instance UID: their values at the top level are kept (sop_uids)
+_SOP_CLASS_TAG = 0x00080016
+_SOP_INSTANCE_TAG = 0x00080018
+_CAPTURED_TAGS = frozenset({_SOP_CLASS_TAG, _SOP_INSTANCE_TAG})
+#: bytes kept of such a value at most (a UID has 64)
+_CAPTURE_LIMIT = 256
+
 _KIND_NAMES = {_SEQUENCE: "sequence", _ITEM_OPEN: "item", _FRAGMENTS: "pixel data"}
 
 #: inflated bytes walked at a time (bounds the memory a deflate bomb can take)
@@ -105,6 +112,9 @@ class StructureCheck:
 
     __slots__ = (
         "_base_explicit",
+        "_capture",
+        "_capture_left",
+        "_captured",
         "_carry",
         "_detect_vr",
         "_explicit",
@@ -138,6 +148,10 @@ class StructureCheck:
         self._carry = b""  # the start of a header cut by the end of a fragment
         self._last_tag = -1
         self.elements = 0
+        # the SOP Class and Instance UIDs of the top level, as found (see sop_uids)
+        self._captured: dict[int, bytearray] = {}
+        self._capture = bytearray()
+        self._capture_left = 0
 
     # ------------------------------------------------------------------ feeding
 
@@ -162,12 +176,14 @@ class StructureCheck:
         self._fed = start + size
         skip = self._skip
         if skip:
-            if skip >= size:
+            if skip >= size and not self._capture_left:  # inside a value (pixel data, say)
                 self._skip = skip - size
                 return
-            mv = mv[skip:]
-            start += skip
-            self._skip = 0
+            skipped = self._skip_value(mv)
+            if skipped == len(mv):
+                return
+            mv = mv[skipped:]
+            start += skipped
         carry = self._carry
         if carry:
             # finish the cut header from the first bytes of this fragment
@@ -180,19 +196,37 @@ class StructureCheck:
             if self._skip:  # a value runs past ``joined``: what follows it in mv is skipped
                 mv = mv[16:]
                 start += 16
-                skip = self._skip
-                if skip >= len(mv):
-                    self._skip = skip - len(mv)
+                skipped = self._skip_value(mv)
+                if skipped == len(mv):
                     return
-                mv = mv[skip:]
-                start += skip
-                self._skip = 0
+                mv = mv[skipped:]
+                start += skipped
             else:
                 mv = mv[used - len(carry) :]
                 start += used - len(carry)
         used = self._walk(mv, start)
         if used < len(mv) and not self._skip:
             self._carry = bytes(mv[used:])
+
+    def _skip_value(self, mv: memoryview) -> int:
+        """Skip what ``mv`` holds of the value in progress (collecting it if it is a UID
+        being captured); return how many bytes that was."""
+        taken = min(self._skip, len(mv))
+        self._skip -= taken
+        if self._capture_left:
+            keep = min(self._capture_left, taken)
+            self._capture += mv[:keep]
+            self._capture_left -= keep
+        return taken
+
+    def _start_capture(self, tag: int, mv: memoryview, pos: int, length: int) -> None:
+        """A SOP Class or Instance UID of the top level: keep its value (it may run on into
+        the next fragments, see _skip_value)."""
+        wanted = min(length, _CAPTURE_LIMIT)
+        here = mv[pos : pos + wanted]
+        self._capture = bytearray(here)
+        self._capture_left = wanted - len(here)
+        self._captured[tag] = self._capture
 
     def _walk(self, mv: memoryview, base: int) -> int:
         """Walk the headers in ``mv`` (``base``: the stream offset of ``mv[0]``); return where
@@ -267,6 +301,8 @@ class StructureCheck:
                     if length:
                         stack.append((_SEQUENCE, explicit, base + pos + length))
                 else:
+                    if tag in _CAPTURED_TAGS and not stack:
+                        self._start_capture(tag, mv, pos, length)
                     pos += length
         finally:
             self._explicit = explicit
@@ -352,6 +388,15 @@ class StructureCheck:
         raise InvalidDataset(f"element {_tag(tag)} with VR {vr.decode()} has undefined length")
 
     # ------------------------------------------------------------------ the end
+
+    def sop_uids(self) -> tuple[str | None, str | None]:
+        """(SOP Class UID, SOP Instance UID) found at the top level of the data set, padding
+        removed (``None`` for one that is absent); meaningful once :meth:`finish` passed."""
+        found: list[str | None] = []
+        for tag in (_SOP_CLASS_TAG, _SOP_INSTANCE_TAG):
+            value = self._captured.get(tag)
+            found.append(None if value is None else bytes(value).decode("latin-1").strip("\0 "))
+        return found[0], found[1]
 
     def finish(self) -> None:
         """The data set is complete: raise if it stopped inside an element or container."""
