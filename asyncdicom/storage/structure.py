@@ -73,9 +73,10 @@ _ITEM_END = 0xE00D
 _SEQUENCE_END = 0xE0DD
 _PIXEL_DATA = 0x7FE00010
 
-# What an open container of undefined length holds; each stack entry is (kind, explicit VR).
-_SEQUENCE = 0  # items, up to a sequence delimiter
-_ITEM_OPEN = 1  # elements, up to an item delimiter
+# What an open container holds; each stack entry is (kind, explicit VR inside, stream offset
+# of its end, or -1 for undefined length: then it ends at its delimiter).
+_SEQUENCE = 0  # items
+_ITEM_OPEN = 1  # elements
 _FRAGMENTS = 2  # items of defined length (offset table, fragments), up to a sequence delimiter
 
 #: the tags of the data dictionary whose VR is SQ: in Implicit VR, the sequences of defined
@@ -107,7 +108,8 @@ class StructureCheck:
     (PS3.5 A.4: the compressed ones too).  :meth:`feed` raises
     :class:`~asyncdicom.storage.files.InvalidDataset` as soon as the structure is broken,
     :meth:`finish` if the data set does not end where an element ends.  ``elements`` counts the
-    elements of the top level and inside sequences of undefined length.
+    elements walked (of the top level and inside sequences); :meth:`sop_uids` gives the SOP
+    Class and Instance UIDs of the top level.
     """
 
     __slots__ = (
