@@ -91,6 +91,7 @@ _CAPTURED_TAGS = frozenset({_SOP_CLASS_TAG, _SOP_INSTANCE_TAG})
 _CAPTURE_LIMIT = 256
 
 _KIND_NAMES = {_SEQUENCE: "sequence", _ITEM_OPEN: "item", _FRAGMENTS: "pixel data"}
+_KIND_PHRASES = {_SEQUENCE: "a sequence", _ITEM_OPEN: "an item", _FRAGMENTS: "pixel data"}
 
 #: inflated bytes walked at a time (bounds the memory a deflate bomb can take)
 _INFLATE_STEP = 1 << 20
@@ -427,9 +428,7 @@ class StructureCheck:
             )
         if stack:
             kind, _, stop = stack[-1]
-            what = "an " + _KIND_NAMES[kind] if kind == _ITEM_OPEN else _KIND_NAMES[kind]
-            if kind == _SEQUENCE:
-                what = "a sequence"
+            what = _KIND_PHRASES[kind]
             if stop < 0:
                 raise InvalidDataset(
                     f"the data set stops inside {what} of undefined length (no delimiter), "
