@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from typing import NoReturn
 
+import pydicom.data.data_manager
+import pydicom.data.download
 import pytest
 from hypothesis import HealthCheck, settings
 
@@ -42,6 +45,30 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.load_profile(os.environ.get(HYPOTHESIS_PROFILE_ENV) or "ci")
+
+
+# ---------------------------------------------------------------------------------------------
+# No test downloads anything
+# ---------------------------------------------------------------------------------------------
+#
+# pydicom fetches the sample files its wheel lacks on demand, retrying with back-off: on a
+# machine without internet one get_testdata_files() call at collection slept for half an hour.
+# Tests use tests/samples.py (the wheel's own files); this makes a download attempt fail at
+# once, naming the file, instead of stalling the run. Installed before any test module is
+# imported, so collection-time calls are covered too.
+
+
+def _refuse_download(filename: str, *args: object, **kwargs: object) -> NoReturn:
+    # pytest.fail raises a BaseException: pydicom's `except Exception` around its download
+    # (which turns a failure into a warning and a missing file) cannot swallow it.
+    pytest.fail(
+        f"a test asked pydicom to download {filename!r}: tests never touch the network; "
+        "use tests/samples.py (the files pydicom's wheel ships)"
+    )
+
+
+pydicom.data.download.data_path_with_download = _refuse_download  # type: ignore[assignment]
+pydicom.data.data_manager.data_path_with_download = _refuse_download  # type: ignore[assignment]
 
 
 @pytest.fixture(params=["asyncio", "trio"])

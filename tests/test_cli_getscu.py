@@ -273,11 +273,11 @@ async def test_getscu_discover_proposes_the_classes_and_syntaxes_found(
     """A study holding an RLE-compressed MR and a CT: with the common classes the MR's context
     gets whichever compressed syntax the SCP prefers, and the RLE instance fails; --discover
     finds the two classes with C-FIND and proposes each compressed syntax on its own."""
-    from pydicom.data import get_testdata_file
+    from samples import sample
 
     from asyncdicom.archive import Archive, qrscp_config
 
-    rle = pydicom.dcmread(get_testdata_file("MR_small_RLE.dcm"))
+    rle = pydicom.dcmread(sample("MR_small_RLE.dcm"))
     (ct_path,) = write_ct_files(tmp_path / "src", 1, 64, seed=9)
     ct = pydicom.dcmread(ct_path)
     for ds in (rle, ct):  # one patient, one study

@@ -616,9 +616,9 @@ async def test_sop_classes_to_retrieve_walks_the_hierarchy() -> None:
 async def test_get_brings_compressed_and_uncompressed_instances_of_one_class(
     tmp_path: Path,
 ) -> None:
-    from pydicom.data import get_testdata_file
+    from samples import sample
 
-    files = [get_testdata_file("MR_small.dcm"), get_testdata_file("MR_small_RLE.dcm")]
+    files = [sample("MR_small.dcm"), sample("MR_small_RLE.dcm")]
     scp = _qr_scp([str(f) for f in files])
     contexts = presets.retrieve_contexts("get", storage=[MR])
     async with associated(scp, contexts=contexts) as a:
