@@ -135,8 +135,11 @@ class Dispatcher(Protocol):
     :class:`asyncdicom.services.ServiceDispatcher`) and knows nothing of what it does."""
 
     def answer_now(
-        self, association: Association, context: PresentationContext, message: messages.Message
-    ) -> messages.Message | None:
+        self,
+        association: Association,
+        context: PresentationContext,
+        message: messages.RequestMessage,
+    ) -> messages.ResponseMessage | None:
         """For a request without a data set: its response when no code needs to run (C-ECHO
         with no handler), sent at once from the reader without a task; else ``None``."""
 
@@ -144,7 +147,7 @@ class Dispatcher(Protocol):
         self,
         association: Association,
         context: PresentationContext,
-        message: messages.Message,
+        message: messages.RequestMessage,
         data: MemoryObjectReceiveStream[memoryview] | None,
     ) -> IncomingRequest:
         """The object that represents the request to its handler (an :class:`IncomingRequest`
@@ -175,13 +178,13 @@ class IncomingRequest:
         self,
         association: Association,
         context: PresentationContext,
-        message: messages.Message,
+        message: messages.RequestMessage,
         data: MemoryObjectReceiveStream[memoryview] | None,
     ) -> None:
         self.association = association
         self.context = context
         self.message = message
-        self.message_id: int = message.message_id  # type: ignore[union-attr]
+        self.message_id: int = message.message_id
         self._data = data
         self._consumed = False
         self._data_complete = data is None
@@ -257,7 +260,7 @@ class IncomingRequest:
             pass
 
     async def respond(
-        self, response: messages.Message, dataset: DatasetSource | None = None
+        self, response: messages.ResponseMessage, dataset: DatasetSource | None = None
     ) -> None:
         """Send a response (Pending or final) to this request, after the whole request has
         arrived (PS3.7: a response never overtakes its request)."""
@@ -267,10 +270,10 @@ class IncomingRequest:
         # encoded first: a value that cannot be encoded (ValueError) changes nothing
         command = dimse.encode_command(response)
         try:
-            association._ops_or_raise().respond(self.message_id, response)  # type: ignore[arg-type]
+            association._ops_or_raise().respond(self.message_id, response)
         except LocalProtocolError as exc:
             raise errors.AssociationError(str(exc)) from exc
-        if not is_pending(response.status):  # type: ignore[union-attr]
+        if not is_pending(response.status):
             self.answered = True
         await association.send_message(self.context, response, dataset, _command=command)
 
@@ -314,14 +317,14 @@ class DIMSEResponse:
     data set in ``context.transfer_syntax``; :meth:`decode` decodes it with pydicom.
     """
 
-    message: messages.Message
+    message: messages.ResponseMessage
     dataset: bytes | None = None
     context: PresentationContext | None = None
 
     @property
     def status(self) -> int:
         """The Status (0000,0900) value."""
-        return int(self.message.status)  # type: ignore[union-attr]
+        return int(self.message.status)
 
     @property
     def category(self) -> StatusCategory:
@@ -423,13 +426,13 @@ class Operation:
         self,
         association: Association,
         context: PresentationContext,
-        request: messages.Message,
+        request: messages.RequestMessage,
         waiter: _Waiter,
     ) -> None:
         self.association = association
         self.context = context
         self.request = request
-        self.message_id: int = request.message_id  # type: ignore[union-attr]
+        self.message_id: int = request.message_id
         self._waiter = waiter
         #: the final response, once received
         self.final: DIMSEResponse | None = None
@@ -1272,7 +1275,7 @@ class Association:
             if response is not None and command is not None:
                 ops = self._ops
                 assert ops is not None
-                ops.respond(event.message_id, response)  # type: ignore[arg-type]
+                ops.respond(event.message_id, response)
                 if not self._queue_one_pdu_message(context, response, command):
                     await self.send_message(context, response, _command=command)
                 await self._flush()
@@ -1352,7 +1355,7 @@ class Association:
             return
         waiter.put(response)
         if not response.is_pending:
-            self._waiters.pop(response.message.message_id_being_responded_to, None)  # type: ignore[union-attr]
+            self._waiters.pop(response.message.message_id_being_responded_to, None)
             waiter.close()
 
     def _on_cancel(self, event: CancelReceived) -> None:
@@ -1548,7 +1551,7 @@ class Association:
     async def _start(
         self,
         context: PresentationContext,
-        message: messages.Message,
+        message: messages.RequestMessage,
         dataset: DatasetSource | None,
     ) -> _Waiter:
         """Take a window slot, record the operation, send the request; its waiter."""
@@ -1559,9 +1562,9 @@ class Association:
         waiter = _Waiter(slots)
         try:
             ops = self._ops_or_raise()
-            msg_id: int = message.message_id  # type: ignore[union-attr]
+            msg_id = message.message_id
             try:
-                ops.invoke(context.context_id, message)  # type: ignore[arg-type]
+                ops.invoke(context.context_id, message)
             except LocalProtocolError as exc:
                 raise errors.AssociationError(str(exc)) from exc
             self._waiters[msg_id] = waiter
@@ -1630,7 +1633,7 @@ class Association:
     async def invoke(
         self,
         context: PresentationContext,
-        message: messages.Message,
+        message: messages.RequestMessage,
         dataset: DatasetSource | None = None,
     ) -> AsyncIterator[Operation]:
         """Invoke a DIMSE operation and iterate over its responses::
@@ -1665,7 +1668,7 @@ class Association:
     async def request(
         self,
         context: PresentationContext,
-        message: messages.Message,
+        message: messages.RequestMessage,
         dataset: DatasetSource | None = None,
     ) -> DIMSEResponse:
         """Invoke an operation and return its final response (Pending ones are skipped): the

@@ -217,5 +217,5 @@ def _worklist_files(folder: Path) -> list[Path]:
     return out
 
 
-def _failure(request: messages.Message, comment: str) -> messages.Message:
+def _failure(request: messages.RequestMessage, comment: str) -> messages.ResponseMessage:
     return make_response(request, int(Status.UNABLE_TO_PROCESS), error_comment=comment)

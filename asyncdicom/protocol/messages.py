@@ -83,7 +83,9 @@ __all__ = [
     "NSetRSP",
     "Priority",
     "Request",
+    "RequestMessage",
     "Response",
+    "ResponseMessage",
     "sop_class_uid",
 ]
 
@@ -129,6 +131,9 @@ class _MessageBase:
 
     __slots__ = ()
 
+    #: Command Data Set Type (0000,0800): a data set follows the command set
+    has_dataset: bool
+
     #: the Command Field (0000,0100) value of the class
     COMMAND_FIELD: ClassVar[int]
     #: the DIMSE name, e.g. "C-ECHO-RQ"
@@ -143,9 +148,15 @@ class _MessageBase:
 
 
 class Request(_MessageBase):
-    """Base of the request messages (and C-CANCEL-RQ)."""
+    """Base of the request messages that start an operation; every one carries a Message ID.
+
+    C-CANCEL-RQ is not one of them: it starts nothing and carries Message ID Being Responded
+    To (see :class:`CCancelRQ`)."""
 
     __slots__ = ()
+
+    #: Message ID (0000,0110)
+    message_id: int
 
 
 class Response(_MessageBase):
@@ -153,6 +164,9 @@ class Response(_MessageBase):
 
     __slots__ = ()
 
+    #: Message ID Being Responded To (0000,0120)
+    message_id_being_responded_to: int
+    #: Status (0000,0900)
     status: int
 
     @property
@@ -338,8 +352,9 @@ class CMoveRSP(Response):
 
 
 @dataclass(frozen=True, slots=True)
-class CCancelRQ(Request):
-    """C-CANCEL-RQ (PS3.7 9.3.2.3 and following); it has no response of its own."""
+class CCancelRQ(_MessageBase):
+    """C-CANCEL-RQ (PS3.7 9.3.2.3 and following); it has no response of its own and is not a
+    :class:`Request` (it starts no operation: it names the one it cancels)."""
 
     COMMAND_FIELD: ClassVar[int] = 0x0FFF
     NAME: ClassVar[str] = "C-CANCEL-RQ"
@@ -557,31 +572,39 @@ class NDeleteRSP(Response):
     has_dataset: bool = False
 
 
-Message = (
+#: the request messages (each a :class:`Request`: it carries ``message_id``)
+RequestMessage = (
     CEchoRQ
-    | CEchoRSP
     | CStoreRQ
-    | CStoreRSP
     | CFindRQ
-    | CFindRSP
     | CGetRQ
-    | CGetRSP
     | CMoveRQ
-    | CMoveRSP
-    | CCancelRQ
     | NEventReportRQ
-    | NEventReportRSP
     | NGetRQ
-    | NGetRSP
     | NSetRQ
-    | NSetRSP
     | NActionRQ
-    | NActionRSP
     | NCreateRQ
-    | NCreateRSP
     | NDeleteRQ
+)
+
+#: the response messages (each a :class:`Response`: it carries
+#: ``message_id_being_responded_to`` and ``status``)
+ResponseMessage = (
+    CEchoRSP
+    | CStoreRSP
+    | CFindRSP
+    | CGetRSP
+    | CMoveRSP
+    | NEventReportRSP
+    | NGetRSP
+    | NSetRSP
+    | NActionRSP
+    | NCreateRSP
     | NDeleteRSP
 )
+
+#: every DIMSE message
+Message = RequestMessage | ResponseMessage | CCancelRQ
 
 _ALL: tuple[type[Message], ...] = (
     CEchoRQ,

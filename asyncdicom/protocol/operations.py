@@ -42,7 +42,17 @@ from dataclasses import dataclass, field
 from .dimse import _IDLE as _ASSEMBLER_IDLE
 from .dimse import CommandReceived, MessageAssembler
 from .errors import DIMSEError, LocalProtocolError
-from .messages import CCancelRQ, CFindRQ, CGetRQ, CMoveRQ, Message, Request, Response
+from .messages import (
+    CCancelRQ,
+    CFindRQ,
+    CGetRQ,
+    CMoveRQ,
+    Message,
+    Request,
+    RequestMessage,
+    Response,
+    ResponseMessage,
+)
 from .pdu import PDataTF
 from .status import PENDING_STATUSES, is_pending
 
@@ -73,12 +83,12 @@ class RequestReceived:
     """
 
     context_id: int
-    message: Message
+    message: RequestMessage
 
     @property
     def message_id(self) -> int:
         """The request's Message ID (the key to answer it with)."""
-        return self.message.message_id  # type: ignore[union-attr]
+        return self.message.message_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,14 +101,14 @@ class ResponseReceived:
     """
 
     context_id: int
-    message: Message
+    message: ResponseMessage
     final: bool
     abandoned: bool = False
 
     @property
     def message_id(self) -> int:
         """The Message ID of our request that this answers."""
-        return self.message.message_id_being_responded_to  # type: ignore[union-attr]
+        return self.message.message_id_being_responded_to
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,7 +235,7 @@ class DIMSEOperations:
             raise LocalProtocolError("C-CANCEL-RQ is not an operation: use cancel()")
         if context_id not in self._accepted:
             raise LocalProtocolError(f"presentation context {context_id} was not accepted")
-        msg_id: int = request.message_id  # type: ignore[attr-defined]
+        msg_id = request.message_id
         if msg_id in self.invoked:
             raise LocalProtocolError(f"Message ID {msg_id} is already outstanding")
         if not self.can_invoke:
@@ -315,10 +325,10 @@ class DIMSEOperations:
             raise DIMSEError(
                 f"{message.NAME} on presentation context {context_id}, which was not accepted"
             )
-        if message.is_response:
-            msg_id = getattr(message, "message_id_being_responded_to", None)
-            invocation = self.invoked.get(msg_id) if msg_id is not None else None
-            if msg_id is None or invocation is None:
+        if isinstance(message, Response):
+            msg_id = message.message_id_being_responded_to
+            invocation = self.invoked.get(msg_id)
+            if invocation is None:
                 raise DIMSEError(f"{message.NAME} to Message ID {msg_id}, which is not outstanding")
             request = invocation.request
             if message.COMMAND_FIELD != request.COMMAND_FIELD | 0x8000:
@@ -329,7 +339,7 @@ class DIMSEOperations:
                     f"{message.NAME} to Message ID {msg_id} on presentation context "
                     f"{context_id}, its request went on {invocation.context_id}"
                 )
-            status: int = message.status  # type: ignore[union-attr]
+            status = message.status
             final = status not in PENDING_STATUSES
             if not final and request.COMMAND_FIELD not in _MULTI_RESPONSE_FIELDS:
                 raise DIMSEError(f"Pending status {status:#06x} in a {message.NAME}")
@@ -348,7 +358,7 @@ class DIMSEOperations:
                 and self._performed_fields.get(target) in _MULTI_RESPONSE_FIELDS
             )
             return CancelReceived(context_id, target, known, message)
-        msg_id = message.message_id  # type: ignore[union-attr]
+        msg_id = message.message_id
         performed = self.performed
         if msg_id in performed:
             raise DIMSEError(f"{message.NAME} with Message ID {msg_id}, which is still in progress")

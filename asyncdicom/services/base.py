@@ -116,7 +116,7 @@ class Service:
     scu_role: bool = False
     accept_by_default: bool = False
     no_handler_status: int = int(Status.UNRECOGNIZED_OPERATION)
-    no_handler_response: Callable[[messages.Message], messages.Message] | None = None
+    no_handler_response: Callable[[messages.RequestMessage], messages.ResponseMessage] | None = None
     exception_status: Callable[[messages.Message, BaseException], int] = _processing_failure
     runner: Callable[[Any, Any, Callable[..., Any]], Awaitable[None]] | None = None
 
@@ -130,7 +130,7 @@ class Service:
         """True when ``message`` (a request) on ``sop_class_uid`` belongs to this service."""
         return type(message) in self.commands and self.covers(sop_class_uid)
 
-    def default_response(self, message: messages.Message) -> messages.Message:
+    def default_response(self, message: messages.RequestMessage) -> messages.ResponseMessage:
         """The response to ``message`` when no handler is registered."""
         if self.no_handler_response is not None:
             return self.no_handler_response(message)
@@ -223,7 +223,9 @@ def _field_names(cls: type) -> frozenset[str]:
     return names
 
 
-def make_response(request: messages.Message, status: int, **fields: Any) -> messages.Message:
+def make_response(
+    request: messages.RequestMessage, status: int, **fields: Any
+) -> messages.ResponseMessage:
     """The response message matching ``request`` with ``status`` (PS3.7 per-service tables).
 
     Copies Message ID Being Responded To, and the Affected SOP Class/Instance UID from the
@@ -233,7 +235,7 @@ def make_response(request: messages.Message, status: int, **fields: Any) -> mess
     rsp_type = messages.MESSAGE_TYPES[request.COMMAND_FIELD | 0x8000]
     names = _field_names(rsp_type)
     kwargs: dict[str, Any] = {
-        "message_id_being_responded_to": request.message_id,  # type: ignore[union-attr]
+        "message_id_being_responded_to": request.message_id,
         "status": int(status),
     }
     sop_class = messages.sop_class_uid(request)
@@ -250,4 +252,6 @@ def make_response(request: messages.Message, status: int, **fields: Any) -> mess
     if "has_dataset" in names:
         kwargs["has_dataset"] = False
     kwargs.update(fields)
-    return rsp_type(**{k: v for k, v in kwargs.items() if k in names})
+    response = rsp_type(**{k: v for k, v in kwargs.items() if k in names})
+    assert isinstance(response, messages.Response)
+    return response

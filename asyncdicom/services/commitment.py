@@ -82,7 +82,7 @@ _NO_SUCH_EVENT_TYPE = 0x0113
 _NO_SUCH_ACTION = 0x0123
 
 
-def _no_handler(message: messages.Message) -> messages.Message:
+def _no_handler(message: messages.RequestMessage) -> messages.ResponseMessage:
     return make_response(
         message,
         int(Status.PROCESSING_FAILURE),

@@ -148,7 +148,10 @@ class ServiceDispatcher:
         self._cached_count = 0
         # (request class, SOP class) -> how to answer at once without a handler, or None when
         # a handler is registered; valid for one (handler registry version, service count)
-        self._quick: dict[tuple[type, str], Callable[[messages.Message], messages.Message] | None]
+        self._quick: dict[
+            tuple[type, str],
+            Callable[[messages.RequestMessage], messages.ResponseMessage] | None,
+        ]
         self._quick = {}
         self._quick_key = (-1, -1)
         self.log = get_logger()
@@ -183,7 +186,9 @@ class ServiceDispatcher:
                 return found
         return self.handlers.get(cls, sop_class)
 
-    def default_response(self, message: messages.Message, sop_class: str) -> messages.Message:
+    def default_response(
+        self, message: messages.RequestMessage, sop_class: str
+    ) -> messages.ResponseMessage:
         """The answer to ``message`` when no handler is registered."""
         service = self.service_for(message, sop_class)
         if service is not None:
@@ -193,8 +198,11 @@ class ServiceDispatcher:
     # -- the Dispatcher protocol
 
     def answer_now(
-        self, association: Association, context: PresentationContext, message: messages.Message
-    ) -> messages.Message | None:
+        self,
+        association: Association,
+        context: PresentationContext,
+        message: messages.RequestMessage,
+    ) -> messages.ResponseMessage | None:
         sop_class = messages.sop_class_uid(message)
         local: HandlerRegistry | None = getattr(association, "handlers", None)
         if local is not None and local._handlers:  # handlers of its own: look them up
@@ -218,8 +226,8 @@ class ServiceDispatcher:
         return None if answer is None else answer(message)
 
     def _quick_answer(
-        self, message: messages.Message, sop_class: str
-    ) -> Callable[[messages.Message], messages.Message] | None:
+        self, message: messages.RequestMessage, sop_class: str
+    ) -> Callable[[messages.RequestMessage], messages.ResponseMessage] | None:
         if self.handlers.get(type(message), sop_class) is not None:
             return None
         service = self.service_for(message, sop_class)
@@ -231,7 +239,7 @@ class ServiceDispatcher:
         self,
         association: Association,
         context: PresentationContext,
-        message: messages.Message,
+        message: messages.RequestMessage,
         data: Any,
     ) -> ServiceRequest:
         return ServiceRequest(association, context, message, data)
@@ -370,7 +378,7 @@ class ServiceDispatcher:
     async def respond(
         self,
         request: IncomingRequest,
-        response: messages.Message,
+        response: messages.ResponseMessage,
         dataset: DatasetSource | None = None,
     ) -> None:
         """Send ``response`` (and its data set) for ``request``; a response whose echoed UIDs
@@ -481,7 +489,7 @@ class _BadResult(Exception):
 
 def _to_response(
     request: IncomingRequest, result: Any, *, final: bool
-) -> tuple[messages.Message, DatasetSource | None]:
+) -> tuple[messages.ResponseMessage, DatasetSource | None]:
     """The response (and encoded data set) for a handler's result; raises :class:`_BadResult`."""
     message = request.message
     dataset: Any = None

@@ -93,7 +93,7 @@ _SUFFIX = ".mpps"
 ChangeCallback = Callable[[str, Dataset], Any]
 
 
-def _no_handler(message: messages.Message) -> messages.Message:
+def _no_handler(message: messages.RequestMessage) -> messages.ResponseMessage:
     return make_response(
         message,
         int(Status.PROCESSING_FAILURE),

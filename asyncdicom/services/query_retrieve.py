@@ -95,7 +95,7 @@ class QueryFailed(DICOMError):
         self.response = response
 
 
-def _no_handler(message: messages.Message) -> messages.Message:
+def _no_handler(message: messages.RequestMessage) -> messages.ResponseMessage:
     return make_response(
         message,
         int(Status.UNABLE_TO_PROCESS),

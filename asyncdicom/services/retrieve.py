@@ -148,7 +148,7 @@ class RetrieveFailed(DICOMError):
 # ---------------------------------------------------------------------- SCP: defaults
 
 
-def _no_handler(message: messages.Message) -> messages.Message:
+def _no_handler(message: messages.RequestMessage) -> messages.ResponseMessage:
     return make_response(
         message,
         int(Status.UNABLE_TO_PROCESS),

@@ -12,12 +12,12 @@ from .base import Service
 __all__ = ["VERIFICATION_SERVICE", "VerificationSCU"]
 
 
-def _echo_success(message: messages.Message) -> messages.Message:
+def _echo_success(message: messages.RequestMessage) -> messages.ResponseMessage:
     # the common case, built directly (an SCP answers C-ECHO with Success by default)
     return messages.CEchoRSP(
-        message_id_being_responded_to=message.message_id,  # type: ignore[union-attr]
+        message_id_being_responded_to=message.message_id,
         status=0x0000,
-        affected_sop_class_uid=message.affected_sop_class_uid,  # type: ignore[union-attr]
+        affected_sop_class_uid=messages.sop_class_uid(message),
     )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 from pydicom._uid_dict import UID_dictionary
@@ -83,8 +83,31 @@ def test_responses_pair_with_requests() -> None:
             request = m.MESSAGE_TYPES[cf & 0x7FFF]
             assert request.__name__ == cls.__name__[:-3] + "RQ"
             assert issubclass(cls, m.Response)
+        elif cls is m.CCancelRQ:
+            # it starts no operation: no Message ID of its own (PS3.7 Table 9.3-3)
+            assert not issubclass(cls, m.Request)
         else:
             assert issubclass(cls, m.Request)
+
+
+def test_bases_declare_the_message_id_fields() -> None:
+    # PS3.7 9.3 / 10.3: every request that starts an operation has Message ID (0000,0110),
+    # every response and C-CANCEL-RQ Message ID Being Responded To (0000,0120); the bases
+    # declare them so that code holding a Request or a Response can read them typed.
+    assert m.Request.__annotations__["message_id"] in (int, "int")
+    assert m.Response.__annotations__["message_id_being_responded_to"] in (int, "int")
+    for cls in m.MESSAGE_TYPES.values():
+        names = {f.name for f in dataclasses.fields(cls)}
+        if issubclass(cls, m.Request):
+            assert "message_id" in names, cls.NAME
+        else:
+            assert "message_id_being_responded_to" in names, cls.NAME
+    assert set(get_args(m.RequestMessage)) == {
+        c for c in m.MESSAGE_TYPES.values() if issubclass(c, m.Request)
+    }
+    assert set(get_args(m.ResponseMessage)) == {
+        c for c in m.MESSAGE_TYPES.values() if issubclass(c, m.Response)
+    }
 
 
 def test_required_fields() -> None:
