@@ -42,6 +42,7 @@ from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any
 
 from . import errors
+from .errors import AuditLogError
 from .hooks import HookEvent
 from .log import get_logger
 from .protocol.upper_layer import Role
@@ -63,10 +64,6 @@ _EVENTS = (
     HookEvent.ASSOCIATION_ABORTED,
     HookEvent.CONNECTION_CLOSED,
 )
-
-
-class AuditLogError(OSError):
-    """The audit log file cannot be opened for appending."""
 
 
 @dataclass

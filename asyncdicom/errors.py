@@ -1,31 +1,125 @@
-"""Exceptions of asyncdicom's async API.
+"""Every public exception of asyncdicom, in one module.
 
-Protocol-level errors (malformed bytes from a peer, local misuse of the state machine) live in
-:mod:`asyncdicom.protocol.errors`; the ones here are what an application awaiting an association
-or a DIMSE operation sees.
+All derive from :class:`DICOMError`, so that ``except DICOMError`` catches whatever the
+library raises; where a standard base helps (``except ValueError`` around a parser, ``except
+TimeoutError`` around a wait, ``except OSError`` around file work) the class derives from it as
+well.  The classes are defined here, apart from the sans-IO protocol errors, which live in
+:mod:`asyncdicom.protocol.errors` (the core imports nothing above it) and are re-exported.
+The modules that raise an exception re-export it too (``from asyncdicom.qr.matching import
+QueryError`` names the same class as ``from asyncdicom.errors import QueryError``).
+
+The tree::
+
+    DICOMError
+    ├── LocalProtocolError                    the caller broke a rule of the state machine
+    ├── ProtocolError                         malformed or unexpected bytes from the peer
+    │   ├── TruncatedPDU
+    │   ├── UnrecognizedPDU
+    │   ├── UnexpectedPDU
+    │   ├── InvalidPDU
+    │   ├── InvalidItem
+    │   ├── InvalidParameterValue
+    │   ├── BadProtocolVersion
+    │   ├── PDUTooLarge
+    │   └── DIMSEError
+    ├── TransportError                        the TCP or TLS connection
+    │   ├── TLSError
+    │   ├── ConnectTimeout (TimeoutError)
+    │   └── ConnectionLost (also an AssociationAborted)
+    ├── AssociationError                      the association cannot be used any more
+    │   ├── AssociationRejected
+    │   ├── AssociationAborted
+    │   │   └── ConnectionLost
+    │   ├── ACSETimeout (TimeoutError)
+    │   ├── DIMSETimeout (TimeoutError)
+    │   └── NetworkTimeout (TimeoutError)
+    ├── NoAcceptedContext                     no accepted presentation context fits
+    ├── TooManyPresentationContexts (ValueError)
+    ├── StorageError                          a file or data set cannot be read or written
+    │   ├── InvalidDicomFile
+    │   ├── InvalidDataset (ValueError)
+    │   ├── TranscodeError
+    │   │   └── UnsupportedTransferSyntax
+    │   └── UIDPatchError (ValueError)
+    ├── QueryFailed                           the SCP ended our C-FIND with a failure
+    ├── RetrieveFailed                        ... our C-GET or C-MOVE
+    ├── CommitmentRefused                     ... our Storage Commitment N-ACTION
+    ├── CommitmentTimeout (TimeoutError)      no commitment report in time
+    ├── QueryError (ValueError)               an identifier an SCP cannot answer
+    │   ├── IdentifierMismatch
+    │   ├── UnableToProcess
+    │   └── ModelNotSupported
+    ├── IndexDatabaseError                    the Query/Retrieve index file cannot be used
+    │   └── SchemaVersionError
+    ├── UsersFileError (ValueError)           a users file cannot be read or parsed
+    └── AuditLogError (OSError)               the audit log cannot be appended to
 """
 
 from __future__ import annotations
+
+from typing import Protocol
+
+from .protocol.errors import (
+    BadProtocolVersion,
+    DICOMError,
+    DIMSEError,
+    InvalidItem,
+    InvalidParameterValue,
+    InvalidPDU,
+    LocalProtocolError,
+    PDUTooLarge,
+    ProtocolError,
+    TruncatedPDU,
+    UnexpectedPDU,
+    UnrecognizedPDU,
+)
+from .protocol.messages import ResponseMessage
+from .protocol.status import Status
 
 __all__ = [
     "ACSETimeout",
     "AssociationAborted",
     "AssociationError",
     "AssociationRejected",
+    "AuditLogError",
+    "BadProtocolVersion",
+    "CommitmentRefused",
+    "CommitmentTimeout",
     "ConnectTimeout",
     "ConnectionLost",
     "DICOMError",
+    "DIMSEError",
     "DIMSETimeout",
+    "IdentifierMismatch",
+    "IndexDatabaseError",
+    "InvalidDataset",
+    "InvalidDicomFile",
+    "InvalidItem",
+    "InvalidPDU",
+    "InvalidParameterValue",
+    "LocalProtocolError",
+    "ModelNotSupported",
     "NetworkTimeout",
     "NoAcceptedContext",
+    "PDUTooLarge",
+    "ProtocolError",
+    "QueryError",
+    "QueryFailed",
+    "RetrieveFailed",
+    "SchemaVersionError",
     "StorageError",
     "TLSError",
+    "TooManyPresentationContexts",
+    "TranscodeError",
     "TransportError",
+    "TruncatedPDU",
+    "UIDPatchError",
+    "UnableToProcess",
+    "UnexpectedPDU",
+    "UnrecognizedPDU",
+    "UnsupportedTransferSyntax",
+    "UsersFileError",
 ]
-
-
-class DICOMError(Exception):
-    """Base class of every asyncdicom exception."""
 
 
 class TransportError(DICOMError):
@@ -138,3 +232,172 @@ class StorageError(DICOMError):
 
     ``store()`` finds such a problem before it sends anything, so the association stays usable;
     only a big file that changes on disk while it is being streamed aborts the association."""
+
+
+class InvalidDicomFile(StorageError):
+    """The file (or byte string) is not a DICOM data set we can read."""
+
+
+class InvalidDataset(StorageError, ValueError):
+    """A data set lacks what the operation needs, e.g. a C-STORE of a data set without SOP
+    Class UID (0008,0016) or SOP Instance UID (0008,0018)."""
+
+
+class TranscodeError(StorageError):
+    """A data set cannot be converted to the requested transfer syntax."""
+
+
+class UnsupportedTransferSyntax(TranscodeError):
+    """The transfer syntax is unknown or cannot be encoded/decoded here."""
+
+
+class UIDPatchError(StorageError, ValueError):
+    """The data set's UIDs cannot be replaced in its encoded bytes."""
+
+
+class TooManyPresentationContexts(DICOMError, ValueError):
+    """The files need more presentation contexts than one association can carry (128).
+
+    ``needed`` is how many they need.
+    """
+
+    def __init__(self, needed: int) -> None:
+        self.needed = needed
+        super().__init__(
+            f"{needed} presentation contexts needed (one per SOP class and transfer syntax, "
+            f"plus one conversion fallback per SOP class with uncompressed files): more than "
+            f"the {_MAX_PRESENTATION_CONTEXTS} one association can carry; send the files in "
+            "several batches"
+        )
+
+
+#: presentation context IDs are the odd numbers 1-255 (PS3.8 9.3.2.2)
+_MAX_PRESENTATION_CONTEXTS = 128
+
+
+# --------------------------------------------------------------------------- failed operations
+
+
+class PeerResponse(Protocol):
+    """What an exception carrying the peer's final response exposes of it: the
+    :class:`~asyncdicom.association.DIMSEResponse` of the operation fits (the exceptions are
+    defined below the driver, so they name it through this protocol)."""
+
+    @property
+    def message(self) -> ResponseMessage:
+        """The response message (command set)."""
+        ...
+
+    @property
+    def dataset(self) -> bytes | None:
+        """Its encoded data set, if it had one."""
+        ...
+
+    @property
+    def status(self) -> int:
+        """Its Status (0000,0900)."""
+        ...
+
+
+class QueryFailed(DICOMError):
+    """The SCP ended a C-FIND with a Failure status; ``response`` is its final response."""
+
+    def __init__(self, response: PeerResponse) -> None:
+        super().__init__(f"C-FIND failed: {response}")
+        self.response = response
+
+
+class RetrieveFailed(DICOMError):
+    """The SCP ended a C-GET or C-MOVE with a Failure status; ``response`` is its final
+    response (``failed_instances`` the Failed SOP Instance UID List it carried)."""
+
+    def __init__(self, response: PeerResponse, failed_instances: list[str]) -> None:
+        name = response.message.NAME.removesuffix("-RSP")
+        super().__init__(f"{name} failed: {response}")
+        self.response = response
+        self.failed_instances = failed_instances
+
+
+class CommitmentTimeout(DICOMError, TimeoutError):
+    """No N-EVENT-REPORT came for the transaction in time."""
+
+    def __init__(self, transaction_uid: str, timeout: float | None) -> None:
+        super().__init__(
+            f"no storage commitment report for transaction {transaction_uid} within {timeout} s"
+        )
+        self.transaction_uid = transaction_uid
+
+
+class CommitmentRefused(DICOMError):
+    """The SCP answered the N-ACTION with a failure status; ``response`` is its N-ACTION-RSP."""
+
+    def __init__(self, response: PeerResponse) -> None:
+        super().__init__(f"storage commitment request refused: {response}")
+        self.response = response
+
+
+# --------------------------------------------------------------------------- SCP side
+
+
+class QueryError(DICOMError, ValueError):
+    """A C-FIND identifier the SCP cannot answer; ``status`` is the failure status to send
+    (PS3.4 Table C.4-1), ``tag`` the offending element when there is one, for Offending
+    Element (0000,0901), and ``error_comment`` a short text for Error Comment (0000,0902)."""
+
+    status: int = int(Status.UNABLE_TO_PROCESS)
+
+    def __init__(self, message: str, *, tag: int | None = None) -> None:
+        super().__init__(message)
+        self.tag = tag
+
+    @property
+    def error_comment(self) -> str:
+        """The message, cut to the 64 characters an Error Comment (LO) holds."""
+        text = str(self)
+        return text if len(text) <= 64 else text[:61] + "..."
+
+
+class IdentifierMismatch(QueryError):
+    """The identifier does not fit the information model: Query/Retrieve Level missing, unknown
+    or not a level of the model, or a unique key of a level above missing or not single.
+    Answered with 0xA900, Identifier Does Not Match SOP Class."""
+
+    status = int(Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS)
+
+
+class UnableToProcess(QueryError):
+    """A key value with no meaning for matching (a malformed or reversed date range, a
+    non-numeric IS, a list of dates).  Answered with 0xC000, Unable to process."""
+
+    status = int(Status.UNABLE_TO_PROCESS)
+
+
+class ModelNotSupported(QueryError):
+    """Not a Query/Retrieve information model (name or FIND/GET/MOVE SOP Class UID).
+    Answered with 0x0122, SOP Class Not Supported."""
+
+    status = int(Status.SOP_CLASS_NOT_SUPPORTED)
+
+
+class IndexDatabaseError(DICOMError):
+    """The index file cannot be used: not an SQLite database, or not an index of this module."""
+
+
+class SchemaVersionError(IndexDatabaseError):
+    """The index file was written with a schema version this module does not know
+    (``found``), typically by a newer release."""
+
+    def __init__(self, message: str, *, found: int) -> None:
+        super().__init__(message)
+        self.found = found
+
+
+# --------------------------------------------------------------------------- configuration files
+
+
+class UsersFileError(DICOMError, ValueError):
+    """A users file that cannot be read or has a line that is not ``USER:HASH``."""
+
+
+class AuditLogError(DICOMError, OSError):
+    """The audit log file cannot be opened for appending."""

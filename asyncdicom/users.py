@@ -37,6 +37,7 @@ from pathlib import Path
 
 import anyio
 
+from .errors import UsersFileError
 from .log import get_logger
 from .protocol.negotiation import IdentityDecision
 from .protocol.pdu import AssociateRQ, UserIdentityRQSubItem
@@ -76,10 +77,6 @@ _MAX_P = 16
 IdentityCallback = Callable[
     [AssociateRQ, UserIdentityRQSubItem], Awaitable[IdentityDecision] | IdentityDecision
 ]
-
-
-class UsersFileError(ValueError):
-    """A users file that cannot be read or has a line that is not ``USER:HASH``."""
 
 
 def _b64(data: bytes) -> str:

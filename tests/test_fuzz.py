@@ -316,6 +316,8 @@ async def test_live_requestor_on_mutated_answers(
                 await assoc.echo()
             outcome.append("ok")
         except errors.DICOMError as exc:
+            # the sans-IO errors are DICOMErrors too; the driver never lets one through
+            assert not isinstance(exc, (errors.ProtocolError, errors.LocalProtocolError))
             outcome.append(exc)
 
     async def acceptor() -> None:

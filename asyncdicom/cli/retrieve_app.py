@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from ..association import DIMSEResponse
 from ..errors import DICOMError
 from ..protocol.status import StatusCategory, category, describe
 from ..services.query_retrieve import FIND_MODELS
@@ -33,7 +34,6 @@ from .common import err, format_address, notice, scu_ae
 from .findscu import LEVELS, build_query, parse_key
 
 if TYPE_CHECKING:
-    from ..association import DIMSEResponse
     from ..protocol.negotiation import ContextRequest
     from ..services import ServiceAssociation
     from ..services.retrieve import Retrieval
@@ -228,6 +228,7 @@ async def retrieve(
                             async for _ in retrieval:
                                 progress.update(retrieval)
                         except RetrieveFailed as exc:
+                            assert isinstance(exc.response, DIMSEResponse)
                             outcome.failure = exc.response
                             outcome.failed_instances = list(exc.failed_instances)
                         else:

@@ -20,7 +20,7 @@ import struct
 import uuid
 from dataclasses import dataclass
 
-from ..errors import StorageError
+from ..errors import UIDPatchError
 from ..protocol import uids
 
 __all__ = [
@@ -46,10 +46,6 @@ _UNDEFINED = 0xFFFFFFFF
 _LONG_VRS = frozenset(
     {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 )
-
-
-class UIDPatchError(StorageError, ValueError):
-    """The data set's UIDs cannot be replaced in its encoded bytes."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,10 @@ Two families, after h11's split between what *we* did wrong and what the *peer* 
 
 Nothing else may escape :func:`asyncdicom.protocol.decode_pdu` or the framer: a decoder that
 hits an ``IndexError`` or ``struct.error`` on peer data has a bug.
+
+Both derive from :class:`DICOMError`, the base of every asyncdicom exception; it is defined
+here, in the lowest layer, so that the sans-IO core needs nothing above it.
+:mod:`asyncdicom.errors` names all of them, with the tree of the package's exceptions.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ __all__ = [
     "AbortReason",
     "AbortSource",
     "BadProtocolVersion",
+    "DICOMError",
     "DIMSEError",
     "InvalidItem",
     "InvalidPDU",
@@ -98,11 +103,16 @@ PRESENTATION_TEMPORARY_CONGESTION = 1
 PRESENTATION_LOCAL_LIMIT_EXCEEDED = 2
 
 
-class LocalProtocolError(Exception):
+class DICOMError(Exception):
+    """Base class of every asyncdicom exception (also importable from
+    :mod:`asyncdicom.errors`)."""
+
+
+class LocalProtocolError(DICOMError):
     """The local user asked for something not allowed in the current state (a caller bug)."""
 
 
-class ProtocolError(Exception):
+class ProtocolError(DICOMError):
     """Bytes from the peer are malformed or unexpected (PS3.8 event Evt19).
 
     :attr:`abort_reason` is the provider reason to put in the A-ABORT PDU that answers it.

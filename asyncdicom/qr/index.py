@@ -37,6 +37,7 @@ from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
 
+from ..errors import IndexDatabaseError, SchemaVersionError
 from .matching import INDEX_COLUMNS, LEVELS, Query, SqlColumn, index_value, sql_filter
 from .records import encode_explicit_le
 
@@ -177,19 +178,6 @@ class _Selection(NamedTuple):
     counts: tuple[int, ...]
     sop_classes: dict[int, list[str]] | None
     residual: tuple[int, ...]
-
-
-class IndexDatabaseError(Exception):
-    """The index file cannot be used: not an SQLite database, or not an index of this module."""
-
-
-class SchemaVersionError(IndexDatabaseError):
-    """The index file was written with a schema version this module does not know
-    (``found``), typically by a newer release."""
-
-    def __init__(self, message: str, *, found: int) -> None:
-        super().__init__(message)
-        self.found = found
 
 
 def _decode(blob: bytes) -> Dataset:

@@ -46,8 +46,8 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 
+from ..errors import IdentifierMismatch, ModelNotSupported, QueryError, UnableToProcess
 from ..protocol import uids
-from ..protocol.status import Status
 
 __all__ = [
     "INDEX_COLUMNS",
@@ -71,46 +71,6 @@ __all__ = [
 # ---------------------------------------------------------------------------------------------
 # Errors
 # ---------------------------------------------------------------------------------------------
-
-
-class QueryError(ValueError):
-    """A C-FIND identifier the SCP cannot answer; ``status`` is the failure status to send
-    (PS3.4 Table C.4-1), ``tag`` the offending element when there is one, for Offending
-    Element (0000,0901), and ``error_comment`` a short text for Error Comment (0000,0902)."""
-
-    status: int = int(Status.UNABLE_TO_PROCESS)
-
-    def __init__(self, message: str, *, tag: int | None = None) -> None:
-        super().__init__(message)
-        self.tag = tag
-
-    @property
-    def error_comment(self) -> str:
-        """The message, cut to the 64 characters an Error Comment (LO) holds."""
-        text = str(self)
-        return text if len(text) <= 64 else text[:61] + "..."
-
-
-class IdentifierMismatch(QueryError):
-    """The identifier does not fit the information model: Query/Retrieve Level missing, unknown
-    or not a level of the model, or a unique key of a level above missing or not single.
-    Answered with 0xA900, Identifier Does Not Match SOP Class."""
-
-    status = int(Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS)
-
-
-class UnableToProcess(QueryError):
-    """A key value with no meaning for matching (a malformed or reversed date range, a
-    non-numeric IS, a list of dates).  Answered with 0xC000, Unable to process."""
-
-    status = int(Status.UNABLE_TO_PROCESS)
-
-
-class ModelNotSupported(QueryError):
-    """Not a Query/Retrieve information model (name or FIND/GET/MOVE SOP Class UID).
-    Answered with 0x0122, SOP Class Not Supported."""
-
-    status = int(Status.SOP_CLASS_NOT_SUPPORTED)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -43,7 +43,14 @@ from pydicom.uid import generate_uid
 
 from ..association import Association, DIMSEResponse
 from ..correlation import Correlator, Pending
-from ..errors import AssociationError, DICOMError, NoAcceptedContext, TransportError
+from ..errors import (
+    AssociationError,
+    CommitmentRefused,
+    CommitmentTimeout,
+    DICOMError,
+    NoAcceptedContext,
+    TransportError,
+)
 from ..log import get_logger
 from ..protocol import messages, uids
 from ..protocol.negotiation import ContextRequest
@@ -168,24 +175,6 @@ class CommitmentResult:
     def ok(self) -> bool:
         """True when every instance was committed."""
         return not self.failed
-
-
-class CommitmentTimeout(DICOMError, TimeoutError):
-    """No N-EVENT-REPORT came for the transaction in time."""
-
-    def __init__(self, transaction_uid: str, timeout: float | None) -> None:
-        super().__init__(
-            f"no storage commitment report for transaction {transaction_uid} within {timeout} s"
-        )
-        self.transaction_uid = transaction_uid
-
-
-class CommitmentRefused(DICOMError):
-    """The SCP answered the N-ACTION with a failure status; ``response`` is its N-ACTION-RSP."""
-
-    def __init__(self, response: DIMSEResponse) -> None:
-        super().__init__(f"storage commitment request refused: {response}")
-        self.response = response
 
 
 def _key(transaction_uid: str) -> tuple[str, str]:

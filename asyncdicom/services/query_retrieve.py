@@ -38,7 +38,7 @@ from contextlib import asynccontextmanager
 from pydicom.dataset import Dataset
 
 from ..association import Association, DIMSEResponse, Operation
-from ..errors import DICOMError, NoAcceptedContext
+from ..errors import NoAcceptedContext, QueryFailed
 from ..protocol import messages
 from ..protocol.messages import Priority
 from ..protocol.negotiation import PresentationContext
@@ -85,14 +85,6 @@ def find_model_uid(model: str) -> str:
     raise ValueError(
         f"unknown Query/Retrieve model {model!r} (one of {', '.join(QUERY_MODELS)}, or its UID)"
     )
-
-
-class QueryFailed(DICOMError):
-    """The SCP ended a C-FIND with a Failure status; ``response`` is its final response."""
-
-    def __init__(self, response: DIMSEResponse) -> None:
-        super().__init__(f"C-FIND failed: {response}")
-        self.response = response
 
 
 def _no_handler(message: messages.RequestMessage) -> messages.ResponseMessage:

@@ -61,7 +61,7 @@ import anyio
 from pydicom.dataset import Dataset
 
 from ..association import Association, DIMSEResponse, Operation
-from ..errors import DICOMError
+from ..errors import DICOMError, RetrieveFailed
 from ..log import get_logger
 from ..protocol import messages, uids
 from ..protocol.messages import Priority
@@ -132,17 +132,6 @@ def retrieve_model_uid(model: str, operation: Literal["get", "move"]) -> str:
         f"unknown Query/Retrieve model {model!r} for {operation.upper()} "
         f"(one of {', '.join(table)}, or its UID)"
     )
-
-
-class RetrieveFailed(DICOMError):
-    """The SCP ended a C-GET or C-MOVE with a Failure status; ``response`` is its final
-    response (``failed_instances`` the Failed SOP Instance UID List it carried)."""
-
-    def __init__(self, response: DIMSEResponse, failed_instances: list[str]) -> None:
-        name = response.message.NAME.removesuffix("-RSP")
-        super().__init__(f"{name} failed: {response}")
-        self.response = response
-        self.failed_instances = failed_instances
 
 
 # ---------------------------------------------------------------------- SCP: defaults

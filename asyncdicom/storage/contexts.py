@@ -34,7 +34,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 
-from ..errors import DICOMError
+from ..errors import TooManyPresentationContexts
 from ..protocol import uids
 from ..protocol.negotiation import ContextRequest
 from .files import Part10Source, read_part10_for_send
@@ -51,22 +51,6 @@ MAX_PRESENTATION_CONTEXTS = 128
 
 #: what an uncompressed file may be converted to when its own syntax is refused
 _FALLBACK_SYNTAXES = (uids.EXPLICIT_VR_LITTLE_ENDIAN, uids.IMPLICIT_VR_LITTLE_ENDIAN)
-
-
-class TooManyPresentationContexts(DICOMError, ValueError):
-    """The files need more presentation contexts than one association can carry (128).
-
-    ``needed`` is how many they need.
-    """
-
-    def __init__(self, needed: int) -> None:
-        self.needed = needed
-        super().__init__(
-            f"{needed} presentation contexts needed (one per SOP class and transfer syntax, "
-            f"plus one conversion fallback per SOP class with uncompressed files): more than "
-            f"the {MAX_PRESENTATION_CONTEXTS} one association can carry; send the files in "
-            "several batches"
-        )
 
 
 def contexts_for_syntaxes(pairs: Iterable[tuple[str, str]]) -> list[ContextRequest]:
