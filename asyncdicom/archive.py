@@ -80,7 +80,8 @@ from .services.commitment import (
     CommitmentSCP,
 )
 from .services.storage import save_request, store_failure_status
-from .storage.files import StoredFile, prune_empty_folders, read_header
+from .storage.codec import read_header
+from .storage.writer import StoredFile, prune_empty_folders
 
 __all__ = [
     "DEFAULT_DB_NAME",

@@ -355,7 +355,7 @@ class DIMSEResponse:
         """The data set (identifier) decoded with pydicom, or ``None`` if there is none."""
         if self.dataset is None:
             return None
-        from .storage.files import decode_dataset
+        from .storage.codec import decode_dataset
 
         ts = self.context.transfer_syntax if self.context is not None else None
         return decode_dataset(self.dataset, ts or "")

@@ -173,3 +173,32 @@ def test_the_driver_names_no_specific_service() -> None:
         "sop_class_uid",
     }
     assert specific <= generic, specific
+
+
+def _runtime_imports(path: Path) -> set[str]:
+    """The modules imported by ``path`` anywhere but under ``if TYPE_CHECKING:``."""
+    found: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            for child in node.orelse:
+                visit(child)
+            return
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            found.add(node.module)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(ast.parse(path.read_text(), str(path)))
+    return found
+
+
+def test_only_the_codec_of_the_part10_modules_imports_pydicom() -> None:
+    storage = PACKAGE / "storage"
+    for name in ("names", "meta", "writer", "reader", "inflate", "tags", "files", "codec"):
+        uses_pydicom = any(
+            m.split(".")[0] == "pydicom" for m in _runtime_imports(storage / f"{name}.py")
+        )
+        assert uses_pydicom == (name == "codec"), name

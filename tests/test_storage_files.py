@@ -1354,10 +1354,10 @@ def test_prune_empty_folders_stops_at_a_folder_in_use_and_at_the_root(tmp_path: 
 def test_sorted_commit_makes_the_folders_again_if_pruned_meanwhile(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from asyncdicom.storage import files
+    from asyncdicom.storage import writer
 
     ds = make_ct_instance(64, patient_id="P1")
-    real_place = files._place
+    real_place = writer._place
     calls: list[Path] = []
 
     def place_after_a_prune(temp: Path, final: Path, policy: Any) -> Any:
@@ -1367,7 +1367,7 @@ def test_sorted_commit_makes_the_folders_again_if_pruned_meanwhile(
             assert not final.parent.exists()
         return real_place(temp, final, policy)
 
-    monkeypatch.setattr(files, "_place", place_after_a_prune)
+    monkeypatch.setattr(writer, "_place", place_after_a_prune)
     stored = _commit_dataset(tmp_path, ds)
     assert len(calls) == 2 and stored.exists()
     assert stored.relative_to(tmp_path.resolve()).parts[0] == "P1"

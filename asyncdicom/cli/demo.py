@@ -28,7 +28,7 @@ from pydicom.dataset import Dataset
 
 from .. import __version__
 from ..ae import AE
-from ..errors import DICOMError
+from ..errors import DICOMError, StorageError
 from ..presets import (
     qr_supported,
     retrieve_contexts,
@@ -39,12 +39,11 @@ from ..protocol import uids
 from ..protocol.status import describe
 from ..services.commitment import CommitmentSCP, CommitmentTimeout
 from ..storage.contexts import contexts_for_files
-from ..storage.files import StorageError
 from .common import add_common, ok
 
 if TYPE_CHECKING:
     from ..protocol.negotiation import ContextRequest
-    from ..storage.files import Part10Source
+    from ..storage.reader import Part10Source
 
 __all__ = ["SAMPLE_FILES", "add_parser", "run"]
 
@@ -93,7 +92,8 @@ class _Sample:
 
 
 def _samples() -> list[_Sample]:
-    from ..storage.files import InvalidDicomFile, read_part10_for_send
+    from ..errors import InvalidDicomFile
+    from ..storage.reader import read_part10_for_send
 
     folder = sample_folder()
     samples = []

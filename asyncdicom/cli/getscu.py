@@ -17,7 +17,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ..storage.files import is_valid_uid
+from ..storage.names import is_valid_uid
 from .common import add_common, add_scu, err, notice
 from .retrieve_app import MAX_CONTEXTS, add_identifier_options, finish, identifier, retrieve
 from .storescp import add_file_options, output_folder, prepare_output_folder

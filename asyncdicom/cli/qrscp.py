@@ -32,7 +32,7 @@ import anyio
 from ..ae import AE
 from ..archive import Archive, qrscp_config
 from ..qr import IndexDatabaseError
-from ..storage.files import remove_stale_temp_files
+from ..storage.writer import remove_stale_temp_files
 from .common import (
     access_control,
     add_access_control,

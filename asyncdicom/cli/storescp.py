@@ -26,7 +26,7 @@ from ..ae import AE
 from ..errors import StorageError
 from ..hooks import HookEvent
 from ..services.storage import save_request, store_failure_status
-from ..storage.files import DUPLICATE_POLICIES, LAYOUTS, remove_stale_temp_files
+from ..storage.writer import DUPLICATE_POLICIES, LAYOUTS, remove_stale_temp_files
 from .common import (
     access_control,
     add_access_control,

@@ -45,19 +45,25 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from ..errors import AssociationError, DICOMError, NoAcceptedContext, TransportError
+from ..errors import (
+    AssociationError,
+    DICOMError,
+    InvalidDicomFile,
+    NoAcceptedContext,
+    StorageError,
+    TransportError,
+)
 from ..log import get_logger, json_logging
 from ..protocol import uids
 from ..protocol.status import StatusCategory, category, describe
 from ..storage.contexts import contexts_for_syntaxes
-from ..storage.files import InvalidDicomFile, StorageError
 from .common import CLIError, add_common, add_scu, describe_error, err, notice, positive_int, scu_ae
 
 if TYPE_CHECKING:
     from ..ae import AE
     from ..protocol.negotiation import ContextRequest
     from ..services import ServiceAssociation
-    from ..storage.files import Part10Source
+    from ..storage.reader import Part10Source
 
 __all__ = ["add_parser", "run"]
 
@@ -332,7 +338,7 @@ def _os_reason(exc: OSError) -> str:
 
 def _scan(paths: list[Path], report: _Report) -> list[_StoreItem]:
     """Locate the data set of each file (worker thread: one hop for all of them)."""
-    from ..storage.files import read_part10_for_send
+    from ..storage.reader import read_part10_for_send
 
     items = []
     for path in paths:

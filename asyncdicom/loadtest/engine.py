@@ -67,7 +67,7 @@ from ..services.commitment import STORAGE_COMMITMENT, CommitmentTimeout
 from ..services.query_retrieve import find_model_uid
 from ..services.retrieve import retrieve_model_uid
 from ..storage.contexts import contexts_for_files
-from ..storage.files import Part10Source, read_part10_for_send
+from ..storage.reader import Part10Source, read_part10_for_send
 from .newuids import SOP_INSTANCE_UID, UIDLocations, UIDSource, locate_uids, patch_uids
 
 __all__ = [

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from ..errors import UIDPatchError
 from ..protocol import uids
+from ..storage.tags import LONG_LENGTH_VRS
 
 __all__ = [
     "SERIES_INSTANCE_UID",
@@ -43,9 +44,7 @@ _ITEM = 0xFFFEE000
 _ITEM_END = 0xFFFEE00D
 _SEQUENCE_END = 0xFFFEE0DD
 _UNDEFINED = 0xFFFFFFFF
-_LONG_VRS = frozenset(
-    {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
-)
+_LONG_VRS = LONG_LENGTH_VRS
 
 
 @dataclass(frozen=True, slots=True)

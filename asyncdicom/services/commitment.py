@@ -198,7 +198,7 @@ def _instance_uids(item: Any) -> tuple[str, str]:
 
         return _sop_uids(item)
     if isinstance(item, (str, os.PathLike)):
-        from ..storage.files import read_part10_for_send
+        from ..storage.reader import read_part10_for_send
 
         source = read_part10_for_send(Path(item))
         return source.sop_class_uid, source.sop_instance_uid

@@ -26,7 +26,7 @@ from .base import HandlerRegistry, Service, is_async_callable, make_response
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
-    from ..storage.files import DuplicatePolicy, Layout, StoredFile
+    from ..storage.writer import DuplicatePolicy, Layout, StoredFile
 
 __all__ = ["ServiceDispatcher", "ServiceRequest"]
 
@@ -53,7 +53,7 @@ class ServiceRequest(IncomingRequest):
         when accessed; the file is gone as soon as the returned Dataset is.  Memory stays
         bounded whatever the peer sends.
         """
-        from ..storage.files import decode_dataset, decode_spooled_dataset
+        from ..storage.codec import decode_dataset, decode_spooled_dataset
 
         association = self.association
         config = association.config
@@ -91,7 +91,7 @@ class ServiceRequest(IncomingRequest):
 
     def decode(self) -> Dataset:
         """For plain-function (threaded) handlers: :attr:`data` decoded with pydicom."""
-        from ..storage.files import decode_dataset
+        from ..storage.codec import decode_dataset
 
         return decode_dataset(self.data or b"", self.context.transfer_syntax or "")
 
@@ -122,7 +122,7 @@ def _new_spool(directory: str | None) -> Any:
 def _encode(dataset: Any, context: PresentationContext) -> DatasetSource:
     if isinstance(dataset, (bytes, bytearray, memoryview)):
         return dataset
-    from ..storage.files import encode_dataset
+    from ..storage.codec import encode_dataset
 
     return encode_dataset(dataset, context.transfer_syntax or "")
 

@@ -359,7 +359,7 @@ class MPPSSCP:
 
 
 def _is_uid(value: str) -> bool:
-    from ..storage.files import is_valid_uid
+    from ..storage.names import is_valid_uid
 
     return is_valid_uid(value)
 
@@ -367,7 +367,9 @@ def _is_uid(value: str) -> bool:
 def _write_step(folder: Path, uid: str, step: Dataset) -> None:
     """Write ``step`` as ``folder/<uid>.mpps`` (Part 10, Explicit VR Little Endian),
     atomically: a temporary file, flushed to disk, then renamed over the old one."""
-    from ..storage.files import encode_dataset, encode_file_meta, safe_filename
+    from ..storage.codec import encode_dataset
+    from ..storage.meta import encode_file_meta
+    from ..storage.names import safe_filename
 
     ts = uids.EXPLICIT_VR_LITTLE_ENDIAN
     data = (

@@ -169,7 +169,7 @@ def identifier_context(
         raise NoAcceptedContext(f"no accepted presentation context for the {what} ({sop_class})")
     if isinstance(identifier, (bytes, bytearray, memoryview)):
         return context, bytes(identifier)
-    from ..storage.files import encode_dataset
+    from ..storage.codec import encode_dataset
 
     return context, encode_dataset(identifier, context.transfer_syntax or "")
 

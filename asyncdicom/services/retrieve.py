@@ -74,7 +74,7 @@ from .query_retrieve import OperationResults, identifier_context
 from .storage import store
 
 if TYPE_CHECKING:
-    from ..storage.files import DuplicatePolicy, Layout, StoredFile
+    from ..storage.writer import DuplicatePolicy, Layout, StoredFile
 
 __all__ = [
     "GET_MODELS",
@@ -241,7 +241,8 @@ class _Instance:
 
 def _describe(item: Any) -> _Instance:
     """The :class:`_Instance` of a handler's item (reads a file's header: run in a thread)."""
-    from ..storage.files import InvalidDataset, Part10Source, read_part10_for_send
+    from ..errors import InvalidDataset
+    from ..storage.reader import Part10Source, read_part10_for_send
     from .storage import _sop_uids
 
     if isinstance(item, (str, os.PathLike)):

@@ -25,16 +25,15 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from ..association import Association, DIMSEResponse, IncomingRequest
-from ..errors import NoAcceptedContext
+from ..errors import InvalidDataset, NoAcceptedContext
 from ..protocol import messages
 from ..protocol.status import Status
 from ..protocol.uids import UNCOMPRESSED_TRANSFER_SYNTAXES, is_storage_sop_class
-from ..storage.files import InvalidDataset
 from .base import Service
 
 if TYPE_CHECKING:
-    from ..storage.files import DuplicatePolicy, Layout, Part10Writer, StoredFile
     from ..storage.structure import StructureCheck
+    from ..storage.writer import DuplicatePolicy, Layout, Part10Writer, StoredFile
 
 __all__ = [
     "SEND_WHOLE_LIMIT",
@@ -132,7 +131,8 @@ async def store(
     ``dataset_or_path``: a pydicom Dataset, a path, or a
     :class:`~asyncdicom.storage.files.Part10Source` (its ``data`` is sent if loaded).
     """
-    from ..storage.files import Part10Source, encode_dataset, read_part10_for_send, transcode
+    from ..storage.codec import encode_dataset
+    from ..storage.reader import Part10Source, read_part10_for_send, transcode
 
     data: Any
     if isinstance(dataset_or_path, (str, os.PathLike, Part10Source)):
@@ -253,8 +253,8 @@ async def save_request(
     once the last fragment is in (in the event loop's thread, unless
     ``AEConfig.file_io_in_threads`` or the sorted layout, which parses the header).
     """
-    from ..storage.files import Part10Writer
     from ..storage.structure import StructureCheck
+    from ..storage.writer import Part10Writer
 
     message = request.message
     assert isinstance(message, messages.CStoreRQ)

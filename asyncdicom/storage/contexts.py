@@ -37,7 +37,7 @@ from collections.abc import Iterable
 from ..errors import TooManyPresentationContexts
 from ..protocol import uids
 from ..protocol.negotiation import ContextRequest
-from .files import Part10Source, read_part10_for_send
+from .reader import Part10Source, read_part10_for_send
 
 __all__ = [
     "MAX_PRESENTATION_CONTEXTS",

@@ -42,12 +42,13 @@ import zlib
 
 from pydicom.datadict import dictionary_VR, keyword_dict
 
+from ..errors import InvalidDataset
 from ..protocol.uids import (
     DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
     EXPLICIT_VR_BIG_ENDIAN,
     IMPLICIT_VR_LITTLE_ENDIAN,
 )
-from .files import InvalidDataset
+from . import tags
 
 __all__ = ["StructureCheck"]
 
@@ -56,9 +57,7 @@ _JPIP_REFERENCED_DEFLATE = "1.2.840.10008.1.2.4.95"
 _DEFLATED = frozenset({DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN, _JPIP_REFERENCED_DEFLATE})
 
 #: explicit VRs with a 2-byte reserved field and a 4-byte length (PS3.5 Table 7.1-1)
-_LONG_VRS = frozenset(
-    {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
-)
+_LONG_VRS = tags.LONG_LENGTH_VRS
 #: the other VRs of PS3.5 Table 6.2-1 (2-byte length); an unknown VR must at least be two
 #: upper-case letters (it is read with a 2-byte length, as a reader of an older edition would)
 _SHORT_VRS = frozenset(
@@ -71,7 +70,7 @@ _UNDEFINED = 0xFFFFFFFF
 _ITEM = 0xE000
 _ITEM_END = 0xE00D
 _SEQUENCE_END = 0xE0DD
-_PIXEL_DATA = 0x7FE00010
+_PIXEL_DATA = tags.PIXEL_DATA
 
 # What an open container holds; each stack entry is (kind, explicit VR inside, stream offset
 # of its end, or -1 for undefined length: then it ends at its delimiter).
@@ -84,8 +83,8 @@ _FRAGMENTS = 2  # items of defined length (offset table, fragments), up to a seq
 _SEQUENCE_TAGS = frozenset(tag for tag in keyword_dict.values() if dictionary_VR(tag) == "SQ")
 
 #: SOP Class UID and SOP Instance UID: their values at the top level are kept (sop_uids)
-_SOP_CLASS_TAG = 0x00080016
-_SOP_INSTANCE_TAG = 0x00080018
+_SOP_CLASS_TAG = tags.SOP_CLASS_UID
+_SOP_INSTANCE_TAG = tags.SOP_INSTANCE_UID
 _CAPTURED_TAGS = frozenset({_SOP_CLASS_TAG, _SOP_INSTANCE_TAG})
 #: bytes kept of such a value at most (a UID has 64)
 _CAPTURE_LIMIT = 256

@@ -17,7 +17,7 @@ from pathlib import Path
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
-from .files import safe_filename
+from .names import safe_filename
 
 __all__ = ["CT_IMAGE_STORAGE", "make_ct_instance", "write_ct_files"]
 
