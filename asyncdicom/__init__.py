@@ -1,7 +1,9 @@
 """asyncdicom: DICOM networking (PS3.8 Upper Layer and PS3.7 DIMSE) on async I/O.
 
 The async API (:class:`AE`, :class:`Association`) runs on asyncio and trio through anyio; the
-sans-IO protocol core is :mod:`asyncdicom.protocol`.
+sans-IO protocol core is :mod:`asyncdicom.protocol`.  Every exception is in
+:mod:`asyncdicom.errors`; what services and dispatchers are built from (the extension API) is in
+:mod:`asyncdicom.lowlevel`.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ __version__ = "0.1.0"
 
 from . import presets
 from .ae import AE, Server
-from .association import DIMSEResponse, IncomingRequest, Operation
+from .association import DIMSEResponse, Operation
 from .config import AEConfig, Timeouts
 from .hooks import HookEvent
 from .protocol import uids
@@ -18,6 +20,7 @@ from .protocol.messages import Priority
 from .protocol.negotiation import ContextRequest, IdentityDecision, SupportedContext
 from .protocol.status import Status, StatusCategory
 from .services import (
+    Association,
     FindResults,
     HandlerRegistry,
     QueryFailed,
@@ -26,7 +29,6 @@ from .services import (
     Service,
     ServiceRequest,
 )
-from .services import ServiceAssociation as Association
 from .storage.contexts import TooManyPresentationContexts, contexts_for_files
 
 __all__ = [
@@ -39,7 +41,6 @@ __all__ = [
     "HandlerRegistry",
     "HookEvent",
     "IdentityDecision",
-    "IncomingRequest",
     "Operation",
     "Priority",
     "QueryFailed",
@@ -58,3 +59,20 @@ __all__ = [
     "presets",
     "uids",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # moved to the extension API; the old name works for one release
+    if name == "IncomingRequest":
+        import warnings
+
+        from .lowlevel import IncomingRequest
+
+        warnings.warn(
+            "asyncdicom.IncomingRequest is deprecated: use asyncdicom.lowlevel.IncomingRequest "
+            "(handlers receive an asyncdicom.ServiceRequest)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return IncomingRequest
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -32,7 +32,7 @@ import anyio
 from anyio.abc import ByteStream, TaskStatus
 
 from . import errors, transport
-from .association import Association
+from .association import BaseAssociation
 from .config import DEFAULT_TRANSFER_SYNTAXES, AEConfig, Timeouts
 from .correlation import Correlator
 from .hooks import HookEvent, Hooks
@@ -65,15 +65,10 @@ from .protocol.pdu import (
 )
 from .protocol.upper_layer import Role
 from .refusal import Refusal, RefusalRule
-from .services import (
-    DEFAULT_SERVICES,
-    HandlerRegistry,
-    Service,
-    ServiceAssociation,
-    ServiceDispatcher,
-    call,
-)
+from .services import DEFAULT_SERVICES, Association, HandlerRegistry, Service
+from .services.base import call
 from .services.commitment import STORAGE_COMMITMENT, CommitmentResult, receive_report
+from .services.dispatch import ServiceDispatcher
 from .users import Lockout, LockoutAttempt, identity_user_name
 
 __all__ = [
@@ -133,7 +128,7 @@ class Server:
         self._scope = cancel_scope
 
     @property
-    def associations(self) -> frozenset[Association]:
+    def associations(self) -> frozenset[BaseAssociation]:
         """The associations this server accepted that are still open."""
         return frozenset(a for a in self.ae._associations if a.role is Role.ACCEPTOR)
 
@@ -185,7 +180,7 @@ class AE:
         #: how long an identity check takes, smoothed (a lock-out refusal takes as long)
         self._identity_check_time = 0.0
         #: why this AE refused an association, for :meth:`refusal`
-        self._refusals: weakref.WeakKeyDictionary[Association, Refusal] = (
+        self._refusals: weakref.WeakKeyDictionary[BaseAssociation, Refusal] = (
             weakref.WeakKeyDictionary()
         )
         #: called with ``(peer_host, peer_port, error)`` when a TLS handshake of the acceptor
@@ -193,7 +188,7 @@ class AE:
         #: whose exceptions are logged
         self.tls_failure_callbacks: list[TLSFailureCallback] = []
         self._extended_negotiation: ExtendedNegotiationCallback | None = None
-        self._associations: set[Association] = set()
+        self._associations: set[BaseAssociation] = set()
         #: connections that ended because of an unexpected error in asyncdicom itself (each is
         #: logged; the server goes on serving the others)
         self.internal_errors = 0
@@ -284,7 +279,7 @@ class AE:
             self.identity_lockout = lockout
         return handler
 
-    def refusal(self, association: Association) -> Refusal | None:
+    def refusal(self, association: BaseAssociation) -> Refusal | None:
         """Why this AE, as acceptor, refused ``association`` (``None`` if it did not): known
         from the moment the A-ASSOCIATE-RJ is sent, so an ``ASSOCIATION_REJECTED`` hook can
         ask.  Also for an RQ the protocol layer refused before the AE saw it (rule
@@ -337,7 +332,7 @@ class AE:
         extended_negotiation: Sequence[SOPClassExtendedNegotiationSubItem] = (),
         common_extended_negotiation: Sequence[SOPClassCommonExtendedNegotiationSubItem] = (),
         ssl_context: ssl.SSLContext | None = None,
-    ) -> AsyncIterator[ServiceAssociation]:
+    ) -> AsyncIterator[Association]:
         """Open an association to ``host:port`` and release it when the block ends.
 
         ``contexts`` are SOP class UIDs (proposed with Explicit and Implicit VR Little Endian),
@@ -390,7 +385,7 @@ class AE:
         async_ops_window: tuple[int, int] | None = None,
         extended_negotiation: Sequence[SOPClassExtendedNegotiationSubItem] = (),
         common_extended_negotiation: Sequence[SOPClassCommonExtendedNegotiationSubItem] = (),
-    ) -> AsyncIterator[ServiceAssociation]:
+    ) -> AsyncIterator[Association]:
         """As :meth:`associate`, over a byte stream that is already open (a TLS stream, an
         in-memory pipe as :mod:`asyncdicom.testing` uses, ...)."""
         rq = self._build_rq(
@@ -434,9 +429,9 @@ class AE:
     @asynccontextmanager
     async def _associate_on(
         self, stream: ByteStream, rq: AssociateRQ, called_aet: str, where: str
-    ) -> AsyncIterator[ServiceAssociation]:
+    ) -> AsyncIterator[Association]:
         cfg = self.config
-        assoc = ServiceAssociation(self, stream, Role.REQUESTOR, dispatcher=self._dispatcher)
+        assoc = Association(self, stream, Role.REQUESTOR, dispatcher=self._dispatcher)
         assoc._request = rq
         assoc.log = assoc.log.bind(called_aet=called_aet)
         self.hooks.emit(HookEvent.CONNECTION_OPENED, assoc)
@@ -541,7 +536,7 @@ class AE:
             extended_negotiation_handler=extended_negotiation or cfg.extended_negotiation_handler,
         )
 
-    async def _over_limit(self, assoc: Association, rq: AssociateRQ) -> bool:
+    async def _over_limit(self, assoc: BaseAssociation, rq: AssociateRQ) -> bool:
         """Acceptor: reject ``rq`` (transient, source 3, reason 2: local limit exceeded) when
         ``max_associations`` or ``max_associations_per_calling_ae`` is reached; True if so."""
         # Count only associations still in use: one that is released (A-RELEASE-RP already
@@ -579,7 +574,7 @@ class AE:
         return True
 
     async def _refuse(
-        self, assoc: Association, rq: AssociateRQ, rj: AssociateRJ, refusal: Refusal
+        self, assoc: BaseAssociation, rq: AssociateRQ, rj: AssociateRJ, refusal: Refusal
     ) -> None:
         """Acceptor: send ``rj``, remembering why (:meth:`refusal`, for the hooks), and log it
         as one warning."""
@@ -597,7 +592,7 @@ class AE:
         )
 
     async def _check_identity(
-        self, assoc: Association, rq: AssociateRQ, item: UserIdentityRQSubItem
+        self, assoc: BaseAssociation, rq: AssociateRQ, item: UserIdentityRQSubItem
     ) -> tuple[IdentityDecision, tuple[str, ...]]:
         """Acceptor: the identity handler's decision, through the lock-out if there is one;
         and what is locked out (``()`` when the handler decided)."""
@@ -637,7 +632,7 @@ class AE:
                         duration=lockout.duration,
                     )
 
-    async def _on_association_requested(self, assoc: Association, rq: AssociateRQ) -> None:
+    async def _on_association_requested(self, assoc: BaseAssociation, rq: AssociateRQ) -> None:
         """Acceptor: answer an A-ASSOCIATE-RQ (limits, identity, negotiation)."""
         self.hooks.emit(HookEvent.ASSOCIATION_REQUESTED, assoc, request=rq)
         assoc.log = assoc.log.bind(calling_aet=rq.calling_ae_title, called_aet=rq.called_ae_title)
@@ -688,7 +683,7 @@ class AE:
 
     async def _handle_connection(self, stream: ByteStream) -> None:
         transport.set_nodelay(stream)
-        assoc = ServiceAssociation(self, stream, Role.ACCEPTOR, dispatcher=self._dispatcher)
+        assoc = Association(self, stream, Role.ACCEPTOR, dispatcher=self._dispatcher)
         self.hooks.emit(HookEvent.CONNECTION_OPENED, assoc)
         assoc.log.debug("connection_opened")
         try:

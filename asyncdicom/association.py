@@ -1,4 +1,4 @@
-"""The anyio driver: one :class:`Association` pumps one sans-IO :class:`UpperLayer`.
+"""The anyio driver: one :class:`BaseAssociation` pumps one sans-IO :class:`UpperLayer`.
 
 The driver knows the DICOM Upper Layer and DIMSE *operations* (requests and their responses),
 never a specific service: what to do with a request from the peer is decided by the
@@ -22,7 +22,7 @@ Shape of a running association (PS3.8 section 9 for the machine, PS3.7 for DIMSE
   a message in progress; ACSE and DIMSE timeouts wrap the awaits that they bound.  An idle
   association sleeps in ``receive()``.
 
-Operations we invoke (:meth:`Association.invoke`, :meth:`Association.request`): leaving one
+Operations we invoke (:meth:`BaseAssociation.invoke`, :meth:`BaseAssociation.request`): leaving one
 before its final response sends C-CANCEL-RQ where the service has one (C-FIND, C-GET, C-MOVE)
 and keeps matching the peer's late responses; the association stays usable, and is aborted only
 if the peer does not finish the operation within the DIMSE timeout.  A request whose own
@@ -40,7 +40,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 from anyio.abc import ByteStream, TaskGroup
@@ -80,8 +80,11 @@ from .protocol.upper_layer import Role, UpperLayer
 from .refusal import Refusal, RefusalRule
 from .transport import close_forcefully, close_quietly, peer_address, tls_alert
 
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
 __all__ = [
-    "Association",
+    "BaseAssociation",
     "DIMSEResponse",
     "Dispatcher",
     "IncomingRequest",
@@ -126,7 +129,9 @@ class Owner(Protocol):
     def hooks(self) -> Hooks:
         """Observers of connection, association, PDU and DIMSE events."""
 
-    async def _on_association_requested(self, association: Association, rq: AssociateRQ) -> None:
+    async def _on_association_requested(
+        self, association: BaseAssociation, rq: AssociateRQ
+    ) -> None:
         """Acceptor: answer the peer's A-ASSOCIATE-RQ (``association._accept``/``_reject``)."""
 
 
@@ -136,7 +141,7 @@ class Dispatcher(Protocol):
 
     def answer_now(
         self,
-        association: Association,
+        association: BaseAssociation,
         context: PresentationContext,
         message: messages.RequestMessage,
     ) -> messages.ResponseMessage | None:
@@ -145,7 +150,7 @@ class Dispatcher(Protocol):
 
     def new_request(
         self,
-        association: Association,
+        association: BaseAssociation,
         context: PresentationContext,
         message: messages.RequestMessage,
         data: MemoryObjectReceiveStream[memoryview] | None,
@@ -176,7 +181,7 @@ class IncomingRequest:
 
     def __init__(
         self,
-        association: Association,
+        association: BaseAssociation,
         context: PresentationContext,
         message: messages.RequestMessage,
         data: MemoryObjectReceiveStream[memoryview] | None,
@@ -351,8 +356,13 @@ class DIMSEResponse:
         """Offending Element (0000,0901) tags, if the peer sent them."""
         return getattr(self.message, "offending_element", None)
 
-    def decode(self) -> Any:
-        """The data set (identifier) decoded with pydicom, or ``None`` if there is none."""
+    def decode(self) -> Dataset | None:
+        """The data set (identifier) decoded with pydicom, or ``None`` if there is none.
+
+        Raises:
+            InvalidDicomFile: the bytes cannot be decoded.
+            UnsupportedTransferSyntax: the context's transfer syntax is unknown.
+        """
         if self.dataset is None:
             return None
         from .storage.codec import decode_dataset
@@ -417,14 +427,14 @@ class Operation:
     """An operation we invoked: iterate over its responses with ``async for`` (Pending ones,
     then the final one); :attr:`final` holds the final response once it has arrived.
 
-    Obtained from :meth:`Association.invoke`; leaving that block before the final response
+    Obtained from :meth:`BaseAssociation.invoke`; leaving that block before the final response
     cancels the operation (C-CANCEL-RQ where the service has one) and waits for the final
     response, within the DIMSE timeout.
     """
 
     def __init__(
         self,
-        association: Association,
+        association: BaseAssociation,
         context: PresentationContext,
         request: messages.RequestMessage,
         waiter: _Waiter,
@@ -468,14 +478,16 @@ class Operation:
 # ---------------------------------------------------------------------- the association
 
 
-class Association:
-    """One DICOM association over one transport stream (either role).
+class BaseAssociation:
+    """One DICOM association over one transport stream (either role): the driver.
 
-    Obtain one with :meth:`asyncdicom.AE.associate` (requestor) or in a handler from
+    The AE hands out :class:`asyncdicom.Association`, this class with every service's SCU
+    helpers (``echo()``, ``store()``, ...) mixed in (:mod:`asyncdicom.services`); obtain one
+    with :meth:`asyncdicom.AE.associate` (requestor) or in a handler from
     ``request.association`` (acceptor).  This class offers the generic DIMSE primitives
-    (:meth:`invoke`, :meth:`request`, :meth:`send_message`); the service methods
-    (``echo()``, ``store()``, ...) come from :mod:`asyncdicom.services`, whose
-    :class:`~asyncdicom.services.ServiceAssociation` is what the AE hands out.
+    (:meth:`invoke`, :meth:`request`, :meth:`send_message`) that the services build on.
+    Called ``Association`` before; that name still works here, with a
+    :class:`DeprecationWarning`, for one release.
     """
 
     def __init__(
@@ -1684,3 +1696,18 @@ class Association:
             if not waiter.closed:
                 await self._give_up(Operation(self, context, message, waiter))
             raise
+
+
+def __getattr__(name: str) -> object:
+    # the driver class's old name, now that ``Association`` is the one the AE hands out
+    if name == "Association":
+        import warnings
+
+        warnings.warn(
+            "asyncdicom.association.Association is now asyncdicom.lowlevel.BaseAssociation "
+            "(asyncdicom.Association is the association the AE hands out)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return BaseAssociation
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -38,6 +38,8 @@ The tree::
     ├── StorageError                          a file or data set cannot be read or written
     │   ├── InvalidDicomFile
     │   ├── InvalidDataset (ValueError)
+    │   │   ├── EmptyDataSet                  a C-STORE-RQ without a data set
+    │   │   └── DataSetMismatch               its SOP UIDs are not the request's
     │   ├── TranscodeError
     │   │   └── UnsupportedTransferSyntax
     │   └── UIDPatchError (ValueError)
@@ -52,7 +54,8 @@ The tree::
     ├── IndexDatabaseError                    the Query/Retrieve index file cannot be used
     │   └── SchemaVersionError
     ├── UsersFileError (ValueError)           a users file cannot be read or parsed
-    └── AuditLogError (OSError)               the audit log cannot be appended to
+    ├── AuditLogError (OSError)               the audit log cannot be appended to
+    └── WorkerFailed (RuntimeError)           a load-test worker process could not run
 """
 
 from __future__ import annotations
@@ -90,6 +93,8 @@ __all__ = [
     "DICOMError",
     "DIMSEError",
     "DIMSETimeout",
+    "DataSetMismatch",
+    "EmptyDataSet",
     "IdentifierMismatch",
     "IndexDatabaseError",
     "InvalidDataset",
@@ -119,6 +124,7 @@ __all__ = [
     "UnrecognizedPDU",
     "UnsupportedTransferSyntax",
     "UsersFileError",
+    "WorkerFailed",
 ]
 
 
@@ -241,6 +247,17 @@ class InvalidDicomFile(StorageError):
 class InvalidDataset(StorageError, ValueError):
     """A data set lacks what the operation needs, e.g. a C-STORE of a data set without SOP
     Class UID (0008,0016) or SOP Instance UID (0008,0018)."""
+
+
+class EmptyDataSet(InvalidDataset):
+    """A C-STORE-RQ without a data set, or with an empty one: nothing is stored (a handler
+    that lets it through answers 0xC000, Cannot Understand)."""
+
+
+class DataSetMismatch(InvalidDataset):
+    """The data set's SOP Class UID or SOP Instance UID is not the one of its C-STORE-RQ
+    (PS3.3 C.12.1.1.1: they shall be equal): nothing is stored (a handler that lets it
+    through answers 0xA900, Data Set does not match SOP Class, as DCMTK's storescp does)."""
 
 
 class TranscodeError(StorageError):
@@ -401,3 +418,8 @@ class UsersFileError(DICOMError, ValueError):
 
 class AuditLogError(DICOMError, OSError):
     """The audit log file cannot be opened for appending."""
+
+
+class WorkerFailed(DICOMError, RuntimeError):
+    """A load-test worker process could not run its share (its error line, or how it
+    ended); see :func:`asyncdicom.loadtest.run_in_processes`."""

@@ -341,7 +341,7 @@ class UserStore:
             return handler
 
         async def with_fallback(rq: AssociateRQ, item: UserIdentityRQSubItem) -> IdentityDecision:
-            from .services import call
+            from .services.base import call
 
             decision: IdentityDecision
             if item.identity_type in (USERNAME, USERNAME_AND_PASSCODE):

@@ -22,8 +22,7 @@ from pydicom.dataset import Dataset
 from test_cli import CLI, ENV, GUARD, StoreSCPProcess, err, out, run_cli
 from test_cli_storescu import without_file_permission_override
 
-from asyncdicom import AE
-from asyncdicom.association import Association
+from asyncdicom import AE, Association
 from asyncdicom.protocol import uids
 from asyncdicom.storage.synthetic import make_ct_instance
 

@@ -35,7 +35,7 @@ from .findscu import LEVELS, build_query, parse_key
 
 if TYPE_CHECKING:
     from ..protocol.negotiation import ContextRequest
-    from ..services import ServiceAssociation
+    from ..services import Association
     from ..services.retrieve import Retrieval
 
 __all__ = [
@@ -201,7 +201,7 @@ async def retrieve(
     args: argparse.Namespace,
     name: str,
     contexts: list[ContextRequest],
-    start: Callable[[ServiceAssociation], AbstractAsyncContextManager[Retrieval]],
+    start: Callable[[Association], AbstractAsyncContextManager[Retrieval]],
 ) -> Outcome:
     """Associate with ``contexts``, run the retrieval ``start(assoc)`` opens to its final
     response, showing progress; release.  Ctrl-C is handled as the module describes."""

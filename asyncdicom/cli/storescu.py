@@ -62,7 +62,7 @@ from .common import CLIError, add_common, add_scu, describe_error, err, notice, 
 if TYPE_CHECKING:
     from ..ae import AE
     from ..protocol.negotiation import ContextRequest
-    from ..services import ServiceAssociation
+    from ..services import Association
     from ..storage.reader import Part10Source
 
 __all__ = ["add_parser", "run"]
@@ -520,7 +520,7 @@ async def _association(run: _Run) -> _Outcome:
 
 
 async def _send_all(
-    run: _Run, assoc: ServiceAssociation, ready: Any, stop: _Stop, outcome: _Outcome
+    run: _Run, assoc: Association, ready: Any, stop: _Stop, outcome: _Outcome
 ) -> None:
     current: _StoreItem | None = None
     try:
@@ -543,7 +543,7 @@ async def _send_all(
 
 async def _store_one(
     run: _Run,
-    assoc: ServiceAssociation,
+    assoc: Association,
     item: _StoreItem,
     loaded: Part10Source | Exception,
     outcome: _Outcome,
@@ -603,7 +603,7 @@ _DECOMPRESSORS = {
 }
 
 
-def _refused(assoc: ServiceAssociation, source: Part10Source) -> str:
+def _refused(assoc: Association, source: Part10Source) -> str:
     """Why a file could not be sent on ``assoc`` (no accepted context fits), and the fix."""
     sop_class = _uid_name(source.sop_class_uid)
     syntax = _uid_name(source.transfer_syntax_uid)

@@ -29,6 +29,7 @@ import anyio
 from anyio.abc import Process
 from anyio.streams.text import TextReceiveStream
 
+from ..errors import WorkerFailed
 from .engine import LoadGenerator, LoadResult, LoadSpec
 
 __all__ = ["WorkerFailed", "run_in_processes", "split", "worker_main"]
@@ -36,10 +37,6 @@ __all__ = ["WorkerFailed", "run_in_processes", "split", "worker_main"]
 #: seconds between the last worker's ``ready`` and the common start
 _START_DELAY = 0.1
 _PROGRESS_EVERY = 0.2
-
-
-class WorkerFailed(RuntimeError):
-    """A worker process could not run its share (its error line, or how it ended)."""
 
 
 def split(spec: LoadSpec, processes: int) -> list[tuple[LoadSpec, float]]:

@@ -1,8 +1,12 @@
 """DIMSE services, each a plug-in on the generic driver (see ``docs/dev/adding-a-service.md``).
 
-:class:`ServiceAssociation` is the association an :class:`~asyncdicom.AE` hands out: the
-driver's generic primitives plus every service's SCU helpers, and per-association handlers.
-:data:`DEFAULT_SERVICES` are the services an AE has unless told otherwise.
+:class:`Association` (also :class:`asyncdicom.Association`) is the association an
+:class:`~asyncdicom.AE` hands out: the driver's generic primitives plus every service's SCU
+helpers, and per-association handlers.  :data:`DEFAULT_SERVICES` are the services an AE has
+unless told otherwise.  What a new service or dispatcher is built from (``call``,
+``request_type``, ``ServiceDispatcher``, ...) is in :mod:`asyncdicom.lowlevel`; those names
+still work from here, with a :class:`DeprecationWarning`, for one release, and so does
+``ServiceAssociation`` (now :class:`Association`).
 """
 
 from __future__ import annotations
@@ -11,14 +15,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from ..protocol import messages
-from .base import (
-    HandlerRegistry,
-    Service,
-    call,
-    is_async_callable,
-    make_response,
-    request_type,
-)
+from .base import HandlerRegistry, Service, make_response
 from .commitment import (
     STORAGE_COMMITMENT_SERVICE,
     CommitmentRefused,
@@ -27,7 +24,7 @@ from .commitment import (
     CommitmentSCU,
     CommitmentTimeout,
 )
-from .dispatch import ServiceDispatcher, ServiceRequest
+from .dispatch import ServiceRequest
 from .mpps import MPPS_SERVICE, MPPSSCP
 from .query_retrieve import (
     MWL_FIND_SERVICE,
@@ -51,6 +48,7 @@ __all__ = [
     "STORAGE_COMMITMENT_SERVICE",
     "STORAGE_SERVICE",
     "VERIFICATION_SERVICE",
+    "Association",
     "CommitmentRefused",
     "CommitmentResult",
     "CommitmentSCP",
@@ -61,13 +59,8 @@ __all__ = [
     "Retrieval",
     "RetrieveFailed",
     "Service",
-    "ServiceAssociation",
-    "ServiceDispatcher",
     "ServiceRequest",
-    "call",
-    "is_async_callable",
     "make_response",
-    "request_type",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -85,7 +78,7 @@ DEFAULT_SERVICES: tuple[Service, ...] = (
 )
 
 
-class ServiceAssociation(VerificationSCU, StorageSCU, QueryRetrieveSCU, RetrieveSCU, CommitmentSCU):
+class Association(VerificationSCU, StorageSCU, QueryRetrieveSCU, RetrieveSCU, CommitmentSCU):
     """An association with every service's SCU helpers (``echo()``, ``store()``, ``find()``,
     ``get()``, ``move()``, ``commit()``, the DIMSE-N ``n_get()`` ... ``n_event_report()``) and
     handlers of its own, which take precedence over the AE's for requests arriving on it."""
@@ -100,3 +93,30 @@ class ServiceAssociation(VerificationSCU, StorageSCU, QueryRetrieveSCU, Retrieve
     ) -> Callable[[F], F]:
         """Decorator: handle ``command`` (e.g. ``"C-STORE"``) on this association only."""
         return self.handlers.on(command, sop_class=sop_class)
+
+
+#: the old names of what moved to :mod:`asyncdicom.lowlevel` (the extension API)
+_LOWLEVEL = frozenset({"ServiceDispatcher", "call", "is_async_callable", "request_type"})
+
+
+def __getattr__(name: str) -> object:
+    import warnings
+
+    if name == "ServiceAssociation":
+        warnings.warn(
+            "asyncdicom.services.ServiceAssociation is now asyncdicom.Association",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return Association
+    if name in _LOWLEVEL:
+        from . import base, dispatch
+
+        warnings.warn(
+            f"asyncdicom.services.{name} is deprecated: use asyncdicom.lowlevel.{name}",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        value: object = getattr(dispatch if name == "ServiceDispatcher" else base, name)
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -3,7 +3,7 @@
 A **service** (:class:`Service`) is data: the DIMSE requests it serves, the SOP classes it
 covers (a list or a rule such as "every storage SOP class"), the roles it takes by default, the
 status it answers when no handler is registered, and the status a handler's exception maps to.
-Its SCU helpers are methods of a mixin of :class:`~asyncdicom.association.Association`
+Its SCU helpers are methods of a mixin of :class:`~asyncdicom.association.BaseAssociation`
 (``echo()``, ``store()``); see ``docs/dev/adding-a-service.md``.
 
 **Handlers** are registered per (DIMSE request, SOP class), with a fallback per request that

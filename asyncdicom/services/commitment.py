@@ -41,7 +41,7 @@ from anyio.abc import TaskGroup
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from ..association import Association, DIMSEResponse
+from ..association import BaseAssociation, DIMSEResponse
 from ..correlation import Correlator, Pending
 from ..errors import (
     AssociationError,
@@ -184,7 +184,7 @@ def _key(transaction_uid: str) -> tuple[str, str]:
 _fallback: Correlator[CommitmentResult] = Correlator(max_early=0)
 
 
-def _correlator(association: Association) -> Correlator[CommitmentResult]:
+def _correlator(association: BaseAssociation) -> Correlator[CommitmentResult]:
     found = getattr(association.ae, "commitments", None)
     return found if isinstance(found, Correlator) else _fallback
 
@@ -318,7 +318,7 @@ class CommitmentSCU(NormalizedSCU):
 
     async def commit(
         self,
-        instances: Iterable[Any],
+        instances: Iterable[tuple[str, str] | Dataset | str | os.PathLike[str]],
         *,
         timeout: float | None = 600.0,
         transaction_uid: str | None = None,
@@ -328,9 +328,13 @@ class CommitmentSCU(NormalizedSCU):
         ``timeout`` seconds after its N-ACTION-RSP, for its report, on this association or any
         other the peer opens to this AE (see the module docstring).
 
-        Raises :class:`CommitmentRefused` when the N-ACTION fails, :class:`CommitmentTimeout`
-        when no report comes in time (the association stays usable), ``NoAcceptedContext``
-        when the SOP class was not accepted, ``ValueError`` for an empty list of instances.
+        Raises:
+            CommitmentRefused: the N-ACTION failed.
+            CommitmentTimeout: no report came in time (the association stays usable).
+            NoAcceptedContext: the Storage Commitment SOP class was not accepted.
+            ValueError: the list of instances is empty.
+            InvalidDicomFile: a file is not DICOM (``OSError`` if it cannot be read).
+            AssociationError: the association failed meanwhile.
         """
         items = list(instances)
         if any(isinstance(item, (str, os.PathLike)) for item in items):
@@ -487,7 +491,7 @@ class CommitmentSCP:
         return _ThenReport(int(Status.SUCCESS), report)
 
     async def _report(
-        self, origin: Association, transaction: str, refs: list[tuple[str, str]]
+        self, origin: BaseAssociation, transaction: str, refs: list[tuple[str, str]]
     ) -> None:
         log = origin.log.bind(transaction_uid=transaction)
         scope = anyio.CancelScope()
@@ -560,7 +564,7 @@ class CommitmentSCP:
 
     async def _report_on_new_association(
         self,
-        origin: Association,
+        origin: BaseAssociation,
         transaction: str,
         event_type: int,
         information: Dataset,

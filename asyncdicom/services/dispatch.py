@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from ..association import Association, DatasetSource, IncomingRequest
+from ..association import BaseAssociation, DatasetSource, IncomingRequest
 from ..errors import StorageError
 from ..log import get_logger
 from ..protocol import messages
@@ -135,7 +135,7 @@ class ServiceDispatcher:
     :class:`~asyncdicom.association.Dispatcher` of every association of the AE).
 
     ``handlers`` is the AE's registry; an association with a ``handlers`` attribute of its own
-    (:class:`~asyncdicom.services.ServiceAssociation`) is looked at first.  ``services`` give
+    (:class:`~asyncdicom.Association`) is looked at first.  ``services`` give
     the defaults: the answer without a handler, and the status of a handler's exception.
     """
 
@@ -175,7 +175,7 @@ class ServiceDispatcher:
         return found
 
     def handler_for(
-        self, association: Association, message: messages.Message, sop_class: str
+        self, association: BaseAssociation, message: messages.Message, sop_class: str
     ) -> Callable[..., Any] | None:
         """The handler for ``message``: the association's own, else the AE's."""
         local: HandlerRegistry | None = getattr(association, "handlers", None)
@@ -199,7 +199,7 @@ class ServiceDispatcher:
 
     def answer_now(
         self,
-        association: Association,
+        association: BaseAssociation,
         context: PresentationContext,
         message: messages.RequestMessage,
     ) -> messages.ResponseMessage | None:
@@ -237,7 +237,7 @@ class ServiceDispatcher:
 
     def new_request(
         self,
-        association: Association,
+        association: BaseAssociation,
         context: PresentationContext,
         message: messages.RequestMessage,
         data: Any,

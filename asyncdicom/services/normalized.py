@@ -31,7 +31,7 @@ from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
-from ..association import Association, DIMSEResponse
+from ..association import BaseAssociation, DIMSEResponse
 from ..errors import NoAcceptedContext
 from ..protocol import messages
 from ..protocol.negotiation import PresentationContext
@@ -55,7 +55,7 @@ def attribute_tags(attributes: Iterable[int | str | tuple[int, int]]) -> tuple[i
     return tuple(out)
 
 
-class NormalizedSCU(Association):
+class NormalizedSCU(BaseAssociation):
     """The DIMSE-N helpers of an association (see the module docstring)."""
 
     def _normalized_context(self, sop_class: str, role: str, what: str) -> PresentationContext:

@@ -37,7 +37,7 @@ from contextlib import asynccontextmanager
 
 from pydicom.dataset import Dataset
 
-from ..association import Association, DIMSEResponse, Operation
+from ..association import BaseAssociation, DIMSEResponse, Operation
 from ..errors import NoAcceptedContext, QueryFailed
 from ..protocol import messages
 from ..protocol.messages import Priority
@@ -160,7 +160,7 @@ class OperationResults:
 
 
 def identifier_context(
-    association: Association, identifier: Dataset | bytes, sop_class: str, what: str
+    association: BaseAssociation, identifier: Dataset | bytes, sop_class: str, what: str
 ) -> tuple[PresentationContext, bytes]:
     """An accepted context of ``sop_class`` and ``identifier`` encoded in its transfer syntax
     (bytes are taken as encoded already); ``NoAcceptedContext`` names ``what``."""
@@ -204,11 +204,12 @@ class FindResults(OperationResults):
             if response.dataset is None:  # a Pending response must carry one; skip it
                 continue
             self.count += 1
-            identifier: Dataset = response.decode()
+            identifier = response.decode()
+            assert identifier is not None  # the response has a data set
             return identifier
 
 
-class QueryRetrieveSCU(Association):
+class QueryRetrieveSCU(BaseAssociation):
     """The Query/Retrieve SCU helpers of an association (C-FIND)."""
 
     @asynccontextmanager

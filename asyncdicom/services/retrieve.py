@@ -60,7 +60,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import anyio
 from pydicom.dataset import Dataset
 
-from ..association import Association, DIMSEResponse, Operation
+from ..association import BaseAssociation, DIMSEResponse, Operation
 from ..errors import DICOMError, RetrieveFailed
 from ..log import get_logger
 from ..protocol import messages, uids
@@ -198,7 +198,7 @@ class MoveAssociator(Protocol):
         called_aet: str = ...,
         contexts: Iterable[Any] = ...,
         async_ops_window: tuple[int, int] | None = None,
-    ) -> AbstractAsyncContextManager[Association]:
+    ) -> AbstractAsyncContextManager[BaseAssociation]:
         """Open an association (released when the block ends)."""
 
 
@@ -427,7 +427,7 @@ def _as_generator(handler: Callable[..., Any]) -> Callable[..., AsyncIterator[An
     return items
 
 
-def _window(association: Association, cap: int) -> int:
+def _window(association: BaseAssociation, cap: int) -> int:
     negotiated = association.negotiated
     allowed = negotiated.max_operations_invoked if negotiated is not None else 1
     return cap if allowed == 0 else max(1, min(cap, allowed))
@@ -479,11 +479,11 @@ async def _move(
 async def _send_all(
     dispatcher: ServiceDispatcher,
     request: ServiceRequest,
-    target: Association,
+    target: BaseAssociation,
     instances: list[_Instance],
     counts: _Counts,
     window: int,
-    move: tuple[messages.CMoveRQ, Association] | None,
+    move: tuple[messages.CMoveRQ, BaseAssociation] | None,
 ) -> None:
     """The C-STORE sub-operations of ``instances`` on ``target``, ``window`` at a time; a
     Pending response after each.  Stops starting new ones on C-CANCEL."""
@@ -635,7 +635,7 @@ class Retrieval(OperationResults):
         if response.dataset is not None:
             try:
                 identifier = response.decode()
-                value = identifier.get("FailedSOPInstanceUIDList")
+                value = identifier and identifier.get("FailedSOPInstanceUIDList")
             except Exception:  # an identifier we cannot read: the status still counts
                 value = None
             if value:
@@ -654,10 +654,12 @@ class Retrieval(OperationResults):
         return self.operation.final
 
 
-StoreTarget = str | os.PathLike[str] | Callable[..., Awaitable[Any]]
+#: where C-GET puts what it receives: a folder, or a C-STORE handler (``async def
+#: handler(request)``, its result as an ``ae.on("C-STORE")`` handler's)
+StoreTarget = str | os.PathLike[str] | Callable[[ServiceRequest], Awaitable[object]]
 
 
-class RetrieveSCU(Association):
+class RetrieveSCU(BaseAssociation):
     """The Query/Retrieve retrieve helpers of an association (C-GET, C-MOVE)."""
 
     @asynccontextmanager

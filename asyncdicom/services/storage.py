@@ -24,14 +24,17 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from ..association import Association, DIMSEResponse, IncomingRequest
-from ..errors import InvalidDataset, NoAcceptedContext
+from ..association import BaseAssociation, DIMSEResponse, IncomingRequest
+from ..errors import DataSetMismatch, EmptyDataSet, InvalidDataset, NoAcceptedContext
 from ..protocol import messages
 from ..protocol.status import Status
 from ..protocol.uids import UNCOMPRESSED_TRANSFER_SYNTAXES, is_storage_sop_class
 from .base import Service
 
 if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
+    from ..storage.reader import Part10Source
     from ..storage.structure import StructureCheck
     from ..storage.writer import DuplicatePolicy, Layout, Part10Writer, StoredFile
 
@@ -92,12 +95,12 @@ async def _file_chunks(source: Any) -> AsyncIterator[bytes]:
         yield chunk
 
 
-class StorageSCU(Association):
+class StorageSCU(BaseAssociation):
     """The Storage SCU helper of an association."""
 
     async def store(
         self,
-        dataset_or_path: Any,
+        dataset_or_path: Dataset | str | os.PathLike[str] | Part10Source,
         *,
         priority: int = 0,
         move_originator_aet: str | None = None,
@@ -108,6 +111,15 @@ class StorageSCU(Association):
         A file is sent without decoding when an accepted context has its transfer syntax, and
         transcoded between the uncompressed syntaxes when it must; otherwise
         :class:`~asyncdicom.errors.NoAcceptedContext`.  Returns the C-STORE-RSP (``.status``).
+
+        Raises:
+            NoAcceptedContext: no accepted presentation context fits the instance.
+            InvalidDicomFile: the file is not DICOM, or changed while it was sent.
+            InvalidDataset: the data set lacks its SOP Class or SOP Instance UID.
+            TranscodeError: the instance would have to be converted to or from a compressed
+                transfer syntax.
+            AssociationError: the association failed (aborted, timed out, lost) meanwhile.
+            OSError: the file cannot be read.
         """
         return await store(
             self,
@@ -119,8 +131,8 @@ class StorageSCU(Association):
 
 
 async def store(
-    association: Association,
-    dataset_or_path: Any,
+    association: BaseAssociation,
+    dataset_or_path: Dataset | str | os.PathLike[str] | Part10Source,
     *,
     priority: int = 0,
     move_originator_aet: str | None = None,
@@ -203,17 +215,6 @@ def _sop_uids(ds: Any) -> tuple[str, str]:
             raise InvalidDataset(f"the data set has no {name} {tag}: C-STORE needs it")
         found.append(text)
     return found[0], found[1]
-
-
-class EmptyDataSet(InvalidDataset):
-    """A C-STORE-RQ without a data set, or with an empty one: nothing is stored (a handler
-    that lets it through answers 0xC000, Cannot Understand)."""
-
-
-class DataSetMismatch(InvalidDataset):
-    """The data set's SOP Class UID or SOP Instance UID is not the one of its C-STORE-RQ
-    (PS3.3 C.12.1.1.1: they shall be equal): nothing is stored (a handler that lets it
-    through answers 0xA900, Data Set does not match SOP Class, as DCMTK's storescp does)."""
 
 
 async def save_request(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..association import Association, DIMSEResponse
+from ..association import BaseAssociation, DIMSEResponse
 from ..config import DEFAULT_TRANSFER_SYNTAXES
 from ..errors import NoAcceptedContext
 from ..protocol import messages
@@ -32,7 +32,7 @@ VERIFICATION_SERVICE = Service(
 )
 
 
-class VerificationSCU(Association):
+class VerificationSCU(BaseAssociation):
     """The Verification SCU helper of an association."""
 
     async def echo(self) -> DIMSEResponse:

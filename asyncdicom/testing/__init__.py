@@ -31,7 +31,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from ..ae import AE
 from ..protocol import uids
 from ..protocol.negotiation import ContextRequest
-from ..services import ServiceAssociation
+from ..services import Association
 
 __all__ = ["MemoryByteStream", "associated", "memory_stream_pair"]
 
@@ -100,7 +100,7 @@ async def associated(
     contexts: Iterable[str | ContextRequest | tuple[str, Sequence[str]]] = (uids.VERIFICATION,),
     called_aet: str | None = None,
     async_ops_window: tuple[int, int] | None = None,
-) -> AsyncIterator[ServiceAssociation]:
+) -> AsyncIterator[Association]:
     """An association from ``scu`` (default: a fresh ``AE("TEST-SCU")``) to ``scp`` over an
     in-memory pipe, released when the block ends (aborted if it raises).
 

@@ -99,8 +99,7 @@ from qr_data import (
     iter_instances,
 )
 
-from asyncdicom import AE, Timeouts
-from asyncdicom.association import Association
+from asyncdicom import AE, Association, Timeouts
 from asyncdicom.protocol import messages, uids
 from asyncdicom.storage.files import encode_dataset
 
