@@ -93,8 +93,9 @@ def read_header(
     Explicit VR Little Endian file is inflated as it is read, up to the pixel data (its values
     are never deferred).
 
-    Raises :class:`InvalidDicomFile` if the file is not DICOM; :class:`OSError` (missing file,
-    permissions) propagates unchanged.
+    Raises:
+        InvalidDicomFile: the file is not DICOM.
+        OSError: the file is missing or cannot be read (unchanged).
     """
     import pydicom
     from pydicom.dataset import FileDataset
@@ -257,7 +258,9 @@ def encode_dataset(ds: Dataset, transfer_syntax_uid: str) -> bytes:
     * Encapsulated (compressed) syntaxes: Explicit VR LE with Pixel Data of undefined length; the
       pixel data must already be encapsulated in that syntax (not checked).
 
-    Raises :class:`UnsupportedTransferSyntax` for an unknown or private transfer syntax.
+    Raises:
+        UnsupportedTransferSyntax: the transfer syntax is unknown or private.
+        TranscodeError: an encapsulated syntax, and the Pixel Data is not encapsulated.
     """
     from pydicom.filebase import DicomBytesIO
     from pydicom.filewriter import correct_ambiguous_vr, write_dataset
@@ -315,7 +318,12 @@ def decode_spooled_dataset(
     set keeps the file (and the file its bytes) as long as it lives.  A deflated data set is
     inflated into a second temporary file (in ``directory``) first, in pieces.  Raises
     :class:`InvalidDicomFile` or :class:`UnsupportedTransferSyntax` as :func:`decode_dataset`
-    does; ``spool`` is closed when it raises."""
+    does; ``spool`` is closed when it raises.
+
+    Raises:
+        InvalidDicomFile: the bytes cannot be inflated or decoded.
+        UnsupportedTransferSyntax: the transfer syntax is unknown.
+    """
     import tempfile
 
     from pydicom.dataset import FileMetaDataset
@@ -366,8 +374,11 @@ def decode_dataset(data: bytes | bytearray | memoryview, transfer_syntax_uid: st
     Deflated syntaxes are inflated first (trailing padding after the deflate stream is ignored).
     The result carries ``file_meta.TransferSyntaxUID`` so that pydicom's pixel handling knows
     the encoding.  Reading is pydicom's lazy reading: element headers are parsed here, values
-    when accessed.  Raises :class:`InvalidDicomFile` if the bytes cannot be parsed and
-    :class:`UnsupportedTransferSyntax` for an unknown transfer syntax.
+    when accessed.
+
+    Raises:
+        InvalidDicomFile: the bytes cannot be inflated or decoded.
+        UnsupportedTransferSyntax: the transfer syntax is unknown.
     """
     from pydicom.dataset import FileMetaDataset
     from pydicom.filebase import DicomBytesIO

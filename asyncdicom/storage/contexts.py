@@ -58,7 +58,10 @@ def contexts_for_syntaxes(pairs: Iterable[tuple[str, str]]) -> list[ContextReque
     UID)`` pairs (repeats are fine), by the rules of :mod:`asyncdicom.storage.contexts`.
 
     The order is stable: the pairs' contexts in order of first appearance, then the fallback
-    contexts in SOP Class UID order.  Raises :class:`TooManyPresentationContexts` beyond 128.
+    contexts in SOP Class UID order.
+
+    Raises:
+        TooManyPresentationContexts: more than 128 contexts are needed.
     """
     contexts: list[ContextRequest] = []
     seen: set[tuple[str, str]] = set()
@@ -81,14 +84,15 @@ def contexts_for_files(
 ) -> list[ContextRequest]:
     """The presentation contexts to propose for sending ``files`` with C-STORE.
 
-    ``files`` are paths of DICOM files, or :class:`~asyncdicom.storage.files.Part10Source`
-    objects already located with :func:`~asyncdicom.storage.files.read_part10_for_send` (then
+    ``files`` are paths of DICOM files, or :class:`~asyncdicom.storage.reader.Part10Source`
+    objects already located with :func:`~asyncdicom.storage.reader.read_part10_for_send` (then
     nothing is read again).  For a path only the header is read.  See the module documentation
     for the contexts proposed.
 
-    Raises :class:`TooManyPresentationContexts` if more than 128 are needed,
-    :class:`~asyncdicom.storage.files.InvalidDicomFile` for a file that is not DICOM, and
-    :class:`OSError` for one that cannot be read.
+    Raises:
+        TooManyPresentationContexts: more than 128 contexts are needed.
+        InvalidDicomFile: a file is not DICOM.
+        OSError: a file cannot be read.
     """
     return contexts_for_syntaxes(
         (source.sop_class_uid, source.transfer_syntax_uid)

@@ -55,6 +55,12 @@ def encode_file_meta(
     Returns the group 0002 elements only (no preamble or prefix), Explicit VR Little Endian, with
     a correct (0002,0000) group length.  UIDs are written verbatim (validated only for being
     encodable, see :class:`Part10Writer`).
+
+    Raises:
+        ValueError: a value cannot be encoded (a UID not ASCII or too long, an
+            implementation class UID that is not a UID, a version name or AE title
+            that is empty, too long or not printable ASCII).
+        TypeError: a UID is not a ``str``.
     """
     _check_meta_uid("sop_class_uid", sop_class_uid)
     _check_meta_uid("sop_instance_uid", sop_instance_uid)

@@ -52,6 +52,9 @@ def safe_filename(sop_instance_uid: str, *, suffix: str = ".dcm") -> str:
     Neither form can start with ``.``, so they never collide with the ``.<hex>.part`` temporary
     names of :class:`~asyncdicom.storage.writer.Part10Writer`.  ``suffix`` must itself be
     harmless (checked).
+
+    Raises:
+        ValueError: ``suffix`` is not a harmless file name suffix.
     """
     if suffix and (not suffix.startswith(".") or not is_plain_component(suffix[1:] or "x")):
         raise ValueError(f"unsafe file name suffix {suffix!r}")
@@ -76,6 +79,11 @@ def target_path(folder: str | os.PathLike[str], name: str) -> Path:
     are the administrator's choice and are followed).  ``name`` is *not* resolved: if
     ``folder/name`` is a pre-existing symlink, :func:`os.replace` later replaces the link itself
     and never writes through it, so the final component must not be followed here either.
+
+    Raises:
+        FileNotFoundError: ``folder`` does not exist.
+        NotADirectoryError: ``folder`` is not a directory.
+        ValueError: ``name`` is not a single plain path component, or escapes ``folder``.
     """
     base = Path(folder).resolve(strict=True)
     if not base.is_dir():

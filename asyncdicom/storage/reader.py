@@ -60,6 +60,10 @@ class Part10Source:
         closed).  A file that shrank since :func:`read_part10_for_send` raises
         :class:`InvalidDicomFile` instead of silently sending a truncated data set.  A source
         whose :attr:`data` is loaded yields slices of it and does not touch the file.
+
+        Raises:
+            ValueError: ``chunk_size`` is not positive.
+            InvalidDicomFile: the file is shorter than when it was read.
         """
         if chunk_size <= 0:
             raise ValueError("chunk_size must be positive")
@@ -189,9 +193,10 @@ def read_part10_for_send(path: str | os.PathLike[str], *, read_limit: int = 0) -
     :attr:`Part10Source.data` (a file sent whole costs one open); a bigger one is left on disk
     to be streamed.  The default, 0, reads only the header.
 
-    Raises :class:`InvalidDicomFile` if the file is not DICOM, is truncated inside the meta
-    group, has no data set, or no SOP Class/Instance UID can be found.  ``OSError`` (missing
-    file, permissions) propagates unchanged.
+    Raises:
+        InvalidDicomFile: the file is not DICOM, is truncated inside the meta group,
+            has no data set, or no SOP Class/Instance UID can be found.
+        OSError: the file is missing or cannot be read (unchanged).
     """
     file_path = Path(path)
     data: bytes | None = None
@@ -248,6 +253,12 @@ def transcode(source: Part10Source, target_ts: str) -> bytes:
 
     Limitation: converting between byte orders cannot fix UN elements (unknown private
     elements), which keep their original byte order.
+
+    Raises:
+        TranscodeError: a syntax is not an uncompressed one (compression and
+            decompression are not supported).
+        InvalidDicomFile: the data set cannot be decoded, or the file shrank.
+        UnsupportedTransferSyntax: a transfer syntax is unknown.
     """
     source_ts = source.transfer_syntax_uid
     if source_ts == target_ts:

@@ -1,6 +1,6 @@
 """Check that a received data set is whole, as it streams in, without decoding it.
 
-A C-STORE SCP that stores data sets as received (:class:`~asyncdicom.storage.files.Part10Writer`
+A C-STORE SCP that stores data sets as received (:class:`~asyncdicom.storage.writer.Part10Writer`
 never parses them) would otherwise store, and answer Success for, bytes that are not a data set
 or a data set cut short inside its last element.  :class:`StructureCheck` walks the element
 headers of the stream (PS3.5 section 7) as the fragments arrive: tag, VR and length of each
@@ -12,7 +12,7 @@ dictionary's SQ attributes); a private one is skipped like any value.
 
 At the end (:meth:`StructureCheck.finish`) the stream must stop exactly after an element, with
 every sequence and item of undefined length closed.  What is refused, each with an
-:class:`~asyncdicom.storage.files.InvalidDataset` naming the element:
+:class:`~asyncdicom.errors.InvalidDataset` naming the element:
 
 * a stream that ends inside an element header or value, or inside an open sequence or item;
 * an explicit VR that is not two upper-case letters, or undefined length on a VR that cannot
@@ -106,7 +106,7 @@ class StructureCheck:
     ``transfer_syntax_uid`` is the one the data set is encoded in (that of its presentation
     context); every syntax not implicit, big endian or deflated is Explicit VR Little Endian
     (PS3.5 A.4: the compressed ones too).  :meth:`feed` raises
-    :class:`~asyncdicom.storage.files.InvalidDataset` as soon as the structure is broken,
+    :class:`~asyncdicom.errors.InvalidDataset` as soon as the structure is broken,
     :meth:`finish` if the data set does not end where an element ends.  ``elements`` counts the
     elements walked (of the top level and inside sequences); :meth:`sop_uids` gives the SOP
     Class and Instance UIDs of the top level.

@@ -166,6 +166,11 @@ class Part10Writer:
     (overwrite) or kept, its target is never written.  There is no ``fsync``: after a power
     loss a recent file may be missing or empty, but a crash of the process never leaves a
     partial file under a final name.  File permissions are ``0o666`` minus the process umask.
+
+    Raises:
+        ValueError: an unknown ``on_duplicate`` or ``layout``, or a meta value that cannot
+            be encoded (:func:`~asyncdicom.storage.meta.encode_file_meta`).
+        OSError: the temporary file cannot be created in ``folder``.
     """
 
     __slots__ = (
@@ -247,7 +252,11 @@ class Part10Writer:
     def path(self) -> Path:
         """The file's path: after :meth:`commit`, where it was stored; before, where the flat
         layout will put it (unless the name is taken).  The sorted layout names its folders on
-        :meth:`commit`: before, this raises :class:`ValueError`."""
+        :meth:`commit`: before, this raises :class:`ValueError`.
+
+        Raises:
+            ValueError: the sorted layout, before :meth:`commit`.
+        """
         if self._final_path is None:
             raise ValueError("the sorted layout chooses the file's folder on commit")
         return self._final_path
@@ -268,7 +277,12 @@ class Part10Writer:
         return self._state != "open"
 
     def write(self, chunk: bytes | bytearray | memoryview) -> None:
-        """Append data set bytes.  Nothing is retained beyond the file object's small buffer."""
+        """Append data set bytes.  Nothing is retained beyond the file object's small buffer.
+
+        Raises:
+            ValueError: the writer is committed or discarded.
+            OSError: the file cannot be written (disk full, ...).
+        """
         if self._state != "open":
             raise ValueError(f"Part10Writer is {self._state}")
         # A buffered file passes writes larger than its buffer straight to the OS without copying.
@@ -282,6 +296,12 @@ class Part10Writer:
         On POSIX the temporary file stays open (and locked) until it has its final name.  With
         the ``"ignore"`` policy and a taken name, the new file is removed and the existing one's
         path is returned.
+
+        Raises:
+            ValueError: the writer is committed or discarded already.
+            FileExistsError: the ``"unique"`` policy found no free name.
+            OSError: the file cannot be flushed or placed (a folder of the sorted layout
+                is a file or a link: :class:`NotADirectoryError`); the temporary file is removed.
         """
         if self._state != "open":
             raise ValueError(f"Part10Writer is {self._state}")
