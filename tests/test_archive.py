@@ -22,7 +22,7 @@ from asyncdicom.protocol.messages import CFindRQ, CStoreRQ
 from asyncdicom.protocol.negotiation import SupportedContext
 from asyncdicom.services.query_retrieve import QueryFailed
 from asyncdicom.services.retrieve import RetrieveFailed
-from asyncdicom.storage.files import encode_dataset
+from asyncdicom.storage.codec import encode_dataset
 from asyncdicom.storage.synthetic import make_ct_instance
 
 pytestmark = [pytest.mark.anyio, pytest.mark.filterwarnings("ignore::UserWarning")]

@@ -233,7 +233,7 @@ async def test_store_new_uids_change_only_the_uids(tmp_path: Path, anyio_backend
 
 
 def _dataset_bytes(path: Path) -> bytes:
-    from asyncdicom.storage.files import read_part10_for_send
+    from asyncdicom.storage.reader import read_part10_for_send
 
     return read_part10_for_send(path).read_bytes()
 

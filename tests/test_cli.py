@@ -90,7 +90,7 @@ def storage_scp(folder: Path, received: list[str] | None = None) -> AE:
 
 def dataset_bytes(path: Path) -> bytes:
     """The data set of a Part 10 file, after its File Meta Information."""
-    from asyncdicom.storage.files import read_part10_for_send
+    from asyncdicom.storage.reader import read_part10_for_send
 
     return read_part10_for_send(path).read_bytes()
 

@@ -50,7 +50,7 @@ from asyncdicom.protocol.pdu import (
     ReleaseRP,
     ReleaseRQ,
 )
-from asyncdicom.storage.files import encode_dataset
+from asyncdicom.storage.codec import encode_dataset
 from asyncdicom.storage.synthetic import make_ct_instance
 from tests.test_hostile import (
     CT,

@@ -49,7 +49,7 @@ from asyncdicom.protocol.pdu import (
     ReleaseRQ,
 )
 from asyncdicom.protocol.upper_layer import NEED_DATA, Role, UpperLayer
-from asyncdicom.storage.files import encode_dataset
+from asyncdicom.storage.codec import encode_dataset
 from asyncdicom.storage.synthetic import make_ct_instance
 from asyncdicom.testing import memory_stream_pair
 from tests.test_faults import ac_for

@@ -25,9 +25,10 @@ from pydicom.dataset import Dataset
 
 from asyncdicom import AE, HookEvent, errors, presets
 from asyncdicom.ae import Timeouts
+from asyncdicom.errors import InvalidDicomFile
 from asyncdicom.protocol import messages, uids
 from asyncdicom.protocol.codec import encode_pdata
-from asyncdicom.storage.files import InvalidDicomFile, decode_spooled_dataset, encode_dataset
+from asyncdicom.storage.codec import decode_spooled_dataset, encode_dataset
 from asyncdicom.storage.synthetic import make_ct_instance
 from tests.test_hostile import (
     BIG_PIXELS,

@@ -23,7 +23,7 @@ from asyncdicom import (
 )
 from asyncdicom.config import DEFAULT_TRANSFER_SYNTAXES
 from asyncdicom.protocol import messages
-from asyncdicom.storage.files import encode_dataset
+from asyncdicom.storage.codec import encode_dataset
 from asyncdicom.storage.synthetic import make_ct_instance
 from asyncdicom.testing import associated
 

@@ -32,8 +32,14 @@ from pydicom.filereader import _read_file_meta_info, read_preamble
 from pydicom.filewriter import write_file_meta_info
 
 from asyncdicom import AE, AEConfig
-from asyncdicom.errors import DICOMError, StorageError
+from asyncdicom.errors import DICOMError, InvalidDataset, StorageError
 from asyncdicom.protocol import uids
+from asyncdicom.protocol.uids import (
+    DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
+    EXPLICIT_VR_BIG_ENDIAN,
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    IMPLICIT_VR_LITTLE_ENDIAN,
+)
 from asyncdicom.services.storage import save_request
 from asyncdicom.storage import (
     InvalidDicomFile,
@@ -49,20 +55,10 @@ from asyncdicom.storage import (
     target_path,
     transcode,
 )
-from asyncdicom.storage.files import (
-    DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
-    EXPLICIT_VR_BIG_ENDIAN,
-    EXPLICIT_VR_LITTLE_ENDIAN,
-    IMPLICIT_VR_LITTLE_ENDIAN,
-    NATIVE_TRANSFER_SYNTAXES,
-    InvalidDataset,
-    StoredFile,
-    encode_file_meta,
-    prune_empty_folders,
-    read_header,
-    remove_stale_temp_files,
-)
+from asyncdicom.storage.codec import NATIVE_TRANSFER_SYNTAXES, read_header
+from asyncdicom.storage.meta import encode_file_meta
 from asyncdicom.storage.synthetic import CT_IMAGE_STORAGE, make_ct_instance, write_ct_files
+from asyncdicom.storage.writer import StoredFile, prune_empty_folders, remove_stale_temp_files
 
 SAMPLES = Path(pydicom.data.__file__).parent / "test_files"
 IMPL_UID = "1.2.3.4.5.6.7"  # an arbitrary syntactically valid implementation class UID
@@ -845,7 +841,7 @@ def encode_file_meta_with_pydicom(
 def test_fast_file_meta_matches_pydicom(
     version_name: str | None, source_ae: str | None, instance_uid: str
 ) -> None:
-    from asyncdicom.storage.files import encode_file_meta
+    from asyncdicom.storage.meta import encode_file_meta
 
     kwargs = dict(
         sop_class_uid="1.2.840.10008.5.1.4.1.1.2",

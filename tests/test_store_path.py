@@ -20,20 +20,14 @@ import pytest
 from asyncdicom import AE, ContextRequest, TooManyPresentationContexts, contexts_for_files
 from asyncdicom.cli import main as main_cli
 from asyncdicom.cli import storescu as cli
-from asyncdicom.errors import DICOMError
+from asyncdicom.errors import DICOMError, InvalidDicomFile
 from asyncdicom.protocol import uids
+from asyncdicom.protocol.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
 from asyncdicom.services import storage as storage_service
+from asyncdicom.storage.codec import decode_dataset, encode_dataset
 from asyncdicom.storage.contexts import contexts_for_syntaxes
-from asyncdicom.storage.files import (
-    EXPLICIT_VR_LITTLE_ENDIAN,
-    IMPLICIT_VR_LITTLE_ENDIAN,
-    InvalidDicomFile,
-    Part10Source,
-    decode_dataset,
-    encode_dataset,
-    encode_file_meta,
-    read_part10_for_send,
-)
+from asyncdicom.storage.meta import encode_file_meta
+from asyncdicom.storage.reader import Part10Source, read_part10_for_send
 from asyncdicom.storage.synthetic import make_ct_instance, write_ct_files
 
 CT = uids.CT_IMAGE_STORAGE

@@ -16,13 +16,14 @@ from pydicom.dataset import Dataset
 from pydicom.filereader import data_element_generator, read_file_meta_info
 from pydicom.sequence import Sequence
 
+from asyncdicom.errors import InvalidDataset
 from asyncdicom.protocol.uids import (
     DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
     EXPLICIT_VR_BIG_ENDIAN,
     EXPLICIT_VR_LITTLE_ENDIAN,
     IMPLICIT_VR_LITTLE_ENDIAN,
 )
-from asyncdicom.storage.files import InvalidDataset, encode_dataset
+from asyncdicom.storage.codec import encode_dataset
 from asyncdicom.storage.structure import StructureCheck
 
 SAMPLES = Path(pydicom.data.__file__).parent / "test_files"

@@ -21,7 +21,7 @@ sub-operations failed or warned) and Cancel (0xFE00) do not.
 
 SCP: a handler registered for C-GET or C-MOVE (``@ae.on("C-MOVE", sop_class=...)``; a plain
 generator runs in a worker thread) yields the instances to send: paths of DICOM files, pydicom
-Datasets or :class:`~asyncdicom.storage.files.Part10Source` objects.  It may instead yield a
+Datasets or :class:`~asyncdicom.storage.Part10Source` objects.  It may instead yield a
 final status (``0xC000``, ``(0xA900, error_dataset)``, a response) to refuse the request.  A
 handler that is not a generator returns its instances (a list) or such a status.  The
 framework reads them all (a C-CANCEL-RQ stops the handler between two items; a plain

@@ -1,8 +1,8 @@
 """Storage service class (PS3.4 Annex B; C-STORE, PS3.7 9.1.1).
 
 SCU: :func:`store` sends a pydicom Dataset or a Part 10 file (a path, or a
-:class:`~asyncdicom.storage.files.Part10Source` already located by
-:func:`~asyncdicom.storage.files.read_part10_for_send`).  A file whose transfer syntax was
+:class:`~asyncdicom.storage.Part10Source` already located by
+:func:`~asyncdicom.storage.read_part10_for_send`).  A file whose transfer syntax was
 accepted is sent without decoding; otherwise it is transcoded between the uncompressed syntaxes,
 or refused with :class:`~asyncdicom.errors.NoAcceptedContext`.  A data set of at most
 :data:`SEND_WHOLE_LIMIT` bytes is read with its header in one worker-thread call and sent from
@@ -141,7 +141,7 @@ async def store(
     """Send one instance with C-STORE-RQ and return the C-STORE-RSP.
 
     ``dataset_or_path``: a pydicom Dataset, a path, or a
-    :class:`~asyncdicom.storage.files.Part10Source` (its ``data`` is sent if loaded).
+    :class:`~asyncdicom.storage.Part10Source` (its ``data`` is sent if loaded).
     """
     from ..storage.codec import encode_dataset
     from ..storage.reader import Part10Source, read_part10_for_send, transcode
@@ -227,26 +227,26 @@ async def save_request(
 ) -> StoredFile:
     """Write the C-STORE request's data set to ``folder`` as a Part 10 file; return its path.
 
-    The path is a :class:`~asyncdicom.storage.files.StoredFile` (a :class:`~pathlib.Path`):
+    The path is a :class:`~asyncdicom.storage.StoredFile` (a :class:`~pathlib.Path`):
     its ``header()`` reads the stored data set without its pixel data (to log the Patient Name,
     say), and ``duplicate`` tells whether a file of the same name existed.
 
-    * ``on_duplicate`` (:data:`~asyncdicom.storage.files.DuplicatePolicy`): when a file with
+    * ``on_duplicate`` (:data:`~asyncdicom.storage.DuplicatePolicy`): when a file with
       the instance's name exists, ``"unique"`` (default) keeps it and stores the new one as
       ``<SOP Instance UID>_1.dcm`` (``_2``, ...), ``"overwrite"`` replaces it, ``"ignore"``
       keeps it and drops the new one (the returned path is then the existing file's).  Each
       case logs a ``duplicate_instance`` warning, unless ``warn_duplicate`` is False (for a
       caller that decides what becomes of the copies itself).
-    * ``layout`` (:data:`~asyncdicom.storage.files.Layout`): ``"flat"`` (default) stores
+    * ``layout`` (:data:`~asyncdicom.storage.Layout`): ``"flat"`` (default) stores
       ``folder/<SOP Instance UID>.dcm``; ``"sorted"`` stores
       ``folder/<Patient ID>/<Study Instance UID>/<Series Instance UID>/<SOP Instance UID>.dcm``,
       names read from the head of the data set once it is on disk (never its pixel data) and
-      made safe (:func:`~asyncdicom.storage.files.folder_name`).
+      made safe (:func:`~asyncdicom.storage.folder_name`).
 
     ``folder`` is created if needed.  The file appears under its final name only when complete;
     if the association ends early (abort, transport loss) or writing fails, nothing is left
     behind.  A SOP Instance UID that is not a valid UID never names a path outside ``folder``
-    (it is replaced by a hash, :func:`~asyncdicom.storage.files.safe_filename`).  Writing
+    (it is replaced by a hash, :func:`~asyncdicom.storage.safe_filename`).  Writing
     errors raise :class:`OSError` (a handler that lets it through answers 0xA700).
 
     The temporary file is created as soon as the request arrives, data is written in batches

@@ -1,8 +1,8 @@
 """Part 10 files for C-STORE: the names of the modules that do the work, in one place.
 
-This module kept everything once; it is now split by job, and re-exports their names so that
-imports from ``asyncdicom.storage.files`` keep working (new code imports from the modules
-themselves, or from :mod:`asyncdicom.storage`):
+This module kept everything once; it is now split by job.  Its names still work, for one
+release, with a :class:`DeprecationWarning` naming where each one is now (import them from
+:mod:`asyncdicom.storage` or from the modules themselves):
 
 * :mod:`asyncdicom.storage.names`: safe file and folder names from untrusted values;
 * :mod:`asyncdicom.storage.meta`: the File Meta Information, encoded and walked;
@@ -17,72 +17,73 @@ themselves, or from :mod:`asyncdicom.storage`):
 
 from __future__ import annotations
 
-from ..errors import (
-    InvalidDataset,
-    InvalidDicomFile,
-    StorageError,
-    TranscodeError,
-    UnsupportedTransferSyntax,
-)
-from ..protocol.uids import (
-    DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
-    EXPLICIT_VR_BIG_ENDIAN,
-    EXPLICIT_VR_LITTLE_ENDIAN,
-    IMPLICIT_VR_LITTLE_ENDIAN,
-)
-from .codec import (
-    NATIVE_TRANSFER_SYNTAXES,
-    SPOOL_DEFER_SIZE,
-    decode_dataset,
-    decode_spooled_dataset,
-    encode_dataset,
-    read_header,
-)
-from .meta import encode_file_meta
-from .names import MISSING_VALUE_FOLDER, folder_name, is_valid_uid, safe_filename, target_path
-from .reader import Part10Source, read_part10_for_send, transcode
-from .writer import (
-    DUPLICATE_POLICIES,
-    LAYOUTS,
-    DuplicatePolicy,
-    Layout,
-    Part10Writer,
-    StoredFile,
-    prune_empty_folders,
-    remove_stale_temp_files,
-)
+from types import ModuleType
 
-__all__ = [
-    "DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN",
-    "DUPLICATE_POLICIES",
-    "EXPLICIT_VR_BIG_ENDIAN",
-    "EXPLICIT_VR_LITTLE_ENDIAN",
-    "IMPLICIT_VR_LITTLE_ENDIAN",
-    "LAYOUTS",
-    "MISSING_VALUE_FOLDER",
-    "NATIVE_TRANSFER_SYNTAXES",
-    "SPOOL_DEFER_SIZE",
-    "DuplicatePolicy",
-    "InvalidDataset",
-    "InvalidDicomFile",
-    "Layout",
-    "Part10Source",
-    "Part10Writer",
-    "StorageError",
-    "StoredFile",
-    "TranscodeError",
-    "UnsupportedTransferSyntax",
-    "decode_dataset",
-    "decode_spooled_dataset",
-    "encode_dataset",
-    "encode_file_meta",
-    "folder_name",
-    "is_valid_uid",
-    "prune_empty_folders",
-    "read_header",
-    "read_part10_for_send",
-    "remove_stale_temp_files",
-    "safe_filename",
-    "target_path",
-    "transcode",
-]
+from .. import errors
+from ..protocol import uids
+from . import codec, meta, names, reader, writer
+
+#: where each name lives now
+_MOVED: dict[str, ModuleType] = {
+    # asyncdicom.errors
+    "InvalidDataset": errors,
+    "InvalidDicomFile": errors,
+    "StorageError": errors,
+    "TranscodeError": errors,
+    "UnsupportedTransferSyntax": errors,
+    # asyncdicom.protocol.uids
+    "DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN": uids,
+    "EXPLICIT_VR_BIG_ENDIAN": uids,
+    "EXPLICIT_VR_LITTLE_ENDIAN": uids,
+    "IMPLICIT_VR_LITTLE_ENDIAN": uids,
+    # asyncdicom.storage.codec
+    "NATIVE_TRANSFER_SYNTAXES": codec,
+    "SPOOL_DEFER_SIZE": codec,
+    "decode_dataset": codec,
+    "decode_spooled_dataset": codec,
+    "encode_dataset": codec,
+    "read_header": codec,
+    # asyncdicom.storage.meta
+    "encode_file_meta": meta,
+    # asyncdicom.storage.names
+    "MISSING_VALUE_FOLDER": names,
+    "folder_name": names,
+    "is_valid_uid": names,
+    "safe_filename": names,
+    "target_path": names,
+    # asyncdicom.storage.reader
+    "Part10Source": reader,
+    "read_part10_for_send": reader,
+    "transcode": reader,
+    # asyncdicom.storage.writer
+    "DUPLICATE_POLICIES": writer,
+    "DuplicatePolicy": writer,
+    "LAYOUTS": writer,
+    "Layout": writer,
+    "Part10Writer": writer,
+    "StoredFile": writer,
+    "prune_empty_folders": writer,
+    "remove_stale_temp_files": writer,
+}
+
+#: every name the module had (each one warns when used)
+__all__ = sorted(_MOVED)
+
+
+def __getattr__(name: str) -> object:
+    module = _MOVED.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import warnings
+
+    warnings.warn(
+        f"asyncdicom.storage.files is deprecated: import {name} from {module.__name__}",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    value: object = getattr(module, name)
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

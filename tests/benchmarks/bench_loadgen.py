@@ -275,7 +275,8 @@ def m_newuids(cfg: argparse.Namespace) -> dict[str, Any]:
     import pydicom
 
     from asyncdicom.loadtest.newuids import UIDSource, locate_uids, patch_uids
-    from asyncdicom.storage.files import encode_dataset, read_part10_for_send
+    from asyncdicom.storage.codec import encode_dataset
+    from asyncdicom.storage.reader import read_part10_for_send
     from asyncdicom.storage.synthetic import write_ct_files
 
     with tempfile.TemporaryDirectory() as tmp:

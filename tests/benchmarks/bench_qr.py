@@ -101,7 +101,7 @@ from qr_data import (
 
 from asyncdicom import AE, Association, Timeouts
 from asyncdicom.protocol import messages, uids
-from asyncdicom.storage.files import encode_dataset
+from asyncdicom.storage.codec import encode_dataset
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]

@@ -4,7 +4,7 @@ Input: ``[transfer syntax selector][cut count][cut sizes, 2 bytes each][data set
 bytes are checked as one fragment and as the fuzzer's fragments, in the transfer syntax the
 selector picks (Implicit, Explicit and Big Endian Explicit VR, Deflated).
 
-Properties: only :class:`~asyncdicom.storage.files.InvalidDataset` comes out of the check; the
+Properties: only :class:`~asyncdicom.errors.InvalidDataset` comes out of the check; the
 verdict (refused or not, and how many elements were walked) does not depend on how the bytes
 are split into fragments.
 
@@ -29,8 +29,8 @@ else:
 with _imports:
     from fuzz_common import Input, cut, read_cuts
 
+    from asyncdicom.errors import InvalidDataset
     from asyncdicom.protocol import uids
-    from asyncdicom.storage.files import InvalidDataset
     from asyncdicom.storage.structure import StructureCheck
 
 SYNTAXES = (
