@@ -25,7 +25,7 @@ import asyncio
 import socket
 from collections import deque
 from collections.abc import Callable, Coroutine, Mapping
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import anyio
 from anyio.abc import ByteStream, SocketAttribute, TaskGroup
@@ -43,6 +43,12 @@ _FAIRNESS = 16
 _ACCEPT_BATCH = 32
 #: seconds a closed connection may take to send what is left before it is dropped
 _CLOSE_GRACE = 10.0
+
+
+class _ReadSized(Protocol):
+    """asyncio's selector transport: it reads ``max_size`` bytes at a time."""
+
+    max_size: int
 
 
 class _Protocol(asyncio.Protocol):
@@ -68,7 +74,7 @@ class _Protocol(asyncio.Protocol):
         sizer = self.sizer
         size = sizer.size
         if sizer.update(len(data)) != size and hasattr(self.transport, "max_size"):
-            self.transport.max_size = sizer.size  # type: ignore[union-attr]  # not on uvloop
+            cast(_ReadSized, self.transport).max_size = sizer.size  # (not on uvloop)
         self.chunks.append(data)
         self.buffered += len(data)
         if self.buffered > _HIGH_WATER and not self.reading_paused and self.transport:
