@@ -227,9 +227,13 @@ class QueryRetrieveSCU(BaseAssociation):
         UID).
 
         ``async with assoc.find(ds) as results: async for match in results: ...``; leaving
-        the block early sends C-CANCEL-RQ and reads the remaining responses.  Raises
-        :class:`~asyncdicom.errors.NoAcceptedContext` when the model was not accepted,
-        :class:`QueryFailed` (from the iteration) on a final Failure status.
+        the block early sends C-CANCEL-RQ and reads the remaining responses.
+
+        Raises:
+            ValueError: ``model`` is not a Query/Retrieve FIND model.
+            NoAcceptedContext: the model was not accepted.
+            QueryFailed: (from the iteration) the final status is a Failure.
+            AssociationError: the association failed meanwhile (aborted, timed out, lost).
         """
         sop_class = find_model_uid(model)
         what = (

@@ -675,9 +675,14 @@ class RetrieveSCU(BaseAssociation):
         Dataset with Query/Retrieve Level and the unique keys) to the AE ``destination``.
 
         ``async with assoc.move(ds, destination="STORESCP") as r: async for _ in r: ...``;
-        leaving the block early sends C-CANCEL-RQ.  Raises ``NoAcceptedContext`` when the
-        model's MOVE context was not accepted, :class:`RetrieveFailed` (from the iteration)
-        on a final Failure status.
+        leaving the block early sends C-CANCEL-RQ.
+
+        Raises:
+            ValueError: ``model`` is not a Query/Retrieve MOVE model, or ``destination`` is
+                not a valid AE title.
+            NoAcceptedContext: the model's MOVE context was not accepted.
+            RetrieveFailed: (from the iteration) the final status is a Failure.
+            AssociationError: the association failed meanwhile (aborted, timed out, lost).
         """
         from ..protocol.negotiation import _check_ae_title
 
@@ -712,8 +717,13 @@ class RetrieveSCU(BaseAssociation):
 
         The storage SOP classes must have been proposed with the SCP role
         (:func:`asyncdicom.presets.retrieve_contexts`).  Leaving the block early sends
-        C-CANCEL-RQ.  Raises ``NoAcceptedContext`` when the model's GET context was not
-        accepted, :class:`RetrieveFailed` (from the iteration) on a final Failure status.
+        C-CANCEL-RQ.
+
+        Raises:
+            ValueError: ``model`` is not a Query/Retrieve GET model.
+            NoAcceptedContext: the model's GET context was not accepted.
+            RetrieveFailed: (from the iteration) the final status is a Failure.
+            AssociationError: the association failed meanwhile (aborted, timed out, lost).
         """
         sop_class = retrieve_model_uid(model, "get")
         context, data = identifier_context(self, identifier, sop_class, f"{model} GET model")

@@ -36,7 +36,12 @@ class VerificationSCU(BaseAssociation):
     """The Verification SCU helper of an association."""
 
     async def echo(self) -> DIMSEResponse:
-        """C-ECHO (PS3.7 9.1.5): the response (``.status`` 0x0000 = success)."""
+        """C-ECHO (PS3.7 9.1.5): the response (``.status`` 0x0000 = success).
+
+        Raises:
+            NoAcceptedContext: the Verification SOP class was not accepted.
+            AssociationError: the association failed meanwhile (aborted, timed out, lost).
+        """
         context = self.find_context(VERIFICATION)
         if context is None:
             raise NoAcceptedContext("no accepted presentation context for Verification")
