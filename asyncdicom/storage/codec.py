@@ -45,8 +45,9 @@ __all__ = [
 ]
 
 
-#: The transfer syntaxes whose data sets :func:`transcode` converts between: native (not
-#: encapsulated) pixel data, so a data set can be decoded and re-encoded losslessly.
+#: The transfer syntaxes whose data sets :func:`~asyncdicom.storage.reader.transcode` converts
+#: between: native (not encapsulated) pixel data, so a data set can be decoded and re-encoded
+#: losslessly.
 NATIVE_TRANSFER_SYNTAXES: frozenset[str] = frozenset(
     {
         IMPLICIT_VR_LITTLE_ENDIAN,
