@@ -60,7 +60,7 @@ The tree::
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from .protocol.errors import (
     BadProtocolVersion,
@@ -78,6 +78,9 @@ from .protocol.errors import (
 )
 from .protocol.messages import ResponseMessage
 from .protocol.status import Status
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 __all__ = [
     "ACSETimeout",
@@ -313,6 +316,15 @@ class PeerResponse(Protocol):
     @property
     def status(self) -> int:
         """Its Status (0000,0900)."""
+        ...
+
+    @property
+    def error_comment(self) -> str | None:
+        """Its Error Comment (0000,0902), if the peer sent one."""
+        ...
+
+    def decode(self) -> Dataset | None:
+        """Its data set decoded, or ``None`` if it has none."""
         ...
 
 
