@@ -31,6 +31,7 @@ from asyncdicom.cli.main import build_parser
 from asyncdicom.protocol import dimse, negotiation, uids
 from asyncdicom.protocol.negotiation import AcceptorConfig
 from asyncdicom.protocol.pdu import AssociateRQ
+from asyncdicom.protocol.status import StatusCategory, category
 from asyncdicom.qr.index import level_of
 from asyncdicom.qr.matching import (
     INDEX_COLUMNS,
@@ -639,3 +640,49 @@ def test_character_sets_and_person_names_as_stated() -> None:
     assert "a family name alone matches only with a wild card (`DOE*`)" in section
     assert not query("DOE").matches(record("ISO_IR 100", "DOE^JOHN"))
     assert query("DOE*").matches(record("ISO_IR 100", "DOE^JOHN"))
+
+
+# --------------------------------------------------------------------------- statuses
+
+#: the first word of a Meaning cell, and the class of status codes it names (PS3.7 Annex C)
+_MEANING_WORDS = {
+    "success": StatusCategory.SUCCESS,
+    "pending": StatusCategory.PENDING,
+    "cancel": StatusCategory.CANCEL,
+    "warning": StatusCategory.WARNING,
+    "refused": StatusCategory.FAILURE,
+    "error": StatusCategory.FAILURE,
+    "failed": StatusCategory.FAILURE,
+    "failure": StatusCategory.FAILURE,
+}
+
+
+def _status_rows() -> Iterator[tuple[int, str]]:
+    """(code, meaning) of every row of every status table of the statement."""
+    header: list[str] | None = None
+    for line in _text().splitlines():
+        stripped = line.strip()
+        if not stripped.startswith("|"):
+            header = None
+            continue
+        cells = [c.strip() for c in stripped.strip("|").split("|")]
+        if header is None:
+            header = cells
+            continue
+        if set(cells[0]) <= set("-:") or "Meaning" not in header:
+            continue
+        if not re.search(r"status", header[0], re.IGNORECASE):
+            continue
+        meaning = cells[header.index("Meaning")]
+        for code in re.findall(r"0x[0-9A-F]{4}\b", cells[0]):
+            yield int(code, 16), meaning
+
+
+def test_status_tables_name_the_class_of_each_code() -> None:
+    seen = 0
+    for code, meaning in _status_rows():
+        word = re.split(r"[\s:,]", meaning.strip().lower(), maxsplit=1)[0]
+        if word in _MEANING_WORDS:
+            assert category(code) is _MEANING_WORDS[word], f"0x{code:04X} {meaning}"
+            seen += 1
+    assert seen >= 40  # every status table of the statement is read
