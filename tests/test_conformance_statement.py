@@ -14,6 +14,7 @@ import re
 import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import anyio
@@ -40,6 +41,7 @@ from asyncdicom.qr.matching import (
     parse_query,
     parse_worklist_query,
 )
+from asyncdicom.services.commitment import CommitmentSCP
 from asyncdicom.storage.synthetic import write_ct_files
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "conformance.md"
@@ -409,6 +411,23 @@ def test_bench_proposes_what_its_table_says(
     _run_app(["bench", *PEER, "--called-aet", "X", "--operation", operation, *extra, *files])
     assert proposals, "bench built no A-ASSOCIATE-RQ"
     assert contexts_of(proposals[0]) == doc_contexts([row])
+
+
+def test_commitment_report_association_proposes_what_its_table_says(
+    proposals: list[AssociateRQ],
+) -> None:
+    # the association qrscp (CommitmentSCP) opens to a requestor that has left
+    scp = CommitmentSCP(AE("QRSCP"), lambda refs: {}, peers={"SCU": ("127.0.0.1", 104)})
+    origin = SimpleNamespace(peer_ae_title="SCU")
+
+    async def report() -> None:
+        await scp._report_on_new_association(origin, "1.2.3", 1, Dataset(), scp.log)  # type: ignore[arg-type]
+
+    with pytest.raises(_Stop):
+        anyio.run(report)
+    (rq,) = proposals
+    assert rq.called_ae_title == "SCU" and rq.calling_ae_title == "QRSCP"
+    assert contexts_of(rq) == doc_contexts(table("proposed qrscp report"))
 
 
 # --------------------------------------------------------------------------- AE titles, ports
