@@ -255,6 +255,23 @@ def test_storescp_accepts_what_its_table_says(served: list[AcceptorConfig], tmp_
     (config,) = served
     _check_accepted("accepted storescp", config)
     assert config.supported_context(uids.STUDY_ROOT_QR_FIND) is None
+    # "Several contexts of one abstract syntax are each negotiated on their own"
+    assert "each negotiated on their own" in " ".join(_text().split())
+    rq = negotiation.build_associate_rq(
+        negotiation.RequestorConfig(
+            calling_ae_title="SCU", called_ae_title="STORESCP", implementation_class_uid="1.2.3"
+        ),
+        [
+            negotiation.ContextRequest(uids.CT_IMAGE_STORAGE, (uids.JPEG_2000,)),
+            negotiation.ContextRequest(uids.CT_IMAGE_STORAGE, (uids.IMPLICIT_VR_LITTLE_ENDIAN,)),
+        ],
+    )
+    result = negotiation.negotiate(rq, config)
+    assert isinstance(result, negotiation.Accepted)
+    assert [c.transfer_syntax for c in result.association.contexts] == [
+        uids.JPEG_2000,
+        uids.IMPLICIT_VR_LITTLE_ENDIAN,
+    ]
 
 
 def test_qrscp_accepts_what_its_table_says(served: list[AcceptorConfig], tmp_path: Path) -> None:
