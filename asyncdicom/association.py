@@ -1081,7 +1081,9 @@ class BaseAssociation:
         self._setup_window()
         self.log = self.log.bind(peer_ae=self.peer_ae_title)
         self.log.info("association_accepted", contexts=len(self.accepted_contexts))
-        self.hooks.emit(HookEvent.ASSOCIATION_ACCEPTED, self)
+        self.hooks.emit(
+            HookEvent.ASSOCIATION_ACCEPTED, self, refused=self.negotiated.refused_contexts
+        )
         self._established.set()
 
     def _setup_window(self) -> None:
@@ -1112,9 +1114,19 @@ class BaseAssociation:
         self.negotiated = negotiated
         self._setup_window()
         self.log = self.log.bind(peer_ae=self.peer_ae_title)
-        self.log.info("association_accepted", contexts=len(self.accepted_contexts))
+        # which contexts were refused and why, and which fell back to the default roles
+        refused = negotiated.refused_contexts
+        notes = {
+            "refused": [c.describe() for c in refused],
+            "default_roles": [c.describe() for c in negotiated.default_role_contexts],
+        }
+        self.log.info(
+            "association_accepted",
+            contexts=len(self.accepted_contexts),
+            **{key: value for key, value in notes.items() if value},
+        )
         self._established.set()
-        self.hooks.emit(HookEvent.ASSOCIATION_ACCEPTED, self)
+        self.hooks.emit(HookEvent.ASSOCIATION_ACCEPTED, self, refused=refused)
 
     async def _reject(self, rj: AssociateRJ) -> None:
         """Acceptor: send A-ASSOCIATE-RJ."""

@@ -23,6 +23,7 @@ class HookEvent(Enum):
     CONNECTION_OPENED = "connection_opened"
     CONNECTION_CLOSED = "connection_closed"
     ASSOCIATION_REQUESTED = "association_requested"  # data: request (AssociateRQ)
+    # data: refused (the PresentationContexts not accepted, each with its .reason)
     ASSOCIATION_ACCEPTED = "association_accepted"
     ASSOCIATION_REJECTED = "association_rejected"  # data: reject (AssociateRJ)
     ASSOCIATION_RELEASED = "association_released"

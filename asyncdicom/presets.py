@@ -164,8 +164,9 @@ def retrieve_contexts(
     ``storage`` SOP classes proposed with the SCP role (this side receives the C-STOREs), in
     ``storage_transfer_syntaxes``; by default every transfer syntax, so that stored instances
     come as they are: per SOP class, one context for the uncompressed syntaxes and one per
-    compressed syntax when they fit (up to 12 SOP classes), else one for the uncompressed and
-    one for all the compressed syntaxes (up to 63), else one with all of them.  ValueError
+    compressed syntax when they fit (19 contexts per class: up to 6 SOP classes), else one for
+    the uncompressed and one for all the compressed syntaxes (up to 63), else one with all of
+    them (up to 126).  ValueError
     beyond the 128 contexts an A-ASSOCIATE-RQ holds."""
     index = {"patient": 0, "study": 1, "patient-study": 2}
     if model not in index:

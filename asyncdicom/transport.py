@@ -31,6 +31,7 @@ from ._accept import AcceptErrors, os_error_behind
 from .errors import ConnectTimeout, TLSError, TransportError
 
 __all__ = [
+    "TLS12_CIPHERS",
     "Listener",
     "TLSError",
     "client_context",
@@ -238,6 +239,13 @@ def _load(
         raise TLSError(f"cannot use the {what} ({files}): {reason}") from exc
 
 
+#: The TLS 1.2 cipher suites offered and accepted: forward-secret key exchange (ECDHE, DHE)
+#: with an AEAD cipher (AES-GCM, ChaCha20-Poly1305), as BCP 195 recommends (PS3.15 B.9);
+#: no CBC, RSA key transport, anonymous or null suite.  TLS 1.3's suites are all forward-secret
+#: AEAD and are not affected by this list.
+TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20:!aNULL:!eNULL"
+
+
 def client_context(
     *,
     ca: str | os.PathLike[str] | None = None,
@@ -245,7 +253,8 @@ def client_context(
     key: str | os.PathLike[str] | None = None,
     check_hostname: bool = True,
 ) -> ssl.SSLContext:
-    """A TLS context for a requestor: TLS 1.2 or later, the server's certificate verified
+    """A TLS context for a requestor: TLS 1.2 or later (with TLS 1.2, forward-secret AEAD
+    suites only, :data:`TLS12_CIPHERS`), the server's certificate verified
     (against ``ca``, a PEM file of trusted certificates, else the system's trust store) and
     its name checked against the host we connect to; ``cert`` (and ``key``, unless the key is
     in ``cert``) is our own certificate for a server that asks for one.
@@ -256,6 +265,7 @@ def client_context(
     keeps strangers out.  Raises :class:`TLSError` for a file that is missing or unusable."""
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers(TLS12_CIPHERS)
     context.check_hostname = check_hostname
     if ca is not None:
         _load("CA certificates", {"CA": ca}, lambda: context.load_verify_locations(cafile=ca))
@@ -276,12 +286,14 @@ def server_context(
     *,
     ca: str | os.PathLike[str] | None = None,
 ) -> ssl.SSLContext:
-    """A TLS context for an acceptor: TLS 1.2 or later, our certificate ``cert`` (and its
+    """A TLS context for an acceptor: TLS 1.2 or later (with TLS 1.2, forward-secret AEAD
+    suites only, :data:`TLS12_CIPHERS`), our certificate ``cert`` (and its
     private ``key``, unless the key is in ``cert``); with ``ca`` (a PEM file of trusted
     certificates) every client must present a certificate that it signed, else the handshake
     fails.  Raises :class:`TLSError` for a file that is missing or unusable."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers(TLS12_CIPHERS)
     _load(
         "certificate and key",
         {"certificate": cert, "private key": key},

@@ -219,6 +219,81 @@ def test_context_defaults(pki: PKI) -> None:
     )
 
 
+def _handshake(client: ssl.SSLContext, server: ssl.SSLContext) -> tuple[str, str] | None:
+    """A TLS handshake between two contexts over memory BIOs (no socket): the (version,
+    cipher) agreed, or None when it fails."""
+    c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
+    c = client.wrap_bio(c_in, c_out, server_hostname="localhost")
+    s = server.wrap_bio(s_in, s_out, server_side=True)
+    done = {"c": False, "s": False}
+    for _ in range(20):
+        for name, end in (("c", c), ("s", s)):
+            if done[name]:
+                continue
+            try:
+                end.do_handshake()
+                done[name] = True
+            except ssl.SSLWantReadError:
+                pass
+            except ssl.SSLError:
+                return None
+        s_in.write(c_out.read())
+        c_in.write(s_out.read())
+        if all(done.values()):
+            version, cipher = s.version(), s.cipher()
+            assert version is not None and cipher is not None
+            return version, cipher[0]
+    return None
+
+
+def ssl_client_12(pki: PKI) -> ssl.SSLContext:
+    """Python's default client context, TLS 1.2 at most (its default suites include CBC)."""
+    client = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(pki.ca))
+    client.maximum_version = ssl.TLSVersion.TLSv1_2
+    client.set_ciphers("DEFAULT")
+    return client
+
+
+def test_tls12_suites_are_forward_secret_aead_only(pki: PKI) -> None:
+    # PS3.15 B.9 / BCP 195: with TLS 1.2, ECDHE or DHE key exchange and an AEAD cipher only
+    for context in (client_context(ca=pki.ca), server_context(pki.server_cert, pki.server_key)):
+        tls12 = [c for c in context.get_ciphers() if c["protocol"] == "TLSv1.2"]
+        assert tls12, "no TLS 1.2 suite left"
+        for cipher in tls12:
+            assert cipher["aead"], cipher["name"]
+            assert cipher["kea"] in {"kx-ecdhe", "kx-dhe"}, cipher["name"]
+            assert cipher["auth"] != "auth-null", cipher["name"]
+    server = server_context(pki.server_cert, pki.server_key)
+
+    def tls12_client(ciphers: str) -> ssl.SSLContext:
+        client = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(pki.ca))
+        client.maximum_version = ssl.TLSVersion.TLSv1_2
+        client.set_ciphers(ciphers)
+        return client
+
+    # a TLS 1.2 peer offering only CBC or RSA key transport suites finds nothing in common
+    # (the test certificates may have RSA or ECDSA keys: both variants are offered)
+    cbc = ":".join(
+        f"ECDHE-{key}-{suite}"
+        for key in ("ECDSA", "RSA")
+        for suite in ("AES128-SHA256", "AES256-SHA")
+    )
+    for legacy in (cbc, "AES128-GCM-SHA256:AES256-SHA256"):
+        assert _handshake(tls12_client(legacy), server) is None, legacy
+    gcm = "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256"
+    assert _handshake(tls12_client(gcm), server) in {("TLSv1.2", name) for name in gcm.split(":")}
+    # our client offers no such suite to a TLS 1.2 server that would take one
+    legacy_server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    legacy_server.load_cert_chain(pki.server_cert, pki.server_key)
+    legacy_server.maximum_version = ssl.TLSVersion.TLSv1_2
+    legacy_server.set_ciphers(cbc)
+    assert _handshake(ssl_client_12(pki), legacy_server) is not None  # the setup can agree
+    assert _handshake(client_context(ca=pki.ca), legacy_server) is None
+    # TLS 1.3 is untouched: its suites are all forward-secret AEAD
+    version, _cipher = _handshake(client_context(ca=pki.ca), server) or ("", "")
+    assert version == "TLSv1.3"
+
+
 def test_context_file_errors(pki: PKI, tmp_path: Path) -> None:
     with pytest.raises(TLSError, match=r"the certificate file '.*nope.pem' does not exist"):
         server_context(tmp_path / "nope.pem", pki.server_key)

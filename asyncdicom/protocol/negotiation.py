@@ -31,8 +31,13 @@ Decisions taken where the standard leaves room (all documented at the point of u
 
 * A presentation context ID repeated in an RQ (or even, or outside 1-255) gets a single
   result 2 (no-reason, provider rejection) in the AC; the rest of the association goes ahead.
-* A context whose role negotiation leaves the acceptor no role it allows gets result 1
-  (user-rejection).
+* Role selection (PS3.7 D.3.3.4) that grants no proposed role falls back to the default roles
+  (requestor SCU, acceptor SCP) when the acceptor allows the SCP role for the SOP class: no
+  role answer is returned for that SOP class, which means the defaults.  DCMTK's and
+  pynetdicom's acceptors do the same in their default configuration, and requestors such as
+  a Storage Commitment SCU proposing "SCP only" rely on it.  Only when the default role is
+  not allowed either does the context get result 1 (user-rejection).  Every refused context,
+  and every fallback, carries its reason in :attr:`PresentationContext.reason`.
 * An AC that omits the result for a proposed context is read as result 2 for that context
   (lenient); an AC result for a context ID we never proposed, an accepted transfer syntax we
   never proposed, a repeated result for one ID or an undefined result value raise a
@@ -136,6 +141,14 @@ class ContextResult(IntEnum):
 
 
 _RESULT_VALUES = frozenset(int(r) for r in ContextResult)
+
+_RESULT_TEXT: dict[int, str] = {
+    ContextResult.ACCEPTANCE: "accepted",
+    ContextResult.USER_REJECTION: "user-rejection",
+    ContextResult.NO_REASON: "no-reason (provider rejection)",
+    ContextResult.ABSTRACT_SYNTAX_NOT_SUPPORTED: "abstract-syntax-not-supported",
+    ContextResult.TRANSFER_SYNTAXES_NOT_SUPPORTED: "transfer-syntaxes-not-supported",
+}
 
 
 # --------------------------------------------------------------------------- validation helpers
@@ -444,11 +457,21 @@ class PresentationContext:
     result: int
     scu_role: bool = False
     scp_role: bool = False
+    #: why the context was refused, or, for an accepted one, how role selection was settled
+    #: when the proposed roles fell back to the defaults; empty otherwise.  The acceptor knows
+    #: the local reason; the requestor only has the result code.
+    reason: str = field(default="", compare=False)
 
     @property
     def accepted(self) -> bool:
         """True when the acceptor accepted the context (result 0)."""
         return self.result == ContextResult.ACCEPTANCE
+
+    def describe(self) -> str:
+        """One line for logs: ID, abstract syntax, result and reason."""
+        name = _RESULT_TEXT.get(self.result, f"result {self.result}")
+        text = f"context {self.context_id} {self.abstract_syntax}: {name}"
+        return f"{text} ({self.reason})" if self.reason else text
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -502,6 +525,16 @@ class NegotiatedAssociation:
     def accepted_contexts(self) -> tuple[PresentationContext, ...]:
         """The contexts with result 0, in proposal order."""
         return tuple(c for c in self.contexts if c.accepted)
+
+    @property
+    def refused_contexts(self) -> tuple[PresentationContext, ...]:
+        """The contexts the acceptor did not accept, each with its ``reason``."""
+        return tuple(c for c in self.contexts if not c.accepted)
+
+    @property
+    def default_role_contexts(self) -> tuple[PresentationContext, ...]:
+        """Accepted contexts whose proposed roles fell back to the defaults (acceptor side)."""
+        return tuple(c for c in self.contexts if c.accepted and c.reason)
 
     def context_by_id(self, context_id: int) -> PresentationContext | None:
         """The context with *context_id* (accepted or not), or ``None``."""
@@ -595,9 +628,17 @@ def _max_length(user_information: UserInformationItem) -> int:
 
 
 def _association_view(
-    rq: AssociateRQ, ac: AssociateAC, *, is_requestor: bool
+    rq: AssociateRQ,
+    ac: AssociateAC,
+    *,
+    is_requestor: bool,
+    reasons: Mapping[int, str] | None = None,
 ) -> NegotiatedAssociation:
-    """Derive one side's :class:`NegotiatedAssociation` from a validated (RQ, AC) pair."""
+    """Derive one side's :class:`NegotiatedAssociation` from a validated (RQ, AC) pair.
+
+    *reasons* (acceptor side) gives the local reason per context ID; without it a refused
+    context's reason is what its result code says."""
+    reasons = reasons or {}
     rq_info, ac_info = rq.user_information, ac.user_information
     proposed_roles = _first_by_sop_class(rq_info.role_selections)
     answered_roles = _first_by_sop_class(ac_info.role_selections)
@@ -615,8 +656,13 @@ def _association_view(
         if answer is None or answer.result != ContextResult.ACCEPTANCE:
             # A missing result is read as a provider rejection without reason.
             code = int(ContextResult.NO_REASON) if answer is None else answer.result
+            reason = reasons.get(proposal.context_id) or (
+                "the A-ASSOCIATE-AC has no result for it" if answer is None else ""
+            )
             contexts.append(
-                PresentationContext(proposal.context_id, proposal.abstract_syntax, None, code)
+                PresentationContext(
+                    proposal.context_id, proposal.abstract_syntax, None, code, reason=reason
+                )
             )
             continue
         req_scu, req_scp = _requestor_roles(
@@ -633,6 +679,7 @@ def _association_view(
                 int(ContextResult.ACCEPTANCE),
                 scu_role=scu,
                 scp_role=scp,
+                reason=reasons.get(proposal.context_id, ""),
             )
         )
 
@@ -737,17 +784,61 @@ def _check_association(
     return None
 
 
+def _role_text(scu: bool, scp: bool) -> str:
+    return {(True, True): "SCU and SCP", (True, False): "SCU only", (False, True): "SCP only"}.get(
+        (scu, scp), "neither SCU nor SCP"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _RoleOutcome:
+    """The acceptor's own roles for a supported SOP class after role selection."""
+
+    scu: bool
+    scp: bool
+    #: the proposal granted nothing and the default roles apply: no role answer is sent
+    fallback: bool = False
+    reason: str = ""
+
+
 def _acceptor_roles(
     proposed: RoleSelectionSubItem | None, supported: SupportedContext
-) -> tuple[bool, bool]:
-    """The acceptor's own ``(scu, scp)`` for a supported SOP class (PS3.7 D.3.3.4)."""
+) -> _RoleOutcome:
+    """The acceptor's own roles for a supported SOP class (PS3.7 D.3.3.4).
+
+    A proposal that grants no role falls back to the defaults (requestor SCU, acceptor SCP)
+    when we may be SCP: the role answer is then left out, which means the defaults.
+    """
     if proposed is None:
         # Default: the acceptor is SCP; if it may not be, it has no role at all.
-        return (False, supported.scp_role_allowed)
+        if supported.scp_role_allowed:
+            return _RoleOutcome(False, True)
+        return _RoleOutcome(
+            False,
+            False,
+            reason="no role selection proposed, and this AE does not act as SCP "
+            "for this SOP class (it could act as SCU if the requestor proposed the SCP role)",
+        )
     # The requestor's SCP role is our SCU role and the other way round.
-    return (
-        proposed.scp_role and supported.scu_role_allowed,
-        proposed.scu_role and supported.scp_role_allowed,
+    scu = proposed.scp_role and supported.scu_role_allowed
+    scp = proposed.scu_role and supported.scp_role_allowed
+    if scu or scp:
+        return _RoleOutcome(scu, scp)
+    wanted = _role_text(proposed.scu_role, proposed.scp_role)
+    ours = _role_text(supported.scp_role_allowed, supported.scu_role_allowed)
+    if supported.scp_role_allowed:
+        return _RoleOutcome(
+            False,
+            True,
+            fallback=True,
+            reason=f"role selection: the requestor proposed {wanted} for itself, which this "
+            "AE cannot grant; default roles apply (requestor SCU, acceptor SCP, no role answer)",
+        )
+    return _RoleOutcome(
+        False,
+        False,
+        reason=f"role selection: the requestor proposed {wanted} for itself; this AE allows "
+        f"the requestor {ours}",
     )
 
 
@@ -764,20 +855,30 @@ def _negotiate_context(
     proposal: PresentationContextRQItem,
     config: AcceptorConfig,
     proposed_roles: Mapping[str, RoleSelectionSubItem],
-) -> PresentationContextACItem:
+) -> tuple[PresentationContextACItem, str]:
+    """One context's AC item and the reason for its outcome (empty when plainly accepted)."""
     supported = config.supported_context(proposal.abstract_syntax)
     if supported is None:
-        return _refused(proposal, ContextResult.ABSTRACT_SYNTAX_NOT_SUPPORTED)
+        return (
+            _refused(proposal, ContextResult.ABSTRACT_SYNTAX_NOT_SUPPORTED),
+            "this AE does not support the SOP class",
+        )
     # Local preference order decides among the transfer syntaxes both sides know.
     offered = set(proposal.transfer_syntaxes)
     chosen = next((ts for ts in supported.transfer_syntaxes if ts in offered), None)
     if chosen is None:
-        return _refused(proposal, ContextResult.TRANSFER_SYNTAXES_NOT_SUPPORTED)
-    scu, scp = _acceptor_roles(proposed_roles.get(proposal.abstract_syntax), supported)
-    if not (scu or scp):
+        return (
+            _refused(proposal, ContextResult.TRANSFER_SYNTAXES_NOT_SUPPORTED),
+            "none of the proposed transfer syntaxes ("
+            + ", ".join(proposal.transfer_syntaxes)
+            + ") is accepted for this SOP class",
+        )
+    roles = _acceptor_roles(proposed_roles.get(proposal.abstract_syntax), supported)
+    if not (roles.scu or roles.scp):
         # Accepting a context neither side may use would only defer the failure.
-        return _refused(proposal, ContextResult.USER_REJECTION)
-    return PresentationContextACItem(proposal.context_id, int(ContextResult.ACCEPTANCE), chosen)
+        return _refused(proposal, ContextResult.USER_REJECTION), roles.reason
+    item = PresentationContextACItem(proposal.context_id, int(ContextResult.ACCEPTANCE), chosen)
+    return item, roles.reason
 
 
 def negotiate(
@@ -802,13 +903,19 @@ def negotiate(
     * 0 with the first of *our* transfer syntaxes, in our preference order, that the requestor
       also proposed;
     * 3 abstract syntax not supported; 4 no common transfer syntax;
-    * 1 user-rejection when role selection leaves us no role we allow;
+    * 1 user-rejection when neither a proposed role nor the default roles are ones we allow;
     * 2 (once) for a context ID that is repeated, even or out of range -- the AC cannot give
       two answers for one ID.
 
+    Each refused context of the :class:`NegotiatedAssociation` carries the reason in
+    :attr:`PresentationContext.reason` (for the acceptor's log and hooks).
+
     Role selection answers (PS3.7 D.3.3.4) are sent only if the RQ had any, one per SOP class
     proposed: a role gets 1 only when proposed as 1 and allowed locally (our SCP role answers
-    the requestor's SCU proposal and vice versa).  The asynchronous operations window is
+    the requestor's SCU proposal and vice versa).  A proposal that would leave us no role
+    falls back to the default roles when we may be SCP: its SOP class then gets no answer
+    (which means the defaults) and its contexts are accepted, with the fallback told in their
+    ``reason``.  The asynchronous operations window is
     answered only when the RQ has one and ``config.async_ops_window`` is set, with the smaller
     value per direction (0 = unlimited).  Extended negotiation is answered only for SOP
     classes with an accepted context and only when the handler returns bytes.
@@ -825,6 +932,7 @@ def negotiate(
     for proposal in rq.presentation_contexts:
         counts[proposal.context_id] = counts.get(proposal.context_id, 0) + 1
     results: list[PresentationContextACItem] = []
+    reasons: dict[int, str] = {}
     answered: set[int] = set()
     for proposal in rq.presentation_contexts:
         cid = proposal.context_id
@@ -833,8 +941,16 @@ def negotiate(
         answered.add(cid)
         if counts[cid] > 1 or cid % 2 == 0 or not 1 <= cid <= 255:
             results.append(_refused(proposal, ContextResult.NO_REASON))
+            reasons[cid] = (
+                "the presentation context ID is proposed more than once"
+                if counts[cid] > 1
+                else "the presentation context ID is not an odd number from 1 to 255"
+            )
         else:
-            results.append(_negotiate_context(proposal, config, proposed_roles))
+            item, reason = _negotiate_context(proposal, config, proposed_roles)
+            results.append(item)
+            if reason:
+                reasons[cid] = reason
 
     by_id = {r.context_id: r for r in results}
     accepted_sop_classes = {
@@ -862,9 +978,11 @@ def negotiate(
         if supported is None:
             sub_items.append(RoleSelectionSubItem(uid, scu_role=False, scp_role=False))
             continue
-        our_scu, our_scp = _acceptor_roles(proposal_roles, supported)
+        roles = _acceptor_roles(proposal_roles, supported)
+        if roles.fallback:
+            continue  # no answer: the default roles apply (PS3.7 D.3.3.4)
         # The sub-item speaks of the requestor's roles: its SCU is our SCP.
-        sub_items.append(RoleSelectionSubItem(uid, scu_role=our_scp, scp_role=our_scu))
+        sub_items.append(RoleSelectionSubItem(uid, scu_role=roles.scp, scp_role=roles.scu))
     if config.implementation_version_name is not None:
         sub_items.append(ImplementationVersionNameSubItem(config.implementation_version_name))
     handler = config.extended_negotiation_handler
@@ -907,7 +1025,7 @@ def negotiate(
         presentation_contexts=tuple(results),
         user_information=user_information,
     )
-    return Accepted(ac, _association_view(rq, ac, is_requestor=False))
+    return Accepted(ac, _association_view(rq, ac, is_requestor=False, reasons=reasons))
 
 
 # --------------------------------------------------------------------------- requestor

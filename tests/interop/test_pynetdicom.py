@@ -36,6 +36,8 @@ from pydicom.dataset import Dataset
 
 from asyncdicom import AE, IdentityDecision, SupportedContext
 from asyncdicom.errors import NoAcceptedContext
+from asyncdicom.hooks import HookEvent
+from asyncdicom.presets import storage_commitment_scp_supported
 from asyncdicom.protocol import uids
 from asyncdicom.protocol.errors import RejectReason, RejectResult, RejectSource
 from asyncdicom.protocol.negotiation import ContextResult
@@ -288,6 +290,38 @@ async def test_pynetdicom_role_selection_for_storage(
     (ours,) = scp.accepted[0].accepted_contexts
     assert (ours.scp_role, ours.scu_role) == (True, we_allow_scu)
     assert_instances_match(scp.stored_paths(), [CT_SMALL])
+
+
+async def test_pynetdicom_scp_only_role_for_commitment_gets_default_roles(
+    our_scp_factory: Any,
+) -> None:
+    # build_role(uid, scp_role=True) proposes SCU=0, SCP=1; an AE that is Storage Commitment
+    # SCP only cannot grant it: the default roles apply (no role answer, PS3.7 D.3.3.4), as
+    # with DCMTK's and pynetdicom's own acceptors, and the context is usable for N-ACTION
+    commitment = "1.2.840.10008.1.20.1"
+
+    def run(port: int) -> dict[str, Any]:
+        ae = _pynetdicom_ae(commitment)
+        assoc = _associate(ae, port, ext_neg=[build_role(commitment, scp_role=True)])
+        assert assoc.is_established
+        try:
+            (context,) = assoc.accepted_contexts
+            return {"as_scu": context.as_scu, "as_scp": context.as_scp}
+        finally:
+            assoc.release()
+
+    refused: list[Any] = []
+    async with our_scp_factory(supported_contexts=storage_commitment_scp_supported()) as scp:
+        scp.ae.hooks.add(
+            HookEvent.ASSOCIATION_ACCEPTED, lambda event, assoc, **data: refused.append(data)
+        )
+        with anyio.fail_after(TEST_TIMEOUT):
+            outcome = await anyio.to_thread.run_sync(run, scp.port)
+    assert outcome == {"as_scu": True, "as_scp": False}
+    assert refused == [{"refused": ()}]
+    (ours,) = scp.accepted[0].negotiated.contexts
+    assert (ours.scu_role, ours.scp_role) == (False, True)
+    assert "default roles" in ours.reason
 
 
 # --------------------------------------------------------------------------- 8. us -> pynetdicom

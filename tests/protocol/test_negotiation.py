@@ -713,29 +713,41 @@ class TestRolesAcceptor:
         )
         result = accept(rq, config)
         answers = result.ac.user_information.role_selections
+        ctx = result.association.contexts[0]
         if proposed is None:
             # No role items in the RQ -> none in the AC; the acceptor is SCP by default.
             assert answers == ()
             expected_acceptor = (False, True)
         else:
             req_scu, req_scp = proposed
-            assert len(answers) == 1
-            answer = answers[0]
-            assert answer.sop_class_uid == CT_STORAGE
             # 1 only for a role proposed as 1 (PS3.7 D.3.3.4) and allowed for us: the
             # requestor's SCU role needs us as SCP and its SCP role needs us as SCU.
-            assert answer.scu_role == (req_scu and scp_allowed)
-            assert answer.scp_role == (req_scp and scu_allowed)
-            expected_acceptor = (req_scp and scu_allowed, req_scu and scp_allowed)
-        ctx = result.association.contexts[0]
+            granted = (req_scu and scp_allowed, req_scp and scu_allowed)
+            expected_acceptor = (granted[1], granted[0])
+            if any(granted):
+                assert answers == (RoleSelectionSubItem(CT_STORAGE, *granted),)
+            elif scp_allowed:
+                # Nothing proposed can be granted but our default role is allowed: no answer
+                # for the SOP class, which means the default roles (D.3.3.4), as DCMTK and
+                # pynetdicom acceptors do; the fallback is told in the context's reason.
+                assert answers == ()
+                expected_acceptor = (False, True)
+                assert "default roles" in ctx.reason
+            else:
+                assert answers == (RoleSelectionSubItem(CT_STORAGE, False, False),)
         allowed = (expected_acceptor[0] and scu_allowed) or (expected_acceptor[1] and scp_allowed)
         if allowed:
             assert ctx.result == 0
             assert (ctx.scu_role, ctx.scp_role) == expected_acceptor
+            # the requestor reaches the same roles from the AC alone
+            req = process_associate_ac(rq, result.ac).contexts[0]
+            assert (req.scu_role, req.scp_role) == (expected_acceptor[1], expected_acceptor[0])
         else:
-            # no role left that we allow -> user rejection
+            # no role left that we allow -> user rejection, with the reason
             assert ctx.result == ContextResult.USER_REJECTION
             assert (ctx.scu_role, ctx.scp_role) == (False, False)
+            assert ctx.reason
+            assert result.association.refused_contexts == (ctx,)
 
     def test_storage_commitment_report_on_new_association(self) -> None:
         # PS3.4 J.3.3 / reference 8.8: the commitment SCP calls back, proposing SCU=0, SCP=1.
@@ -1318,6 +1330,9 @@ def test_round_trip_property(
                 proposed[1] and supported.scu_role_allowed,
             )
             acceptor_ok = any(req_roles)
+            if not acceptor_ok and supported.scp_role_allowed:
+                # nothing proposed can be granted: the default roles, when we may be SCP
+                req_roles, acceptor_ok = (True, False), True
         if not acceptor_ok:
             assert ctx.result == 1
             continue
