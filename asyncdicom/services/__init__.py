@@ -12,7 +12,11 @@ from typing import Any, TypeVar
 
 from ..protocol import messages
 from .base import (
+    Component,
+    Handler,
+    HandlerCall,
     HandlerRegistry,
+    Responder,
     Service,
     call,
     is_async_callable,
@@ -27,7 +31,7 @@ from .commitment import (
     CommitmentSCU,
     CommitmentTimeout,
 )
-from .dispatch import ServiceDispatcher, ServiceRequest
+from .dispatch import ServiceDispatcher
 from .mpps import MPPS_SERVICE, MPPSSCP
 from .query_retrieve import (
     MWL_FIND_SERVICE,
@@ -36,6 +40,7 @@ from .query_retrieve import (
     QueryFailed,
     QueryRetrieveSCU,
 )
+from .request import ServiceRequest
 from .retrieve import QR_GET_SERVICE, QR_MOVE_SERVICE, Retrieval, RetrieveFailed, RetrieveSCU
 from .storage import STORAGE_SERVICE, StorageSCU
 from .verification import VERIFICATION_SERVICE, VerificationSCU
@@ -55,9 +60,13 @@ __all__ = [
     "CommitmentResult",
     "CommitmentSCP",
     "CommitmentTimeout",
+    "Component",
     "FindResults",
+    "Handler",
+    "HandlerCall",
     "HandlerRegistry",
     "QueryFailed",
+    "Responder",
     "Retrieval",
     "RetrieveFailed",
     "Service",
