@@ -11,6 +11,12 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from ..protocol import messages
+from .availability import (
+    INSTANCE_AVAILABILITY_NOTIFICATION,
+    INSTANCE_AVAILABILITY_SERVICE,
+    AvailabilityReceiver,
+    AvailabilitySCU,
+)
 from .base import (
     Component,
     Handler,
@@ -47,6 +53,8 @@ from .verification import VERIFICATION_SERVICE, VerificationSCU
 
 __all__ = [
     "DEFAULT_SERVICES",
+    "INSTANCE_AVAILABILITY_NOTIFICATION",
+    "INSTANCE_AVAILABILITY_SERVICE",
     "MPPSSCP",
     "MPPS_SERVICE",
     "MWL_FIND_SERVICE",
@@ -56,6 +64,8 @@ __all__ = [
     "STORAGE_COMMITMENT_SERVICE",
     "STORAGE_SERVICE",
     "VERIFICATION_SERVICE",
+    "AvailabilityReceiver",
+    "AvailabilitySCU",
     "CommitmentRefused",
     "CommitmentResult",
     "CommitmentSCP",
@@ -91,13 +101,17 @@ DEFAULT_SERVICES: tuple[Service, ...] = (
     STORAGE_COMMITMENT_SERVICE,
     MWL_FIND_SERVICE,
     MPPS_SERVICE,
+    INSTANCE_AVAILABILITY_SERVICE,
 )
 
 
-class ServiceAssociation(VerificationSCU, StorageSCU, QueryRetrieveSCU, RetrieveSCU, CommitmentSCU):
+class ServiceAssociation(
+    VerificationSCU, StorageSCU, QueryRetrieveSCU, RetrieveSCU, CommitmentSCU, AvailabilitySCU
+):
     """An association with every service's SCU helpers (``echo()``, ``store()``, ``find()``,
-    ``get()``, ``move()``, ``commit()``, the DIMSE-N ``n_get()`` ... ``n_event_report()``) and
-    handlers of its own, which take precedence over the AE's for requests arriving on it."""
+    ``get()``, ``move()``, ``commit()``, ``notify_availability()``, the DIMSE-N ``n_get()``
+    ... ``n_event_report()``) and handlers of its own, which take precedence over the AE's
+    for requests arriving on it."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
