@@ -13,6 +13,7 @@ import pytest
 
 from asyncdicom import AE, Service, ServiceRequest, Status
 from asyncdicom.protocol import messages
+from asyncdicom.services import make_response
 from asyncdicom.testing import associated
 
 pytestmark = pytest.mark.anyio
@@ -197,3 +198,22 @@ def test_one_no_handler_answer_per_service_no_functions() -> None:
     for path in sorted(SERVICES.glob("*.py")):
         text = path.read_text(encoding="utf-8")
         assert "def _no_handler" not in text, path.name
+
+
+async def test_a_response_field_that_cannot_be_encoded_is_answered_0110(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    scp = AE("META")
+    scp.add_service(meta_service())
+
+    @scp.on("N-ACTION", sop_class=PART)
+    async def on_action(request: ServiceRequest) -> Any:
+        # a backslash is not allowed in an Error Comment (LO, PS3.5 6.2)
+        return make_response(request.message, 0xC000, error_comment="a\\b")
+
+    with anyio.fail_after(10):
+        async with associated(scp, contexts=[META]) as assoc:
+            first = await assoc.n_action(PART, INSTANCE, 1, abstract_syntax=META)
+            second = await assoc.n_action(PART, INSTANCE, 1, abstract_syntax=META)
+    assert (first.status, second.status) == (0x0110, 0x0110)
+    assert caplog.text.count("handler_result_invalid") == 2

@@ -274,9 +274,10 @@ class ServiceDispatcher:
         """Turn what a handler returned or yielded into a response and send it.
 
         A final result that makes no valid response (a Pending status, a response of another
-        type, a value that is not a status, a data set that cannot be encoded) is logged and
-        answered with Processing Failure (0x0110), so the peer is never left waiting; a bad
-        Pending result raises, and the generator's loop ends the operation the same way.
+        type, a value that is not a status, a data set or a field that cannot be encoded) is
+        logged and answered with Processing Failure (0x0110), so the peer is never left
+        waiting; a bad Pending result raises, and the generator's loop ends the operation the
+        same way.
         """
         if request.association.is_closed:
             return
@@ -290,7 +291,19 @@ class ServiceDispatcher:
             )
             response = make_response(request.message, int(Status.PROCESSING_FAILURE))
             encoded = None
-        await self.respond(request, response, encoded)
+        try:
+            await self.respond(request, response, encoded)
+        except ValueError as exc:
+            # a field the handler set cannot be encoded (a backslash in an Error Comment, say):
+            # nothing was sent, the peer still waits for an answer
+            if not final:
+                raise
+            request.association.log.error(
+                "handler_result_invalid", message=request.message.NAME, error=str(exc)
+            )
+            await self.respond(
+                request, make_response(request.message, int(Status.PROCESSING_FAILURE))
+            )
 
     async def respond(
         self,
