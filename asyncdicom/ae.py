@@ -219,7 +219,11 @@ class AE:
 
     def service_state(self, service: Service) -> Any:
         """The state ``service`` shares among this AE's associations (its ``shared_state``),
-        made on first use; LookupError when it keeps none."""
+        made on first use.
+
+        Raises:
+            LookupError: the service keeps no shared state.
+        """
         return self._dispatcher.shared_state(service)
 
     @property

@@ -120,7 +120,11 @@ class ServiceDispatcher:
 
     def shared_state(self, service: Service) -> Any:
         """The state of ``service`` shared by every association (by its ``name``), made by
-        its ``shared_state`` factory on first use; LookupError when it declares none."""
+        its ``shared_state`` factory on first use.
+
+        Raises:
+            LookupError: the service declares no ``shared_state``.
+        """
         try:
             return self._shared[service.name]
         except KeyError:
@@ -132,8 +136,11 @@ class ServiceDispatcher:
 
     def association_state(self, association: Association, service: Service) -> Any:
         """The state of ``service`` for ``association``, made by its ``association_state``
-        factory on first use and dropped when the association's connection closes;
-        LookupError when it declares none."""
+        factory on first use and dropped when the association's connection closes.
+
+        Raises:
+            LookupError: the service declares no ``association_state``.
+        """
         states = self._states.get(association)
         if states is not None and service.name in states:
             return states[service.name]

@@ -47,8 +47,11 @@ class ServiceRequest(IncomingRequest):
     def state(self) -> Any:
         """The state of the service serving this request on this association: made by the
         service's ``association_state`` factory on first use, dropped when the association
-        ends (a print server's film session, say).  LookupError when the service declares
-        none."""
+        ends (a print server's film session, say).
+
+        Raises:
+            LookupError: no service serves the request, or it keeps no state per association.
+        """
         if self.store is None:
             raise LookupError("this request has no service state")
         return self.store.state_for(self.association, self.message, self.sop_class_uid)
