@@ -65,9 +65,17 @@ from .protocol.pdu import (
 )
 from .protocol.upper_layer import Role
 from .refusal import Refusal, RefusalRule
-from .services import DEFAULT_SERVICES, Association, HandlerRegistry, Service
+from .services import (
+    DEFAULT_SERVICES,
+    QR_MOVE_SERVICE,
+    STORAGE_COMMITMENT_SERVICE,
+    Association,
+    Component,
+    HandlerRegistry,
+    Service,
+)
 from .services.base import call
-from .services.commitment import STORAGE_COMMITMENT, CommitmentResult, receive_report
+from .services.commitment import CommitmentResult
 from .services.dispatch import ServiceDispatcher
 from .users import Lockout, LockoutAttempt, identity_user_name
 
@@ -166,14 +174,6 @@ class AE:
         #: the services this AE has (their defaults answer requests without a handler)
         self.services: list[Service] = list(DEFAULT_SERVICES)
         self._dispatcher = ServiceDispatcher(self.handlers, self.services)
-        #: C-MOVE SCP: where each Move Destination AE title is (host, port); a C-MOVE to a
-        #: title not listed is answered 0xA801
-        self.move_destinations: dict[str, tuple[str, int]] = {}
-        #: Storage Commitment SCU: the requests awaiting their report, by Transaction UID;
-        #: the N-EVENT-REPORT handler registered here delivers to it (replace the handler and
-        #: the reports are yours)
-        self.commitments: Correlator[CommitmentResult] = Correlator(max_early=0)
-        self.handlers.set("N-EVENT-REPORT", receive_report, sop_class=STORAGE_COMMITMENT)
         self._identity_handler: IdentityHandler | None = None
         #: throttles failed User Identity checks (see :meth:`on_user_identity`); ``None``: off
         self.identity_lockout: Lockout | None = None
@@ -201,11 +201,45 @@ class AE:
 
     # ------------------------------------------------------------------ handlers
 
+    def install(self, *components: Component) -> None:
+        """Install components on this AE (an :class:`~asyncdicom.archive.Archive`, a
+        :class:`~asyncdicom.worklist.Worklist`, an :class:`~asyncdicom.services.MPPSSCP`, a
+        :class:`~asyncdicom.services.CommitmentSCP`, an :class:`~asyncdicom.audit.AuditLog`,
+        an application's own): each registers its handlers, services and hooks with
+        ``component.install(ae)``."""
+        for component in components:
+            component.install(self)
+
     def add_service(self, service: Service) -> None:
         """Plug in a service: its defaults answer its requests when no handler is
-        registered, and with ``accept_by_default`` the acceptor accepts its SOP classes."""
+        registered, and with ``accept_by_default`` the acceptor accepts its SOP classes and
+        abstract syntaxes."""
         if service not in self.services:
             self.services.append(service)
+
+    def service_state(self, service: Service) -> Any:
+        """The state ``service`` shares among this AE's associations (its ``shared_state``),
+        made on first use.
+
+        Raises:
+            LookupError: the service keeps no shared state.
+        """
+        return self._dispatcher.shared_state(service)
+
+    @property
+    def move_destinations(self) -> dict[str, tuple[str, int]]:
+        """C-MOVE SCP: where each Move Destination AE title is (host, port); a C-MOVE to a
+        title not listed is answered 0xA801 (the C-MOVE service's shared state)."""
+        table: dict[str, tuple[str, int]] = self.service_state(QR_MOVE_SERVICE)
+        return table
+
+    @property
+    def commitments(self) -> Correlator[CommitmentResult]:
+        """Storage Commitment SCU: the requests awaiting their report, by Transaction UID (the
+        service's shared state); the N-EVENT-REPORT handler the service brings delivers to it
+        (register another and the reports are yours)."""
+        correlator: Correlator[CommitmentResult] = self.service_state(STORAGE_COMMITMENT_SERVICE)
+        return correlator
 
     def set_handler(
         self,
@@ -510,7 +544,7 @@ class AE:
         for service in self.services:
             if not service.accept_by_default:
                 continue
-            for uid in sorted(service.sop_classes - configured):
+            for uid in sorted((service.sop_classes | service.abstract_syntaxes) - configured):
                 supported.append(
                     SupportedContext(
                         uid,

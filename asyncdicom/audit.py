@@ -125,6 +125,10 @@ class AuditLog:
             ae.hooks.add(event, self._on_event)
         ae.tls_failure_callbacks.append(self._on_tls_failure)
 
+    def install(self, ae: AE) -> None:
+        """:meth:`attach`, the way every component is installed (``ae.install(audit)``)."""
+        self.attach(ae)
+
     def detach(self, ae: AE) -> None:
         """Stop auditing ``ae``."""
         for event in _EVENTS:

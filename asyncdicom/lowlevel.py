@@ -16,21 +16,25 @@ its SCU helpers on :class:`BaseAssociation`'s generic primitives (``invoke()``,
   :class:`~asyncdicom.ServiceRequest`); :data:`DatasetSource` -- what may be sent as a data set;
 * :func:`call` -- run a handler, sync (in a worker thread) or async;
   :func:`is_async_callable`;
-* :func:`request_type` -- the request message class of a command name (``"C-STORE"``).
+* :func:`request_type` -- the request message class of a command name (``"C-STORE"``);
+* :class:`Responder` and :class:`HandlerCall` -- what a service that answers in its own way
+  (C-GET/C-MOVE sub-operations, a report after the response) is built from.
 """
 
 from __future__ import annotations
 
 from .association import BaseAssociation, DatasetSource, Dispatcher, IncomingRequest, Owner
-from .services.base import call, is_async_callable, request_type
+from .services.base import HandlerCall, Responder, call, is_async_callable, request_type
 from .services.dispatch import ServiceDispatcher
 
 __all__ = [
     "BaseAssociation",
     "DatasetSource",
     "Dispatcher",
+    "HandlerCall",
     "IncomingRequest",
     "Owner",
+    "Responder",
     "ServiceDispatcher",
     "call",
     "is_async_callable",

@@ -52,7 +52,8 @@ EXPECTED_ALL: dict[str, set[str]] = {
     },
     "asyncdicom.lowlevel": {
         "BaseAssociation", "DatasetSource", "Dispatcher", "IncomingRequest", "Owner",
-        "ServiceDispatcher", "call", "is_async_callable", "request_type",
+        "ServiceDispatcher", "call", "is_async_callable", "request_type", "HandlerCall",
+        "Responder",
     },
     "asyncdicom.services": {
         "Association", "DEFAULT_SERVICES", "HandlerRegistry", "Service", "ServiceRequest",
@@ -60,7 +61,8 @@ EXPECTED_ALL: dict[str, set[str]] = {
         "CommitmentRefused", "CommitmentResult", "CommitmentSCP", "CommitmentTimeout",
         "MPPSSCP", "MPPS_SERVICE", "MWL_FIND_SERVICE", "QR_FIND_SERVICE", "QR_GET_SERVICE",
         "QR_MOVE_SERVICE", "STORAGE_COMMITMENT_SERVICE", "STORAGE_SERVICE",
-        "VERIFICATION_SERVICE",
+        "VERIFICATION_SERVICE", "Component", "Handler", "INSTANCE_AVAILABILITY_NOTIFICATION",
+        "INSTANCE_AVAILABILITY_SERVICE", "AvailabilityReceiver", "AvailabilitySCU",
     },
     "asyncdicom.association": {
         "BaseAssociation", "DIMSEResponse", "Dispatcher", "IncomingRequest", "Operation",

@@ -15,7 +15,19 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from ..protocol import messages
-from .base import HandlerRegistry, Service, make_response
+from .availability import (
+    INSTANCE_AVAILABILITY_NOTIFICATION,
+    INSTANCE_AVAILABILITY_SERVICE,
+    AvailabilityReceiver,
+    AvailabilitySCU,
+)
+from .base import (
+    Component,
+    Handler,
+    HandlerRegistry,
+    Service,
+    make_response,
+)
 from .commitment import (
     STORAGE_COMMITMENT_SERVICE,
     CommitmentRefused,
@@ -24,7 +36,6 @@ from .commitment import (
     CommitmentSCU,
     CommitmentTimeout,
 )
-from .dispatch import ServiceRequest
 from .mpps import MPPS_SERVICE, MPPSSCP
 from .query_retrieve import (
     MWL_FIND_SERVICE,
@@ -33,12 +44,15 @@ from .query_retrieve import (
     QueryFailed,
     QueryRetrieveSCU,
 )
+from .request import ServiceRequest
 from .retrieve import QR_GET_SERVICE, QR_MOVE_SERVICE, Retrieval, RetrieveFailed, RetrieveSCU
 from .storage import STORAGE_SERVICE, StorageSCU
 from .verification import VERIFICATION_SERVICE, VerificationSCU
 
 __all__ = [
     "DEFAULT_SERVICES",
+    "INSTANCE_AVAILABILITY_NOTIFICATION",
+    "INSTANCE_AVAILABILITY_SERVICE",
     "MPPSSCP",
     "MPPS_SERVICE",
     "MWL_FIND_SERVICE",
@@ -49,11 +63,15 @@ __all__ = [
     "STORAGE_SERVICE",
     "VERIFICATION_SERVICE",
     "Association",
+    "AvailabilityReceiver",
+    "AvailabilitySCU",
     "CommitmentRefused",
     "CommitmentResult",
     "CommitmentSCP",
     "CommitmentTimeout",
+    "Component",
     "FindResults",
+    "Handler",
     "HandlerRegistry",
     "QueryFailed",
     "Retrieval",
@@ -75,13 +93,17 @@ DEFAULT_SERVICES: tuple[Service, ...] = (
     STORAGE_COMMITMENT_SERVICE,
     MWL_FIND_SERVICE,
     MPPS_SERVICE,
+    INSTANCE_AVAILABILITY_SERVICE,
 )
 
 
-class Association(VerificationSCU, StorageSCU, QueryRetrieveSCU, RetrieveSCU, CommitmentSCU):
+class Association(
+    VerificationSCU, StorageSCU, QueryRetrieveSCU, RetrieveSCU, CommitmentSCU, AvailabilitySCU
+):
     """An association with every service's SCU helpers (``echo()``, ``store()``, ``find()``,
-    ``get()``, ``move()``, ``commit()``, the DIMSE-N ``n_get()`` ... ``n_event_report()``) and
-    handlers of its own, which take precedence over the AE's for requests arriving on it."""
+    ``get()``, ``move()``, ``commit()``, ``notify_availability()``, the DIMSE-N ``n_get()``
+    ... ``n_event_report()``) and handlers of its own, which take precedence over the AE's
+    for requests arriving on it."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

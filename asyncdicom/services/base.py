@@ -24,7 +24,9 @@ serves every SOP class (:class:`HandlerRegistry`), on the AE and optionally on o
 
 :class:`~asyncdicom.services.dispatch.ServiceDispatcher` is the
 :class:`~asyncdicom.association.Dispatcher` the AE hands to every association; it is the only
-place that runs handlers.
+place that runs handlers.  A service whose handlers' results are not its responses declares a
+:data:`Responder`; work that must follow the final response is registered with
+:meth:`ServiceRequest.after_response <asyncdicom.services.ServiceRequest.after_response>`.
 """
 
 from __future__ import annotations
@@ -33,16 +35,23 @@ import dataclasses
 import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import anyio
 
 from ..protocol import messages
 from ..protocol.status import Status
 
+if TYPE_CHECKING:
+    from ..association import IncomingRequest
+
 __all__ = [
     "COMMANDS",
+    "Component",
+    "Handler",
+    "HandlerCall",
     "HandlerRegistry",
+    "Responder",
     "Service",
     "call",
     "is_async_callable",
@@ -83,42 +92,106 @@ def _processing_failure(message: messages.Message, exc: BaseException) -> int:
     return int(Status.PROCESSING_FAILURE)
 
 
+#: a handler: ``handler(request)`` in one of the four forms of the module docstring
+Handler = Callable[..., Any]
+
+
+class HandlerCall(Protocol):
+    """One request with a handler, as a :data:`Responder` sees it: the engine
+    (:class:`~asyncdicom.services.dispatch.ServiceDispatcher`) has found the handler and runs
+    it here by the one rule, with its exceptions mapped to the service's status."""
+
+    @property
+    def request(self) -> IncomingRequest:
+        """The request being served (a :class:`~asyncdicom.services.ServiceRequest`)."""
+
+    @property
+    def handler(self) -> Handler:
+        """Its handler."""
+
+    @property
+    def service(self) -> Service | None:
+        """The service that serves it (``None``: no service covers it)."""
+
+    async def collect(self, batch: int) -> tuple[list[Any], Any]:
+        """Every item of the handler (any of the four forms: a handler that is not a generator
+        returns a list of items, or a status), read until it ends or yields a final status;
+        returns ``(items, final)`` where ``final`` is that status, Cancel (0xFE00) when a
+        C-CANCEL-RQ stopped the handler, the service's status for a handler that raised, or
+        ``None``.  A plain generator is advanced ``batch`` items per worker-thread call."""
+
+    async def send(self, result: Any, *, final: bool) -> None:
+        """Turn a handler's result (a status, ``(status, dataset)``, a response, ...) into a
+        response and send it."""
+
+    async def respond(self, response: messages.ResponseMessage, dataset: Any = None) -> None:
+        """Send ``response`` with ``dataset`` (a pydicom Dataset, or bytes already encoded in
+        the context's transfer syntax)."""
+
+
+class Component(Protocol):
+    """Something an application installs on an AE with :meth:`~asyncdicom.AE.install` (an
+    archive, a worklist, an MPPS SCP, a Storage Commitment SCP, an audit log): it registers
+    its handlers, services and hooks there."""
+
+    def install(self, ae: Any) -> None:
+        """Register on ``ae`` (an :class:`~asyncdicom.AE`)."""
+
+
+#: how a service whose handlers' results are not its responses serves a request that has a
+#: handler (C-GET and C-MOVE: the handler names instances, the responder sends them); it sends
+#: every response, the final one last
+Responder = Callable[[HandlerCall], Awaitable[None]]
+
+
 @dataclass(frozen=True)
 class Service:
     """A DIMSE service class, as data (see the module docstring).
 
     * ``commands``: the request classes it serves (``messages.CStoreRQ``, ...).
-    * ``sop_classes`` / ``rule``: the SOP classes it covers: a fixed set, or a predicate on a
-      SOP Class UID (both may be given; either matching is enough).
+    * ``sop_classes`` / ``rule``: the SOP classes it dispatches on: a fixed set, or a predicate
+      on a SOP Class UID (both may be given; either matching is enough).
+    * ``abstract_syntaxes``: what it negotiates apart from ``sop_classes``: the UIDs of meta
+      SOP classes (a Print Management meta SOP class is negotiated as one presentation
+      context, and its requests name the component SOP classes it dispatches on).
     * ``transfer_syntaxes``: what the acceptor accepts for its SOP classes.
     * ``scp_role`` / ``scu_role``: the roles this AE may take as *acceptor* by default
       (PS3.7 D.3.3.4; SCU for services whose acceptor invokes, e.g. a C-GET's C-STOREs).
     * ``accept_by_default``: whether an AE that has the service accepts its (listed) SOP
-      classes without further configuration.
-    * ``no_handler_status``: the status answered when no handler is registered;
-      ``no_handler_response`` may build the whole response instead.
+      classes and abstract syntaxes without further configuration.
+    * ``no_handler_status`` / ``no_handler_comment``: the response when no handler is
+      registered, with that Error Comment (``{command}`` in it stands for the request's name,
+      e.g. ``C-MOVE``); ``no_handler_response`` may build the whole response instead.
     * ``exception_status``: the status a handler's exception maps to.
-    * ``runner``: how a request with a handler is served, when the generic forms of
-      :func:`call` do not fit: ``async def runner(dispatcher, request, handler)`` sends
-      every response itself (C-GET and C-MOVE run their sub-operations this way), with the
-      dispatcher's :meth:`~asyncdicom.services.ServiceDispatcher.respond`,
-      :meth:`~asyncdicom.services.ServiceDispatcher.send_result`,
-      :meth:`~asyncdicom.services.ServiceDispatcher.serve_generator` and
-      :meth:`~asyncdicom.services.ServiceDispatcher.handler_failed`.
+    * ``responder``: how a request with a handler is served when the handler's results are
+      not the responses themselves (see :data:`Responder`); ``None``: the generic forms.
+    * ``default_handlers``: ``(request class, handler)`` pairs the service brings, used when
+      the application registered none (Storage Commitment's report receiver).
+    * ``association_state``: a factory of the service's state for one association, created
+      on first use (:attr:`~asyncdicom.services.ServiceRequest.state`) and dropped when the
+      association ends.
+    * ``shared_state``: a factory of the service's state for one AE, shared by every
+      association (:meth:`~asyncdicom.AE.service_state`); services of the same ``name``
+      share it.
     """
 
     name: str
     commands: tuple[type[messages.Message], ...]
     sop_classes: frozenset[str] = frozenset()
     rule: Callable[[str], bool] | None = None
+    abstract_syntaxes: frozenset[str] = frozenset()
     transfer_syntaxes: tuple[str, ...] = ()
     scp_role: bool = True
     scu_role: bool = False
     accept_by_default: bool = False
     no_handler_status: int = int(Status.UNRECOGNIZED_OPERATION)
+    no_handler_comment: str | None = None
     no_handler_response: Callable[[messages.RequestMessage], messages.ResponseMessage] | None = None
     exception_status: Callable[[messages.Message, BaseException], int] = _processing_failure
-    runner: Callable[[Any, Any, Callable[..., Any]], Awaitable[None]] | None = None
+    responder: Responder | None = None
+    default_handlers: tuple[tuple[type[messages.Message], Handler], ...] = ()
+    association_state: Callable[[], Any] | None = None
+    shared_state: Callable[[], Any] | None = None
 
     def covers(self, sop_class_uid: str) -> bool:
         """True when this service serves ``sop_class_uid``."""
@@ -130,11 +203,21 @@ class Service:
         """True when ``message`` (a request) on ``sop_class_uid`` belongs to this service."""
         return type(message) in self.commands and self.covers(sop_class_uid)
 
+    def default_handler(self, command: type[messages.Message]) -> Handler | None:
+        """The handler this service brings for ``command``, if any."""
+        for cls, handler in self.default_handlers:
+            if cls is command:
+                return handler
+        return None
+
     def default_response(self, message: messages.RequestMessage) -> messages.ResponseMessage:
         """The response to ``message`` when no handler is registered."""
         if self.no_handler_response is not None:
             return self.no_handler_response(message)
-        return make_response(message, self.no_handler_status)
+        if self.no_handler_comment is None:
+            return make_response(message, self.no_handler_status)
+        comment = self.no_handler_comment.replace("{command}", message.NAME.removesuffix("-RQ"))
+        return make_response(message, self.no_handler_status, error_comment=comment[:64])
 
 
 # ---------------------------------------------------------------------- handlers

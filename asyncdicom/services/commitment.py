@@ -27,7 +27,6 @@ leave before the report comes waits for it with :func:`awaiting_report` on its l
 
 from __future__ import annotations
 
-import inspect
 import os
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from contextlib import AbstractContextManager
@@ -55,7 +54,7 @@ from ..log import get_logger
 from ..protocol import messages, uids
 from ..protocol.negotiation import ContextRequest
 from ..protocol.status import Status
-from .base import Service, call, is_async_callable, make_response
+from .base import Service, call, make_response
 from .normalized import NormalizedSCU
 
 __all__ = [
@@ -87,67 +86,6 @@ DUPLICATE_TRANSACTION_UID = 0x0131
 _INVALID_ARGUMENT_VALUE = 0x0115
 _NO_SUCH_EVENT_TYPE = 0x0113
 _NO_SUCH_ACTION = 0x0123
-
-
-def _no_handler(message: messages.RequestMessage) -> messages.ResponseMessage:
-    return make_response(
-        message,
-        int(Status.PROCESSING_FAILURE),
-        error_comment="this AE does not perform storage commitment",
-    )
-
-
-@dataclass(frozen=True)
-class _ThenReport:
-    """What :class:`CommitmentSCP`'s N-ACTION handler returns: the response, and what to start
-    once it is sent (the report must not overtake the N-ACTION-RSP)."""
-
-    response: Any
-    then: Callable[[], None]
-
-
-async def _serve(dispatcher: Any, request: Any, handler: Callable[..., Any]) -> None:
-    """The service's runner: a handler is served as the dispatcher serves any other (the one
-    sync-or-async rule, an exception answered 0x0110), and a :class:`_ThenReport` result has
-    its follow-up started after the response went out."""
-    sop_class = request.sop_class_uid
-    if inspect.isasyncgenfunction(handler) or inspect.isgeneratorfunction(handler):
-        await dispatcher.serve_generator(request, handler, sop_class)
-        return
-    after: Callable[[], None] | None = None
-    result: Any
-    try:
-        if is_async_callable(handler):
-            result = await handler(request)
-        else:
-            if request.has_dataset:
-                request.data = await request.read()
-            result = await anyio.to_thread.run_sync(handler, request)
-        if isinstance(result, _ThenReport):
-            result, after = result.response, result.then
-    except Exception as exc:
-        if request.association.is_closed:
-            return
-        result = dispatcher.handler_failed(request, handler, exc, sop_class)
-    try:
-        if request.data_unread:
-            await request.discard()
-        await dispatcher.send_result(request, result, final=True)
-    finally:
-        if after is not None:
-            after()  # also when the response could not be sent: the report then goes elsewhere
-
-
-#: Storage Commitment Push Model: N-ACTION (to the SCP) and N-EVENT-REPORT (to the SCU).  Not
-#: accepted unless configured (:func:`asyncdicom.presets.storage_commitment_scu_supported` for
-#: an SCU that receives reports on its own associations, ``..._scp_supported`` for an SCP)
-STORAGE_COMMITMENT_SERVICE = Service(
-    name="Storage Commitment Push Model",
-    commands=(messages.NActionRQ, messages.NEventReportRQ),
-    sop_classes=frozenset({STORAGE_COMMITMENT}),
-    no_handler_response=_no_handler,
-    runner=_serve,
-)
 
 
 # ---------------------------------------------------------------------- results
@@ -184,8 +122,10 @@ def _key(transaction_uid: str) -> tuple[str, str]:
 _fallback: Correlator[CommitmentResult] = Correlator(max_early=0)
 
 
-def _correlator(association: BaseAssociation) -> Correlator[CommitmentResult]:
-    found = getattr(association.ae, "commitments", None)
+def _correlator(ae: Any) -> Correlator[CommitmentResult]:
+    """The requests of ``ae`` awaiting their report: the service's shared state."""
+    service_state = getattr(ae, "service_state", None)
+    found = service_state(STORAGE_COMMITMENT_SERVICE) if service_state is not None else None
     return found if isinstance(found, Correlator) else _fallback
 
 
@@ -194,9 +134,9 @@ def _instance_uids(item: Any) -> tuple[str, str]:
     if isinstance(item, (tuple, list)) and len(item) == 2:
         return str(item[0]), str(item[1])
     if isinstance(item, Dataset):
-        from .storage import _sop_uids
+        from .storage import sop_uids
 
-        return _sop_uids(item)
+        return sop_uids(item)
     if isinstance(item, (str, os.PathLike)):
         from ..storage.reader import read_part10_for_send
 
@@ -276,7 +216,7 @@ async def receive_report(request: Any) -> messages.Message | int:
     except Exception as exc:  # an unreadable or incomplete Event Information
         association.log.warning("commitment_report_invalid", error=str(exc))
         return make_response(message, _INVALID_ARGUMENT_VALUE, error_comment=str(exc)[:64])
-    if not _correlator(association).deliver(_key(result.transaction_uid), result, keep=False):
+    if not _correlator(association.ae).deliver(_key(result.transaction_uid), result, keep=False):
         association.log.warning(
             "commitment_report_unexpected", transaction_uid=result.transaction_uid
         )
@@ -294,6 +234,22 @@ async def receive_report(request: Any) -> messages.Message | int:
     return int(Status.SUCCESS)
 
 
+#: Storage Commitment Push Model: N-ACTION (to the SCP) and N-EVENT-REPORT (to the SCU).  Not
+#: accepted unless configured (:func:`asyncdicom.presets.storage_commitment_scu_supported` for
+#: an SCU that receives reports on its own associations, ``..._scp_supported`` for an SCP).
+#: It brings :func:`receive_report` as the N-EVENT-REPORT handler, and keeps the requests
+#: awaiting their report as the AE's shared state (``AE.commitments``)
+STORAGE_COMMITMENT_SERVICE = Service(
+    name="Storage Commitment Push Model",
+    commands=(messages.NActionRQ, messages.NEventReportRQ),
+    sop_classes=frozenset({STORAGE_COMMITMENT}),
+    no_handler_status=int(Status.PROCESSING_FAILURE),
+    no_handler_comment="this AE does not perform storage commitment",
+    default_handlers=((messages.NEventReportRQ, receive_report),),
+    shared_state=lambda: Correlator[CommitmentResult](max_early=0),
+)
+
+
 def awaiting_report(
     ae: Any, transaction_uid: str
 ) -> AbstractContextManager[Pending[CommitmentResult]]:
@@ -308,9 +264,7 @@ def awaiting_report(
     For requestors that leave before the report comes (it then comes on an association the
     SCP opens: ``ae`` must be serving); :meth:`CommitmentSCU.commit` does all of this on one
     association.  KeyError if the Transaction UID is awaited already."""
-    found = getattr(ae, "commitments", None)
-    correlator = found if isinstance(found, Correlator) else _fallback
-    return correlator.expect(_key(transaction_uid))
+    return _correlator(ae).expect(_key(transaction_uid))
 
 
 class CommitmentSCU(NormalizedSCU):
@@ -418,6 +372,15 @@ class CommitmentSCP:
         self._tg = task_group
         self.ae.on("N-ACTION", sop_class=STORAGE_COMMITMENT)(self._on_action)
 
+    def install(self, ae: Any) -> None:
+        """Answer N-ACTION on ``ae`` (``ae.install(scp)``), with the reports in the task group
+        given to :meth:`start` last (``None``: requests are refused with 0x0110 until
+        :meth:`start` gives one; ``async with`` does)."""
+        if ae is not self.ae:
+            self.stop()
+            self.ae = ae
+        self.start(self._tg)
+
     def stop(self, *, cancel: bool = False) -> None:
         """Stop answering N-ACTION (requests are then refused with 0x0110); with ``cancel``,
         also cancel the reports in progress."""
@@ -485,10 +448,10 @@ class CommitmentSCP:
             "commitment_request_received", transaction_uid=transaction, instances=len(refs)
         )
 
-        def report() -> None:
-            tg.start_soon(self._report, origin, transaction, refs)
-
-        return _ThenReport(int(Status.SUCCESS), report)
+        # the report must not overtake the N-ACTION-RSP; if that cannot be sent, the report
+        # goes on a new association
+        request.after_response(lambda: tg.start_soon(self._report, origin, transaction, refs))
+        return int(Status.SUCCESS)
 
     async def _report(
         self, origin: BaseAssociation, transaction: str, refs: list[tuple[str, str]]

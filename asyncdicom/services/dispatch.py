@@ -1,133 +1,48 @@
-"""Running handlers: :class:`ServiceDispatcher`, the driver's
-:class:`~asyncdicom.association.Dispatcher` for every association of an AE, and the
-:class:`ServiceRequest` that handlers receive (see :mod:`asyncdicom.services.base` for the
-handler forms and the one sync-or-async rule)."""
+"""The handler engine: :class:`ServiceDispatcher`, the driver's
+:class:`~asyncdicom.association.Dispatcher` for every association of an AE, and the one place
+where handlers run (see :mod:`asyncdicom.services.base` for the handler forms).
+
+For a request it finds the handler (the association's, the AE's, else the one its service
+brings) and the service; without a handler it answers with the service's default.  With one,
+it runs it by its form -- ``async def`` on the event loop, a plain function in a worker
+thread, an async generator, a plain generator advanced in a worker thread -- and turns what
+it returns or yields into responses; a C-CANCEL-RQ cancels the handler at its current
+``await`` and is answered Cancel; an exception is logged and answered with the service's
+status.  A service whose handlers' results are not its responses (C-GET, C-MOVE) declares a
+:data:`~asyncdicom.services.base.Responder`, which gets the same building blocks through a
+:class:`~asyncdicom.services.base.HandlerCall`.  After the final response, the request's
+:meth:`~asyncdicom.services.ServiceRequest.after_response` actions run.  Service state per
+association lives here too, and is dropped when the association's connection closes.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import inspect
-from collections.abc import Callable, Generator
+import weakref
+from collections.abc import Callable, Generator, Iterator
+from contextlib import contextmanager
 from functools import partial
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 
 from ..association import BaseAssociation, DatasetSource, IncomingRequest
 from ..errors import StorageError
+from ..hooks import HookEvent, Hooks
 from ..log import get_logger
 from ..protocol import messages
 from ..protocol.negotiation import PresentationContext
 from ..protocol.operations import CANCELLABLE
 from ..protocol.status import Status, is_pending
-from .base import HandlerRegistry, Service, is_async_callable, make_response
-
-if TYPE_CHECKING:
-    from pydicom.dataset import Dataset
-
-    from ..storage.writer import DuplicatePolicy, Layout, StoredFile
+from .base import Handler, HandlerRegistry, Service, call, is_async_callable, make_response
+from .request import ServiceRequest, encode_for
 
 __all__ = ["ServiceDispatcher", "ServiceRequest"]
 
-# ---------------------------------------------------------------------- requests
 
-
-class ServiceRequest(IncomingRequest):
-    """A request from the peer as a handler sees it: the generic
-    :class:`~asyncdicom.association.IncomingRequest` plus DICOM conveniences.
-
-    ``message`` is the request, ``context`` its presentation context, ``association`` the
-    association it came on, ``sop_class_uid`` the SOP class it is about.  A data set is read
-    once: :meth:`dataset` (decoded with pydicom), :meth:`read` (bytes), :meth:`chunks`
-    (streamed), :meth:`save_to` (C-STORE to a Part 10 file, streamed and atomic).
-    """
-
-    async def dataset(self) -> Dataset:
-        """The data set (identifier) decoded with pydicom in the context's transfer syntax.
-
-        Up to ``AEConfig.max_dataset_in_memory`` bytes it is read into memory.  A bigger one
-        streams to an anonymous temporary file instead (in ``AEConfig.spool_directory``, the
-        system's temporary folder by default; written in worker threads) and is decoded from
-        there with its large values (over 64 KiB: pixel data, say) read from the file only
-        when accessed; the file is gone as soon as the returned Dataset is.  Memory stays
-        bounded whatever the peer sends.
-        """
-        from ..storage.codec import decode_dataset, decode_spooled_dataset
-
-        association = self.association
-        config = association.config
-        limit = config.max_dataset_in_memory
-        syntax = self.context.transfer_syntax or ""
-        parts: list[bytes] = []
-        size = 0
-        spool: Any = None
-        try:
-            async for chunk in self.chunks():
-                if spool is None:
-                    size += len(chunk)
-                    parts.append(bytes(chunk))
-                    if size <= limit:
-                        continue
-                    spool = await anyio.to_thread.run_sync(_new_spool, config.spool_directory)
-                    held = b"".join(parts)
-                    parts.clear()
-                    await anyio.to_thread.run_sync(spool.write, held)
-                    del held
-                else:
-                    # the fragment is a view of received bytes nobody else writes: safe to
-                    # hand to the thread as it is
-                    await anyio.to_thread.run_sync(spool.write, chunk)
-            if spool is None:
-                return decode_dataset(b"".join(parts), syntax)
-            dataset: Dataset = await anyio.to_thread.run_sync(
-                decode_spooled_dataset, spool, syntax, config.spool_directory
-            )
-            spool = None  # now owned by the data set (its deferred values read from it)
-            return dataset
-        finally:
-            if spool is not None:
-                spool.close()
-
-    def decode(self) -> Dataset:
-        """For plain-function (threaded) handlers: :attr:`data` decoded with pydicom."""
-        from ..storage.codec import decode_dataset
-
-        return decode_dataset(self.data or b"", self.context.transfer_syntax or "")
-
-    async def save_to(
-        self,
-        folder: str | Path,
-        *,
-        on_duplicate: DuplicatePolicy = "unique",
-        layout: Layout = "flat",
-    ) -> StoredFile:
-        """C-STORE: write the instance to ``folder`` as a Part 10 file, atomically (see
-        :func:`~asyncdicom.services.storage.save_request` for ``on_duplicate`` and
-        ``layout``).  The returned path's ``header()`` reads the stored data set without its
-        pixel data."""
-        from .storage import save_request
-
-        return await save_request(self, folder, on_duplicate=on_duplicate, layout=layout)
-
-
-def _new_spool(directory: str | None) -> Any:
-    """An anonymous temporary file (no name on disk: it disappears when closed)."""
-    import tempfile
-
-    # not a with-block: on success the file is handed to the data set
-    return tempfile.TemporaryFile(dir=directory)
-
-
-def _encode(dataset: Any, context: PresentationContext) -> DatasetSource:
-    if isinstance(dataset, (bytes, bytearray, memoryview)):
-        return dataset
-    from ..storage.codec import encode_dataset
-
-    return encode_dataset(dataset, context.transfer_syntax or "")
-
-
-# ---------------------------------------------------------------------- the dispatcher
+class _Gone(Exception):
+    """The association closed while a handler failed: nobody is left to answer."""
 
 
 class ServiceDispatcher:
@@ -155,6 +70,12 @@ class ServiceDispatcher:
         self._quick = {}
         self._quick_key = (-1, -1)
         self.log = get_logger()
+        # service state per association (by service name), dropped when it closes
+        self._states: weakref.WeakKeyDictionary[BaseAssociation, dict[str, Any]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._shared: dict[str, Any] = {}
+        self._hooks: Hooks | None = None
 
     def service_for(self, message: messages.Message, sop_class: str) -> Service | None:
         """The service that serves ``message`` on ``sop_class`` (the last registered wins)."""
@@ -177,14 +98,19 @@ class ServiceDispatcher:
     def handler_for(
         self, association: BaseAssociation, message: messages.Message, sop_class: str
     ) -> Callable[..., Any] | None:
-        """The handler for ``message``: the association's own, else the AE's."""
+        """The handler for ``message``: the association's own, else the AE's, else the one
+        its service brings."""
         local: HandlerRegistry | None = getattr(association, "handlers", None)
         cls = type(message)
         if local:
             found = local.get(cls, sop_class)
             if found is not None:
                 return found
-        return self.handlers.get(cls, sop_class)
+        found = self.handlers.get(cls, sop_class)
+        if found is not None:
+            return found
+        service = self.service_for(message, sop_class)
+        return None if service is None else service.default_handler(cls)
 
     def default_response(
         self, message: messages.RequestMessage, sop_class: str
@@ -194,6 +120,61 @@ class ServiceDispatcher:
         if service is not None:
             return service.default_response(message)
         return make_response(message, int(Status.UNRECOGNIZED_OPERATION))
+
+    # -- service state
+
+    def shared_state(self, service: Service) -> Any:
+        """The state of ``service`` shared by every association (by its ``name``), made by
+        its ``shared_state`` factory on first use.
+
+        Raises:
+            LookupError: the service declares no ``shared_state``.
+        """
+        try:
+            return self._shared[service.name]
+        except KeyError:
+            pass
+        if service.shared_state is None:
+            raise LookupError(f"the {service.name} service keeps no shared state")
+        state = self._shared[service.name] = service.shared_state()
+        return state
+
+    def association_state(self, association: BaseAssociation, service: Service) -> Any:
+        """The state of ``service`` for ``association``, made by its ``association_state``
+        factory on first use and dropped when the association's connection closes.
+
+        Raises:
+            LookupError: the service declares no ``association_state``.
+        """
+        states = self._states.get(association)
+        if states is not None and service.name in states:
+            return states[service.name]
+        if service.association_state is None:
+            raise LookupError(f"the {service.name} service keeps no state per association")
+        state = service.association_state()
+        if association.is_closed:
+            return state  # nothing to keep it for
+        if states is None:
+            states = self._states[association] = {}
+            self._watch(association.hooks)
+        states[service.name] = state
+        return state
+
+    def state_for(self, association: BaseAssociation, message: Any, sop_class: str) -> Any:
+        """:meth:`association_state` of the service that serves ``message`` on ``sop_class``
+        (what :attr:`ServiceRequest.state` asks)."""
+        service = self.service_for(message, sop_class)
+        if service is None:
+            raise LookupError(f"no service serves {message.NAME} on {sop_class}")
+        return self.association_state(association, service)
+
+    def _watch(self, hooks: Hooks) -> None:
+        if self._hooks is not hooks:
+            hooks.add(HookEvent.CONNECTION_CLOSED, self._association_closed)
+            self._hooks = hooks
+
+    def _association_closed(self, event: HookEvent, association: Any, **data: Any) -> None:
+        self._states.pop(association, None)
 
     # -- the Dispatcher protocol
 
@@ -205,7 +186,7 @@ class ServiceDispatcher:
     ) -> messages.ResponseMessage | None:
         sop_class = messages.sop_class_uid(message)
         local: HandlerRegistry | None = getattr(association, "handlers", None)
-        if local is not None and local._handlers:  # handlers of its own: look them up
+        if local:  # handlers of its own: look them up
             if self.handler_for(association, message, sop_class) is not None:
                 return None
             return self.default_response(message, sop_class)
@@ -232,6 +213,8 @@ class ServiceDispatcher:
             return None
         service = self.service_for(message, sop_class)
         if service is not None:
+            if service.default_handler(type(message)) is not None:
+                return None
             return service.default_response
         return partial(make_response, status=int(Status.UNRECOGNIZED_OPERATION))
 
@@ -242,41 +225,38 @@ class ServiceDispatcher:
         message: messages.RequestMessage,
         data: Any,
     ) -> ServiceRequest:
-        return ServiceRequest(association, context, message, data)
+        request = ServiceRequest(association, context, message, data)
+        request.store = self
+        return request
 
     async def serve(self, request: IncomingRequest) -> None:
-        """Run the handler for ``request`` and send its response(s)."""
-        association = request.association
+        """Run the handler for ``request`` and send its response(s); then the request's
+        :meth:`~ServiceRequest.after_response` actions."""
+        try:
+            await self._serve(request)
+        except _Gone:
+            pass
+        finally:
+            if isinstance(request, ServiceRequest):
+                request.run_after_response()
+
+    async def _serve(self, request: IncomingRequest) -> None:
         message = request.message
         sop_class = request.sop_class_uid
-        handler = self.handler_for(association, message, sop_class)
+        handler = self.handler_for(request.association, message, sop_class)
         if handler is None:
             if request.has_dataset:
                 await request.discard()
             await self.respond(request, self.default_response(message, sop_class))
             return
         service = self.service_for(message, sop_class)
-        if service is not None and service.runner is not None:
-            await service.runner(self, request, handler)
-            return
-        if inspect.isasyncgenfunction(handler) or inspect.isgeneratorfunction(handler):
-            await self.serve_generator(request, handler, sop_class)
-            return
-        result: Any
-        try:
-            if is_async_callable(handler):
-                result = await handler(request)
-            else:
-                if request.has_dataset:
-                    request.data = await request.read()
-                result = await anyio.to_thread.run_sync(handler, request)
-        except Exception as exc:
-            if association.is_closed:
-                return
-            result = self.handler_failed(request, handler, exc, sop_class)
-        if request.data_unread:
-            await request.discard()
-        await self.send_result(request, result, final=True)
+        exchange = _Call(self, request, handler, service)
+        if service is not None and service.responder is not None:
+            await service.responder(exchange)
+        elif inspect.isasyncgenfunction(handler) or inspect.isgeneratorfunction(handler):
+            await exchange.respond_each()
+        else:
+            await exchange.respond_once()
 
     def handler_failed(
         self, request: IncomingRequest, handler: Any, exc: BaseException, sop_class: str
@@ -305,61 +285,14 @@ class ServiceDispatcher:
             return service.exception_status(message, exc)
         return int(Status.PROCESSING_FAILURE)
 
-    async def serve_generator(
-        self, request: IncomingRequest, handler: Callable[..., Any], sop_class: str
-    ) -> None:
-        """Multi-response: each yielded item is a Pending response; C-CANCEL stops it.
-
-        Only the handler's own work runs in the scope that a C-CANCEL-RQ cancels; sending a
-        Pending response does not, so that a cancel never cuts a message in half.
-        """
-        association = request.association
-        cancellable = type(request.message) in CANCELLABLE
-        final: Any = None
-        items = _Items(handler, request)
-        try:
-            while True:
-                with anyio.CancelScope() as scope:
-                    if cancellable:
-                        request.cancel_scope = scope
-                        if request.cancel_requested:
-                            scope.cancel()
-                    item = await items.next()
-                request.cancel_scope = None
-                if scope.cancelled_caught:
-                    final = int(Status.CANCEL)
-                    break
-                if item is _Items._DONE:
-                    break
-                if _is_final(item):
-                    final = item
-                    break
-                await self.send_result(request, item, final=False)
-                # A handler whose results never wait for I/O would otherwise keep the event
-                # loop to itself: let the reader (a C-CANCEL may be waiting) and the other
-                # associations run between two results.
-                await anyio.lowlevel.checkpoint()
-                if cancellable and request.cancel_requested:
-                    final = int(Status.CANCEL)
-                    break
-        except Exception as exc:
-            if association.is_closed:
-                return
-            final = self.handler_failed(request, handler, exc, sop_class)
-        finally:
-            request.cancel_scope = None
-            await items.aclose()
-        if request.data_unread:
-            await request.discard()
-        await self.send_result(request, final, final=True)
-
     async def send_result(self, request: IncomingRequest, result: Any, *, final: bool) -> None:
         """Turn what a handler returned or yielded into a response and send it.
 
         A final result that makes no valid response (a Pending status, a response of another
-        type, a value that is not a status, a data set that cannot be encoded) is logged and
-        answered with Processing Failure (0x0110), so the peer is never left waiting; a bad
-        Pending result raises, and the generator's loop ends the operation the same way.
+        type, a value that is not a status, a data set or a field that cannot be encoded) is
+        logged and answered with Processing Failure (0x0110), so the peer is never left
+        waiting; a bad Pending result raises, and the generator's loop ends the operation the
+        same way.
         """
         if request.association.is_closed:
             return
@@ -373,7 +306,19 @@ class ServiceDispatcher:
             )
             response = make_response(request.message, int(Status.PROCESSING_FAILURE))
             encoded = None
-        await self.respond(request, response, encoded)
+        try:
+            await self.respond(request, response, encoded)
+        except ValueError as exc:
+            # a field the handler set cannot be encoded (a backslash in an Error Comment, say):
+            # nothing was sent, the peer still waits for an answer
+            if not final:
+                raise
+            request.association.log.error(
+                "handler_result_invalid", message=request.message.NAME, error=str(exc)
+            )
+            await self.respond(
+                request, make_response(request.message, int(Status.PROCESSING_FAILURE))
+            )
 
     async def respond(
         self,
@@ -399,6 +344,142 @@ class ServiceDispatcher:
             await request.respond(fixed, dataset)
 
 
+# ---------------------------------------------------------------------- one request
+
+
+class _Call:
+    """One request with its handler: the engine's work for it (the
+    :class:`~asyncdicom.services.base.HandlerCall` a responder gets)."""
+
+    __slots__ = ("dispatcher", "handler", "request", "service")
+
+    def __init__(
+        self,
+        dispatcher: ServiceDispatcher,
+        request: IncomingRequest,
+        handler: Handler,
+        service: Service | None,
+    ) -> None:
+        self.dispatcher = dispatcher
+        self.request: Any = request
+        self.handler = handler
+        self.service = service
+
+    def _failed(self, exc: Exception) -> int:
+        """The status for the handler's exception (raises :class:`_Gone` when nobody is left
+        to answer)."""
+        request = self.request
+        if request.association.is_closed:
+            raise _Gone from exc
+        return self.dispatcher.handler_failed(request, self.handler, exc, request.sop_class_uid)
+
+    @contextmanager
+    def _cancellable(self) -> Iterator[anyio.CancelScope]:
+        """A scope that a C-CANCEL-RQ for the request cancels (for the operations that have
+        one): only the handler's own work runs in it, never the sending of a response, so
+        that a cancel never cuts a message in half."""
+        request = self.request
+        with anyio.CancelScope() as scope:
+            if type(request.message) in CANCELLABLE:
+                request.cancel_scope = scope
+                if request.cancel_requested:
+                    scope.cancel()
+            try:
+                yield scope
+            finally:
+                request.cancel_scope = None
+
+    async def _finish(self, final: Any) -> None:
+        if self.request.data_unread:
+            await self.request.discard()
+        await self.send(final, final=True)
+
+    async def respond_once(self) -> None:
+        """A handler that returns its one response (``async def`` or plain)."""
+        request = self.request
+        handler = self.handler
+        result: Any
+        try:
+            if is_async_callable(handler):
+                result = await handler(request)
+            else:
+                if request.has_dataset:
+                    request.data = await request.read()
+                result = await anyio.to_thread.run_sync(handler, request)
+        except Exception as exc:
+            result = self._failed(exc)
+        await self._finish(result)
+
+    async def respond_each(self) -> None:
+        """A generator handler: each yielded item is a Pending response, the end (or a final
+        status yielded) the final one; C-CANCEL stops it."""
+        request = self.request
+        final: Any = None
+        items = _Items(self.handler, request)
+        try:
+            while True:
+                with self._cancellable() as scope:
+                    item = await items.next()
+                if scope.cancelled_caught:
+                    final = int(Status.CANCEL)
+                    break
+                if item is _DONE:
+                    break
+                if _is_final(item):
+                    final = item
+                    break
+                await self.send(item, final=False)
+                # A handler whose results never wait for I/O would otherwise keep the event
+                # loop to itself: let the reader (a C-CANCEL may be waiting) and the other
+                # associations run between two results.
+                await anyio.lowlevel.checkpoint()
+                if type(request.message) in CANCELLABLE and request.cancel_requested:
+                    final = int(Status.CANCEL)
+                    break
+        except Exception as exc:
+            final = self._failed(exc)
+        finally:
+            await items.aclose()
+        await self._finish(final)
+
+    async def collect(self, batch: int) -> tuple[list[Any], Any]:
+        handler = self.handler
+        if not (inspect.isasyncgenfunction(handler) or inspect.isgeneratorfunction(handler)):
+            handler = _as_generator(handler)
+        items = _Items(handler, self.request)
+        collected: list[Any] = []
+        final: Any = None
+        try:
+            with self._cancellable() as scope:
+                while final is None:
+                    got = await items.next_batch(batch)
+                    if not got:
+                        break
+                    if _is_final(got[-1]):
+                        final = got.pop()
+                    collected.extend(got)
+                    await anyio.lowlevel.checkpoint()  # a C-CANCEL can get in between
+            if scope.cancelled_caught:
+                final = int(Status.CANCEL)
+        except Exception as exc:
+            final = self._failed(exc)
+        finally:
+            await items.aclose()
+        if self.request.data_unread:
+            await self.request.discard()
+        return collected, final
+
+    async def send(self, result: Any, *, final: bool) -> None:
+        await self.dispatcher.send_result(self.request, result, final=final)
+
+    async def respond(self, response: messages.ResponseMessage, dataset: Any = None) -> None:
+        encoded = None if dataset is None else encode_for(dataset, self.request.context)
+        await self.dispatcher.respond(self.request, response, encoded)
+
+
+# ---------------------------------------------------------------------- handler items
+
+
 def _is_final(item: Any) -> bool:
     """A yielded item that ends the operation: a final status or response."""
     if isinstance(item, messages.Response):
@@ -413,59 +494,77 @@ def _is_final(item: Any) -> bool:
     return False
 
 
+def _as_generator(handler: Handler) -> Handler:
+    """A handler that returns its items (a list, any iterable) or a status, as an async
+    generator (a plain function is called in a worker thread, by the one rule)."""
+
+    async def items(request: Any) -> Any:
+        if request.has_dataset and not is_async_callable(handler):
+            request.data = await request.read()
+        result = await call(handler, request)
+        if result is None:
+            return
+        if isinstance(result, (int, tuple, messages.Response)) or _is_final(result):
+            yield result
+            return
+        for item in result:
+            yield item
+
+    return items
+
+
+_DONE: Any = object()
+
+
 class _Items:
     """The items of a generator handler: an async generator, or a plain generator iterated in
-    a worker thread (one ``next`` per item)."""
+    a worker thread (one ``next`` per item, or a batch per call)."""
 
-    _DONE: Any = object()
-
-    def __init__(self, handler: Callable[..., Any], request: IncomingRequest) -> None:
+    def __init__(self, handler: Handler, request: IncomingRequest) -> None:
         self._handler = handler
         self._request = request
         self._agen: Any = None
         self._gen: Generator[Any, None, None] | None = None
 
+    async def _start(self) -> None:
+        if inspect.isasyncgenfunction(self._handler):
+            self._agen = self._handler(self._request)
+        else:
+            request = self._request
+            if request.has_dataset:
+                request.data = await request.read()
+            self._gen = await anyio.to_thread.run_sync(self._handler, request)
+
     async def next(self) -> Any:
-        """The next item, or ``_Items._DONE``."""
+        """The next item, or ``_DONE``."""
         if self._agen is None and self._gen is None:
-            if inspect.isasyncgenfunction(self._handler):
-                self._agen = self._handler(self._request)
-            else:
-                request = self._request
-                if request.has_dataset:
-                    request.data = await request.read()
-                self._gen = await anyio.to_thread.run_sync(self._handler, request)
+            await self._start()
         if self._agen is not None:
             try:
                 return await self._agen.__anext__()
             except StopAsyncIteration:
-                return self._DONE
+                return _DONE
         gen = self._gen
-        return await anyio.to_thread.run_sync(lambda: next(gen, self._DONE))  # type: ignore[arg-type]
+        assert gen is not None
+        return await anyio.to_thread.run_sync(next, gen, _DONE)
 
     async def next_batch(self, limit: int) -> list[Any]:
         """Up to ``limit`` items, ``[]`` once the generator is exhausted; a final status is
         the last item of its batch.  A plain generator is advanced in one worker-thread call
         per batch (an async generator gives one item at a time)."""
-        batch: list[Any] = []
-        if self._agen is None and self._gen is None:  # the first call creates the generator
-            first = await self.next()
-            if first is self._DONE:
-                return []
-            if self._agen is not None or _is_final(first):
-                return [first]
-            batch.append(first)
-        elif self._agen is not None:
+        if self._agen is None and self._gen is None:
+            await self._start()
+        if self._agen is not None:
             item = await self.next()
-            return [] if item is self._DONE else [item]
+            return [] if item is _DONE else [item]
         gen = self._gen
         assert gen is not None
-        done = self._DONE
 
         def pull() -> list[Any]:
+            batch: list[Any] = []
             while len(batch) < limit:
-                item = next(gen, done)
-                if item is done:
+                item = next(gen, _DONE)
+                if item is _DONE:
                     break
                 batch.append(item)
                 if _is_final(item):
@@ -521,7 +620,7 @@ def _to_response(
                 raise ValueError(f"a final response with the Pending status {response.status:#06x}")
             if type(message) not in CANCELLABLE:
                 raise ValueError(f"a {message.NAME} has no Pending responses")
-        encoded = _encode(dataset, request.context) if dataset is not None else None
+        encoded = encode_for(dataset, request.context) if dataset is not None else None
     except (ValueError, TypeError, AttributeError, KeyError) as exc:
         raise _BadResult(f"{type(exc).__name__}: {exc}") from exc
     return response, encoded

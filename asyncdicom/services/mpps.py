@@ -93,14 +93,6 @@ _SUFFIX = ".mpps"
 ChangeCallback = Callable[[str, Dataset], Any]
 
 
-def _no_handler(message: messages.RequestMessage) -> messages.ResponseMessage:
-    return make_response(
-        message,
-        int(Status.PROCESSING_FAILURE),
-        error_comment="this AE does not manage performed procedure steps",
-    )
-
-
 #: Modality Performed Procedure Step: N-CREATE and N-SET.  Not accepted unless configured
 #: (:func:`asyncdicom.presets.mpps_supported`, or :meth:`MPPSSCP.install`).  Without a
 #: handler: 0x0110 with an Error Comment
@@ -108,7 +100,8 @@ MPPS_SERVICE = Service(
     name="Modality Performed Procedure Step",
     commands=(messages.NCreateRQ, messages.NSetRQ),
     sop_classes=frozenset({MPPS}),
-    no_handler_response=_no_handler,
+    no_handler_status=int(Status.PROCESSING_FAILURE),
+    no_handler_comment="this AE does not manage performed procedure steps",
 )
 
 # the same, accepted by an AE it is added to (MPPSSCP.install)

@@ -12,7 +12,9 @@ Each helper sends one request and returns its response as a
     rsp = await assoc.n_action(uids.STORAGE_COMMITMENT_PUSH_MODEL, instance, 1, info)
 
 A failure status is returned, not raised: what it means is the SOP class's business.  The
-request goes on an accepted presentation context of the SOP class in which this side may act
+request goes on an accepted presentation context of the SOP class (or of ``abstract_syntax``,
+for a SOP class negotiated as part of a meta SOP class: ``n_create(uids.BASIC_FILM_SESSION,
+attrs, abstract_syntax=BASIC_GRAYSCALE_PRINT_MANAGEMENT_META)``) in which this side may act
 as SCU -- or as SCP for N-EVENT-REPORT, which the SCP of a SOP class sends to its SCU (on an
 association the SCP opened, that role comes from SCP/SCU Role Selection, PS3.7 D.3.3.4);
 :class:`~asyncdicom.errors.NoAcceptedContext` otherwise.
@@ -35,7 +37,7 @@ from ..association import BaseAssociation, DIMSEResponse
 from ..errors import NoAcceptedContext
 from ..protocol import messages
 from ..protocol.negotiation import PresentationContext
-from .dispatch import _encode
+from .request import encode_for
 
 __all__ = ["NormalizedSCU", "attribute_tags"]
 
@@ -70,13 +72,13 @@ class NormalizedSCU(BaseAssociation):
 
     async def _normalized(
         self,
-        sop_class: str,
+        abstract_syntax: str,
         role: str,
         message: Any,
         dataset: Dataset | bytes | None,
     ) -> DIMSEResponse:
-        context = self._normalized_context(sop_class, role, message.NAME)
-        data = None if dataset is None else _encode(dataset, context)
+        context = self._normalized_context(abstract_syntax, role, message.NAME)
+        data = None if dataset is None else encode_for(dataset, context)
         return await self.request(context, message, data)
 
     async def n_event_report(
@@ -85,6 +87,8 @@ class NormalizedSCU(BaseAssociation):
         sop_instance: str,
         event_type: int,
         information: Dataset | bytes | None = None,
+        *,
+        abstract_syntax: str | None = None,
     ) -> DIMSEResponse:
         """N-EVENT-REPORT (PS3.7 10.1.1): report event ``event_type`` about ``sop_instance``,
         with the Event Information data set ``information``."""
@@ -95,13 +99,15 @@ class NormalizedSCU(BaseAssociation):
             event_type_id=event_type,
             has_dataset=information is not None,
         )
-        return await self._normalized(sop_class, "scp", rq, information)
+        return await self._normalized(abstract_syntax or sop_class, "scp", rq, information)
 
     async def n_get(
         self,
         sop_class: str,
         sop_instance: str,
         attributes: Iterable[int | str | tuple[int, int]] | None = None,
+        *,
+        abstract_syntax: str | None = None,
     ) -> DIMSEResponse:
         """N-GET (PS3.7 10.1.2): the values of ``attributes`` (tags or keywords; ``None``: all
         of them) of ``sop_instance``; ``response.decode()`` is the Attribute List."""
@@ -111,10 +117,15 @@ class NormalizedSCU(BaseAssociation):
             requested_sop_instance_uid=sop_instance,
             attribute_identifier_list=None if attributes is None else attribute_tags(attributes),
         )
-        return await self._normalized(sop_class, "scu", rq, None)
+        return await self._normalized(abstract_syntax or sop_class, "scu", rq, None)
 
     async def n_set(
-        self, sop_class: str, sop_instance: str, modifications: Dataset | bytes
+        self,
+        sop_class: str,
+        sop_instance: str,
+        modifications: Dataset | bytes,
+        *,
+        abstract_syntax: str | None = None,
     ) -> DIMSEResponse:
         """N-SET (PS3.7 10.1.3): change the attributes of ``sop_instance`` to the values of
         the Modification List ``modifications``."""
@@ -123,7 +134,7 @@ class NormalizedSCU(BaseAssociation):
             requested_sop_class_uid=sop_class,
             requested_sop_instance_uid=sop_instance,
         )
-        return await self._normalized(sop_class, "scu", rq, modifications)
+        return await self._normalized(abstract_syntax or sop_class, "scu", rq, modifications)
 
     async def n_action(
         self,
@@ -131,6 +142,8 @@ class NormalizedSCU(BaseAssociation):
         sop_instance: str,
         action_type: int,
         information: Dataset | bytes | None = None,
+        *,
+        abstract_syntax: str | None = None,
     ) -> DIMSEResponse:
         """N-ACTION (PS3.7 10.1.4): ask for action ``action_type`` on ``sop_instance`` with
         the Action Information data set ``information``."""
@@ -141,7 +154,7 @@ class NormalizedSCU(BaseAssociation):
             action_type_id=action_type,
             has_dataset=information is not None,
         )
-        return await self._normalized(sop_class, "scu", rq, information)
+        return await self._normalized(abstract_syntax or sop_class, "scu", rq, information)
 
     async def n_create(
         self,
@@ -149,6 +162,7 @@ class NormalizedSCU(BaseAssociation):
         attributes: Dataset | bytes | None = None,
         *,
         sop_instance: str | None = None,
+        abstract_syntax: str | None = None,
     ) -> DIMSEResponse:
         """N-CREATE (PS3.7 10.1.5): create an instance of ``sop_class`` with the Attribute
         List ``attributes``.  Without ``sop_instance`` the SCP chooses the SOP Instance UID
@@ -159,13 +173,15 @@ class NormalizedSCU(BaseAssociation):
             affected_sop_instance_uid=sop_instance,
             has_dataset=attributes is not None,
         )
-        return await self._normalized(sop_class, "scu", rq, attributes)
+        return await self._normalized(abstract_syntax or sop_class, "scu", rq, attributes)
 
-    async def n_delete(self, sop_class: str, sop_instance: str) -> DIMSEResponse:
+    async def n_delete(
+        self, sop_class: str, sop_instance: str, *, abstract_syntax: str | None = None
+    ) -> DIMSEResponse:
         """N-DELETE (PS3.7 10.1.6): delete ``sop_instance``."""
         rq = messages.NDeleteRQ(
             message_id=self.next_message_id(),
             requested_sop_class_uid=sop_class,
             requested_sop_instance_uid=sop_instance,
         )
-        return await self._normalized(sop_class, "scu", rq, None)
+        return await self._normalized(abstract_syntax or sop_class, "scu", rq, None)

@@ -49,7 +49,7 @@ from ..protocol.uids import (
     PATIENT_STUDY_ONLY_QR_FIND,
     STUDY_ROOT_QR_FIND,
 )
-from .base import Service, make_response
+from .base import Service
 
 __all__ = [
     "FIND_MODELS",
@@ -87,12 +87,7 @@ def find_model_uid(model: str) -> str:
     )
 
 
-def _no_handler(message: messages.RequestMessage) -> messages.ResponseMessage:
-    return make_response(
-        message,
-        int(Status.UNABLE_TO_PROCESS),
-        error_comment="no C-FIND handler is registered for this model",
-    )
+_NO_HANDLER_COMMENT = "no C-FIND handler is registered for this model"
 
 
 def _find_exception_status(message: messages.Message, exc: BaseException) -> int:
@@ -110,7 +105,8 @@ QR_FIND_SERVICE = Service(
     commands=(messages.CFindRQ,),
     sop_classes=frozenset(FIND_MODELS.values()),
     accept_by_default=False,
-    no_handler_response=_no_handler,
+    no_handler_status=int(Status.UNABLE_TO_PROCESS),
+    no_handler_comment=_NO_HANDLER_COMMENT,
     exception_status=_find_exception_status,
 )
 
@@ -122,7 +118,8 @@ MWL_FIND_SERVICE = Service(
     commands=(messages.CFindRQ,),
     sop_classes=frozenset({MODALITY_WORKLIST_FIND}),
     accept_by_default=False,
-    no_handler_response=_no_handler,
+    no_handler_status=int(Status.UNABLE_TO_PROCESS),
+    no_handler_comment=_NO_HANDLER_COMMENT,
     exception_status=_find_exception_status,
 )
 

@@ -49,7 +49,6 @@ Defaults of :data:`QR_GET_SERVICE` and :data:`QR_MOVE_SERVICE`: not accepted unl
 
 from __future__ import annotations
 
-import inspect
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -68,9 +67,9 @@ from ..protocol.messages import Priority
 from ..protocol.negotiation import ContextRequest
 from ..protocol.status import Status, StatusCategory
 from ..protocol.uids import UNCOMPRESSED_TRANSFER_SYNTAXES
-from .base import Service, call, is_async_callable, make_response
-from .dispatch import ServiceDispatcher, ServiceRequest, _encode, _is_final, _Items
+from .base import HandlerCall, Service, make_response
 from .query_retrieve import OperationResults, identifier_context
+from .request import ServiceRequest
 from .storage import store
 
 if TYPE_CHECKING:
@@ -137,45 +136,13 @@ def retrieve_model_uid(model: str, operation: Literal["get", "move"]) -> str:
 # ---------------------------------------------------------------------- SCP: defaults
 
 
-def _no_handler(message: messages.RequestMessage) -> messages.ResponseMessage:
-    return make_response(
-        message,
-        int(Status.UNABLE_TO_PROCESS),
-        error_comment=f"no {message.NAME.removesuffix('-RQ')} handler is registered for this model",
-    )
+_NO_HANDLER_COMMENT = "no {command} handler is registered for this model"
 
 
 def _exception_status(message: messages.Message, exc: BaseException) -> int:
     if isinstance(exc, MemoryError):
         return int(Status.OUT_OF_RESOURCES_MATCHES)
     return int(Status.UNABLE_TO_PROCESS)
-
-
-async def _run(
-    dispatcher: ServiceDispatcher, request: ServiceRequest, handler: Callable[..., Any]
-) -> None:
-    await run_retrieve(dispatcher, request, handler)
-
-
-#: C-GET on the Patient Root, Study Root and Patient/Study Only GET SOP classes.
-QR_GET_SERVICE = Service(
-    name="Query/Retrieve GET",
-    commands=(messages.CGetRQ,),
-    sop_classes=frozenset(GET_MODELS.values()),
-    no_handler_response=_no_handler,
-    exception_status=_exception_status,
-    runner=_run,
-)
-
-#: C-MOVE on the Patient Root, Study Root and Patient/Study Only MOVE SOP classes.
-QR_MOVE_SERVICE = Service(
-    name="Query/Retrieve MOVE",
-    commands=(messages.CMoveRQ,),
-    sop_classes=frozenset(MOVE_MODELS.values()),
-    no_handler_response=_no_handler,
-    exception_status=_exception_status,
-    runner=_run,
-)
 
 
 # ---------------------------------------------------------------------- SCP: the engine
@@ -243,14 +210,14 @@ def _describe(item: Any) -> _Instance:
     """The :class:`_Instance` of a handler's item (reads a file's header: run in a thread)."""
     from ..errors import InvalidDataset
     from ..storage.reader import Part10Source, read_part10_for_send
-    from .storage import _sop_uids
+    from .storage import sop_uids
 
     if isinstance(item, (str, os.PathLike)):
         item = read_part10_for_send(Path(item))
     if isinstance(item, Part10Source):
         return _Instance(item, item.sop_class_uid, item.sop_instance_uid, item.transfer_syntax_uid)
     if isinstance(item, Dataset):
-        sop_class, sop_instance = _sop_uids(item)
+        sop_class, sop_instance = sop_uids(item)
         meta = getattr(item, "file_meta", None)
         ts = str(getattr(meta, "TransferSyntaxUID", "") or "") if meta is not None else ""
         return _Instance(item, sop_class, sop_instance, ts or None)
@@ -315,51 +282,20 @@ def _batches(
     ]
 
 
-async def run_retrieve(
-    dispatcher: ServiceDispatcher, request: ServiceRequest, handler: Callable[..., Any]
-) -> None:
-    """Serve one C-GET or C-MOVE request with ``handler`` (see the module docstring)."""
-
+async def run_retrieve(call: HandlerCall) -> None:
+    """Serve one C-GET or C-MOVE request with its handler (see the module docstring): the
+    responder of :data:`QR_GET_SERVICE` and :data:`QR_MOVE_SERVICE`."""
+    request = call.request
     association = request.association
     message = request.message
     log = association.log
-    items: list[Any] = []
-    final: Any = None
-    if not (inspect.isasyncgenfunction(handler) or inspect.isgeneratorfunction(handler)):
-        handler = _as_generator(handler)
-    handler_items = _Items(handler, request)
-    # 1. the handler's items: cancellable between two of them
-    try:
-        with anyio.CancelScope() as scope:
-            request.cancel_scope = scope
-            if request.cancel_requested:
-                scope.cancel()
-            while final is None:
-                batch = await handler_items.next_batch(_ITEM_BATCH)
-                if not batch:
-                    break
-                if _is_final(batch[-1]):
-                    final = batch.pop()
-                items.extend(batch)
-                await anyio.lowlevel.checkpoint()  # a C-CANCEL can get in between
-        request.cancel_scope = None
-        if scope.cancelled_caught:
-            final = int(Status.CANCEL)
-    except Exception as exc:
-        if association.is_closed:
-            return
-        final = dispatcher.handler_failed(request, handler, exc, request.sop_class_uid)
-    finally:
-        request.cancel_scope = None
-        await handler_items.aclose()
-    if request.data_unread:
-        await request.discard()
+    # 1. the handler's items (a C-CANCEL stops it between two of them)
+    items, final = await call.collect(_ITEM_BATCH)
     if final is not None:
         if final == int(Status.CANCEL):
-            counts = _Counts(total=len(items))
-            await _send_final(dispatcher, request, counts, cancelled=True)
+            await _send_final(call, _Counts(total=len(items)), cancelled=True)
         else:
-            await dispatcher.send_result(request, final, final=True)
+            await call.send(final, final=True)
         return
 
     # 2. where the instances go
@@ -377,7 +313,7 @@ async def run_retrieve(
                 int(Status.MOVE_DESTINATION_UNKNOWN),
                 error_comment=f"unknown move destination {title!r}"[:64],
             )
-            await dispatcher.respond(request, response)
+            await call.respond(response)
             return
 
     # 3. each item's header (files are read in worker threads, a batch at a time)
@@ -399,32 +335,13 @@ async def run_retrieve(
     if instances:
         if destination is None:
             window = _window(association, GET_WINDOW)
-            await _send_all(dispatcher, request, association, instances, counts, window, None)
+            await _send_all(call, association, instances, counts, window, None)
         else:
             assert isinstance(message, messages.CMoveRQ)
-            await _move(dispatcher, request, owner, destination, instances, counts)
+            await _move(call, owner, destination, instances, counts)
     if association.is_closed:
         return
-    await _send_final(dispatcher, request, counts, cancelled=request.cancel_requested)
-
-
-def _as_generator(handler: Callable[..., Any]) -> Callable[..., AsyncIterator[Any]]:
-    """A handler that returns its instances (a list, any iterable) or a status, as an async
-    generator (a plain function is called in a worker thread, by the one rule)."""
-
-    async def items(request: Any) -> AsyncIterator[Any]:
-        if request.has_dataset and not is_async_callable(handler):
-            request.data = await request.read()
-        result = await call(handler, request)
-        if result is None:
-            return
-        if isinstance(result, (int, tuple, messages.Response)) or _is_final(result):
-            yield result
-            return
-        for item in result:
-            yield item
-
-    return items
+    await _send_final(call, counts, cancelled=request.cancel_requested)
 
 
 def _window(association: BaseAssociation, cap: int) -> int:
@@ -434,13 +351,13 @@ def _window(association: BaseAssociation, cap: int) -> int:
 
 
 async def _move(
-    dispatcher: ServiceDispatcher,
-    request: ServiceRequest,
+    call: HandlerCall,
     owner: MoveAssociator,
     destination: tuple[str, int],
     instances: list[_Instance],
     counts: _Counts,
 ) -> None:
+    request = call.request
     message = request.message
     assert isinstance(message, messages.CMoveRQ)
     title = message.move_destination.strip(" ")
@@ -464,9 +381,7 @@ async def _move(
                     instances=len(batch),
                 )
                 window = _window(sub, MOVE_WINDOW)
-                await _send_all(
-                    dispatcher, request, sub, batch, counts, window, (message, request.association)
-                )
+                await _send_all(call, sub, batch, counts, window, (message, request.association))
         except DICOMError as exc:
             # could not associate, or the association broke: what was not sent failed
             log.warning("move_association_failed", destination=title, error=str(exc))
@@ -477,8 +392,7 @@ async def _move(
 
 
 async def _send_all(
-    dispatcher: ServiceDispatcher,
-    request: ServiceRequest,
+    call: HandlerCall,
     target: BaseAssociation,
     instances: list[_Instance],
     counts: _Counts,
@@ -487,6 +401,7 @@ async def _send_all(
 ) -> None:
     """The C-STORE sub-operations of ``instances`` on ``target``, ``window`` at a time; a
     Pending response after each.  Stops starting new ones on C-CANCEL."""
+    request = call.request
     log = request.association.log
     origin = request.association
     slots = anyio.Semaphore(window)
@@ -525,7 +440,7 @@ async def _send_all(
                     )
                     counts.fail(inst.sop_instance_uid)
             if not origin.is_closed and not request.cancel_requested:
-                await _send_pending(dispatcher, request, counts)
+                await _send_pending(call, counts)
         finally:
             slots.release()
 
@@ -539,23 +454,19 @@ async def _send_all(
             tg.start_soon(one, inst)
 
 
-async def _send_pending(
-    dispatcher: ServiceDispatcher, request: ServiceRequest, counts: _Counts
-) -> None:
+async def _send_pending(call: HandlerCall, counts: _Counts) -> None:
     response = make_response(
-        request.message,
+        call.request.message,
         int(Status.PENDING),
         number_of_remaining_suboperations=counts.remaining,
         number_of_completed_suboperations=counts.completed,
         number_of_failed_suboperations=counts.failed,
         number_of_warning_suboperations=counts.warning,
     )
-    await dispatcher.respond(request, response)
+    await call.respond(response)
 
 
-async def _send_final(
-    dispatcher: ServiceDispatcher, request: ServiceRequest, counts: _Counts, *, cancelled: bool
-) -> None:
+async def _send_final(call: HandlerCall, counts: _Counts, *, cancelled: bool) -> None:
     if cancelled:
         status = int(Status.CANCEL)
     elif counts.failed == 0 and counts.warning == 0:
@@ -578,9 +489,33 @@ async def _send_final(
         fields["number_of_remaining_suboperations"] = counts.remaining
     if status != int(Status.SUCCESS) and counts.comment:
         fields["error_comment"] = counts.comment[:64]
-    response = make_response(request.message, status, **fields)
-    encoded = _encode(identifier, request.context) if identifier is not None else None
-    await dispatcher.respond(request, response, encoded)
+    response = make_response(call.request.message, status, **fields)
+    await call.respond(response, identifier)
+
+
+#: C-GET on the Patient Root, Study Root and Patient/Study Only GET SOP classes.
+QR_GET_SERVICE = Service(
+    name="Query/Retrieve GET",
+    commands=(messages.CGetRQ,),
+    sop_classes=frozenset(GET_MODELS.values()),
+    no_handler_status=int(Status.UNABLE_TO_PROCESS),
+    no_handler_comment=_NO_HANDLER_COMMENT,
+    exception_status=_exception_status,
+    responder=run_retrieve,
+)
+
+#: C-MOVE on the Patient Root, Study Root and Patient/Study Only MOVE SOP classes.
+QR_MOVE_SERVICE = Service(
+    name="Query/Retrieve MOVE",
+    commands=(messages.CMoveRQ,),
+    sop_classes=frozenset(MOVE_MODELS.values()),
+    no_handler_status=int(Status.UNABLE_TO_PROCESS),
+    no_handler_comment=_NO_HANDLER_COMMENT,
+    exception_status=_exception_status,
+    responder=run_retrieve,
+    # the move destinations: AE title -> (host, port) (``AE.move_destinations``)
+    shared_state=dict,
+)
 
 
 # ---------------------------------------------------------------------- SCU

@@ -45,6 +45,7 @@ __all__ = [
     "EmptyDataSet",
     "StorageSCU",
     "save_request",
+    "sop_uids",
     "store",
     "store_failure_status",
 ]
@@ -174,7 +175,7 @@ async def store(
             data = await anyio.to_thread.run_sync(transcode, source, target)
     else:
         ds = dataset_or_path
-        sop_class, sop_instance = _sop_uids(ds)
+        sop_class, sop_instance = sop_uids(ds)
         meta = getattr(ds, "file_meta", None)
         own_ts = str(getattr(meta, "TransferSyntaxUID", "") or "") if meta is not None else ""
         preferred = ([own_ts] if own_ts else []) + [
@@ -200,7 +201,7 @@ async def store(
     return await association.request(context, rq, data)
 
 
-def _sop_uids(ds: Any) -> tuple[str, str]:
+def sop_uids(ds: Any) -> tuple[str, str]:
     """(SOP Class UID, SOP Instance UID) of a data set to send; :class:`InvalidDataset` names
     the one that is missing or empty."""
     found = []
