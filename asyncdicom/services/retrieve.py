@@ -501,6 +501,9 @@ async def _send_all(
     origin = request.association
     slots = anyio.Semaphore(window)
     originator = (origin.peer_ae_title, move[0].message_id) if move is not None else None
+    # the association lost under sub-operations in flight: raised once they all ended (raising
+    # from each would give the caller an exception group, not the DICOMError it handles)
+    lost: list[DICOMError] = []
 
     async def one(inst: _Instance) -> None:
         try:
@@ -520,7 +523,8 @@ async def _send_all(
                 if counts.comment is None:
                     counts.comment = str(exc)
                 if target.is_closed:
-                    raise
+                    lost.append(exc)
+                    return
             else:
                 cat = response.category
                 if cat is StatusCategory.SUCCESS:
@@ -547,6 +551,8 @@ async def _send_all(
                 break
             counts.started.add(inst.sop_instance_uid)
             tg.start_soon(one, inst)
+    if lost:
+        raise lost[0]
 
 
 async def _send_pending(
