@@ -643,7 +643,17 @@ class Archive:
         except Exception as exc:  # an identifier pydicom cannot decode
             yield _undecodable(request, exc)
             return
-        yield from self.index.find(query)
+        if not query.ignored:
+            yield from self.index.find(query)
+            return
+        # a unique key of a lower level (odil's pre-query of a C-GET gives the Series Instance
+        # UID at STUDY level): matched as if absent, each match a Pending 0xFF01 (optional
+        # keys not supported for matching, PS3.4 C.4.1.1.4)
+        request.association.log.info(
+            "query_keys_ignored", level=query.level, keys=[_tag_text(t) for t in query.ignored]
+        )
+        for identifier in self.index.find(query):
+            yield _PENDING_WARNING, identifier
 
     def _on_retrieve(self, request: Any) -> Iterator[Any]:
         """C-GET and C-MOVE (a plain generator: runs in a worker thread): the files of the
@@ -660,6 +670,16 @@ class Archive:
         except Exception as exc:
             yield _undecodable(request, exc)
             return
+        if query.ignored:
+            # a C-FIND can ignore a key, a retrieve cannot: it would send more than asked for
+            tag = query.ignored[0]
+            yield make_response(
+                request.message,
+                int(Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS),
+                error_comment=f"{_tag_text(tag)} is a key below the {query.level} level",
+                offending_element=query.ignored,
+            )
+            return
         yield from self.index.instances(query)
 
 
@@ -670,6 +690,15 @@ def _query_failure(request: Any, exc: QueryError) -> messages.Message:
         error_comment=exc.error_comment,
         offending_element=(exc.tag,) if exc.tag is not None else None,
     )
+
+
+#: C-FIND Pending: "Matches are continuing - Warning that one or more Optional Keys were not
+#: supported for existence and/or matching for this Identifier" (PS3.4 Table C.4-1)
+_PENDING_WARNING = 0xFF01
+
+
+def _tag_text(tag: int) -> str:
+    return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
 
 
 def _undecodable(request: Any, exc: Exception) -> messages.Message:

@@ -272,9 +272,13 @@ def test_study_root_records_carry_the_levels_above() -> None:
         )
     )
     assert [(s.PatientID, s.StudyDescription) for s in series] == [("P1", "Synthetic CT")] * 2
-    # a key of a lower level than the query's matches only universally
+    # the unique key of a lower level is not matched (the query says it ignored it) ...
+    below = q("STUDY", StudyInstanceUID="", SOPInstanceUID="x")
+    assert below.ignored == (0x00080018,)
+    assert values(index, below, "StudyInstanceUID") == ["1.1", "1.2", "2.1"]
+    # ... another key of a lower level than the query's matches only universally
     assert (
-        values(index, q("STUDY", StudyInstanceUID="", SOPInstanceUID="x"), "StudyInstanceUID") == []
+        values(index, q("STUDY", StudyInstanceUID="", InstanceNumber="7"), "StudyInstanceUID") == []
     )
     # patient/study only model
     assert values(index, q("PATIENT", "patient-study", PatientID="P*"), "PatientID") == ["P1", "P2"]
