@@ -87,7 +87,7 @@ from .services.commitment import (
     NO_SUCH_OBJECT_INSTANCE,
     CommitmentSCP,
 )
-from .services.storage import save_request, store_failure_status
+from .services.storage import save_request, store_failure_comment, store_failure_status
 from .storage.files import StoredFile, prune_empty_folders, read_header, safe_filename
 
 __all__ = [
@@ -538,7 +538,8 @@ class Archive:
             association.log.warning(
                 "store_failed", instance=uid, status=f"0x{status:04X}", error=str(exc)
             )
-            return status
+            # the reason goes to the sender too, as for C-FIND and C-MOVE failures
+            return make_response(request.message, status, error_comment=store_failure_comment(exc))
         job = _Job(stored)
         try:
             # the file is complete under a name of the folder: it must reach the index writer
@@ -566,10 +567,11 @@ class Archive:
         association.log.warning(
             "store_failed", instance=uid, status=f"0x{status:04X}", error=str(result)
         )
-        comment = f"not indexed: {result}"
-        return make_response(
-            request.message, status, error_comment=comment if len(comment) <= 64 else None
-        )
+        if isinstance(result, OSError):
+            comment = f"cannot index the instance: {result.strerror or type(result).__name__}"
+        else:
+            comment = f"cannot index the instance: {result}"
+        return make_response(request.message, status, error_comment=comment)
 
     async def _write_index(self, receive: MemoryObjectReceiveStream[_Job]) -> None:
         """The index writer: commits the stored files waiting, in batches, until closed."""

@@ -444,6 +444,47 @@ async def test_truncated_resend_is_refused_and_the_good_copy_kept(tmp_path: Path
     assert [p.read_bytes() for p in tmp_path.rglob("*.dcm")] == [before]
 
 
+async def test_refused_stores_say_why_in_the_error_comment(tmp_path: Path) -> None:
+    """A C-STORE refused by qrscp carries the reason as Error Comment (as its C-FIND and
+    C-MOVE failures do), within the 64 characters of an LO and never cut in a word."""
+    good = instance("P1", "1.1", "1.1.1", 1)
+    raw = encode_dataset(good, uids.EXPLICIT_VR_LITTLE_ENDIAN)
+    no_study = instance("P1", "1.1", "1.1.1", 2)
+    del no_study.StudyInstanceUID
+    with anyio.fail_after(GUARD):
+        async with running(tmp_path) as (_archive, port):
+            async with AE("SCU").associate(
+                "127.0.0.1", port, called_aet="QRSCP", contexts=[CT]
+            ) as assoc:
+                context = assoc.find_context(uids.CT_IMAGE_STORAGE)
+                assert context is not None
+
+                async def send(data: bytes, sop_instance: str) -> Any:
+                    return await assoc.request(
+                        context,
+                        CStoreRQ(
+                            message_id=assoc.next_message_id(),
+                            affected_sop_class_uid=uids.CT_IMAGE_STORAGE,
+                            affected_sop_instance_uid=sop_instance,
+                        ),
+                        data,
+                    )
+
+                cut = await send(raw[:-10], good.SOPInstanceUID)
+                other = await send(raw, "1.2.826.0.1.3680043.18.10.99")
+                unindexable = await assoc.store(no_study)
+    assert cut.status == 0xC000
+    assert cut.error_comment is not None
+    assert other.status == 0xA900
+    assert other.error_comment == "data set's SOP Instance UID (0008,0018) is not the command's"
+    assert unindexable.status == 0xC000
+    assert unindexable.message.error_comment == (
+        "cannot index the instance: the header has no study instance uid"
+    )
+    for comment in (cut.error_comment, other.error_comment, unindexable.message.error_comment):
+        assert comment is not None and len(comment) <= 64
+
+
 async def test_unindexable_resend_never_replaces_the_stored_copy(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -47,7 +47,7 @@ from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 
 from ..protocol import uids
-from ..protocol.status import Status
+from ..protocol.status import Status, fit_error_comment
 
 __all__ = [
     "INDEX_COLUMNS",
@@ -86,9 +86,8 @@ class QueryError(ValueError):
 
     @property
     def error_comment(self) -> str:
-        """The message, cut to the 64 characters an Error Comment (LO) holds."""
-        text = str(self)
-        return text if len(text) <= 64 else text[:61] + "..."
+        """The message, cut at a word to the 64 characters an Error Comment (LO) holds."""
+        return fit_error_comment(str(self))
 
 
 class IdentifierMismatch(QueryError):

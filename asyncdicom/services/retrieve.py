@@ -61,7 +61,7 @@ import anyio
 from pydicom.dataset import Dataset
 
 from ..association import Association, DIMSEResponse, Operation
-from ..errors import DICOMError
+from ..errors import DICOMError, NoAcceptedContext
 from ..log import get_logger
 from ..protocol import messages, uids
 from ..protocol.messages import Priority
@@ -385,7 +385,7 @@ async def run_retrieve(
             response = make_response(
                 message,
                 int(Status.MOVE_DESTINATION_UNKNOWN),
-                error_comment=f"unknown move destination {title!r}"[:64],
+                error_comment=f"unknown move destination {title!r}",
             )
             await dispatcher.respond(request, response)
             return
@@ -480,7 +480,8 @@ async def _move(
         except DICOMError as exc:
             # could not associate, or the association broke: what was not sent failed
             log.warning("move_association_failed", destination=title, error=str(exc))
-            counts.comment = f"move destination {title}: {exc}"
+            long = f"move destination {title}: {exc}"
+            counts.comment = long if len(long) <= 64 else f"{title}: {exc}"
             for inst in batch:
                 if inst.sop_instance_uid not in counts.started:
                     counts.fail(inst.sop_instance_uid)
@@ -521,7 +522,7 @@ async def _send_all(
                 )
                 counts.fail(inst.sop_instance_uid)
                 if counts.comment is None:
-                    counts.comment = str(exc)
+                    counts.comment = _sub_operation_comment(exc)
                 if target.is_closed:
                     lost.append(exc)
                     return
@@ -553,6 +554,15 @@ async def _send_all(
             tg.start_soon(one, inst)
     if lost:
         raise lost[0]
+
+
+def _sub_operation_comment(exc: DICOMError) -> str:
+    """The Error Comment of a failed sub-operation, short enough for an LO: "no accepted
+    context for <SOP Class UID>" without the transfer syntax details."""
+    text = str(exc)
+    if isinstance(exc, NoAcceptedContext):
+        text = text.split(" in transfer syntax ", 1)[0].split(" (", 1)[0]
+    return text
 
 
 async def _send_pending(
@@ -593,7 +603,7 @@ async def _send_final(
     if cancelled:
         fields["number_of_remaining_suboperations"] = counts.remaining
     if status != int(Status.SUCCESS) and counts.comment:
-        fields["error_comment"] = counts.comment[:64]
+        fields["error_comment"] = counts.comment
     response = make_response(request.message, status, **fields)
     encoded = _encode(identifier, request.context) if identifier is not None else None
     await dispatcher.respond(request, response, encoded)
