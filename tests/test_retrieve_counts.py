@@ -284,3 +284,57 @@ async def test_a_destination_lost_under_several_sub_operations_still_gets_a_fina
     for pending in outcome.pendings:
         assert sum(n or 0 for n in pending) == 3, outcome.pendings
     assert retrieval.remaining == 0
+
+
+async def test_pendings_stop_after_a_c_move_cancel(tmp_path: Path) -> None:
+    """The SCU sends C-CANCEL-RQ after 3 Pendings; the destination holds the 4th C-STORE
+    until the SCP has seen it.  No Pending follows the cancel (not even for that 4th
+    sub-operation, which completes); the final response is Cancel with the counts, remaining
+    included (PS3.4 C.4.2.3.1) -- what DCMTK's movescu --cancel checks in the interop tests,
+    here with our own SCU."""
+    paths = write_instances(tmp_path / "src", 10)
+    scp = AE(
+        "QRSCP",
+        supported_contexts=presets.qr_supported() + presets.storage_supported(scu_role=True),
+    )
+    moves: list[Any] = []
+
+    @scp.on("C-MOVE")
+    def move(request: Any) -> Iterator[Any]:
+        moves.append(request)
+        yield from (str(p) for p in paths)
+
+    dest = AE("DEST", accept_any_storage=True, async_ops_window=(1, 1))
+    arrived = 0
+
+    @dest.on_store
+    async def on_store(request: Any) -> int:
+        nonlocal arrived
+        await request.read()
+        arrived += 1
+        if arrived > 3:
+            # held until the C-MOVE's C-CANCEL-RQ reached the SCP (the association cancels
+            # the request's cancel scope then; the engine leaves it free meanwhile)
+            with anyio.CancelScope() as scope:
+                moves[0].cancel_scope = scope
+                if not moves[0].cancel_requested:
+                    await anyio.sleep_forever()
+            moves[0].cancel_scope = None
+        return 0x0000
+
+    pendings: list[tuple[int | None, ...]] = []
+    with anyio.fail_after(GUARD):
+        async with dest.server(port=0) as server:
+            scp.move_destinations["DEST"] = ("127.0.0.1", server.port)
+            async with associated(scp, contexts=presets.retrieve_contexts("move")) as assoc:
+                async with assoc.move(query(), destination="DEST") as retrieval:
+                    async for response in retrieval:
+                        pendings.append(numbers(response.message))
+                        if len(pendings) == 3:
+                            await retrieval.operation.cancel()
+                final = retrieval.operation.final
+    assert pendings == [(9, 1, 0, 0), (8, 2, 0, 0), (7, 3, 0, 0)]
+    assert arrived == 4  # the held one completed; no other was started
+    assert final is not None and final.status == 0xFE00
+    assert numbers(final.message) == (6, 4, 0, 0)
+    assert retrieval.remaining == 6
