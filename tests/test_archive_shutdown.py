@@ -273,3 +273,24 @@ async def test_folder_and_index_in_agreement_report_nothing(tmp_path: Path) -> N
         pass
     assert archive.folder_check.agrees
     assert archive.folder_check.report(folder) == []
+
+
+async def test_qrscp_says_what_the_start_up_check_found(tmp_path: Path, anyio_backend: str) -> None:
+    """The lines qrscp prints before its readiness line: a file indexed that the index did
+    not list, a text file named .dcm not indexed, "not a DICOM file"."""
+    from test_cli_qrscp import app
+
+    folder = tmp_path / "archive"
+    with anyio.fail_after(GUARD):
+        await stored(folder, [make_ct_instance(500, patient_id="P1")])
+    orphan = place(folder, make_ct_instance(500, patient_id="P1"))
+    (folder / "notes.dcm").write_text("a text file\n")
+    with anyio.fail_after(GUARD):
+        async with app(tmp_path, anyio_backend, "qrscp", "--storage", str(folder)) as scp:
+            assert await scp.stop() == 0
+    lines = scp.stderr.decode().splitlines()
+    assert f"qrscp: the index did not list 1 file in {folder}: indexed" in lines, lines
+    assert "qrscp: 1 file not indexed:" in lines, lines
+    assert f"qrscp:   {folder / 'notes.dcm'}: not a DICOM file" in lines, lines
+    assert any(line.endswith(f"(2 instances in {folder})") for line in lines), lines
+    assert os.path.abspath(orphan) in index_rows(folder)
