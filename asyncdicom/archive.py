@@ -37,13 +37,21 @@ its handlers on an :class:`~asyncdicom.AE` configured with :func:`qrscp_config`:
 
 Database work never runs on the event loop: queries run in worker threads on a connection of
 their own (WAL journaling: a query does not wait for an ingest commit), index writes in worker
-threads on another.  A new index opened on a folder that already holds ``.dcm`` files indexes
-them first (a lost or deleted index file is rebuilt).
+threads on another.
+
+Stopping and starting: closing the archive (:meth:`Archive.aclose`) indexes every file a
+C-STORE handed to the index writer, even one whose association was cancelled meanwhile (a
+server stopped by a signal), so a clean stop leaves no file the index does not list.  Opening
+compares the folder's ``.dcm`` files with the index (:class:`FolderCheck`): a file it does not
+list (a killed run's, one copied in, every file for a new or lost index) is indexed, a re-sent
+copy a killed run left beside its instance takes the instance's name, and what cannot be
+indexed is reported (:attr:`Archive.folder_check`).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 from collections.abc import Iterator, Mapping
 from contextlib import AsyncExitStack, suppress
@@ -79,13 +87,15 @@ from .services.commitment import (
     NO_SUCH_OBJECT_INSTANCE,
     CommitmentSCP,
 )
-from .services.storage import save_request, store_failure_status
+from .services.storage import save_request, store_failure_comment, store_failure_status
 from .storage.codec import read_header
+from .storage.names import safe_filename
 from .storage.writer import StoredFile, prune_empty_folders
 
 __all__ = [
     "DEFAULT_DB_NAME",
     "Archive",
+    "FolderCheck",
     "qrscp_config",
 ]
 
@@ -129,6 +139,74 @@ def qrscp_config(ae_title: str = "QRSCP", **fields: Any) -> AEConfig:
 # ---------------------------------------------------------------------------------------------
 
 
+@dataclass
+class FolderCheck:
+    """What :meth:`Archive.open` found comparing the storage folder with its index.
+
+    An archive stopped in a way it could not finish its writes (killed, power lost) can leave
+    a complete file the index does not list; a file copied in by hand, or a lost index file,
+    gives the same.  Opening indexes such files; this says what it did and what it left.
+    """
+
+    #: the index file was new (every file of the folder was indexed)
+    new_index: bool = False
+    #: files the index did not list, indexed now
+    indexed: int = 0
+    #: copies of re-sent instances (``<name>_<n>.dcm``) left unindexed: indexed now, each
+    #: took its instance's name (replacing the copy it was sent to replace)
+    completed: int = 0
+    #: (file, why) such copies that cannot be indexed, removed (as for a refused C-STORE)
+    removed: list[tuple[str, str]] = field(default_factory=list)
+    #: (file, why) files left in place and not indexed: not DICOM, no UIDs, or their SOP
+    #: Instance UID is indexed as another file
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    #: indexed files that are gone (their rows are kept: a C-GET of them fails, Storage
+    #: Commitment reports them failed)
+    missing: list[str] = field(default_factory=list)
+
+    @property
+    def agrees(self) -> bool:
+        """Whether the index listed exactly the folder's files (nothing indexed, removed,
+        skipped or missing)."""
+        return not (self.indexed or self.completed or self.removed or self.skipped or self.missing)
+
+    def report(self, folder: str | os.PathLike[str], *, limit: int = 10) -> list[str]:
+        """What was found, as lines for a person (none when the folder and index agreed);
+        at most ``limit`` files are named per kind."""
+        lines: list[str] = []
+        if self.new_index:
+            if self.indexed or self.skipped:
+                lines.append(f"new index: indexed {_count(self.indexed, 'file')} found in {folder}")
+        elif self.indexed:
+            lines.append(
+                f"the index did not list {_count(self.indexed, 'file')} in {folder}: indexed"
+            )
+        if self.completed:
+            lines.append(
+                f"{_count(self.completed, 'copy', 'copies')} of re-sent instances left by an "
+                "interrupted run: indexed, each replacing the copy it was sent to replace"
+            )
+        for what, items in (
+            ("removed (an unindexable copy of a re-sent instance)", self.removed),
+            ("not indexed", self.skipped),
+        ):
+            if items:
+                lines.append(f"{_count(len(items), 'file')} {what}:")
+                lines.extend(f"  {path}: {why}" for path, why in items[:limit])
+                if len(items) > limit:
+                    lines.append(f"  ... and {len(items) - limit} more (see the log)")
+        if self.missing:
+            lines.append(f"{_count(len(self.missing), 'indexed file')} missing from {folder}:")
+            lines.extend(f"  {path}" for path in self.missing[:limit])
+            if len(self.missing) > limit:
+                lines.append(f"  ... and {len(self.missing) - limit} more")
+        return lines
+
+
+def _count(n: int, word: str, plural: str | None = None) -> str:
+    return f"{n} {word if n == 1 else plural or word + 's'}"
+
+
 @dataclass(eq=False)
 class _Job:
     """One stored file waiting for the index writer."""
@@ -154,9 +232,10 @@ class Archive:
     case-sensitive, as PS3.4 and DCMTK's dcmqrscp); ``commitment_peers`` the addresses of
     Storage Commitment requestors, ``{"AET": (host, port)}``, for reports on a new association.
 
-    Use it as an async context manager: entering opens the index (and indexes the folder's
-    files when the index is new), leaving waits for the index writes in progress and closes
-    the index.  :meth:`install` registers the handlers on an AE; the archive must be open
+    Use it as an async context manager: entering opens the index and compares it with the
+    folder (indexing the files it does not list, :attr:`folder_check`; ``check_folder=False``
+    skips that walk, except for a new index), leaving waits for the index writes in progress
+    and closes the index.  :meth:`install` registers the handlers on an AE; the archive must be open
     while that AE serves.
     """
 
@@ -168,6 +247,7 @@ class Archive:
         move_destinations: Mapping[str, tuple[str, int]] | None = None,
         pn_case_insensitive: bool = False,
         commitment_peers: Mapping[str, tuple[str, int]] | None = None,
+        check_folder: bool = True,
     ) -> None:
         #: the storage folder
         self.folder = Path(storage)
@@ -181,10 +261,9 @@ class Archive:
         self.commitment_peers: dict[str, tuple[str, int]] = dict(commitment_peers or {})
         #: the Storage Commitment SCP, once :meth:`install` ran
         self.commitment: CommitmentSCP | None = None
-        #: the files indexed when the archive was opened on a new index (0 otherwise)
-        self.rebuilt = 0
-        #: the files found but not indexed during that rebuild (not DICOM, no UIDs, unreadable)
-        self.rebuild_skipped = 0
+        #: what opening found comparing the folder with the index (:class:`FolderCheck`)
+        self.folder_check = FolderCheck()
+        self._check = check_folder
         self.log = get_logger(archive=str(self.folder))
         self._writer: SQLiteIndex | None = None
         self._reader: SQLiteIndex | None = None
@@ -207,8 +286,9 @@ class Archive:
         await self.aclose()
 
     async def open(self) -> None:
-        """Open (or create) the index in a worker thread, index the folder's files if the
-        index is new, and start the index writer.  Raises
+        """Open (or create) the index in a worker thread, compare it with the folder's
+        ``.dcm`` files (:attr:`folder_check`: the files it does not list are indexed), and
+        start the index writer.  Raises
         :class:`~asyncdicom.qr.IndexDatabaseError` for a file that is not an index of this
         release, :class:`OSError` / :class:`sqlite3.Error` when it cannot be opened."""
         if self._stack is not None:
@@ -257,8 +337,12 @@ class Archive:
             writer.close()
             raise
         self._writer, self._reader = writer, reader
-        if is_new and _holds_dicom_files(self.folder, self.db_path):
-            self._rebuild(writer)
+        if self._check or is_new:
+            try:
+                self._check_folder(writer, is_new)
+            except BaseException:
+                self._close_indexes()
+                raise
 
     def _close_indexes(self) -> None:
         for index in (self._reader, self._writer):
@@ -266,31 +350,132 @@ class Archive:
                 index.close()
         self._reader = self._writer = None
 
-    def _rebuild(self, index: SQLiteIndex) -> None:
-        """Index every ``.dcm`` file of the folder (a new index on an existing archive)."""
-        self.log.info("index_rebuild_started", db=str(self.db_path))
-        batch: list[tuple[Dataset, str]] = []
-        for path in _dicom_files(self.folder, self.db_path):
-            try:
-                batch.append((read_header(path), str(path)))
-            except (OSError, StorageError) as exc:
-                self.rebuild_skipped += 1
-                self.log.warning("index_rebuild_skipped", file=str(path), error=str(exc))
-                continue
-            if len(batch) >= _REBUILD_BATCH:
-                self._rebuild_batch(index, batch)
-                batch = []
-        if batch:
-            self._rebuild_batch(index, batch)
-        self.log.info("index_rebuilt", instances=self.rebuilt, skipped=self.rebuild_skipped)
+    def _check_folder(self, index: SQLiteIndex, is_new: bool) -> None:
+        """Compare the folder's ``.dcm`` files with the index and index what it does not
+        list (every file, for a new index); see :class:`FolderCheck`."""
+        check = FolderCheck(new_index=is_new)
+        self.folder_check = check
+        listed = {os.path.abspath(path) for path in index.paths()} if not is_new else set()
+        on_disk: set[str] = set()
+        found: list[Path] = []
+        for path in _walk(self.folder, self.db_path):
+            absolute = os.path.abspath(path)
+            on_disk.add(absolute)
+            if absolute not in listed:
+                found.append(path)
+        check.missing = sorted(listed - on_disk)
+        if not found:
+            return
+        self.log.info("folder_check_started", files=len(found), new_index=is_new)
+        # the copies of re-sent instances (<name>_<n>.dcm) after every other file: each
+        # replaces its instance's file once indexed, the highest number (the newest) last
+        copies = sorted((p for p in found if _copy_number(p)), key=_copy_number)
+        plain = [p for p in found if not _copy_number(p)]
+        for start in range(0, len(plain), _REBUILD_BATCH):
+            self._index_found(index, plain[start : start + _REBUILD_BATCH], check)
+        for path in copies:
+            self._index_copy(index, path, check)
+        self.log.info(
+            "folder_checked",
+            indexed=check.indexed,
+            completed=check.completed,
+            removed=len(check.removed),
+            skipped=len(check.skipped),
+            missing=len(check.missing),
+        )
 
-    def _rebuild_batch(self, index: SQLiteIndex, batch: list[tuple[Dataset, str]]) -> None:
-        for (_header, path), result in zip(batch, index.add_many(batch), strict=True):
+    def _skip(self, check: FolderCheck, path: Path, why: str) -> None:
+        check.skipped.append((str(path), why))
+        self.log.warning("folder_file_skipped", file=str(path), reason=why)
+
+    def _index_found(self, index: SQLiteIndex, paths: list[Path], check: FolderCheck) -> None:
+        """Index files the index does not list; one whose SOP Instance UID the index holds
+        in another file that exists is left alone (and reported)."""
+        headers: list[tuple[Path, Dataset, str]] = []
+        for path in paths:
+            try:
+                header = read_header(path)
+                uid = str(header.get("SOPInstanceUID", "") or "")
+            except (OSError, StorageError) as exc:
+                self._skip(check, path, _unreadable(exc))
+                continue
+            except Exception:  # pydicom decodes values lazily: garbage shows here
+                self._skip(check, path, "not a DICOM file")
+                continue
+            headers.append((path, header, uid))
+        held = index.lookup_instances([uid for _p, _h, uid in headers if uid])
+        items: list[tuple[Dataset, str]] = []
+        kept: list[tuple[Path, Dataset]] = []
+        seen: dict[str, Path] = {}
+        for path, header, uid in headers:
+            holder = held.get(uid)
+            other = seen.get(uid) if uid else None
+            if other is None and holder is not None and os.path.isfile(holder[1]):
+                other = Path(holder[1])
+            if other is not None:
+                self._skip(check, path, f"its SOP Instance UID is indexed as {other}")
+                continue
+            if uid:
+                seen[uid] = path
+            items.append((header, str(path)))
+            kept.append((path, header))
+        for (path, header), result in zip(
+            kept, index.add_many(items) if items else [], strict=True
+        ):
             if isinstance(result, Exception):
-                self.rebuild_skipped += 1
-                self.log.warning("index_rebuild_skipped", file=path, error=str(result))
-            else:
-                self.rebuilt += 1
+                why = str(result) if _looks_like_dicom(header) else "not a DICOM file"
+                self._skip(check, path, why)
+                continue
+            check.indexed += 1
+            if result.previous_path is not None:
+                _discard(check.missing, result.previous_path)
+
+    def _index_copy(self, index: SQLiteIndex, path: Path, check: FolderCheck) -> None:
+        """A copy of a re-sent instance an interrupted run left unindexed: indexed under its
+        instance's name, which it then takes (as the index writer would have done); removed
+        when it cannot be indexed (as a refused C-STORE)."""
+        own = _own_file(path)
+        try:
+            header = read_header(path)
+            uid = str(header.get("SOPInstanceUID", "") or "")
+        except (OSError, StorageError, Exception) as exc:  # garbage decodes lazily
+            self._remove_found(check, path, _unreadable(exc))
+            return
+        if safe_filename(uid) != own.name:  # not ours: a file that happens to end in _<n>
+            self._index_found(index, [path], check)
+            return
+        (result,) = index.add_many([(header, str(own))])
+        if isinstance(result, Exception):
+            self._remove_found(check, path, str(result))
+            return
+        try:
+            os.replace(path, own)
+        except OSError as exc:
+            # the row names the instance's own file: what was there stays
+            self._remove_found(check, path, f"cannot be renamed: {exc.strerror or exc}")
+            return
+        check.completed += 1
+        _discard(check.missing, str(own))
+        previous = result.previous_path
+        if previous is not None and os.path.abspath(previous) != os.path.abspath(own):
+            _discard(check.missing, previous)
+            self._remove(Path(previous))
+
+    def _remove_found(self, check: FolderCheck, path: Path, why: str) -> None:
+        check.removed.append((str(path), why))
+        self.log.warning("folder_copy_removed", file=str(path), reason=why)
+        self._remove(path)
+
+    @property
+    def rebuilt(self) -> int:
+        """The files the index did not list that opening indexed (every file of the folder
+        for a new index)."""
+        return self.folder_check.indexed + self.folder_check.completed
+
+    @property
+    def rebuild_skipped(self) -> int:
+        """The files opening found but could not index (:attr:`FolderCheck.skipped`)."""
+        return len(self.folder_check.skipped)
 
     @property
     def index(self) -> SQLiteIndex:
@@ -355,11 +540,18 @@ class Archive:
             association.log.warning(
                 "store_failed", instance=uid, status=f"0x{status:04X}", error=str(exc)
             )
-            return status
+            # the reason goes to the sender too, as for C-FIND and C-MOVE failures
+            return make_response(request.message, status, error_comment=store_failure_comment(exc))
         job = _Job(stored)
         try:
-            await send.send(job)
+            # the file is complete under a name of the folder: it must reach the index writer
+            # even if the association is cancelled now (a stopping server: the writer indexes
+            # what it was handed before the archive closes), or be removed
+            with anyio.CancelScope(shield=True):
+                await send.send(job)
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self._remove, stored)
             return make_response(
                 request.message, _OUT_OF_RESOURCES, error_comment="the archive is closed"
             )
@@ -377,10 +569,11 @@ class Archive:
         association.log.warning(
             "store_failed", instance=uid, status=f"0x{status:04X}", error=str(result)
         )
-        comment = f"not indexed: {result}"
-        return make_response(
-            request.message, status, error_comment=comment if len(comment) <= 64 else None
-        )
+        if isinstance(result, OSError):
+            comment = f"cannot index the instance: {result.strerror or type(result).__name__}"
+        else:
+            comment = f"cannot index the instance: {result}"
+        return make_response(request.message, status, error_comment=comment)
 
     async def _write_index(self, receive: MemoryObjectReceiveStream[_Job]) -> None:
         """The index writer: commits the stored files waiting, in batches, until closed."""
@@ -454,7 +647,17 @@ class Archive:
         except Exception as exc:  # an identifier pydicom cannot decode
             yield _undecodable(request, exc)
             return
-        yield from self.index.find(query)
+        if not query.ignored:
+            yield from self.index.find(query)
+            return
+        # a unique key of a lower level (odil's pre-query of a C-GET gives the Series Instance
+        # UID at STUDY level): matched as if absent, each match a Pending 0xFF01 (optional
+        # keys not supported for matching, PS3.4 C.4.1.1.4)
+        request.association.log.info(
+            "query_keys_ignored", level=query.level, keys=[_tag_text(t) for t in query.ignored]
+        )
+        for identifier in self.index.find(query):
+            yield _PENDING_WARNING, identifier
 
     def _on_retrieve(self, request: Any) -> Iterator[Any]:
         """C-GET and C-MOVE (a plain generator: runs in a worker thread): the files of the
@@ -471,6 +674,16 @@ class Archive:
         except Exception as exc:
             yield _undecodable(request, exc)
             return
+        if query.ignored:
+            # a C-FIND can ignore a key, a retrieve cannot: it would send more than asked for
+            tag = query.ignored[0]
+            yield make_response(
+                request.message,
+                int(Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS),
+                error_comment=f"{_tag_text(tag)} is a key below the {query.level} level",
+                offending_element=query.ignored,
+            )
+            return
         yield from self.index.instances(query)
 
 
@@ -481,6 +694,15 @@ def _query_failure(request: Any, exc: QueryError) -> messages.Message:
         error_comment=exc.error_comment,
         offending_element=(exc.tag,) if exc.tag is not None else None,
     )
+
+
+#: C-FIND Pending: "Matches are continuing - Warning that one or more Optional Keys were not
+#: supported for existence and/or matching for this Identifier" (PS3.4 Table C.4-1)
+_PENDING_WARNING = 0xFF01
+
+
+def _tag_text(tag: int) -> str:
+    return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
 
 
 def _undecodable(request: Any, exc: Exception) -> messages.Message:
@@ -519,10 +741,41 @@ def _walk(folder: Path, db_path: Path) -> Iterator[Path]:
                     yield path
 
 
-def _holds_dicom_files(folder: Path, db_path: Path) -> bool:
-    """Whether ``folder`` has at least one ``.dcm`` file (stops at the first)."""
-    return next(_walk(folder, db_path), None) is not None
+_COPY_NAME = re.compile(r"([^_]+)_([1-9][0-9]*)\.dcm")
 
 
-def _dicom_files(folder: Path, db_path: Path) -> Iterator[Path]:
-    return _walk(folder, db_path)
+def _copy_number(path: Path) -> int:
+    """n for a file named like the copy of a re-sent instance, ``<name>_<n>.dcm`` (0 for
+    another name)."""
+    match = _COPY_NAME.fullmatch(path.name)
+    return int(match.group(2)) if match else 0
+
+
+def _own_file(path: Path) -> Path:
+    """``<name>.dcm`` for ``<name>_<n>.dcm``."""
+    match = _COPY_NAME.fullmatch(path.name)
+    assert match is not None, path
+    return path.with_name(match.group(1) + ".dcm")
+
+
+def _unreadable(exc: BaseException) -> str:
+    if isinstance(exc, OSError):
+        return f"cannot be read: {exc.strerror or exc}"
+    return "not a DICOM file"
+
+
+def _looks_like_dicom(header: Dataset) -> bool:
+    """Whether a header read with pydicom's ``force`` is more than bytes taken for
+    elements: a preamble, File Meta Information or a SOP Class or Instance UID."""
+    if getattr(header, "preamble", None) is not None:
+        return True
+    meta = getattr(header, "file_meta", None)
+    if meta is not None and len(meta):
+        return True
+    return 0x00080016 in header or 0x00080018 in header
+
+
+def _discard(paths: list[str], path: str) -> None:
+    absolute = os.path.abspath(path)
+    if absolute in paths:
+        paths.remove(absolute)

@@ -103,7 +103,8 @@ class AEConfig:
     max_associations_per_calling_ae: int | None = None
     #: acceptor: reject (permanent, source 1, reason 7) an RQ whose Called AE Title is not ours
     require_called_ae_title: bool = False
-    #: acceptor: when not None, only these calling AE titles (others: permanent, 1, reason 3)
+    #: acceptor: when not None, only these calling AE titles (others: permanent, 1, reason 3);
+    #: an empty set admits nobody (only None switches the check off)
     allowed_calling_ae_titles: frozenset[str] | None = None
     #: acceptor: reject (permanent, source 1, reason 1) an RQ without a User Identity sub-item;
     #: the identity itself is checked by the ``AE.on_user_identity`` handler

@@ -77,7 +77,7 @@ from .protocol.errors import (
     UnrecognizedPDU,
 )
 from .protocol.messages import ResponseMessage
-from .protocol.status import Status
+from .protocol.status import Status, fit_error_comment
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -381,9 +381,8 @@ class QueryError(DICOMError, ValueError):
 
     @property
     def error_comment(self) -> str:
-        """The message, cut to the 64 characters an Error Comment (LO) holds."""
-        text = str(self)
-        return text if len(text) <= 64 else text[:61] + "..."
+        """The message, cut at a word to the 64 characters an Error Comment (LO) holds."""
+        return fit_error_comment(str(self))
 
 
 class IdentifierMismatch(QueryError):

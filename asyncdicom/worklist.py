@@ -45,6 +45,7 @@ from typing import Any
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
 
 from .ae import AE
 from .log import get_logger
@@ -194,10 +195,17 @@ class Worklist:
             _decode_all(item)
             if len(item) == 0:
                 raise ValueError("no data elements")
+        except InvalidDicomError:
+            # (pydicom's text advises force=True, which is not something a user can give)
+            self._skipped(path, "not a DICOM file (no File Meta Information after 'DICM')")
+            return None
         except Exception as exc:
-            self.log.warning("worklist_file_skipped", file=str(path), error=str(exc))
+            self._skipped(path, f"cannot be read: {exc}")
             return None
         return item
+
+    def _skipped(self, path: Path, reason: str) -> None:
+        self.log.warning("worklist_file_skipped", file=str(path), error=reason)
 
 
 def _decode_all(ds: Dataset) -> None:

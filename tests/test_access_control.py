@@ -116,6 +116,19 @@ async def test_calling_ae_title_not_allowed_is_rejected_reason_3(anyio_backend: 
         accepted(await exchange(port, rq(calling="MODALITY")))
 
 
+async def test_an_empty_allowed_calling_ae_list_admits_nobody(anyio_backend: str) -> None:
+    """``allowed_calling_ae_titles=frozenset()`` is an allow-list with nothing on it: every
+    calling AE title is rejected (1, 1, 3), as an empty users file admits nobody.  Only
+    ``None`` switches the check off: a list computed from a configuration that came out
+    empty must not open the server to everyone."""
+    ae = AE("SCP", allowed_calling_ae_titles=frozenset())
+    async with serving(ae) as port:
+        for calling in ("SCU", "ANY-SCU", "SCP"):
+            assert await exchange(port, rq(calling=calling)) == RJ_CALLING_AE
+    async with serving(AE("SCP", allowed_calling_ae_titles=None)) as port:
+        accepted(await exchange(port, rq(calling="ANY-SCU")))
+
+
 # --------------------------------------------------------------------------- limits
 
 

@@ -235,8 +235,18 @@ async def test_find_returns_the_counts_asked_for(tmp_path: Path) -> None:
         ("study", query("FRAME", StudyInstanceUID=""), 0xA900, "unknown Query/Retrieve Level"),
         ("study", query("", StudyInstanceUID=""), 0xA900, "Query/Retrieve Level"),
         ("study", Dataset(), 0xA900, "Query/Retrieve Level is missing"),
-        ("study", query("SERIES", SeriesInstanceUID=""), 0xA900, "needs one STUDY unique key"),
-        ("patient", query("STUDY", StudyInstanceUID=""), 0xA900, "needs one PATIENT unique"),
+        (
+            "study",
+            query("SERIES", SeriesInstanceUID=""),
+            0xA900,
+            "the SERIES level needs one Study Instance UID (no wild card)",
+        ),
+        (
+            "patient",
+            query("STUDY", StudyInstanceUID=""),
+            0xA900,
+            "the STUDY level needs one Patient ID (no wild card)",
+        ),
         ("patient-study", query("SERIES", StudyInstanceUID="1.1"), 0xA900, "not part of"),
         ("study", query("STUDY", StudyDate="20241231-20240101"), 0xC000, "reversed DA range"),
         ("study", query("STUDY", StudyTime="2561"), 0xC000, "malformed TM value"),
@@ -255,6 +265,69 @@ async def test_bad_queries_get_the_standard_failure_status(
     response = failed.value.response
     assert response.status == status
     assert response.error_comment is not None and comment in response.error_comment
+
+
+@pytest.mark.parametrize("value", ["", "*", "1.1.*"])
+async def test_upper_unique_key_empty_or_wild_is_refused_with_the_element(
+    tmp_path: Path, value: str
+) -> None:
+    """PS3.4 C.4.1.2.1: one value for the unique key of each level above; an empty value and
+    "*" (no wild card for a UID, and no UID) are refused alike, naming the element."""
+    identifier = query("IMAGE", StudyInstanceUID="1.1", SeriesInstanceUID=value)
+    with anyio.fail_after(GUARD):
+        async with running(tmp_path) as (_archive, port):
+            await store_all(port, collection()[:1])
+            with pytest.raises(QueryFailed) as failed:
+                await find(port, identifier)
+    response = failed.value.response
+    assert response.status == 0xA900
+    assert response.error_comment == "the IMAGE level needs one Series Instance UID (no wild card)"
+    assert response.message.offending_element == (0x0020000E,)
+
+
+async def test_a_unique_key_below_the_level_is_ignored_with_a_warning(tmp_path: Path) -> None:
+    """A STUDY-level C-FIND with a Series Instance UID (odil's pre-query of a C-GET): the
+    key is not matched (PS3.4 C.4.1.1.3.1: the keys are those of the level and above), the
+    study is found, each Pending is 0xFF01 and returns the key empty."""
+    identifier = query("STUDY", StudyInstanceUID="1.1", SeriesInstanceUID="1.1.2")
+    with anyio.fail_after(GUARD):
+        async with running(tmp_path) as (_archive, port):
+            await store_all(port, collection())
+            async with AE("SCU").associate(
+                "127.0.0.1", port, called_aet="QRSCP", contexts=presets.QR_FIND
+            ) as assoc:
+                async with assoc.find(identifier, model="study") as results:
+                    matches = [m async for m in results]
+                    last = results.last_pending
+                # a query without the lower key still gets plain Pendings
+                async with assoc.find(query("STUDY", StudyInstanceUID="1.1")) as results:
+                    plain = [m async for m in results]
+                    plain_status = results.last_pending
+    assert [str(m.StudyInstanceUID) for m in matches] == ["1.1"]
+    assert "SeriesInstanceUID" in matches[0] and not matches[0].SeriesInstanceUID
+    assert last is not None and last.status == 0xFF01
+    assert len(plain) == 1 and plain_status is not None and plain_status.status == 0xFF00
+
+
+async def test_a_retrieve_with_a_key_below_its_level_is_refused(tmp_path: Path) -> None:
+    """A C-GET cannot ignore a key as a C-FIND can (it would send the whole study): 0xA900
+    naming the element."""
+    identifier = query("STUDY", StudyInstanceUID="1.1", SeriesInstanceUID="1.1.2")
+    with anyio.fail_after(GUARD):
+        async with running(tmp_path / "archive") as (_archive, port):
+            await store_all(port, collection())
+            contexts = presets.retrieve_contexts("get", storage=[uids.CT_IMAGE_STORAGE])
+            async with AE("SCU").associate(
+                "127.0.0.1", port, called_aet="QRSCP", contexts=contexts
+            ) as assoc:
+                with pytest.raises(RetrieveFailed) as failed:
+                    async with assoc.get(identifier, store=tmp_path / "got") as retrieval:
+                        await retrieval.wait()
+    response = failed.value.response
+    assert response.status == 0xA900
+    assert response.message.offending_element == (0x0020000E,)
+    assert response.error_comment == "(0020,000E) is a key below the STUDY level"
+    assert not (tmp_path / "got").exists()
 
 
 async def test_undecodable_identifier_is_unable_to_process(tmp_path: Path) -> None:
@@ -369,6 +442,47 @@ async def test_truncated_resend_is_refused_and_the_good_copy_kept(tmp_path: Path
     assert rsp.status == 0xC000
     assert count == 1
     assert [p.read_bytes() for p in tmp_path.rglob("*.dcm")] == [before]
+
+
+async def test_refused_stores_say_why_in_the_error_comment(tmp_path: Path) -> None:
+    """A C-STORE refused by qrscp carries the reason as Error Comment (as its C-FIND and
+    C-MOVE failures do), within the 64 characters of an LO and never cut in a word."""
+    good = instance("P1", "1.1", "1.1.1", 1)
+    raw = encode_dataset(good, uids.EXPLICIT_VR_LITTLE_ENDIAN)
+    no_study = instance("P1", "1.1", "1.1.1", 2)
+    del no_study.StudyInstanceUID
+    with anyio.fail_after(GUARD):
+        async with running(tmp_path) as (_archive, port):
+            async with AE("SCU").associate(
+                "127.0.0.1", port, called_aet="QRSCP", contexts=[CT]
+            ) as assoc:
+                context = assoc.find_context(uids.CT_IMAGE_STORAGE)
+                assert context is not None
+
+                async def send(data: bytes, sop_instance: str) -> Any:
+                    return await assoc.request(
+                        context,
+                        CStoreRQ(
+                            message_id=assoc.next_message_id(),
+                            affected_sop_class_uid=uids.CT_IMAGE_STORAGE,
+                            affected_sop_instance_uid=sop_instance,
+                        ),
+                        data,
+                    )
+
+                cut = await send(raw[:-10], good.SOPInstanceUID)
+                other = await send(raw, "1.2.826.0.1.3680043.18.10.99")
+                unindexable = await assoc.store(no_study)
+    assert cut.status == 0xC000
+    assert cut.error_comment is not None
+    assert other.status == 0xA900
+    assert other.error_comment == "data set's SOP Instance UID (0008,0018) is not the command's"
+    assert unindexable.status == 0xC000
+    assert unindexable.message.error_comment == (
+        "cannot index the instance: the header has no study instance uid"
+    )
+    for comment in (cut.error_comment, other.error_comment, unindexable.message.error_comment):
+        assert comment is not None and len(comment) <= 64
 
 
 async def test_unindexable_resend_never_replaces_the_stored_copy(

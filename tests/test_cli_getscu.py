@@ -106,7 +106,11 @@ async def test_getscu_failed_sub_operations_are_listed(tmp_path: Path, anyio_bac
         )  # fmt: skip
     assert result.returncode == 1, (out(result), err(result))
     summary, *failed = out(result).splitlines()
-    expected = "C-GET: completed 2, failed 1, warning 0; status 0xB000 Warning:"
+    expected = (
+        "C-GET: completed 2, failed 1, warning 0; status 0xB000 Warning: warning: "
+        "sub-operations complete, one or more failures or warnings (no accepted context for "
+        f"{uids.SECONDARY_CAPTURE_IMAGE_STORAGE}); "
+    )
     assert summary.startswith(expected), summary
     assert summary.endswith("; 2 files written to out"), summary
     assert failed == [f"failed SOP Instance UID {uid_of(sc)}"]

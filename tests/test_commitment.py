@@ -152,6 +152,37 @@ async def test_report_on_a_new_association(anyio_backend: str) -> None:
     assert result.reported_by == "COMMIT-SCP"
 
 
+async def test_the_report_association_calls_the_requestor_by_its_ae_title(
+    anyio_backend: str,
+) -> None:
+    """The new association of a report has the requestor's AE title as Called AE Title (the
+    key of ``peers``) and the SCP's own as Calling AE Title; a requestor that checks the
+    called AE title accepts it."""
+    titles: list[tuple[str, str]] = []
+    scu = scu_ae("REQUESTOR", require_called_ae_title=True)
+    scu.hooks.add(
+        HookEvent.ASSOCIATION_ACCEPTED,
+        lambda event, assoc, **_: titles.append((assoc.called_ae_title, assoc.calling_ae_title)),
+    )
+    ae = scp_ae()
+    with anyio.fail_after(GUARD):
+        async with serving(scu) as scu_port, serving(ae) as scp_port:
+            async with CommitmentSCP(
+                ae,
+                holding(set()),
+                peers={"REQUESTOR": ("127.0.0.1", scu_port)},
+                always_new_association=True,
+            ) as scp:
+                async with scu.associate(
+                    "127.0.0.1", scp_port, called_aet="COMMIT-SCP",
+                    contexts=presets.STORAGE_COMMITMENT,
+                ) as assoc:  # fmt: skip
+                    result = await assoc.commit(instances(1), timeout=10)
+    assert scp.reports == [(result.transaction_uid, 2, "new")]
+    # (called, calling): the requestor's own association to the SCP, then the report's
+    assert titles == [("COMMIT-SCP", "REQUESTOR"), ("REQUESTOR", "COMMIT-SCP")]
+
+
 async def test_report_falls_back_to_a_new_association_after_release(anyio_backend: str) -> None:
     """The requestor releases before the SCP is done checking: the report goes on a new
     association to its configured address, and resolves the wait there."""

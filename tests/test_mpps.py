@@ -182,6 +182,34 @@ async def test_steps_are_kept_in_a_folder_across_restarts(
     assert rsp.status == 0x0110 and rsp.message.error_id == 0xA710
 
 
+async def test_an_n_set_cannot_change_the_steps_sop_uids(
+    tmp_path: Path, anyio_backend: str
+) -> None:
+    """SOP Class and SOP Instance UID identify the step (PS3.4 F.7.2.2: not in the N-SET
+    attributes): a Modification List that carries others leaves them as they were, in
+    memory, in the file kept and under its file name, while its other changes apply."""
+    folder = tmp_path / "mpps"
+    mpps = MPPSSCP(folder)
+    other = "1.2.826.0.1.3680043.10.9.77.66"
+    with anyio.fail_after(20):
+        async with associated(_scp(mpps), contexts=[MPPS]) as assoc:
+            assert (await assoc.n_create(MPPS, created(), sop_instance=UID)).status == 0
+            change = finished()
+            change.SOPInstanceUID = other
+            change.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"  # CT Image Storage
+            rsp = await assoc.n_set(MPPS, UID, change)
+    assert rsp.status == 0x0000
+    step = mpps.get(UID)
+    assert step is not None
+    assert (step.SOPClassUID, step.SOPInstanceUID) == (MPPS, UID)
+    assert step.PerformedProcedureStepStatus == "COMPLETED"  # the rest of it applied
+    assert mpps.get(other) is None
+    assert sorted(p.name for p in folder.iterdir()) == [f"{UID}.mpps"]
+    kept = dcmread(folder / f"{UID}.mpps")
+    assert (kept.SOPClassUID, kept.SOPInstanceUID) == (MPPS, UID)
+    assert MPPSSCP(folder).status(UID) == "COMPLETED"  # and so after a restart
+
+
 async def test_a_step_that_cannot_be_written_is_not_kept(
     tmp_path: Path, anyio_backend: str
 ) -> None:

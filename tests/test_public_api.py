@@ -137,7 +137,7 @@ EXPECTED_ALL: dict[str, set[str]] = {
         "hash_password", "identity_user_name",
     },
     "asyncdicom.worklist": {"WORKLIST_SUFFIXES", "Worklist"},
-    "asyncdicom.archive": {"Archive", "DEFAULT_DB_NAME", "qrscp_config"},
+    "asyncdicom.archive": {"Archive", "DEFAULT_DB_NAME", "FolderCheck", "qrscp_config"},
     "asyncdicom.correlation": {"Correlator", "Pending", "registry"},
     "asyncdicom.loadtest": {
         "LoadGenerator", "LoadResult", "LoadSpec", "Operation", "UIDPatchError", "WorkerFailed",

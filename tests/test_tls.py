@@ -362,6 +362,52 @@ async def test_storescp_tls_with_storescu(pki: PKI, tmp_path: Path, anyio_backen
     assert len(list((tmp_path / "out").rglob("*.dcm"))) == 2
 
 
+async def test_storescp_verifies_client_certificates_against_its_tls_ca(
+    pki: PKI, tmp_path: Path, anyio_backend: str
+) -> None:
+    """``storescp --tls-ca`` (the check DCMTK's clients make in the interop tests, here with
+    our own echoscu): a client certificate signed by that CA is accepted, TLS without a client
+    certificate is refused, and the same client certificate is refused by a storescp whose
+    --tls-ca is another CA; without --tls-ca no client certificate is asked for."""
+    (tmp_path / "cwd").mkdir()
+    client = ["--tls-cert", str(pki.client_cert), "--tls-key", str(pki.client_key)]
+
+    async def echo(port: str, *tls: str) -> Any:
+        return await run_cli(
+            "echoscu", "127.0.0.1", port, "--tls", "--tls-ca", str(pki.ca), *tls,
+            "--backend", anyio_backend, cwd=tmp_path,
+        )  # fmt: skip
+
+    async def storescp(*tls_ca: str) -> Any:
+        args = [
+            "storescp", "--port", "0", "--host", "127.0.0.1", "--ignore",
+            "--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key), *tls_ca,
+            "--backend", anyio_backend,
+        ]  # fmt: skip
+        return app_process(*args, cwd=tmp_path / "cwd")
+
+    with anyio.fail_after(GUARD * 2):
+        async with await storescp("--tls-ca", str(pki.ca)) as process:
+            scp = StoreSCPProcess(process)
+            port = str(await scp.wait_listening())
+            assert (await echo(port, *client)).returncode == 0
+            no_cert = await echo(port)
+            assert no_cert.returncode == 1 and "certificate required" in err(no_cert)
+            assert await scp.stop() == 0
+        async with await storescp("--tls-ca", str(pki.other_ca)) as process:
+            scp = StoreSCPProcess(process)
+            port = str(await scp.wait_listening())
+            refused = await echo(port, *client)
+            assert refused.returncode == 1, err(refused)
+            assert "TLS" in err(refused) or "certificate" in err(refused), err(refused)
+            assert await scp.stop() == 0
+        async with await storescp() as process:
+            scp = StoreSCPProcess(process)
+            port = str(await scp.wait_listening())
+            assert (await echo(port)).returncode == 0  # anonymous TLS client: accepted
+            assert await scp.stop() == 0
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -6,6 +6,7 @@ accepted unless configured."""
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -201,6 +202,20 @@ def test_worklist_from_a_folder_is_read_again_as_it_changes(tmp_path: Path) -> N
 
     (folder / "CT2" / "a3.dcm").unlink()
     assert accessions(list(worklist.find(wl_query()))) == ["A1", "A2"]
+
+
+def test_a_file_that_is_not_dicom_is_skipped_with_a_plain_reason(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = tmp_path / "worklist"
+    save(folder / "a1.wl", ITEMS[0])
+    (folder / "notes.wl").write_text("a text file, not a worklist item\n")
+    with caplog.at_level(logging.WARNING, logger="asyncdicom"):
+        assert accessions(list(Worklist(folder).find(wl_query()))) == ["A1"]
+    (record,) = [r for r in caplog.records if "worklist_file_skipped" in r.getMessage()]
+    text = record.getMessage()
+    assert "notes.wl" in text and "not a DICOM file" in text
+    assert "force" not in text  # pydicom's advice to its own callers
 
 
 def test_worklist_items_added_in_code(tmp_path: Path) -> None:

@@ -268,16 +268,8 @@ async def run(args: argparse.Namespace) -> int:
         err(f"argument --db: cannot use the index {str(archive.db_path)!r}: {exc}")
         return 2
     try:
-        if archive.rebuilt or archive.rebuild_skipped:
-            skipped = f" ({archive.rebuild_skipped} skipped)" if archive.rebuild_skipped else ""
-            notice(
-                f"qrscp: new index {archive.db_path}: indexed "
-                f"{_plural(archive.rebuilt, 'file')} found in {storage}{skipped}",
-                "index_rebuilt",
-                instances=archive.rebuilt,
-                skipped=archive.rebuild_skipped,
-                db=str(archive.db_path),
-            )
+        for line in archive.folder_check.report(storage):
+            notice(f"qrscp: {line}", "folder_checked", db=str(archive.db_path))
         ae = qrscp_ae(args)
         archive.install(ae)
         problem = await install_worklist_and_mpps(ae, args, storage)

@@ -242,7 +242,7 @@ async def retrieve(
 
 def describe_final(response: DIMSEResponse) -> str:
     """``0xA801 Failure: refused: move destination unknown`` and the peer's Error Comment."""
-    text = describe(response.status)
+    text = describe(response.status, response.message.NAME)
     comment = response.error_comment
     return f"{text} ({comment})" if comment else text
 

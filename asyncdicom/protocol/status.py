@@ -26,11 +26,13 @@ from __future__ import annotations
 from enum import Enum, IntEnum
 
 __all__ = [
+    "ERROR_COMMENT_LIMIT",
     "PENDING_STATUSES",
     "Status",
     "StatusCategory",
     "category",
     "describe",
+    "fit_error_comment",
     "is_final",
     "is_pending",
 ]
@@ -156,6 +158,23 @@ _PENDING = PENDING_STATUSES
 _EXTRA_WARNINGS = frozenset({0x0001, 0x0107, 0x0116})
 
 
+#: the longest Error Comment (0000,0902): VR LO, 64 characters (PS3.5 Table 6.2-1)
+ERROR_COMMENT_LIMIT = 64
+
+
+def fit_error_comment(text: str, limit: int = ERROR_COMMENT_LIMIT) -> str:
+    """``text`` as an Error Comment: unchanged when it fits ``limit`` characters, else cut at
+    the last word that fits, with ``...`` (never in the middle of a word, unless a single
+    word is longer than the limit)."""
+    text = " ".join(text.split())
+    if len(text) <= limit:
+        return text
+    room = limit - 3
+    cut = text.rfind(" ", 0, room + 1)
+    head = text[:cut] if cut > 0 else text[:room]
+    return head.rstrip(" ,;:-(") + "..."
+
+
 def category(status: int) -> StatusCategory:
     """Classify a status value (PS3.7 Annex C); see the module docstring for the rules.
 
@@ -186,10 +205,33 @@ def is_final(status: int) -> bool:
     return category(status) is not StatusCategory.PENDING
 
 
-def describe(status: int) -> str:
-    """A human-readable description such as ``"0x0112 Failure: no such SOP instance"``."""
+#: the meanings a code has for one command only (PS3.4 B.2.3, C.4.1.1.4, C.4.2.1.5,
+#: C.4.3.1.4): (code, command) -> meaning
+_COMMAND_MEANINGS: dict[tuple[int, str], str] = {
+    (0xB000, "C-STORE"): "warning: coercion of data elements",
+    (0xB000, "C-GET"): "warning: sub-operations complete, one or more failures or warnings",
+    (0xB000, "C-MOVE"): "warning: sub-operations complete, one or more failures or warnings",
+    (0xA900, "C-STORE"): "error: data set does not match SOP class",
+    (0xA900, "C-FIND"): "error: identifier does not match SOP class",
+    (0xA900, "C-GET"): "error: identifier does not match SOP class",
+    (0xA900, "C-MOVE"): "error: identifier does not match SOP class",
+}
+
+
+def describe(status: int, command: str | None = None) -> str:
+    """A human-readable description such as ``"0x0112 Failure: no such SOP instance"``.
+
+    ``command`` (``"C-GET"``, or a message name such as ``"C-MOVE-RSP"``) picks the meaning
+    a code has for that command where it has several (0xB000 is coercion of data elements for
+    C-STORE, sub-operations complete with failures or warnings for C-GET and C-MOVE);
+    without it every meaning is given."""
     cat = category(status)
-    meaning = _MEANINGS.get(status)
+    meaning = None
+    if command is not None:
+        name = command.upper().removesuffix("-RSP").removesuffix("-RQ")
+        meaning = _COMMAND_MEANINGS.get((status, name))
+    if meaning is None:
+        meaning = _MEANINGS.get(status)
     if meaning is None:
         meaning = _RANGE_MEANINGS.get(status >> 8)
     if meaning is None:

@@ -635,6 +635,13 @@ class SQLiteIndex:
                     found[str(uid)] = (str(sop_class or ""), str(path))
         return found
 
+    def paths(self) -> dict[str, str]:
+        """File path -> SOP Instance UID of every indexed instance (to compare the index with
+        the files of its folder)."""
+        with self._lock:
+            rows = self._con.execute("SELECT path, sop_instance_uid FROM instance").fetchall()
+        return {str(path): str(uid) for path, uid in rows}
+
     def count(self) -> int:
         """The number of indexed instances."""
         with self._lock:

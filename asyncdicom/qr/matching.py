@@ -460,6 +460,11 @@ class Query:
     above: Mapping[int, str]
     pn_case_insensitive: bool
     _keys: tuple[_Key, ...]
+    #: the unique keys of levels below ``level`` given with a value (a Series Instance UID in
+    #: a STUDY query): not used for matching (PS3.4 C.4.1.1.3.1: the keys of a query are those
+    #: of its level and above); a C-FIND says so with Pending 0xFF01, a C-GET or C-MOVE
+    #: refuses them (it would send more than was asked for)
+    ignored: tuple[int, ...] = ()
 
     @property
     def keys(self) -> tuple[int, ...]:
@@ -570,11 +575,35 @@ def parse_query(identifier: Dataset, model: str, *, pn_case_insensitive: bool = 
         elem = identifier.get(tag)
         vr = _vr_of(tag, elem.VR if elem is not None else None)
         texts = _texts(elem.value, vr) if elem is not None else []
-        if len(texts) != 1 or (vr != "UI" and ("*" in texts[0] or "?" in texts[0])):
-            raise IdentifierMismatch(f"a {level} query needs one {upper} unique key value", tag=tag)
+        # PS3.4 C.4.1.2.1: one value for the unique key of each level above, so neither an
+        # empty value nor "*" (for a UID "*" is no wild card, and no UID either)
+        if len(texts) != 1 or "*" in texts[0] or "?" in texts[0]:
+            raise IdentifierMismatch(
+                f"the {level} level needs one {_UNIQUE_KEY_NAMES[tag]} (no wild card)",
+                tag=tag,
+            )
         above[tag] = texts[0]
-    keys = tuple(_compile(elem, pn_case_insensitive) for elem in identifier if _matched(elem))
-    return Query(name, level, identifier, above, pn_case_insensitive, keys)
+    lower = {LEVELS[below] for below in _ALL_LEVELS[_ALL_LEVELS.index(level) + 1 :]}
+    ignored = tuple(
+        int(elem.tag)
+        for elem in identifier
+        if int(elem.tag) in lower and _texts(elem.value, _vr_of(int(elem.tag), elem.VR))
+    )
+    keys = tuple(
+        _compile(elem, pn_case_insensitive)
+        for elem in identifier
+        if _matched(elem) and int(elem.tag) not in ignored
+    )
+    return Query(name, level, identifier, above, pn_case_insensitive, keys, ignored)
+
+
+_ALL_LEVELS = ("PATIENT", "STUDY", "SERIES", "IMAGE")
+_UNIQUE_KEY_NAMES = {
+    0x00100020: "Patient ID",
+    0x0020000D: "Study Instance UID",
+    0x0020000E: "Series Instance UID",
+    0x00080018: "SOP Instance UID",
+}
 
 
 #: the model name of :func:`parse_worklist_query`'s queries

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 import anyio
 
 from ..protocol import messages
-from ..protocol.status import Status
+from ..protocol.status import Status, fit_error_comment
 
 if TYPE_CHECKING:
     from ..association import IncomingRequest
@@ -314,6 +314,7 @@ def make_response(
     Copies Message ID Being Responded To, and the Affected SOP Class/Instance UID from the
     request's affected or requested UIDs where the response has such fields; ``fields`` set
     or override the others (``error_comment``, ``has_dataset``, sub-operation counts, ...).
+    An ``error_comment`` longer than an LO holds is cut at a word (:func:`fit_error_comment`).
     """
     rsp_type = messages.MESSAGE_TYPES[request.COMMAND_FIELD | 0x8000]
     names = _field_names(rsp_type)
@@ -335,6 +336,8 @@ def make_response(
     if "has_dataset" in names:
         kwargs["has_dataset"] = False
     kwargs.update(fields)
+    if kwargs.get("error_comment"):
+        kwargs["error_comment"] = fit_error_comment(kwargs["error_comment"])
     response = rsp_type(**{k: v for k, v in kwargs.items() if k in names})
     assert isinstance(response, messages.Response)
     return response

@@ -215,7 +215,7 @@ async def receive_report(request: Any) -> messages.Message | int:
         raise  # the association failed while the report was being read
     except Exception as exc:  # an unreadable or incomplete Event Information
         association.log.warning("commitment_report_invalid", error=str(exc))
-        return make_response(message, _INVALID_ARGUMENT_VALUE, error_comment=str(exc)[:64])
+        return make_response(message, _INVALID_ARGUMENT_VALUE, error_comment=str(exc))
     if not _correlator(association.ae).deliver(_key(result.transaction_uid), result, keep=False):
         association.log.warning(
             "commitment_report_unexpected", transaction_uid=result.transaction_uid
@@ -432,7 +432,7 @@ class CommitmentSCP:
             raise
         except Exception as exc:
             request.association.log.warning("commitment_request_invalid", error=str(exc))
-            return make_response(message, _INVALID_ARGUMENT_VALUE, error_comment=str(exc)[:64])
+            return make_response(message, _INVALID_ARGUMENT_VALUE, error_comment=str(exc))
         tg = self._tg
         if tg is None or transaction in self._active:
             return make_response(

@@ -134,7 +134,7 @@ def _invalid_status(message: Any, attributes: Dataset, value: str) -> tuple[Any,
     response = make_response(
         message,
         int(Status.INVALID_ATTRIBUTE_VALUE),
-        error_comment=comment[:64],
+        error_comment=comment,
         has_dataset=True,
     )
     return response, _offending(attributes, _STATUS_TAG)

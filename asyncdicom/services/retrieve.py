@@ -60,7 +60,7 @@ import anyio
 from pydicom.dataset import Dataset
 
 from ..association import BaseAssociation, DIMSEResponse, Operation
-from ..errors import DICOMError, RetrieveFailed
+from ..errors import DICOMError, NoAcceptedContext, RetrieveFailed
 from ..log import get_logger
 from ..protocol import messages, uids
 from ..protocol.messages import Priority
@@ -311,7 +311,7 @@ async def run_retrieve(call: HandlerCall) -> None:
             response = make_response(
                 message,
                 int(Status.MOVE_DESTINATION_UNKNOWN),
-                error_comment=f"unknown move destination {title!r}"[:64],
+                error_comment=f"unknown move destination {title!r}",
             )
             await call.respond(response)
             return
@@ -385,7 +385,8 @@ async def _move(
         except DICOMError as exc:
             # could not associate, or the association broke: what was not sent failed
             log.warning("move_association_failed", destination=title, error=str(exc))
-            counts.comment = f"move destination {title}: {exc}"
+            long = f"move destination {title}: {exc}"
+            counts.comment = long if len(long) <= 64 else f"{title}: {exc}"
             for inst in batch:
                 if inst.sop_instance_uid not in counts.started:
                     counts.fail(inst.sop_instance_uid)
@@ -406,6 +407,9 @@ async def _send_all(
     origin = request.association
     slots = anyio.Semaphore(window)
     originator = (origin.peer_ae_title, move[0].message_id) if move is not None else None
+    # the association lost under sub-operations in flight: raised once they all ended (raising
+    # from each would give the caller an exception group, not the DICOMError it handles)
+    lost: list[DICOMError] = []
 
     async def one(inst: _Instance) -> None:
         try:
@@ -423,9 +427,10 @@ async def _send_all(
                 )
                 counts.fail(inst.sop_instance_uid)
                 if counts.comment is None:
-                    counts.comment = str(exc)
+                    counts.comment = _sub_operation_comment(exc)
                 if target.is_closed:
-                    raise
+                    lost.append(exc)
+                    return
             else:
                 cat = response.category
                 if cat is StatusCategory.SUCCESS:
@@ -452,6 +457,17 @@ async def _send_all(
                 break
             counts.started.add(inst.sop_instance_uid)
             tg.start_soon(one, inst)
+    if lost:
+        raise lost[0]
+
+
+def _sub_operation_comment(exc: DICOMError) -> str:
+    """The Error Comment of a failed sub-operation, short enough for an LO: "no accepted
+    context for <SOP Class UID>" without the transfer syntax details."""
+    text = str(exc)
+    if isinstance(exc, NoAcceptedContext):
+        text = text.split(" in transfer syntax ", 1)[0].split(" (", 1)[0]
+    return text
 
 
 async def _send_pending(call: HandlerCall, counts: _Counts) -> None:
@@ -488,7 +504,7 @@ async def _send_final(call: HandlerCall, counts: _Counts, *, cancelled: bool) ->
     if cancelled:
         fields["number_of_remaining_suboperations"] = counts.remaining
     if status != int(Status.SUCCESS) and counts.comment:
-        fields["error_comment"] = counts.comment[:64]
+        fields["error_comment"] = counts.comment
     response = make_response(call.request.message, status, **fields)
     await call.respond(response, identifier)
 

@@ -27,7 +27,7 @@ import anyio
 from ..association import BaseAssociation, DIMSEResponse, IncomingRequest
 from ..errors import DataSetMismatch, EmptyDataSet, InvalidDataset, NoAcceptedContext
 from ..protocol import messages
-from ..protocol.status import Status
+from ..protocol.status import Status, fit_error_comment
 from ..protocol.uids import UNCOMPRESSED_TRANSFER_SYNTAXES, is_storage_sop_class
 from .base import Service
 
@@ -47,6 +47,7 @@ __all__ = [
     "save_request",
     "sop_uids",
     "store",
+    "store_failure_comment",
     "store_failure_status",
 ]
 
@@ -60,6 +61,19 @@ def store_failure_status(exc: BaseException) -> int:
     if isinstance(exc, DataSetMismatch):
         return 0xA900
     return 0xC000
+
+
+def store_failure_comment(exc: BaseException) -> str:
+    """The Error Comment (0000,0902) for an exception raised while storing: what is wrong with
+    the data set, or why it could not be written (the reason, without the path), in the 64
+    characters of an LO."""
+    if isinstance(exc, OSError):
+        return fit_error_comment(f"cannot store the instance: {exc.strerror or type(exc).__name__}")
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, DataSetMismatch):
+        # "the data set's SOP Instance UID (0008,0018) is '1.2...', its C-STORE-RQ's '1.3...'"
+        text = text.split(" is ", 1)[0].removeprefix("the ") + " is not the command's"
+    return fit_error_comment(text)
 
 
 def _store_exception_status(message: messages.Message, exc: BaseException) -> int:

@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 from pynetdicom.status import code_to_category
 
-from asyncdicom.protocol.status import Status, StatusCategory, category, describe, is_final
+from asyncdicom.protocol.status import (
+    Status,
+    StatusCategory,
+    category,
+    describe,
+    fit_error_comment,
+    is_final,
+)
 
 
 def _oracle(code: int) -> StatusCategory:
@@ -133,3 +140,45 @@ def test_every_named_status_has_a_specific_description() -> None:
 )
 def test_describe(code: int, fragment: str) -> None:
     assert fragment in describe(code)
+
+
+@pytest.mark.parametrize(
+    ("code", "command", "text"),
+    [
+        (0xB000, "C-GET-RSP", "0xB000 Warning: warning: sub-operations complete, one or more "
+         "failures or warnings"),
+        (0xB000, "C-MOVE", "0xB000 Warning: warning: sub-operations complete, one or more "
+         "failures or warnings"),
+        (0xB000, "C-STORE", "0xB000 Warning: warning: coercion of data elements"),
+        (0xA900, "C-MOVE-RSP", "0xA900 Failure: error: identifier does not match SOP class"),
+        (0xA900, "C-STORE-RSP", "0xA900 Failure: error: data set does not match SOP class"),
+        # a code with one meaning is described the same whatever the command
+        (0xA801, "C-MOVE", "0xA801 Failure: refused: move destination unknown"),
+    ],
+)  # fmt: skip
+def test_describe_for_a_command_gives_that_commands_meaning(
+    code: int, command: str, text: str
+) -> None:
+    assert describe(code, command) == text
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("short enough", "short enough"),
+        ("x" * 64, "x" * 64),
+        # the example: never cut inside a word
+        (
+            "no presentation context for CT Image Storage in transfer syntax "
+            "1.2.840.10008.1.2.4.50",
+            "no presentation context for CT Image Storage in transfer...",
+        ),
+        ("move destination DEST: cannot connect to 127.0.0.1:1: Connection refused",
+         "move destination DEST: cannot connect to 127.0.0.1:1..."),
+        ("y" * 70, "y" * 61 + "..."),
+    ],
+)  # fmt: skip
+def test_error_comments_fit_an_lo_at_a_word(text: str, expected: str) -> None:
+    fitted = fit_error_comment(text)
+    assert fitted == expected
+    assert len(fitted) <= 64

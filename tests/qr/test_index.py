@@ -272,9 +272,13 @@ def test_study_root_records_carry_the_levels_above() -> None:
         )
     )
     assert [(s.PatientID, s.StudyDescription) for s in series] == [("P1", "Synthetic CT")] * 2
-    # a key of a lower level than the query's matches only universally
+    # the unique key of a lower level is not matched (the query says it ignored it) ...
+    below = q("STUDY", StudyInstanceUID="", SOPInstanceUID="x")
+    assert below.ignored == (0x00080018,)
+    assert values(index, below, "StudyInstanceUID") == ["1.1", "1.2", "2.1"]
+    # ... another key of a lower level than the query's matches only universally
     assert (
-        values(index, q("STUDY", StudyInstanceUID="", SOPInstanceUID="x"), "StudyInstanceUID") == []
+        values(index, q("STUDY", StudyInstanceUID="", InstanceNumber="7"), "StudyInstanceUID") == []
     )
     # patient/study only model
     assert values(index, q("PATIENT", "patient-study", PatientID="P*"), "PatientID") == ["P1", "P2"]
@@ -367,6 +371,72 @@ def _records(headers: list[Dataset], level: str) -> dict[str, Dataset]:
     return result
 
 
+def _studies(*numbers: int) -> list[str]:
+    return sorted(f"1.2.{s}" for s in numbers)
+
+
+_ALL_STUDIES = range(17)
+#: what each query of QUERIES selects from _synthetic(), worked out by hand from how it is
+#: built (study s: patient p = s % 7, "P_3%" for p = 3, names[p % 6]; date 20YY0M15 with
+#: YY = 10 + s % 12, M = 1 + s % 9; modalities CT/MR, MR/US, US/CR, CR/CT for s % 4 = 0..3;
+#: accession ACC<s>), not by the matcher: STUDY level (the study numbers), PATIENT level for
+#: the patient keys (the Patient IDs)
+HAND_WRITTEN: dict[str, tuple[list[str], list[str] | None]] = {
+    "PatientID=PID1": (_studies(1, 8, 15), ["PID1"]),
+    "PatientID=PID*": (
+        _studies(*(s for s in _ALL_STUDIES if s not in (3, 10))),
+        ["PID0", "PID1", "PID2", "PID4", "PID5", "PID6"],
+    ),
+    "PatientID=P?D2": (_studies(2, 9, 16), ["PID2"]),
+    "PatientID=P_3%": (_studies(3, 10), ["P_3%"]),  # _ and % are no wild cards
+    "PatientID=P_*": (_studies(3, 10), ["P_3%"]),
+    # case-sensitive: doe^john (patient 4) is not DOE*
+    "PatientName=DOE*": (_studies(0, 1, 6, 7, 8, 13, 14, 15), ["PID0", "PID1", "PID6"]),
+    "PatientName=*'*": (_studies(3, 10), ["P_3%"]),
+    "PatientName=M?LLER^K": (_studies(5, 12), ["PID5"]),  # ? is one character: Ü
+    "StudyDate=20150101-20181231": (_studies(5, 6, 7, 8), None),
+    "StudyDate=-20120101": (_studies(0, 1, 12, 13), None),
+    "StudyDate=20200101-": (_studies(10, 11), None),
+    "StudyInstanceUID=1.2.1\\1.2.5\\1.2.99": (_studies(1, 5), None),
+    "AccessionNumber=ACC1*": (_studies(1, 10, 11, 12, 13, 14, 15, 16), None),
+    "ModalitiesInStudy=MR": (_studies(0, 1, 4, 5, 8, 9, 12, 13, 16), None),
+    "ModalitiesInStudy=U?": (_studies(1, 2, 5, 6, 9, 10, 13, 14), None),
+    "ModalitiesInStudy=CR\\US": (_studies(*(s for s in _ALL_STUDIES if s % 4)), None),
+    "PatientID=PID2,StudyDate=20100101-20301231": (_studies(2, 9, 16), ["PID2"]),
+    "PatientID=": (
+        _studies(*_ALL_STUDIES),
+        ["PID0", "PID1", "PID2", "PID4", "PID5", "PID6", "P_3%"],
+    ),
+}
+
+
+def _query_id(keys: dict[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in keys.items())
+
+
+def test_every_comparison_query_has_a_hand_written_answer() -> None:
+    assert sorted(HAND_WRITTEN) == sorted(_query_id(k) for k in QUERIES)
+
+
+@pytest.mark.parametrize("keys", QUERIES, ids=[str(k) for k in QUERIES])
+def test_index_gives_the_hand_written_answers(keys: dict[str, str]) -> None:
+    headers = _synthetic()
+    index = SQLiteIndex(":memory:")
+    for n, h in enumerate(headers):
+        index.add(h, f"f{n}")
+    studies, patients = HAND_WRITTEN[_query_id(keys)]
+    query = q("STUDY", **{"StudyInstanceUID": "", **keys})
+    assert sorted(values(index, query, "StudyInstanceUID")) == studies
+    assert sorted(k for k, rec in _records(headers, "STUDY").items() if query.matches(rec)) == (
+        studies
+    )
+    patient_keys = {k: v for k, v in keys.items() if k in ("PatientID", "PatientName")}
+    assert (patients is None) == (not patient_keys)
+    if patient_keys:
+        pq = q("PATIENT", "patient", **{"PatientID": "", **patient_keys})
+        assert sorted(values(index, pq, "PatientID")) == patients
+
+
 @pytest.mark.parametrize("keys", QUERIES, ids=[str(k) for k in QUERIES])
 def test_index_agrees_with_the_python_matcher(keys: dict[str, str]) -> None:
     headers = _synthetic()
@@ -385,11 +455,22 @@ def test_index_agrees_with_the_python_matcher(keys: dict[str, str]) -> None:
         assert sorted(values(index, pq, "PatientID")) == expected_p
 
 
+#: the series each query selects in studies 1.2.0 and 1.2.5, by hand: study 0 has series .0 (CT)
+#: and .1 (MR), study 5 series .0 (MR) and .1 (US); every series is number 1
+SERIES_QUERIES: list[tuple[dict[str, str], dict[str, list[str]]]] = [
+    ({"Modality": "MR"}, {"1.2.0": ["1.2.0.1"], "1.2.5": ["1.2.5.0"]}),
+    ({"Modality": "?R"}, {"1.2.0": ["1.2.0.1"], "1.2.5": ["1.2.5.0"]}),
+    ({"Modality": "CT\\US"}, {"1.2.0": ["1.2.0.0"], "1.2.5": ["1.2.5.1"]}),
+    ({"SeriesNumber": "1"}, {"1.2.0": ["1.2.0.0", "1.2.0.1"], "1.2.5": ["1.2.5.0", "1.2.5.1"]}),
+]
+
+
 @pytest.mark.parametrize(
-    "keys",
-    [{"Modality": "MR"}, {"Modality": "?R"}, {"Modality": "CT\\US"}, {"SeriesNumber": "1"}],
+    ("keys", "answers"), SERIES_QUERIES, ids=[str(k) for k, _ in SERIES_QUERIES]
 )
-def test_series_level_agrees_with_the_python_matcher(keys: dict[str, str]) -> None:
+def test_series_level_agrees_with_the_python_matcher(
+    keys: dict[str, str], answers: dict[str, list[str]]
+) -> None:
     headers = _synthetic()
     index = SQLiteIndex(":memory:")
     for n, h in enumerate(headers):
@@ -398,6 +479,7 @@ def test_series_level_agrees_with_the_python_matcher(keys: dict[str, str]) -> No
         query = q("SERIES", StudyInstanceUID=study, SeriesInstanceUID="", **keys)
         expected = sorted(k for k, rec in _records(headers, "SERIES").items() if query.matches(rec))
         assert sorted(values(index, query, "SeriesInstanceUID")) == expected
+        assert expected == answers[study]  # and both give the hand-written answer
 
 
 # --------------------------------------------------------------------------------------------
