@@ -259,9 +259,7 @@ async def test_peer_receives_the_report_on_a_new_association(
     incoming: list[str] = []
     scu.hooks.add(
         HookEvent.ASSOCIATION_ACCEPTED,
-        lambda _e, assoc, **_: (
-            assoc.role.name == "ACCEPTOR" and incoming.append(assoc.peer_ae_title)
-        ),
+        lambda _e, a, **_: a.role.name == "ACCEPTOR" and incoming.append(a.peer_ae_title),
     )
     transaction = generate_uid()
     refs = [(uids.CT_IMAGE_STORAGE, "1.2.826.0.1.3680043.10.77")]

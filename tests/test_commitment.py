@@ -228,7 +228,7 @@ async def test_a_report_the_requestor_refuses_is_not_sent_again(anyio_backend: s
     incoming: list[str] = []
     scu.hooks.add(
         HookEvent.ASSOCIATION_ACCEPTED,
-        lambda _e, assoc: assoc.role.name == "ACCEPTOR" and incoming.append(assoc.peer_ae_title),
+        lambda _e, a, **_: a.role.name == "ACCEPTOR" and incoming.append(a.peer_ae_title),
     )
     ae = scp_ae()
     transaction = generate_uid()
