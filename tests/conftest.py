@@ -88,7 +88,7 @@ def _no_internal_errors() -> Iterator[None]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Peers a test needs (DCMTK, Orthanc, pynetdicom, uvloop): see tests/harness/requirements.py
+# Peers a test needs (DCMTK, Orthanc, odil, PixelMed, ...): see tests/harness/requirements.py
 # ---------------------------------------------------------------------------------------------
 
 
