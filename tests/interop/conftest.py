@@ -265,8 +265,9 @@ def shared_pynetdicom_scp(
 
 @pytest.fixture
 def pynetdicom_peer(shared_pynetdicom_scp: PynetdicomSCP) -> PynetdicomSCP:
-    """The shared pynetdicom SCP with an empty output folder (tests run one at a time, so
-    what it holds after the test was received during the test)."""
+    """The shared pynetdicom SCP with an empty output folder (a pytest process runs one test
+    at a time, and each pytest-xdist worker has its own SCP, so what it holds after the test
+    was received during the test)."""
     scp = shared_pynetdicom_scp
     if not scp.is_running():
         pytest.fail(f"the shared pynetdicom SCP died:\n{scp.log_text()}", pytrace=False)
