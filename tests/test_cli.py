@@ -360,7 +360,9 @@ async def test_echoscu_acse_timeout_bounds_the_wait(tmp_path: Path, anyio_backen
         )  # fmt: skip
         elapsed = time.monotonic() - started
     assert result.returncode == 1, err(result)
-    assert elapsed < 5.0, f"echoscu --acse-timeout 0.5 took {elapsed:.1f} s"
+    # the bound includes starting a Python process, which takes seconds when other test
+    # workers share the cores; it is still half of the 30 s default it tells apart from
+    assert elapsed < 15.0, f"echoscu --acse-timeout 0.5 took {elapsed:.1f} s"
     lines = err(result).splitlines()
     assert len(lines) == 1 and "within 0.5 s" in lines[0], err(result)
 

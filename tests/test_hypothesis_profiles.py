@@ -63,6 +63,7 @@ def _run_this_file(**env: str) -> subprocess.CompletedProcess[str]:
             "-q",
             "-p",
             "no:cacheprovider",
+            "-n0",  # one test: no pytest-xdist workers to start
             f"{__file__}::test_active_profile_behaves_as_named",
         ],
         cwd=ROOT,

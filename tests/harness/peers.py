@@ -55,11 +55,18 @@ __all__ = [
     "DCMTK_MAX_PDU_RANGE",
     "DCMTK_PROGRAMS",
     "LOCALHOST",
+    "ODIL_PYTHON",
+    "ODIL_PYTHON_ENV",
+    "ODIL_STORE_SCP_SCRIPT",
+    "PIXELMED_GET_SOURCE",
+    "PIXELMED_JAR",
+    "PIXELMED_JAR_ENV",
     "PYNETDICOM_SCP_SCRIPT",
     "PYNETDICOM_SCU_SCRIPT",
     "STORESCU_PROPOSE_FLAGS",
     "DcmtkNotFoundError",
     "DcmtkStoreSCP",
+    "OdilStoreSCP",
     "PeerStartError",
     "ProposeOption",
     "PynetdicomSCP",
@@ -70,6 +77,9 @@ __all__ = [
     "free_port",
     "instance_differences",
     "missing_dcmtk_programs",
+    "odil_python",
+    "pixelmed_get_command",
+    "pixelmed_jar",
     "pynetdicom_scu_command",
     "require_dcmtk",
     "storescu_command",
@@ -836,6 +846,185 @@ class PynetdicomSCP(_PeerProcess):
         return sorted(p for p in self.output_dir.glob("*.dcm") if p.is_file())
 
     def __enter__(self) -> PynetdicomSCP:
+        return self.start()
+
+
+# --------------------------------------------------------------------------------------------
+# odil (Debian's python3-odil) and PixelMed (Debian's pixelmed-apps)
+# --------------------------------------------------------------------------------------------
+
+#: The odil Storage SCP script, run with :data:`ODIL_PYTHON` (not the test interpreter).
+ODIL_STORE_SCP_SCRIPT = Path(__file__).resolve().with_name("odil_store_scp.py")
+
+#: Environment variable naming the Python interpreter that can ``import odil``.
+ODIL_PYTHON_ENV = "ASYNCDICOM_ODIL_PYTHON"
+
+#: Debian's python3-odil is built for the system interpreter, not for a virtual environment.
+ODIL_PYTHON = "/usr/bin/python3"
+
+#: Environment variable naming PixelMed's jar (instead of Debian's path).
+PIXELMED_JAR_ENV = "ASYNCDICOM_PIXELMED_JAR"
+
+#: Where Debian's libpixelmed-java (a dependency of pixelmed-apps) installs the toolkit.
+PIXELMED_JAR = "/usr/share/java/pixelmed.jar"
+
+#: Our small PixelMed C-GET client, run by ``java`` as a single source file (JDK 11+).
+PIXELMED_GET_SOURCE = Path(__file__).resolve().with_name("PixelmedGet.java")
+
+
+def odil_python() -> str:
+    """The interpreter that runs odil (``$ASYNCDICOM_ODIL_PYTHON``, else Debian's python3)."""
+    return os.environ.get(ODIL_PYTHON_ENV) or ODIL_PYTHON
+
+
+def pixelmed_jar() -> str:
+    """PixelMed's jar (``$ASYNCDICOM_PIXELMED_JAR``, else Debian's path)."""
+    return os.environ.get(PIXELMED_JAR_ENV) or PIXELMED_JAR
+
+
+def pixelmed_get_command(
+    host: str,
+    port: int,
+    called_aet: str,
+    output_dir: str | os.PathLike[str],
+    study_uid: str,
+    sop_classes: Sequence[str],
+    *,
+    calling_aet: str = "PIXELMED",
+) -> list[str]:
+    """Argument list running PixelMed's ``GetSOPClassSCU`` (through ``PixelmedGet.java``): a
+    STUDY level C-GET (Study Root) of ``study_uid``, received into ``output_dir``.
+
+    It proposes, for each storage SOP class of ``sop_classes``, a context with every
+    uncompressed transfer syntax and one for each of them alone (PixelMed's "their choice"
+    and "our choice" together), with the SCP role for each. Prints ``RECEIVED <path> <transfer
+    syntax>`` per instance, ``DONE`` on success; exits 1 with PixelMed's exception otherwise.
+    """
+    return [
+        "java",
+        "-cp",
+        pixelmed_jar(),
+        os.fspath(PIXELMED_GET_SOURCE),
+        host,
+        str(port),
+        called_aet,
+        calling_aet,
+        os.fspath(output_dir),
+        study_uid,
+        *sop_classes,
+    ]
+
+
+class OdilStoreSCP(_PeerProcess):
+    """odil's Storage + Verification SCP (``tests/harness/odil_store_scp.py`` run with
+    :func:`odil_python`), as a context manager.
+
+    odil cannot listen on port 0 and report the port, so the harness chooses a free one and
+    polls it, retrying with another port if it lost the race (as for DCMTK's storescp). odil
+    listens on every interface. Each data set is written to ``output_dir`` (a duplicate as a
+    second file); :meth:`stored_uids` lists the SOP Instance UIDs in the order they were
+    stored, repeats included, from the script's log.
+    """
+
+    name = "odil-storescp"
+
+    def __init__(
+        self,
+        *,
+        output_dir: str | os.PathLike[str],
+        aet: str = "ODIL",
+        start_timeout: float = 15.0,
+    ) -> None:
+        super().__init__()
+        self.host = LOCALHOST
+        self.port = 0
+        self.aet = aet  # odil's acceptor does not check the called AE title
+        self.output_dir = Path(output_dir)
+        self.start_timeout = start_timeout
+
+    def command(self, port: int) -> list[str]:
+        """The script's argument list for ``port``."""
+        return [
+            odil_python(),
+            os.fspath(ODIL_STORE_SCP_SCRIPT),
+            "--port",
+            str(port),
+            "--output-dir",
+            os.fspath(self.output_dir),
+        ]
+
+    def start(self) -> OdilStoreSCP:
+        """Start the SCP and return once it accepts TCP connections on 127.0.0.1."""
+        if self.is_running():
+            raise RuntimeError("odil SCP is already running")
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ)
+        env["PYTHONUNBUFFERED"] = "1"
+        env.pop("PYTHONPATH", None)  # the system interpreter must not see the venv's modules
+        attempts = 5
+        for attempt in range(attempts):
+            port = free_port()
+            log = self._open_log()
+            self._proc = subprocess.Popen(
+                self.command(port),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+            try:
+                self._wait_listening(port)
+            except PeerStartError as exc:
+                lost_race = self._proc.poll() == 98 and attempt + 1 < attempts
+                error = self._start_failed(f"odil SCP did not start: {exc}")
+                if lost_race:
+                    continue
+                raise error from None
+            self.port = port
+            return self
+        raise AssertionError("unreachable")  # pragma: no cover - loop returns or raises
+
+    def _wait_listening(self, port: int) -> None:
+        # odil listens for one association at a time and listens again after it: a probe
+        # connection would be taken for an association, and the test's own could then find
+        # the port closed for a moment. So ask the OS whether the process listens (psutil);
+        # without psutil, probe once and wait until the script has dealt with the probe (it
+        # listens again at once).
+        assert self._proc is not None
+        deadline = time.monotonic() + self.start_timeout
+        delay = 0.01
+        while (listening := _listens_on(self._proc.pid, port)) is not True:
+            if listening is None:
+                wait_for_port(LOCALHOST, port, timeout=self.start_timeout, proc=self._proc)
+                while "ERROR " not in self.log_text():
+                    if time.monotonic() > deadline:
+                        raise PeerStartError("odil SCP did not report the readiness probe")
+                    time.sleep(0.05)
+                return
+            if self._proc.poll() is not None:
+                raise PeerStartError(f"odil SCP exited with code {self._proc.returncode}")
+            if time.monotonic() > deadline:
+                raise PeerStartError(f"odil SCP did not listen on {port} in {self.start_timeout} s")
+            # Polling is the only option here: odil prints nothing when it listens.
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
+
+    def stored_uids(self) -> list[str]:
+        """SOP Instance UIDs odil stored, in order, repeats included."""
+        return [
+            line.split()[1]
+            for line in self.log_text().splitlines()
+            if line.startswith("STORED ") and len(line.split()) == 2
+        ]
+
+    def received_files(self) -> list[Path]:
+        """Files odil wrote to ``output_dir``, sorted by name (a duplicate has a ``.dcm.N``
+        name)."""
+        return sorted(
+            p for p in self.output_dir.iterdir() if p.is_file() and not p.name.endswith(".part")
+        )
+
+    def __enter__(self) -> OdilStoreSCP:
         return self.start()
 
 

@@ -20,6 +20,8 @@ from __future__ import annotations
 import functools
 import importlib
 import os
+import shutil
+import subprocess
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,7 +29,15 @@ from typing import Any
 import pytest
 
 from .orthanc import ORTHANC_BINARY, ORTHANC_BINARY_ENV, OrthancNotFoundError, find_orthanc
-from .peers import DCMTK_BIN_ENV, DCMTK_PROGRAMS, missing_dcmtk_programs
+from .peers import (
+    DCMTK_BIN_ENV,
+    DCMTK_PROGRAMS,
+    ODIL_PYTHON_ENV,
+    PIXELMED_JAR_ENV,
+    missing_dcmtk_programs,
+    odil_python,
+    pixelmed_jar,
+)
 
 __all__ = [
     "MARKER",
@@ -82,6 +92,47 @@ def _check_orthanc() -> str | None:
     return None
 
 
+def _check_odil() -> str | None:
+    python = odil_python()
+    if shutil.which(python) is None:
+        return f"no interpreter {python} (set {ODIL_PYTHON_ENV} to one that can import odil)"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    try:
+        probe = subprocess.run(
+            [python, "-c", "import odil"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"{python} -c 'import odil' failed: {exc}"
+    if probe.returncode != 0:
+        lines = probe.stderr.strip().splitlines()
+        return f"{python} cannot import odil: {lines[-1] if lines else probe.returncode}"
+    return None
+
+
+def _check_pixelmed() -> str | None:
+    jar = pixelmed_jar()
+    if not os.path.isfile(jar):
+        return f"no {jar} (or set {PIXELMED_JAR_ENV} to PixelMed's jar)"
+    java = shutil.which("java")
+    if java is None:
+        return "no java on PATH"
+    # tests/harness/PixelmedGet.java runs as a source file: that needs a JDK's compiler module
+    try:
+        modules = subprocess.run(
+            [java, "--list-modules"], capture_output=True, text=True, timeout=60, check=False
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"java --list-modules failed: {exc}"
+    if "jdk.compiler@" not in modules:
+        return f"{java} cannot run a Java source file (no jdk.compiler module: a JRE, not a JDK)"
+    return None
+
+
 def _check_module(name: str) -> Callable[[], str | None]:
     def check() -> str | None:
         try:
@@ -100,6 +151,11 @@ REQUIREMENTS: Mapping[str, Requirement] = {
         "pynetdicom not installed (pip install pynetdicom)", _check_module("pynetdicom")
     ),
     "uvloop": Requirement("uvloop not installed (pip install uvloop)", _check_module("uvloop")),
+    "odil": Requirement("odil not found (apt-get install odil python3-odil)", _check_odil),
+    "pixelmed": Requirement(
+        "PixelMed not found (apt-get install pixelmed-apps default-jdk-headless)",
+        _check_pixelmed,
+    ),
 }
 
 

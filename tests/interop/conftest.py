@@ -22,7 +22,7 @@ from typing import Any
 import pydicom.data
 import pytest
 from harness.orthanc import OrthancPeer
-from harness.peers import DcmtkStoreSCP, PynetdicomSCP
+from harness.peers import DcmtkStoreSCP, OdilStoreSCP, PynetdicomSCP
 from harness.requirements import require
 from pydicom import dcmread
 
@@ -46,7 +46,7 @@ SAMPLE_FILE_NAMES: tuple[str, ...] = (
 SAMPLES_DIR = Path(pydicom.data.__file__).parent / "test_files"
 
 
-def _show_log(peer: DcmtkStoreSCP | PynetdicomSCP) -> None:
+def _show_log(peer: DcmtkStoreSCP | PynetdicomSCP | OdilStoreSCP) -> None:
     """Stop the peer and print its log: pytest shows it (teardown stderr) if the test failed."""
     peer.stop()
     log = peer.log_text()
@@ -123,6 +123,17 @@ def dcmtk_storescp_factory(
         yield start
         for scp in started:
             _show_log(scp)
+
+
+@pytest.fixture
+def odil_store_scp(tmp_path: Path) -> Iterator[OdilStoreSCP]:
+    """A running odil Storage SCP (Debian's python3-odil, in its own interpreter) writing to a
+    fresh directory. Attributes: ``host``, ``port``, ``aet``, ``output_dir``;
+    ``received_files()``, ``stored_uids()``."""
+    require("odil")
+    with OdilStoreSCP(output_dir=tmp_path / "odil-storescp") as scp:
+        yield scp
+        _show_log(scp)
 
 
 @pytest.fixture
@@ -254,8 +265,9 @@ def shared_pynetdicom_scp(
 
 @pytest.fixture
 def pynetdicom_peer(shared_pynetdicom_scp: PynetdicomSCP) -> PynetdicomSCP:
-    """The shared pynetdicom SCP with an empty output folder (tests run one at a time, so
-    what it holds after the test was received during the test)."""
+    """The shared pynetdicom SCP with an empty output folder (a pytest process runs one test
+    at a time, and each pytest-xdist worker has its own SCP, so what it holds after the test
+    was received during the test)."""
     scp = shared_pynetdicom_scp
     if not scp.is_running():
         pytest.fail(f"the shared pynetdicom SCP died:\n{scp.log_text()}", pytrace=False)

@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from harness.requirements import REQUIRE_PEERS_ENV, REQUIREMENTS
 
 TESTS = Path(__file__).resolve().parents[1]
@@ -69,9 +70,11 @@ def test_optional_imports_come_with_requires_peer() -> None:
 
 
 def _run_codec_interop_without_pynetdicom(
-    tmp_path: Path, *, require: bool
+    tmp_path: Path, *, require: bool, workers: str
 ) -> subprocess.CompletedProcess[str]:
-    """pytest on test_codec_interop.py in a child where ``import pynetdicom`` fails."""
+    """pytest on test_codec_interop.py in a child where ``import pynetdicom`` fails, in
+    ``workers`` pytest-xdist workers ("0": in the child itself). Under xdist the summary is
+    written by the controller from the workers' reports, which crossed a process boundary."""
     blocker = tmp_path / "blocker" / "pynetdicom"
     blocker.mkdir(parents=True)
     (blocker / "__init__.py").write_text('raise ImportError("pynetdicom blocked by the test")\n')
@@ -81,8 +84,9 @@ def _run_codec_interop_without_pynetdicom(
     )
     if require:
         env[REQUIRE_PEERS_ENV] = "1"
+    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-n", workers]
     return subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", str(CODEC_INTEROP)],
+        [*command, str(CODEC_INTEROP)],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -106,9 +110,15 @@ def _count(output: str, *words: str) -> int:
 
 PROBLEM = REQUIREMENTS["pynetdicom"].problem
 
+#: the summary line must be right in one process and under pytest-xdist (the default)
+WORKERS = pytest.mark.parametrize("workers", ["0", "2"], ids=["one-process", "xdist"])
 
-def test_missing_pynetdicom_skips_codec_cross_check_with_a_summary(tmp_path: Path) -> None:
-    proc = _run_codec_interop_without_pynetdicom(tmp_path, require=False)
+
+@WORKERS
+def test_missing_pynetdicom_skips_codec_cross_check_with_a_summary(
+    tmp_path: Path, workers: str
+) -> None:
+    proc = _run_codec_interop_without_pynetdicom(tmp_path, require=False, workers=workers)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output
     skipped = _count(output, "skipped")
@@ -117,10 +127,11 @@ def test_missing_pynetdicom_skips_codec_cross_check_with_a_summary(tmp_path: Pat
     assert f"interop: {skipped} tests skipped: {PROBLEM}" in output, output
 
 
+@WORKERS
 def test_missing_pynetdicom_fails_codec_cross_check_when_peers_are_required(
-    tmp_path: Path,
+    tmp_path: Path, workers: str
 ) -> None:
-    proc = _run_codec_interop_without_pynetdicom(tmp_path, require=True)
+    proc = _run_codec_interop_without_pynetdicom(tmp_path, require=True, workers=workers)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 1, output
     # pytest counts a failure before the test body (the requirement check) as an error

@@ -179,9 +179,11 @@ def test_pn_case_insensitive_is_an_option() -> None:
 
 def test_hostile_wildcard_pattern_is_fast() -> None:
     pattern = "*a" * 200 + "b"
-    start = time.perf_counter()
+    # CPU time, not wall time: what is guarded is the matcher's work (backtracking), and the
+    # wall clock also counts whatever else runs on the machine (other test workers)
+    start = time.process_time()
     assert not m("StudyDescription", pattern, "a" * 10_000)
-    assert time.perf_counter() - start < 5
+    assert time.process_time() - start < 5
 
 
 def test_very_long_values() -> None:
