@@ -58,7 +58,12 @@ def attribute_tags(attributes: Iterable[int | str | tuple[int, int]]) -> tuple[i
 
 
 class NormalizedSCU(BaseAssociation):
-    """The DIMSE-N helpers of an association (see the module docstring)."""
+    """The DIMSE-N helpers of an association (see the module docstring).
+
+    Every helper takes ``abstract_syntax=``: the abstract syntax of the context to send on,
+    when it is not the SOP class itself (a meta SOP class).  Each raises
+    :class:`~asyncdicom.errors.NoAcceptedContext` when no such context was accepted.
+    """
 
     def _normalized_context(self, sop_class: str, role: str, what: str) -> PresentationContext:
         context = self.find_context(sop_class, role=role)
