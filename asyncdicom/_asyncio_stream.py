@@ -164,7 +164,10 @@ class AsyncioStream(ByteStream):
         if self._closed:
             raise anyio.ClosedResourceError
         if p.lost or self._transport.is_closing():
-            raise anyio.BrokenResourceError from p.error
+            # a failed write closes the transport at once but reports its error a moment
+            # later (connection_lost is scheduled): say what is known meanwhile
+            cause = p.error or ConnectionResetError("the connection was closed")
+            raise anyio.BrokenResourceError from cause
         self._transport.write(item)
         while p.writing_paused and not p.lost and not self._closed:
             p.drain_waiter = asyncio.get_running_loop().create_future()

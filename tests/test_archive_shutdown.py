@@ -23,7 +23,7 @@ from test_cli import CLI, ENV, GUARD, StoreSCPProcess
 
 from asyncdicom import AE, uids
 from asyncdicom.archive import Archive
-from asyncdicom.storage.files import safe_filename
+from asyncdicom.storage.names import safe_filename
 from asyncdicom.storage.synthetic import make_ct_instance
 
 pytestmark = [pytest.mark.anyio, pytest.mark.filterwarnings("ignore::UserWarning")]

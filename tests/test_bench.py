@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.abc
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
@@ -153,7 +154,7 @@ async def test_failure_status_is_counted_by_code(anyio_backend: str) -> None:
 async def test_open_loop_follows_the_schedule(anyio_backend: str) -> None:
     async with serving(AE("SCP")) as server:
         result = await run_load(spec(server.port, associations=2, rate=100, duration=1))
-    assert 90 <= result.operations <= 110
+    assert result.operations == 100  # 100/s for 1 s, exactly (the operations due in [0, 1 s))
     assert result.errors == 0
 
 
@@ -353,6 +354,103 @@ def test_results_merge_after_encoding() -> None:
     assert merged.summary()["association_setup_ms"]["p50"] == 0.0
 
 
+@pytest.mark.parametrize(
+    ("rate", "duration", "expected"),
+    [(100, 1, 100), (10, 0.3, 3), (30, 0.1, 3), (7, 0.5, 4), (1000, 0.001, 1), (3, 0.1, 1)],
+)
+async def test_open_loop_runs_exactly_rate_times_duration(
+    anyio_backend: str, rate: float, duration: float, expected: int
+) -> None:
+    """The operations due within the duration, counted once: rate x duration when it is a
+    whole number (0.3 s at 10/s is 3, though 3/10 is not below 0.3 in floating point for
+    every start time), one more when it is not (0.5 s at 7/s: due at 0, 1/7, 2/7, 3/7 s)."""
+    from asyncdicom.loadtest.engine import planned_operations
+
+    assert planned_operations(rate, duration) == expected
+    seen = 0
+    scp = AE("SCP")
+
+    @scp.on_echo
+    async def on_echo(request: Any) -> int:
+        nonlocal seen
+        seen += 1
+        return 0
+
+    async with serving(scp) as server:
+        for start in (None, anyio.current_time() + 1e6 / 7 % 1):
+            seen = 0
+            generator = LoadGenerator(spec(server.port, rate=rate, duration=duration))
+            result = await generator.run(start=start)
+            assert result.operations == expected == seen, start
+            assert result.errors == 0
+
+
+@pytest.mark.parametrize("processes", [2, 3])
+def test_split_shares_the_open_loop_operations(processes: int) -> None:
+    """Split over worker processes, an open-loop run does the same rate x duration operations
+    (each share's own rate x duration would round on its own: 5/s for 1 s over 2 processes
+    would be 2 + 2 or 3 + 3)."""
+    from asyncdicom.loadtest.engine import planned_operations
+
+    for rate, duration in ((5.0, 1.0), (100.0, 1.0), (7.0, 0.5), (10.0, 0.3)):
+        base = LoadSpec("h", 1, associations=6, rate=rate, duration=duration)
+        shares = split(base, processes)
+        assert sum(s.count or 0 for s, _ in shares) == planned_operations(rate, duration)
+        assert all(s.duration is None for s, _ in shares)
+    capped = split(LoadSpec("h", 1, associations=6, rate=100.0, duration=1.0, count=7), 2)
+    assert [s.count for s, _ in capped] == [4, 3]
+
+
+async def test_refused_connections_count_as_connect_errors(anyio_backend: str) -> None:
+    """Nobody listens on the port: every operation fails with the kind ``connect``."""
+    from tests.test_cli import free_port
+
+    result = await run_load(spec(free_port(), count=3))
+    assert result.operations == 3
+    assert result.errors_by_kind == {"connect": 3}
+    assert result.associations_opened == 0
+
+
+async def test_a_peer_that_does_not_answer_counts_as_timeout(anyio_backend: str) -> None:
+    """The peer's C-ECHO handler never returns: each operation ends at the DIMSE timeout, kind
+    ``timeout``; and a peer that accepts the connection but never answers the A-ASSOCIATE-RQ
+    ends each at the ACSE timeout, kind ``timeout`` too."""
+    from asyncdicom.config import Timeouts
+
+    stuck = anyio.Event()
+    scp = AE("SCP")
+
+    @scp.on_echo
+    async def on_echo(request: Any) -> int:
+        await stuck.wait()
+        return 0
+
+    try:
+        async with serving(scp) as server:
+            timeouts = Timeouts(dimse=0.2, acse=5.0)
+            result = await run_load(spec(server.port, count=2, timeouts=timeouts))
+    finally:
+        stuck.set()
+    assert result.operations == 2
+    assert result.errors_by_kind == {"timeout": 2}
+
+    async def silent(stream: Any) -> None:
+        async with stream:
+            await stuck_forever.wait()
+
+    stuck_forever = anyio.Event()
+    async with await anyio.create_tcp_listener(local_host="127.0.0.1") as listener:
+        port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(listener.serve, silent)
+            result = await run_load(spec(port, count=2, timeouts=Timeouts(acse=0.2)))
+            stuck_forever.set()
+            tg.cancel_scope.cancel()
+    assert result.operations == 2
+    assert result.errors_by_kind == {"timeout": 2}
+    assert result.associations_opened == 0
+
+
 def test_split_over_processes() -> None:
     base = LoadSpec("h", 1, associations=5, count=11, rate=100.0)
     shares = split(base, 2)
@@ -389,6 +487,85 @@ def test_percentile_chart_is_a_png(tmp_path: Path) -> None:
     assert len(pixels) == height * (1 + 3 * width)
     # the line is drawn: some pixels have the first curve's colour
     assert bytes((31, 119, 180)) in pixels
+
+
+def _png_rows(data: bytes) -> tuple[int, int, bytes]:
+    """(width, height, RGB rows each after its filter byte) of a chart (one IDAT, filter 0)."""
+    width, height = struct.unpack(">II", data[16:24])
+    pos, idat = 8, b""
+    while pos < len(data):
+        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
+        if kind == b"IDAT":
+            idat += data[pos + 8 : pos + 8 + length]
+        pos += 12 + length
+    return width, height, zlib.decompress(idat)
+
+
+def _ink_rows(data: bytes, color: tuple[int, int, int]) -> list[int]:
+    """The rows of a chart holding a pixel of ``color``."""
+    width, height, pixels = _png_rows(data)
+    stride = 1 + 3 * width
+    return [y for y in range(height) if bytes(color) in pixels[y * stride + 1 : (y + 1) * stride]]
+
+
+@pytest.mark.parametrize(
+    ("samples", "nines"), [(5, 1.0), (40, 1.6020599913), (1000, 3.0), (10**7, 5.0)]
+)
+def test_the_percentile_axis_ends_where_the_samples_do(samples: int, nines: float) -> None:
+    """The x axis ran to 99.999 % whatever the count: 40 samples drew their maximum as a flat
+    tail over four decades.  It ends at 1 - 1/n (97.5 % for 40), 90 % at least, 99.999 % at
+    most."""
+    from asyncdicom.loadtest.chart import percentile_curve, supported_nines
+
+    h = new_histogram()
+    h.record_value(1000, samples)  # record_value(value, count)
+    assert supported_nines([h, new_histogram()]) == pytest.approx(nines)
+    points = percentile_curve(h, supported_nines([h]))
+    assert points[0][0] == 0.0 and points[-1][0] == pytest.approx(nines)
+
+
+def test_the_chart_has_a_title_and_a_legend_apart_from_the_axis_label(tmp_path: Path) -> None:
+    """The chart had no title, and its legend crowded the y axis's label.  Now the title's
+    lines come first (in the axis colour), then one line with the axis label on the left and
+    the legend's colour keys on the right half, then the plot."""
+    from asyncdicom.loadtest.chart import COLORS
+
+    h = new_histogram()
+    for value in range(100, 10_000, 37):
+        h.record_value(value)
+    path = tmp_path / "titled.png"
+    write_percentile_chart(path, [("latency", h)], title="bench echo: SCP\n40 operations")
+    width, height, pixels = _png_rows(path.read_bytes())
+    stride = 1 + 3 * width
+    white = bytes((255, 255, 255))
+
+    def inked(y: int) -> list[bytes]:
+        row = pixels[y * stride + 1 : (y + 1) * stride]
+        return [row[i : i + 3] for i in range(0, len(row), 3) if row[i : i + 3] != white]
+
+    rows = [y for y in range(height) if inked(y)]
+    title = [y for y in rows if y < rows[0] + 40]
+    assert all(c == bytes((60, 60, 60)) for y in title[:10] for c in inked(y))
+    key_rows = [y for y in _ink_rows(path.read_bytes(), COLORS[0]) if y < height // 4]
+    assert key_rows and min(key_rows) > rows[0] + 7 * 2 * 2, (rows[:5], key_rows)
+    for y in key_rows:
+        row = pixels[y * stride + 1 : (y + 1) * stride]
+        columns = [i // 3 for i in range(0, len(row), 3) if row[i : i + 3] == bytes(COLORS[0])]
+        assert min(columns) > width // 2, columns
+
+
+def test_chart_title_names_the_run() -> None:
+    from datetime import datetime, timezone
+
+    from asyncdicom.cli.bench import chart_title
+
+    result = LoadResult(operations=1234)
+    spec_ = LoadSpec("::1", 104, called_aet="PACS", operation="find", associations=3, count=9)
+    when = datetime(2026, 12, 7, 17, 30, tzinfo=timezone.utc)
+    assert chart_title(result, spec_, when).splitlines() == [
+        "bench find: PACS at [::1]:104",
+        "1,234 operations, 3 associations x window 1, closed loop; 2026-12-07 17:30Z",
+    ]
 
 
 # ------------------------------------------------------------------------------------ CLI
@@ -469,7 +646,7 @@ async def test_cli_open_loop_rate(tmp_path: Path, anyio_backend: str) -> None:
             tmp_path=tmp_path,
         )
     assert result.returncode == 0, err(result)
-    assert 90 <= json.loads(out_json.read_text())["operations"] <= 110
+    assert json.loads(out_json.read_text())["operations"] == 100
 
 
 async def test_cli_processes_merge(tmp_path: Path, anyio_backend: str) -> None:

@@ -26,7 +26,7 @@ import pydicom
 import pytest
 
 from asyncdicom import AE
-from asyncdicom.cli.common import format_address
+from asyncdicom.cli.output import format_address
 from asyncdicom.protocol import uids
 from asyncdicom.protocol.codec import decode_pdu, encode_pdu
 from asyncdicom.protocol.negotiation import Accepted, AcceptorConfig, SupportedContext, negotiate

@@ -196,3 +196,12 @@ def test_the_checker_sees_a_difference() -> None:
     ]
     assert _names("`-v`, `--verbose`") == ("-v", "--verbose")
     assert _names("`PATH...`") == ("PATH",)
+
+
+def test_the_command_list_names_every_command() -> None:
+    """The console block at the top of docs/cli.md lists one line per sub-command (it left out
+    ``users``)."""
+    text = DOC.read_text(encoding="utf-8")
+    block = text.split("```console", 1)[1].split("```", 1)[0]
+    listed = re.findall(r"^\$ asyncdicom (\S+)", block, flags=re.MULTILINE)
+    assert sorted(listed) == sorted(COMMANDS)

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import shlex
+import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
+from subprocess import PIPE
 from typing import Any
 
 import anyio
@@ -14,7 +16,7 @@ import pytest
 from pydicom.dataset import Dataset
 
 from asyncdicom import AE, presets, uids
-from tests.test_cli import err, free_port, out, run_cli
+from tests.test_cli import CLI, ENV, GUARD, err, free_port, out, run_cli
 
 pytestmark = pytest.mark.anyio
 
@@ -294,3 +296,63 @@ async def test_qrscp_worklist_and_mpps(tmp_path: Path, anyio_backend: str) -> No
         assert code == 0, app.stderr.decode()
         assert b"Traceback" not in app.stderr
     assert (storage / "mpps" / f"{uid}.mpps").is_file()
+
+
+async def test_findscu_ctrl_c_cancels_the_query(tmp_path: Path, anyio_backend: str) -> None:
+    """SIGINT during a C-FIND: findscu sends C-CANCEL-RQ (it aborted without one), prints the
+    matches up to the peer's final response (Cancel) and an "interrupted" summary, as getscu
+    and movescu do, and exits with 130."""
+    three = anyio.Event()
+    let_go = anyio.Event()
+    scp = AE("QRSCP", supported_contexts=presets.qr_find_supported())
+
+    @scp.on("C-FIND")
+    async def find(request: Any) -> AsyncIterator[Any]:
+        for n in range(1, 20):
+            ds = Dataset()
+            ds.QueryRetrieveLevel = "STUDY"
+            ds.StudyInstanceUID = f"1.2.3.{n}"
+            yield ds
+            if n == 3:
+                three.set()
+                await let_go.wait()  # a slow archive from the 4th match on
+
+    stdout = stderr = b""
+    try:
+        async with scp.server() as server:
+            args = [
+                *CLI, "findscu", "127.0.0.1", str(server.port), "--called-aet", "QRSCP",
+                "--level", "STUDY", "-k", "StudyInstanceUID", "--backend", anyio_backend,
+            ]  # fmt: skip
+            async with await anyio.open_process(
+                args, cwd=tmp_path, env=ENV, stdout=PIPE, stderr=PIPE
+            ) as process:
+                try:
+                    with anyio.fail_after(GUARD):
+                        assert process.stdout is not None and process.stderr is not None
+                        await three.wait()
+                        while stdout.count(b"\n") < 3:  # findscu printed the three matches
+                            stdout += await process.stdout.receive()
+                        process.send_signal(signal.SIGINT)
+                        while b"C-CANCEL sent" not in stderr:
+                            stderr += await process.stderr.receive()
+                        let_go.set()
+                        code = await process.wait()
+                        stdout += b"".join([c async for c in process.stdout])
+                        stderr += b"".join([c async for c in process.stderr])
+                except BaseException:
+                    process.kill()
+                    raise
+    finally:
+        let_go.set()
+    text = stderr.decode()
+    assert code == 130, (stdout, text)
+    lines = stdout.decode().splitlines()
+    assert 3 <= len(lines) < 19, lines
+    assert lines[:3] == [f"QueryRetrieveLevel=STUDY StudyInstanceUID=1.2.3.{n}" for n in (1, 2, 3)]
+    summary = text.splitlines()[-1]
+    assert summary == (
+        f"interrupted: C-FIND: {len(lines)} match(es) from 127.0.0.1:{server.port}, "
+        "status 0xFE00 Cancel: operation terminated by cancel"
+    ), text
+    assert "Traceback" not in text

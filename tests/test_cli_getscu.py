@@ -331,3 +331,34 @@ async def test_getscu_discover_needs_find(tmp_path: Path, anyio_backend: str) ->
         )  # fmt: skip
     assert result.returncode == 1
     assert "--discover: the SOP classes could not be listed" in err(result)
+
+
+@pytest.mark.parametrize(("policy", "written"), [("ignore", 0), ("overwrite", 3), ("unique", 3)])
+async def test_getscu_counts_only_the_files_it_wrote(
+    tmp_path: Path, anyio_backend: str, policy: str, written: int
+) -> None:
+    """The instances are in the output folder already: with --on-duplicate ignore none is
+    written (it said "3 files written"), the summary says why; the other policies write all."""
+    files = write_ct_files(tmp_path / "src", 3, 64)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    for f in files:
+        (out_dir / f.name).write_bytes(b"already here")
+    async with get_scp(files).server() as server:
+        result = await _getscu(
+            server.port, "--level", "STUDY", "--output-dir", "out", "--on-duplicate", policy,
+            backend=anyio_backend, cwd=tmp_path,
+        )  # fmt: skip
+    assert result.returncode == 0, (out(result), err(result))
+    (summary,) = out(result).splitlines()
+    assert summary.startswith("C-GET: completed 3, failed 0, warning 0; status 0x0000"), summary
+    if policy == "ignore":
+        assert summary.endswith(
+            "; 0 files written to out, 3 not written (a file of that name was there: "
+            "--on-duplicate ignore)"
+        ), summary
+        assert all((out_dir / f.name).read_bytes() == b"already here" for f in files)
+    else:
+        assert summary.endswith(f"; {written} files written to out"), summary
+    on_disk = sum(1 for p in out_dir.iterdir() if p.read_bytes() != b"already here")
+    assert on_disk == written

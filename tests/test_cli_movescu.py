@@ -170,7 +170,7 @@ async def test_movescu_failed_sub_operations_are_listed(tmp_path: Path, anyio_ba
     ("args", "message"),
     [
         (["--level", "STUDY"], "the following arguments are required: --move-dest"),
-        (["--level", "STUDY", "--move-dest", "A\\B"], "argument --move-dest: 'A\\\\B'"),
+        (["--level", "STUDY", "--move-dest", "A\\B"], "argument --move-dest: 'A\\B'"),
         (["--level", "STUDY", "--move-dest", " "], "argument --move-dest: an AE title must"),
         (["--move-dest", "STORESCP"], "the following arguments are required: --level"),
         (["--move-dest", "X", "--level", "STUDY", "-k", "Nope=1"], "unknown key 'Nope'"),

@@ -21,9 +21,10 @@ from pydicom.dataset import Dataset
 
 import tests.test_tls as tls_tests
 from asyncdicom import AE, Timeouts, presets
+from asyncdicom.cli.argtypes import password_file
 from asyncdicom.cli.bench import spec_from_args
-from asyncdicom.cli.common import PASSWORD_ENV, check_bind, password_file, server_timeouts
 from asyncdicom.cli.main import build_parser
+from asyncdicom.cli.options import PASSWORD_ENV, check_bind, server_timeouts
 from asyncdicom.cli.qrscp import qrscp_ae
 from asyncdicom.cli.storescp import storescp_ae
 from asyncdicom.protocol import uids

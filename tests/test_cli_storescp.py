@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import shutil
 import signal
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -335,3 +336,33 @@ def test_server_apps_limit_idle_associations_by_default(app: str, tmp_path: Path
     assert parser.parse_args([*base, "--network-timeout", "0"]).network_timeout is None
     assert parser.parse_args([*base, "--network-timeout", "none"]).network_timeout is None
     assert parser.parse_args([*base, "--network-timeout", "2.5"]).network_timeout == 2.5
+
+
+@pytest.mark.parametrize("app", ["storescp", "qrscp", "stgcmtscu"])
+async def test_a_port_in_use_cannot_be_listened_on_and_nothing_is_created(
+    tmp_path: Path, anyio_backend: str, app: str
+) -> None:
+    """The port is taken: the app says it cannot *listen* on its own address (it said "cannot
+    connect to", and stgcmtscu named the peer's port), and creates no folder or index."""
+    from test_cli import free_port
+
+    from asyncdicom.storage.synthetic import write_ct_files
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        if app == "stgcmtscu":
+            (file,) = write_ct_files(tmp_path / "src", 1, 16)
+            peer = str(free_port())
+            argv = ["stgcmtscu", "127.0.0.1", peer, str(file), "--called-aet", "QRSCP"]
+            argv += ["--listen-host", "127.0.0.1", "--listen-port", str(port)]
+        else:
+            folder = "--output-dir" if app == "storescp" else "--storage"
+            argv = [app, "--host", "127.0.0.1", "--port", str(port), folder, "out"]
+        result = await run_cli(*argv, "--backend", anyio_backend, cwd=tmp_path)
+    assert result.returncode == 1, err(result)
+    assert err(result).splitlines() == [
+        f"asyncdicom: error: cannot listen on 127.0.0.1:{port}: Address already in use"
+    ]
+    assert not (tmp_path / "out").exists()

@@ -78,3 +78,21 @@ async def test_close_wakes_a_blocked_writer_and_drops_unsent_bytes(
             received = await anyio.to_thread.run_sync(_drain, peer)
             total = sent[0] + len(CHUNK)  # the blocked chunk was handed over too
             assert received < total, f"all {total} bytes were delivered: nothing was dropped"
+
+
+async def test_writing_after_the_peer_closed_says_why(anyio_backend: str) -> None:
+    """The peer closed the connection; a write then fails with ``BrokenResourceError`` whose
+    cause has words for the user: the asyncio stream raised it with no cause, and the
+    association's message read "the connection to the peer broke (BrokenResourceError)"."""
+    with socket.create_server(("127.0.0.1", 0)) as listener, anyio.fail_after(GUARD):
+        stream = await connect("127.0.0.1", listener.getsockname()[1])
+        peer, _ = listener.accept()
+        peer.close()
+        with pytest.raises(anyio.EndOfStream):
+            await stream.receive()
+        with pytest.raises(anyio.BrokenResourceError) as broken:
+            for _ in range(1000):  # the first writes may still be taken by the kernel
+                await stream.send(b"x" * 1024)
+        await stream.aclose()
+    cause = broken.value.__cause__
+    assert cause is not None and str(cause), repr(broken.value)

@@ -13,6 +13,7 @@ import argparse
 import json
 import math
 import os
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -27,22 +28,18 @@ from ..loadtest import (
     run_in_processes,
     write_percentile_chart,
 )
-from .common import (
-    CLIError,
+from .argtypes import ae_title, port, positive_int, quoted, timeout
+from .findscu import parse_key
+from .options import (
     add_client_timeouts,
     add_common,
     add_max_pdu,
     add_tls_client,
     add_user_identity,
-    ae_title,
     client_timeouts,
-    err,
-    format_address,
-    port,
-    positive_int,
-    scu_user_identity,
-    timeout,
 )
+from .output import CLIError, err, format_address
+from .scu import scu_user_identity
 
 __all__ = ["add_parser", "run"]
 
@@ -65,14 +62,16 @@ def _rate(text: str) -> float:
 
 
 def _key(text: str) -> tuple[str, str]:
-    from pydicom.datadict import dictionary_VR, tag_for_keyword
+    """``-k KEYWORD[=VALUE]``, checked as findscu checks its keys (an empty or unknown key,
+    a value its VR cannot hold, are usage errors); a keyword only, no sequence."""
+    from pydicom.datadict import tag_for_keyword
 
     keyword, _, value = text.partition("=")
     keyword = keyword.strip()
-    tag = tag_for_keyword(keyword)
-    if tag is None:
-        raise argparse.ArgumentTypeError(f"{keyword!r} is not a DICOM keyword")
-    if dictionary_VR(tag) == "SQ":
+    _tag, vr, _value = parse_key(text)
+    if tag_for_keyword(keyword) is None:
+        raise argparse.ArgumentTypeError(f"{quoted(keyword)} is not a DICOM keyword")
+    if vr == "SQ":
         raise argparse.ArgumentTypeError(f"{keyword} is a sequence: not supported as a key here")
     return keyword, value
 
@@ -309,8 +308,8 @@ async def run(args: argparse.Namespace) -> int:
     if args.json is not None:
         args.json.write_text(json.dumps(result.summary(), indent=2) + "\n")
     if args.plot is not None:
-        curves = [("latency", result.latency), ("association setup", result.setup)]
-        write_percentile_chart(os.fspath(args.plot), curves)
+        curves = [("operation latency", result.latency), ("association setup", result.setup)]
+        write_percentile_chart(os.fspath(args.plot), curves, title=chart_title(result, spec))
     if result.errors:
         kinds = ", ".join(f"{k}: {n}" for k, n in sorted(result.errors_by_kind.items()))
         err(
@@ -319,6 +318,21 @@ async def run(args: argparse.Namespace) -> int:
         )
         return 1
     return 0
+
+
+def chart_title(result: LoadResult, spec: LoadSpec, when: datetime | None = None) -> str:
+    """The title of ``bench --plot``'s chart, two lines: the operation and the peer; how many
+    operations (and how they were paced), and the date (UTC)."""
+    when = when or datetime.now(timezone.utc)
+    loop = f"{spec.rate:g}/s" if spec.rate else "closed loop"
+    associations = (
+        "1 association" if spec.associations == 1 else f"{spec.associations} associations"
+    )
+    return (
+        f"bench {spec.operation.value}: {spec.called_aet} at {format_address(spec.host, spec.port)}"
+        f"\n{result.operations:,} operations, {associations} x window {spec.window}, {loop}; "
+        f"{when:%Y-%m-%d %H:%M}Z"
+    )
 
 
 async def _show_progress(console: Any, state: dict[str, int], started: float) -> None:

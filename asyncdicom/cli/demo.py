@@ -39,7 +39,8 @@ from ..protocol import uids
 from ..protocol.status import describe
 from ..services.commitment import CommitmentSCP, CommitmentTimeout
 from ..storage.contexts import contexts_for_files
-from .common import add_common, ok
+from .options import add_common
+from .output import ok, uid_name
 
 if TYPE_CHECKING:
     from ..protocol.negotiation import ContextRequest
@@ -107,12 +108,6 @@ def _samples() -> list[_Sample]:
             sample.problem = f"not sent: {exc}"
         samples.append(sample)
     return samples
-
-
-def _uid_name(uid: str) -> str:
-    from pydicom.uid import UID
-
-    return UID(uid).name or uid
 
 
 def _shared_uids(sent: list[_Sample]) -> list[str]:
@@ -228,8 +223,8 @@ async def run(args: argparse.Namespace) -> int:
                     table.add_row(
                         "C-STORE",
                         sample.path.name,
-                        _uid_name(source.sop_class_uid),
-                        _uid_name(source.transfer_syntax_uid),
+                        uid_name(source.sop_class_uid, show_uid=False),
+                        uid_name(source.transfer_syntax_uid, show_uid=False),
                         f"{sample.path.stat().st_size / 1024:.0f} KiB",
                         outcome,
                         ms,

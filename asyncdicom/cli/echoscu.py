@@ -13,7 +13,10 @@ from typing import Any
 
 from ..protocol import uids
 from ..protocol.status import describe
-from .common import add_common, add_scu, err, format_address, positive_int, scu_ae
+from .argtypes import positive_int
+from .options import add_common, add_scu
+from .output import err, format_address
+from .scu import associate
 
 __all__ = ["add_parser", "run"]
 
@@ -39,17 +42,10 @@ def add_parser(sub: Any) -> None:
 
 async def run(args: argparse.Namespace) -> int:
     """Associate, send ``--repeat`` C-ECHOs, release; 0 if every response was Success."""
-    ae = scu_ae(args)
     peer = format_address(args.host, args.port)
     started = time.perf_counter()
     failures = 0
-    async with ae.associate(
-        args.host,
-        args.port,
-        called_aet=args.called_aet,
-        contexts=[uids.VERIFICATION],
-        bind=args.bind,
-    ) as assoc:
+    async with associate(args, [uids.VERIFICATION]) as assoc:
         for n in range(1, args.repeat + 1):
             sent = time.perf_counter()
             status = (await assoc.echo()).status

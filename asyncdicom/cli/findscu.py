@@ -4,7 +4,9 @@ Builds the query identifier from ``--level`` and the ``-k KEY[=VALUE]`` keys, se
 chosen information model and prints one line per match on stdout: ``KEYWORD=VALUE`` pairs
 (values quoted as a shell would need them), or with ``--json`` one JSON object per line (the
 DICOM JSON model, PS3.18 F.2).  A summary line goes to stderr.  Exit status 0 only when the
-final status is Success.
+final status is Success.  Ctrl-C sends C-CANCEL-RQ (:func:`~.scu.cancel_on_ctrl_c`, as getscu
+and movescu): the matches up to the final response are printed, then an ``interrupted:``
+summary, and the exit status is 130.
 
 ``--model mwl`` queries the Modality Worklist Information Model (PS3.4 K.6.1), which has no
 levels (no ``--level``); its keys are mostly in the Scheduled Procedure Step Sequence, given
@@ -16,8 +18,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import shlex
+from collections.abc import Callable
 from typing import Any
 
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
@@ -26,28 +30,48 @@ from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
 from ..protocol.status import describe
-from ..services.query_retrieve import QUERY_MODELS, QueryFailed, find_model_uid
-from .common import add_common, add_scu, err, format_address, notice, scu_ae
+from ..services.query_retrieve import QUERY_MODELS, FindResults, QueryFailed, find_model_uid
+from .argtypes import quoted
+from .options import add_common, add_scu
+from .output import UsageError, err, format_address, notice
+from .scu import associate, cancel_on_ctrl_c
 
-__all__ = ["add_parser", "parse_key", "run"]
+__all__ = ["add_key_option", "add_parser", "parse_key", "run"]
 
 LEVELS = ("PATIENT", "STUDY", "SERIES", "IMAGE")
 
 _TAG = re.compile(r"\(?([0-9A-Fa-f]{4}),?([0-9A-Fa-f]{4})\)?")
 _INTEGER_VRS = {"US", "UL", "SS", "SL", "SV", "UV"}
 _FLOAT_VRS = {"FL", "FD"}
+
+
+def _decimal(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(text)
+    return value
+
+
+#: the VRs whose values are numbers written as text (PS3.5 6.2): checked, and sent as typed
+_NUMBER_STRING_VRS: dict[str, Callable[[str], object]] = {"IS": int, "DS": _decimal}
 _ITEM_INDEX = re.compile(r"\[\d+\]$")
 
 
 def _tag_vr(key: str) -> tuple[int, str]:
+    if not key:
+        raise argparse.ArgumentTypeError(
+            "empty key: give KEY[=VALUE], KEY a DICOM keyword or gggg,eeee"
+        )
     found = _TAG.fullmatch(key)
     tag = int(found.group(1) + found.group(2), 16) if found else tag_for_keyword(key)
     if tag is None:
-        raise argparse.ArgumentTypeError(f"unknown key {key!r} (a DICOM keyword or gggg,eeee)")
+        raise argparse.ArgumentTypeError(
+            f"unknown key {quoted(key)} (a DICOM keyword or gggg,eeee)"
+        )
     try:
         vr = dictionary_VR(tag)
     except KeyError:
-        raise argparse.ArgumentTypeError(f"{key!r} is not in the DICOM dictionary") from None
+        raise argparse.ArgumentTypeError(f"{quoted(key)} is not in the DICOM dictionary") from None
     return tag, vr.split(" or ")[0]
 
 
@@ -67,10 +91,12 @@ def parse_key(text: str) -> tuple[int, str, Any]:
         if head.endswith("[0]"):
             head = head[:-3]
         elif _ITEM_INDEX.search(head):
-            raise argparse.ArgumentTypeError(f"{key!r}: a query's sequence key holds one item, [0]")
+            raise argparse.ArgumentTypeError(
+                f"{quoted(key)}: a query's sequence key holds one item, [0]"
+            )
         tag, vr = _tag_vr(head)
         if vr != "SQ":
-            raise argparse.ArgumentTypeError(f"{head!r} is not a sequence: {key!r}")
+            raise argparse.ArgumentTypeError(f"{quoted(head)} is not a sequence: {quoted(key)}")
         inner = parse_key(rest + (f"={value}" if has_value else ""))
         item = Dataset()
         _put(item, *inner)
@@ -78,12 +104,16 @@ def parse_key(text: str) -> tuple[int, str, Any]:
     tag, vr = _tag_vr(key)
     if vr == "SQ":
         if has_value and value:
-            raise argparse.ArgumentTypeError(f"the sequence key {key!r} takes no value")
+            raise argparse.ArgumentTypeError(f"the sequence key {quoted(key)} takes no value")
         return tag, vr, []
     if not value:
         return tag, vr, None
     parts = value.split("\\")
     try:
+        if vr in _NUMBER_STRING_VRS:
+            for part in parts:
+                _NUMBER_STRING_VRS[vr](part.strip())
+            return tag, vr, value
         if vr in _INTEGER_VRS:
             converted: list[Any] = [int(p) for p in parts]
         elif vr in _FLOAT_VRS:
@@ -91,8 +121,23 @@ def parse_key(text: str) -> tuple[int, str, Any]:
         else:
             return tag, vr, value
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{key}={value!r}: not a number for VR {vr}") from None
+        raise argparse.ArgumentTypeError(
+            f"{key}={quoted(value)}: not a number for VR {vr}"
+        ) from None
     return tag, vr, converted[0] if len(converted) == 1 else converted
+
+
+def add_key_option(p: argparse.ArgumentParser, help: str) -> None:
+    """``-k KEY[=VALUE]`` (repeatable, :func:`parse_key`) into ``args.keys``."""
+    p.add_argument(
+        "-k",
+        "--key",
+        dest="keys",
+        action="append",
+        type=parse_key,
+        metavar="KEY[=VALUE]",
+        help=help,
+    )
 
 
 def add_parser(sub: Any) -> None:
@@ -116,14 +161,9 @@ def add_parser(sub: Any) -> None:
         choices=LEVELS,
         help="Query/Retrieve Level (0008,0052) of the query (required; none for --model mwl)",
     )
-    p.add_argument(
-        "-k",
-        "--key",
-        dest="keys",
-        action="append",
-        type=parse_key,
-        metavar="KEY[=VALUE]",
-        help="a query key: keyword or gggg,eeee, with its matching value (none: return it); "
+    add_key_option(
+        p,
+        "a query key: keyword or gggg,eeee, with its matching value (none: return it); "
         "SEQUENCE.KEY for a key in a sequence's item",
     )
     p.add_argument("--json", action="store_true", help="print each match as a JSON line")
@@ -185,48 +225,54 @@ def format_match(ds: Dataset) -> str:
 
 async def run(args: argparse.Namespace) -> int:
     """Associate, send one C-FIND, print the matches, release; 0 if the final status was
-    Success."""
+    Success, 1 otherwise, 130 after Ctrl-C (which sends C-CANCEL-RQ, as getscu and movescu
+    do: the matches up to the peer's final response are printed, then the summary)."""
     if args.model == "mwl" and args.level is not None:
-        err("argument --level: the mwl model (Modality Worklist) has no Query/Retrieve Level")
-        return 2
+        raise UsageError(
+            "argument --level: the mwl model (Modality Worklist) has no Query/Retrieve Level"
+        )
     if args.model != "mwl" and args.level is None:
-        err("the following arguments are required: --level (with every model but mwl)")
-        return 2
-    ae = scu_ae(args)
+        raise UsageError("the following arguments are required: --level (with every model but mwl)")
     peer = format_address(args.host, args.port)
     query = build_query(args.level, args.keys or [])
-    sop_class = find_model_uid(args.model)
     failed: QueryFailed | None = None
-    async with ae.associate(
-        args.host,
-        args.port,
-        called_aet=args.called_aet,
-        contexts=[sop_class],
-        bind=args.bind,
-    ) as assoc:
-        async with assoc.find(query, model=args.model) as results:
-            try:
-                async for match in results:
-                    if args.json:
-                        print(json.dumps(match.to_json_dict()), flush=True)
-                    else:
-                        print(format_match(match), flush=True)
-            except QueryFailed as exc:
-                failed = exc
-    status = results.status
-    assert status is not None
+    results: FindResults | None = None
+    async with cancel_on_ctrl_c("C-FIND") as interrupt:
+        async with associate(args, [find_model_uid(args.model)]) as assoc:
+            async with assoc.find(query, model=args.model) as results:
+                interrupt.operation = results
+                try:
+                    async for match in results:
+                        if args.json:
+                            print(json.dumps(match.to_json_dict()), flush=True)
+                        else:
+                            print(format_match(match), flush=True)
+                except QueryFailed as exc:
+                    failed = exc
+    count = 0 if results is None else results.count
+    status = None if results is None else results.status
+    if interrupt.interrupted:
+        said = "no final response" if status is None else f"status {describe(status)}"
+        notice(
+            f"interrupted: C-FIND: {count} match(es) from {peer}, {said}",
+            "find_interrupted",
+            matches=count,
+            status=status,
+        )
+        return 130
+    assert results is not None and status is not None
     if failed is not None or status != 0x0000:
         comment = results.final.error_comment if results.final is not None else None
         err(
             f"C-FIND to {peer}: status {describe(status)}"
             + (f" ({comment})" if comment else "")
-            + f" after {results.count} match(es)"
+            + f" after {count} match(es)"
         )
         return 1
     notice(
-        f"C-FIND: {results.count} match(es) from {peer}, status {describe(status)}",
+        f"C-FIND: {count} match(es) from {peer}, status {describe(status)}",
         "find_done",
-        matches=results.count,
+        matches=count,
         status=status,
     )
     return 0

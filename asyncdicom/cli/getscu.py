@@ -18,9 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from ..storage.names import is_valid_uid
-from .common import add_common, add_scu, err, notice
+from .argtypes import folder as folder_type
+from .options import add_common, add_scu
+from .output import err, notice, plural, uid_name
 from .retrieve_app import MAX_CONTEXTS, add_identifier_options, finish, identifier, retrieve
-from .storescp import add_file_options, output_folder, prepare_output_folder
+from .scu import associate
+from .server import prepare_folder
+from .storescp import add_file_options
 
 __all__ = ["add_parser", "run", "sop_class"]
 
@@ -54,7 +58,7 @@ def add_parser(sub: Any) -> None:
     add_identifier_options(p, "C-GET")
     p.add_argument(
         "--output-dir",
-        type=output_folder,
+        type=folder_type,
         default=".",
         metavar="DIR",
         help="write the instances received here (created if needed; must be writable)",
@@ -85,17 +89,9 @@ async def _discover(args: argparse.Namespace, query: Any) -> list[str] | None:
     when they cannot be listed."""
     from ..services.query_retrieve import QueryFailed, find_model_uid
     from ..services.retrieve import sop_classes_to_retrieve
-    from .common import scu_ae
 
-    ae = scu_ae(args)
     try:
-        async with ae.associate(
-            args.host,
-            args.port,
-            called_aet=args.called_aet,
-            contexts=[find_model_uid(args.model)],
-            bind=args.bind,
-        ) as assoc:
+        async with associate(args, [find_model_uid(args.model)]) as assoc:
             found = await sop_classes_to_retrieve(assoc, query, model=args.model)
     except (QueryFailed, ValueError) as exc:
         err(f"getscu: --discover: the SOP classes could not be listed: {exc}")
@@ -119,7 +115,8 @@ async def run(args: argparse.Namespace) -> int:
         storage = list(dict.fromkeys([*(args.sop_classes or []), *found]))
         if args.verbose:
             notice(
-                f"getscu: --discover found {len(found)} SOP class(es): {', '.join(found)}",
+                f"getscu: --discover found {len(found)} SOP class(es): "
+                + ", ".join(uid_name(uid) for uid in found),
                 "sop_classes_discovered",
                 sop_classes=found,
             )
@@ -132,10 +129,7 @@ async def run(args: argparse.Namespace) -> int:
             f"{MAX_CONTEXTS} presentation contexts at most, so {MAX_CONTEXTS - 2} SOP classes"
         )
         return 2
-    problem = prepare_output_folder(folder)
-    if problem is not None:
-        err(f"argument --output-dir: {problem}")
-        return 2
+    await prepare_folder(folder, "--output-dir")
     outcome = await retrieve(
         args,
         "C-GET",
@@ -148,8 +142,12 @@ async def run(args: argparse.Namespace) -> int:
             layout=args.layout,
         ),
     )
-    written = len(outcome.retrieval.received) if outcome.retrieval is not None else 0
-    extra = f"{written} file{'' if written == 1 else 's'} written to {folder}"
+    received = outcome.retrieval.received if outcome.retrieval is not None else []
+    # --on-duplicate ignore keeps the file already there: nothing is written for that one
+    dropped = sum(1 for stored in received if stored.duplicate == "ignore")
+    extra = f"{plural(len(received) - dropped, 'file')} written to {folder}"
+    if dropped:
+        extra += f", {dropped} not written (a file of that name was there: --on-duplicate ignore)"
     not_written = outcome.retrieval.receive_errors if outcome.retrieval is not None else 0
     if not_written:
         extra += f", {not_written} could not be written"

@@ -36,7 +36,8 @@ from . import (
     storescu,
     users,
 )
-from .common import CLIError, HelpFormatter, check_bind, describe_error, err
+from .options import HelpFormatter, check_bind
+from .output import CLIError, UsageError, describe_error, err
 
 __all__ = ["build_parser", "main", "raise_open_file_limit"]
 
@@ -46,7 +47,13 @@ _EXPECTED = (CLIError, DICOMError, OSError, ValueError)
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``asyncdicom`` command."""
-    parser = argparse.ArgumentParser(prog="asyncdicom", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="asyncdicom",
+        description="DICOM networking apps, one sub-command each; 'asyncdicom SUBCOMMAND "
+        "--help' lists the options of one.",
+        epilog="Exit status: 0 on full success, 1 when an operation failed, 2 for a "
+        "command-line error, 130 after Ctrl-C.",
+    )
     parser.add_argument("--version", action="version", version=f"asyncdicom {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for app in (
@@ -88,6 +95,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         leaf = _first_leaf(exc)
         if isinstance(leaf, KeyboardInterrupt):
             return 130
+        if isinstance(leaf, UsageError):
+            err(str(leaf))
+            return 2
         if isinstance(leaf, _EXPECTED):
             err(describe_error(leaf, args))
             return 1

@@ -14,7 +14,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .common import add_common, add_scu, ae_title
+from .argtypes import ae_title
+from .options import add_common, add_scu
 from .retrieve_app import add_identifier_options, finish, identifier, retrieve
 
 __all__ = ["add_parser", "run"]

@@ -3,9 +3,11 @@
 Stores the instances it receives by C-STORE in a folder (sorted by patient, study and series)
 and indexes them in SQLite; answers C-FIND, C-GET, C-MOVE and C-ECHO from that index
 (:class:`asyncdicom.archive.Archive`).  The index is kept across restarts; a new index on a
-folder that already holds files indexes them first.  The storage folder is checked at start: one
-that cannot be written, or an index file that cannot be used, is one error line and exit status
-2.  C-MOVE destinations are given as ``--move-destination AET=HOST:PORT`` (repeatable).
+folder that already holds files indexes them first.  At start qrscp checks that it can listen
+(``cannot listen on HOST:PORT: REASON``, exit status 1, and no folder or index created), then
+checks the storage folder: one that cannot be written, or an index file that cannot be used,
+is one error line and exit status 2.  C-MOVE destinations are given as
+``--move-destination AET=HOST:PORT`` (repeatable).
 
 It also answers Storage Commitment requests (N-ACTION): each instance is looked up in the index
 and the report (N-EVENT-REPORT) goes back on the requesting association while it is open, else
@@ -21,7 +23,6 @@ otherwise.
 from __future__ import annotations
 
 import argparse
-import signal
 import sqlite3
 import ssl
 from pathlib import Path
@@ -32,26 +33,10 @@ import anyio
 from ..ae import AE
 from ..archive import Archive, qrscp_config
 from ..qr import IndexDatabaseError
-from ..storage.writer import remove_stale_temp_files
-from .common import (
-    access_control,
-    add_access_control,
-    add_common,
-    add_max_pdu,
-    add_server_timeouts,
-    add_tls_server,
-    ae_title,
-    audit_trail,
-    err,
-    format_address,
-    install_access_control,
-    listen_port,
-    notice,
-    port,
-    server_timeouts,
-    server_tls,
-)
-from .storescp import output_folder, prepare_output_folder
+from .argtypes import ae_title, folder, port, quoted
+from .options import add_common, add_server
+from .output import UsageError, notice, plural
+from .server import install_access_control, serve_until_signal, server_config, start_server
 
 __all__ = ["add_parser", "db_file", "move_destination", "qrscp_ae", "run"]
 
@@ -61,19 +46,19 @@ def move_destination(text: str) -> tuple[str, str, int]:
     (AE title, host, port)."""
     title, sep, address = text.partition("=")
     if not sep:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected AET=HOST:PORT")
+        raise argparse.ArgumentTypeError(f"{quoted(text)}: expected AET=HOST:PORT")
     aet = ae_title(title)
     host, colon, port_text = address.rpartition(":")
     if not colon or not host or not port_text:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected AET=HOST:PORT")
+        raise argparse.ArgumentTypeError(f"{quoted(text)}: expected AET=HOST:PORT")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     elif ":" in host:
         raise argparse.ArgumentTypeError(
-            f"{text!r}: write an IPv6 address in brackets, e.g. {aet}=[::1]:104"
+            f"{quoted(text)}: write an IPv6 address in brackets, e.g. {aet}=[::1]:104"
         )
     if not host or any(ch.isspace() for ch in host):
-        raise argparse.ArgumentTypeError(f"{text!r}: no valid host")
+        raise argparse.ArgumentTypeError(f"{quoted(text)}: no valid host")
     return aet, host, port(port_text)
 
 
@@ -92,29 +77,10 @@ def add_parser(sub: Any) -> None:
         description="Store the instances received by C-STORE, index them in SQLite, and answer "
         "C-FIND, C-GET, C-MOVE, C-ECHO and storage commitment requests from the index.",
     )
-    p.add_argument(
-        "--port",
-        type=listen_port,
-        required=True,
-        metavar="P",
-        help="TCP port to listen on, 0..65535 (0: any free port, printed at start)",
-    )
-    p.add_argument(
-        "--host",
-        default="0.0.0.0",
-        metavar="H",
-        help="address to listen on ('::' for every IPv6 interface)",
-    )
-    p.add_argument(
-        "--aet",
-        type=ae_title,
-        default="QRSCP",
-        metavar="A",
-        help="our AE title (any Called AE Title is accepted unless --require-called-aet)",
-    )
+    add_server(p, "QRSCP")
     p.add_argument(
         "--storage",
-        type=output_folder,
+        type=folder,
         required=True,
         metavar="DIR",
         help="the archive's folder (created if needed; must be writable)",
@@ -143,10 +109,9 @@ def add_parser(sub: Any) -> None:
         help="where a Storage Commitment requestor listens, for reports on a new association "
         "(repeatable)",
     )
-    add_server_timeouts(p)
     p.add_argument(
         "--worklist",
-        type=output_folder,
+        type=folder,
         default=None,
         metavar="DIR",
         help="answer Modality Worklist C-FIND from the .wl/.dcm files of DIR (read again as "
@@ -154,14 +119,11 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument(
         "--mpps",
-        type=output_folder,
+        type=folder,
         default=None,
         metavar="DIR",
         help="the folder where the MPPS procedure steps are kept (default: mpps in --storage)",
     )
-    add_max_pdu(p)
-    add_access_control(p)
-    add_tls_server(p)
     out = p.add_mutually_exclusive_group()
     out.add_argument(
         "--tls-out",
@@ -213,20 +175,13 @@ def qrscp_ae(args: argparse.Namespace) -> AE:
     ae = AE(
         config=qrscp_config(
             args.aet,
-            max_pdu_length=args.max_pdu,
-            **access_control(args),
-            **server_tls(args),
+            **server_config(args),
             client_ssl_context=outgoing if not selected else None,
             client_ssl_contexts=per_title,
-            timeouts=server_timeouts(args),
         ),
     )
     install_access_control(ae, args)
     return ae
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -235,88 +190,60 @@ async def run(args: argparse.Namespace) -> int:
     destinations: dict[str, tuple[str, int]] = {}
     for aet, host, peer_port in args.move_destination or []:
         if aet in destinations:
-            err(f"argument --move-destination: {aet!r} is given twice")
-            return 2
+            raise UsageError(f"argument --move-destination: {quoted(aet)} is given twice")
         destinations[aet] = (host, peer_port)
     peers: dict[str, tuple[str, int]] = {}
     for aet, host, peer_port in args.peer or []:
         if aet in peers:
-            err(f"argument --peer: {aet!r} is given twice")
-            return 2
+            raise UsageError(f"argument --peer: {quoted(aet)} is given twice")
         peers[aet] = (host, peer_port)
     for aet in args.tls_out_to or []:
         if aet not in destinations and aet not in peers:
-            err(f"argument --tls-out-to: {aet!r} is neither a --move-destination nor a --peer")
-            return 2
-    problem = prepare_output_folder(storage)
-    if problem is not None:
-        err(f"argument --storage: {problem}")
-        return 2
-    removed = await anyio.to_thread.run_sync(remove_stale_temp_files, storage)
-    if removed:
-        notice(
-            f"qrscp: removed {_plural(removed, 'temporary file')} left in {storage} "
-            "by an interrupted run",
-            "stale_temp_files_removed",
-            count=removed,
-            folder=str(storage),
-        )
+            raise UsageError(
+                f"argument --tls-out-to: {quoted(aet)} is neither a --move-destination nor a --peer"
+            )
+    if args.worklist is not None and not args.worklist.is_dir():
+        raise UsageError(f"argument --worklist: {quoted(str(args.worklist))} is not a folder")
+    # nothing is created (folder, index) before it is known that qrscp can listen
+    await start_server(args, "qrscp", storage, "--storage")
     archive = Archive(storage, db=args.db, move_destinations=destinations, commitment_peers=peers)
     try:
         await archive.open()
     except (IndexDatabaseError, sqlite3.Error, OSError) as exc:
-        err(f"argument --db: cannot use the index {str(archive.db_path)!r}: {exc}")
-        return 2
+        raise UsageError(
+            f"argument --db: cannot use the index {quoted(str(archive.db_path))}: {exc}"
+        ) from None
     try:
         for line in archive.folder_check.report(storage):
             notice(f"qrscp: {line}", "folder_checked", db=str(archive.db_path))
         ae = qrscp_ae(args)
         archive.install(ae)
-        problem = await install_worklist_and_mpps(ae, args, storage)
-        if problem is not None:
-            err(problem)
-            return 2
+        await install_worklist_and_mpps(ae, args, storage)
         count = await anyio.to_thread.run_sync(archive.index.count)
-        # the signals are caught before the "listening" line: a SIGTERM sent as soon as it is
-        # read stops the app cleanly (exit status 0)
-        with (
-            audit_trail(ae, args),
-            anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals,
-        ):
-            async with anyio.create_task_group() as tg:
-                server = await tg.start(ae.serve, args.host, args.port)
-                notice(
-                    f"qrscp: {ae.ae_title} listening on "
-                    f"{format_address(args.host, server.port)} "
-                    f"({_plural(count, 'instance')} in {storage})",
-                    "listening",
-                    ae_title=ae.ae_title,
-                    host=args.host,
-                    port=server.port,
-                    instances=count,
-                )
-                async for _ in signals:
-                    break
-                tg.cancel_scope.cancel()
+        return await serve_until_signal(
+            ae,
+            args,
+            "qrscp",
+            detail=f" ({plural(count, 'instance')} in {storage})",
+            instances=count,
+        )
     finally:
         await archive.aclose()
-    return 0
 
 
-async def install_worklist_and_mpps(ae: AE, args: argparse.Namespace, storage: Path) -> str | None:
+async def install_worklist_and_mpps(ae: AE, args: argparse.Namespace, storage: Path) -> None:
     """Serve MPPS on ``ae`` (steps kept in ``--mpps``, by default ``STORAGE/mpps``) and, with
-    ``--worklist``, the Modality Worklist; the usage error to report, or None."""
+    ``--worklist``, the Modality Worklist; raises :class:`UsageError` for a folder that cannot
+    be used."""
     from ..services.mpps import MPPSSCP
     from ..worklist import Worklist
 
     if args.worklist is not None:
-        if not args.worklist.is_dir():
-            return f"argument --worklist: {str(args.worklist)!r} is not a folder"
         worklist = Worklist(args.worklist)
         count = len(await anyio.to_thread.run_sync(worklist.items))
         worklist.install(ae)
         notice(
-            f"qrscp: Modality Worklist: {_plural(count, 'item')} in {args.worklist}",
+            f"qrscp: Modality Worklist: {plural(count, 'item')} in {args.worklist}",
             "worklist_loaded",
             items=count,
             folder=str(args.worklist),
@@ -325,8 +252,10 @@ async def install_worklist_and_mpps(ae: AE, args: argparse.Namespace, storage: P
     try:
         mpps = await anyio.to_thread.run_sync(MPPSSCP, folder)
     except OSError as exc:
-        return f"argument --mpps: cannot read the folder {str(folder)!r}: {exc.strerror or exc}"
+        reason = exc.strerror or exc
+        raise UsageError(
+            f"argument --mpps: cannot read the folder {quoted(str(folder))}: {reason}"
+        ) from None
     mpps.install(ae)
     for path, reason in mpps.skipped:
         notice(f"qrscp: MPPS: skipped {path}: {reason}", "mpps_file_skipped", file=str(path))
-    return None

@@ -17,21 +17,18 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import signal
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import anyio
-
 from ..association import DIMSEResponse
-from ..errors import DICOMError
 from ..protocol.status import StatusCategory, category, describe
 from ..services.query_retrieve import FIND_MODELS
-from .common import err, format_address, notice, scu_ae
-from .findscu import LEVELS, build_query, parse_key
+from .findscu import LEVELS, add_key_option, build_query
+from .output import err, format_address
+from .scu import associate, cancel_on_ctrl_c
 
 if TYPE_CHECKING:
     from ..protocol.negotiation import ContextRequest
@@ -71,14 +68,9 @@ def add_identifier_options(p: argparse.ArgumentParser, command: str) -> None:
         choices=LEVELS,
         help=f"Query/Retrieve Level (0008,0052) of the {command} identifier",
     )
-    p.add_argument(
-        "-k",
-        "--key",
-        dest="keys",
-        action="append",
-        type=parse_key,
-        metavar="KEY[=VALUE]",
-        help="an identifier key: keyword or gggg,eeee with its value, normally the unique key "
+    add_key_option(
+        p,
+        "an identifier key: keyword or gggg,eeee with its value, normally the unique key "
         "of the level (e.g. StudyInstanceUID=1.2.3, several UIDs separated by \\)",
     )
 
@@ -168,35 +160,6 @@ class Outcome:
         return None if self.retrieval is None else self.retrieval.final
 
 
-@dataclass
-class _Watch:
-    retrieval: Retrieval | None = None
-    interrupts: int = 0
-
-
-async def _watch_ctrl_c(
-    signals: Any, watch: _Watch, outcome: Outcome, scope: anyio.CancelScope, name: str
-) -> None:
-    """First Ctrl-C: C-CANCEL-RQ (the retrieval goes on to its final response).  Before the
-    retrieval has started, or on a second Ctrl-C: stop at once."""
-    async for _ in signals:
-        outcome.interrupted = True
-        watch.interrupts += 1
-        retrieval = watch.retrieval
-        if retrieval is None or watch.interrupts > 1 or retrieval.final is not None:
-            scope.cancel()
-            return
-        try:
-            await retrieval.cancel()
-        except (DICOMError, OSError):
-            scope.cancel()
-            return
-        notice(
-            f"{name}: C-CANCEL sent, waiting for the final response (Ctrl-C again to stop now)",
-            "cancel_sent",
-        )
-
-
 async def retrieve(
     args: argparse.Namespace,
     name: str,
@@ -208,32 +171,22 @@ async def retrieve(
     from ..services.retrieve import RetrieveFailed
 
     outcome = Outcome()
-    watch = _Watch()
     progress = _Progress(name, verbose=args.verbose >= 1)
-    ae = scu_ae(args)
-    with anyio.open_signal_receiver(signal.SIGINT) as signals:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(_watch_ctrl_c, signals, watch, outcome, tg.cancel_scope, name)
-            async with ae.associate(
-                args.host,
-                args.port,
-                called_aet=args.called_aet,
-                contexts=contexts,
-                bind=args.bind,
-            ) as assoc:
-                async with start(assoc) as retrieval:
-                    outcome.retrieval = watch.retrieval = retrieval
-                    with progress.shown():
-                        try:
-                            async for _ in retrieval:
-                                progress.update(retrieval)
-                        except RetrieveFailed as exc:
-                            assert isinstance(exc.response, DIMSEResponse)
-                            outcome.failure = exc.response
-                            outcome.failed_instances = list(exc.failed_instances)
-                        else:
-                            outcome.failed_instances = list(retrieval.failed_instances)
-            tg.cancel_scope.cancel()  # the Ctrl-C watcher
+    async with cancel_on_ctrl_c(name) as interrupt:
+        async with associate(args, contexts) as assoc:
+            async with start(assoc) as retrieval:
+                outcome.retrieval = interrupt.operation = retrieval
+                with progress.shown():
+                    try:
+                        async for _ in retrieval:
+                            progress.update(retrieval)
+                    except RetrieveFailed as exc:
+                        assert isinstance(exc.response, DIMSEResponse)
+                        outcome.failure = exc.response
+                        outcome.failed_instances = list(exc.failed_instances)
+                    else:
+                        outcome.failed_instances = list(retrieval.failed_instances)
+    outcome.interrupted = interrupt.interrupted
     return outcome
 
 

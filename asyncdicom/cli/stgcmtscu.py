@@ -21,23 +21,18 @@ from typing import Any
 
 import anyio
 
+from ..ae import AE
 from ..presets import STORAGE_COMMITMENT, storage_commitment_scu_supported
 from ..services.commitment import (
     CommitmentRefused,
     CommitmentResult,
     CommitmentTimeout,
 )
-from .common import (
-    CLIError,
-    add_common,
-    add_scu,
-    err,
-    format_address,
-    listen_port,
-    notice,
-    scu_ae,
-    timeout,
-)
+from .argtypes import listen_port, timeout
+from .options import add_common, add_scu
+from .output import CLIError, err, format_address
+from .scu import associate, scu_ae
+from .server import listening, say_listening
 from .storescu import _print_problems, _Report, _scan, _walk
 
 __all__ = ["FAILURE_REASONS", "add_parser", "describe_reason", "run"]
@@ -128,33 +123,20 @@ async def run(args: argparse.Namespace) -> int:
         from ..transport import server_context
 
         listen_tls = server_context(args.tls_cert, args.tls_key, ca=args.tls_ca)
-    async with ae.server(args.listen_host, args.listen_port, ssl_context=listen_tls) as server:
-        notice(
-            f"stgcmtscu: {ae.ae_title} listening on "
-            f"{format_address(args.listen_host, server.port)} for the report",
-            "listening",
-            ae_title=ae.ae_title,
-            host=args.listen_host,
-            port=server.port,
-        )
+    async with listening(ae, args.listen_host, args.listen_port, ssl_context=listen_tls) as server:
+        say_listening("stgcmtscu", ae, args.listen_host, server.port, " for the report")
         return await _commit(args, ae, files, problems)
 
 
 async def _commit(
     args: argparse.Namespace,
-    ae: Any,
+    ae: AE,
     files: dict[tuple[str, str], Path],
     problems: _Report,
 ) -> int:
     peer = format_address(args.host, args.port)
     try:
-        async with ae.associate(
-            args.host,
-            args.port,
-            called_aet=args.called_aet,
-            contexts=STORAGE_COMMITMENT,
-            bind=args.bind,
-        ) as assoc:
+        async with associate(args, STORAGE_COMMITMENT, ae=ae) as assoc:
             result = await assoc.commit(list(files), timeout=args.timeout)
     except CommitmentTimeout:
         _print_problems(problems, show_all=True, all_stored=False)

@@ -53,11 +53,13 @@ from ..errors import (
     StorageError,
     TransportError,
 )
-from ..log import get_logger, json_logging
 from ..protocol import uids
 from ..protocol.status import StatusCategory, category, describe
 from ..storage.contexts import contexts_for_syntaxes
-from .common import CLIError, add_common, add_scu, describe_error, err, notice, positive_int, scu_ae
+from .argtypes import positive_int
+from .options import add_common, add_scu
+from .output import CLIError, describe_error, err, notice, uid_name, warn
+from .scu import associate, scu_ae
 
 if TYPE_CHECKING:
     from ..ae import AE
@@ -134,7 +136,7 @@ class _Report:
     #: ``PATH: reason`` of each file that was not stored, in order
     file_errors: list[str] = field(default_factory=list)
     #: ``PATH: status ...`` of each file stored with a Warning status
-    file_warnings: list[str] = field(default_factory=list)
+    filewarnings: list[str] = field(default_factory=list)
     #: (what happened, reason) -> how many associations
     association_problems: dict[tuple[str, str], int] = field(default_factory=dict)
 
@@ -240,7 +242,7 @@ class _Run:
         elif kind is StatusCategory.WARNING:
             report.sent += 1
             report.warnings += 1
-            report.file_warnings.append(f"{item.path}: status {describe(status)}")
+            report.filewarnings.append(f"{item.path}: status {describe(status)}")
         else:
             report.fail(item.path, f"status {describe(status)}")
         self._resolved(item)
@@ -485,13 +487,7 @@ async def _association(run: _Run) -> _Outcome:
     run.opening.add(opening)
     try:
         with opening:
-            async with run.ae.associate(
-                args.host,
-                args.port,
-                called_aet=args.called_aet,
-                contexts=run.contexts,
-                bind=args.bind,
-            ) as assoc:
+            async with associate(args, run.contexts, ae=run.ae) as assoc:
                 run.opening.discard(opening)
                 outcome.opened = True
                 # the prefetcher starts only now: a worker still waiting for its association holds
@@ -582,14 +578,6 @@ def _file_problem(item: _StoreItem, exc: Exception) -> str:
 # --------------------------------------------------------------------------- explaining
 
 
-def _uid_name(uid: str) -> str:
-    """``Name (UID)`` with pydicom's name for a standard UID; the bare UID otherwise."""
-    from pydicom.uid import UID
-
-    name = UID(uid).name
-    return f"{name} ({uid})" if name and name != uid else uid
-
-
 #: tools that decompress a file to an uncompressed transfer syntax, by transfer syntax
 _DECOMPRESSORS = {
     uids.JPEG_BASELINE_8BIT: "dcmdjpeg (DCMTK)",
@@ -605,14 +593,14 @@ _DECOMPRESSORS = {
 
 def _refused(assoc: Association, source: Part10Source) -> str:
     """Why a file could not be sent on ``assoc`` (no accepted context fits), and the fix."""
-    sop_class = _uid_name(source.sop_class_uid)
-    syntax = _uid_name(source.transfer_syntax_uid)
+    sop_class = uid_name(source.sop_class_uid)
+    syntax = uid_name(source.transfer_syntax_uid)
     proposed = [
         c
         for c in (assoc.negotiated.contexts if assoc.negotiated else ())
         if c.abstract_syntax == source.sop_class_uid
     ]
-    accepted = sorted({_uid_name(c.transfer_syntax) for c in proposed if c.transfer_syntax})
+    accepted = sorted({uid_name(c.transfer_syntax) for c in proposed if c.transfer_syntax})
     if not accepted and any(c.result == _ABSTRACT_SYNTAX_NOT_SUPPORTED for c in proposed):
         return f"the peer does not store {sop_class} (it refused the SOP class)"
     where = (
@@ -630,14 +618,6 @@ def _refused(assoc: Association, source: Part10Source) -> str:
     )
 
 
-def _warn(text: str) -> None:
-    """One warning line on stderr (a JSON object with ``--log-json``)."""
-    if json_logging():
-        get_logger().warning("cli_warning", message=text)
-    else:
-        print(f"asyncdicom: warning: {text}", file=sys.stderr, flush=True)
-
-
 def _association_lines(report: _Report) -> list[str]:
     lines = []
     for (what, reason), count in report.association_problems.items():
@@ -651,10 +631,10 @@ def _print_problems(report: _Report, show_all: bool, all_stored: bool) -> None:
     stored and the files stored with a warning status."""
     for line in _association_lines(report):
         if all_stored:
-            _warn(line)
+            warn(line)
         else:
             err(line)
-    for lines, say in ((report.file_errors, err), (report.file_warnings, _warn)):
+    for lines, say in ((report.file_errors, err), (report.filewarnings, warn)):
         shown = lines if show_all else lines[:_SHOWN_ERRORS]
         for line in shown:
             say(line)

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from ..users import UsersFileError, UserStore, check_username
-from .common import add_common, err, notice
+from .options import add_common
+from .output import err, notice
 
 __all__ = ["ACTIONS", "add_parser", "run", "user_name"]
 

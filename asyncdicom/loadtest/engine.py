@@ -24,8 +24,9 @@ wait for a slot and that wait is part of their latency, so a slow peer shows as 
 rather than as a lower rate that hides it ("coordinated omission" avoided).  The rate is only
 held if ``associations x window`` slots suffice for ``rate x latency`` operations in flight.
 
-**Stop.**  ``count`` operations, or operations scheduled (open loop) or started (closed loop)
-within ``duration`` seconds; operations in flight then finish.
+**Stop.**  ``count`` operations; or in open loop with ``duration``, the operations due within it,
+exactly ``rate x duration`` (:func:`planned_operations`; the smaller with both); or in closed
+loop, the operations started within ``duration`` seconds.  Operations in flight then finish.
 
 **Results.**  Operation latency and association setup time (TCP connect to A-ASSOCIATE-AC) go
 into HDR histograms (microseconds, 3 significant digits).  Every failure is counted by kind:
@@ -79,6 +80,7 @@ __all__ = [
     "classify",
     "new_histogram",
     "percentiles",
+    "planned_operations",
     "run_load",
 ]
 
@@ -320,14 +322,29 @@ class _Ticket:
     due: float
 
 
+def planned_operations(rate: float, duration: float) -> int:
+    """The operations an open-loop run of ``rate`` per second for ``duration`` seconds does:
+    those due within the duration (operation *i* is due at *i* / rate), ``rate x duration``
+    when that is a whole number, one more otherwise; at least 1.  Computed once, not by
+    comparing clock readings, so that rounding cannot add or drop one."""
+    return max(1, math.ceil(round(rate * duration, 6)))
+
+
 class _Schedule:
-    """Hands out the operations: at once (closed loop) or at their scheduled time (open)."""
+    """Hands out the operations: at once (closed loop) or at their scheduled time (open).
+
+    An open-loop run with a duration does exactly :func:`planned_operations` operations (or
+    ``count``, if fewer); a closed-loop one starts operations until the duration is over."""
 
     def __init__(self, spec: LoadSpec, start: float, offset: float = 0.0) -> None:
         self.rate = spec.rate
         self.count = spec.count
         self.start = start
         self.end = math.inf if spec.duration is None else start + spec.duration
+        if spec.rate is not None and spec.duration is not None:
+            planned = planned_operations(spec.rate, spec.duration)
+            self.count = planned if self.count is None else min(self.count, planned)
+            self.end = math.inf
         self.offset = offset
         self.issued = 0
         #: tickets given back by a slot whose association went away before sending
@@ -340,7 +357,7 @@ class _Schedule:
         if self.count is not None and self.issued >= self.count:
             return True
         if self.rate is not None:
-            return self._due(self.issued) >= self.end
+            return False  # an open-loop run always has a count (see __init__)
         return anyio.current_time() >= self.end
 
     def _due(self, index: int) -> float:

@@ -30,7 +30,7 @@ from anyio.abc import Process
 from anyio.streams.text import TextReceiveStream
 
 from ..errors import WorkerFailed
-from .engine import LoadGenerator, LoadResult, LoadSpec
+from .engine import LoadGenerator, LoadResult, LoadSpec, planned_operations
 
 __all__ = ["WorkerFailed", "run_in_processes", "split", "worker_main"]
 
@@ -41,19 +41,30 @@ _PROGRESS_EVERY = 0.2
 
 def split(spec: LoadSpec, processes: int) -> list[tuple[LoadSpec, float]]:
     """Each worker's spec and schedule offset: associations (at least one each, so at most
-    ``spec.associations`` workers), rate and count divided as evenly as whole numbers allow."""
+    ``spec.associations`` workers), rate and count divided as evenly as whole numbers allow
+    (an open-loop run with a duration gets its count from it first, see
+    :func:`~.engine.planned_operations`)."""
     n = max(1, min(processes, spec.associations))
+    total = spec.count
+    duration = spec.duration
+    if spec.rate is not None and spec.duration is not None:
+        # open loop: the run's operations are counted once, then shared (a share's own
+        # rate x duration would round on its own)
+        planned = planned_operations(spec.rate, spec.duration)
+        total = planned if total is None else min(total, planned)
+        duration = None
     shares = []
     for j in range(n):
         associations = spec.associations // n + (1 if j < spec.associations % n else 0)
         count = None
-        if spec.count is not None:
-            count = spec.count // n + (1 if j < spec.count % n else 0)
+        if total is not None:
+            count = total // n + (1 if j < total % n else 0)
         rate = None if spec.rate is None else spec.rate / n
         offset = 0.0 if spec.rate is None else j / spec.rate
         if count == 0:
             continue
-        shares.append((replace(spec, associations=associations, count=count, rate=rate), offset))
+        share = replace(spec, associations=associations, count=count, rate=rate, duration=duration)
+        shares.append((share, offset))
     return shares
 
 
