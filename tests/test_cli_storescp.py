@@ -134,6 +134,46 @@ async def test_write_failure_is_one_warning_line_and_a700(
     assert "received 0 instances" in summary and "2 failed" in summary, summary
 
 
+async def test_refused_stores_say_why_in_the_error_comment(
+    tmp_path: Path, anyio_backend: str
+) -> None:
+    """A C-STORE storescp refuses carries the reason as Error Comment (0000,0902), not only
+    in the server's log: a data set cut short (0xC000) and one whose SOP Instance UID is not
+    its command's (0xA900), each comment within the 64 characters of an LO."""
+    from asyncdicom.protocol.messages import CStoreRQ
+    from asyncdicom.storage.codec import encode_dataset
+
+    ds = make_ct_instance(2000, seed=5)
+    raw = encode_dataset(ds, uids.EXPLICIT_VR_LITTLE_ENDIAN)
+    async with storescp(tmp_path, anyio_backend, "--output-dir", "incoming") as scp:
+        async with associate(scp) as assoc:
+            context = assoc.find_context(uids.CT_IMAGE_STORAGE)
+            assert context is not None
+
+            async def send(data: bytes, sop_instance: str) -> object:
+                return await assoc.request(
+                    context,
+                    CStoreRQ(
+                        message_id=assoc.next_message_id(),
+                        affected_sop_class_uid=uids.CT_IMAGE_STORAGE,
+                        affected_sop_instance_uid=sop_instance,
+                    ),
+                    data,
+                )
+
+            cut = await send(raw[:-10], str(ds.SOPInstanceUID))
+            other = await send(raw, "1.2.826.0.1.3680043.18.10.98")
+        assert await scp.stop() == 0
+    assert cut.status == 0xC000  # type: ignore[attr-defined]
+    assert other.status == 0xA900  # type: ignore[attr-defined]
+    assert other.error_comment == (  # type: ignore[attr-defined]
+        "data set's SOP Instance UID (0008,0018) is not the command's"
+    )
+    comment = cut.error_comment  # type: ignore[attr-defined]
+    assert comment and len(comment) <= 64, comment
+    assert not list((tmp_path / "incoming").rglob("*.dcm"))
+
+
 # --------------------------------------------------------------------------- duplicates
 
 

@@ -21,7 +21,9 @@ from typing import Any
 from ..ae import AE
 from ..errors import StorageError
 from ..hooks import HookEvent
-from ..services.storage import save_request, store_failure_status
+from ..protocol import messages
+from ..services import make_response
+from ..services.storage import save_request, store_failure_comment, store_failure_status
 from ..storage.writer import DUPLICATE_POLICIES, LAYOUTS
 from .argtypes import folder
 from .options import add_common, add_server
@@ -158,7 +160,7 @@ def storescp_ae(args: argparse.Namespace, reporter: _Reporter | None = None) -> 
     layout = args.layout
 
     @ae.on_store
-    async def on_store(request: Any) -> int:
+    async def on_store(request: Any) -> int | messages.Response:
         association = request.association
         counts = reporter.counts(association)
         uid = request.message.affected_sop_instance_uid
@@ -181,7 +183,10 @@ def storescp_ae(args: argparse.Namespace, reporter: _Reporter | None = None) -> 
                     status=f"0x{status:04X}",
                     error=str(exc) or type(exc).__name__,
                 )
-                return status
+                # the reason travels to the peer too (Error Comment), as qrscp's does
+                return make_response(
+                    request.message, status, error_comment=store_failure_comment(exc)
+                )
             size = stored.dataset_size
             file = str(stored)
         counts.instances += 1
