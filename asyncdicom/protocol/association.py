@@ -235,7 +235,7 @@ class ResponseComplete:
     transfer syntax is the data set's."""
 
     context_id: int
-    message: Response
+    message: Message
     message_id: int
     final: bool
     dataset: bytes | None = None
@@ -247,7 +247,7 @@ class ResponseOnOtherContext:
     """A response came on another presentation context than its request's, one with the same
     abstract syntax, and was accepted (issue a warning; reported once per association)."""
 
-    message: Response
+    message: Message
     context_id: int
     request_context_id: int
 
@@ -286,7 +286,7 @@ class _Incoming:
 
     def __init__(self, event: ResponseReceived) -> None:
         self.context_id = event.context_id
-        self.message: Response = event.message  # type: ignore[assignment]
+        self.message: Message = event.message
         self.message_id = event.message_id
         self.final = event.final
         self.abandoned = event.abandoned
@@ -316,7 +316,7 @@ class AssociationCore:
         self.abort_cause: AbortCause | None = None
         #: released: the A-RELEASE exchange completed (or our RP is queued)
         self.released = False
-        self._lost: tuple[str, BaseException | None] | None = None
+        self._lost: tuple[AbortKind, str, BaseException | None] | None = None
         self._fragment_size = 0
         self._warned_context = False
         self._incoming: _Incoming | None = None
@@ -461,17 +461,25 @@ class AssociationCore:
             self._bank = min(dimse_timeout, bank - (now - self._bank_mark) + earned)
             self._bank_mark = now
         if data is None and self._lost is None and not self._ended():
-            self._lost = ("the peer closed the connection", None)
+            self._lost = (AbortKind.CONNECTION_LOST, "the peer closed the connection", None)
         self._ul.receive_data(data, now=now)
         self._pump(now)
         if self.config.network is not None and data:
             self._network_deadline = now + self.config.network
         self._track_progress(now)
 
-    def connection_lost(self, detail: str, now: float, error: BaseException | None = None) -> None:
-        """The transport broke (reset, failed write): the abort cause says ``detail``."""
+    def connection_lost(
+        self,
+        detail: str,
+        now: float,
+        error: BaseException | None = None,
+        *,
+        kind: AbortKind = AbortKind.CONNECTION_LOST,
+    ) -> None:
+        """The transport broke (reset, failed write) or the driver gave up on it (``kind``
+        :attr:`AbortKind.WRITE_TIMEOUT`): the abort cause says ``detail``."""
         if self._lost is None and not self._ended():
-            self._lost = (detail, error)
+            self._lost = (kind, detail, error)
         self._ul.receive_data(None, now=now)
         self._pump(now)
 
@@ -684,27 +692,35 @@ class AssociationCore:
         detail: str,
         error: BaseException | None,
         linger: float | None,
+        user_source: bool = False,
     ) -> bool:
-        if kind is AbortKind.PROTOCOL:
-            reason = int(error.abort_reason) if isinstance(error, ProtocolError) else 0
-            pdu = Abort(2, reason)
+        if kind is AbortKind.PROTOCOL and isinstance(error, ProtocolError) and user_source is False:
+            pdu = Abort(2, int(error.abort_reason))
         else:
             pdu = Abort(0, 0)
+        if linger is None:
+            linger = _LINGER.get(kind, 0.0)
         try:
             self._ul.send(pdu, now=now)
         except LocalProtocolError:
+            # Already over.  In Sta13 (waiting for the peer to close) the wait is shortened
+            # to the linger asked for.
+            if self._ul.state is State.AWAITING_TRANSPORT_CLOSE and linger is not None:
+                self._linger(now, linger)
             return False
         self._acse_deadline = math.inf
         self._set_cause(AbortCause(kind, pdu.source, pdu.reason, True, detail, error))
-        if linger is None:
-            linger = _LINGER.get(kind, 0.0)
-        if linger is None or linger >= self.config.artim:
-            return True  # ARTIM (Sta13) bounds the wait
+        if linger is not None:
+            self._linger(now, linger)
+        return True
+
+    def _linger(self, now: float, linger: float) -> None:
+        if linger >= self.config.artim:
+            return  # ARTIM (Sta13) bounds the wait
         if linger <= 0:
             self._close_now(now)
-        else:
+        elif now + linger < self._linger_deadline:
             self._linger_deadline = now + linger
-        return True
 
     def _close_now(self, now: float) -> None:
         """Our A-ABORT is queued and the peer is not to be waited for: the transport closes
@@ -845,12 +861,10 @@ class AssociationCore:
         try:
             negotiated = process_associate_ac(self.request, ac)
         except ProtocolError as exc:
-            self.abort(
-                now,
-                kind=AbortKind.PROTOCOL,
-                detail=f"invalid A-ASSOCIATE-AC: {exc}",
-                error=exc,
-                linger=self.config.artim,
+            # the requestor's own A-ABORT (source 0): its user asked for an association the
+            # AC does not give
+            self._abort(
+                now, AbortKind.PROTOCOL, f"invalid A-ASSOCIATE-AC: {exc}", exc, ABORT_LINGER, True
             )
             return
         self._established(negotiated)
@@ -863,10 +877,12 @@ class AssociationCore:
                 AbortKind.PROTOCOL, event.source, event.reason, True, str(event.error), event.error
             )
         else:  # AA-4: the transport went away
-            detail, error = self._lost or ("the peer closed the connection", None)
-            cause = AbortCause(
-                AbortKind.CONNECTION_LOST, event.source, event.reason, True, detail, error
+            kind, detail, error = self._lost or (
+                AbortKind.CONNECTION_LOST,
+                "the peer closed the connection",
+                None,
             )
+            cause = AbortCause(kind, event.source, event.reason, True, detail, error)
         self._set_cause(cause)
 
     def _response(self, event: ResponseReceived, now: float) -> None:
@@ -874,7 +890,7 @@ class AssociationCore:
             self._warned_context = True
             self._events.append(
                 ResponseOnOtherContext(
-                    event.message,  # type: ignore[arg-type]
+                    event.message,
                     event.context_id,
                     event.request_context_id,
                 )
@@ -884,7 +900,7 @@ class AssociationCore:
             return
         self._deliver(
             event.context_id,
-            event.message,  # type: ignore[arg-type]
+            event.message,
             event.message_id,
             event.final,
             None,
@@ -922,7 +938,7 @@ class AssociationCore:
     def _deliver(
         self,
         context_id: int,
-        message: Response,
+        message: Message,
         message_id: int,
         final: bool,
         dataset: bytes | None,

@@ -196,8 +196,8 @@ def test_rejection() -> None:
 
 
 def test_invalid_associate_ac_aborts_with_a_protocol_cause() -> None:
-    """An AC accepting a transfer syntax that was not proposed (PS3.8 9.3.3.2): A-ABORT,
-    source 2, reason 6 (invalid PDU parameter value)."""
+    """An AC accepting a transfer syntax that was not proposed: the requestor's own A-ABORT
+    (source 0, reason 0), then a moment for the peer to close."""
     from dataclasses import replace
 
     from asyncdicom.protocol.pdu import PresentationContextACItem
@@ -218,8 +218,8 @@ def test_invalid_associate_ac_aborts_with_a_protocol_cause() -> None:
     cause = aborted.cause
     assert (cause.kind, cause.source, cause.reason, cause.local) == (
         AbortKind.PROTOCOL,
-        2,
-        6,
+        0,
+        0,
         True,
     )
     assert "was not proposed" in cause.detail
