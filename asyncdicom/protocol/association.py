@@ -445,7 +445,7 @@ class AssociationCore:
     def reading(self, now: float) -> None:
         """The driver is about to wait for bytes: the idle and progress clocks count from here
         (needed only while :attr:`wants_read_time`)."""
-        if self.config.network is not None:
+        if self.config.network is not None and self.abort_cause is None:
             self._network_deadline = now + self.config.network
         if self._bank is not None:
             self._bank_mark = now
@@ -464,7 +464,7 @@ class AssociationCore:
             self._lost = (AbortKind.CONNECTION_LOST, "the peer closed the connection", None)
         self._ul.receive_data(data, now=now)
         self._pump(now)
-        if self.config.network is not None and data:
+        if self.config.network is not None and data and self.abort_cause is None:
             self._network_deadline = now + self.config.network
         self._track_progress(now)
 
@@ -796,6 +796,7 @@ class AssociationCore:
                             detail=f"no DIMSE response within {cfg.dimse} s",
                         )
                     return
+            self._ops_dirty = True  # (a stale cache: recomputed at the next look)
 
     # ------------------------------------------------------------------ the pump
 
