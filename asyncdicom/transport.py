@@ -409,9 +409,10 @@ def describe_loss(exc: BaseException | None) -> str:
 class WriteWatchdog:
     """The write timeout of one connection, without a timer per write.
 
-    The writer brackets each write with :meth:`begin` and :meth:`end`.  While writes happen, a
-    task looks every quarter of ``timeout`` at the write in progress; the same one seen in
-    progress five times in a row has taken at least ``timeout`` (and less than 1.25 times it):
+    The writer counts each write in :attr:`serial` and flags it in :attr:`writing`.  While
+    writes happen, a task looks every quarter of ``timeout`` at the write in progress; the same
+    one seen in progress five times in a row has taken at least ``timeout`` (and less than 1.25
+    times it):
     the peer stopped reading, or reads too slowly to take one write in that time.  No A-ABORT
     can get through a full window, so ``on_stall(timeout)`` is called (it records why) and the
     connection is closed at once, which wakes the writer.
@@ -420,7 +421,7 @@ class WriteWatchdog:
     again), so an idle connection has none: no task, no timer.
     """
 
-    __slots__ = ("_closed", "_on_stall", "_running", "_serial", "_stream", "_timeout", "_writing")
+    __slots__ = ("_closed", "_on_stall", "_stream", "_timeout", "running", "serial", "writing")
 
     def __init__(
         self,
@@ -433,27 +434,22 @@ class WriteWatchdog:
         self._timeout = timeout
         self._on_stall = on_stall
         self._closed = closed
-        self._serial = 0
-        self._writing = False
-        self._running = False
+        #: writes started so far, and whether one is in progress: the writer sets them (two
+        #: attribute stores per write, no call), calling :meth:`start` when not ``running``
+        self.serial = 0
+        self.writing = False
+        self.running = False
 
-    def begin(self, task_group: TaskGroup | None) -> None:
-        """A write starts; the watching task is started in ``task_group`` if needed (``None``:
-        do not watch this write)."""
-        self._serial += 1
-        self._writing = True
+    def start(self, task_group: TaskGroup | None) -> None:
+        """Start the watching task in ``task_group`` (``None``: do not watch)."""
         timeout = self._timeout
-        if self._running or timeout is None or task_group is None or self._closed.is_set():
+        if self.running or timeout is None or task_group is None or self._closed.is_set():
             return
-        self._running = True
+        self.running = True
         try:
             task_group.start_soon(self._watch, timeout)
         except RuntimeError:  # the task group has ended
-            self._running = False
-
-    def end(self) -> None:
-        """The write in progress ended."""
-        self._writing = False
+            self.running = False
 
     async def _watch(self, timeout: float) -> None:
         interval = timeout / 4
@@ -464,16 +460,16 @@ class WriteWatchdog:
             while True:
                 with anyio.move_on_after(interval):
                     await closed.wait()
-                if closed.is_set() or not self._writing:
+                if closed.is_set() or not self.writing:
                     return
-                if self._serial == seen:
+                if self.serial == seen:
                     count += 1
                     if count >= 4:
                         self._on_stall(timeout)
                         await close_forcefully(self._stream)
                         return
                 else:
-                    seen = self._serial
+                    seen = self.serial
                     count = 0
         finally:
-            self._running = False
+            self.running = False

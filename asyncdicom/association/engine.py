@@ -337,7 +337,11 @@ class Engine:
                 return
             # the watchdog runs only while an established association is writing (before
             # that only a few kilobytes are written: the kernel's buffer takes them at once)
-            self._watchdog.begin(self._tg if self._core.ops is not None else None)
+            watch = self._watchdog
+            watch.serial += 1
+            watch.writing = True
+            if not watch.running and self._core.ops is not None:
+                watch.start(self._tg)
             try:
                 await self._stream.send(data)
             except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
@@ -355,7 +359,7 @@ class Engine:
                     self._core.connection_lost("a write was interrupted", self._now())
                 raise
             finally:
-                self._watchdog.end()
+                watch.writing = False
         if lost is not None:
             # act on the loss now (waiters woken), not when the reader next wakes up: a
             # sender must see "connection lost", not a state-machine refusal

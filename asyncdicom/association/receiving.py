@@ -103,7 +103,10 @@ class Receiving(Lifecycle):
         if not core.can_answer:
             # The association ended while requests it had sent were still in our input.
             return
-        self._received(message, event.context_id)
+        if self._tracing:
+            self._trace("dimse_received", message, event.context_id)
+        if self.hooks.wants(HookEvent.DIMSE_RECEIVED):
+            self.hooks.emit(HookEvent.DIMSE_RECEIVED, self, message=message)
         context = core.context(event.context_id)
         if not message.has_dataset and not self._message_lock.locked():
             # Nothing to run (C-ECHO's default, or an operation nobody handles): answer at

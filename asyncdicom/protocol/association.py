@@ -332,6 +332,8 @@ class AssociationCore:
         self._sending: Invocation | None = None
         #: the driver wants ``reading(now)`` calls: a network timeout or a transfer in progress
         self.wants_read_time = cfg.network is not None
+        # the hot path calls the machine's method directly (no wrapper call per write)
+        self.data_to_send = self._ul.data_to_send  # type: ignore[method-assign]
 
     # ------------------------------------------------------------------ state
 
@@ -403,7 +405,7 @@ class AssociationCore:
 
     def data_to_send(self) -> bytes:
         """Every byte queued for the peer since the last call (``b""`` when none)."""
-        return self._ul.data_to_send()
+        return self._ul.data_to_send()  # (replaced per instance by the machine's own method)
 
     def timer_deadline(self) -> float | None:
         """The earliest running deadline (in the clock of ``now``), ``None`` if none runs."""
@@ -462,11 +464,24 @@ class AssociationCore:
             self._bank_mark = now
         if data is None and self._lost is None and not self._ended():
             self._lost = (AbortKind.CONNECTION_LOST, "the peer closed the connection", None)
-        self._ul.receive_data(data, now=now)
-        self._pump(now)
-        if self.config.network is not None and data and self.abort_cause is None:
-            self._network_deadline = now + self.config.network
-        self._track_progress(now)
+        ul = self._ul
+        ul.receive_data(data, now=now)
+        if ul._events:
+            self._pump(now)
+        cfg = self.config
+        if cfg.network is not None and data and self.abort_cause is None:
+            self._network_deadline = now + cfg.network
+        # the receive-progress bank runs while a PDU or a message is in progress
+        ops = self.ops
+        if ops is not None and cfg.dimse is not None:
+            if (not ops.idle or ul.receiving_pdu) and not ul.is_closed:
+                if self._bank is None:
+                    self._bank = cfg.dimse
+                    self._bank_mark = now
+                self.wants_read_time = True
+            elif self._bank is not None:
+                self._bank = None
+                self.wants_read_time = cfg.network is not None
 
     def connection_lost(
         self,
@@ -485,26 +500,6 @@ class AssociationCore:
 
     def _ended(self) -> bool:
         return self.abort_cause is not None or self.rejection is not None or self.released
-
-    def _track_progress(self, now: float) -> None:
-        """Start or stop the receive-progress bank (a PDU or message in progress)."""
-        ops = self.ops
-        timeout = self.config.dimse
-        busy = (
-            timeout is not None
-            and ops is not None
-            and (not ops.idle or self._ul.receiving_pdu)
-            and not self._ul.is_closed
-        )
-        if busy:
-            if self._bank is None:
-                assert timeout is not None
-                self._bank = timeout
-                self._bank_mark = now
-            self.wants_read_time = True
-        elif self._bank is not None:
-            self._bank = None
-            self.wants_read_time = self.config.network is not None
 
     # ------------------------------------------------------------------ establishment
 
@@ -583,7 +578,10 @@ class AssociationCore:
 
     def respond(self, message_id: int, response: Response) -> None:
         """Record a response to the peer's operation (see :meth:`DIMSEOperations.respond`)."""
-        self._ops_or_raise().respond(message_id, response)
+        ops = self.ops
+        if ops is None:
+            raise LocalProtocolError("the association is not established")
+        ops.respond(message_id, response)
 
     def finish(self, message_id: int) -> None:
         """End the peer's operation without (further) response."""
@@ -598,7 +596,7 @@ class AssociationCore:
         """Queue a DIMSE message's command set (``command``: already encoded).  A request of
         ours without a data set starts its DIMSE deadline here; one with a data set when its
         last fragment is queued (:meth:`send_data`)."""
-        size = self.fragment_size
+        size = self._fragment_size or self.fragment_size
         data = dimse.encode_command(message) if command is None else command
         ul = self._ul
         if len(data) <= size:  # the fast path: one PDV, command and last bits set
@@ -606,9 +604,10 @@ class AssociationCore:
         else:
             for header, payload in dimse.pdv_fragments(data, size, command=True):
                 ul.send_pdata(context_id, header, payload, now=now)
-        if not message.is_response and self.ops is not None:
+        ops = self.ops
+        if ops is not None and ops.invoked:
             message_id: int = getattr(message, "message_id", 0)
-            invocation = self.ops.invoked.get(message_id)
+            invocation = ops.invoked.get(message_id)
             if invocation is not None and invocation.request is message:
                 if message.has_dataset:
                     self._sending = invocation

@@ -350,7 +350,12 @@ class DIMSEOperations:
             raise LocalProtocolError(f"{response.NAME} does not answer a {_name(field)}")
         if response.status not in PENDING_STATUSES:  # (is_pending, inlined: hot path)
             del self._peer[message_id]
-            self._remember(self._ended_performed, message_id)
+            ended = self._ended_performed  # (_remember, inlined: hot path)
+            if message_id in ended:
+                ended.move_to_end(message_id)
+            ended[message_id] = None
+            if len(ended) > RECENTLY_ENDED:
+                ended.popitem(last=False)
         elif field not in _MULTI_RESPONSE_FIELDS:
             raise LocalProtocolError(f"a {_name(field)} has no Pending responses")
 
