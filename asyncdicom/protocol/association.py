@@ -64,6 +64,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
@@ -332,8 +333,9 @@ class AssociationCore:
         self._sending: Invocation | None = None
         #: the driver wants ``reading(now)`` calls: a network timeout or a transfer in progress
         self.wants_read_time = cfg.network is not None
-        # the hot path calls the machine's method directly (no wrapper call per write)
-        self.data_to_send = self._ul.data_to_send  # type: ignore[method-assign]
+        #: ``data_to_send()``: every byte queued for the peer since the last call (``b""`` when
+        #: none); the machine's own method, so that a write costs no wrapper call
+        self.data_to_send: Callable[[], bytes] = self._ul.data_to_send
 
     # ------------------------------------------------------------------ state
 
@@ -402,10 +404,6 @@ class AssociationCore:
         if self._events:
             return self._events.popleft()
         return NEED_DATA
-
-    def data_to_send(self) -> bytes:
-        """Every byte queued for the peer since the last call (``b""`` when none)."""
-        return self._ul.data_to_send()  # (replaced per instance by the machine's own method)
 
     def timer_deadline(self) -> float | None:
         """The earliest running deadline (in the clock of ``now``), ``None`` if none runs."""
