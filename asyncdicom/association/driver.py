@@ -295,6 +295,7 @@ class Association(DIMSELayer):
         failure: BaseException | None = None
         async with anyio.create_task_group() as tg:
             self._tg = tg
+            self._use_loop_clock()
             self._core.start(self._now(), request=request)  # Evt1, Evt2: the RQ is queued
             self.hooks.emit(HookEvent.ASSOCIATION_REQUESTED, self, request=request)
             await tg.start(self._run_reader)
@@ -359,6 +360,7 @@ class Association(DIMSELayer):
         (ARTIM starts now); handlers still running then are cancelled."""
         async with anyio.create_task_group() as tg:
             self._tg = tg
+            self._use_loop_clock()
             self._core.start(self._now())  # Evt5: ARTIM starts
             await self._run_reader()
             tg.cancel_scope.cancel()  # handlers still running have nobody to answer

@@ -11,6 +11,7 @@ decides a rule of the standard: the core does.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import math
@@ -18,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar, Protocol
 
 import anyio
+import sniffio
 from anyio.abc import ByteStream, TaskGroup
 
 from .. import errors
@@ -116,6 +118,8 @@ class Engine:
         self.id = next(_assoc_ids)
         self.peer_host, self.peer_port = peer_address(stream)
         self._stream = stream
+        #: the event loop's clock (that of cancel scopes); made direct by ``_use_loop_clock``
+        self._now: Callable[[], float] = anyio.current_time
         self._core = AssociationCore(role, core_config(self.config))
         self._hooks_version = -1
         self._sync_hooks()
@@ -221,8 +225,16 @@ class Engine:
 
     # ------------------------------------------------------------------ reading
 
-    def _now(self) -> float:
-        return anyio.current_time()
+    def _use_loop_clock(self) -> None:
+        """Read the running event loop's clock directly (the clock anyio's deadlines use),
+        without anyio's backend lookup on every reading: two readings per message."""
+        library = sniffio.current_async_library()
+        if library == "asyncio":
+            self._now = asyncio.get_running_loop().time
+        elif library == "trio":
+            import trio
+
+            self._now = trio.current_time
 
     async def _run_reader(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
         """Receive under the core's deadline, feed the core, act on its events; ends when the
