@@ -22,7 +22,6 @@ import anyio
 import sniffio
 from anyio.abc import ByteStream, TaskGroup
 
-from .. import errors
 from .._readsize import ReadSizer
 from ..config import AEConfig
 from ..hooks import HookEvent, Hooks
@@ -79,28 +78,6 @@ def core_config(cfg: AEConfig) -> CoreConfig:
         max_command_length=cfg.max_command_set_length,
         max_dataset_in_memory=cfg.max_dataset_in_memory,
     )
-
-
-def failure(cause: AbortCause) -> errors.AssociationError:
-    """The exception that callers see for an association ended by ``cause``."""
-    kind = cause.kind
-    if kind is AbortKind.CONNECTION_LOST:
-        return errors.ConnectionLost(cause.detail)
-    timeout = _TIMEOUT_ERRORS.get(kind)
-    if timeout is not None:
-        return timeout(f"association aborted: {cause.detail}")
-    return errors.AssociationAborted(
-        cause.source, cause.reason, local=cause.local, detail=cause.detail
-    )
-
-
-_TIMEOUT_ERRORS: dict[AbortKind, type[errors.AssociationError]] = {
-    AbortKind.ACSE_TIMEOUT: errors.ACSETimeout,
-    AbortKind.DIMSE_TIMEOUT: errors.DIMSETimeout,
-    AbortKind.RECEIVE_TIMEOUT: errors.DIMSETimeout,
-    AbortKind.WRITE_TIMEOUT: errors.DIMSETimeout,
-    AbortKind.NETWORK_TIMEOUT: errors.NetworkTimeout,
-}
 
 
 class Engine:
@@ -444,15 +421,6 @@ class Engine:
             action=action,
             new_state=new,
         )
-
-    # ------------------------------------------------------------------ ending
-
-    def _raise_if_gone(self) -> None:
-        cause = self._core.abort_cause
-        if cause is not None:
-            raise failure(cause)
-        if self._closed.is_set() or not self._established.is_set():
-            raise errors.AssociationError("the association is not established")
 
     async def wait_closed(self) -> None:
         """Wait until the transport is closed."""

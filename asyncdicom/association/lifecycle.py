@@ -13,6 +13,7 @@ import anyio
 from .. import errors
 from ..hooks import HookEvent
 from ..protocol.association import (
+    AbortCause,
     Aborted,
     AbortKind,
     AssociationRefused,
@@ -30,13 +31,42 @@ from ..refusal import Refusal, RefusalRule
 from ..transport import close_quietly
 from .engine import ABORT_LINGER, Engine
 
-__all__ = ["Lifecycle"]
+__all__ = ["Lifecycle", "failure"]
+
+
+def failure(cause: AbortCause) -> errors.AssociationError:
+    """The exception that callers see for an association ended by ``cause``."""
+    kind = cause.kind
+    if kind is AbortKind.CONNECTION_LOST:
+        return errors.ConnectionLost(cause.detail)
+    timeout = _TIMEOUT_ERRORS.get(kind)
+    if timeout is not None:
+        return timeout(f"association aborted: {cause.detail}")
+    return errors.AssociationAborted(
+        cause.source, cause.reason, local=cause.local, detail=cause.detail
+    )
+
+
+_TIMEOUT_ERRORS: dict[AbortKind, type[errors.AssociationError]] = {
+    AbortKind.ACSE_TIMEOUT: errors.ACSETimeout,
+    AbortKind.DIMSE_TIMEOUT: errors.DIMSETimeout,
+    AbortKind.RECEIVE_TIMEOUT: errors.DIMSETimeout,
+    AbortKind.WRITE_TIMEOUT: errors.DIMSETimeout,
+    AbortKind.NETWORK_TIMEOUT: errors.NetworkTimeout,
+}
 
 
 class Lifecycle(Engine):
     """Handlers of the association-level events; release and abort."""
 
     _invoke_slots: anyio.Semaphore | None = None
+
+    def _raise_if_gone(self) -> None:
+        cause = self._core.abort_cause
+        if cause is not None:
+            raise failure(cause)
+        if self._closed.is_set() or not self._established.is_set():
+            raise errors.AssociationError("the association is not established")
 
     async def _on_requested(self, event: AssociationRequested) -> None:
         await self.ae._on_association_requested(self, event.request)
