@@ -31,7 +31,7 @@ from typing import Any, ClassVar, TypeVar, overload
 import anyio
 from anyio.abc import ByteStream, TaskStatus
 
-from . import errors, transport
+from . import transport
 from .association import BaseAssociation
 from .config import DEFAULT_TRANSFER_SYNTAXES, AEConfig, Timeouts
 from .correlation import Correlator
@@ -464,73 +464,14 @@ class AE:
     async def _associate_on(
         self, stream: ByteStream, rq: AssociateRQ, called_aet: str, where: str
     ) -> AsyncIterator[Association]:
-        cfg = self.config
         assoc = Association(self, stream, Role.REQUESTOR, dispatcher=self._dispatcher)
-        assoc._request = rq
         assoc.log = assoc.log.bind(called_aet=called_aet)
-        self.hooks.emit(HookEvent.CONNECTION_OPENED, assoc)
-        failure: BaseException | None = None
-        async with anyio.create_task_group() as tg:
-            assoc._tg = tg
-            now = anyio.current_time()
-            assoc._ul.send(rq, now=now)  # Evt1 -> Sta4 (the connection is already up)
-            assoc._ul.connection_made(now=now)  # Evt2 -> AE-2: the RQ is queued
-            self.hooks.emit(HookEvent.ASSOCIATION_REQUESTED, assoc, request=rq)
-            await tg.start(assoc._run_reader)
-            await assoc._flush()
-            with anyio.move_on_after(cfg.timeouts.acse) as scope:
-                await assoc._established.wait()
-            if scope.cancelled_caught:
-                failure = errors.ACSETimeout(
-                    f"no A-ASSOCIATE-AC/RJ from {where} within {cfg.timeouts.acse} s"
-                )
-                await assoc.abort(linger=0)  # the peer is not answering: do not wait on it
-            elif assoc.rejection is not None:
-                rj = assoc.rejection
-                failure = errors.AssociationRejected(rj.result, rj.source, rj.reason)
-            elif assoc._lost_to_tls is not None and assoc.negotiated is None:
-                # TLS 1.3: the client's handshake ends before the server has checked its
-                # certificate; the server's refusal is an alert on the first read
-                failure = errors.TLSError(
-                    f"TLS with {where} failed after the handshake: {assoc._lost_to_tls}"
-                )
-            elif assoc._lost is not None:
-                failure = errors.ConnectionLost(
-                    assoc._lost
-                    if assoc.negotiated is not None
-                    else f"{assoc._lost} during association establishment ({where})"
-                )
-            elif assoc.negotiated is None or assoc.abort_info is not None:
-                a = assoc.abort_info
-                failure = errors.AssociationAborted(
-                    a.source if a else 2,
-                    a.reason if a else 0,
-                    local=a.local if a else True,
-                    detail=assoc._abort_detail or "during association establishment",
-                )
-                if a is not None and a.local:
-                    # we aborted (an A-ASSOCIATE-AC we cannot accept): the peer gets a moment
-                    # to close, not the whole ARTIM timeout
-                    await assoc._close_after_abort()
-            if failure is None:
-                self._associations.add(assoc)
-                try:
-                    yield assoc
-                except BaseException as exc:
-                    failure = exc
-                    await assoc.abort()
-                else:
-                    if not assoc.is_closed:
-                        try:
-                            await assoc.release()
-                        except errors.DICOMError as exc:
-                            failure = exc
-                finally:
-                    self._associations.discard(assoc)
-            await assoc.wait_closed()
-            tg.cancel_scope.cancel()
-        if failure is not None:
-            raise failure
+        async with assoc.open(rq, where=where):
+            self._associations.add(assoc)
+            try:
+                yield assoc
+            finally:
+                self._associations.discard(assoc)
 
     # ------------------------------------------------------------------ acceptor
 
@@ -613,12 +554,12 @@ class AE:
         """Acceptor: send ``rj``, remembering why (:meth:`refusal`, for the hooks), and log it
         as one warning."""
         self._refusals[assoc] = refusal
-        await assoc._reject(rj)
+        await assoc.reject(rj)
         if assoc.rejection is not rj:  # aborted or closed meanwhile: nothing was refused
             self._refusals.pop(assoc, None)
             return
         item = rq.user_information.user_identity_rq
-        assoc._log_rejection(
+        assoc.log_rejection(
             rj,
             refusal,
             user=identity_user_name(item) if item is not None else None,
@@ -695,7 +636,7 @@ class AE:
             if await self._over_limit(assoc, rq):
                 return
             self._associations.add(assoc)
-            await assoc._accept(result.ac, result.association)
+            await assoc.accept(result.ac, result.association)
             return
         rj = result.rj
         rule = _NEGOTIATION_RULES.get((rj.source, rj.reason), RefusalRule.OTHER)
@@ -721,11 +662,7 @@ class AE:
         self.hooks.emit(HookEvent.CONNECTION_OPENED, assoc)
         assoc.log.debug("connection_opened")
         try:
-            async with anyio.create_task_group() as tg:
-                assoc._tg = tg
-                assoc._ul.connection_made(now=anyio.current_time())  # Evt5: ARTIM starts
-                await assoc._run_reader()
-                tg.cancel_scope.cancel()  # handlers still running have nobody to answer
+            await assoc.serve()
         except Exception as exc:  # one connection's bug must not stop the server
             self.internal_errors += 1
             AE.total_internal_errors += 1

@@ -27,7 +27,7 @@ class HookEvent(Enum):
     ASSOCIATION_ACCEPTED = "association_accepted"
     ASSOCIATION_REJECTED = "association_rejected"  # data: reject (AssociateRJ)
     ASSOCIATION_RELEASED = "association_released"
-    ASSOCIATION_ABORTED = "association_aborted"  # data: abort (protocol AssociationAborted)
+    ASSOCIATION_ABORTED = "association_aborted"  # data: abort (protocol AbortCause)
     PDU_SENT = "pdu_sent"  # data: data (bytes written)
     PDU_RECEIVED = "pdu_received"  # data: data (bytes read)
     STATE_TRANSITION = "state_transition"  # data: old_state, fsm_event, action, new_state

@@ -34,9 +34,12 @@ __all__ = [
     "TLS12_CIPHERS",
     "Listener",
     "TLSError",
+    "WriteWatchdog",
     "client_context",
+    "close_forcefully",
     "close_quietly",
     "connect",
+    "describe_loss",
     "listen",
     "peer_address",
     "server_context",
@@ -403,3 +406,82 @@ async def close_quietly(stream: ByteStream) -> None:
     with anyio.CancelScope(shield=True):
         with contextlib.suppress(OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
             await stream.aclose()
+
+
+def describe_loss(exc: BaseException | None) -> str:
+    """Why a connection went away, in words: the peer closed it (``None`` or end of stream),
+    or it broke (the OS error or TLS alert behind ``exc``)."""
+    if exc is None or isinstance(exc, anyio.EndOfStream):
+        return "the peer closed the connection"
+    cause = exc.__cause__ if exc.__cause__ is not None else exc
+    text = str(cause) or type(cause).__name__
+    return f"the connection to the peer broke ({text})"
+
+
+class WriteWatchdog:
+    """The write timeout of one connection, without a timer per write.
+
+    The writer counts each write in :attr:`serial` and flags it in :attr:`writing`.  While
+    writes happen, a task looks every quarter of ``timeout`` at the write in progress; the same
+    one seen in progress five times in a row has taken at least ``timeout`` (and less than 1.25
+    times it):
+    the peer stopped reading, or reads too slowly to take one write in that time.  No A-ABORT
+    can get through a full window, so ``on_stall(timeout)`` is called (it records why) and the
+    connection is closed at once, which wakes the writer.
+
+    The task ends at the first look that finds no write in progress (the next write starts it
+    again), so an idle connection has none: no task, no timer.
+    """
+
+    __slots__ = ("_closed", "_on_stall", "_stream", "_timeout", "running", "serial", "writing")
+
+    def __init__(
+        self,
+        stream: ByteStream,
+        timeout: float | None,
+        on_stall: Callable[[float], None],
+        closed: anyio.Event,
+    ) -> None:
+        self._stream = stream
+        self._timeout = timeout
+        self._on_stall = on_stall
+        self._closed = closed
+        #: writes started so far, and whether one is in progress: the writer sets them (two
+        #: attribute stores per write, no call), calling :meth:`start` when not ``running``
+        self.serial = 0
+        self.writing = False
+        self.running = False
+
+    def start(self, task_group: TaskGroup | None) -> None:
+        """Start the watching task in ``task_group`` (``None``: do not watch)."""
+        timeout = self._timeout
+        if self.running or timeout is None or task_group is None or self._closed.is_set():
+            return
+        self.running = True
+        try:
+            task_group.start_soon(self._watch, timeout)
+        except RuntimeError:  # the task group has ended
+            self.running = False
+
+    async def _watch(self, timeout: float) -> None:
+        interval = timeout / 4
+        seen = -1
+        count = 0
+        closed = self._closed
+        try:
+            while True:
+                with anyio.move_on_after(interval):
+                    await closed.wait()
+                if closed.is_set() or not self.writing:
+                    return
+                if self.serial == seen:
+                    count += 1
+                    if count >= 4:
+                        self._on_stall(timeout)
+                        await close_forcefully(self._stream)
+                        return
+                else:
+                    seen = self.serial
+                    count = 0
+        finally:
+            self.running = False

@@ -655,6 +655,7 @@ def test_cancel_received_after_the_final_response_is_not_an_error() -> None:
     ops.respond(11, m.CFindRSP(11, 0x0000))
     event = single(feed(ops, 1, m.CCancelRQ(11)))
     assert event == CancelReceived(1, 11, known=False)
+    assert isinstance(event, CancelReceived) and event.late  # it crossed the final response
     assert ops.performed == {}
 
 
@@ -663,6 +664,7 @@ def test_cancel_received_for_an_operation_that_never_existed() -> None:
     ops.invoke(1, find_rq(11))  # ours, not the peer's: C-CANCEL names the peer's operations
     event = single(feed(ops, 1, m.CCancelRQ(11)))
     assert event == CancelReceived(1, 11, known=False)
+    assert isinstance(event, CancelReceived) and not event.late
     assert list(ops.invoked) == [11]
     assert not ops.invoked[11].cancel_requested
 
@@ -1103,6 +1105,33 @@ def test_a_response_on_another_context_is_a_protocol_error() -> None:
     ops.invoke(1, echo_rq(1))
     with pytest.raises(DIMSEError, match="presentation context 3"):
         feed(ops, 3, m.CEchoRSP(1, 0x0000))
+
+
+def test_a_response_on_another_context_of_the_same_abstract_syntax_is_accepted() -> None:
+    """Issue 18 item 6: peers (odil, PixelMed) answer on any context of the SOP class."""
+    ops = DIMSEOperations({1: CT, 3: CT, 5: FIND})
+    ops.invoke(1, m.CStoreRQ(1, CT, "1.2.3"))
+    events = feed(ops, 3, m.CStoreRSP(1, 0x0000, affected_sop_class_uid=CT))
+    assert [type(e) for e in events] == [ResponseReceived]
+    event = events[0]
+    assert isinstance(event, ResponseReceived)
+    assert event.context_id == 3 and event.request_context_id == 1 and event.final
+    assert ops.invoked == {}
+
+
+def test_a_response_on_another_context_of_another_abstract_syntax_is_a_protocol_error() -> None:
+    ops = DIMSEOperations({1: CT, 3: CT, 5: FIND})
+    ops.invoke(1, m.CStoreRQ(1, CT, "1.2.3"))
+    with pytest.raises(DIMSEError, match="presentation context 5, its request went on 1"):
+        feed(ops, 5, m.CStoreRSP(1, 0x0000, affected_sop_class_uid=CT))
+
+
+def test_a_second_final_response_names_the_operation_that_ended() -> None:
+    ops = DIMSEOperations(ACCEPTED)
+    ops.invoke(1, echo_rq(1))
+    feed(ops, 1, m.CEchoRSP(1, 0x0000))
+    with pytest.raises(DIMSEError, match="final response already came"):
+        feed(ops, 1, m.CEchoRSP(1, 0x0000))
 
 
 @pytest.mark.parametrize("status", PENDING)
