@@ -71,7 +71,11 @@ COMMANDS: dict[str, type[messages.Message]] = {
 
 def request_type(command: str | type[messages.Message]) -> type[messages.Message]:
     """The request class for ``command``: a class such as ``messages.NActionRQ`` or a name
-    such as ``"N-ACTION"`` (case-insensitive, with or without ``-RQ``)."""
+    such as ``"N-ACTION"`` (case-insensitive, with or without ``-RQ``).
+
+    Raises:
+        ValueError: ``command`` names no DIMSE request.
+    """
     if isinstance(command, str):
         key = command.upper().removesuffix("-RQ")
         try:
@@ -288,7 +292,11 @@ def is_async_callable(fn: Any) -> bool:
 
 async def call(fn: Callable[..., Any], *args: Any) -> Any:
     """Call a user callback by asyncdicom's one rule: ``async def`` is awaited on the event
-    loop, a plain function runs in a worker thread."""
+    loop, a plain function runs in a worker thread.
+
+    Raises:
+        Exception: whatever the callback raises, unchanged.
+    """
     if is_async_callable(fn):
         return await fn(*args)
     return await anyio.to_thread.run_sync(lambda: fn(*args))

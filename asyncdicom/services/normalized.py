@@ -96,7 +96,14 @@ class NormalizedSCU(BaseAssociation):
         abstract_syntax: str | None = None,
     ) -> DIMSEResponse:
         """N-EVENT-REPORT (PS3.7 10.1.1): report event ``event_type`` about ``sop_instance``,
-        with the Event Information data set ``information``."""
+        with the Event Information data set ``information``.
+
+        Raises:
+            NoAcceptedContext: no accepted context for ``abstract_syntax`` (the SOP class by
+                default) in which this side may take the role the command needs.
+            AssociationError: the association is gone or ends before the final response
+                (its subclasses say why: aborted, connection lost, DIMSE timeout).
+        """
         rq = messages.NEventReportRQ(
             message_id=self.next_message_id(),
             affected_sop_class_uid=sop_class,
@@ -115,7 +122,14 @@ class NormalizedSCU(BaseAssociation):
         abstract_syntax: str | None = None,
     ) -> DIMSEResponse:
         """N-GET (PS3.7 10.1.2): the values of ``attributes`` (tags or keywords; ``None``: all
-        of them) of ``sop_instance``; ``response.decode()`` is the Attribute List."""
+        of them) of ``sop_instance``; ``response.decode()`` is the Attribute List.
+
+        Raises:
+            NoAcceptedContext: no accepted context for ``abstract_syntax`` (the SOP class by
+                default) in which this side may take the role the command needs.
+            AssociationError: the association is gone or ends before the final response
+                (its subclasses say why: aborted, connection lost, DIMSE timeout).
+        """
         rq = messages.NGetRQ(
             message_id=self.next_message_id(),
             requested_sop_class_uid=sop_class,
@@ -133,7 +147,14 @@ class NormalizedSCU(BaseAssociation):
         abstract_syntax: str | None = None,
     ) -> DIMSEResponse:
         """N-SET (PS3.7 10.1.3): change the attributes of ``sop_instance`` to the values of
-        the Modification List ``modifications``."""
+        the Modification List ``modifications``.
+
+        Raises:
+            NoAcceptedContext: no accepted context for ``abstract_syntax`` (the SOP class by
+                default) in which this side may take the role the command needs.
+            AssociationError: the association is gone or ends before the final response
+                (its subclasses say why: aborted, connection lost, DIMSE timeout).
+        """
         rq = messages.NSetRQ(
             message_id=self.next_message_id(),
             requested_sop_class_uid=sop_class,
@@ -151,7 +172,14 @@ class NormalizedSCU(BaseAssociation):
         abstract_syntax: str | None = None,
     ) -> DIMSEResponse:
         """N-ACTION (PS3.7 10.1.4): ask for action ``action_type`` on ``sop_instance`` with
-        the Action Information data set ``information``."""
+        the Action Information data set ``information``.
+
+        Raises:
+            NoAcceptedContext: no accepted context for ``abstract_syntax`` (the SOP class by
+                default) in which this side may take the role the command needs.
+            AssociationError: the association is gone or ends before the final response
+                (its subclasses say why: aborted, connection lost, DIMSE timeout).
+        """
         rq = messages.NActionRQ(
             message_id=self.next_message_id(),
             requested_sop_class_uid=sop_class,
@@ -171,7 +199,14 @@ class NormalizedSCU(BaseAssociation):
     ) -> DIMSEResponse:
         """N-CREATE (PS3.7 10.1.5): create an instance of ``sop_class`` with the Attribute
         List ``attributes``.  Without ``sop_instance`` the SCP chooses the SOP Instance UID
-        and returns it as ``response.message.affected_sop_instance_uid``."""
+        and returns it as ``response.message.affected_sop_instance_uid``.
+
+        Raises:
+            NoAcceptedContext: no accepted context for ``abstract_syntax`` (the SOP class by
+                default) in which this side may take the role the command needs.
+            AssociationError: the association is gone or ends before the final response
+                (its subclasses say why: aborted, connection lost, DIMSE timeout).
+        """
         rq = messages.NCreateRQ(
             message_id=self.next_message_id(),
             affected_sop_class_uid=sop_class,
@@ -183,7 +218,14 @@ class NormalizedSCU(BaseAssociation):
     async def n_delete(
         self, sop_class: str, sop_instance: str, *, abstract_syntax: str | None = None
     ) -> DIMSEResponse:
-        """N-DELETE (PS3.7 10.1.6): delete ``sop_instance``."""
+        """N-DELETE (PS3.7 10.1.6): delete ``sop_instance``.
+
+        Raises:
+            NoAcceptedContext: no accepted context for ``abstract_syntax`` (the SOP class by
+                default) in which this side may take the role the command needs.
+            AssociationError: the association is gone or ends before the final response
+                (its subclasses say why: aborted, connection lost, DIMSE timeout).
+        """
         rq = messages.NDeleteRQ(
             message_id=self.next_message_id(),
             requested_sop_class_uid=sop_class,
