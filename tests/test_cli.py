@@ -650,6 +650,14 @@ async def test_demo(tmp_path: Path, anyio_backend: str) -> None:
     assert re.search(
         r"N-ACTION .*Storage Commitment .*?(\d+) committed, 0 failed; event type 1", text
     ), text
+    # Instance Availability Notification: one N-CREATE per study, every stored instance ONLINE
+    notified = re.search(
+        r"N-CREATE .*Instance Availability.*?(\d+) notifications; (\d+) instances ONLINE; "
+        r"0x0000 Success",
+        text,
+    )
+    assert notified, text
+    assert notified[2] == stored[1], text
     assert "all good" in text
 
 

@@ -8,7 +8,9 @@ carry the same SOP Instance UID; the summary names them next to the number of fi
 wrote, so that a count of instances that differs from the count of files is explained.
 
 After the C-FIND the SCU asks the SCP to commit to the instances it stored (Storage Commitment:
-N-ACTION, the report comes back as N-EVENT-REPORT on the same association), then retrieves the
+N-ACTION, the report comes back as N-EVENT-REPORT on the same association) and tells it which
+instances are available (Instance Availability Notification: one N-CREATE per study), then
+retrieves the
 studies found: a C-GET (the SCP sends the files back on the SCU's association; they are written
 to a folder) and a C-MOVE to a second in-process Storage SCP, the move destination.  Everything
 listens on 127.0.0.1.
@@ -37,6 +39,7 @@ from ..presets import (
 )
 from ..protocol import uids
 from ..protocol.status import describe
+from ..services import INSTANCE_AVAILABILITY_NOTIFICATION, AvailabilityReceiver
 from ..services.commitment import CommitmentSCP, CommitmentTimeout
 from ..storage.contexts import contexts_for_files
 from .options import add_common
@@ -178,6 +181,18 @@ async def run(args: argparse.Namespace) -> int:
         for col in ("operation", "object", "SOP class", "transfer syntax", "size", "status", "ms"):
             table.add_column(col)
 
+        # Instance Availability Notification (SCP): the studies the SCU says are available
+        notified: dict[str, int] = {}
+
+        def on_notification(_uid: str, notification: Dataset) -> None:
+            instances = sum(
+                len(series.get("ReferencedSOPSequence", []))
+                for series in notification.get("ReferencedSeriesSequence", [])
+            )
+            notified[str(notification.StudyInstanceUID)] = instances
+
+        scp.install(AvailabilityReceiver(on_notification))
+
         def committed(references: list[tuple[str, str]]) -> dict[str, int]:
             # Storage Commitment: the instances the SCP did not receive fail (0x0112)
             return {uid: 0x0112 for _cls, uid in references if uid not in received}
@@ -195,6 +210,7 @@ async def run(args: argparse.Namespace) -> int:
                     uids.VERIFICATION,
                     uids.STUDY_ROOT_QR_FIND,
                     uids.STORAGE_COMMITMENT_PUSH_MODEL,
+                    INSTANCE_AVAILABILITY_NOTIFICATION,
                     *contexts,
                 ],
             ) as assoc:
@@ -248,6 +264,9 @@ async def run(args: argparse.Namespace) -> int:
                 ms = f"{(time.perf_counter() - t0) * 1000:.1f}"
                 table.add_row("C-FIND", "STUDY level", "Study Root FIND", "-", "-", found, ms)
                 row, good = await _commit(assoc, stored)
+                table.add_row(*row)
+                ok_all &= good
+                row, good = await _notify(assoc, stored, notified)
                 table.add_row(*row)
                 ok_all &= good
 
@@ -334,6 +353,51 @@ async def _commit(assoc: Any, stored: list[_Sample]) -> _Row:
     ms = f"{(time.perf_counter() - t0) * 1000:.1f}"
     what = f"{len(instances)} instances"
     return ("N-ACTION", what, "Storage Commitment", "-", "-", outcome, ms), good
+
+
+async def _notify(assoc: Any, stored: list[_Sample], notified: dict[str, int]) -> _Row:
+    """Instance Availability Notification of the stored samples: one N-CREATE per study, its
+    series and instances ONLINE at DEMO-SCP; the table row, and whether the SCP took each."""
+    import pydicom
+    from pydicom.sequence import Sequence
+
+    studies: dict[str, dict[str, list[Dataset]]] = {}
+    for sample in stored:
+        header = pydicom.dcmread(sample.path, stop_before_pixels=True)
+        reference = Dataset()
+        reference.ReferencedSOPClassUID = header.SOPClassUID
+        reference.ReferencedSOPInstanceUID = header.SOPInstanceUID
+        reference.InstanceAvailability = "ONLINE"
+        reference.RetrieveAETitle = "DEMO-SCP"
+        series = studies.setdefault(str(header.StudyInstanceUID), {})
+        series.setdefault(str(header.SeriesInstanceUID), []).append(reference)
+    t0 = time.perf_counter()
+    statuses: list[int] = []
+    try:
+        for study_uid, series in studies.items():
+            notification = Dataset()
+            notification.StudyInstanceUID = study_uid
+            items = []
+            for series_uid, references in series.items():
+                item = Dataset()
+                item.SeriesInstanceUID = series_uid
+                item.ReferencedSOPSequence = Sequence(references)
+                items.append(item)
+            notification.ReferencedSeriesSequence = Sequence(items)
+            statuses.append((await assoc.notify_availability(notification)).status)
+    except DICOMError as exc:
+        outcome, good = f"failed: {exc}", False
+    else:
+        failed = [s for s in statuses if s != 0]
+        good = not failed and notified.keys() == studies.keys()
+        outcome = f"{len(statuses)} notifications; " + (
+            f"{sum(notified.values())} instances ONLINE; 0x0000 Success"
+            if not failed
+            else ", ".join(_status(s) for s in failed)
+        )
+    ms = f"{(time.perf_counter() - t0) * 1000:.1f}"
+    what = f"{len(studies)} studies"
+    return ("N-CREATE", what, "Instance Availability", "-", "-", outcome, ms), good
 
 
 async def _get(
