@@ -94,7 +94,7 @@ class AvailabilityReceiver:
         notification = await request.dataset()
         missing = [keyword for keyword in _REQUIRED if keyword not in notification]
         if missing:
-            comment = f"missing {', '.join(missing)}"[:64]
+            comment = f"missing {', '.join(missing)}"
             return make_response(message, int(Status.MISSING_ATTRIBUTE), error_comment=comment)
         uid = str(getattr(message, "affected_sop_instance_uid", "") or "")
         await call(self.on_notification, uid, notification)

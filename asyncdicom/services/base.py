@@ -221,7 +221,7 @@ class Service:
         if self.no_handler_comment is None:
             return make_response(message, self.no_handler_status)
         comment = self.no_handler_comment.replace("{command}", message.NAME.removesuffix("-RQ"))
-        return make_response(message, self.no_handler_status, error_comment=comment[:64])
+        return make_response(message, self.no_handler_status, error_comment=comment)
 
 
 # ---------------------------------------------------------------------- handlers
