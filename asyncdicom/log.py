@@ -13,17 +13,22 @@ Whatever the application's logging set-up, an event is readable:
 * with a plain :mod:`logging` formatter (e.g. after ``logging.basicConfig()``), the message is
   one ``event key=value ...`` line, and an exception attached to the event is passed to the
   stdlib record, so the formatter prints its traceback.
+
+structlog itself is imported only when an event is logged at a level the stdlib logger lets
+through: binding context and a call below the level cost a dictionary and one cached level
+check, and a quiet program (every CLI app without ``-v``) never pays structlog's import.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import structlog
+if TYPE_CHECKING:
+    import structlog.typing
 
-__all__ = ["configure_cli_logging", "get_logger", "json_logging"]
+__all__ = ["BoundLog", "configure_cli_logging", "get_logger", "json_logging"]
 
 #: no NullHandler on purpose: with no logging configured, warnings and errors still show
 _stdlib_logger = logging.getLogger("asyncdicom")
@@ -92,8 +97,67 @@ def _to_stdlib(
     return (event,), kwargs
 
 
-def get_logger(**context: Any) -> Any:
-    """A structlog logger bound to ``context``, filtered by the stdlib level of ``asyncdicom``."""
+class BoundLog:
+    """A logger bound to a context, in front of structlog: what :func:`get_logger` returns.
+
+    It has the methods of :class:`structlog.stdlib.BoundLogger` that the library uses
+    (``bind``, ``new``, ``debug``, ``info``, ``warning``, ``error``, ``exception``,
+    ``critical``); an event goes through structlog's processors to the stdlib logger
+    ``asyncdicom``.  Below that logger's level an event is dropped before structlog is
+    imported or an event dictionary built.
+    """
+
+    __slots__ = ("_context", "_wrapped")
+
+    def __init__(self, context: dict[str, Any]) -> None:
+        self._context = context
+        self._wrapped: Any = None
+
+    def bind(self, **context: Any) -> BoundLog:
+        """A new logger with ``context`` added to this one's."""
+        return BoundLog({**self._context, **context})
+
+    def new(self, **context: Any) -> BoundLog:
+        """A new logger with only ``context``."""
+        return BoundLog(dict(context))
+
+    def _emit(self, level: int, method: str, event: str, kw: dict[str, Any]) -> Any:
+        if not _stdlib_logger.isEnabledFor(level):
+            return None
+        wrapped = self._wrapped
+        if wrapped is None:
+            wrapped = self._wrapped = _structlog_logger(self._context)
+        return getattr(wrapped, method)(event, **kw)
+
+    def debug(self, event: str, **kw: Any) -> Any:
+        """Log ``event`` at DEBUG."""
+        return self._emit(logging.DEBUG, "debug", event, kw)
+
+    def info(self, event: str, **kw: Any) -> Any:
+        """Log ``event`` at INFO."""
+        return self._emit(logging.INFO, "info", event, kw)
+
+    def warning(self, event: str, **kw: Any) -> Any:
+        """Log ``event`` at WARNING."""
+        return self._emit(logging.WARNING, "warning", event, kw)
+
+    def error(self, event: str, **kw: Any) -> Any:
+        """Log ``event`` at ERROR."""
+        return self._emit(logging.ERROR, "error", event, kw)
+
+    def exception(self, event: str, **kw: Any) -> Any:
+        """Log ``event`` at ERROR with the exception being handled."""
+        kw.setdefault("exc_info", True)
+        return self._emit(logging.ERROR, "error", event, kw)
+
+    def critical(self, event: str, **kw: Any) -> Any:
+        """Log ``event`` at CRITICAL."""
+        return self._emit(logging.CRITICAL, "critical", event, kw)
+
+
+def _structlog_logger(context: dict[str, Any]) -> Any:
+    import structlog
+
     return structlog.wrap_logger(
         _stdlib_logger,
         processors=[
@@ -104,6 +168,14 @@ def get_logger(**context: Any) -> Any:
         ],
         wrapper_class=structlog.stdlib.BoundLogger,
     ).bind(**context)
+
+
+def get_logger(**context: Any) -> BoundLog:
+    """A logger bound to ``context``, filtered by the stdlib level of ``asyncdicom``.
+
+    Events go through structlog (see :class:`BoundLog`).
+    """
+    return BoundLog(dict(context))
 
 
 def json_logging() -> bool:
@@ -119,6 +191,33 @@ def configure_cli_logging(*, verbose: int = 0, json: bool = False) -> None:
     traceback (no local variables) after an event that carries an exception.
     """
     global _json_mode
+    handler = logging.StreamHandler()
+    handler.setFormatter(_CLIFormatter(json=json))
+    level = logging.WARNING if verbose <= 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    _stdlib_logger.handlers[:] = [handler]
+    _stdlib_logger.setLevel(level)
+    _stdlib_logger.propagate = False
+    _json_mode = json
+
+
+class _CLIFormatter(logging.Formatter):
+    """structlog's :class:`~structlog.stdlib.ProcessorFormatter` for the CLI, built when the
+    first record is formatted (a quiet run never imports structlog)."""
+
+    def __init__(self, *, json: bool) -> None:
+        super().__init__()
+        self._json = json
+        self._formatter: logging.Formatter | None = None
+
+    def format(self, record: logging.LogRecord) -> str:
+        if self._formatter is None:
+            self._formatter = _processor_formatter(json=self._json)
+        return self._formatter.format(record)
+
+
+def _processor_formatter(*, json: bool) -> logging.Formatter:
+    import structlog
+
     processors: list[Any] = [structlog.stdlib.ProcessorFormatter.remove_processors_meta]
     if json:
         processors += [
@@ -131,19 +230,11 @@ def configure_cli_logging(*, verbose: int = 0, json: bool = False) -> None:
                 colors=False, exception_formatter=structlog.dev.plain_traceback
             )
         )
-    handler = logging.StreamHandler()
-    handler.setFormatter(
-        structlog.stdlib.ProcessorFormatter(
-            processors=processors,
-            # records from other code (not through get_logger) get a level and a time too
-            foreign_pre_chain=[
-                structlog.stdlib.add_log_level,
-                structlog.processors.TimeStamper(fmt="iso"),
-            ],
-        )
+    return structlog.stdlib.ProcessorFormatter(
+        processors=processors,
+        # records from other code (not through get_logger) get a level and a time too
+        foreign_pre_chain=[
+            structlog.stdlib.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso"),
+        ],
     )
-    level = logging.WARNING if verbose <= 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    _stdlib_logger.handlers[:] = [handler]
-    _stdlib_logger.setLevel(level)
-    _stdlib_logger.propagate = False
-    _json_mode = json

@@ -26,11 +26,12 @@ import argparse
 import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
-from ..audit import AuditLog, AuditLogError
 from ..config import MAX_MAX_PDU_LENGTH, MIN_MAX_PDU_LENGTH
-from ..users import UsersFileError, UserStore
+
+if TYPE_CHECKING:
+    from ..users import UserStore
 
 __all__ = [
     "MAX_MAX_PDU",
@@ -226,6 +227,8 @@ def users_file(text: str) -> UserStore:
     """An argparse type: a users file (``asyncdicom users add``), read and checked at once."""
     if not text.strip():
         raise argparse.ArgumentTypeError("the file name is empty")
+    from ..users import UsersFileError, UserStore
+
     try:
         return UserStore.load(text)
     except UsersFileError as exc:
@@ -245,6 +248,8 @@ def lockout_count(text: str) -> int:
 
 def audit_log_file(text: str) -> Path:
     """argparse type of ``--audit-log``: a file we can append to (created if missing)."""
+    from ..audit import AuditLog, AuditLogError
+
     path = Path(text)
     try:
         AuditLog.open(path).close()

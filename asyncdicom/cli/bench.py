@@ -28,6 +28,7 @@ from ..loadtest import (
     run_in_processes,
     write_percentile_chart,
 )
+from .apps import APPS
 from .argtypes import ae_title, port, positive_int, quoted, timeout
 from .findscu import parse_key
 from .options import (
@@ -80,7 +81,7 @@ def add_parser(sub: Any) -> None:
     """Add the ``bench`` sub-command to ``sub``."""
     p = sub.add_parser(
         "bench",
-        help="load-test a DICOM node (latency percentiles, rates)",
+        help=APPS["bench"],
         description=(
             "Load-test a DICOM node: many associations, several operations outstanding on each, "
             "closed loop or at a fixed arrival rate; latency percentiles and rates."

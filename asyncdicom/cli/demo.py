@@ -42,6 +42,7 @@ from ..protocol.status import describe
 from ..services import INSTANCE_AVAILABILITY_NOTIFICATION, AvailabilityReceiver
 from ..services.commitment import CommitmentSCP, CommitmentTimeout
 from ..storage.contexts import contexts_for_files
+from .apps import APPS
 from .options import add_common
 from .output import ok, uid_name
 
@@ -69,7 +70,7 @@ def add_parser(sub: Any) -> None:
     """Add the ``demo`` sub-command to ``sub``."""
     p = sub.add_parser(
         "demo",
-        help="SCP and SCU in one process: echo, store, commit, find, get and move samples",
+        help=APPS["demo"],
         description=(
             "Start a Storage and Query/Retrieve SCP on 127.0.0.1, send it a C-ECHO and "
             "pydicom's sample files with C-STORE, find the studies with C-FIND, ask for "

@@ -13,6 +13,7 @@ from typing import Any
 
 from ..protocol import uids
 from ..protocol.status import describe
+from .apps import APPS
 from .argtypes import positive_int
 from .options import add_common, add_scu
 from .output import err, format_address
@@ -25,7 +26,7 @@ def add_parser(sub: Any) -> None:
     """Add the ``echoscu`` sub-command to ``sub``."""
     p = sub.add_parser(
         "echoscu",
-        help="send C-ECHO (verification)",
+        help=APPS["echoscu"],
         description="Send C-ECHO requests (Verification SOP Class) to a peer.",
     )
     add_scu(p)

@@ -31,6 +31,7 @@ from pydicom.tag import Tag
 
 from ..protocol.status import describe
 from ..services.query_retrieve import QUERY_MODELS, FindResults, QueryFailed, find_model_uid
+from .apps import APPS
 from .argtypes import quoted
 from .options import add_common, add_scu
 from .output import UsageError, err, format_address, notice
@@ -144,7 +145,7 @@ def add_parser(sub: Any) -> None:
     """Add the ``findscu`` sub-command to ``sub``."""
     p = sub.add_parser(
         "findscu",
-        help="send C-FIND (query)",
+        help=APPS["findscu"],
         description="Send a C-FIND request (Query/Retrieve FIND) to a peer and print the matches.",
     )
     add_scu(p)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..storage.names import is_valid_uid
+from .apps import APPS
 from .argtypes import folder as folder_type
 from .options import add_common, add_scu
 from .output import err, notice, plural, uid_name
@@ -50,7 +51,7 @@ def add_parser(sub: Any) -> None:
     """Add the ``getscu`` sub-command to ``sub``."""
     p = sub.add_parser(
         "getscu",
-        help="retrieve instances with C-GET",
+        help=APPS["getscu"],
         description="Send a C-GET request (Query/Retrieve GET) to a peer and write the "
         "instances it sends back as files.",
     )

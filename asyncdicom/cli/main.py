@@ -11,11 +11,10 @@ on stderr; ``-v`` shows the protocol log (``-vv`` debug), ``--log-json`` makes i
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 import warnings
 from collections.abc import Sequence
-
-import anyio
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
@@ -23,30 +22,23 @@ if sys.version_info < (3, 11):  # pragma: no cover
 from .. import __version__
 from ..errors import DICOMError
 from ..log import configure_cli_logging, get_logger
-from . import (
-    bench,
-    demo,
-    echoscu,
-    findscu,
-    getscu,
-    movescu,
-    qrscp,
-    stgcmtscu,
-    storescp,
-    storescu,
-    users,
-)
-from .options import HelpFormatter, check_bind
+from .apps import APPS
 from .output import CLIError, UsageError, describe_error, err
 
-__all__ = ["build_parser", "main", "raise_open_file_limit"]
+__all__ = ["APPS", "build_parser", "main", "raise_open_file_limit"]
 
 #: what ends an app with one error line and exit status 1 (anything else is a bug: traceback)
 _EXPECTED = (CLIError, DICOMError, OSError, ValueError)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the ``asyncdicom`` command."""
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser of the ``asyncdicom`` command.
+
+    With ``only``, that app has its full parser and the others are listed by name and help
+    line (what ``main`` uses: one app's module is imported, not eleven).
+    """
+    from .options import HelpFormatter
+
     parser = argparse.ArgumentParser(
         prog="asyncdicom",
         description="DICOM networking apps, one sub-command each; 'asyncdicom SUBCOMMAND "
@@ -56,30 +48,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"asyncdicom {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for app in (
-        echoscu,
-        storescu,
-        storescp,
-        findscu,
-        getscu,
-        movescu,
-        qrscp,
-        stgcmtscu,
-        bench,
-        users,
-        demo,
-    ):
-        app.add_parser(sub)
+    for name, help_line in APPS.items():
+        if only is None or name == only:
+            importlib.import_module(f"{__package__}.{name}").add_parser(sub)
+        else:
+            sub.add_parser(name, help=help_line)
     for command in sub.choices.values():
         # every app's --help shows the defaults (the apps' modules need not ask for it)
         command.formatter_class = HelpFormatter
     return parser
 
 
+def _command(argv: Sequence[str]) -> str | None:
+    """The app ``argv`` names (its first word that is not an option), if it is one."""
+    for word in argv:
+        if word == "--":
+            return None
+        if not word.startswith("-"):
+            return word if word in APPS else None
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``asyncdicom`` console script."""
-    parser = build_parser()
+    if argv is None:
+        argv = sys.argv[1:]
+    parser = build_parser(only=_command(argv))
     args = parser.parse_args(argv)
+    from .options import check_bind
+
     check_bind(_subparser(parser, args), args)
     configure_cli_logging(verbose=args.verbose, json=args.log_json)
     if args.verbose < 2:
@@ -87,6 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # are not the user's business in the apps; -vv shows them
         warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom\b")
     raise_open_file_limit()
+    import anyio
+
     try:
         return int(anyio.run(args.func, args, backend=args.backend))
     except KeyboardInterrupt:

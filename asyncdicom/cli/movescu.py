@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from .apps import APPS
 from .argtypes import ae_title
 from .options import add_common, add_scu
 from .retrieve_app import add_identifier_options, finish, identifier, retrieve
@@ -25,7 +26,7 @@ def add_parser(sub: Any) -> None:
     """Add the ``movescu`` sub-command to ``sub``."""
     p = sub.add_parser(
         "movescu",
-        help="have instances sent to an AE with C-MOVE",
+        help=APPS["movescu"],
         description="Send a C-MOVE request (Query/Retrieve MOVE) to a peer: it sends the "
         "instances to the move destination AE.",
     )

@@ -27,7 +27,7 @@ import socket
 import ssl
 from typing import Any
 
-from ..ae import Timeouts
+from ..config import Timeouts
 from ..transport import TLSError, client_context, server_context
 from .argtypes import (
     MAX_MAX_PDU,

@@ -33,6 +33,7 @@ import anyio
 from ..ae import AE
 from ..archive import Archive, qrscp_config
 from ..qr import IndexDatabaseError
+from .apps import APPS
 from .argtypes import ae_title, folder, port, quoted
 from .options import add_common, add_server
 from .output import UsageError, notice, plural
@@ -73,7 +74,7 @@ def add_parser(sub: Any) -> None:
     """Add the ``qrscp`` sub-command to ``sub``."""
     p = sub.add_parser(
         "qrscp",
-        help="a small archive: C-STORE, C-FIND, C-GET, C-MOVE, storage commitment",
+        help=APPS["qrscp"],
         description="Store the instances received by C-STORE, index them in SQLite, and answer "
         "C-FIND, C-GET, C-MOVE, C-ECHO and storage commitment requests from the index.",
     )

@@ -28,6 +28,7 @@ from ..services.commitment import (
     CommitmentResult,
     CommitmentTimeout,
 )
+from .apps import APPS
 from .argtypes import listen_port, timeout
 from .options import add_common, add_scu
 from .output import CLIError, err, format_address
@@ -57,7 +58,7 @@ def add_parser(sub: Any) -> None:
     """Add the ``stgcmtscu`` sub-command to ``sub``."""
     p = sub.add_parser(
         "stgcmtscu",
-        help="ask a peer to commit to storing instances (storage commitment)",
+        help=APPS["stgcmtscu"],
         description="Send a Storage Commitment request (N-ACTION) for the instances in the "
         "files and folders named, and wait for the peer's report (N-EVENT-REPORT), on the "
         "same association or, with --listen-port, on one the peer opens.",

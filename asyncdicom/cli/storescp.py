@@ -25,6 +25,7 @@ from ..protocol import messages
 from ..services import make_response
 from ..services.storage import save_request, store_failure_comment, store_failure_status
 from ..storage.writer import DUPLICATE_POLICIES, LAYOUTS
+from .apps import APPS
 from .argtypes import folder
 from .options import add_common, add_server
 from .output import format_address, notice, plural, uid_name
@@ -37,7 +38,7 @@ def add_parser(sub: Any) -> None:
     """Add the ``storescp`` sub-command to ``sub``."""
     p = sub.add_parser(
         "storescp",
-        help="receive DICOM files with C-STORE",
+        help=APPS["storescp"],
         description="Accept associations, store the instances received by C-STORE, answer C-ECHO.",
     )
     add_server(p, "STORESCP")

@@ -56,6 +56,7 @@ from ..errors import (
 from ..protocol import uids
 from ..protocol.status import StatusCategory, category, describe
 from ..storage.contexts import contexts_for_syntaxes
+from .apps import APPS
 from .argtypes import positive_int
 from .options import add_common, add_scu
 from .output import CLIError, describe_error, err, notice, uid_name, warn
@@ -86,7 +87,7 @@ def add_parser(sub: Any) -> None:
     """Add the ``storescu`` sub-command to ``sub``."""
     p = sub.add_parser(
         "storescu",
-        help="send DICOM files with C-STORE",
+        help=APPS["storescu"],
         description="Send DICOM files (and the files in folders, recursively) with C-STORE.",
     )
     add_scu(p)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..users import UsersFileError, UserStore, check_username
+from .apps import APPS
 from .options import add_common
 from .output import err, notice
 
@@ -46,7 +47,7 @@ def add_parser(sub: Any) -> None:
     """Add the ``users`` sub-command to ``sub``."""
     p = sub.add_parser(
         "users",
-        help="manage a users file (user identity for storescp/qrscp --users)",
+        help=APPS["users"],
         description="Add, remove, list or check users of a users file: one USER:scrypt$... "
         "line each, never the password itself.",
     )

@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pydicom.dataset import Dataset
-from pydicom.uid import generate_uid
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
 
 from ..association import DIMSEResponse
 from ..protocol import messages
@@ -67,6 +68,8 @@ class AvailabilitySCU(NormalizedSCU):
         Raises:
             NoAcceptedContext: the SOP class was not accepted.
         """
+        from pydicom.uid import generate_uid
+
         return await self.n_create(
             INSTANCE_AVAILABILITY_NOTIFICATION,
             notification,

@@ -33,12 +33,14 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from anyio.abc import TaskGroup
-from pydicom.dataset import Dataset
-from pydicom.uid import generate_uid
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
 
 from ..association import BaseAssociation, DIMSEResponse
 from ..correlation import Correlator, Pending
@@ -131,6 +133,8 @@ def _correlator(ae: Any) -> Correlator[CommitmentResult]:
 
 def _instance_uids(item: Any) -> tuple[str, str]:
     """(SOP Class UID, SOP Instance UID) of a pair, a Dataset or a DICOM file."""
+    from pydicom.dataset import Dataset
+
     if isinstance(item, (tuple, list)) and len(item) == 2:
         return str(item[0]), str(item[1])
     if isinstance(item, Dataset):
@@ -150,6 +154,8 @@ def _instance_uids(item: Any) -> tuple[str, str]:
 
 def commitment_request(transaction_uid: str, instances: Iterable[tuple[str, str]]) -> Dataset:
     """The Action Information of a storage commitment request (PS3.4 J.3.2.1)."""
+    from pydicom.dataset import Dataset
+
     ds = Dataset()
     ds.TransactionUID = transaction_uid
     items = []
@@ -199,6 +205,8 @@ def parse_report(event_type: int, ds: Dataset, reported_by: str = "") -> Commitm
 async def receive_report(request: Any) -> messages.Message | int:
     """The N-EVENT-REPORT handler every AE has for Storage Commitment (see the module
     docstring): hands the result to the task awaiting its Transaction UID."""
+    from pydicom.dataset import Dataset
+
     message = request.message
     association = request.association
     event_type = int(message.event_type_id)
@@ -290,6 +298,8 @@ class CommitmentSCU(NormalizedSCU):
             InvalidDicomFile: a file is not DICOM (``OSError`` if it cannot be read).
             AssociationError: the association failed meanwhile.
         """
+        from pydicom.uid import generate_uid
+
         items = list(instances)
         if any(isinstance(item, (str, os.PathLike)) for item in items):
             refs = await anyio.to_thread.run_sync(lambda: [_instance_uids(i) for i in items])
@@ -500,6 +510,8 @@ class CommitmentSCP:
     def _event(
         transaction: str, refs: list[tuple[str, str]], failed: Mapping[str, int]
     ) -> tuple[int, Dataset]:
+        from pydicom.dataset import Dataset
+
         ds = Dataset()
         ds.TransactionUID = transaction
         done, bad = [], []

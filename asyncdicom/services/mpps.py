@@ -40,15 +40,15 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
-from pydicom import dcmread
-from pydicom.dataset import Dataset
-from pydicom.uid import generate_uid
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
 
 from ..log import get_logger
 from ..protocol import messages, uids
@@ -90,7 +90,7 @@ _SUFFIX = ".mpps"
 
 #: what an application's ``on_change`` receives: the SOP Instance UID and the step's
 #: attributes after the change (a copy)
-ChangeCallback = Callable[[str, Dataset], Any]
+ChangeCallback = Callable[[str, "Dataset"], Any]
 
 
 #: Modality Performed Procedure Step: N-CREATE and N-SET.  Not accepted unless configured
@@ -122,6 +122,8 @@ def step_status(attributes: Dataset) -> str | None:
 
 def _offending(attributes: Dataset, tag: int) -> Dataset:
     """The Attribute List of a 0x0106 response: the offending attribute as received."""
+    from pydicom.dataset import Dataset
+
     out = Dataset()
     out.add(copy.deepcopy(attributes[tag]))
     return out
@@ -204,6 +206,8 @@ class MPPSSCP:
     # -- the handlers ----------------------------------------------------------------------
 
     async def _on_create(self, request: Any) -> Any:
+        from pydicom.uid import generate_uid
+
         message = request.message
         uid = str(message.affected_sop_instance_uid or "").strip(" \0")
         try:
@@ -328,6 +332,9 @@ class MPPSSCP:
 
     def _load(self, folder: Path) -> None:
         """Read the steps kept in ``folder`` (a missing folder holds none)."""
+        from pydicom import dcmread
+        from pydicom.dataset import Dataset
+
         try:
             entries = sorted(folder.iterdir())
         except FileNotFoundError:
@@ -379,6 +386,8 @@ def _write_step(folder: Path, uid: str, step: Dataset) -> None:
     )
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / safe_filename(uid, suffix=_SUFFIX)
+    import uuid
+
     temp = folder / f".{uuid.uuid4().hex}{_SUFFIX}-part"
     try:
         with open(temp, "xb") as fp:

@@ -27,11 +27,11 @@ defaults in their own modules.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pydicom.datadict import tag_for_keyword
-from pydicom.dataset import Dataset
-from pydicom.tag import Tag
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
 
 from ..association import BaseAssociation, DIMSEResponse
 from ..errors import NoAcceptedContext
@@ -45,6 +45,9 @@ __all__ = ["NormalizedSCU", "attribute_tags"]
 def attribute_tags(attributes: Iterable[int | str | tuple[int, int]]) -> tuple[int, ...]:
     """Tags from ints, ``(group, element)`` pairs or keywords (``"PatientName"``);
     ValueError for an unknown keyword."""
+    from pydicom.datadict import tag_for_keyword
+    from pydicom.tag import Tag
+
     out = []
     for item in attributes:
         if isinstance(item, str):

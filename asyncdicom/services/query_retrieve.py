@@ -34,8 +34,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
-from pydicom.dataset import Dataset
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
 
 from ..association import BaseAssociation, DIMSEResponse, Operation
 from ..errors import NoAcceptedContext, QueryFailed

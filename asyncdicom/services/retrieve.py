@@ -57,7 +57,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import anyio
-from pydicom.dataset import Dataset
 
 from ..association import BaseAssociation, DIMSEResponse, Operation
 from ..errors import DICOMError, NoAcceptedContext, RetrieveFailed
@@ -73,6 +72,8 @@ from .request import ServiceRequest
 from .storage import store
 
 if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
     from ..storage.writer import DuplicatePolicy, Layout, StoredFile
 
 __all__ = [
@@ -208,6 +209,8 @@ class _Instance:
 
 def _describe(item: Any) -> _Instance:
     """The :class:`_Instance` of a handler's item (reads a file's header: run in a thread)."""
+    from pydicom.dataset import Dataset
+
     from ..errors import InvalidDataset
     from ..storage.reader import Part10Source, read_part10_for_send
     from .storage import sop_uids
@@ -483,6 +486,8 @@ async def _send_pending(call: HandlerCall, counts: _Counts) -> None:
 
 
 async def _send_final(call: HandlerCall, counts: _Counts, *, cancelled: bool) -> None:
+    from pydicom.dataset import Dataset
+
     if cancelled:
         status = int(Status.CANCEL)
     elif counts.failed == 0 and counts.warning == 0:
@@ -733,6 +738,8 @@ async def sop_classes_to_retrieve(
     proposes it).  At most ``limit`` queries are made (ValueError beyond: the retrieval is too
     wide to discover this way).  Raises ``QueryFailed`` when a query fails.
     """
+    from pydicom.dataset import Dataset
+
     levels = [name for name, _ in _LEVEL_KEYS]
     if model in ("study", uids.STUDY_ROOT_QR_FIND):
         levels.remove("PATIENT")
