@@ -40,6 +40,7 @@ from asyncdicom.loadtest.processes import split
 from asyncdicom.presets import qr_find_supported
 from asyncdicom.storage.synthetic import write_ct_files
 from asyncdicom.users import UserStore
+from tests.cli_main import run_main
 from tests.test_cli import GUARD, StoreSCPProcess, app_process, err, run_cli, storage_scp
 
 pytestmark = pytest.mark.anyio
@@ -750,8 +751,8 @@ async def test_cli_sends_a_user_identity_from_every_process(
         ["--count", "3", "--duration", "1"],
     ],
 )
-async def test_cli_usage_errors(args: list[str], tmp_path: Path) -> None:
-    result = await run_cli("bench", "127.0.0.1", "104", "--called-aet", "X", *args, cwd=tmp_path)
+def test_cli_usage_errors(args: list[str], tmp_path: Path) -> None:
+    result = run_main("bench", "127.0.0.1", "104", "--called-aet", "X", *args, cwd=tmp_path)
     assert result.returncode == 2
     assert "asyncdicom bench: error:" in err(result)
 

@@ -32,6 +32,7 @@ from asyncdicom.protocol.codec import decode_pdu, encode_pdu
 from asyncdicom.protocol.negotiation import Accepted, AcceptorConfig, SupportedContext, negotiate
 from asyncdicom.protocol.pdu import Abort
 from asyncdicom.storage.synthetic import write_ct_files
+from tests.cli_main import run_main
 
 pytestmark = pytest.mark.anyio
 
@@ -549,8 +550,8 @@ async def test_storescp_ignore(tmp_path: Path) -> None:
     ],
     ids=lambda a: " ".join(a) or "no-command",
 )
-async def test_usage_errors_exit_2(args: list[str], tmp_path: Path) -> None:
-    result = await run_cli(*args, cwd=tmp_path)
+def test_usage_errors_exit_2(args: list[str], tmp_path: Path) -> None:
+    result = run_main(*args, cwd=tmp_path)
     assert result.returncode == 2, (out(result), err(result))
     assert "usage:" in err(result)
     assert list(tmp_path.iterdir()) == []
@@ -587,12 +588,10 @@ _STORE = ["storescu", "127.0.0.1", "104", "file.dcm"]
     ],
     ids=lambda v: " ".join(v) if isinstance(v, list) else v,
 )
-async def test_bad_option_values_are_usage_errors(
-    args: list[str], option: str, tmp_path: Path
-) -> None:
+def test_bad_option_values_are_usage_errors(args: list[str], option: str, tmp_path: Path) -> None:
     """Exit 2 with argparse's usage line and one error that names the option, not an internal
     field (``max_pdu_length must be ...``), and no traceback."""
-    result = await run_cli(*args, cwd=tmp_path)
+    result = run_main(*args, cwd=tmp_path)
     assert result.returncode == 2, (out(result), err(result))
     text = err(result)
     assert text.startswith("usage: asyncdicom"), text
@@ -603,8 +602,8 @@ async def test_bad_option_values_are_usage_errors(
 
 
 @pytest.mark.parametrize("command", ["echoscu", "storescu", "storescp"])
-async def test_help_shows_defaults(command: str, tmp_path: Path) -> None:
-    result = await run_cli(command, "--help", cwd=tmp_path)
+def test_help_shows_defaults(command: str, tmp_path: Path) -> None:
+    result = run_main(command, "--help", cwd=tmp_path)
     assert result.returncode == 0, err(result)
     text = " ".join(out(result).split())  # undo argparse's line wrapping
     assert "--max-pdu BYTES" in text and "1024..134217728 bytes (default: 262144)" in text

@@ -16,6 +16,7 @@ import pytest
 from pydicom.dataset import Dataset
 
 from asyncdicom import AE, presets, uids
+from tests.cli_main import run_main
 from tests.test_cli import CLI, ENV, GUARD, err, free_port, out, run_cli
 
 pytestmark = pytest.mark.anyio
@@ -46,6 +47,14 @@ def _find_scp(queries: list[Dataset], *, status: int = 0x0000) -> AE:
 
 async def _findscu(port: int, *args: str, backend: str, cwd: Path) -> Any:
     return await run_cli(
+        "findscu", "127.0.0.1", str(port), "--called-aet", "QRSCP", "--backend", backend,
+        *args, cwd=cwd,
+    )  # fmt: skip
+
+
+def _findscu_usage(port: int, *args: str, backend: str, cwd: Path) -> Any:
+    """``_findscu`` for a command-line error: in this process (see tests/cli_main.py)."""
+    return run_main(
         "findscu", "127.0.0.1", str(port), "--called-aet", "QRSCP", "--backend", backend,
         *args, cwd=cwd,
     )  # fmt: skip
@@ -143,10 +152,10 @@ async def test_findscu_model_not_accepted_is_one_line(tmp_path: Path, anyio_back
         (["--level", "STUDY", "--model", "worklist"], "invalid choice"),
     ],
 )
-async def test_findscu_usage_errors(
+def test_findscu_usage_errors(
     tmp_path: Path, anyio_backend: str, args: list[str], message: str
 ) -> None:
-    result = await _findscu(free_port(), *args, backend=anyio_backend, cwd=tmp_path)
+    result = _findscu_usage(free_port(), *args, backend=anyio_backend, cwd=tmp_path)
     assert result.returncode == 2, err(result)
     assert message in err(result)
     assert "Traceback" not in err(result)
@@ -238,10 +247,10 @@ async def test_findscu_worklist_failure_is_one_line(tmp_path: Path, anyio_backen
         (["--model", "mwl", "-k", "ScheduledProcedureStepSequence.NoSuchKey"], "unknown key"),
     ],
 )
-async def test_findscu_worklist_usage_errors(
+def test_findscu_worklist_usage_errors(
     tmp_path: Path, anyio_backend: str, args: list[str], message: str
 ) -> None:
-    result = await _findscu(free_port(), *args, backend=anyio_backend, cwd=tmp_path)
+    result = _findscu_usage(free_port(), *args, backend=anyio_backend, cwd=tmp_path)
     assert result.returncode == 2, err(result)
     assert message in err(result)
     assert "Traceback" not in err(result)

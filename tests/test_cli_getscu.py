@@ -21,6 +21,7 @@ from pydicom.uid import generate_uid
 from asyncdicom import AE, presets
 from asyncdicom.protocol import uids
 from asyncdicom.storage.synthetic import write_ct_files
+from tests.cli_main import run_main
 from tests.test_cli import CLI, ENV, GUARD, dataset_bytes, err, free_port, out, run_cli
 from tests.test_cli_movescu import qr_scp, uid_of
 
@@ -46,6 +47,14 @@ def write_sc_file(folder: Path) -> Path:
 
 async def _getscu(port: int, *args: str, backend: str, cwd: Path) -> Any:
     return await run_cli(
+        "getscu", "127.0.0.1", str(port), "--called-aet", "QRSCP", "--backend", backend,
+        *args, cwd=cwd,
+    )  # fmt: skip
+
+
+def _getscu_usage(port: int, *args: str, backend: str, cwd: Path) -> Any:
+    """``_getscu`` for a command-line error: in this process (see tests/cli_main.py)."""
+    return run_main(
         "getscu", "127.0.0.1", str(port), "--called-aet", "QRSCP", "--backend", backend,
         *args, cwd=cwd,
     )  # fmt: skip
@@ -195,11 +204,11 @@ def _many_classes(n: int) -> list[str]:
         (["--on-duplicate", "skip"], "argument --on-duplicate: invalid choice"),
     ],
 )
-async def test_getscu_usage_errors(
+def test_getscu_usage_errors(
     tmp_path: Path, anyio_backend: str, args: list[str], message: str
 ) -> None:
     (tmp_path / "afile").write_text("a file, not a folder\n")
-    result = await _getscu(
+    result = _getscu_usage(
         free_port(), "--level", "STUDY", *args, backend=anyio_backend, cwd=tmp_path
     )
     assert result.returncode == 2, err(result)

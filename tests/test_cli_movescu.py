@@ -18,6 +18,7 @@ from pydicom.dataset import Dataset
 
 from asyncdicom import AE, presets
 from asyncdicom.storage.synthetic import write_ct_files
+from tests.cli_main import run_main
 from tests.test_cli import CLI, ENV, GUARD, err, free_port, out, run_cli, storage_scp
 
 pytestmark = pytest.mark.anyio
@@ -57,6 +58,14 @@ def uid_of(path: Path) -> str:
 
 async def _movescu(port: int, *args: str, backend: str, cwd: Path) -> Any:
     return await run_cli(
+        "movescu", "127.0.0.1", str(port), "--called-aet", "QRSCP", "--backend", backend,
+        *args, cwd=cwd,
+    )  # fmt: skip
+
+
+def _movescu_usage(port: int, *args: str, backend: str, cwd: Path) -> Any:
+    """``_movescu`` for a command-line error: in this process (see tests/cli_main.py)."""
+    return run_main(
         "movescu", "127.0.0.1", str(port), "--called-aet", "QRSCP", "--backend", backend,
         *args, cwd=cwd,
     )  # fmt: skip
@@ -177,10 +186,10 @@ async def test_movescu_failed_sub_operations_are_listed(tmp_path: Path, anyio_ba
         (["--move-dest", "X", "--level", "STUDY", "--model", "worklist"], "invalid choice"),
     ],
 )
-async def test_movescu_usage_errors(
+def test_movescu_usage_errors(
     tmp_path: Path, anyio_backend: str, args: list[str], message: str
 ) -> None:
-    result = await _movescu(free_port(), *args, backend=anyio_backend, cwd=tmp_path)
+    result = _movescu_usage(free_port(), *args, backend=anyio_backend, cwd=tmp_path)
     assert result.returncode == 2, err(result)
     assert message in err(result)
     assert "Traceback" not in err(result)

@@ -19,6 +19,7 @@ from test_cli_storescu import without_file_permission_override
 
 from asyncdicom import HookEvent, uids
 from asyncdicom.storage.synthetic import make_ct_instance
+from tests.cli_main import run_main
 
 pytestmark = [pytest.mark.anyio, pytest.mark.filterwarnings("ignore::UserWarning")]
 
@@ -157,10 +158,10 @@ async def test_move_to_a_storescp(tmp_path: Path, anyio_backend: str) -> None:
         ("X=::1:104", "IPv6 address in brackets"),
     ],
 )
-async def test_bad_move_destination_is_a_usage_error(
+def test_bad_move_destination_is_a_usage_error(
     tmp_path: Path, anyio_backend: str, value: str, message: str
 ) -> None:
-    result = await run_cli(
+    result = run_main(
         "qrscp", "--port", "0", "--storage", "archive", "--move-destination", value,
         "--backend", anyio_backend, cwd=tmp_path,
     )  # fmt: skip
@@ -171,10 +172,8 @@ async def test_bad_move_destination_is_a_usage_error(
     assert not (tmp_path / "archive").exists()
 
 
-async def test_duplicate_move_destination_is_a_usage_error(
-    tmp_path: Path, anyio_backend: str
-) -> None:
-    result = await run_cli(
+def test_duplicate_move_destination_is_a_usage_error(tmp_path: Path, anyio_backend: str) -> None:
+    result = run_main(
         "qrscp", "--port", "0", "--storage", "archive", "--backend", anyio_backend,
         "--move-destination", "A=h:104", "--move-destination", "A=k:105", cwd=tmp_path,
     )  # fmt: skip
@@ -301,11 +300,11 @@ async def test_peer_receives_the_report_on_a_new_association(
         (["A=h:104", "A=k:105"], "argument --peer: 'A' is given twice"),
     ],
 )
-async def test_bad_peer_is_a_usage_error(
+def test_bad_peer_is_a_usage_error(
     tmp_path: Path, anyio_backend: str, values: list[str], message: str
 ) -> None:
     options = [arg for value in values for arg in ("--peer", value)]
-    result = await run_cli(
+    result = run_main(
         "qrscp", "--port", "0", "--storage", "archive", "--backend", anyio_backend, *options,
         cwd=tmp_path,
     )  # fmt: skip

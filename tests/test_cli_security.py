@@ -30,6 +30,7 @@ from asyncdicom.cli.storescp import storescp_ae
 from asyncdicom.protocol import uids
 from asyncdicom.storage.synthetic import write_ct_files
 from asyncdicom.transport import client_context, server_context
+from tests.cli_main import run_main
 from tests.test_cli import CLI, ENV, GUARD, StoreSCPProcess, app_process, err, run_cli
 from tests.test_cli_users import run_with_stdin
 from tests.test_tls import PKI
@@ -148,14 +149,14 @@ async def test_scu_passcode_from_a_file_or_the_environment(
     ],
     ids=["missing", "folder", "empty", "not-utf8", "both", "file-no-user", "pw-no-user"],
 )
-async def test_password_file_usage_errors(
+def test_password_file_usage_errors(
     options: list[str], message: str, tmp_path: Path, anyio_backend: str
 ) -> None:
     (tmp_path / "folder").mkdir()
     (tmp_path / "empty.txt").write_text("\nsecond\n")
     (tmp_path / "latin1.txt").write_bytes(b"caf\xe9\n")
     (tmp_path / "pw.txt").write_text("pw\n")
-    result = await run_cli(
+    result = run_main(
         "echoscu", "127.0.0.1", "104", *options, "--backend", anyio_backend, cwd=tmp_path
     )
     assert result.returncode == 2, err(result)
@@ -303,10 +304,10 @@ def test_server_timeout_options_reach_the_timeouts(tmp_path: Path) -> None:
     ],
     ids=lambda v: " ".join(v) if isinstance(v, list) else None,
 )
-async def test_server_timeout_option_errors(
+def test_server_timeout_option_errors(
     options: list[str], message: str, tmp_path: Path, anyio_backend: str
 ) -> None:
-    result = await run_cli(
+    result = run_main(
         "storescp", "--port", "0", "--ignore", *options, "--backend", anyio_backend, cwd=tmp_path
     )
     assert result.returncode == 2, err(result)
@@ -427,10 +428,10 @@ def test_qrscp_outgoing_tls_by_ae_title(tmp_path: Path) -> None:
     ],
     ids=["not-a-destination", "with-tls-out", "bad-ae-title"],
 )
-async def test_qrscp_tls_out_to_usage_errors(
+def test_qrscp_tls_out_to_usage_errors(
     options: list[str], message: str, tmp_path: Path, anyio_backend: str
 ) -> None:
-    result = await run_cli(
+    result = run_main(
         "qrscp", "--port", "0", "--storage", "archive", "--move-destination",
         "DEST=127.0.0.1:104", *options, "--backend", anyio_backend, cwd=tmp_path,
     )  # fmt: skip

@@ -20,6 +20,7 @@ from test_cli import err, free_port, out, run_cli
 from asyncdicom import AE, presets
 from asyncdicom.services.commitment import CommitmentSCP
 from asyncdicom.storage.synthetic import write_ct_files
+from tests.cli_main import run_main
 
 pytestmark = [pytest.mark.anyio, pytest.mark.filterwarnings("ignore::UserWarning")]
 
@@ -162,8 +163,8 @@ async def test_refused_request_is_one_line(tmp_path: Path, anyio_backend: str) -
         (["127.0.0.1", "104", "x.dcm", "--called-aet", "C", "--listen-port", "70000"], "1..65535"),
     ],
 )
-async def test_usage_errors_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
-    result = await run_cli("stgcmtscu", *args, cwd=tmp_path)
+def test_usage_errors_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
+    result = run_main("stgcmtscu", *args, cwd=tmp_path)
     assert result.returncode == 2, err(result)
     assert message in err(result).splitlines()[-1], err(result)
 

@@ -27,6 +27,7 @@ from asyncdicom.cli import demo
 from asyncdicom.cli.main import build_parser
 from asyncdicom.protocol import uids
 from asyncdicom.storage.synthetic import write_ct_files
+from tests.cli_main import run_main
 
 pytestmark = pytest.mark.anyio
 
@@ -475,8 +476,8 @@ async def test_statuses_are_printed_with_their_meaning(tmp_path: Path, anyio_bac
 
 
 @pytest.mark.parametrize("value", ["0", "-2", "two"])
-async def test_bad_concurrency_is_a_usage_error(tmp_path: Path, value: str) -> None:
-    result = await run_cli("storescu", "127.0.0.1", "104", "x.dcm", "--concurrency", value,
+def test_bad_concurrency_is_a_usage_error(tmp_path: Path, value: str) -> None:
+    result = run_main("storescu", "127.0.0.1", "104", "x.dcm", "--concurrency", value,
                            cwd=tmp_path)  # fmt: skip
     assert result.returncode == 2, (out(result), err(result))
     last = err(result).strip().splitlines()[-1]

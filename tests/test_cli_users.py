@@ -14,6 +14,7 @@ import anyio
 import pytest
 
 from asyncdicom.users import UserStore
+from tests.cli_main import run_main
 from tests.test_cli import CLI, ENV, GUARD, StoreSCPProcess, app_process, err, run_cli
 
 pytestmark = pytest.mark.anyio
@@ -186,11 +187,11 @@ async def test_server_access_control_with_echoscu(
         assert await scp.stop() == 0
 
 
-async def test_server_users_file_errors_are_usage_errors(tmp_path: Path) -> None:
+def test_server_users_file_errors_are_usage_errors(tmp_path: Path) -> None:
     bad = tmp_path / "users.txt"
     bad.write_text("alice:plain-text\n")
     for users in (bad, tmp_path / "missing.txt"):
-        result = await run_cli(
+        result = run_main(
             "storescp", "--port", "0", "--ignore", "--users", str(users), cwd=tmp_path
         )
         assert result.returncode == 2, err(result)
@@ -248,13 +249,13 @@ async def test_server_lockout_and_audit_log(
     assert all(r["peer_host"] == "127.0.0.1" for r in records)
 
 
-async def test_server_audit_log_usage_errors(tmp_path: Path) -> None:
+def test_server_audit_log_usage_errors(tmp_path: Path) -> None:
     for options in (
         ["--audit-log", str(tmp_path)],  # a folder
         ["--audit-log", str(tmp_path / "missing" / "audit.jsonl")],
         ["--lockout-after", "-1"],
     ):
-        result = await run_cli("storescp", "--port", "0", "--ignore", *options, cwd=tmp_path)
+        result = run_main("storescp", "--port", "0", "--ignore", *options, cwd=tmp_path)
         assert result.returncode == 2, err(result)
         assert "Traceback" not in err(result)
         last = err(result).strip().splitlines()[-1]

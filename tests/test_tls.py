@@ -23,6 +23,7 @@ from asyncdicom.errors import ConnectionLost, TransportError
 from asyncdicom.protocol import uids
 from asyncdicom.storage.synthetic import write_ct_files
 from asyncdicom.transport import TLSError, client_context, server_context
+from tests.cli_main import run_main
 
 pytestmark = pytest.mark.anyio
 
@@ -428,7 +429,7 @@ async def test_storescp_verifies_client_certificates_against_its_tls_ca(
         (["echoscu", "127.0.0.1", "104", "--tls-cert", "{cert}", "--tls-key", "."], "a folder"),
     ],
 )
-async def test_tls_option_errors_are_usage_errors(
+def test_tls_option_errors_are_usage_errors(
     args: list[str], message: str, pki: PKI, tmp_path: Path
 ) -> None:
     files = {
@@ -437,7 +438,7 @@ async def test_tls_option_errors_are_usage_errors(
         "ckey": str(pki.client_key),
         "ca": str(pki.ca),
     }
-    result = await run_cli(*(a.format(**files) for a in args), cwd=tmp_path)
+    result = run_main(*(a.format(**files) for a in args), cwd=tmp_path)
     assert result.returncode == 2, err(result)
     assert message in err(result)
     assert "Traceback" not in err(result)
