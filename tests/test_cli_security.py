@@ -327,8 +327,8 @@ def test_server_timeout_option_errors(
         ("bench", ["--tls-handshake-timeout"]),
     ],
 )
-async def test_help_lists_the_options(command: str, expected: list[str], tmp_path: Path) -> None:
-    result = await run_cli(command, "--help", cwd=tmp_path)
+def test_help_lists_the_options(command: str, expected: list[str], tmp_path: Path) -> None:
+    result = run_main(command, "--help", cwd=tmp_path)
     assert result.returncode == 0, err(result)
     text = " ".join(result.stdout.decode().split())  # the help text, unwrapped
     for option in expected:

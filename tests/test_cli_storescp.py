@@ -26,6 +26,7 @@ from test_cli_storescu import without_file_permission_override
 from asyncdicom import AE, Association
 from asyncdicom.protocol import uids
 from asyncdicom.storage.synthetic import make_ct_instance
+from tests.cli_main import run_main
 
 pytestmark = pytest.mark.anyio
 
@@ -339,11 +340,11 @@ async def test_summary_per_association_and_a_line_per_instance_with_v(
     ],
     ids=lambda v: v or "empty",
 )
-async def test_bad_option_values_are_usage_errors(
+def test_bad_option_values_are_usage_errors(
     tmp_path: Path, anyio_backend: str, option: str, value: str
 ) -> None:
     args = {"--port": "0", "--output-dir": "in", option: value}
-    result = await run_cli(
+    result = run_main(
         "storescp", *[item for pair in args.items() for item in pair],
         "--backend", anyio_backend, cwd=tmp_path,
     )  # fmt: skip

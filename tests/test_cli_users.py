@@ -14,8 +14,8 @@ import anyio
 import pytest
 
 from asyncdicom.users import UserStore
-from tests.cli_main import run_main
-from tests.test_cli import CLI, ENV, GUARD, StoreSCPProcess, app_process, err, run_cli
+from tests.cli_main import run_main, run_main_async
+from tests.test_cli import CLI, ENV, GUARD, StoreSCPProcess, app_process, err
 
 pytestmark = pytest.mark.anyio
 
@@ -28,7 +28,9 @@ async def run_with_stdin(*args: str, stdin: bytes, cwd: Path) -> tuple[int, str]
 
 async def test_users_add_change_remove(tmp_path: Path) -> None:
     path = tmp_path / "users.txt"
-    result = await run_cli("users", "add", str(path), "alice", "--password", "pw-a", cwd=tmp_path)
+    result = await run_main_async(
+        "users", "add", str(path), "alice", "--password", "pw-a", cwd=tmp_path
+    )
     assert result.returncode == 0, err(result)
     assert "added 'alice'" in err(result)
     code, stderr = await run_with_stdin(
@@ -44,15 +46,17 @@ async def test_users_add_change_remove(tmp_path: Path) -> None:
     assert store.verify("alice", "pw-a") and store.verify("bob", "pw-b")
 
     # a new password for an existing user
-    result = await run_cli("users", "add", str(path), "alice", "--password", "new", cwd=tmp_path)
+    result = await run_main_async(
+        "users", "add", str(path), "alice", "--password", "new", cwd=tmp_path
+    )
     assert result.returncode == 0 and "password changed for 'alice'" in err(result)
     store = UserStore.load(path)
     assert store.verify("alice", "new") and not store.verify("alice", "pw-a")
 
-    result = await run_cli("users", "remove", str(path), "alice", cwd=tmp_path)
+    result = await run_main_async("users", "remove", str(path), "alice", cwd=tmp_path)
     assert result.returncode == 0, err(result)
     assert "alice" not in UserStore.load(path)
-    result = await run_cli("users", "remove", str(path), "alice", cwd=tmp_path)
+    result = await run_main_async("users", "remove", str(path), "alice", cwd=tmp_path)
     assert result.returncode == 1
     assert err(result).strip().splitlines() == [f"asyncdicom: error: {path}: no user 'alice'"]
 
@@ -60,9 +64,9 @@ async def test_users_add_change_remove(tmp_path: Path) -> None:
 async def test_users_usage_errors(tmp_path: Path) -> None:
     path = tmp_path / "users.txt"
     # a password is required, by exactly one of the two options
-    result = await run_cli("users", "add", str(path), "alice", cwd=tmp_path)
+    result = await run_main_async("users", "add", str(path), "alice", cwd=tmp_path)
     assert result.returncode == 2
-    result = await run_cli("users", "add", str(path), "a:b", "--password", "x", cwd=tmp_path)
+    result = await run_main_async("users", "add", str(path), "a:b", "--password", "x", cwd=tmp_path)
     assert result.returncode == 2 and "argument USER" in err(result)
     code, stderr = await run_with_stdin(
         "users", "add", str(path), "alice", "--password-stdin", stdin=b"\n", cwd=tmp_path
@@ -71,7 +75,9 @@ async def test_users_usage_errors(tmp_path: Path) -> None:
     assert not path.exists()
     # a file that is not a users file is not overwritten
     path.write_text("this is not a users file\n")
-    result = await run_cli("users", "add", str(path), "alice", "--password", "x", cwd=tmp_path)
+    result = await run_main_async(
+        "users", "add", str(path), "alice", "--password", "x", cwd=tmp_path
+    )
     assert result.returncode == 1 and "line 1" in err(result)
     assert path.read_text() == "this is not a users file\n"
     assert "Traceback" not in err(result)
@@ -83,11 +89,13 @@ async def test_users_list_and_check(tmp_path: Path) -> None:
     store.add("alice", "pw-a")
     store.add("bob", "pw-b")
     store.save(path)
-    result = await run_cli("users", "list", str(path), cwd=tmp_path)
+    result = await run_main_async("users", "list", str(path), cwd=tmp_path)
     assert result.returncode == 0, err(result)
     assert result.stdout.decode().splitlines() == ["alice", "bob"]
 
-    result = await run_cli("users", "check", str(path), "alice", "--password", "pw-a", cwd=tmp_path)
+    result = await run_main_async(
+        "users", "check", str(path), "alice", "--password", "pw-a", cwd=tmp_path
+    )
     assert result.returncode == 0, err(result)
     assert "matches" in err(result)
     code, stderr = await run_with_stdin(
@@ -95,12 +103,16 @@ async def test_users_list_and_check(tmp_path: Path) -> None:
     )
     assert code == 0, stderr
     # a wrong password, an unknown user: status 1, one line, the password never shown
-    result = await run_cli("users", "check", str(path), "alice", "--password", "pw-b", cwd=tmp_path)
+    result = await run_main_async(
+        "users", "check", str(path), "alice", "--password", "pw-b", cwd=tmp_path
+    )
     assert result.returncode == 1
     assert err(result).strip().splitlines() == [
         f"asyncdicom: error: {path}: that is not the password of 'alice'"
     ]
-    result = await run_cli("users", "check", str(path), "carol", "--password", "x", cwd=tmp_path)
+    result = await run_main_async(
+        "users", "check", str(path), "carol", "--password", "x", cwd=tmp_path
+    )
     assert result.returncode == 1 and "no user 'carol'" in err(result)
     # the file is only read
     assert UserStore.load(path).users.keys() == {"alice", "bob"}
@@ -114,14 +126,14 @@ async def test_users_list_and_check(tmp_path: Path) -> None:
         ("remove", str(path)),
         ("add", str(path), "--password", "x"),
     ):
-        result = await run_cli("users", *args, cwd=tmp_path)
+        result = await run_main_async("users", *args, cwd=tmp_path)
         assert result.returncode == 2, (args, err(result))
         assert "Traceback" not in err(result)
     # a file that is missing or is not a users file: 1
-    result = await run_cli("users", "list", str(tmp_path / "missing.txt"), cwd=tmp_path)
+    result = await run_main_async("users", "list", str(tmp_path / "missing.txt"), cwd=tmp_path)
     assert result.returncode == 1 and "Traceback" not in err(result)
     (tmp_path / "bad.txt").write_text("not a users file\n")
-    result = await run_cli("users", "list", str(tmp_path / "bad.txt"), cwd=tmp_path)
+    result = await run_main_async("users", "list", str(tmp_path / "bad.txt"), cwd=tmp_path)
     assert result.returncode == 1 and "line 1" in err(result)
 
 
@@ -135,7 +147,9 @@ def users(tmp_path: Path) -> Path:
 
 
 async def _echo(port: int, *options: str, backend: str, cwd: Path) -> tuple[int, str]:
-    result = await run_cli(
+    """``asyncdicom echoscu`` against the server subprocess, run in this process (a client's
+    exit status and error line are the same; the server is the process under test)."""
+    result = await run_main_async(
         "echoscu", "127.0.0.1", str(port), "--backend", backend, *options, cwd=cwd
     )
     assert "Traceback" not in err(result)
