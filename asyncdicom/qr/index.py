@@ -29,7 +29,7 @@ from __future__ import annotations
 import io
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Container, Iterator, Sequence
 from types import TracebackType
 from typing import NamedTuple, cast
 
@@ -613,7 +613,7 @@ class SQLiteIndex:
                 if not query.matches(record, only=selection.residual):
                     continue
             try:
-                yield encoder.encode(self._elements(row, selection))
+                yield encoder.encode(self._elements(row, selection, encoder.wanted))
             except SlowPath:
                 if record is None:
                     record = self._record(row, selection)
@@ -622,13 +622,16 @@ class SQLiteIndex:
                 yield encode_dataset(query.response(record), transfer_syntax)
 
     @staticmethod
-    def _elements(row: tuple[object, ...], selection: _Selection) -> dict[int, Element]:
-        """The elements of a row's record, as :meth:`_record` decodes them, still encoded."""
+    def _elements(
+        row: tuple[object, ...], selection: _Selection, wanted: Container[int] | None = None
+    ) -> dict[int, Element]:
+        """The elements of a row's record, as :meth:`_record` decodes them, still encoded
+        (with ``wanted``: only the elements whose tags it holds)."""
         counts = selection.counts
         elements: dict[int, Element] = {}
         for blob in row[3 + len(counts) :]:
             assert isinstance(blob, bytes)
-            elements.update(parse_explicit_le(blob))
+            elements.update(parse_explicit_le(blob, wanted))
         modalities = row[1]
         if isinstance(modalities, str):
             elements[MODALITIES_IN_STUDY] = Element("CS", modalities.encode("utf-8"))

@@ -30,8 +30,10 @@ Other transfer syntaxes (Explicit VR Big Endian, Deflated) are not handled here:
 from __future__ import annotations
 
 import struct
-from collections.abc import Mapping
+from bisect import bisect_left
+from collections.abc import Container, Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from pydicom.dataset import Dataset
 
@@ -69,9 +71,12 @@ _SEQUENCE_END = 0xFFFEE0DD
 _u16 = struct.Struct("<H").unpack_from
 _u32 = struct.Struct("<I").unpack_from
 _tag = struct.Struct("<HH").unpack_from
+_head = struct.Struct("<HH2sH").unpack_from
 _explicit_short = struct.Struct("<HH2sH").pack
 _explicit_long = struct.Struct("<HH2s2xI").pack
 _implicit = struct.Struct("<HHI").pack
+_pack_u16 = struct.Struct("<H").pack
+_pack_u32 = struct.Struct("<I").pack
 _ITEM_UNDEFINED = struct.pack("<HHI", 0xFFFE, 0xE000, _UNDEFINED)
 _ITEM_DELIMITER = struct.pack("<HHI", 0xFFFE, 0xE00D, 0)
 _SEQUENCE_DELIMITER = struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
@@ -82,33 +87,65 @@ class SlowPath(Exception):
 
 
 #: a sequence item: its elements by tag, and whether it was encoded with undefined length
-@dataclass(frozen=True, slots=True)
-class Item:
+class Item(NamedTuple):
     elements: dict[int, Element]
     undefined: bool
 
 
 #: one element as encoded: its VR and its value bytes (for SQ, its items and whether the
 #: sequence was encoded with undefined length)
-@dataclass(frozen=True, slots=True)
-class Element:
+class Element(NamedTuple):
     vr: str
     value: bytes
     items: tuple[Item, ...] = ()
     undefined: bool = False
 
 
-def parse_explicit_le(data: bytes) -> dict[int, Element]:
-    """The elements of an Explicit VR Little Endian data set, by tag (in the order met).
+def parse_explicit_le(data: bytes, wanted: Container[int] | None = None) -> dict[int, Element]:
+    """The elements of an Explicit VR Little Endian data set, by tag (in the order met); with
+    ``wanted``, only the top-level elements whose tags it holds (the others are stepped over).
 
     Raises:
         SlowPath: the bytes are not a well-formed data set.
     """
     try:
+        if wanted is not None:
+            return _pick(data, wanted)
         elements, _end = _parse(data, 0, len(data), False)
     except (struct.error, IndexError, UnicodeDecodeError) as exc:
         raise SlowPath(f"malformed record: {exc}") from None
     return elements
+
+
+def _pick(data: bytes, wanted: Container[int]) -> dict[int, Element]:
+    out: dict[int, Element] = {}
+    pos = 0
+    end = len(data)
+    while pos < end:
+        group, elem, vr_bytes, length = _head(data, pos)
+        tag = group << 16 | elem
+        if vr_bytes in _LONG:
+            length = _u32(data, pos + 8)[0]
+            pos += 12
+        else:
+            if not (vr_bytes.isalpha() and vr_bytes.isupper()):
+                raise SlowPath("not an Explicit VR data set")
+            pos += 8
+        if vr_bytes == b"SQ":
+            if tag in wanted or length == _UNDEFINED:
+                items, after = _parse_items(data, pos, end, length)
+                if tag in wanted:
+                    out[tag] = Element("SQ", b"", items, length == _UNDEFINED)
+                pos = after
+            else:
+                pos += length
+            continue
+        if length == _UNDEFINED or pos + length > end:
+            raise SlowPath("an element of undefined or impossible length")
+        if tag in wanted:
+            out[tag] = Element(vr_bytes.decode("ascii"), data[pos : pos + length])
+        pos += length
+    return out
 
 
 def _parse(data: bytes, pos: int, end: int, in_item: bool) -> tuple[dict[int, Element], int]:
@@ -140,7 +177,7 @@ def _parse(data: bytes, pos: int, end: int, in_item: bool) -> tuple[dict[int, El
             raise SlowPath("an element of undefined or impossible length")
         out[tag] = Element(vr, data[pos : pos + length])
         pos += length
-    if in_item and end == len(data):
+    if in_item:
         raise SlowPath("an item without its delimiter")
     return out, pos
 
@@ -281,6 +318,12 @@ class ResponseEncoder:
         self.explicit = transfer_syntax == EXPLICIT_VR_LITTLE_ENDIAN
         keys = {key.tag: key for key in query._keys}
         self._entries = self._plan(query.identifier, keys)
+        tags = [entry.tag for entry in self._entries]
+        self._charset_at = bisect_left(tags, SPECIFIC_CHARACTER_SET)
+        self._level_at = bisect_left(tags, QUERY_RETRIEVE_LEVEL)
+        self._headers: dict[tuple[int, str], tuple[bytes, bool]] = {}
+        #: the tags of the record's elements a response may take
+        self.wanted = frozenset({entry.tag for entry in self._entries} | {SPECIFIC_CHARACTER_SET})
         level = query.level.encode("ascii")
         if len(level) % 2:
             level += b" "
@@ -327,52 +370,68 @@ class ResponseEncoder:
         Raises:
             SlowPath: the response cannot be copied byte for byte.
         """
-        explicit = self.explicit
-        parts = self._dataset(self._entries, record, dataset, explicit)
+        parts = self._dataset(self._entries, record, dataset)
+        # the elements the response adds, at their places in tag order
+        if self._level is not None:
+            parts.insert(self._level_at, self._level)
         charset_elem = record.get(SPECIFIC_CHARACTER_SET)
         if charset_elem is not None:
-            charset = (
-                _encode_element(SPECIFIC_CHARACTER_SET, charset_elem, explicit)
-                if charset_elem.value
-                else None
-            )
-        else:
-            charset = self._request_charset
-        head: list[tuple[int, bytes]] = []
-        if charset is not None:
-            head.append((SPECIFIC_CHARACTER_SET, charset))
-        if self._level is not None:
-            head.append((QUERY_RETRIEVE_LEVEL, self._level))
-        if head:
-            parts = sorted(parts + head, key=_first)
-        return b"".join(p[1] for p in parts)
+            if charset_elem.value:
+                parts.insert(
+                    self._charset_at,
+                    _encode_element(SPECIFIC_CHARACTER_SET, charset_elem, self.explicit),
+                )
+        elif self._request_charset is not None:
+            parts.insert(self._charset_at, self._request_charset)
+        return b"".join(parts)
+
+    def _header(self, tag: int, vr: str, length: int) -> bytes:
+        known = self._headers.get((tag, vr))
+        if known is None:
+            code = vr.encode("ascii")
+            if not self.explicit:
+                known = (struct.pack("<HH", tag >> 16, tag & 0xFFFF), True)
+            elif code in _LONG:
+                known = (struct.pack("<HH2s2x", tag >> 16, tag & 0xFFFF, code), True)
+            else:
+                known = (struct.pack("<HH2s", tag >> 16, tag & 0xFFFF, code), False)
+            self._headers[tag, vr] = known
+        prefix, long = known
+        if long:
+            return prefix + _pack_u32(length)
+        if length > 0xFFFF:
+            raise SlowPath("a value too long for its VR's length field")
+        return prefix + _pack_u16(length)
 
     def _dataset(
         self,
         entries: tuple[_Entry, ...],
         record: Mapping[int, Element],
         dataset: Dataset | None,
-        explicit: bool,
-    ) -> list[tuple[int, bytes]]:
-        out: list[tuple[int, bytes]] = []
+    ) -> list[bytes]:
+        out: list[bytes] = []
         for entry in entries:
             tag = entry.tag
             stored = record.get(tag)
             if stored is None:
-                out.append((tag, entry.empty))
-            elif entry.items is not None and stored.vr == "SQ":
-                out.append((tag, self._sequence(entry, stored, dataset, explicit)))
-            elif stored.vr == "SQ" or stored.value:
-                out.append((tag, _encode_element(tag, stored, explicit)))
-            elif stored.vr == entry.vr:
-                out.append((tag, entry.empty))
+                out.append(entry.empty)
+                continue
+            vr = stored.vr
+            if vr == "SQ":
+                if entry.items is not None:
+                    out.append(self._sequence(entry, stored, dataset))
+                else:
+                    out.append(_encode_element(tag, stored, self.explicit))
+            elif stored.value:
+                value = _value(vr, stored.value)
+                out.append(self._header(tag, vr, len(value)) + value)  # one part per element
+            elif vr == entry.vr:
+                out.append(entry.empty)
             else:
                 raise SlowPath("an empty value of another VR than the request's")
         return out
 
-    def _sequence(
-        self, entry: _Entry, stored: Element, dataset: Dataset | None, explicit: bool
-    ) -> bytes:
+    def _sequence(self, entry: _Entry, stored: Element, dataset: Dataset | None) -> bytes:
         """A sequence key with item keys: the matching items, each with the item keys."""
         held = dataset.get(entry.tag) if dataset is not None else None
         if held is None or held.VR != "SQ" or len(held.value or ()) != len(stored.items):
@@ -382,11 +441,7 @@ class ResponseEncoder:
         bodies: list[tuple[bytes, bool]] = []
         for item, item_ds in zip(stored.items, held.value, strict=True):
             if _match_item(item_keys, item_ds):
-                parts = self._dataset(entry.items, item.elements, item_ds, explicit)
-                bodies.append((b"".join(p[1] for p in parts), False))
+                parts = self._dataset(entry.items, item.elements, item_ds)
+                bodies.append((b"".join(parts), False))
         # a new sequence of new items: pydicom writes both with defined lengths
-        return _encode_sequence(entry.tag, bodies, False, explicit)
-
-
-def _first(part: tuple[int, bytes]) -> int:
-    return part[0]
+        return _encode_sequence(entry.tag, bodies, False, self.explicit)
