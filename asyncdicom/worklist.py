@@ -39,12 +39,10 @@ import copy
 import dataclasses
 import os
 import threading
-from collections.abc import AsyncIterator, Generator, Iterable, Iterator
-from itertools import islice
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-import anyio
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
@@ -73,8 +71,6 @@ __all__ = ["WORKLIST_SUFFIXES", "Worklist"]
 WORKLIST_SUFFIXES = (".wl", ".dcm")
 
 SPECIFIC_CHARACTER_SET = 0x00080005
-#: C-FIND responses made per worker-thread call
-_FIND_BATCH = 64
 
 # the worklist service, accepted by an AE it is added to (Worklist.install)
 _MWL_ACCEPTED = dataclasses.replace(MWL_FIND_SERVICE, accept_by_default=True)
@@ -159,23 +155,8 @@ class Worklist:
 
     # -- the handler -------------------------------------------------------------------------
 
-    async def _on_find(self, request: Any) -> AsyncIterator[Any]:
-        """C-FIND: matched in worker threads, a batch of responses per thread call."""
-        if request.has_dataset:
-            request.data = await request.read()
-        responses = self._find_items(request)
-        try:
-            while True:
-                batch = await anyio.to_thread.run_sync(_take, responses, _FIND_BATCH)
-                for response in batch:
-                    yield response
-                if len(batch) < _FIND_BATCH:
-                    return
-        finally:
-            responses.close()
-
-    def _find_items(self, request: Any) -> Generator[Any, None, None]:
-        """The responses of a C-FIND (in a worker thread): each matching item's identifier
+    def _on_find(self, request: Any) -> Iterator[Any]:
+        """C-FIND (a plain generator: runs in a worker thread): each matching item's identifier
         encoded straight into the context's transfer syntax when it is Implicit or Explicit
         VR Little Endian (:mod:`asyncdicom.qr.wire`; the item's elements are encoded once and
         kept), a pydicom data set otherwise."""
@@ -233,7 +214,11 @@ class Worklist:
             ds.add(elem)
         if charset is not None:
             ds.add(charset)
-        elements = parse_explicit_le(encode_dataset(ds, EXPLICIT_VR_LITTLE_ENDIAN))
+        try:
+            encoded = encode_dataset(ds, EXPLICIT_VR_LITTLE_ENDIAN)
+        except Exception as exc:  # a value pydicom cannot encode: the response will tell
+            raise SlowPath(f"the item cannot be encoded: {exc}") from None
+        elements = parse_explicit_le(encoded)
         if own is None:
             elements.pop(SPECIFIC_CHARACTER_SET, None)  # the request's: not the item's own
         with self._lock:
@@ -299,10 +284,6 @@ def _worklist_files(folder: Path) -> list[Path]:
             if not name.startswith(".") and name.lower().endswith(WORKLIST_SUFFIXES):
                 out.append(Path(root, name))
     return out
-
-
-def _take(items: Iterator[Any], count: int) -> list[Any]:
-    return list(islice(items, count))
 
 
 def _failure(request: messages.RequestMessage, comment: str) -> messages.ResponseMessage:

@@ -160,7 +160,7 @@ def _responses(worklist: Worklist, query: Dataset, syntax: str) -> list[bytes | 
         association=SimpleNamespace(log=logging.getLogger("test")),
         message=None,
     )
-    return list(worklist._find_items(request))
+    return list(worklist._on_find(request))
 
 
 def _multi_step_item() -> Dataset:

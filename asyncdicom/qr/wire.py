@@ -37,6 +37,7 @@ from typing import NamedTuple
 
 from pydicom.dataset import Dataset
 
+from ..errors import SlowPath
 from .matching import _NOT_MATCHED, QUERY_RETRIEVE_LEVEL, Query, _Key, _match_item, _vr_of
 
 __all__ = [
@@ -80,10 +81,6 @@ _pack_u32 = struct.Struct("<I").pack
 _ITEM_UNDEFINED = struct.pack("<HHI", 0xFFFE, 0xE000, _UNDEFINED)
 _ITEM_DELIMITER = struct.pack("<HHI", 0xFFFE, 0xE00D, 0)
 _SEQUENCE_DELIMITER = struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
-
-
-class SlowPath(Exception):
-    """This response cannot be copied byte for byte: build it with pydicom."""
 
 
 #: a sequence item: its elements by tag, and whether it was encoded with undefined length
