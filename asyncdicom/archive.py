@@ -53,9 +53,10 @@ from __future__ import annotations
 import os
 import re
 import sqlite3
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterator, Generator, Iterator, Mapping
 from contextlib import AsyncExitStack, suppress
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -81,6 +82,7 @@ from .protocol import messages
 from .protocol.status import Status
 from .qr import QueryError, SQLiteIndex, parse_query
 from .qr.index import Added
+from .qr.wire import WIRE_SYNTAXES
 from .services.base import make_response
 from .services.commitment import (
     CLASS_INSTANCE_CONFLICT,
@@ -633,8 +635,26 @@ class Archive:
         _unlink_quietly(path)
         prune_empty_folders(path, self.folder)
 
-    def _on_find(self, request: Any) -> Iterator[Any]:
-        """C-FIND (a plain generator: runs in a worker thread)."""
+    async def _on_find(self, request: Any) -> AsyncIterator[Any]:
+        """C-FIND: the query runs in worker threads, a batch of responses per thread call
+        (one call per match would cost more than the match itself)."""
+        if request.has_dataset:
+            request.data = await request.read()
+        items = self._find_items(request)
+        try:
+            while True:
+                batch = await anyio.to_thread.run_sync(_take, items, _FIND_BATCH)
+                for item in batch:
+                    yield item
+                if len(batch) < _FIND_BATCH:
+                    return
+        finally:
+            items.close()
+
+    def _find_items(self, request: Any) -> Generator[Any, None, None]:
+        """The responses of a C-FIND (in a worker thread): identifiers encoded from the index
+        records straight into the context's transfer syntax when it is Implicit or Explicit VR
+        Little Endian, pydicom data sets otherwise (encoded by the service layer)."""
         try:
             query = parse_query(
                 request.decode(),
@@ -647,8 +667,14 @@ class Archive:
         except Exception as exc:  # an identifier pydicom cannot decode
             yield _undecodable(request, exc)
             return
+        syntax = request.context.transfer_syntax or ""
+        found: Iterator[Any] = (
+            self.index.find_encoded(query, syntax)
+            if syntax in WIRE_SYNTAXES
+            else self.index.find(query)
+        )
         if not query.ignored:
-            yield from self.index.find(query)
+            yield from found
             return
         # a unique key of a lower level (odil's pre-query of a C-GET gives the Series Instance
         # UID at STUDY level): matched as if absent, each match a Pending 0xFF01 (optional
@@ -656,7 +682,7 @@ class Archive:
         request.association.log.info(
             "query_keys_ignored", level=query.level, keys=[_tag_text(t) for t in query.ignored]
         )
-        for identifier in self.index.find(query):
+        for identifier in found:
             yield _PENDING_WARNING, identifier
 
     def _on_retrieve(self, request: Any) -> Iterator[Any]:
@@ -685,6 +711,14 @@ class Archive:
             )
             return
         yield from self.index.instances(query)
+
+
+#: C-FIND responses made per worker-thread call
+_FIND_BATCH = 64
+
+
+def _take(items: Iterator[Any], count: int) -> list[Any]:
+    return list(islice(items, count))
 
 
 def _query_failure(request: Any, exc: QueryError) -> messages.Message:

@@ -53,6 +53,7 @@ The tree::
     │   └── ModelNotSupported
     ├── IndexDatabaseError                    the Query/Retrieve index file cannot be used
     │   └── SchemaVersionError
+    ├── SlowPath                              a C-FIND response to build with pydicom
     ├── UsersFileError (ValueError)           a users file cannot be read or parsed
     ├── AuditLogError (OSError)               the audit log cannot be appended to
     └── WorkerFailed (RuntimeError)           a load-test worker process could not run
@@ -115,6 +116,7 @@ __all__ = [
     "QueryFailed",
     "RetrieveFailed",
     "SchemaVersionError",
+    "SlowPath",
     "StorageError",
     "TLSError",
     "TooManyPresentationContexts",
@@ -418,6 +420,11 @@ class SchemaVersionError(IndexDatabaseError):
     def __init__(self, message: str, *, found: int) -> None:
         super().__init__(message)
         self.found = found
+
+
+class SlowPath(DICOMError):
+    """:class:`asyncdicom.qr.wire.ResponseEncoder` cannot copy this C-FIND response byte
+    for byte: build it with pydicom (``Query.response``) instead.  Not a failure."""
 
 
 # --------------------------------------------------------------------------- configuration files

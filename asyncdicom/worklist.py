@@ -52,14 +52,25 @@ from .log import get_logger
 from .protocol import messages
 from .protocol.status import Status
 from .protocol.uids import MODALITY_WORKLIST_FIND
-from .qr.matching import QueryError, parse_worklist_query
+from .qr.matching import Query, QueryError, parse_worklist_query
+from .qr.wire import (
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    WIRE_SYNTAXES,
+    Element,
+    ResponseEncoder,
+    SlowPath,
+    parse_explicit_le,
+)
 from .services.base import make_response
 from .services.query_retrieve import MWL_FIND_SERVICE
+from .storage.codec import encode_dataset
 
 __all__ = ["WORKLIST_SUFFIXES", "Worklist"]
 
 #: the file name endings read from a worklist folder (compared case-insensitively)
 WORKLIST_SUFFIXES = (".wl", ".dcm")
+
+SPECIFIC_CHARACTER_SET = 0x00080005
 
 # the worklist service, accepted by an AE it is added to (Worklist.install)
 _MWL_ACCEPTED = dataclasses.replace(MWL_FIND_SERVICE, accept_by_default=True)
@@ -96,6 +107,8 @@ class Worklist:
         self._lock = threading.Lock()
         self._added: list[Dataset] = []
         self._files: dict[Path, _File] = {}
+        # id(item) -> (the item, its encoded elements by character set): see _elements
+        self._encoded: dict[int, tuple[Dataset, dict[str | None, dict[int, Element]]]] = {}
         for item in items:
             self.add(item)
 
@@ -114,6 +127,7 @@ class Worklist:
         """Forget the items added in code (the folder's stay)."""
         with self._lock:
             self._added.clear()
+            self._encoded.clear()
 
     def items(self) -> list[Dataset]:
         """Every item now: those added in code, then the folder's (read again as far as it
@@ -142,7 +156,10 @@ class Worklist:
     # -- the handler -------------------------------------------------------------------------
 
     def _on_find(self, request: Any) -> Iterator[Any]:
-        """C-FIND (a plain generator: runs in a worker thread)."""
+        """C-FIND (a plain generator: runs in a worker thread): each matching item's identifier
+        encoded straight into the context's transfer syntax when it is Implicit or Explicit
+        VR Little Endian (:mod:`asyncdicom.qr.wire`; the item's elements are encoded once and
+        kept), a pydicom data set otherwise."""
         try:
             identifier = request.decode()
             query = parse_worklist_query(identifier, pn_case_insensitive=self.pn_case_insensitive)
@@ -161,12 +178,52 @@ class Worklist:
             )
             yield _failure(request.message, "the identifier cannot be decoded")
             return
+        syntax = request.context.transfer_syntax or ""
+        encoder = ResponseEncoder(query, syntax) if syntax in WIRE_SYNTAXES else None
         count = 0
         for item in self.items():
-            if query.matches(item):
-                count += 1
-                yield query.response(item)
+            if not query.matches(item):
+                continue
+            count += 1
+            if encoder is not None:
+                try:
+                    yield encoder.encode(self._elements(item, query), item)
+                    continue
+                except SlowPath:
+                    pass
+            yield query.response(item)
         request.association.log.info("worklist_query", matches=count)
+
+    def _elements(self, item: Dataset, query: Query) -> dict[int, Element]:
+        """``item``'s elements encoded (Explicit VR Little Endian, by pydicom, once per item
+        and character set), as :class:`~asyncdicom.qr.wire.ResponseEncoder` copies them; the
+        character set is the one of the response (the item's, else the request's)."""
+        own = item.get(SPECIFIC_CHARACTER_SET)
+        charset = own if own is not None else query.identifier.get(SPECIFIC_CHARACTER_SET)
+        key = None if charset is None else repr(charset.value)
+        with self._lock:
+            cached = self._encoded.get(id(item))
+            if cached is None or cached[0] is not item:
+                cached = (item, {})
+                self._encoded[id(item)] = cached
+            elements = cached[1].get(key)
+        if elements is not None:
+            return elements
+        ds = Dataset()
+        for elem in item:
+            ds.add(elem)
+        if charset is not None:
+            ds.add(charset)
+        try:
+            encoded = encode_dataset(ds, EXPLICIT_VR_LITTLE_ENDIAN)
+        except Exception as exc:  # a value pydicom cannot encode: the response will tell
+            raise SlowPath(f"the item cannot be encoded: {exc}") from None
+        elements = parse_explicit_le(encoded)
+        if own is None:
+            elements.pop(SPECIFIC_CHARACTER_SET, None)  # the request's: not the item's own
+        with self._lock:
+            cached[1][key] = elements
+        return elements
 
     # -- the folder --------------------------------------------------------------------------
 
@@ -184,6 +241,10 @@ class Worklist:
                 seen[path] = known
                 continue
             seen[path] = _File(stamp, self._read(path))
+        if seen.keys() != self._files.keys() or any(seen[p] is not self._files[p] for p in seen):
+            current = {id(f.item) for f in seen.values()} | {id(i) for i in self._added}
+            for gone in self._encoded.keys() - current:
+                del self._encoded[gone]
         self._files = seen
 
     def _read(self, path: Path) -> Dataset | None:

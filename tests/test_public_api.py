@@ -47,7 +47,7 @@ EXPECTED_ALL: dict[str, set[str]] = {
         "QueryFailed", "RetrieveFailed", "CommitmentRefused", "CommitmentTimeout",
         # SCP side, configuration, tools
         "QueryError", "IdentifierMismatch", "UnableToProcess", "ModelNotSupported",
-        "IndexDatabaseError", "SchemaVersionError", "UsersFileError", "AuditLogError",
+        "IndexDatabaseError", "SchemaVersionError", "SlowPath", "UsersFileError", "AuditLogError",
         "WorkerFailed",
     },
     "asyncdicom.lowlevel": {

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import anyio
@@ -26,6 +27,7 @@ from asyncdicom.qr.matching import (
     parse_worklist_query,
 )
 from asyncdicom.services.query_retrieve import find_model_uid
+from asyncdicom.storage.codec import encode_dataset
 from asyncdicom.testing import associated
 from asyncdicom.worklist import Worklist
 
@@ -148,6 +150,67 @@ def test_worklist_responses_carry_the_requested_keys_only() -> None:
         "ScheduledStationAETitle",
     ]
     assert (step.Modality, step.ScheduledStationAETitle) == ("MR", "MR1")
+
+
+def _responses(worklist: Worklist, query: Dataset, syntax: str) -> list[bytes | Dataset]:
+    """What the worklist's C-FIND handler yields for ``query`` on a context of ``syntax``."""
+    request = SimpleNamespace(
+        decode=lambda: query,
+        context=SimpleNamespace(transfer_syntax=syntax),
+        association=SimpleNamespace(log=logging.getLogger("test")),
+        message=None,
+    )
+    return list(worklist._on_find(request))
+
+
+def _multi_step_item() -> Dataset:
+    item = worklist_item("A4", "POE^EDGAR", "CT1", "CT", "20240303")
+    second = Dataset()
+    second.ScheduledStationAETitle = "MR2"
+    second.Modality = "MR"
+    second.ScheduledProcedureStepStartDate = "20240304"
+    item.ScheduledProcedureStepSequence.append(second)
+    del item.SpecificCharacterSet  # the request's is returned
+    item.OtherPatientIDs = ["X1", "Y22"]  # multi-valued
+    item.PatientWeight = None  # empty
+    return item
+
+
+@pytest.mark.parametrize("syntax", [uids.IMPLICIT_VR_LITTLE_ENDIAN, ExplicitVRLittleEndian])
+def test_worklist_responses_are_the_bytes_pydicom_writes(syntax: str) -> None:
+    """The identifiers are encoded from each item's elements encoded once (no data set per
+    match): the same bytes as pydicom's encoding of ``Query.response``, sequence items
+    filtered, with the request's Specific Character Set for an item without one; a name
+    outside ASCII is answered the pydicom way."""
+    umlaut = worklist_item("A5", "M\u00dcLLER^J\u00dcRGEN", "CT1", "CT", "20240305")
+    worklist = Worklist(items=[*ITEMS, _multi_step_item(), umlaut])
+    queries = [wl_query(), wl_query(Modality="CT"), wl_query(ScheduledStationAETitle="MR*")]
+    for query in list(queries):
+        with_charset = query.copy()
+        with_charset.SpecificCharacterSet = "ISO_IR 192"
+        with_charset.OtherPatientIDs = ""
+        with_charset.PatientWeight = ""
+        with_charset.PatientID = ""
+        queries.append(with_charset)
+    copied = 0
+    for ds in queries:
+        query = parse_worklist_query(ds)
+        got = _responses(worklist, ds, syntax)
+        expected = [
+            encode_dataset(query.response(item), syntax)
+            for item in worklist.items()
+            if query.matches(item)
+        ]
+        assert [r if isinstance(r, bytes) else encode_dataset(r, syntax) for r in got] == expected
+        copied += sum(isinstance(r, bytes) for r in got)
+        # the item with the name outside ASCII went the pydicom way
+        assert sum(isinstance(r, Dataset) for r in got) == sum(
+            str(r.AccessionNumber) == "A5" for r in worklist.find(ds)
+        )
+    assert copied >= 12
+    # another transfer syntax: data sets, encoded by the service layer
+    got = _responses(worklist, wl_query(), uids.EXPLICIT_VR_BIG_ENDIAN)
+    assert got and all(isinstance(r, Dataset) for r in got)
 
 
 def test_worklist_query_errors() -> None:

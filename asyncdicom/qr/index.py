@@ -29,7 +29,7 @@ from __future__ import annotations
 import io
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Container, Iterator, Sequence
 from types import TracebackType
 from typing import NamedTuple, cast
 
@@ -40,6 +40,7 @@ from pydicom.filereader import read_dataset
 from ..errors import IndexDatabaseError, SchemaVersionError
 from .matching import INDEX_COLUMNS, LEVELS, Query, SqlColumn, index_value, sql_filter
 from .records import encode_explicit_le
+from .wire import Element, ResponseEncoder, SlowPath, parse_explicit_le
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -590,6 +591,57 @@ class SQLiteIndex:
         the entities were indexed."""
         for record in self.records(query):
             yield query.response(record)
+
+    def find_encoded(self, query: Query, transfer_syntax: str) -> Iterator[bytes]:
+        """The C-FIND response identifiers for ``query``, as :meth:`find` gives them, already
+        encoded in ``transfer_syntax``: Implicit or Explicit VR Little Endian (see
+        :data:`~asyncdicom.qr.wire.WIRE_SYNTAXES`), copied from the stored records without
+        a pydicom data set per match, the same bytes pydicom writes for :meth:`find`'s data
+        sets (:mod:`asyncdicom.qr.wire`).  A record that cannot be copied byte for byte
+        (padding pydicom would remove, characters outside ASCII, a sequence key with item
+        keys) is answered the pydicom way.
+
+        Raises:
+            ValueError: ``transfer_syntax`` is not one of those two.
+        """
+        encoder = ResponseEncoder(query, transfer_syntax)
+        selection = self._select(query)
+        for row in selection.rows:
+            record: Dataset | None = None
+            if selection.residual:
+                record = self._record(row, selection)
+                if not query.matches(record, only=selection.residual):
+                    continue
+            try:
+                yield encoder.encode(self._elements(row, selection, encoder.wanted))
+            except SlowPath:
+                if record is None:
+                    record = self._record(row, selection)
+                from ..storage.codec import encode_dataset
+
+                yield encode_dataset(query.response(record), transfer_syntax)
+
+    @staticmethod
+    def _elements(
+        row: tuple[object, ...], selection: _Selection, wanted: Container[int] | None = None
+    ) -> dict[int, Element]:
+        """The elements of a row's record, as :meth:`_record` decodes them, still encoded
+        (with ``wanted``: only the elements whose tags it holds)."""
+        counts = selection.counts
+        elements: dict[int, Element] = {}
+        for blob in row[3 + len(counts) :]:
+            assert isinstance(blob, bytes)
+            elements.update(parse_explicit_le(blob, wanted))
+        modalities = row[1]
+        if isinstance(modalities, str):
+            elements[MODALITIES_IN_STUDY] = Element("CS", modalities.encode("utf-8"))
+        for tag, value in zip(counts, row[3 : 3 + len(counts)], strict=True):
+            elements[tag] = Element("IS", str(cast(int, value)).encode("ascii"))
+        if selection.sop_classes is not None:
+            uids = selection.sop_classes.get(cast(int, row[2]))
+            if uids:
+                elements[SOP_CLASSES_IN_STUDY] = Element("UI", "\\".join(uids).encode("utf-8"))
+        return elements
 
     def instances(self, query: Query) -> list[str]:
         """The file paths of the instances under the entities matching ``query`` (what a
