@@ -147,7 +147,12 @@ class Receiving(Lifecycle):
         send = self._incoming_send
         if send is not None and not self._incoming_dropped:
             try:
-                await send.send(event.data)
+                # without a trip through the event loop while the handler's queue has room
+                # (``send`` always takes one); the reader waits only when the handler lags
+                try:
+                    send.send_nowait(event.data)
+                except anyio.WouldBlock:
+                    await send.send(event.data)
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 # the handler finished without reading everything: drop the rest
                 self._incoming_dropped = True
