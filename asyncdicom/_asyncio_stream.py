@@ -51,6 +51,15 @@ class _ReadSized(Protocol):
     max_size: int
 
 
+#: what a waiter of ``receive_before`` is given when its deadline passes
+_EXPIRED: Any = object()
+
+
+def _expire(waiter: asyncio.Future[Any]) -> None:
+    if not waiter.done():
+        waiter.set_result(_EXPIRED)
+
+
 class _Protocol(asyncio.Protocol):
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
@@ -60,7 +69,7 @@ class _Protocol(asyncio.Protocol):
         self.eof = False
         self.error: BaseException | None = None
         self.lost = False
-        self.waiter: asyncio.Future[None] | None = None
+        self.waiter: asyncio.Future[Any] | None = None
         self.drain_waiter: asyncio.Future[None] | None = None
         self.writing_paused = False
         self.sizer = ReadSizer()
@@ -125,6 +134,9 @@ class AsyncioStream(ByteStream):
         self._protocol = protocol
         self._closed = False
         self._immediate = 0
+        #: the loop, looked up once (``get_running_loop`` costs a ``getpid`` system call on
+        #: Python 3.11)
+        self._loop = asyncio.get_running_loop()
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
         p = self._protocol
@@ -144,11 +156,56 @@ class AsyncioStream(ByteStream):
                     raise anyio.BrokenResourceError from p.error
                 if p.eof:
                     raise anyio.EndOfStream
-                p.waiter = asyncio.get_running_loop().create_future()
+                p.waiter = self._loop.create_future()
                 try:
                     await p.waiter
                 finally:
                     p.waiter = None
+        return self._take(max_bytes)
+
+    async def receive_before(self, deadline: float, max_bytes: int = 65536) -> bytes | None:
+        """:meth:`receive`, or ``None`` if nothing has come when the loop's clock reaches
+        ``deadline`` (or :meth:`expire` is called first).  What a cancel scope with that
+        deadline around :meth:`receive` does, at the cost of a timer only when the call has
+        to wait: the reader of a message in progress waits under a deadline, but its data is
+        mostly here already."""
+        p = self._protocol
+        if self._closed:
+            raise anyio.ClosedResourceError
+        if p.chunks:
+            self._immediate += 1
+            if self._immediate >= _FAIRNESS:
+                self._immediate = 0
+                await asyncio.sleep(0)
+        else:
+            self._immediate = 0
+            loop = self._loop
+            while not p.chunks:
+                if self._closed:
+                    raise anyio.ClosedResourceError
+                if p.error is not None:
+                    raise anyio.BrokenResourceError from p.error
+                if p.eof:
+                    raise anyio.EndOfStream
+                waiter = p.waiter = loop.create_future()
+                timer = loop.call_at(deadline, _expire, waiter)
+                try:
+                    await waiter
+                finally:
+                    p.waiter = None
+                    timer.cancel()
+                if not p.chunks and waiter.result() is _EXPIRED:
+                    return None
+        return self._take(max_bytes)
+
+    def expire(self) -> None:
+        """Make a :meth:`receive_before` that is waiting return ``None`` now."""
+        waiter = self._protocol.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(_EXPIRED)
+
+    def _take(self, max_bytes: int) -> bytes:
+        p = self._protocol
         chunk = p.chunks.popleft()
         if len(chunk) > max_bytes:
             p.chunks.appendleft(chunk[max_bytes:])
@@ -170,7 +227,7 @@ class AsyncioStream(ByteStream):
             raise anyio.BrokenResourceError from cause
         self._transport.write(item)
         while p.writing_paused and not p.lost and not self._closed:
-            p.drain_waiter = asyncio.get_running_loop().create_future()
+            p.drain_waiter = self._loop.create_future()
             await p.drain_waiter
         if self._closed:
             # closed by another task while this write waited (as trio reports it)

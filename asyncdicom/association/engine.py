@@ -106,6 +106,9 @@ class Engine:
         self._write_lock = anyio.Lock(fast_acquire=True)
         self._reader_scope: anyio.CancelScope | None = None
         self._reader_unbounded = False
+        #: the deadline the reader waits with in the stream's own ``receive_before`` (no
+        #: cancel scope), ``None`` when it does not
+        self._reader_deadline: float | None = None
         self._timer_scope: anyio.CancelScope | None = None
         self._timer_running = False
         self._established = anyio.Event()
@@ -224,6 +227,11 @@ class Engine:
         # how much to ask for per receive (trio reads that much from the socket at once)
         sizer = ReadSizer()
         size = sizer.size
+        # a stream that can wait with a deadline itself (ours on asyncio) spares a cancel
+        # scope per read while a message is in progress
+        receive_before: Callable[[float, int], Awaitable[bytes | None]] | None = getattr(
+            stream, "receive_before", None
+        )
         try:
             while not self._closed.is_set():
                 if hooks.version != self._hooks_version:
@@ -240,6 +248,16 @@ class Engine:
                             data = await stream.receive(size)
                         finally:
                             self._reader_unbounded = False
+                    elif receive_before is not None:
+                        self._reader_deadline = deadline
+                        try:
+                            data = await receive_before(deadline, size)
+                        finally:
+                            self._reader_deadline = None
+                        if data is None:  # the deadline passed (or moved earlier)
+                            core.handle_timer(self._now())
+                            await self._process_events()
+                            continue
                     else:
                         try:
                             with anyio.CancelScope(deadline=deadline) as scope:
@@ -274,6 +292,12 @@ class Engine:
         if scope is not None:
             deadline = self._core.timer_deadline()
             scope.deadline = math.inf if deadline is None else deadline
+        elif self._reader_deadline is not None:
+            # the reader's wait ends at its deadline; an earlier one wakes it now (it then
+            # acts on what is due, nothing if nothing is, and waits again until the new one)
+            deadline = self._core.timer_deadline()
+            if deadline is not None and deadline < self._reader_deadline:
+                self._stream.expire()  # type: ignore[attr-defined]
         elif self._reader_unbounded:
             deadline = self._core.timer_deadline()
             if deadline is None:
@@ -355,7 +379,11 @@ class Engine:
             self._core.connection_lost(describe_loss(lost), self._now(), lost)
             await self._process_events()
             return
-        if self._reader_scope is not None or self._reader_unbounded:
+        if (
+            self._reader_scope is not None
+            or self._reader_unbounded
+            or self._reader_deadline is not None
+        ):
             self._update_deadline()
 
     def _write_stalled(self, timeout: float) -> None:
