@@ -55,11 +55,6 @@ class _ReadSized(Protocol):
 _EXPIRED: Any = object()
 
 
-def _expire(waiter: asyncio.Future[Any]) -> None:
-    if not waiter.done():
-        waiter.set_result(_EXPIRED)
-
-
 class _Protocol(asyncio.Protocol):
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
@@ -137,6 +132,10 @@ class AsyncioStream(ByteStream):
         #: the loop, looked up once (``get_running_loop`` costs a ``getpid`` system call on
         #: Python 3.11)
         self._loop = asyncio.get_running_loop()
+        #: the timer of ``receive_before`` and when it fires; it stays armed from one wait to
+        #: the next while their deadlines are no earlier (see receive_before)
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_when = 0.0
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
         p = self._protocol
@@ -166,9 +165,11 @@ class AsyncioStream(ByteStream):
     async def receive_before(self, deadline: float, max_bytes: int = 65536) -> bytes | None:
         """:meth:`receive`, or ``None`` if nothing has come when the loop's clock reaches
         ``deadline`` (or :meth:`expire` is called first).  What a cancel scope with that
-        deadline around :meth:`receive` does, at the cost of a timer only when the call has
-        to wait: the reader of a message in progress waits under a deadline, but its data is
-        mostly here already."""
+        deadline around :meth:`receive` does, at a lower cost: no timer at all when data is
+        here already, and one timer kept across waits while their deadlines move later (the
+        usual case: a network timeout that restarts with every read, a receive deadline that
+        progress extends).  Such a timer fires early, before the deadline of the wait it
+        ends: ``None`` then means "look at the clock", which the caller does anyway."""
         p = self._protocol
         if self._closed:
             raise anyio.ClosedResourceError
@@ -187,13 +188,16 @@ class AsyncioStream(ByteStream):
                     raise anyio.BrokenResourceError from p.error
                 if p.eof:
                     raise anyio.EndOfStream
+                if self._timer is None or deadline < self._timer_when:
+                    if self._timer is not None:
+                        self._timer.cancel()
+                    self._timer = loop.call_at(deadline, self._fire)
+                    self._timer_when = deadline
                 waiter = p.waiter = loop.create_future()
-                timer = loop.call_at(deadline, _expire, waiter)
                 try:
                     await waiter
                 finally:
                     p.waiter = None
-                    timer.cancel()
                 if not p.chunks and waiter.result() is _EXPIRED:
                     return None
         return self._take(max_bytes)
@@ -203,6 +207,15 @@ class AsyncioStream(ByteStream):
         waiter = self._protocol.waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(_EXPIRED)
+
+    def _fire(self) -> None:
+        self._timer = None
+        self.expire()
+
+    def _drop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def _take(self, max_bytes: int) -> bytes:
         p = self._protocol
@@ -243,6 +256,7 @@ class AsyncioStream(ByteStream):
         if self._closed:
             return
         self._closed = True
+        self._drop_timer()
         p = self._protocol
         p._wake()
         p.wake_writer()
@@ -257,6 +271,7 @@ class AsyncioStream(ByteStream):
         """Close at once, dropping unsent bytes (for a peer that stopped reading); a task
         waiting in :meth:`send` or :meth:`receive` gets ``ClosedResourceError``."""
         self._closed = True
+        self._drop_timer()
         p = self._protocol
         p._wake()
         p.wake_writer()

@@ -138,3 +138,40 @@ async def test_close_wakes_a_waiting_receive(pair: tuple[AsyncioStream, socket.s
             await _until_waiting(stream)
             await stream.aclose()
     assert raised == [anyio.ClosedResourceError]
+
+
+async def test_the_timer_is_kept_across_waits_and_moved_only_earlier(
+    pair: tuple[AsyncioStream, socket.socket],
+) -> None:
+    # one timer serves successive waits whose deadlines move later (a network timeout that
+    # restarts with every read): it then ends a later wait early, with None ("look at the
+    # clock"); a wait with an earlier deadline moves it
+    stream, peer = pair
+    loop = asyncio.get_running_loop()
+
+    async def wait_then_feed(deadline: float, data: bytes) -> bytes | None:
+        got: list[bytes | None] = []
+
+        async def read() -> None:
+            got.append(await stream.receive_before(deadline, 65536))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(read)
+            await _until_waiting(stream)
+            peer.sendall(data)
+        return got[0]
+
+    with anyio.fail_after(GUARD):
+        first = loop.time() + 0.2
+        assert await wait_then_feed(first, b"a") == b"a"
+        timer = stream._timer
+        assert timer is not None
+        assert await wait_then_feed(first + 3600, b"b") == b"b"
+        assert stream._timer is timer  # a later deadline: the same timer
+        assert await stream.receive_before(first + 3600) is None  # ended early, by design
+        assert loop.time() >= first
+        late = loop.time() + 3600
+        assert await wait_then_feed(late, b"c") == b"c"
+        soon = loop.time() + 0.05
+        assert await stream.receive_before(soon) is None  # the earlier deadline moved it
+        assert loop.time() >= soon
