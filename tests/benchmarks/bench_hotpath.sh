@@ -57,7 +57,9 @@ case $MODE in
 esac
 [[ $MODE == echo-trio ]] && BACKEND=trio
 
+# python -m puts the working directory first on sys.path: run each tree from its own root
 ours() { # TREE PORT
+    cd "$1"
     PYTHONPATH=$1 exec "$PY" -m asyncdicom storescp --backend "$BACKEND" --host 127.0.0.1 \
         --max-pdu 131072 "${OURS_OUT[@]}" --port "$2"
 }
@@ -97,8 +99,9 @@ send_one() { # command... -> "MB/s, ms CPU"
 
 syscalls() { # TREE WHAT(echo|store) COUNT
     local port=$((20000 + RANDOM % 20000)) srv st
-    PYTHONPATH=$1 "$PY" -m asyncdicom storescp --host 127.0.0.1 --max-pdu 131072 \
-        --output-dir "$OUT" --port $port >/dev/null 2>&1 &
+    rm -rf "${OUT:?}"/*
+    (cd "$1" && PYTHONPATH=$1 exec "$PY" -m asyncdicom storescp --host 127.0.0.1 --max-pdu 131072 \
+        --output-dir "$OUT" --port $port >/dev/null 2>&1) &
     srv=$!
     wait_port $port
     echoscu 127.0.0.1 $port --repeat 20 >/dev/null 2>&1
@@ -137,8 +140,8 @@ for r in $(seq "$ROUNDS"); do
             for tree in $BEFORE "$HERE"; do
                 label=ours
                 [[ $tree == "$BEFORE" ]] && label=before
-                line+="  $label $(PYTHONPATH=$tree send_one "$PY" -m asyncdicom storescu \
-                    127.0.0.1 $port "$DATA" --called-aet STORESCP)"
+                line+="  $label $(cd "$tree" && PYTHONPATH=$tree send_one "$PY" -m asyncdicom \
+                    storescu 127.0.0.1 $port "$DATA" --called-aet STORESCP)"
             done
             line+="  DCMTK $(send_one storescu -R +sd -aec STORESCP 127.0.0.1 $port "$DATA")"
             kill $srv
