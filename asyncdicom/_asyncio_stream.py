@@ -51,6 +51,10 @@ class _ReadSized(Protocol):
     max_size: int
 
 
+#: what a waiter of ``receive_before`` is given when its deadline passes
+_EXPIRED: Any = object()
+
+
 class _Protocol(asyncio.Protocol):
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
@@ -60,7 +64,7 @@ class _Protocol(asyncio.Protocol):
         self.eof = False
         self.error: BaseException | None = None
         self.lost = False
-        self.waiter: asyncio.Future[None] | None = None
+        self.waiter: asyncio.Future[Any] | None = None
         self.drain_waiter: asyncio.Future[None] | None = None
         self.writing_paused = False
         self.sizer = ReadSizer()
@@ -125,6 +129,13 @@ class AsyncioStream(ByteStream):
         self._protocol = protocol
         self._closed = False
         self._immediate = 0
+        #: the loop, looked up once (``get_running_loop`` costs a ``getpid`` system call on
+        #: Python 3.11)
+        self._loop = asyncio.get_running_loop()
+        #: the timer of ``receive_before`` and when it fires; it stays armed from one wait to
+        #: the next while their deadlines are no earlier (see receive_before)
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_when = 0.0
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
         p = self._protocol
@@ -144,11 +155,70 @@ class AsyncioStream(ByteStream):
                     raise anyio.BrokenResourceError from p.error
                 if p.eof:
                     raise anyio.EndOfStream
-                p.waiter = asyncio.get_running_loop().create_future()
+                p.waiter = self._loop.create_future()
                 try:
                     await p.waiter
                 finally:
                     p.waiter = None
+        return self._take(max_bytes)
+
+    async def receive_before(self, deadline: float, max_bytes: int = 65536) -> bytes | None:
+        """:meth:`receive`, or ``None`` if nothing has come when the loop's clock reaches
+        ``deadline`` (or :meth:`expire` is called first).  What a cancel scope with that
+        deadline around :meth:`receive` does, at a lower cost: no timer at all when data is
+        here already, and one timer kept across waits while their deadlines move later (the
+        usual case: a network timeout that restarts with every read, a receive deadline that
+        progress extends).  Such a timer fires early, before the deadline of the wait it
+        ends: ``None`` then means "look at the clock", which the caller does anyway."""
+        p = self._protocol
+        if self._closed:
+            raise anyio.ClosedResourceError
+        if p.chunks:
+            self._immediate += 1
+            if self._immediate >= _FAIRNESS:
+                self._immediate = 0
+                await asyncio.sleep(0)
+        else:
+            self._immediate = 0
+            loop = self._loop
+            while not p.chunks:
+                if self._closed:
+                    raise anyio.ClosedResourceError
+                if p.error is not None:
+                    raise anyio.BrokenResourceError from p.error
+                if p.eof:
+                    raise anyio.EndOfStream
+                if self._timer is None or deadline < self._timer_when:
+                    if self._timer is not None:
+                        self._timer.cancel()
+                    self._timer = loop.call_at(deadline, self._fire)
+                    self._timer_when = deadline
+                waiter = p.waiter = loop.create_future()
+                try:
+                    await waiter
+                finally:
+                    p.waiter = None
+                if not p.chunks and waiter.result() is _EXPIRED:
+                    return None
+        return self._take(max_bytes)
+
+    def expire(self) -> None:
+        """Make a :meth:`receive_before` that is waiting return ``None`` now."""
+        waiter = self._protocol.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(_EXPIRED)
+
+    def _fire(self) -> None:
+        self._timer = None
+        self.expire()
+
+    def _drop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _take(self, max_bytes: int) -> bytes:
+        p = self._protocol
         chunk = p.chunks.popleft()
         if len(chunk) > max_bytes:
             p.chunks.appendleft(chunk[max_bytes:])
@@ -170,7 +240,7 @@ class AsyncioStream(ByteStream):
             raise anyio.BrokenResourceError from cause
         self._transport.write(item)
         while p.writing_paused and not p.lost and not self._closed:
-            p.drain_waiter = asyncio.get_running_loop().create_future()
+            p.drain_waiter = self._loop.create_future()
             await p.drain_waiter
         if self._closed:
             # closed by another task while this write waited (as trio reports it)
@@ -186,6 +256,7 @@ class AsyncioStream(ByteStream):
         if self._closed:
             return
         self._closed = True
+        self._drop_timer()
         p = self._protocol
         p._wake()
         p.wake_writer()
@@ -200,6 +271,7 @@ class AsyncioStream(ByteStream):
         """Close at once, dropping unsent bytes (for a peer that stopped reading); a task
         waiting in :meth:`send` or :meth:`receive` gets ``ClosedResourceError``."""
         self._closed = True
+        self._drop_timer()
         p = self._protocol
         p._wake()
         p.wake_writer()

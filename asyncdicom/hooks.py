@@ -34,6 +34,11 @@ class HookEvent(Enum):
     DIMSE_SENT = "dimse_sent"  # data: message
     DIMSE_RECEIVED = "dimse_received"  # data: message
 
+    # Members are singletons compared by identity: the identity hash (a C slot) serves them
+    # as dictionary keys as well as Enum's hash of the name, a Python call made several
+    # times per message by Hooks.wants
+    __hash__ = object.__hash__
+
 
 HookCallback = Callable[..., Any]
 

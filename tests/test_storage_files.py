@@ -399,6 +399,69 @@ def test_symlinked_store_folder_is_followed(tmp_path: Path) -> None:
     assert path == real.resolve() / "1.2.3.dcm"
 
 
+def _write_both_ways(folder: Path, pieces: list[bytes]) -> tuple[bytes, bytes]:
+    """The same pieces written with write() one by one and with write_many() (one file each)."""
+    files = []
+    for index, many in enumerate((False, True)):
+        sub = folder / str(index)
+        sub.mkdir()
+        with new_writer(sub, "1.2.3") as writer:
+            if many:
+                writer.write_many([memoryview(p) for p in pieces])
+            else:
+                for piece in pieces:
+                    writer.write(piece)
+            assert writer.bytes_written == sum(map(len, pieces))
+            files.append(writer.commit().read_bytes())
+    return files[0], files[1]
+
+
+def test_write_many_writes_what_write_does(tmp_path: Path) -> None:
+    pieces = [bytes([n]) * (1000 + n) for n in range(40)]  # odd and even sizes
+    one_by_one, at_once = _write_both_ways(tmp_path, pieces)
+    assert at_once == one_by_one
+    assert at_once.endswith(b"".join(pieces)) and at_once[128:132] == b"DICM"
+
+
+def test_write_many_after_write_and_with_nothing(tmp_path: Path) -> None:
+    with new_writer(tmp_path, "1.2.3") as writer:
+        writer.write(b"\x08\x00")
+        writer.write_many([])
+        writer.write_many([b"\x16\x00", memoryview(b"UI\x00\x00")])
+        path = writer.commit()
+    assert dataset_bytes_on_disk(path)[0] == b"\x08\x00\x16\x00UI\x00\x00"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with new_writer(empty, "1.2.4") as writer:
+        writer.write_many([])
+        path = writer.commit()
+    data, offset = dataset_bytes_on_disk(path)
+    assert data == b"" and path.read_bytes()[128:132] == b"DICM"  # the meta header alone
+    assert offset == len(path.read_bytes())
+
+
+def test_write_many_goes_on_after_short_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # writev may write less than asked (a signal, a full pipe; rarely a file): the rest follows
+    from asyncdicom.storage import writer as writer_module
+
+    real = os.writev
+    calls: list[int] = []
+
+    def short_writev(fd: int, buffers: list[Any]) -> int:
+        calls.append(len(buffers))
+        first = memoryview(buffers[0]).cast("B")
+        return real(fd, [first[: max(1, len(first) // 3)]])
+
+    monkeypatch.setattr(writer_module, "_writev", short_writev)
+    monkeypatch.setattr(writer_module, "_IOV_MAX", 3)
+    pieces = [bytes([n]) * (10 + 7 * n) for n in range(9)]
+    one_by_one, at_once = _write_both_ways(tmp_path, pieces)
+    assert at_once == one_by_one
+    assert len(calls) > len(pieces) and max(calls) <= 3
+
+
 def test_writer_rejects_unencodable_values(tmp_path: Path) -> None:
     kwargs: dict[str, Any] = {
         "sop_class_uid": CT_IMAGE_STORAGE,

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 
 import anyio
+import anyio.lowlevel
 
 from .. import errors
 from ..hooks import HookEvent
@@ -206,13 +207,20 @@ class DIMSELayer(Receiving):
         the fragment size, so the fragments are those of one call)."""
         core = self._core
         total = len(data)
+        # A data set is where a sender gets cancelled (a store given up half-way): check
+        # before queueing each step, as anyio's lock did on every write (the write lock on
+        # asyncio does not), so that the association is aborted cleanly between two PDUs
+        # instead of the whole data set going out
+        checkpoint_if_cancelled = anyio.lowlevel.checkpoint_if_cancelled
         if total <= step:
+            await checkpoint_if_cancelled()
             if core.send_data(cid, data, last=last, now=self._now()):
                 await self._flush()
                 self._raise_if_gone()
             return
         for offset in range(0, total, step):
             end = offset + step
+            await checkpoint_if_cancelled()
             core.send_data(cid, data[offset:end], last=last and end >= total, now=self._now())
             await self._flush()
             self._raise_if_gone()

@@ -134,8 +134,20 @@ class IncomingRequest:
         if self._consumed:
             raise RuntimeError("the data set of this request was already read")
         self._consumed = True
-        async with self._data:
-            async for fragment in self._data:
+        data = self._data
+        with data:
+            while True:
+                # what is queued already is taken without a trip through the event loop (an
+                # ``async for`` over the stream takes one per fragment); waits when it is empty
+                try:
+                    fragment = data.receive_nowait()
+                except anyio.WouldBlock:
+                    try:
+                        fragment = await data.receive()
+                    except anyio.EndOfStream:
+                        break
+                except anyio.EndOfStream:
+                    break
                 yield fragment
         if not self._data_complete:
             # the stream ended without the last fragment: the association went away

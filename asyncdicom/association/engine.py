@@ -15,6 +15,7 @@ import asyncio
 import itertools
 import logging
 import math
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar, Protocol
 
@@ -40,7 +41,7 @@ from ..refusal import Refusal
 from ..transport import WriteWatchdog, close_quietly, describe_loss, peer_address
 from .responses import Waiter
 
-__all__ = ["ABORT_LINGER", "Engine", "OwnerLike"]
+__all__ = ["ABORT_LINGER", "Engine", "FastLock", "OwnerLike"]
 
 #: the stdlib logger behind every association's structlog logger; DIMSE messages are traced
 #: at DEBUG only when it is enabled (a cheap, cached check on the hot path)
@@ -51,6 +52,54 @@ ABORT_LINGER = 1.0
 _assoc_ids = itertools.count(1)
 
 Handler = Callable[[Any, Any], Awaitable[None]]
+
+
+class FastLock:
+    """A FIFO lock for the tasks of one asyncio loop, for the association's write paths.
+
+    anyio's lock looks up the current task and walks its cancel scopes on every acquire, even
+    uncontended (about 3 us a cycle on asyncio, where each task lookup also costs a ``getpid``
+    system call on Python 3.11); this one only checks a flag.  It never checkpoints when free,
+    so a task in a cancelled scope takes it and its (synchronous) transport write goes out
+    whole; on asyncio nothing can be half-written by that.  On trio, whose socket writes check
+    for cancellation before sending, the association keeps anyio's lock (see
+    :meth:`Engine._use_loop_clock`).  A waiter cancelled while ownership was being handed to it
+    passes it on.
+    """
+
+    __slots__ = ("_locked", "_waiters")
+
+    def __init__(self) -> None:
+        self._locked = False
+        self._waiters: deque[anyio.Event] = deque()
+
+    def locked(self) -> bool:
+        """True while a task holds the lock."""
+        return self._locked
+
+    async def __aenter__(self) -> None:
+        if not self._locked:
+            self._locked = True
+            return
+        event = anyio.Event()
+        self._waiters.append(event)
+        try:
+            await event.wait()
+        except BaseException:
+            if event.is_set():  # the lock was already ours: pass it on
+                self._release()
+            else:
+                self._waiters.remove(event)
+            raise
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        if self._waiters:
+            self._waiters.popleft().set()  # handed over: stays locked, nobody can barge in
+        else:
+            self._locked = False
 
 
 class OwnerLike(Protocol):
@@ -102,10 +151,14 @@ class Engine:
         self._sync_hooks()
         self.log = get_logger(assoc_id=self.id, peer=f"{self.peer_host}:{self.peer_port}")
         self._tg: TaskGroup | None = None
-        # fast_acquire: an uncontended lock costs no trip through the event loop
-        self._write_lock = anyio.Lock(fast_acquire=True)
+        # fast_acquire: an uncontended lock costs no trip through the event loop; on asyncio
+        # a FastLock replaces it once the loop is known (_use_loop_clock)
+        self._write_lock: anyio.Lock | FastLock = anyio.Lock(fast_acquire=True)
         self._reader_scope: anyio.CancelScope | None = None
         self._reader_unbounded = False
+        #: the deadline the reader waits with in the stream's own ``receive_before`` (no
+        #: cancel scope), ``None`` when it does not
+        self._reader_deadline: float | None = None
         self._timer_scope: anyio.CancelScope | None = None
         self._timer_running = False
         self._established = anyio.Event()
@@ -208,6 +261,8 @@ class Engine:
         library = sniffio.current_async_library()
         if library == "asyncio":
             self._now = asyncio.get_running_loop().time
+            if not self._write_lock.locked():
+                self._write_lock = FastLock()
         elif library == "trio":
             import trio
 
@@ -224,6 +279,11 @@ class Engine:
         # how much to ask for per receive (trio reads that much from the socket at once)
         sizer = ReadSizer()
         size = sizer.size
+        # a stream that can wait with a deadline itself (ours on asyncio) spares a cancel
+        # scope per read while a message is in progress
+        receive_before: Callable[[float, int], Awaitable[bytes | None]] | None = getattr(
+            stream, "receive_before", None
+        )
         try:
             while not self._closed.is_set():
                 if hooks.version != self._hooks_version:
@@ -240,6 +300,16 @@ class Engine:
                             data = await stream.receive(size)
                         finally:
                             self._reader_unbounded = False
+                    elif receive_before is not None:
+                        self._reader_deadline = deadline
+                        try:
+                            data = await receive_before(deadline, size)
+                        finally:
+                            self._reader_deadline = None
+                        if data is None:  # the deadline passed (or moved earlier)
+                            core.handle_timer(self._now())
+                            await self._process_events()
+                            continue
                     else:
                         try:
                             with anyio.CancelScope(deadline=deadline) as scope:
@@ -274,6 +344,12 @@ class Engine:
         if scope is not None:
             deadline = self._core.timer_deadline()
             scope.deadline = math.inf if deadline is None else deadline
+        elif self._reader_deadline is not None:
+            # the reader's wait ends at its deadline; an earlier one wakes it now (it then
+            # acts on what is due, nothing if nothing is, and waits again until the new one)
+            deadline = self._core.timer_deadline()
+            if deadline is not None and deadline < self._reader_deadline:
+                self._stream.expire()  # type: ignore[attr-defined]
         elif self._reader_unbounded:
             deadline = self._core.timer_deadline()
             if deadline is None:
@@ -355,7 +431,11 @@ class Engine:
             self._core.connection_lost(describe_loss(lost), self._now(), lost)
             await self._process_events()
             return
-        if self._reader_scope is not None or self._reader_unbounded:
+        if (
+            self._reader_scope is not None
+            or self._reader_unbounded
+            or self._reader_deadline is not None
+        ):
             self._update_deadline()
 
     def _write_stalled(self, timeout: float) -> None:

@@ -22,7 +22,7 @@ from ..protocol.association import (
 from ..protocol.errors import DIMSEError
 from ..protocol.negotiation import PresentationContext
 from ..protocol.upper_layer import Role
-from .engine import OwnerLike
+from .engine import FastLock, OwnerLike
 from .lifecycle import Lifecycle
 from .responses import DIMSEResponse
 
@@ -71,13 +71,18 @@ class Receiving(Lifecycle):
     ) -> None:
         super().__init__(ae, stream, role)
         self.dispatcher = dispatcher
-        self._message_lock = anyio.Lock(fast_acquire=True)
+        self._message_lock: anyio.Lock | FastLock = anyio.Lock(fast_acquire=True)
         self._invoke_slots: anyio.Semaphore | None = None
         self._performing: dict[int, PeerRequest] = {}
         #: the request whose data set is arriving, and the stream feeding its handler
         self._incoming_request: PeerRequest | None = None
         self._incoming_send: MemoryObjectSendStream[memoryview] | None = None
         self._incoming_dropped = False
+
+    def _use_loop_clock(self) -> None:
+        super()._use_loop_clock()
+        if isinstance(self._write_lock, FastLock) and not self._message_lock.locked():
+            self._message_lock = FastLock()  # asyncio: see FastLock
 
     def _trace(self, what: str, message: messages.Message, context_id: int) -> None:
         """One DEBUG line per DIMSE message (``-vv`` in the apps)."""
@@ -147,7 +152,12 @@ class Receiving(Lifecycle):
         send = self._incoming_send
         if send is not None and not self._incoming_dropped:
             try:
-                await send.send(event.data)
+                # without a trip through the event loop while the handler's queue has room
+                # (``send`` always takes one); the reader waits only when the handler lags
+                try:
+                    send.send_nowait(event.data)
+                except anyio.WouldBlock:
+                    await send.send(event.data)
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 # the handler finished without reading everything: drop the rest
                 self._incoming_dropped = True

@@ -45,6 +45,7 @@ Reassembly (receiving)
 
 from __future__ import annotations
 
+import re
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
@@ -52,7 +53,7 @@ from typing import Any, Final
 
 from .codec import encode_pdata
 from .errors import DIMSEError
-from .messages import MESSAGE_TYPES, Message
+from .messages import MESSAGE_TYPES, CEchoRSP, CStoreRSP, Message
 from .pdu import PDataTF
 
 __all__ = [
@@ -164,16 +165,33 @@ _STR_CACHE: dict[tuple[int, str], bytes] = {}
 _STR_CACHE_MAX: Final = 4096
 
 
+#: what no command-set text may contain: control characters, backslash, DEL
+_FORBIDDEN_TEXT: Final = re.compile(rb"[\x00-\x1f\\\x7f]")
+
+
 def _check_text(value: str, what: str, max_len: int) -> bytes:
     try:
         raw = value.encode("ascii")
     except UnicodeEncodeError:
         raise ValueError(f"{what} {value!r} is not ASCII") from None
-    if any(b < 0x20 or b == 0x5C or b == 0x7F for b in raw):
+    if _FORBIDDEN_TEXT.search(raw) is not None:
         raise ValueError(f"{what} {value!r} contains a control character or backslash")
     if len(raw) > max_len:
         raise ValueError(f"{what} {value!r} is longer than {max_len} characters")
     return raw
+
+
+def _encode_ui_uncached(elem: int, value: str) -> bytes:
+    """A UI element whose value is unlikely to recur (an SOP Instance UID): checked and encoded
+    as :func:`_encode_string_element` does, without filling its cache."""
+    if not isinstance(value, str):
+        raise ValueError(f"{_ELEMENTS[elem][0]} must be a str, not {type(value).__name__}")
+    raw = _check_text(value, _ELEMENTS[elem][0], 1 << 15)
+    if not raw:
+        raise ValueError(f"{_ELEMENTS[elem][0]} is empty")
+    if len(raw) & 1:
+        raw += b"\x00"
+    return _HEADER.pack(0, elem, len(raw)) + raw
 
 
 def _encode_string_element(elem: int, kind: int, value: str) -> bytes:
@@ -217,6 +235,58 @@ def _encode_at(elem: int, value: tuple[int, ...]) -> bytes:
     return b"".join(parts)
 
 
+# Responses whose command set is pre-encoded: C-ECHO-RSP and C-STORE-RSP without Offending
+# Element, Error Comment or Error ID (every Success, most Warnings and Failures).  Their
+# elements are (0000,0000) group length, (0000,0002) Affected SOP Class UID, (0000,0100)
+# Command Field, (0000,0120) Message ID Being Responded To, (0000,0800) Command Data Set Type,
+# (0000,0900) Status and, for C-STORE, (0000,1000) Affected SOP Instance UID: once the SOP
+# class and the status are known only the Message ID and the SOP Instance UID vary.
+#: (class, Affected SOP Class UID, Status) -> the encoded elements before the Message ID's
+#: value, those after it (Command Data Set Type and Status), and their total length with it
+_TEMPLATES: dict[tuple[type, str | None, int], tuple[bytes, bytes, int]] = {}
+_TEMPLATES_MAX: Final = 1024
+_MESSAGE_ID_HEADER: Final = _HEADER.pack(0, 0x0120, 2)
+
+
+def _template(cls: type, sop_class_uid: str | None, status: int) -> tuple[bytes, bytes, int]:
+    """The fixed parts of a pre-encoded response (see :func:`_encode_templated`), made and
+    cached; ``status`` is an int of 0-65535 (checked by the caller)."""
+    head = b"" if sop_class_uid is None else _encode_string_element(0x0002, _UI, sop_class_uid)
+    head += _PLANS[cls][1] + _MESSAGE_ID_HEADER
+    tail = _DST_ABSENT_BYTES + _US_ELEMENT.pack(0, 0x0900, 2, status)
+    template = (head, tail, len(head) + 2 + len(tail))
+    if len(_TEMPLATES) >= _TEMPLATES_MAX:
+        _TEMPLATES.clear()
+    _TEMPLATES[(cls, sop_class_uid, status)] = template
+    return template
+
+
+def _encode_templated(message: CEchoRSP | CStoreRSP) -> bytes:
+    """:func:`encode_command` for a C-ECHO-RSP or C-STORE-RSP without Offending Element, Error
+    Comment, Error ID or data set (checked by the caller), from the pre-encoded parts."""
+    cls = type(message)
+    status = message.status
+    mid = message.message_id_being_responded_to
+    sop_class_uid = message.affected_sop_class_uid
+    if (
+        type(status) is not int
+        or not 0 <= status <= 0xFFFF
+        or type(mid) is not int
+        or not 0 <= mid <= 0xFFFF
+        or (sop_class_uid is not None and type(sop_class_uid) is not str)
+    ):
+        return _encode_planned(message)  # which says what is wrong (ValueError)
+    try:
+        head, tail, size = _TEMPLATES[(cls, sop_class_uid, status)]
+    except KeyError:
+        head, tail, size = _template(cls, sop_class_uid, status)
+    uid = message.affected_sop_instance_uid if isinstance(message, CStoreRSP) else None
+    if uid is None:
+        return _UL_ELEMENT.pack(0, 0, 4, size) + head + _U16.pack(mid) + tail
+    element = _encode_ui_uncached(0x1000, uid)
+    return _UL_ELEMENT.pack(0, 0, 4, size + len(element)) + head + _U16.pack(mid) + tail + element
+
+
 def encode_command(message: Message) -> bytes:
     """Encode the command set of *message* (PS3.7 6.3.1): Implicit VR Little Endian, elements
     in ascending tag order, (0000,0000) Command Group Length first.
@@ -224,6 +294,19 @@ def encode_command(message: Message) -> bytes:
     Fields that are ``None`` are left out.  Raises :class:`ValueError` for values that cannot be
     encoded (a US outside 0-65535, a non-ASCII or over-long AE title or comment, ...).
     """
+    if (
+        isinstance(message, (CEchoRSP, CStoreRSP))
+        and message.offending_element is None
+        and message.error_comment is None
+        and message.error_id is None
+        and not message.has_dataset
+    ):
+        return _encode_templated(message)
+    return _encode_planned(message)
+
+
+def _encode_planned(message: Message) -> bytes:
+    """:func:`encode_command` for any message: its class's plan, element by element."""
     try:
         plan, command_field = _PLANS[type(message)]
     except KeyError:

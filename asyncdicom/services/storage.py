@@ -282,7 +282,13 @@ async def save_request(
     target = Path(folder)
 
     def _open() -> Part10Writer:
-        target.mkdir(parents=True, exist_ok=True)
+        try:
+            return _writer()
+        except FileNotFoundError:  # the folder does not exist (yet): made on first use only
+            target.mkdir(parents=True, exist_ok=True)
+            return _writer()
+
+    def _writer() -> Part10Writer:
         return Part10Writer(
             target,
             sop_class_uid=message.affected_sop_class_uid,
@@ -361,8 +367,7 @@ _DUPLICATE_ACTIONS = {
 
 
 def _write_batch(writer: Part10Writer, batch: list[memoryview]) -> None:
-    for chunk in batch:
-        writer.write(chunk)
+    writer.write_many(batch)  # one system call for the batch
 
 
 def _write_and_commit(writer: Part10Writer, batch: list[memoryview]) -> StoredFile:

@@ -21,6 +21,7 @@ import os
 import re
 import sys
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, BinaryIO, Literal
@@ -52,6 +53,9 @@ __all__ = [
 ]
 
 _TEMP_SUFFIX = ".part"
+#: one system call for several buffers (POSIX), at most _IOV_MAX buffers a call
+_writev = getattr(os, "writev", None)
+_IOV_MAX = 1024
 #: the temporary names of Part10Writer: "." + 32 hex digits + ".part"
 _TEMP_NAME_RE = re.compile(r"\.[0-9a-f]{32}\.part")
 
@@ -178,6 +182,7 @@ class Part10Writer:
         "_file",
         "_final_path",
         "_folder",
+        "_head",
         "_header_length",
         "_layout",
         "_name",
@@ -230,7 +235,9 @@ class Part10Writer:
             self._folder = self._final_path.parent
         else:
             self._folder = target_path(folder, self._name).parent
-        self._temp_path = target_path(self._folder, f".{uuid.uuid4().hex}{_TEMP_SUFFIX}")
+        # the folder is resolved and checked already, and the name is ours (one plain path
+        # component): no second resolution, which costs a system call per folder level
+        self._temp_path = self._folder / f".{uuid.uuid4().hex}{_TEMP_SUFFIX}"
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
         fd = os.open(self._temp_path, flags, 0o666)
         self._state = "open"
@@ -242,11 +249,9 @@ class Part10Writer:
             os.close(fd)
             self._remove_temp()
             raise
-        try:
-            self._file.write(header)
-        except BaseException:
-            self.discard()
-            raise
+        #: the meta header, written with the first data (in one system call with it by
+        #: :meth:`write_many`)
+        self._head: bytes | None = header
 
     @property
     def path(self) -> Path:
@@ -285,9 +290,48 @@ class Part10Writer:
         """
         if self._state != "open":
             raise ValueError(f"Part10Writer is {self._state}")
+        if self._head is not None:
+            self._file.write(self._head)
+            self._head = None
         # A buffered file passes writes larger than its buffer straight to the OS without copying.
         self._file.write(chunk)
         self._bytes_written += memoryview(chunk).nbytes
+
+    def write_many(self, chunks: Sequence[bytes | bytearray | memoryview]) -> None:
+        """Append several pieces of data set bytes in one system call (``os.writev``, where
+        the platform has it; else one :meth:`write` each); the pieces are not joined.
+
+        Raises:
+            ValueError: the writer is committed or discarded.
+            OSError: the file cannot be written (disk full, ...).
+        """
+        if self._state != "open":
+            raise ValueError(f"Part10Writer is {self._state}")
+        if _writev is None:  # pragma: no cover - Windows
+            for chunk in chunks:
+                self.write(chunk)
+            return
+        pieces: list[bytes | bytearray | memoryview] = list(chunks)
+        size = 0
+        for piece in pieces:
+            size += memoryview(piece).nbytes
+        if self._head is not None:
+            pieces.insert(0, self._head)
+            self._head = None
+        self._file.flush()  # what write() left in the buffer goes first
+        fd = self._file.fileno()
+        while pieces:
+            done = _writev(fd, pieces[:_IOV_MAX])
+            # a short write (rare on a local file): drop what went out, go on with the rest
+            while pieces:
+                length = memoryview(pieces[0]).nbytes
+                if done < length:
+                    if done:
+                        pieces[0] = memoryview(pieces[0]).cast("B")[done:]
+                    break
+                done -= length
+                del pieces[0]
+        self._bytes_written += size
 
     def commit(self) -> StoredFile:
         """Flush the file and move it to its final name; return that path (a :class:`StoredFile`
@@ -306,6 +350,9 @@ class Part10Writer:
         if self._state != "open":
             raise ValueError(f"Part10Writer is {self._state}")
         try:
+            if self._head is not None:  # no data set byte was written
+                self._file.write(self._head)
+                self._head = None
             self._file.flush()
             if not _RENAME_OPEN_FILES:
                 self._file.close()

@@ -175,6 +175,43 @@ def test_encode_c_echo_rq_exact_bytes() -> None:
     assert encoded == expected
 
 
+def test_encode_c_store_rsp_success_exact_bytes() -> None:
+    # the common response, encoded from a pre-encoded template: PS3.7 9.3.1.2, E.1
+    encoded = encode_command(m.CStoreRSP(7, 0, "1.2.840.10008.5.1.4.1.1.2", "1.2.3"))
+    expected = (
+        b"\x00\x00\x00\x00\x04\x00\x00\x00\x58\x00\x00\x00"  # group length 34 + 4 x 10 + 14
+        b"\x00\x00\x02\x00\x1a\x00\x00\x001.2.840.10008.5.1.4.1.1.2\x00"  # CT Image Storage
+        b"\x00\x00\x00\x01\x02\x00\x00\x00\x01\x80"  # command field 0x8001
+        b"\x00\x00\x20\x01\x02\x00\x00\x00\x07\x00"  # responding to message ID 7
+        b"\x00\x00\x00\x08\x02\x00\x00\x00\x01\x01"  # no data set
+        b"\x00\x00\x00\x09\x02\x00\x00\x00\x00\x00"  # status 0x0000
+        b"\x00\x00\x00\x10\x06\x00\x00\x001.2.3\x00"  # SOP instance, padded with NUL
+    )
+    assert encoded == expected
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.sampled_from([m.CEchoRSP, m.CStoreRSP]),
+    US,
+    st.sampled_from([0x0000, 0x0001, 0xB000, 0xA700, 0xC000, 0x0122]),
+    st.none() | UIDS,
+    UIDS,
+)
+def test_common_responses_match_pydicom(
+    cls: type[m.Message], message_id: int, status: int, sop_class: str | None, instance: str
+) -> None:
+    # C-ECHO-RSP and C-STORE-RSP without error fields are encoded from templates cached per
+    # (class, SOP class, status): every combination, in any order, as pydicom encodes it
+    kwargs: dict[str, Any] = {"affected_sop_class_uid": sop_class}
+    if cls is m.CStoreRSP:
+        kwargs["affected_sop_instance_uid"] = instance
+    for mid in (message_id, (message_id + 1) & 0xFFFF):
+        message = cls(mid, status, **kwargs)
+        assert encode_command(message) == pydicom_command(message)
+        assert decode_command(encode_command(message)) == message
+
+
 def test_encode_pads_ae_and_lo_with_space() -> None:
     encoded = encode_command(m.CMoveRQ(1, "1.2", "ABC"))
     assert b"\x00\x00\x00\x06\x04\x00\x00\x00ABC " in encoded
@@ -416,6 +453,14 @@ def test_any_dataset_type_other_than_0101_means_present(value: int) -> None:
         (m.CStoreRSP(1, 0, error_comment="x" * 65), "longer than 64"),
         (m.CStoreRSP(1, 0, error_comment="line\nbreak"), "control character"),
         (m.CStoreRSP(1, 0, offending_element=(1 << 32,)), "32-bit tag"),
+        (m.CStoreRSP(0x10000, 0, "1.2", "1.2.3"), "fit in a US"),
+        (m.CStoreRSP(1, 0, "1.2", "1.2\\3"), "backslash"),
+        (m.CStoreRSP(1, 0, "1.2", "1.2\x003"), "control character"),
+        (m.CStoreRSP(1, 0, "1.2", ""), "empty"),
+        (m.CStoreRSP(1, 0, "1.2", "1.2.\u00e9"), "not ASCII"),
+        (m.CEchoRSP(1, 0, "1.2.\u00e9"), "not ASCII"),
+        (m.CEchoRSP(1, -1), "fit in a US"),
+        (m.CEchoRSP("1", 0), "must be an int"),  # type: ignore[arg-type]
         (m.CEchoRQ("1"), "must be an int"),  # type: ignore[arg-type]
     ],
 )
