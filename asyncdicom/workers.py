@@ -46,12 +46,19 @@ family is served (the first address ``host`` resolves to).
   before it is refused (:attr:`asyncdicom.correlation.Correlator.elsewhere`).
 * Logs: every event of a worker carries ``worker`` (1 to N).
 
-**Stopping.**  Cancelling :func:`serve_workers` (or SIGINT / SIGTERM to a worker) stops every
-worker gracefully: it stops accepting, lets the associations in progress end for up to
-``drain_timeout`` seconds, cancels those left, closes its AE's components, and exits.  A worker
-that ends on its own (a crash, killed) is reported and stops the server: the others drain, and
-:func:`serve_workers` raises :class:`WorkerDied` (restarting it would hide the fault and lose
-its associations anyway).
+**Stopping.**  :meth:`WorkerGroup.close`, cancelling :func:`serve_workers`, or SIGINT /
+SIGTERM to any worker (Ctrl-C reaches them all) stops every worker gracefully: it stops
+accepting, lets the associations in progress end for up to ``drain_timeout`` seconds, cancels
+those left, closes its AE's components (an archive indexes what it has received), and exits.
+A worker that ends on its own (a crash, killed) is reported (``worker_died``, an error) and
+stops the server: the others drain, and :func:`serve_workers` raises :class:`WorkerDied`.
+It is not restarted: a crash is a fault to look at, its associations are lost either way, and
+a restart loop would hide it; a service manager (systemd's ``Restart=``) restarts the server
+when that is wanted.
+
+A program that calls :func:`serve_workers` must guard its start-up with
+``if __name__ == "__main__":``: the workers are spawned processes that import the main module
+(as for any :mod:`multiprocessing` program).
 """
 
 from __future__ import annotations
@@ -504,7 +511,7 @@ async def _worker(spec: _Spec) -> None:
             async with anyio.create_task_group() as tg:
                 server = await tg.start(run_server)
                 tg.start_soon(_control_loop, channel, calls, commitments, stop)
-                tg.start_soon(_signals, stop)
+                tg.start_soon(_signals, stop, channel)
                 channel.post(("ready", os.getpid()))
                 log.debug("worker_ready", pid=os.getpid())
                 await stop.wait()
@@ -559,13 +566,16 @@ async def _control_loop(
         stop.set()  # the supervisor is gone: stop too
 
 
-async def _signals(stop: anyio.Event) -> None:
+async def _signals(stop: anyio.Event, channel: _Channel) -> None:
+    """SIGINT or SIGTERM to a worker (Ctrl-C reaches every process of the group) stops the
+    whole server gracefully: the supervisor is told first."""
     try:
         receiver = anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM)
     except NotImplementedError:  # pragma: no cover - not on Windows
         return
     with receiver as signals:
         async for _ in signals:
+            channel.post(("signalled",))
             stop.set()
             return
 
@@ -612,6 +622,9 @@ class _Supervisor:
         if kind == "ready":
             worker.pid = int(message[1])
             worker.ready.set()
+        elif kind == "signalled":
+            self.stopping = True  # its end is no death: the whole server stops
+            self.group._stop.set()
         elif kind == "draining":
             self.group._drained += 1
             if self.group._drained >= len(self.workers):
