@@ -64,7 +64,10 @@ def wait_port(port: int, timeout: float = 60.0) -> None:
 def server(kind: str, workers: int, out: Path | None, logs: Path) -> Iterator[int]:
     port = free_port()
     log = logs / f"{kind}-{time.monotonic_ns()}.log"
-    if kind == "ours":
+    env = dict(os.environ)
+    if kind.startswith("ours"):
+        if kind == "ours-1":
+            workers = 1
         cmd = [sys.executable, "-m", "asyncdicom", "storescp", "--host", "127.0.0.1"]
         cmd += ["--port", str(port), "--max-pdu", MAX_PDU, "--workers", str(workers)]
         cmd += ["--max-associations", "5000"]
@@ -75,8 +78,12 @@ def server(kind: str, workers: int, out: Path | None, logs: Path) -> Iterator[in
         cmd += ["--ignore"] if out is None else ["--output-directory", str(out)]
         cmd += [str(port)]
         ready = ""
+        # DCMTK leaves Nagle's algorithm on unless told: its best configuration is measured
+        env["TCP_NODELAY"] = "1"
     with open(log, "ab") as f:
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, stdout=f, stderr=subprocess.STDOUT, start_new_session=True, env=env
+        )
     try:
         if ready:
             deadline = time.monotonic() + 60
@@ -174,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=500_000)
     parser.add_argument("--flood", type=int, default=1000)
     parser.add_argument("--only", choices=("assoc", "store", "flood"), action="append")
+    parser.add_argument(
+        "--single", action="store_true", help="also measure our storescp with one process"
+    )
     args = parser.parse_args(argv)
     if shutil.which("storescp") is None or shutil.which("storescu") is None:
         print("DCMTK (storescp, storescu) is needed", file=sys.stderr)
@@ -183,10 +193,11 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-workers-") as tmp_text:
         tmp = Path(tmp_text)
         log = tmp
+        kinds = ["ours", "dcmtk", *(["ours-1"] if args.single else [])]
         if "assoc" in only:
-            rates: dict[str, list[float]] = {"ours": [], "dcmtk": []}
+            rates: dict[str, list[float]] = {k: [] for k in kinds}
             for r in range(args.rounds):
-                for kind in ("ours", "dcmtk") if r % 2 == 0 else ("dcmtk", "ours"):
+                for kind in kinds if r % 2 == 0 else kinds[::-1]:
                     with server(kind, args.workers, None, log) as port:
                         result = assoc_round(port, args.assoc_clients, args.assoc_count)
                     print(f"assoc {kind}: {result}", flush=True)
@@ -199,9 +210,9 @@ def main(argv: list[str] | None = None) -> int:
         if "store" in only:
             files = make_files(tmp / "data", args.senders * args.files, args.size)
             shares = [files[k :: args.senders] for k in range(args.senders)]
-            rates = {"ours": [], "dcmtk": []}
+            rates = {k: [] for k in kinds}
             for r in range(args.rounds):
-                for kind in ("ours", "dcmtk") if r % 2 == 0 else ("dcmtk", "ours"):
+                for kind in kinds if r % 2 == 0 else kinds[::-1]:
                     out = tmp / f"out-{kind}-{r}"
                     out.mkdir()
                     with server(kind, args.workers, out, log) as port:
