@@ -54,9 +54,8 @@ async def send(port: int, called: str, seeds: range) -> None:
 
 async def test_storescp_both_workers_receive(tmp_path: Path, anyio_backend: str) -> None:
     out = tmp_path / "out"
-    async with app(
-        tmp_path, anyio_backend, "storescp", "--output-dir", str(out), "--workers", "2"
-    ) as scp:
+    options = ("storescp", "-v", "--output-dir", str(out), "--workers", "2")
+    async with app(tmp_path, anyio_backend, *options) as scp:
         assert b"(2 workers)" in scp.stderr
         port = scp.port  # type: ignore[attr-defined]
         for n in range(24):
@@ -70,6 +69,10 @@ async def test_storescp_both_workers_receive(tmp_path: Path, anyio_backend: str)
     assert any(line.endswith("[worker 1]") for line in summaries)
     assert any(line.endswith("[worker 2]") for line in summaries)
     assert len(list(out.glob("*.dcm"))) == 24
+    # each worker's log events say which worker it is
+    instance_lines = [line for line in text.splitlines() if "instance_received" in line]
+    assert len(instance_lines) == 24
+    assert {line.split("worker=")[-1].split()[0] for line in instance_lines} == {"1", "2"}
 
 
 async def test_qrscp_index_whole_after_concurrent_ingest(
