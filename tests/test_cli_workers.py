@@ -15,15 +15,20 @@ from subprocess import PIPE
 
 import anyio
 import pytest
-from test_cli import CLI, ENV, GUARD, StoreSCPProcess
+from test_cli import CLI, ENV, GUARD, StoreSCPProcess, err, run_cli
 
+import tests.test_tls as tls_tests
 from asyncdicom import AE
 from asyncdicom.protocol import uids
 from asyncdicom.storage.synthetic import make_ct_instance
+from tests.test_tls import PKI
 
 pytestmark = pytest.mark.anyio
 
 CONTEXTS = [(uids.CT_IMAGE_STORAGE, [uids.EXPLICIT_VR_LITTLE_ENDIAN])]
+
+#: the test CA and certificates of tests/test_tls.py (a module-scoped fixture)
+pki = tls_tests.pki
 
 
 @asynccontextmanager
@@ -143,3 +148,20 @@ async def test_a_worker_that_dies_stops_the_server(tmp_path: Path, anyio_backend
     assert any(e["event"] == "cli_error" and f"pid {pids[0]}" in e["message"] for e in events), (
         events
     )
+
+
+async def test_tls_in_every_worker(tmp_path: Path, pki: PKI, anyio_backend: str) -> None:
+    """The TLS context (which cannot be sent to another process) is built again in each
+    worker: every association is TLS, whichever worker takes it."""
+    options = ("storescp", "--ignore", "--workers", "2")
+    tls = ("--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key))
+    async with app(tmp_path, anyio_backend, *options, *tls) as scp:
+        port = scp.port  # type: ignore[attr-defined]
+        for _ in range(6):
+            echo = await run_cli(
+                "echoscu", "127.0.0.1", str(port), "--tls-ca", str(pki.ca), cwd=tmp_path
+            )
+            assert echo.returncode == 0, err(echo)
+        plain = await run_cli("echoscu", "127.0.0.1", str(port), cwd=tmp_path)
+        assert plain.returncode == 1
+        assert await scp.stop() == 0
