@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import socket
 import ssl
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, ClassVar, TypeVar, overload
+from typing import Any, ClassVar, Protocol, TypeVar, overload
 
 import anyio
 from anyio.abc import ByteStream, TaskStatus
@@ -82,6 +83,7 @@ from .users import Lockout, LockoutAttempt, identity_user_name
 __all__ = [
     "AE",
     "AEConfig",
+    "AssociationLimits",
     "ContextRequest",
     "IdentityDecision",
     "Refusal",
@@ -127,13 +129,38 @@ _NEGOTIATION_RULES = {
 }
 
 
+class AssociationLimits(Protocol):
+    """Where ``max_associations`` and ``max_associations_per_calling_ae`` are counted when
+    several processes serve one port (:mod:`asyncdicom.workers`); without one, an AE counts
+    its own associations."""
+
+    def refusal(
+        self, ae: AE, active: Sequence[BaseAssociation], calling: str, *, reserve: bool
+    ) -> Refusal | None:
+        """Why an association from ``calling`` is over a limit (``None``: it is not), given
+        this process's ``active`` associations; with ``reserve``, count it from now on."""
+
+
 class Server:
     """A running acceptor: its bound port, live associations, and a way to stop it."""
 
-    def __init__(self, ae: AE, port: int, cancel_scope: anyio.CancelScope) -> None:
+    def __init__(
+        self,
+        ae: AE,
+        port: int,
+        cancel_scope: anyio.CancelScope,
+        listener: transport.Listener | None = None,
+    ) -> None:
         self.ae = ae
         self.port = port
         self._scope = cancel_scope
+        self._listener = listener
+
+    async def stop_listening(self) -> None:
+        """Accept no more connections; the open associations go on (the server's task ends
+        when the last one does)."""
+        if self._listener is not None:
+            await self._listener.aclose()
 
     @property
     def associations(self) -> frozenset[BaseAssociation]:
@@ -192,6 +219,9 @@ class AE:
         #: connections that ended because of an unexpected error in asyncdicom itself (each is
         #: logged; the server goes on serving the others)
         self.internal_errors = 0
+        #: counts the limits with other processes serving the same port (see
+        #: :mod:`asyncdicom.workers`); ``None``: this AE's own associations are counted
+        self.association_limits: AssociationLimits | None = None
         self.log = get_logger(ae=self.config.ae_title)
 
     @property
@@ -511,21 +541,35 @@ class AE:
             extended_negotiation_handler=extended_negotiation or cfg.extended_negotiation_handler,
         )
 
-    async def _over_limit(self, assoc: BaseAssociation, rq: AssociateRQ) -> bool:
-        """Acceptor: reject ``rq`` (transient, source 3, reason 2: local limit exceeded) when
-        ``max_associations`` or ``max_associations_per_calling_ae`` is reached; True if so."""
-        # Count only associations still in use: one that is released (A-RELEASE-RP already
-        # queued), aborted or closed frees its slot at once, not when its transport is finally
-        # closed, so a peer that releases and at once reconnects is not refused.
-        active = [
+    def active_associations(self) -> list[BaseAssociation]:
+        """This AE's associations still in use, both roles: what ``max_associations``
+        counts (one released, aborted or closed is not, even before its transport is gone)."""
+        return [
             a
             for a in self._associations
             if not (a.released or a.abort_info is not None or a.is_closed)
         ]
+
+    async def _over_limit(
+        self, assoc: BaseAssociation, rq: AssociateRQ, *, reserve: bool = False
+    ) -> bool:
+        """Acceptor: reject ``rq`` (transient, source 3, reason 2: local limit exceeded) when
+        ``max_associations`` or ``max_associations_per_calling_ae`` is reached; True if so.
+        ``reserve``: the association is accepted unless refused here (shared limits count it
+        from now on)."""
+        # Count only associations still in use: one that is released (A-RELEASE-RP already
+        # queued), aborted or closed frees its slot at once, not when its transport is finally
+        # closed, so a peer that releases and at once reconnects is not refused.
+        active = self.active_associations()
         cfg = self.config
         calling = rq.calling_ae_title.strip(" ")
         per_ae = cfg.max_associations_per_calling_ae
-        if len(active) >= cfg.max_associations:
+        shared = self.association_limits
+        if shared is not None:
+            refusal = shared.refusal(self, active, calling, reserve=reserve)
+            if refusal is None:
+                return False
+        elif len(active) >= cfg.max_associations:
             refusal = Refusal(
                 RefusalRule.MAX_ASSOCIATIONS,
                 f"{len(active)} associations open, the limit is {cfg.max_associations}",
@@ -633,7 +677,7 @@ class AE:
         if isinstance(result, Accepted):
             # the limits again: other requests may have been accepted while the callbacks
             # above were awaited (nothing is awaited from here to the add)
-            if await self._over_limit(assoc, rq):
+            if await self._over_limit(assoc, rq, reserve=True):
                 return
             self._associations.add(assoc)
             await assoc.accept(result.ac, result.association)
@@ -696,6 +740,7 @@ class AE:
         port: int = 11112,
         *,
         ssl_context: ssl.SSLContext | None = None,
+        sock: socket.socket | None = None,
         task_status: TaskStatus[Server] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         """Accept associations on ``host:port`` until cancelled.
@@ -706,13 +751,22 @@ class AE:
         :func:`asyncdicom.transport.server_context`) every connection must open with a TLS
         handshake (PS3.15 Annex B), done per connection within ``Timeouts.tls_handshake``;
         a connection whose handshake fails or times out is closed and logged.
+        With ``sock`` (a TCP socket bound and listening already, which the server then owns)
+        it accepts on that socket and ``host``/``port`` are not used; several processes
+        serving one port do so (:func:`asyncdicom.workers.serve_workers`).
+
+        Raises:
+            TransportError: cannot listen on ``host:port`` (or accept on ``sock``).
         """
-        listener = await transport.listen(host, port)
+        if sock is None:
+            listener = await transport.listen(host, port)
+        else:
+            listener = await transport.listen_socket(sock)
         bound = listener.port
         self.log.info("listening", host=host, port=bound)
         try:
             async with anyio.create_task_group() as tg:
-                task_status.started(Server(self, bound, tg.cancel_scope))
+                task_status.started(Server(self, bound, tg.cancel_scope, listener))
                 context = ssl_context or self.config.server_ssl_context
                 if context is None:
                     await listener.serve(self._handle_connection, tg)

@@ -101,18 +101,23 @@ class AuditLog:
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> AuditLog:
-        """An audit log appending JSON lines to ``path`` (created readable by its owner only,
-        line-buffered); :class:`AuditLogError` if it cannot be opened for appending."""
+        """An audit log appending JSON lines to ``path`` (created readable by its owner only);
+        :class:`AuditLogError` if it cannot be opened for appending.  Each line is one
+        ``write()`` to a file opened with ``O_APPEND``, so several processes may append to the
+        same file (the workers of one server) without their lines interleaving."""
         target = Path(path)
         try:
             fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            file: IO[str] = open(fd, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+            file: IO[bytes] = open(fd, "ab", buffering=0)  # noqa: SIM115
         except OSError as exc:
             reason = exc.strerror or str(exc)
             raise AuditLogError(f"cannot append to {str(target)!r}: {reason}") from None
 
         def write(record: dict[str, Any]) -> None:
-            file.write(json.dumps(record, separators=(",", ":")) + "\n")
+            line = (json.dumps(record, separators=(",", ":")) + "\n").encode("utf-8")
+            written = file.write(line)
+            if written != len(line):  # a short write (disk full): a failed write
+                raise OSError(f"short write: {written} of {len(line)} bytes")
 
         return cls(write, close=file.close)
 

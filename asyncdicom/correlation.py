@@ -19,7 +19,7 @@ so a tuple such as ``("storage-commitment", uid)`` keeps kinds apart.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterator
+from collections.abc import Awaitable, Callable, Hashable, Iterator
 from contextlib import contextmanager
 from typing import Any, Generic, TypeVar
 
@@ -69,6 +69,9 @@ class Correlator(Generic[V]):
         self._waiting: dict[Hashable, Pending[V]] = {}
         self._early: dict[Hashable, V] = {}
         self._max_early = max_early
+        #: offers a value no one here expects to other processes serving the same port (set
+        #: by :mod:`asyncdicom.workers`): ``await elsewhere(key, value)`` -> True if taken
+        self.elsewhere: Callable[[Hashable, V], Awaitable[bool]] | None = None
 
     @contextmanager
     def expect(self, key: Hashable) -> Iterator[Pending[V]]:
@@ -99,6 +102,15 @@ class Correlator(Generic[V]):
             self._early.pop(next(iter(self._early)))
         self._early[key] = value
         return False
+
+    async def deliver_anywhere(self, key: Hashable, value: V) -> bool:
+        """:meth:`deliver` without keeping; when no one here expects ``key``, offer it to
+        :attr:`elsewhere` (the other processes of a multi-process server); True if taken."""
+        if self.deliver(key, value, keep=False):
+            return True
+        if self.elsewhere is None:
+            return False
+        return await self.elsewhere(key, value)
 
     def expected(self) -> frozenset[Hashable]:
         """Keys currently awaited."""

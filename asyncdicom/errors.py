@@ -56,7 +56,8 @@ The tree::
     ├── SlowPath                              a C-FIND response to build with pydicom
     ├── UsersFileError (ValueError)           a users file cannot be read or parsed
     ├── AuditLogError (OSError)               the audit log cannot be appended to
-    └── WorkerFailed (RuntimeError)           a load-test worker process could not run
+    ├── WorkerFailed (RuntimeError)           a load-test worker process could not run
+    └── WorkerDied (RuntimeError)             a server worker process ended unasked
 """
 
 from __future__ import annotations
@@ -129,6 +130,7 @@ __all__ = [
     "UnrecognizedPDU",
     "UnsupportedTransferSyntax",
     "UsersFileError",
+    "WorkerDied",
     "WorkerFailed",
 ]
 
@@ -441,3 +443,8 @@ class AuditLogError(DICOMError, OSError):
 class WorkerFailed(DICOMError, RuntimeError):
     """A load-test worker process could not run its share (its error line, or how it
     ended); see :func:`asyncdicom.loadtest.run_in_processes`."""
+
+
+class WorkerDied(DICOMError, RuntimeError):
+    """A worker process of a multi-process server could not start, or ended without being
+    asked to (the server then stops); see :func:`asyncdicom.workers.serve_workers`."""

@@ -27,6 +27,9 @@ class HookEvent(Enum):
     ASSOCIATION_ACCEPTED = "association_accepted"
     ASSOCIATION_REJECTED = "association_rejected"  # data: reject (AssociateRJ)
     ASSOCIATION_RELEASED = "association_released"
+    # acceptor: an A-RELEASE-RQ is answered (emitted as the A-RELEASE-RP goes out, before the
+    # connection closes: the association no longer counts against the limits)
+    RELEASE_ANSWERED = "release_answered"
     ASSOCIATION_ABORTED = "association_aborted"  # data: abort (protocol AbortCause)
     PDU_SENT = "pdu_sent"  # data: data (bytes written)
     PDU_RECEIVED = "pdu_received"  # data: data (bytes read)

@@ -386,6 +386,21 @@ async def listen(host: str | None, port: int, *, backlog: int = 1024) -> Listene
         raise TransportError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
 
 
+async def listen_socket(sock: socket.socket) -> Listener:
+    """Accept on ``sock``, a TCP socket already bound and listening (one inherited from another
+    process, or bound with ``SO_REUSEPORT`` beside others); the listener owns it from now on."""
+    from anyio.abc import SocketListener
+
+    try:
+        sub = await SocketListener.from_socket(sock)
+    except (OSError, ValueError) as exc:
+        raise TransportError(f"cannot accept on the socket given: {exc}") from exc
+    listener: MultiListener[Any] = MultiListener([sub])
+    if sniffio.current_async_library() == "asyncio":
+        return _asyncio_stream.AsyncioListener(listener)
+    return _AnyioListener(listener)
+
+
 async def close_forcefully(stream: ByteStream) -> None:
     """Close a connection at once, dropping unsent bytes (the peer stopped reading, so
     nothing more, not even a TLS close_notify, can get through); a task blocked writing to

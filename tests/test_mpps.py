@@ -247,3 +247,26 @@ async def test_mpps_is_not_accepted_unless_configured(anyio_backend: str) -> Non
         async with associated(scp, contexts=[MPPS]) as assoc:
             rsp = await assoc.n_create(MPPS, created())
     assert rsp.status == 0x0110 and rsp.message.error_comment
+
+
+@pytest.mark.parametrize("shared", [True, False])
+async def test_steps_in_a_shared_folder(tmp_path: Path, anyio_backend: str, shared: bool) -> None:
+    """Two SCPs on one folder (the workers of one qrscp): with ``shared_folder`` a step created
+    through one is completed through the other, and a duplicate N-CREATE is refused by
+    either; without it the second SCP does not know the step."""
+    first, second = MPPSSCP(tmp_path), MPPSSCP(tmp_path)
+    first.shared_folder = second.shared_folder = shared
+    with anyio.fail_after(20):
+        async with associated(_scp(first), contexts=[MPPS]) as assoc:
+            assert (await assoc.n_create(MPPS, created(), sop_instance=UID)).status == 0x0000
+        async with associated(_scp(second), contexts=[MPPS]) as assoc:
+            completed = await assoc.n_set(MPPS, UID, finished())
+            duplicate = await assoc.n_create(MPPS, created(), sop_instance=UID)
+    if shared:
+        assert completed.status == 0x0000
+        assert duplicate.status == 0x0111
+        step = second.get(UID)
+        assert step is not None and step.PerformedStationAETitle == "CT1"
+        assert dcmread(tmp_path / f"{UID}.mpps").PerformedProcedureStepStatus == "COMPLETED"
+    else:  # it cannot know the step another process created: why shared_folder exists
+        assert completed.status == 0x0112

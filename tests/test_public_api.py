@@ -48,7 +48,7 @@ EXPECTED_ALL: dict[str, set[str]] = {
         # SCP side, configuration, tools
         "QueryError", "IdentifierMismatch", "UnableToProcess", "ModelNotSupported",
         "IndexDatabaseError", "SchemaVersionError", "SlowPath", "UsersFileError", "AuditLogError",
-        "WorkerFailed",
+        "WorkerFailed", "WorkerDied",
     },
     "asyncdicom.lowlevel": {
         "BaseAssociation", "DatasetSource", "Dispatcher", "IncomingRequest", "Owner",
@@ -139,6 +139,10 @@ EXPECTED_ALL: dict[str, set[str]] = {
     "asyncdicom.worklist": {"WORKLIST_SUFFIXES", "Worklist"},
     "asyncdicom.archive": {"Archive", "DEFAULT_DB_NAME", "FolderCheck", "qrscp_config"},
     "asyncdicom.correlation": {"Correlator", "Pending", "registry"},
+    "asyncdicom.workers": {
+        "TITLES_PER_WORKER", "WorkerDied", "WorkerGroup", "WorkerInfo", "default_workers",
+        "serve_workers", "workers_server",
+    },
     "asyncdicom.loadtest": {
         "LoadGenerator", "LoadResult", "LoadSpec", "Operation", "UIDPatchError", "WorkerFailed",
         "classify", "new_histogram", "percentiles", "run_in_processes", "run_load",

@@ -122,6 +122,7 @@ class Lifecycle(Engine):
             self._core.release_response(self._now())
         except LocalProtocolError:
             return
+        self.hooks.emit(HookEvent.RELEASE_ANSWERED, self)
         await self._process_events()
 
     async def _on_release_confirmed(self, event: ReleaseConfirmed) -> None:

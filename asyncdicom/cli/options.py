@@ -34,6 +34,7 @@ from .argtypes import (
     MIN_MAX_PDU,
     ae_title,
     audit_log_file,
+    int_range,
     listen_port,
     lockout_count,
     max_pdu,
@@ -288,6 +289,21 @@ def add_server(p: argparse.ArgumentParser, ae_title_default: str) -> None:
     add_max_pdu(p)
     add_access_control(p)
     add_tls_server(p)
+    add_workers(p)
+
+
+def add_workers(p: argparse.ArgumentParser) -> None:
+    """``--workers N``: serve with N processes sharing the port (:mod:`asyncdicom.workers`)."""
+    p.add_argument(
+        "--workers",
+        type=int_range(0, 256),
+        default=1,
+        metavar="N",
+        help="serve with N processes, each with its own event loop, sharing the port (0: one "
+        "per core); limits, lock-out, audit log and index stay per server; SIGINT/SIGTERM "
+        "lets the associations in progress end (10 s at most); a worker that dies stops the "
+        "server (exit status 1)",
+    )
 
 
 def add_scu(p: argparse.ArgumentParser) -> None:

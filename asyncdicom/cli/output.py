@@ -61,11 +61,19 @@ def err(text: str) -> None:
         print(f"asyncdicom: error: {text}", file=sys.stderr, flush=True)
 
 
+#: in a worker process of a server app run with ``--workers``: its number (its notices say it)
+worker_id: int | None = None
+
+
 def notice(text: str, event: str, **fields: Any) -> None:
     """Tell the user something on stderr that is not an error (e.g. storescp's "listening on"
     line): ``TEXT`` as is, or with ``--log-json`` a JSON object like a log event's (``event``,
     ``level`` "info", ``message``, ``fields``, ``timestamp``).  It is shown whatever the log
-    level."""
+    level.  In a worker process (:data:`worker_id`) the line ends with ``[worker N]`` (the
+    JSON object has ``worker``)."""
+    if worker_id is not None:
+        text = f"{text} [worker {worker_id}]"
+        fields = {**fields, "worker": worker_id}
     if json_logging():
         when = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         record = {"event": event, "level": "info", "message": text, **fields, "timestamp": when}

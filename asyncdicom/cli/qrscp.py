@@ -23,8 +23,11 @@ otherwise.
 from __future__ import annotations
 
 import argparse
+import functools
 import sqlite3
 import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +40,18 @@ from .apps import APPS
 from .argtypes import ae_title, folder, port, quoted
 from .options import add_common, add_server
 from .output import UsageError, notice, plural
-from .server import install_access_control, serve_until_signal, server_config, start_server
+from .server import (
+    audit_trail,
+    install_access_control,
+    serve_until_signal,
+    serve_workers_until_signal,
+    server_config,
+    start_server,
+    worker_args,
+    worker_process_args,
+)
 
-__all__ = ["add_parser", "db_file", "move_destination", "qrscp_ae", "run"]
+__all__ = ["add_parser", "db_file", "move_destination", "qrscp_ae", "qrscp_worker", "run"]
 
 
 def move_destination(text: str) -> tuple[str, str, int]:
@@ -221,21 +233,58 @@ async def run(args: argparse.Namespace) -> int:
         archive.install(ae)
         await install_worklist_and_mpps(ae, args, storage)
         count = await anyio.to_thread.run_sync(archive.index.count)
+        detail = f" ({plural(count, 'instance')} in {storage})"
+        if args.workers != 1:
+            # the folder is checked and the index complete: the workers open it as it is
+            await archive.aclose()
+            factory = functools.partial(qrscp_worker, worker_args(args), destinations, peers)
+            return await serve_workers_until_signal(
+                factory, args, "qrscp", detail=detail, instances=count
+            )
         return await serve_until_signal(
             ae,
             args,
             "qrscp",
-            detail=f" ({plural(count, 'instance')} in {storage})",
+            detail=detail,
             instances=count,
         )
     finally:
         await archive.aclose()
 
 
-async def install_worklist_and_mpps(ae: AE, args: argparse.Namespace, storage: Path) -> None:
+@asynccontextmanager
+async def qrscp_worker(
+    args: argparse.Namespace,
+    destinations: dict[str, tuple[str, int]],
+    peers: dict[str, tuple[str, int]],
+    info: Any,
+) -> AsyncIterator[AE]:
+    """The AE of one worker process of ``qrscp --workers``: the archive opened without the
+    folder check (done once, before the workers start), MPPS steps read from their files
+    (another worker may have written them), the audit trail."""
+    args = worker_process_args(args, info)
+    archive = Archive(
+        args.storage,
+        db=args.db,
+        move_destinations=destinations,
+        commitment_peers=peers,
+        check_folder=False,
+    )
+    async with archive:
+        ae = qrscp_ae(args)
+        archive.install(ae)
+        await install_worklist_and_mpps(ae, args, args.storage, worker=True)
+        with audit_trail(ae, args):
+            yield ae
+
+
+async def install_worklist_and_mpps(
+    ae: AE, args: argparse.Namespace, storage: Path, *, worker: bool = False
+) -> None:
     """Serve MPPS on ``ae`` (steps kept in ``--mpps``, by default ``STORAGE/mpps``) and, with
     ``--worklist``, the Modality Worklist; raises :class:`UsageError` for a folder that cannot
-    be used."""
+    be used.  ``worker``: in a worker process of ``--workers`` (what was said at start is not
+    said again; the MPPS folder is shared with the other workers)."""
     from ..services.mpps import MPPSSCP
     from ..worklist import Worklist
 
@@ -243,12 +292,13 @@ async def install_worklist_and_mpps(ae: AE, args: argparse.Namespace, storage: P
         worklist = Worklist(args.worklist)
         count = len(await anyio.to_thread.run_sync(worklist.items))
         worklist.install(ae)
-        notice(
-            f"qrscp: Modality Worklist: {plural(count, 'item')} in {args.worklist}",
-            "worklist_loaded",
-            items=count,
-            folder=str(args.worklist),
-        )
+        if not worker:
+            notice(
+                f"qrscp: Modality Worklist: {plural(count, 'item')} in {args.worklist}",
+                "worklist_loaded",
+                items=count,
+                folder=str(args.worklist),
+            )
     folder = args.mpps if args.mpps is not None else storage / "mpps"
     try:
         mpps = await anyio.to_thread.run_sync(MPPSSCP, folder)
@@ -257,6 +307,7 @@ async def install_worklist_and_mpps(ae: AE, args: argparse.Namespace, storage: P
         raise UsageError(
             f"argument --mpps: cannot read the folder {quoted(str(folder))}: {reason}"
         ) from None
+    mpps.shared_folder = worker
     mpps.install(ae)
-    for path, reason in mpps.skipped:
+    for path, reason in [] if worker else mpps.skipped:
         notice(f"qrscp: MPPS: skipped {path}: {reason}", "mpps_file_skipped", file=str(path))

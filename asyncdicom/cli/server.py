@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import signal
 import socket
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -29,9 +30,13 @@ from ..audit import AuditLog
 from ..errors import TransportError
 from ..storage.writer import remove_stale_temp_files
 from ..users import Lockout, UserStore
+from . import output
 from .argtypes import quoted
 from .options import server_timeouts
 from .output import CLIError, UsageError, format_address, notice, plural
+
+if TYPE_CHECKING:
+    from ..workers import WorkerInfo
 
 __all__ = [
     "access_control",
@@ -43,9 +48,12 @@ __all__ = [
     "remove_stale_files",
     "say_listening",
     "serve_until_signal",
+    "serve_workers_until_signal",
     "server_config",
     "server_tls",
     "start_server",
+    "worker_args",
+    "worker_process_args",
 ]
 
 
@@ -245,4 +253,91 @@ async def serve_until_signal(
             say_listening(app, ae, args.host, server.port, detail, **fields)
             async for _ in signals:
                 break
+    return 0
+
+
+# --------------------------------------------------------------------------- --workers
+
+
+def worker_args(args: argparse.Namespace) -> argparse.Namespace:
+    """A copy of the parsed options that can be sent to a worker process (the TLS context is
+    built again there, by :func:`worker_process_args`)."""
+    copy = argparse.Namespace(**vars(args))
+    copy.ssl_context = None
+    return copy
+
+
+def worker_process_args(args: argparse.Namespace, info: WorkerInfo) -> argparse.Namespace:
+    """In a worker process: the options of :func:`worker_args` made whole again (the server's
+    TLS context), and the app's notices marked with the worker's number."""
+    output.worker_id = info.id
+    if getattr(args, "tls_role", None) == "server" and args.tls_cert is not None:
+        from ..transport import server_context
+
+        args.ssl_context = server_context(args.tls_cert, args.tls_key, ca=args.tls_ca)
+    return args
+
+
+def _worker_setup(verbose: int, json: bool) -> None:
+    """First thing in a worker process: the logging the command line asked for."""
+    import warnings
+
+    from ..log import configure_cli_logging
+
+    configure_cli_logging(verbose=verbose, json=json)
+    if verbose < 2:
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom\b")
+
+
+async def serve_workers_until_signal(
+    factory: Callable[[WorkerInfo], Any],
+    args: argparse.Namespace,
+    app: str,
+    *,
+    detail: str = "",
+    **fields: Any,
+) -> int:
+    """``--workers``: serve ``--host``/``--port`` with worker processes, each running the AE
+    ``factory`` builds (:func:`asyncdicom.workers.serve_workers`), until SIGINT or SIGTERM,
+    then let them drain; exit status 0.  Once every worker listens it says ``APP: AET
+    listening on HOST:PORT DETAIL (N workers)``.  A worker that dies stops the server
+    (:class:`~asyncdicom.errors.WorkerDied`: one error line, exit status 1)."""
+    from ..workers import default_workers, serve_workers
+
+    count = args.workers or default_workers()
+    setup = functools.partial(_worker_setup, args.verbose, args.log_json)
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with anyio.create_task_group() as tg:
+
+            async def serve(*, task_status: Any) -> None:
+                await serve_workers(
+                    factory,
+                    args.host or None,
+                    args.port,
+                    workers=count,
+                    setup=setup,
+                    backend=args.backend,
+                    task_status=task_status,
+                )
+                # stopped from a worker (a signal reaches every process of the group)
+                tg.cancel_scope.cancel()
+
+            try:
+                group = await tg.start(serve)
+            except OSError as exc:
+                raise _cannot_listen(args.host, args.port, exc) from None
+            notice(
+                f"{app}: {args.aet} listening on {format_address(args.host, group.port)}{detail} "
+                f"({plural(count, 'worker')})",
+                "listening",
+                ae_title=args.aet,
+                host=args.host,
+                port=group.port,
+                workers=count,
+                pids=group.pids,
+                **fields,
+            )
+            async for _ in signals:
+                break
+            group.close()
     return 0

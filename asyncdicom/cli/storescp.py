@@ -13,7 +13,10 @@ resources when the file system refused it), never a traceback.
 from __future__ import annotations
 
 import argparse
+import functools
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,9 +32,18 @@ from .apps import APPS
 from .argtypes import folder
 from .options import add_common, add_server
 from .output import format_address, notice, plural, uid_name
-from .server import install_access_control, serve_until_signal, server_config, start_server
+from .server import (
+    audit_trail,
+    install_access_control,
+    serve_until_signal,
+    serve_workers_until_signal,
+    server_config,
+    start_server,
+    worker_args,
+    worker_process_args,
+)
 
-__all__ = ["add_file_options", "add_parser", "run", "storescp_ae"]
+__all__ = ["add_file_options", "add_parser", "run", "storescp_ae", "storescp_worker"]
 
 
 def add_parser(sub: Any) -> None:
@@ -208,4 +220,16 @@ def storescp_ae(args: argparse.Namespace, reporter: _Reporter | None = None) -> 
 async def run(args: argparse.Namespace) -> int:
     """Run ``storescp`` until SIGINT or SIGTERM; the exit status."""
     await start_server(args, "storescp", None if args.ignore else args.output_dir, "--output-dir")
+    if args.workers != 1:
+        factory = functools.partial(storescp_worker, worker_args(args))
+        return await serve_workers_until_signal(factory, args, "storescp")
     return await serve_until_signal(storescp_ae(args), args, "storescp")
+
+
+@asynccontextmanager
+async def storescp_worker(args: argparse.Namespace, info: Any) -> AsyncIterator[AE]:
+    """The AE of one worker process of ``storescp --workers`` (with its audit trail)."""
+    args = worker_process_args(args, info)
+    ae = storescp_ae(args)
+    with audit_trail(ae, args):
+        yield ae

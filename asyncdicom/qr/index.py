@@ -278,6 +278,9 @@ class SQLiteIndex:
         # series share them; encoding the record is the bulk of the cost of adding).  Valid
         # while this connection is the only writer; cleared on rollback and deletions.
         self._known: dict[tuple[str, object], tuple[int, int]] = {}
+        # PRAGMA data_version when _known was last valid: it changes when another connection
+        # (another process serving the same archive) commits, which makes _known stale
+        self._data_version = -1
         try:
             self._open()
         except sqlite3.DatabaseError as exc:
@@ -373,6 +376,10 @@ class SQLiteIndex:
             con = self._con
             con.execute("BEGIN IMMEDIATE")
             try:
+                (version,) = con.execute("PRAGMA data_version").fetchone()
+                if version != self._data_version:
+                    self._known.clear()
+                    self._data_version = version
                 for item in prepared:
                     if isinstance(item, ValueError):
                         results.append(item)

@@ -224,7 +224,7 @@ async def receive_report(request: Any) -> messages.Message | int:
     except Exception as exc:  # an unreadable or incomplete Event Information
         association.log.warning("commitment_report_invalid", error=str(exc))
         return make_response(message, _INVALID_ARGUMENT_VALUE, error_comment=str(exc))
-    if not _correlator(association.ae).deliver(_key(result.transaction_uid), result, keep=False):
+    if not await _correlator(association.ae).deliver_anywhere(_key(result.transaction_uid), result):
         association.log.warning(
             "commitment_report_unexpected", transaction_uid=result.transaction_uid
         )

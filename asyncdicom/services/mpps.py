@@ -171,6 +171,9 @@ class MPPSSCP:
         self.log = get_logger()
         self._steps: dict[str, Dataset] = {}
         self._lock: anyio.Lock | None = None
+        #: other processes write steps in :attr:`folder` too (the workers of one server): a
+        #: step's file is read again before each N-CREATE and N-SET of it
+        self.shared_folder = False
         if self.folder is not None:
             self._load(self.folder)
 
@@ -231,6 +234,8 @@ class MPPSSCP:
             # PS3.4 F.7.2.1.2: 0106 with an Attribute List
             return _invalid_status(message, attributes, status)
         async with self._the_lock():
+            if uid:
+                await self._reread(uid)
             if uid in self._steps:
                 return make_response(
                     message,
@@ -261,6 +266,7 @@ class MPPSSCP:
         except Exception as exc:
             return self._undecodable(request, exc)
         async with self._the_lock():
+            await self._reread(uid)
             old = self._steps.get(uid)
             if old is None:
                 return make_response(
@@ -329,6 +335,27 @@ class MPPSSCP:
             await call(self.on_change, uid, copy.deepcopy(step))
         except Exception as exc:
             self.log.error("mpps_on_change_failed", instance=uid, error=f"{exc!r}", exc_info=exc)
+
+    async def _reread(self, uid: str) -> None:
+        """With :attr:`shared_folder`: the step ``uid`` as its file holds it now."""
+        if not self.shared_folder or self.folder is None or not _is_uid(uid):
+            return
+        from pydicom import dcmread
+
+        from ..storage.names import safe_filename
+
+        path = self.folder / safe_filename(uid, suffix=_SUFFIX)
+        try:
+            ds = await anyio.to_thread.run_sync(dcmread, path)
+        except FileNotFoundError:
+            return
+        except Exception as exc:
+            self.log.warning("mpps_file_skipped", file=str(path), error=str(exc))
+            return
+        step = Dataset()
+        for elem in ds:
+            step.add(elem)
+        self._steps[uid] = step
 
     def _load(self, folder: Path) -> None:
         """Read the steps kept in ``folder`` (a missing folder holds none)."""
