@@ -8,11 +8,13 @@ line was even parsed.  These tests pin the modules that must stay out of a bare 
 
 from __future__ import annotations
 
+import ast
 import json
 import socket
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -141,3 +143,115 @@ def test_the_apps_help_lines_are_the_apps_own() -> None:
     helps = {choice.dest: choice.help for choice in sub._choices_actions}
     assert helps == APPS
     assert all(len(sub.choices[name]._actions) > 3 for name in APPS)
+
+
+# --------------------------------------------------------------------------- lazy imports
+
+
+def _is_type_checking_block(node: ast.AST) -> bool:
+    return (
+        isinstance(node, ast.If)
+        and isinstance(node.test, ast.Name)
+        and node.test.id == "TYPE_CHECKING"
+    )
+
+
+def _type_checking_names(tree: ast.Module) -> set[str]:
+    names: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, ast.If) and _is_type_checking_block(node):
+            for statement in node.body:
+                if isinstance(statement, (ast.Import, ast.ImportFrom)):
+                    names |= {(a.asname or a.name).split(".")[0] for a in statement.names}
+    return names
+
+
+def _module_names(tree: ast.Module) -> set[str]:
+    """Names bound at module level outside ``if TYPE_CHECKING:``."""
+    bound: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            bound |= {(a.asname or a.name).split(".")[0] for a in node.names}
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            bound.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            bound |= {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
+    return bound
+
+
+def _runtime_uses(tree: ast.Module, names: set[str]) -> list[tuple[int, str]]:
+    """Where code that runs (not an annotation, not ``cast``'s type, not a type-checking
+    block) reads one of ``names`` without importing it in its own function."""
+    ignored: set[int] = set()
+    for node in ast.walk(tree):
+        for field in ("annotation", "returns"):
+            sub = getattr(node, field, None)
+            if sub is not None:
+                ignored |= {id(n) for n in ast.walk(sub)}
+        if _is_type_checking_block(node):
+            ignored |= {id(n) for n in ast.walk(node)}
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id == "cast"
+        ):
+            ignored |= {id(n) for arg in node.args[:1] for n in ast.walk(arg)}
+    found: list[tuple[int, str]] = []
+
+    def walk(node: ast.AST, bound: set[str]) -> None:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            local = set(bound)
+            for n in ast.walk(node):
+                if isinstance(n, (ast.Import, ast.ImportFrom)):
+                    local |= {(a.asname or a.name).split(".")[0] for a in n.names}
+            for statement in node.body:
+                walk(statement, local)
+            for outer in [*node.decorator_list, *node.args.defaults]:
+                walk(outer, bound)
+            return
+        if (
+            isinstance(node, ast.Name)
+            and isinstance(node.ctx, ast.Load)
+            and node.id in names
+            and node.id not in bound
+            and id(node) not in ignored
+        ):
+            found.append((node.lineno, node.id))
+        for child in ast.iter_child_nodes(node):
+            walk(child, bound)
+
+    for statement in tree.body:
+        walk(statement, set())
+    return found
+
+
+def test_names_imported_for_type_checking_only_are_not_used_at_run_time() -> None:
+    """A module that imports pydicom (or anything) under ``TYPE_CHECKING`` to keep start-up
+    light must import it in each function that uses it at run time: mypy and ruff do not see
+    the difference, a user would see a NameError."""
+    import asyncdicom
+
+    root = Path(asyncdicom.__file__).parent
+    problems = []
+    for path in sorted(root.rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        names = _type_checking_names(tree) - _module_names(tree)
+        problems += [
+            f"{path.relative_to(root)}:{line}: {name}" for line, name in _runtime_uses(tree, names)
+        ]
+    assert problems == []
+
+
+def test_the_run_time_check_sees_a_missing_import() -> None:
+    tree = ast.parse(
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n"
+        "    from pydicom.dataset import Dataset\n"
+        "def good(x: Dataset) -> Dataset:\n"
+        "    from pydicom.dataset import Dataset\n"
+        "    return Dataset()\n"
+        "def bad() -> None:\n"
+        "    return Dataset()\n"
+    )
+    assert _runtime_uses(tree, _type_checking_names(tree)) == [(8, "Dataset")]

@@ -341,6 +341,7 @@ class MPPSSCP:
         if not self.shared_folder or self.folder is None or not _is_uid(uid):
             return
         from pydicom import dcmread
+        from pydicom.dataset import Dataset
 
         from ..storage.names import safe_filename
 
