@@ -41,6 +41,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -101,6 +102,8 @@ def our_server(kind: str, tree: Path, tmp: Path) -> Iterator[int]:
                 break
         if not port:
             raise RuntimeError(f"{' '.join(cmd)} did not start")
+        # keep reading what it prints: a full pipe would stop the server
+        threading.Thread(target=proc.stdout.read, daemon=True).start()
         yield port
     finally:
         proc.send_signal(signal.SIGINT)
