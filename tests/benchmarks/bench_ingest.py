@@ -57,8 +57,8 @@ def default_cache() -> Path:
 
 
 @contextlib.contextmanager
-def qrscp(storage: Path, tree: Path, backend: str) -> Iterator[int]:
-    """``python -m asyncdicom qrscp`` from ``tree`` on ``storage``; yields its port."""
+def qrscp(storage: Path, tree: Path, backend: str) -> Iterator[tuple[int, int]]:
+    """``python -m asyncdicom qrscp`` from ``tree`` on ``storage``; yields its port and pid."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(tree), *filter(None, [env.get("PYTHONPATH")])])
     cmd = [PY, "-m", "asyncdicom", "qrscp", "--storage", str(storage), "--host", LOCALHOST]
@@ -87,7 +87,7 @@ def qrscp(storage: Path, tree: Path, backend: str) -> Iterator[int]:
             raise RuntimeError(f"{' '.join(cmd)} did not start")
         # keep reading what it prints: a full pipe would stop the server
         threading.Thread(target=proc.stdout.read, daemon=True).start()
-        yield port
+        yield port, proc.pid
     finally:
         proc.send_signal(signal.SIGINT)
         try:
@@ -136,6 +136,12 @@ if batch:
 index.close()
 """
     subprocess.run([PY, "-c", code], check=True)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def count_rows(db: Path) -> int:
@@ -208,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.compare_tree is not None:
         trees.append((f"@{args.compare_tree.name}", args.compare_tree.resolve()))
     runs: dict[str, list[float | None]] = {}
+    #: server CPU (user + system) per instance, ms: less sensitive to other load than rates
+    cpu_runs: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp_name:
         tmp = Path(tmp_name)
         preloaded: dict[int, Path] = {}
@@ -228,8 +236,11 @@ def main(argv: list[str] | None = None) -> int:
                         shutil.copy(preloaded[n], storage / "index.sqlite")
                     rate: float | None = None
                     try:
-                        with qrscp(storage, tree, args.backend) as port:
+                        with qrscp(storage, tree, args.backend) as (port, pid):
+                            cpu = cpu_seconds(pid)
                             wall = run_senders(args.sender, port, groups)
+                            cpu = cpu_seconds(pid) - cpu
+                        cpu_runs.setdefault(key, []).append(cpu * 1000 / total)
                         rows = count_rows(storage / "index.sqlite")
                         if rows != n + total:
                             print(f"  index lists {rows:,}, expected {n + total:,}")
@@ -239,18 +250,26 @@ def main(argv: list[str] | None = None) -> int:
                         print(f"  failed: {exc}")
                     runs.setdefault(key, []).append(rate)
                     shown = "failed" if rate is None else f"{rate:,.0f} instances/s"
+                    if key in cpu_runs:
+                        shown += f", server CPU {cpu_runs[key][-1]:.2f} ms/instance"
                     print(f"round {round_no + 1}: {key}: {shown}", flush=True)
                     shutil.rmtree(storage, ignore_errors=True)
     print()
-    print(
-        f"{total:,} instances from {args.senders} {args.sender} senders, best of {args.repeat}"
-    )
+    print(f"{total:,} instances from {args.senders} {args.sender} senders, best of {args.repeat}")
     table: dict[str, Any] = {}
     for key, values in runs.items():
         good = [v for v in values if v is not None]
         best = max(good) if good else None
-        table[key] = {"best_per_s": best, "runs_per_s": values}
-        print(f"  {key:40} {best or float('nan'):8,.0f} instances/s")
+        cpu = min(cpu_runs.get(key) or [float("nan")])
+        table[key] = {
+            "best_per_s": best,
+            "runs_per_s": values,
+            "server_cpu_ms_per_instance": cpu_runs.get(key),
+        }
+        print(
+            f"  {key:40} {best or float('nan'):8,.0f} instances/s, "
+            f"server CPU {cpu:.2f} ms/instance (least)"
+        )
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(
         json.dumps(
