@@ -28,7 +28,7 @@ async def test_memory_stream_has_no_quickack() -> None:
     receive.close()
 
 
-@pytest.mark.skipif(not hasattr(socket, "TCP_QUICKACK"), reason="Linux's TCP_QUICKACK")
+@pytest.mark.requires_peer("tcp-quickack")
 async def test_quickack_leaves_delayed_ack_mode(anyio_backend: str) -> None:
     accepted: list[anyio.abc.ByteStream] = []
     ready = anyio.Event()

@@ -10,14 +10,13 @@ on the median time between consecutive C-STORE responses (a lower bound the stal
 under, however fast the machine; a loaded machine delays some instances, not most), not on the
 wall time of the whole transfer.
 
-The immediate acknowledgement needs Linux's TCP_QUICKACK; elsewhere the test is skipped.
+The immediate acknowledgement needs Linux's TCP_QUICKACK (requirement ``tcp-quickack``).
 """
 
 from __future__ import annotations
 
 import itertools
 import os
-import socket
 import statistics
 import time
 from pathlib import Path
@@ -35,10 +34,7 @@ from asyncdicom.storage.synthetic import write_ct_files
 pytestmark = [
     pytest.mark.interop,
     pytest.mark.anyio,
-    pytest.mark.requires_peer("dcmtk"),
-    pytest.mark.skipif(
-        not hasattr(socket, "TCP_QUICKACK"), reason="immediate ACKs need Linux's TCP_QUICKACK"
-    ),
+    pytest.mark.requires_peer("dcmtk", "tcp-quickack"),
 ]
 
 FILES = 20
