@@ -42,6 +42,7 @@ __all__ = [
     "describe_loss",
     "listen",
     "peer_address",
+    "quickack",
     "server_context",
     "set_nodelay",
     "start_tls",
@@ -53,6 +54,47 @@ def set_nodelay(stream: ByteStream) -> None:
     sock: Any = stream.extra(SocketAttribute.raw_socket, None)
     if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+#: Linux's TCP_QUICKACK (absent elsewhere: there, :func:`quickack` returns None)
+_TCP_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)
+
+
+def quickack(stream: ByteStream) -> Callable[[], None] | None:
+    """A function that makes the TCP connection under ``stream`` acknowledge what it has
+    received at once, or None where that cannot be done (not a TCP socket, not Linux).
+
+    A sender that leaves Nagle's algorithm on (DCMTK's tools without ``TCP_NODELAY=1`` in
+    their environment, many modalities) holds back the small last segment of each PDU or
+    data set until everything it sent before is acknowledged.  Once a connection has
+    answered a request, Linux delays its acknowledgements (up to 40 ms), expecting to
+    piggyback them on the next answer, which cannot come before the held-back segment: a
+    stall of one delayed-ACK timeout per message.  ``TCP_QUICKACK`` sends the pending
+    acknowledgement now and leaves delayed-ACK mode until the connection sends again (the
+    option is not sticky), so the reader calls the returned function after each read that
+    leaves a PDU or a message incomplete (one ``setsockopt`` per such read).  TLS streams
+    are served through the TCP socket beneath them.  Errors (a connection already closed)
+    are ignored.
+    """
+    option = _TCP_QUICKACK
+    if option is None:
+        return None
+    try:
+        sock: Any = stream.extra(SocketAttribute.raw_socket, None)
+    except OSError:
+        return None
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return None
+    setsockopt = sock.setsockopt
+    level = socket.IPPROTO_TCP
+
+    def rearm() -> None:
+        try:  # noqa: SIM105 (on the read path: no context manager per call)
+            setsockopt(level, option, 1)
+        except OSError:
+            pass
+
+    return rearm
 
 
 def peer_address(stream: ByteStream) -> tuple[str, int]:

@@ -38,7 +38,7 @@ from ..protocol.negotiation import NegotiatedAssociation, PresentationContext
 from ..protocol.pdu import AssociateRJ, AssociateRQ
 from ..protocol.upper_layer import Role
 from ..refusal import Refusal
-from ..transport import WriteWatchdog, close_quietly, describe_loss, peer_address
+from ..transport import WriteWatchdog, close_quietly, describe_loss, peer_address, quickack
 from .responses import Waiter
 
 __all__ = ["ABORT_LINGER", "Engine", "FastLock", "OwnerLike"]
@@ -284,6 +284,8 @@ class Engine:
         receive_before: Callable[[float, int], Awaitable[bytes | None]] | None = getattr(
             stream, "receive_before", None
         )
+        # acknowledge at once while the peer is mid-message (a sender with Nagle on waits for it)
+        ack_now = quickack(stream)
         try:
             while not self._closed.is_set():
                 if hooks.version != self._hooks_version:
@@ -331,6 +333,8 @@ class Engine:
                     if hooks.wants(HookEvent.PDU_RECEIVED):
                         hooks.emit(HookEvent.PDU_RECEIVED, self, data=data)
                 core.receive_data(data, self._now())
+                if ack_now is not None and core.receiving:
+                    ack_now()
                 await self._process_events()
                 if data is None:
                     break

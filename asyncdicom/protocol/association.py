@@ -366,6 +366,14 @@ class AssociationCore:
         return self._ul.is_closed
 
     @property
+    def receiving(self) -> bool:
+        """True while part of a PDU or of a DIMSE message from the peer has arrived and the
+        rest has not: the peer is still sending (the driver uses it to acknowledge at once,
+        see :func:`asyncdicom.transport.quickack`)."""
+        ops = self.ops
+        return self._ul.receiving_pdu or (ops is not None and not ops.idle)
+
+    @property
     def peer_max_pdu_length(self) -> int:
         """The peer's Maximum Length (0: unlimited or unknown)."""
         return self._ul.peer_max_pdu_length

@@ -26,6 +26,7 @@ the lock when first advanced, then matches and yields without holding it.
 
 from __future__ import annotations
 
+import functools
 import io
 import sqlite3
 import threading
@@ -157,7 +158,9 @@ def level_of(tag: int) -> str:
     return "IMAGE"
 
 
+@functools.cache
 def _columns_of(level: str) -> dict[int, SqlColumn]:
+    # (cached: computed for every level of every instance indexed; callers do not change it)
     return {tag: col for tag, col in INDEX_COLUMNS.items() if level_of(tag) == level}
 
 
@@ -187,6 +190,8 @@ def _decode(blob: bytes) -> Dataset:
 
 #: the elements of one level's record, in tag order (raw ones as read, when not decoded yet)
 _Record = list[DataElement | RawDataElement]
+#: level -> the column values of that level's row, for the levels already computed
+_Rows = dict[str, dict[str, str | int | None]]
 
 
 def _split(header: Dataset) -> dict[str, _Record]:
@@ -363,10 +368,10 @@ class SQLiteIndex:
         SOP, Series or Study Instance UID (that item is skipped, the others are indexed).  A
         database error rolls the whole batch back and is raised.
         """
-        prepared: list[tuple[Dataset, str, dict[str, _Record]] | ValueError] = []
+        prepared: list[tuple[Dataset, str, dict[str, _Record], _Rows] | ValueError] = []
         for header, path in items:
             try:
-                prepared.append((header, path, self._prepare(header)))
+                prepared.append((header, path, *self._prepare(header)))
             except ValueError as exc:
                 prepared.append(exc)
             except Exception as exc:  # pydicom decodes values lazily: garbage shows here
@@ -393,19 +398,31 @@ class SQLiteIndex:
         return results
 
     @staticmethod
-    def _prepare(header: Dataset) -> dict[str, _Record]:
+    def _prepare(header: Dataset) -> tuple[dict[str, _Record], _Rows]:
+        """The header's records by level, and the column values of the study, series and
+        instance rows (each computed once per instance: reading them decodes elements)."""
         parts = _split(header)
+        rows: _Rows = {}
         for level in ("STUDY", "SERIES", "IMAGE"):
             column = INDEX_COLUMNS[LEVELS[level]].name
-            if _row_values(level, header)[column] is None:
+            rows[level] = values = _row_values(level, header)
+            if values[column] is None:
                 raise ValueError(f"the header has no {column.replace('_', ' ')}")
-        return parts
+        return parts, rows
 
     def _upsert(
-        self, level: str, header: Dataset, record: _Record, extra: dict[str, object]
+        self,
+        level: str,
+        header: Dataset,
+        record: _Record,
+        extra: dict[str, object],
+        rows: _Rows,
     ) -> int:
         table = _TABLES[level]
-        values: dict[str, object] = {**_row_values(level, header), **extra}
+        row_values = rows.get(level)
+        if row_values is None:
+            row_values = _row_values(level, header)
+        values: dict[str, object] = {**row_values, **extra}
         values["record"] = encode_explicit_le(record, header)
         unique = INDEX_COLUMNS[LEVELS[level]].name
         row = self._con.execute(
@@ -426,22 +443,22 @@ class SQLiteIndex:
         )
         return pk
 
-    def _add(self, header: Dataset, path: str, parts: dict[str, _Record]) -> Added:
+    def _add(self, header: Dataset, path: str, parts: dict[str, _Record], rows: _Rows) -> Added:
         con = self._con
-        sop = _row_values("IMAGE", header)["sop_instance_uid"]
+        sop = rows["IMAGE"]["sop_instance_uid"]
         old = con.execute(
             "SELECT series.pk, series.study_pk, instance.path FROM instance JOIN series "
             "ON series.pk = instance.series_pk WHERE sop_instance_uid = ?",
             (sop,),
         ).fetchone()
-        patient_pk, _ = self._upsert_parent("PATIENT", header, parts["PATIENT"], {})
+        patient_pk, _ = self._upsert_parent("PATIENT", header, parts["PATIENT"], {}, rows)
         study_pk, _ = self._upsert_parent(
-            "STUDY", header, parts["STUDY"], {"patient_pk": patient_pk}
+            "STUDY", header, parts["STUDY"], {"patient_pk": patient_pk}, rows
         )
         series_pk, series_written = self._upsert_parent(
-            "SERIES", header, parts["SERIES"], {"study_pk": study_pk}
+            "SERIES", header, parts["SERIES"], {"study_pk": study_pk}, rows
         )
-        self._upsert("IMAGE", header, parts["IMAGE"], {"series_pk": series_pk, "path": path})
+        self._upsert("IMAGE", header, parts["IMAGE"], {"series_pk": series_pk, "path": path}, rows)
         if series_written:
             self._refresh_modalities(study_pk)
         if old is not None and int(old[0]) != series_pk:
@@ -449,7 +466,12 @@ class SQLiteIndex:
         return Added(new=old is None, previous_path=None if old is None else str(old[2]))
 
     def _upsert_parent(
-        self, level: str, header: Dataset, record: _Record, extra: dict[str, object]
+        self,
+        level: str,
+        header: Dataset,
+        record: _Record,
+        extra: dict[str, object],
+        rows: _Rows,
     ) -> tuple[int, bool]:
         """:meth:`_upsert` for a patient, study or series row, skipped when the row was
         written by this connection with the same attributes: (pk, whether it was written)."""
@@ -461,7 +483,7 @@ class SQLiteIndex:
         known = self._known.get(key)
         if known is not None and known[1] == fingerprint and key[1] is not None:
             return known[0], False
-        pk = self._upsert(level, header, record, extra)
+        pk = self._upsert(level, header, record, extra, rows)
         if len(self._known) >= 16384:
             self._known.clear()
         self._known[key] = (pk, fingerprint)

@@ -144,6 +144,14 @@ def _check_module(name: str) -> Callable[[], str | None]:
     return check
 
 
+def _check_quickack() -> str | None:
+    import socket
+
+    if hasattr(socket, "TCP_QUICKACK"):
+        return None
+    return "this platform's socket module has no TCP_QUICKACK"
+
+
 REQUIREMENTS: Mapping[str, Requirement] = {
     "dcmtk": Requirement("DCMTK not found (apt-get install dcmtk)", _check_dcmtk),
     "orthanc": Requirement("Orthanc not found (apt-get install orthanc)", _check_orthanc),
@@ -152,6 +160,9 @@ REQUIREMENTS: Mapping[str, Requirement] = {
     ),
     "uvloop": Requirement("uvloop not installed (pip install uvloop)", _check_module("uvloop")),
     "odil": Requirement("odil not found (apt-get install odil python3-odil)", _check_odil),
+    "tcp-quickack": Requirement(
+        "TCP_QUICKACK not available (immediate ACKs need Linux)", _check_quickack
+    ),
     "pixelmed": Requirement(
         "PixelMed not found (apt-get install pixelmed-apps default-jdk-headless)",
         _check_pixelmed,

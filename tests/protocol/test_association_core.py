@@ -435,6 +435,43 @@ def test_no_progress_deadline_between_messages() -> None:
     assert not pair.server.wants_read_time and pair.server.timer_deadline() is None
 
 
+def test_receiving_while_a_pdu_or_a_message_is_incomplete() -> None:
+    """``receiving`` says the peer is mid-PDU or mid-message (the driver then acknowledges at
+    once, for a sender that has Nagle's algorithm on)."""
+    pair = Pair([ContextRequest(CT, (IMPLICIT,)), ContextRequest(VERIFICATION, (IMPLICIT,))])
+    pair.establish()
+    assert not pair.server.receiving
+    store = m.CStoreRQ(message_id=1, affected_sop_class_uid=CT, affected_sop_instance_uid="1.2")
+    pair.client.invoke(1, store)
+    pair.client.send_command(1, store, 0.0)
+    command = pair.client.data_to_send()
+    pair.server.receive_data(command[:6], 0.0)  # a PDU header: the PDU is incomplete
+    assert pair.server.receiving
+    pair.server.receive_data(command[6:], 0.0)  # the command: its data set is to follow
+    assert pair.server.receiving
+    pair.client.send_data(1, DATASET, last=True, now=0.0)
+    pair.server.receive_data(pair.client.data_to_send(), 0.0)  # the whole message
+    assert not pair.server.receiving
+    assert [type(e) for e in pair.events("server")] == [RequestReceived, FragmentReceived]
+    response = m.CStoreRSP(
+        message_id_being_responded_to=1,
+        status=0,
+        affected_sop_class_uid=CT,
+        affected_sop_instance_uid="1.2",
+    )
+    pair.server.respond(1, response)
+    pair.server.send_command(1, response, 0.0)
+    pair.wire(0.0)
+    assert [type(e) for e in pair.events("client")] == [ResponseComplete]
+    # a C-ECHO-RQ arrives whole: nothing incomplete
+    echo = m.CEchoRQ(message_id=2)
+    pair.client.invoke(3, echo)
+    pair.client.send_command(3, echo, 0.0)
+    pair.server.receive_data(pair.client.data_to_send(), 0.0)
+    assert not pair.server.receiving
+    assert [type(e) for e in pair.events("server")] == [RequestReceived]
+
+
 def test_dimse_timeout_per_operation() -> None:
     pair = Pair(client=CoreConfig(dimse=3.0))
     pair.establish()
