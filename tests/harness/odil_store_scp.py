@@ -9,10 +9,10 @@ odil's ``Association.receive_association`` binds the port itself and cannot repo
 the OS chose, so the caller picks a free one and waits until it listens
 (:class:`harness.peers.OdilStoreSCP`); if the port is taken it exits with status 98. It
 listens on every interface (odil has no option to choose one). One association at a time, in
-a loop, until SIGTERM. odil's default acceptor accepts every proposed presentation context with
-its first transfer syntax, and odil sends each response on a context it looks up by the
-request's abstract syntax (with two such contexts, the later one), not on the request's: what
-the interop tests are about.
+a loop, until SIGTERM (which ends it at once). odil's default acceptor accepts every proposed
+presentation context with its first transfer syntax, and odil sends each response on a
+context it looks up by the request's abstract syntax (with two such contexts, the later one),
+not on the request's: what the interop tests are about.
 
 Printed on stdout, one line each, flushed:
 
@@ -96,7 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output-dir", type=Path, required=True)
     args = parser.parse_args(argv)
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    # SIGTERM ends the process at once: odil waits for an association inside C++, where a
+    # Python-level handler would not run until a peer connected (the harness then waited its
+    # whole grace period and killed it). Files are written under a temporary name and renamed.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     while True:
         try:
             _serve_one(args.port, args.output_dir)
