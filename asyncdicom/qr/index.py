@@ -305,25 +305,32 @@ class SQLiteIndex:
         con.execute("PRAGMA synchronous = NORMAL")
         (version,) = con.execute("PRAGMA user_version").fetchone()
         if version == 0:
-            (tables,) = con.execute(
-                "SELECT count(*) FROM sqlite_master WHERE type = 'table'"
-            ).fetchone()
-            if tables:
-                raise IndexDatabaseError(f"{self.path}: a database, but not an index")
-            if self.path != ":memory:":
-                con.execute("PRAGMA journal_mode = WAL")
-            con.execute("BEGIN")
-            for statement in _schema():
-                con.execute(statement)
-            con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            con.execute("COMMIT")
-        elif version != SCHEMA_VERSION:
+            # a new file: create the schema under the write lock, after looking again (another
+            # process opening the same new file, a worker of the same server, may have done it)
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                (version,) = con.execute("PRAGMA user_version").fetchone()
+                if version == 0:
+                    (tables,) = con.execute(
+                        "SELECT count(*) FROM sqlite_master WHERE type = 'table'"
+                    ).fetchone()
+                    if tables:
+                        raise IndexDatabaseError(f"{self.path}: a database, but not an index")
+                    for statement in _schema():
+                        con.execute(statement)
+                    con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                    version = SCHEMA_VERSION
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+        if version != SCHEMA_VERSION:
             raise SchemaVersionError(
                 f"{self.path}: index schema version {version}, this release reads "
                 f"version {SCHEMA_VERSION}",
                 found=version,
             )
-        elif self.path != ":memory:":
+        if self.path != ":memory:":
             con.execute("PRAGMA journal_mode = WAL")
 
     # -- life cycle ---------------------------------------------------------------------------

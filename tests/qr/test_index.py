@@ -761,3 +761,30 @@ def test_lookup_instances() -> None:
     assert {path for _cls, path in found.values()} == {"p1/a", "p1/b"}
     assert {cls for cls, _path in found.values()} == {"1.2.840.10008.5.1.4.1.1.2"}
     assert index.lookup_instances([]) == {}
+
+
+def test_processes_opening_one_new_file_at_once_get_one_schema(tmp_path: Path) -> None:
+    """The workers of one server open the same new index at the same moment: one creates the
+    schema, the others find it (each here is its own connection, as each process has)."""
+    for attempt in range(10):
+        path = str(tmp_path / f"index-{attempt}.sqlite")
+        start = threading.Barrier(4)
+        errors: list[BaseException] = []
+
+        def open_it(
+            path: str = path, start: threading.Barrier = start, errors: list[BaseException] = errors
+        ) -> None:
+            start.wait()
+            try:
+                SQLiteIndex(path).close()
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=open_it) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == []
+        with SQLiteIndex(path) as index:
+            assert index.count() == 0
