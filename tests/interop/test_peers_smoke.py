@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import socket
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -134,10 +135,32 @@ async def test_pynetdicom_scu_store_to_dcmtk_storescp(
     _assert_all_received(dcmtk_storescp.received_files(), sample_files)
 
 
+async def _pynetdicom_echo_run(host: str, port: int) -> Any:
+    """The harness's pynetdicom C-ECHO run (5 requests) against DCMTK's storescp.
+
+    Under heavy load pynetdicom 3.0 now and then never returns one response from
+    ``send_c_echo`` and waits out its DIMSE timeout (two runs in about six loaded full-suite
+    runs here; pynetdicom's own threads, with no asyncdicom code on either side). Such a run
+    (a request left without a response, nothing else wrong) is made once more, with a
+    warning; any other failure, or the same one twice, fails the test.
+    """
+    command = pynetdicom_scu_command("echo", host, port, "--repeat", "5", "--timeout", "15")
+    for attempt in (1, 2):
+        result = await anyio.run_process(command, check=False)
+        report = json.loads(result.stdout) if result.stdout.strip() else {}
+        # the symptom: a failure after the 15 s DIMSE timeout ran out
+        lost = report.get("failed", 0) > 0 and report.get("elapsed_s", 0.0) >= 15.0
+        if result.returncode == 0 or not lost or attempt == 2:
+            break
+        warnings.warn(f"pynetdicom lost a C-ECHO response; run again: {report}", stacklevel=1)
+    assert result.returncode == 0, result.stderr.decode() + result.stdout.decode()
+    return report
+
+
 @pytest.mark.requires_peer("dcmtk", "pynetdicom")
 async def test_pynetdicom_scu_echo_reports(dcmtk_storescp: DcmtkStoreSCP) -> None:
     host, port = dcmtk_storescp.host, dcmtk_storescp.port
-    echo = await _run_pynetdicom_scu("echo", host, port, "--repeat", "5")
+    echo = await _pynetdicom_echo_run(host, port)
     assert (echo["associations"], echo["requests"], echo["success"]) == (1, 5, 5)
     assert echo["elapsed_s"] > 0
     assoc_echo = await _run_pynetdicom_scu("assoc-echo", host, port, "--count", "2")

@@ -63,6 +63,7 @@ async def test_pynetdicom_prints_to_the_example(tmp_path: Path, anyio_backend: s
             async for chunk in scp.stdout:
                 out += chunk
             stderr = b"".join([chunk async for chunk in scp.stderr])
+    assert done.stdout.strip(), (done.returncode, done.stderr.decode())
     result: dict[str, Any] = json.loads(done.stdout)
     assert done.returncode == 0, (result, done.stderr.decode())
     assert result["printer"] == [0x0000, "NORMAL"]
