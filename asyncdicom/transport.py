@@ -466,11 +466,16 @@ async def close_quietly(stream: ByteStream) -> None:
 
 
 def describe_loss(exc: BaseException | None) -> str:
-    """Why a connection went away, in words: the peer closed it (``None`` or end of stream),
-    or it broke (the OS error or TLS alert behind ``exc``)."""
+    """Why a connection went away, in words: the peer closed it (``None``, end of stream, or a
+    reset by the peer), or it broke (the OS error or TLS alert behind ``exc``)."""
     if exc is None or isinstance(exc, anyio.EndOfStream):
         return "the peer closed the connection"
     cause = exc.__cause__ if exc.__cause__ is not None else exc
+    if isinstance(cause, ConnectionResetError):
+        # A peer that closes while our data is in flight makes its kernel answer with a reset
+        # instead of an orderly end: whether we see the end or the reset first is timing.
+        # Both mean the peer closed the connection, so both read the same.
+        return "the peer closed the connection (reset)"
     text = str(cause) or type(cause).__name__
     return f"the connection to the peer broke ({text})"
 

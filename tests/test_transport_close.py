@@ -10,6 +10,7 @@ flushing to a zero window without end).
 from __future__ import annotations
 
 import socket
+import struct
 
 import anyio
 import anyio.lowlevel
@@ -17,7 +18,7 @@ import anyio.to_thread
 import pytest
 
 from asyncdicom import _asyncio_stream
-from asyncdicom.transport import close_forcefully, connect
+from asyncdicom.transport import close_forcefully, connect, describe_loss
 
 pytestmark = pytest.mark.anyio
 
@@ -96,3 +97,23 @@ async def test_writing_after_the_peer_closed_says_why(anyio_backend: str) -> Non
         await stream.aclose()
     cause = broken.value.__cause__
     assert cause is not None and str(cause), repr(broken.value)
+
+
+async def test_a_reset_from_the_peer_reads_as_the_peer_closing(anyio_backend: str) -> None:
+    """A peer that closes while our data is in flight makes its kernel answer with a reset, so
+    whether the user saw "closed" or "broke (Connection reset by peer)" was a matter of timing
+    (echoscu against a peer that closes after accepting). Both now read as the peer closing."""
+    with socket.create_server(("127.0.0.1", 0)) as listener, anyio.fail_after(GUARD):
+        stream = await connect("127.0.0.1", listener.getsockname()[1])
+        peer, _ = listener.accept()
+        # linger 0: close with a reset at once, as the kernel does for data after a close
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        peer.close()
+        with pytest.raises((anyio.BrokenResourceError, OSError)) as broken:
+            await stream.receive()
+        await stream.aclose()
+    assert describe_loss(broken.value) == "the peer closed the connection (reset)"
+    assert describe_loss(None) == "the peer closed the connection"
+    assert describe_loss(anyio.BrokenResourceError()) == (
+        "the connection to the peer broke (BrokenResourceError)"
+    )
