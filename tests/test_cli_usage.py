@@ -156,3 +156,19 @@ def test_top_level_help_has_no_markup(capsys: pytest.CaptureFixture[str]) -> Non
     assert "DICOM networking apps" in text
     for app in ("echoscu", "storescp", "qrscp", "bench", "users", "demo"):
         assert app in text
+
+
+def test_ctrl_c_anywhere_in_a_group_is_an_interrupt() -> None:
+    """Ctrl-C in one task, a sibling failing on the torn-down connection: the group's first
+    leaf is the consequence, and the exit must still be 130 (no internal-error traceback)."""
+    import anyio
+
+    from asyncdicom.cli.main import interrupted
+
+    assert interrupted(KeyboardInterrupt())
+    consequence = anyio.ClosedResourceError()
+    assert interrupted(BaseExceptionGroup("", [consequence, KeyboardInterrupt()]))
+    nested = BaseExceptionGroup("", [consequence, BaseExceptionGroup("", [KeyboardInterrupt()])])
+    assert interrupted(nested)
+    assert not interrupted(ExceptionGroup("", [consequence]))
+    assert not interrupted(consequence)

@@ -91,9 +91,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except BaseException as exc:
-        leaf = _first_leaf(exc)
-        if isinstance(leaf, KeyboardInterrupt):
+        if interrupted(exc):
             return 130
+        leaf = _first_leaf(exc)
         if isinstance(leaf, UsageError):
             err(str(leaf))
             return 2
@@ -140,6 +140,16 @@ def _subparser(
             if isinstance(found, argparse.ArgumentParser):
                 return found
     return parser
+
+
+def interrupted(exc: BaseException) -> bool:
+    """Whether ``exc`` is, or a group holding anywhere, a ``KeyboardInterrupt``.
+
+    Ctrl-C can land in one task while a sibling then fails on the torn-down connection; the
+    group's first leaf is then that consequence, not the cause, and the exit is still 130."""
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.subgroup(KeyboardInterrupt) is not None
+    return isinstance(exc, KeyboardInterrupt)
 
 
 def _first_leaf(exc: BaseException) -> BaseException:
