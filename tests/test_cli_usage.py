@@ -4,6 +4,8 @@ it before its event loop starts)."""
 
 from __future__ import annotations
 
+import sys
+
 from pathlib import Path
 
 import pytest
@@ -164,6 +166,9 @@ def test_ctrl_c_anywhere_in_a_group_is_an_interrupt() -> None:
     import anyio
 
     from asyncdicom.cli.main import interrupted
+
+    if sys.version_info < (3, 11):  # pragma: no cover
+        from exceptiongroup import BaseExceptionGroup, ExceptionGroup
 
     assert interrupted(KeyboardInterrupt())
     consequence = anyio.ClosedResourceError()
