@@ -5,7 +5,6 @@ it before its event loop starts)."""
 from __future__ import annotations
 
 import sys
-
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,9 @@ import pytest
 from asyncdicom.cli.main import main
 from tests import test_tls as tls_tests
 from tests.test_tls import PKI
+
+if sys.version_info < (3, 11):  # pragma: no cover
+    from exceptiongroup import BaseExceptionGroup, ExceptionGroup
 
 #: the test CA and certificates of tests/test_tls.py (a module-scoped fixture)
 pki = tls_tests.pki
@@ -166,9 +168,6 @@ def test_ctrl_c_anywhere_in_a_group_is_an_interrupt() -> None:
     import anyio
 
     from asyncdicom.cli.main import interrupted
-
-    if sys.version_info < (3, 11):  # pragma: no cover
-        from exceptiongroup import BaseExceptionGroup, ExceptionGroup
 
     assert interrupted(KeyboardInterrupt())
     consequence = anyio.ClosedResourceError()
