@@ -587,7 +587,7 @@ async def test_send_failure_is_reported_as_connection_lost() -> None:
     a.send = send  # type: ignore[method-assign]
     async with anyio.create_task_group() as tg:
         tg.start_soon(scp.serve_stream, b)
-        with pytest.raises(errors.ConnectionLost, match="broke") as info:
+        with pytest.raises(errors.ConnectionLost, match=r"closed the connection \(reset\)") as info:
             async with AE("SCU").associate_over(
                 a, called_aet="SCP", contexts=[uids.VERIFICATION, CT]
             ) as assoc:
