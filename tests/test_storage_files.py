@@ -1431,3 +1431,27 @@ def test_sorted_commit_makes_the_folders_again_if_pruned_meanwhile(
     assert len(calls) == 2 and stored.exists()
     assert stored.relative_to(tmp_path.resolve()).parts[0] == "P1"
     assert read_header(stored).SOPInstanceUID == ds.SOPInstanceUID
+
+
+def test_sorted_commit_makes_a_known_folder_again_if_another_process_removed_it(
+    tmp_path: Path,
+) -> None:
+    """The series folder is remembered once made (no system call to find it for the next
+    instance); removed behind the writer's back (another process pruning, an administrator),
+    it is made again, not written past."""
+    import shutil
+
+    study, series = "1.2.826.0.1.3680043.10.999.7", "1.2.826.0.1.3680043.10.999.7.1"
+    first = make_ct_instance(
+        64, patient_id="P1", seed=1, study_instance_uid=study, series_instance_uid=series
+    )
+    stored = _commit_dataset(tmp_path, first)
+    series_folder = stored.parent
+    shutil.rmtree(tmp_path / "P1")  # not through prune_empty_folders: the writer is not told
+    second = make_ct_instance(
+        64, patient_id="P1", seed=2, study_instance_uid=study, series_instance_uid=series
+    )
+    assert second.SOPInstanceUID != first.SOPInstanceUID
+    again = _commit_dataset(tmp_path, second)
+    assert again.parent == series_folder and again.exists()
+    assert read_header(again).SOPInstanceUID == second.SOPInstanceUID

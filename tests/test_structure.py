@@ -394,3 +394,42 @@ def test_sop_uids_of_the_top_level_are_found_however_cut(syntax: str) -> None:
     del ds.SOPClassUID
     raw = encode_dataset(ds, EXPLICIT_VR_LITTLE_ENDIAN)
     assert _check(raw, EXPLICIT_VR_LITTLE_ENDIAN).sop_uids() == (None, ds.SOPInstanceUID)
+
+
+@pytest.mark.parametrize(
+    "syntax",
+    [
+        IMPLICIT_VR_LITTLE_ENDIAN,
+        EXPLICIT_VR_LITTLE_ENDIAN,
+        EXPLICIT_VR_BIG_ENDIAN,
+        DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
+    ],
+)
+def test_sort_keys_agree_with_reading_them_back_from_the_file(syntax: str, tmp_path: Path) -> None:
+    """The sorted layout's folder names, taken as the bytes go by, are what reading the
+    written file gives (codec.read_sort_keys, which the writer used before), whatever the
+    fragmenting; nested values and padding are not taken."""
+    from asyncdicom.storage.codec import read_sort_keys
+
+    ds = Dataset()
+    ds.SOPInstanceUID = "1.2.3"
+    ds.PatientID = "PAT 7 "  # inner space kept, trailing padding dropped
+    ds.StudyInstanceUID = "1.2.826.0.1.3680043.10.999.1"  # odd length: NUL padded
+    item = Dataset()
+    item.SeriesInstanceUID = "9.9.9"  # nested: not the data set's own
+    ds.ReferencedSeriesSequence = Sequence([item])
+    cases = [ds.copy()]
+    ds.SeriesInstanceUID = "1.2.826.0.1.3680043.10.999.2"
+    cases.append(ds)
+    for case in cases:
+        raw = encode_dataset(case, EXPLICIT_VR_LITTLE_ENDIAN if syntax.endswith(".99") else syntax)
+        if syntax.endswith(".99"):
+            deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+            raw = deflater.compress(raw) + deflater.flush()
+        path = tmp_path / "data"
+        path.write_bytes(raw)
+        expected = read_sort_keys(path, 0, syntax)
+        assert expected[0] == "PAT 7" and expected[1] == case.StudyInstanceUID
+        for sizes in ([], [1] * len(raw), [3, 5, 7, 11, 13]):
+            assert _check(raw, syntax, sizes).sort_keys() == expected
+    assert expected[2] == "1.2.826.0.1.3680043.10.999.2"

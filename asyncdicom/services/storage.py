@@ -266,8 +266,10 @@ async def save_request(
 
     The temporary file is created as soon as the request arrives, data is written in batches
     of :data:`_WRITE_BATCH` (in a worker thread), and the tail is written and the file renamed
-    once the last fragment is in (in the event loop's thread, unless
-    ``AEConfig.file_io_in_threads`` or the sorted layout, which parses the header).
+    once the last fragment is in (in the event loop's thread).  With
+    ``AEConfig.file_io_in_threads`` or the sorted layout (which parses the header), all of it
+    runs in worker threads, and the file is created with the first batch or the last
+    fragment: nothing of an instance that fails before that touches the disk.
     """
     from ..storage.structure import StructureCheck
     from ..storage.writer import Part10Writer
@@ -305,11 +307,32 @@ async def save_request(
     # a round trip through a worker thread on a small machine: open, small writes and the
     # rename run in the event loop's thread, like DCMTK's storescp does them; writes of a
     # full batch (>= _WRITE_BATCH) go to a worker thread.  AEConfig.file_io_in_threads sends
-    # everything to worker threads, for slow or network file systems.
+    # everything to worker threads, for slow or network file systems.  When the commit goes
+    # to a worker thread anyway (that, or the sorted layout, which parses the header), the
+    # file is created there too, with the first batch or the commit: an instance smaller
+    # than a batch costs one thread call and no file-system call in the event loop.
     threaded = cfg.file_io_in_threads
-    writer = await anyio.to_thread.run_sync(_open) if threaded else _open()
     commit_threaded = threaded or layout == "sorted"
+    writer: Part10Writer | None = None if commit_threaded else _open()
     check = StructureCheck(request.context.transfer_syntax or "")
+
+    def _opened_and_written(batch: list[memoryview]) -> Part10Writer:
+        opened = _open()
+        try:
+            _write_batch(opened, batch)
+        except BaseException:
+            opened.discard()
+            raise
+        return opened
+
+    def _completed(writer: Part10Writer | None, batch: list[memoryview]) -> StoredFile:
+        # the sorted layout's folder names were read as the bytes went by
+        keys = check.sort_keys() if layout == "sorted" else None
+        if writer is None:
+            writer = _opened_and_written(batch)
+            return writer.commit(sort_keys=keys)
+        return _write_and_commit(writer, batch, keys)
+
     try:
         batch: list[memoryview] = []
         size = 0
@@ -318,7 +341,10 @@ async def save_request(
             batch.append(chunk)
             size += len(chunk)
             if size >= _WRITE_BATCH:
-                await anyio.to_thread.run_sync(_write_batch, writer, batch)
+                if writer is None:
+                    writer = await anyio.to_thread.run_sync(_opened_and_written, batch)
+                else:
+                    await anyio.to_thread.run_sync(_write_batch, writer, batch)
                 batch, size = [], 0
         check.finish()
         if not check.elements:
@@ -326,12 +352,14 @@ async def save_request(
         _check_sop_uids(check, message)
         path: StoredFile
         if commit_threaded:
-            path = await anyio.to_thread.run_sync(_write_and_commit, writer, batch)
+            path = await anyio.to_thread.run_sync(_completed, writer, batch)
         else:
+            assert writer is not None
             path = _write_and_commit(writer, batch)
     except BaseException:
-        with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(writer.discard)
+        if writer is not None:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(writer.discard)
         raise
     if path.duplicate is not None and warn_duplicate:
         association.log.warning(
@@ -370,7 +398,11 @@ def _write_batch(writer: Part10Writer, batch: list[memoryview]) -> None:
     writer.write_many(batch)  # one system call for the batch
 
 
-def _write_and_commit(writer: Part10Writer, batch: list[memoryview]) -> StoredFile:
+def _write_and_commit(
+    writer: Part10Writer,
+    batch: list[memoryview],
+    sort_keys: tuple[str | None, str | None, str | None] | None = None,
+) -> StoredFile:
     """The tail of an instance and the rename, in one worker-thread call."""
     _write_batch(writer, batch)
-    return writer.commit()
+    return writer.commit(sort_keys=sort_keys)

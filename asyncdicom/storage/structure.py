@@ -85,7 +85,9 @@ _SEQUENCE_TAGS = frozenset(tag for tag in keyword_dict.values() if dictionary_VR
 #: SOP Class UID and SOP Instance UID: their values at the top level are kept (sop_uids)
 _SOP_CLASS_TAG = tags.SOP_CLASS_UID
 _SOP_INSTANCE_TAG = tags.SOP_INSTANCE_UID
-_CAPTURED_TAGS = frozenset({_SOP_CLASS_TAG, _SOP_INSTANCE_TAG})
+#: the sorted layout's folder names (Patient ID, Study and Series Instance UIDs)
+_SORT_TAGS = (tags.PATIENT_ID, tags.STUDY_INSTANCE_UID, tags.SERIES_INSTANCE_UID)
+_CAPTURED_TAGS = frozenset({_SOP_CLASS_TAG, _SOP_INSTANCE_TAG, *_SORT_TAGS})
 #: bytes kept of such a value at most (a UID has 64)
 _CAPTURE_LIMIT = 256
 
@@ -222,8 +224,8 @@ class StructureCheck:
         return taken
 
     def _start_capture(self, tag: int, mv: memoryview, pos: int, length: int) -> None:
-        """A SOP Class or Instance UID of the top level: keep its value (it may run on into
-        the next fragments, see _skip_value)."""
+        """A SOP Class or Instance UID, or a sort key, of the top level: keep its value (it
+        may run on into the next fragments, see _skip_value)."""
         wanted = min(length, _CAPTURE_LIMIT)
         here = mv[pos : pos + wanted]
         self._capture = bytearray(here)
@@ -399,6 +401,18 @@ class StructureCheck:
             value = self._captured.get(tag)
             found.append(None if value is None else bytes(value).decode("latin-1").strip("\0 "))
         return found[0], found[1]
+
+    def sort_keys(self) -> tuple[str | None, str | None, str | None]:
+        """(Patient ID, Study Instance UID, Series Instance UID) of the top level, as
+        :func:`~asyncdicom.storage.codec.read_sort_keys` reads them from a file: the value
+        bytes as Latin-1 without padding, ``None`` for one that is absent or empty;
+        meaningful once :meth:`finish` passed."""
+        found: list[str | None] = []
+        for tag in _SORT_TAGS:
+            value = self._captured.get(tag)
+            text = None if value is None else bytes(value).decode("latin-1").strip(" \0")
+            found.append(text or None)
+        return found[0], found[1], found[2]
 
     def finish(self) -> None:
         """The data set is complete: raise if it stopped inside an element or container."""

@@ -333,9 +333,17 @@ class Part10Writer:
                 del pieces[0]
         self._bytes_written += size
 
-    def commit(self) -> StoredFile:
+    def commit(
+        self, *, sort_keys: tuple[str | None, str | None, str | None] | None = None
+    ) -> StoredFile:
         """Flush the file and move it to its final name; return that path (a :class:`StoredFile`
         telling whether a file of that name existed and what was done).
+
+        ``sort_keys``: for the sorted layout, the (Patient ID, Study Instance UID, Series
+        Instance UID) of the data set written, when the caller read them already (from the
+        bytes as they went by, :meth:`StructureCheck.sort_keys
+        <asyncdicom.storage.structure.StructureCheck.sort_keys>`); by default they are read
+        back from the file.
 
         On POSIX the temporary file stays open (and locked) until it has its final name.  With
         the ``"ignore"`` policy and a taken name, the new file is removed and the existing one's
@@ -359,7 +367,7 @@ class Part10Writer:
             if self._final_path is not None:
                 path, duplicate = _place(self._temp_path, self._final_path, self._on_duplicate)
             else:
-                path, duplicate = self._place_sorted()
+                path, duplicate = self._place_sorted(sort_keys)
             self._file.close()
         except BaseException:
             self._state = "discarded"
@@ -371,33 +379,44 @@ class Part10Writer:
         self._final_path = path
         return StoredFile._made(path, duplicate=duplicate, dataset_size=self._bytes_written)
 
-    def _place_sorted(self) -> tuple[Path, DuplicatePolicy | None]:
+    def _place_sorted(
+        self, sort_keys: tuple[str | None, str | None, str | None] | None
+    ) -> tuple[Path, DuplicatePolicy | None]:
         """Create the sorted layout's folders and place the file there.  Another writer may
         remove a folder it emptied (:func:`prune_empty_folders`) between our ``mkdir`` and our
         ``link``: the folders are made again, a few times at most."""
+        if sort_keys is None:
+            sort_keys = read_sort_keys(
+                self._temp_path, self._header_length, self._transfer_syntax_uid
+            )
         for attempt in range(_PLACE_ATTEMPTS):
+            folder = self._sorted_folder(sort_keys)
             try:
-                return _place(self._temp_path, self._sorted_path(), self._on_duplicate)
+                return _place(self._temp_path, folder / self._name, self._on_duplicate)
             except FileNotFoundError:
+                _forget_folder(folder)
                 if attempt == _PLACE_ATTEMPTS - 1 or not self._temp_path.exists():
                     raise
         raise AssertionError("unreachable")
 
-    def _sorted_path(self) -> Path:
-        """``folder/<patient>/<study>/<series>/<name>``, the folders created as needed.
+    def _sorted_folder(self, sort_keys: tuple[str | None, str | None, str | None]) -> Path:
+        """``folder/<patient>/<study>/<series>``, the folders created as needed.
 
         Each level must be a real directory inside ``folder``: a symlink or a file of that name
-        fails the commit (:class:`OSError`) rather than being followed.
+        fails the commit (:class:`OSError`) rather than being followed.  A series folder made
+        or checked once is remembered (:data:`_KNOWN_FOLDERS`): the next instance of the
+        series costs no system call to find its folder; one removed since (by
+        :func:`prune_empty_folders`, or by another process) is made again when placing the
+        file finds it missing.
         """
-        patient, study, series = read_sort_keys(
-            self._temp_path, self._header_length, self._transfer_syntax_uid
-        )
+        patient, study, series = sort_keys
+        names = (folder_name(patient), folder_name(study, uid=True), folder_name(series, uid=True))
+        key = (self._folder, *names)
+        known = _KNOWN_FOLDERS.get(key)
+        if known is not None:
+            return known
         current = self._folder
-        for part in (
-            folder_name(patient),
-            folder_name(study, uid=True),
-            folder_name(series, uid=True),
-        ):
+        for part in names:
             if not is_plain_component(part):  # cannot happen: folder_name makes plain names
                 raise ValueError(f"unsafe folder name {part!r}")
             current = current / part
@@ -407,7 +426,10 @@ class Part10Writer:
                 raise NotADirectoryError(
                     f"{current} is not a directory (a file or a link has its name)"
                 )
-        return current / self._name
+        if len(_KNOWN_FOLDERS) >= _KNOWN_FOLDERS_LIMIT:
+            _KNOWN_FOLDERS.clear()
+        _KNOWN_FOLDERS[key] = current
+        return current
 
     def discard(self) -> None:
         """Close and remove the temporary file.  Idempotent; does nothing after :meth:`commit`."""
@@ -501,11 +523,25 @@ def prune_empty_folders(path: str | os.PathLike[str], root: str | os.PathLike[st
     root_path = Path(root).resolve()
     current = Path(path).resolve().parent
     while current != root_path and root_path in current.parents:
+        _forget_folder(current)
         try:
             os.rmdir(current)
         except OSError:
             return
         current = current.parent
+
+
+#: series folders of the sorted layout known to exist: (storage folder, patient, study,
+#: series names) -> the series folder (see Part10Writer._sorted_folder); cleared when full
+_KNOWN_FOLDERS: dict[tuple[Path, str, str, str], Path] = {}
+_KNOWN_FOLDERS_LIMIT = 4096
+
+
+def _forget_folder(folder: Path) -> None:
+    """Drop ``folder`` and what lies below it from :data:`_KNOWN_FOLDERS`."""
+    for key, known in list(_KNOWN_FOLDERS.items()):
+        if known == folder or folder in known.parents:
+            _KNOWN_FOLDERS.pop(key, None)
 
 
 def remove_stale_temp_files(folder: str | os.PathLike[str]) -> int:
