@@ -288,6 +288,9 @@ class SQLiteIndex:
         self._data_version = -1
         try:
             self._open()
+        except sqlite3.OperationalError as exc:  # locked, read-only, out of disk, ...
+            self._con.close()
+            raise IndexDatabaseError(f"{path}: cannot open the index ({exc})") from None
         except sqlite3.DatabaseError as exc:
             self._con.close()
             raise IndexDatabaseError(f"{path}: not an index database ({exc})") from None
@@ -331,7 +334,7 @@ class SQLiteIndex:
                 found=version,
             )
         if self.path != ":memory:":
-            con.execute("PRAGMA journal_mode = WAL")
+            _set_wal(con)
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -735,3 +738,28 @@ class SQLiteIndex:
         with self._lock:
             (n,) = self._con.execute("SELECT count(*) FROM instance").fetchone()
         return int(n)
+
+
+#: how long opening an index waits for another connection to let it switch to WAL, seconds
+_WAL_WAIT = 10.0
+
+
+def _set_wal(con: sqlite3.Connection) -> None:
+    """Put the database in WAL mode (kept in the file: a no-op once done).  Switching needs
+    the database to itself for a moment, and SQLite does not wait for that (it answers
+    "database is locked" at once, busy timeout or not) when another connection, such as a
+    worker of the same server opening the same new index, reads it just then: try again for
+    a while."""
+    import time
+
+    deadline = time.monotonic() + _WAL_WAIT
+    delay = 0.001
+    while True:
+        try:
+            con.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+        time.sleep(delay)  # a worker thread or a process opening its index: not an event loop
+        delay = min(delay * 2, 0.05)

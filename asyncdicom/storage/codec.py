@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import array
 import copy
+import io
 import os
 import zlib
 from pathlib import Path
@@ -103,13 +104,26 @@ def read_header(
     from pydicom.filereader import read_dataset, read_file_meta_info
 
     file_path = Path(path)
+    whole: bytes | None = None
     with open(file_path, "rb", buffering=0) as fp:
-        reader = HeadReader(fp, os.fstat(fp.fileno()).st_size)
+        size = os.fstat(fp.fileno()).st_size
+        if size <= HEADER_DEFER_SIZE:
+            # a small file (an instance of a few kilobytes) is read at once and parsed in
+            # memory: no value in it can be long enough to be deferred, and pydicom's reading
+            # from memory makes no system call per element
+            whole = fp.read()
+            reader = HeadReader(io.BytesIO(whole), len(whole))
+        else:
+            reader = HeadReader(fp, size)
         head = reader.get(0, 132)
         has_preamble = len(head) == 132 and head[128:132] == PREFIX
         values, offset = parse_meta_group(reader, 132 if has_preamble else 0, file_path)
     try:
         if ui_value(values.get(tags.TRANSFER_SYNTAX_UID)) != DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
+            if whole is not None:
+                ds = pydicom.dcmread(io.BytesIO(whole), stop_before_pixels=True, force=True)
+                ds.filename = str(file_path)
+                return ds
             return pydicom.dcmread(
                 file_path, stop_before_pixels=True, defer_size=defer_size, force=True
             )
