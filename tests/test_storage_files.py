@@ -342,6 +342,24 @@ def test_target_path_rejects_escapes(tmp_path: Path) -> None:
         target_path(tmp_path / "file", "1.2.dcm")
 
 
+def test_a_storage_folder_replaced_after_use_is_resolved_again(tmp_path: Path) -> None:
+    """The storage folder's resolution is remembered between instances; a folder removed
+    since, or replaced by a link to elsewhere, is not written through the old answer: the
+    writer fails (FileNotFoundError) and the next one resolves the folder again."""
+    store, elsewhere = tmp_path / "store", tmp_path / "elsewhere"
+    store.mkdir()
+    elsewhere.mkdir()
+    with new_writer(store, "1.2.1") as writer:
+        writer.write(b"")
+    store.rmdir()
+    with pytest.raises(FileNotFoundError):
+        new_writer(store, "1.2.2")
+    store.symlink_to(elsewhere)  # the administrator moved the storage
+    writer = new_writer(store, "1.2.3")
+    assert writer.path == elsewhere.resolve() / "1.2.3.dcm"
+    writer.discard()
+
+
 @pytest.mark.anyio
 async def test_hostile_uids_never_escape_the_folder(tmp_path: Path) -> None:
     store = tmp_path / "a" / "b" / "store"

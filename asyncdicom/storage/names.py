@@ -85,16 +85,48 @@ def target_path(folder: str | os.PathLike[str], name: str) -> Path:
         NotADirectoryError: ``folder`` is not a directory.
         ValueError: ``name`` is not a single plain path component, or escapes ``folder``.
     """
-    base = Path(folder).resolve(strict=True)
-    if not base.is_dir():
-        raise NotADirectoryError(f"storage folder {base} is not a directory")
+    base = resolved_folder(folder)
     if not is_plain_component(name):
         raise ValueError(f"unsafe file name {name!r}")
     candidate = base / name
-    # Defence in depth: the parent of the candidate must resolve to the folder itself.
-    if candidate.parent.resolve() != base or candidate.name != name:
+    # Defence in depth: the name is one plain component of the folder, nothing else.
+    if candidate.parent != base or candidate.name != name:
         raise ValueError(f"file name {name!r} escapes the storage folder")
     return candidate
+
+
+#: storage folders as given -> resolved (see resolved_folder)
+_RESOLVED: dict[str, Path] = {}
+_RESOLVED_LIMIT = 256
+
+
+def resolved_folder(folder: str | os.PathLike[str]) -> Path:
+    """``folder`` resolved (symlinks followed), checked to be an existing directory.
+
+    A server resolves its storage folder once per instance it receives; the answer is kept
+    (a few hundred folders at most), which saves a system call per component of its path
+    each time.  :func:`forget_folder` drops it, for a folder found missing since.
+
+    Raises:
+        FileNotFoundError: ``folder`` does not exist.
+        NotADirectoryError: ``folder`` is not a directory.
+    """
+    key = os.fspath(folder)
+    base = _RESOLVED.get(key)
+    if base is not None:
+        return base
+    base = Path(folder).resolve(strict=True)
+    if not base.is_dir():
+        raise NotADirectoryError(f"storage folder {base} is not a directory")
+    if len(_RESOLVED) >= _RESOLVED_LIMIT:
+        _RESOLVED.clear()
+    _RESOLVED[key] = base
+    return base
+
+
+def forget_folder(folder: str | os.PathLike[str]) -> None:
+    """Resolve ``folder`` again next time (it was found missing, or was replaced)."""
+    _RESOLVED.pop(os.fspath(folder), None)
 
 
 _UNSAFE_FOLDER_CHARS = re.compile(r"[^A-Za-z0-9._-]")

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, BinaryIO, Literal
 
 from .codec import HEADER_DEFER_SIZE, read_header, read_sort_keys
 from .meta import PREAMBLE, PREFIX, encode_file_meta
-from .names import folder_name, is_plain_component, safe_filename, target_path
+from .names import folder_name, forget_folder, is_plain_component, safe_filename, target_path
 
 if sys.platform == "win32":  # pragma: no cover
     from pathlib import WindowsPath as _SystemPath
@@ -239,7 +239,11 @@ class Part10Writer:
         # component): no second resolution, which costs a system call per folder level
         self._temp_path = self._folder / f".{uuid.uuid4().hex}{_TEMP_SUFFIX}"
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-        fd = os.open(self._temp_path, flags, 0o666)
+        try:
+            fd = os.open(self._temp_path, flags, 0o666)
+        except (FileNotFoundError, NotADirectoryError):
+            forget_folder(folder)  # removed or replaced since it was resolved
+            raise
         self._state = "open"
         self._bytes_written = 0
         try:
