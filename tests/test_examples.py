@@ -231,3 +231,31 @@ async def test_store_scp_unusable_folder_is_one_line(tmp_path: Path, anyio_backe
 def test_store_scp_bad_arguments_are_usage_errors(tmp_path: Path, args: list[str]) -> None:
     assert_usage_error(STORE_SCP, args, tmp_path)
     assert not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------- pytest-asyncio
+
+
+def test_the_pytest_asyncio_example_passes_beside_anyios_plugin() -> None:
+    """examples/testing_with_pytest_asyncio: a user's application tested with pytest-asyncio
+    and asyncdicom.testing, run as its README says; its anyio-marked test shows both plugins
+    in one session (the example's own asserts are what can fail here).  Not per backend: it
+    is one subprocess, whose tests choose their own loops."""
+    folder = EXAMPLES / "testing_with_pytest_asyncio"
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rA"],
+        cwd=folder,
+        env={**ENV, "PYTHONDONTWRITEBYTECODE": "1"},
+        capture_output=True,
+        timeout=GUARD,
+        check=False,
+    )
+    out = result.stdout.decode()
+    assert result.returncode == 0, out + result.stderr.decode()
+    for name in (
+        "test_instances_are_sorted_by_modality",
+        "test_an_instance_without_patient_id_is_refused_and_not_kept",
+        "test_verification_is_answered",
+        "test_anyio_marked_tests_run_beside_them[asyncio]",
+    ):
+        assert f"PASSED test_triage.py::{name}" in out, out
