@@ -1,6 +1,7 @@
 """qrscp ingest: instances stored and indexed per second from concurrent senders.
 
-Run: ``python tests/benchmarks/bench_ingest.py [--senders 4] [--preload 0 100000] [--repeat 3]``
+Run: ``python tests/benchmarks/bench_ingest.py [--senders 4] [--preload 0 100000] [--repeat 3]
+[--workers 1 2]``
 
 The data set is ``bench_qr``'s (:mod:`qr_data`): small synthetic CT and MR instances (64 x 64,
 16 bit, about 9 KiB as files), ``--patients`` patients x 2 studies x 2 series x 20 instances
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import platform
@@ -57,12 +59,14 @@ def default_cache() -> Path:
 
 
 @contextlib.contextmanager
-def qrscp(storage: Path, tree: Path, backend: str) -> Iterator[tuple[int, int]]:
+def qrscp(storage: Path, tree: Path, backend: str, workers: int = 1) -> Iterator[tuple[int, int]]:
     """``python -m asyncdicom qrscp`` from ``tree`` on ``storage``; yields its port and pid."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(tree), *filter(None, [env.get("PYTHONPATH")])])
     cmd = [PY, "-m", "asyncdicom", "qrscp", "--storage", str(storage), "--host", LOCALHOST]
     cmd += ["--port", "0", "--max-pdu", "131072", "--backend", backend]
+    if workers != 1:
+        cmd += ["--workers", str(workers)]
     proc = subprocess.Popen(
         cmd,
         stdin=subprocess.DEVNULL,
@@ -139,9 +143,15 @@ index.close()
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time so far of a process and its living children (the workers of
+    ``--workers N``), from Linux /proc."""
+    import psutil
+
+    total = 0.0
+    for proc in [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]:
+        fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def count_rows(db: Path) -> int:
@@ -199,6 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sender", choices=("dcmtk", "ours"), default="dcmtk")
     parser.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio")
     parser.add_argument("--compare-tree", type=Path)
+    parser.add_argument(
+        "--workers", type=int, nargs="+", default=[1], help="qrscp --workers values to run"
+    )
     parser.add_argument("--cache", type=Path, default=default_cache())
     parser.add_argument("--output", type=Path, default=ROOT / "bench-results" / "ingest.json")
     args = parser.parse_args(argv)
@@ -210,15 +223,21 @@ def main(argv: list[str] | None = None) -> int:
     folders = sorted(p for p in data.iterdir() if p.is_dir())
     groups = [folders[k :: args.senders] for k in range(args.senders)]
     total = shape.total_instances
-    trees: list[tuple[str, Path]] = [("", ROOT)]
+    trees: list[tuple[str, Path, int]] = [
+        ("" if w == 1 else f" --workers {w}", ROOT, w) for w in args.workers
+    ]
     if args.compare_tree is not None:
-        trees.append((f"@{args.compare_tree.name}", args.compare_tree.resolve()))
+        tree = args.compare_tree.resolve()
+        trees += [
+            (f"@{tree.name}" + ("" if w == 1 else f" --workers {w}"), tree, w) for w in args.workers
+        ]
     runs: dict[str, list[float | None]] = {}
     #: server CPU (user + system) per instance, ms: less sensitive to other load than rates
     cpu_runs: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp_name:
         tmp = Path(tmp_name)
         preloaded: dict[int, Path] = {}
+        serial = itertools.count()
         for n in args.preload:
             if n:
                 db = tmp / f"preload-{n}.sqlite"
@@ -228,15 +247,15 @@ def main(argv: list[str] | None = None) -> int:
                 preloaded[n] = db
         for round_no in range(args.repeat):
             for n in args.preload:
-                for label, tree in trees:
+                for label, tree, workers in trees:
                     key = f"qrscp{label} at {n:,} stored"
-                    storage = tmp / f"archive-{round_no}-{n}{label.replace('@', '-')}"
+                    storage = tmp / f"archive-{next(serial)}"
                     storage.mkdir()
                     if n:
                         shutil.copy(preloaded[n], storage / "index.sqlite")
                     rate: float | None = None
                     try:
-                        with qrscp(storage, tree, args.backend) as (port, pid):
+                        with qrscp(storage, tree, args.backend, workers) as (port, pid):
                             cpu = cpu_seconds(pid)
                             wall = run_senders(args.sender, port, groups)
                             cpu = cpu_seconds(pid) - cpu
