@@ -201,7 +201,7 @@ class IncomingInstance:
         self._verdict = (status, comment)
         self._answered.set()
 
-    def _finish(self) -> None:
+    def _consumed_done(self) -> None:
         """The consumer is done with it: answer Success if undecided; remove the file unless
         it was moved out."""
         self.accept()
@@ -350,7 +350,7 @@ class Inbox:
                 if self.answer == "verdict" and not current._moved:
                     _remove(current.path)
             else:
-                current._finish()
+                current._consumed_done()
         receive = self._receive
         if receive is not None:
             while True:
@@ -375,7 +375,7 @@ class Inbox:
     async def __anext__(self) -> IncomingInstance:
         current, self._current = self._current, None
         if current is not None:
-            current._finish()
+            current._consumed_done()
         while self._recovered:
             path = self._recovered.popleft()
             try:
