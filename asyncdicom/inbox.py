@@ -442,23 +442,21 @@ class Inbox:
             received_at=time.time(),
             _answered=anyio.Event() if self.answer == "verdict" else None,
         )
-        acknowledged = False
+        acknowledged = queued = False
         try:
             deadline = None if self.timeout is None else started + self.timeout
             send = self._send
             if send is None or self._closed:
                 return self._refuse(request, item, "the inbox is closed")
-            queued = False
             with anyio.move_on_after(_remaining(deadline)):
-                self._queued_memory += item._memory
                 try:
                     await send.send(item)
-                    queued = True
                 except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                    self._queued_memory -= item._memory
                     return self._refuse(request, item, "the inbox is closed")
+                # counted before the consumer's task can run (nothing is awaited in between)
+                self._queued_memory += item._memory
+                queued = True
             if not queued:
-                self._queued_memory -= item._memory
                 return self._refuse(request, item, "the receiving application is busy")
             self.received += 1
             if item._answered is None:
@@ -479,14 +477,17 @@ class Inbox:
             acknowledged = True
             return status
         finally:
-            if not acknowledged and item._answered is not None and item._verdict is None:
-                # cancelled (the association went away): not acknowledged
+            if not acknowledged and (not queued or item._verdict is None) and not item._expired:
+                # cancelled (the association went away): not acknowledged, not kept (one the
+                # consumer holds keeps its file until it is finished)
                 item._expired = True
-                _remove(item.path)
+                if item is not self._current:
+                    _remove(item.path)
 
     def _refuse(self, request: ServiceRequest, item: IncomingInstance, why: str) -> Any:
         item._expired = True
-        _remove(item.path)
+        if item is not self._current:  # the consumer's keeps its file until finished
+            _remove(item.path)
         self.refused += 1
         request.association.log.warning("inbox_refused", instance=item.sop_instance_uid, reason=why)
         return make_response(request.message, _REFUSED, error_comment=why)

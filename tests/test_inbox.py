@@ -461,3 +461,42 @@ async def test_dcmtk_storescu_100_to_a_slow_consumer(anyio_backend: str, tmp_pat
     assert sorted(got) == sorted(p.stem for p in files)
     assert most_memory < 100 * 4096  # records only: no data set is held in memory
     assert os.listdir(spool) == [".incoming"]
+
+
+async def test_a_c_get_keeps_its_instances(anyio_backend: str, tmp_path: Path) -> None:
+    """C-STOREs on an association this AE requested (a C-GET's) go to its own handler."""
+    from asyncdicom import presets
+    from asyncdicom.testing import associated
+
+    sources = []
+    for n in range(3):
+        path = tmp_path / "archive" / f"{n}.dcm"
+        path.parent.mkdir(exist_ok=True)
+        ct().save_as(path, enforce_file_format=True)
+        sources.append(path)
+    qr = AE(
+        "QRSCP",
+        supported_contexts=presets.qr_supported() + presets.storage_supported(scu_role=True),
+    )
+
+    @qr.on("C-GET")
+    async def retrieve(request: Any) -> AsyncIterator[Any]:
+        for path in sources:
+            yield str(path)
+
+    us = AE("US", accept_any_storage=True)
+    query = Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    query.StudyInstanceUID = "1.2.3"
+    with anyio.fail_after(GUARD):
+        async with (
+            us.inbox(tmp_path / "spool") as inbox,
+            associated(qr, us, contexts=presets.retrieve_contexts("get", storage=[CT])) as a,
+        ):
+            async with a.get(query, store=tmp_path / "got") as retrieval:
+                async for _ in retrieval:
+                    pass
+            assert inbox.queued == 0
+    assert retrieval.completed == 3
+    assert len(list((tmp_path / "got").iterdir())) == 3
+    assert spooled(tmp_path / "spool") == []
