@@ -393,7 +393,7 @@ class AE:
         UID.  ``answer`` is ``"saved"`` (Success once the instance is durably spooled) or
         ``"verdict"`` (the consumer decides); ``max_queued`` bounds the queue, ``timeout``
         (default: the DIMSE timeout) how long a C-STORE's answer may wait for room or for
-        the verdict before it is refused with 0xA700.
+        the verdict, from the moment its data set is saved, before it is refused with 0xA700.
 
         Raises:
             ValueError: an unknown ``answer`` or a ``max_queued`` below 1.

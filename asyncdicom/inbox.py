@@ -264,6 +264,8 @@ class Inbox:
         self._recovered: deque[Path] = deque()
         self._current: IncomingInstance | None = None
         self._closed = False
+        #: set (and replaced) whenever the consumer takes a record: room in the queue
+        self._room: anyio.Event | None = None
         #: instances received (claimed and spooled) and refused since the inbox opened
         self.received = 0
         self.refused = 0
@@ -308,6 +310,7 @@ class Inbox:
         self._send, self._receive = anyio.create_memory_object_stream[IncomingInstance](
             self.max_queued
         )
+        self._room = anyio.Event()
         self._incoming.attach_store(self)
         self.log.debug("inbox_opened", recovered=len(self._recovered), answer=self.answer)
         return self
@@ -365,6 +368,7 @@ class Inbox:
             receive.close()
         if self._send is not None:
             self._send.close()
+        self._made_room()  # the stores waiting for room are refused
         self.log.debug("inbox_closed", received=self.received, refused=self.refused)
 
     # -- the consumer
@@ -394,10 +398,16 @@ class Inbox:
             except (anyio.EndOfStream, anyio.ClosedResourceError):
                 raise StopAsyncIteration from None
             self._queued_memory -= item._memory
+            self._made_room()
             if item._expired:
                 continue  # refused meanwhile (not answered in time): its file is gone
             self._current = item
             return item
+
+    def _made_room(self) -> None:
+        room, self._room = self._room, anyio.Event()
+        if room is not None:
+            room.set()
 
     # -- the producer (a C-STORE's handler)
 
@@ -408,7 +418,6 @@ class Inbox:
         message = request.message
         assert isinstance(message, messages.CStoreRQ)
         association = request.association
-        started = anyio.current_time()
         stored = await save_request(
             request, self.staging, on_duplicate="unique", warn_duplicate=False
         )
@@ -444,26 +453,40 @@ class Inbox:
         )
         acknowledged = queued = False
         try:
-            deadline = None if self.timeout is None else started + self.timeout
+            # the wait is counted from here: the data set is complete, which is about when
+            # the sender's DIMSE timeout starts (after its last fragment)
+            deadline = None if self.timeout is None else anyio.current_time() + self.timeout
             send = self._send
             if send is None or self._closed:
                 return self._refuse(request, item, "the inbox is closed")
-            with anyio.move_on_after(_remaining(deadline)):
+            # never a send() that waits: one cancelled after the consumer took the item
+            # would look as if it had not been queued
+            while True:
                 try:
-                    await send.send(item)
+                    send.send_nowait(item)
+                    queued = True
+                    break
                 except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                     return self._refuse(request, item, "the inbox is closed")
+                except anyio.WouldBlock:  # full: wait for room
+                    room = self._room
+                    assert room is not None  # made on entering
+                    with anyio.move_on_after(_remaining(deadline)) as scope:
+                        await room.wait()
+                    if scope.cancelled_caught:
+                        break
+            if queued:
                 # counted before the consumer's task can run (nothing is awaited in between)
                 self._queued_memory += item._memory
-                queued = True
-            if not queued:
+            else:
                 return self._refuse(request, item, "the receiving application is busy")
             self.received += 1
             if item._answered is None:
                 acknowledged = True
                 return int(Status.SUCCESS)
-            with anyio.move_on_after(_remaining(deadline)):
-                await item._answered.wait()
+            if item._verdict is None:
+                with anyio.move_on_after(_remaining(deadline)):
+                    await item._answered.wait()
             verdict = item._verdict
             if verdict is None:
                 item._expired = True

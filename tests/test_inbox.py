@@ -186,15 +186,15 @@ async def test_filters_and_the_handler_for_the_rest(anyio_backend: str, tmp_path
 
 
 def _count_queued(inbox: Any, n: int) -> anyio.Event:
-    """An event set once ``n`` records were queued (the queue's send, observed)."""
+    """An event set once ``n`` records were queued (the queue's send_nowait, observed)."""
     reached = anyio.Event()
     send = inbox._send
     count = 0
 
     class Counting:
-        async def send(self, item: Any) -> None:
+        def send_nowait(self, item: Any) -> None:
             nonlocal count
-            await send.send(item)
+            send.send_nowait(item)
             count += 1
             if count >= n:
                 reached.set()
@@ -290,11 +290,34 @@ async def test_full_queue_refuses_after_timeout(anyio_backend: str, tmp_path: Pa
     assert len(spooled(spool)) == 1  # the refused one was not kept
 
 
+async def test_full_queue_makes_the_answer_wait(anyio_backend: str, tmp_path: Path) -> None:
+    scp = AE("INBOX-SCP", accept_any_storage=True)
+    statuses: list[int] = []
+    taken = 0
+    with anyio.fail_after(GUARD):
+        async with serving(scp) as port, scp.inbox(tmp_path / "spool", max_queued=1) as inbox:
+
+            async def send() -> None:
+                async with AE("SENDER").associate("127.0.0.1", port, contexts=[CT]) as assoc:
+                    for _ in range(3):
+                        statuses.append((await assoc.store(ct())).status)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(send)
+                async for _item in inbox:
+                    taken += 1
+                    # the queue holds one: the sender cannot be more than two ahead
+                    assert len(statuses) <= taken + 1
+                    if taken == 3:
+                        break
+    assert statuses == [0, 0, 0]
+
+
 async def test_verdict_not_given_in_time(anyio_backend: str, tmp_path: Path) -> None:
     scp = AE("INBOX-SCP", accept_any_storage=True)
     spool = tmp_path / "spool"
     with anyio.fail_after(GUARD):
-        async with serving(scp) as port, scp.inbox(spool, answer="verdict", timeout=0.3) as inbox:
+        async with serving(scp) as port, scp.inbox(spool, answer="verdict", timeout=1.0) as inbox:
             async with AE("SENDER").associate("127.0.0.1", port, contexts=[CT]) as assoc:
                 late = await assoc.store(ct())
                 assert spooled(spool) == []
