@@ -135,11 +135,13 @@ class IncomingInstance:
     _expired: bool = field(default=False, repr=False)
 
     async def dataset(self, *, stop_before_pixels: bool = False) -> Dataset:
-        """The data set, read from the file (in a worker thread).
+        """The data set, read from the file (in a worker thread); ``stop_before_pixels``
+        leaves the pixel data out.
 
         Raises:
-            OSError: the file cannot be read.
-            InvalidDicomFile: the file is not DICOM.
+            OSError: the file cannot be read (removed, say).
+            pydicom.errors.InvalidDicomError: the file is not DICOM (one put in the folder
+                by someone else).
         """
         from pydicom import dcmread
 
@@ -306,6 +308,11 @@ class Inbox:
     # -- life cycle
 
     async def __aenter__(self) -> Inbox:
+        """Make the folders, list the files already spooled and start claiming C-STOREs.
+
+        Raises:
+            OSError: the folder cannot be made or read.
+        """
         self._recovered = deque(await anyio.to_thread.run_sync(self._prepare))
         self._send, self._receive = anyio.create_memory_object_stream[IncomingInstance](
             self.max_queued
@@ -636,6 +643,8 @@ class Notifications:
         self.timeout = timeout
         self._send, self._receive = anyio.create_memory_object_stream[Notification](max_queued)
         self._closed = False
+        #: set when the consumer takes a report (made by a report waiting for room)
+        self._room: anyio.Event | None = None
 
     def claims_report(self, message: messages.NEventReportRQ) -> bool:
         """Whether the report passes the SOP class and event type filters."""
@@ -667,13 +676,26 @@ class Notifications:
             received_at=time.time(),
             result=parsed,
         )
-        with anyio.move_on_after(float("inf") if self.timeout is None else self.timeout):
+        deadline = None if self.timeout is None else anyio.current_time() + self.timeout
+        while True:  # as Inbox.receive: never a send() that a cancel could leave half-done
             try:
-                await self._send.send(item)
+                self._send.send_nowait(item)
+                return True
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 return False
-            return True
-        return False
+            except anyio.WouldBlock:
+                room = self._room
+                if room is None:
+                    room = self._room = anyio.Event()
+                with anyio.move_on_after(_remaining(deadline)) as scope:
+                    await room.wait()
+                if scope.cancelled_caught:
+                    return False
+
+    def _made_room(self) -> None:
+        room, self._room = self._room, None
+        if room is not None:
+            room.set()
 
     async def __aenter__(self) -> Notifications:
         self._incoming.attach_notifications(self)
@@ -694,12 +716,15 @@ class Notifications:
         self._incoming.detach_notifications(self)
         self._receive.close()
         self._send.close()
+        self._made_room()  # the reports waiting for room are answered as without the stream
 
     def __aiter__(self) -> Notifications:
         return self
 
     async def __anext__(self) -> Notification:
         try:
-            return await self._receive.receive()
+            item = await self._receive.receive()
         except (anyio.EndOfStream, anyio.ClosedResourceError):
             raise StopAsyncIteration from None
+        self._made_room()
+        return item

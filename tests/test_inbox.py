@@ -355,6 +355,44 @@ async def test_sender_times_out_first(anyio_backend: str, tmp_path: Path) -> Non
             assert spooled(spool) == [] and staged(spool) == []
 
 
+async def test_an_instance_cut_short_leaves_nothing(anyio_backend: str, tmp_path: Path) -> None:
+    from asyncdicom.protocol import messages
+    from asyncdicom.storage.codec import encode_dataset
+    from asyncdicom.testing import memory_stream_pair
+
+    scp = AE("INBOX-SCP", accept_any_storage=True)
+    spool = tmp_path / "spool"
+    ds = ct(300_000)
+    client, server = memory_stream_pair()
+
+    class Cut(Exception):
+        pass
+
+    with anyio.fail_after(GUARD):
+        async with scp.inbox(spool) as inbox:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(scp.serve_stream, server)  # ends with the association's tasks
+                with pytest.raises(Cut):
+                    async with AE("SENDER").associate_over(client, contexts=[CT]) as assoc:
+                        context = assoc.find_context(CT, [uids.EXPLICIT_VR_LITTLE_ENDIAN])
+                        assert context is not None
+                        data = encode_dataset(ds, uids.EXPLICIT_VR_LITTLE_ENDIAN)
+
+                        async def half() -> AsyncIterator[bytes]:
+                            yield data[: len(data) // 2]
+                            raise Cut
+
+                        rq = messages.CStoreRQ(
+                            message_id=assoc.next_message_id(),
+                            affected_sop_class_uid=CT,
+                            affected_sop_instance_uid=ds.SOPInstanceUID,
+                            has_dataset=True,
+                        )
+                        await assoc.request(context, rq, half())
+            assert inbox.queued == 0
+    assert os.listdir(spool) == [".incoming"] and staged(spool) == []
+
+
 # ------------------------------------------------------------------------- closing, failing
 
 

@@ -128,3 +128,32 @@ async def test_report_without_event_information(anyio_backend: str) -> None:
             got = await stream.__anext__()
     assert rsp.status == 0
     assert got.information is None and got.event_type_id == 1
+
+
+async def test_a_full_stream_answers_as_without_it_after_its_timeout(anyio_backend: str) -> None:
+    ae = receiver()
+    first = commitment_request(generate_uid(), [(CT, "1.2.3.1")])
+    second = commitment_request(generate_uid(), [(CT, "1.2.3.2")])
+    third = commitment_request(generate_uid(), [(CT, "1.2.3.3")])
+    with anyio.fail_after(GUARD):
+        async with (
+            ae.notifications(max_queued=1, timeout=0.5) as stream,
+            associated(ae, AE("COMMIT-SCP"), contexts=REPORTERS) as assoc,
+        ):
+            taken = await report(assoc, "commitment", 1, first)
+            refused = await report(assoc, "commitment", 1, second)  # full, nobody reads
+            answers = []
+            async with anyio.create_task_group() as tg:
+
+                async def send_third() -> None:
+                    answers.append(await report(assoc, "commitment", 1, third))
+
+                tg.start_soon(send_third)  # full again: waits until the first is read
+                got = [await stream.__anext__()]
+                got.append(await stream.__anext__())
+            (waited,) = answers
+    assert (taken.status, refused.status, waited.status) == (0, 0x0115, 0)
+    assert [g.result.transaction_uid for g in got] == [
+        first.TransactionUID,
+        third.TransactionUID,
+    ]

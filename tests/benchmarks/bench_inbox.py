@@ -13,6 +13,7 @@ Each round runs, each in a fresh Python process (so that each peak RSS is its ow
   opened on the folder again and drained.  Every instance the server answered Success (counted
   from the C-STORE-RSPs it sent, a hook) must be one the consumer finished or one the second
   inbox yields;
+* ``verdict``: as ``inbox`` in ``"verdict"`` mode (each answer waits for the consumer);
 * ``handler``: the baseline, ``@ae.on_store`` with ``request.save_to(folder)`` and no consumer.
 
 Each reports the peak RSS (``VmHWM``), its growth over the RSS once serving (before the first
@@ -103,7 +104,8 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
             if args.mode == "handler":
                 await send()
             else:
-                inbox = await ae.inbox(spool).__aenter__()
+                answer = "verdict" if args.mode == "verdict" else "saved"
+                inbox = await ae.inbox(spool, answer=answer).__aenter__()
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(send)
                     failed = False
@@ -136,7 +138,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
                 result["on_disk_after"] = len(on_disk)
                 lost = acknowledged - set(consumed) - set(on_disk)
                 result["lost"] = len(lost)
-            elif args.mode == "inbox":
+            elif args.mode != "handler":
                 result["lost"] = count - len(consumed)
 
     anyio.run(main, backend=args.backend)
@@ -153,7 +155,7 @@ def main() -> None:
     parser.add_argument("--sleep", type=float, default=0.01)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--backend", default="asyncio", choices=("asyncio", "trio"))
-    parser.add_argument("--modes", default="inbox,raise,handler")
+    parser.add_argument("--modes", default="inbox,raise,verdict,handler")
     parser.add_argument(
         "--cache", type=Path, default=Path(tempfile.gettempdir()) / "asyncdicom-bench-inbox"
     )
