@@ -13,6 +13,8 @@ Each round runs, each in a fresh Python process (so that each peak RSS is its ow
   opened on the folder again and drained.  Every instance the server answered Success (counted
   from the C-STORE-RSPs it sent, a hook) must be one the consumer finished or one the second
   inbox yields;
+* ``hold``: as ``inbox``, the consumer starting only once the sender has finished (all
+  ``--count`` instances queued at once);
 * ``verdict``: as ``inbox`` in ``"verdict"`` mode (each answer waits for the consumer);
 * ``handler``: the baseline, ``@ae.on_store`` with ``request.save_to(folder)`` and no consumer.
 
@@ -107,7 +109,10 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
                 answer = "verdict" if args.mode == "verdict" else "saved"
                 inbox = await ae.inbox(spool, answer=answer).__aenter__()
                 async with anyio.create_task_group() as tg:
-                    tg.start_soon(send)
+                    if args.mode == "hold":
+                        await send()  # the consumer starts once every instance is queued
+                    else:
+                        tg.start_soon(send)
                     failed = False
                     async for item in inbox:
                         most["queued"] = max(most["queued"], inbox.queued + 1)
