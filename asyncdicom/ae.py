@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import socket
 import ssl
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, ClassVar, Protocol, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar, overload
 
 import anyio
 from anyio.abc import ByteStream, TaskStatus
@@ -78,7 +79,11 @@ from .services import (
 from .services.base import call
 from .services.commitment import CommitmentResult
 from .services.dispatch import ServiceDispatcher
+from .services.incoming import Incoming
 from .users import Lockout, LockoutAttempt, identity_user_name
+
+if TYPE_CHECKING:
+    from .inbox import AnswerMode, Inbox, Notifications
 
 __all__ = [
     "AE",
@@ -356,6 +361,80 @@ class AE:
         Takes precedence over ``AEConfig.extended_negotiation_handler``."""
         self._extended_negotiation = handler
         return handler
+
+    # ------------------------------------------------------------------ streams
+
+    @property
+    def incoming(self) -> Incoming:
+        """Where this AE's C-STOREs and unclaimed N-EVENT-REPORTs go before its handlers:
+        the dispatch point inboxes and notification streams attach to
+        (:mod:`asyncdicom.services.incoming`)."""
+        return self._dispatcher.incoming
+
+    def inbox(
+        self,
+        folder: str | os.PathLike[str],
+        *,
+        calling_ae: str | Iterable[str] | None = None,
+        called_ae: str | Iterable[str] | None = None,
+        sop_class: str | Iterable[str] | None = None,
+        study: str | Iterable[str] | None = None,
+        answer: AnswerMode = "saved",
+        max_queued: int = 10_000,
+        timeout: float | None = None,
+    ) -> Inbox:
+        """The C-STOREs this AE receives, as an async iterator, for the duration of an
+        ``async with`` block: ``async with ae.inbox("spool") as inbox: async for instance in
+        inbox: ...`` (see :mod:`asyncdicom.inbox`).
+
+        Instances are spooled to ``folder`` (durably) and yielded as
+        :class:`~asyncdicom.inbox.IncomingInstance` records; the filters (each one value or
+        several) select by calling AE title, called AE title, SOP class and Study Instance
+        UID.  ``answer`` is ``"saved"`` (Success once the instance is durably spooled) or
+        ``"verdict"`` (the consumer decides); ``max_queued`` bounds the queue, ``timeout``
+        (default: the DIMSE timeout) how long a C-STORE's answer may wait for room or for
+        the verdict, from the moment its data set is saved, before it is refused with 0xA700.
+
+        Raises:
+            ValueError: an unknown ``answer`` or a ``max_queued`` below 1.
+        """
+        from .inbox import Inbox
+
+        return Inbox(
+            self.incoming,
+            folder,
+            calling_ae=calling_ae,
+            called_ae=called_ae,
+            sop_class=sop_class,
+            study=study,
+            answer=answer,
+            max_queued=max_queued,
+            timeout=self.config.timeouts.dimse if timeout is None else timeout,
+        )
+
+    def notifications(
+        self,
+        *,
+        sop_class: str | Iterable[str] | None = None,
+        event_type: int | Iterable[int] | None = None,
+        max_queued: int = 1000,
+        timeout: float | None = None,
+    ) -> Notifications:
+        """The N-EVENT-REPORTs nobody awaits (storage commitment reports of an unknown
+        Transaction UID, those of SOP classes without a handler), by SOP class and event
+        type, as an async iterator of :class:`~asyncdicom.inbox.Notification` for the
+        duration of an ``async with`` block.  A report is answered Success once queued;
+        ``timeout`` (default: the DIMSE timeout) bounds the wait for room in a full queue,
+        after which it is answered as without the stream."""
+        from .inbox import Notifications
+
+        return Notifications(
+            self.incoming,
+            sop_class=None if sop_class is None else _strings(sop_class),
+            event_type=None if event_type is None else _ints(event_type),
+            max_queued=max_queued,
+            timeout=self.config.timeouts.dimse if timeout is None else timeout,
+        )
 
     def on_hook(self, event: HookEvent) -> Callable[[F], F]:
         """Decorator: observe ``event`` (see :mod:`asyncdicom.hooks`)."""
@@ -806,6 +885,14 @@ class AE:
             tg.cancel_scope.cancel()
         if failure is not None:
             raise failure
+
+
+def _strings(value: str | Iterable[str]) -> frozenset[str]:
+    return frozenset({value} if isinstance(value, str) else value)
+
+
+def _ints(value: int | Iterable[int]) -> frozenset[int]:
+    return frozenset({value} if isinstance(value, int) else value)
 
 
 def _check_ae_title(title: str) -> None:

@@ -13,7 +13,8 @@ refused N-ACTION :class:`CommitmentRefused`.
 
 Every AE answers the N-EVENT-REPORTs of this SOP class with :func:`receive_report` unless the
 application registers its own handler: a report is answered Success when its Transaction UID
-is awaited, 0x0115 (invalid argument value) when it is not (it resolves nobody's wait), 0x0113
+is awaited or a notification stream (``ae.notifications()``) takes it, 0x0115 (invalid argument
+value) when neither does (it resolves nobody's wait), 0x0113
 for an event type other than 1 and 2, 0x0115 when it cannot be read.
 
 **SCP.** :class:`CommitmentSCP` answers N-ACTION: it checks the request (0x0123 for an action
@@ -57,6 +58,7 @@ from ..protocol import messages, uids
 from ..protocol.negotiation import ContextRequest
 from ..protocol.status import Status
 from .base import Service, call, make_response
+from .incoming import incoming_of
 from .normalized import NormalizedSCU
 
 __all__ = [
@@ -225,6 +227,10 @@ async def receive_report(request: Any) -> messages.Message | int:
         association.log.warning("commitment_report_invalid", error=str(exc))
         return make_response(message, _INVALID_ARGUMENT_VALUE, error_comment=str(exc))
     if not await _correlator(association.ae).deliver_anywhere(_key(result.transaction_uid), result):
+        incoming = incoming_of(request)
+        if incoming is not None and await incoming.offer_notification(request, information, result):
+            # nobody awaits it, a notification stream takes it (ae.notifications())
+            return int(Status.SUCCESS)
         association.log.warning(
             "commitment_report_unexpected", transaction_uid=result.transaction_uid
         )

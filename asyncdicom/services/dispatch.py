@@ -36,6 +36,7 @@ from ..protocol.negotiation import PresentationContext
 from ..protocol.operations import CANCELLABLE
 from ..protocol.status import Status, is_pending
 from .base import Handler, HandlerRegistry, Service, call, is_async_callable, make_response
+from .incoming import Incoming
 from .request import ServiceRequest, encode_for
 
 __all__ = ["ServiceDispatcher", "ServiceRequest"]
@@ -76,6 +77,9 @@ class ServiceDispatcher:
         )
         self._shared: dict[str, Any] = {}
         self._hooks: Hooks | None = None
+        #: where C-STOREs and unclaimed N-EVENT-REPORTs go before the AE's handlers (inboxes,
+        #: notification streams: :mod:`asyncdicom.services.incoming`)
+        self.incoming = Incoming()
 
     def service_for(self, message: messages.Message, sop_class: str) -> Service | None:
         """The service that serves ``message`` on ``sop_class`` (the last registered wins)."""
@@ -185,6 +189,8 @@ class ServiceDispatcher:
         message: messages.RequestMessage,
     ) -> messages.ResponseMessage | None:
         sop_class = messages.sop_class_uid(message)
+        if self.incoming.active and self.incoming.claims_report(message):
+            return None  # a notification stream takes it
         local: HandlerRegistry | None = getattr(association, "handlers", None)
         if local:  # handlers of its own: look them up
             if self.handler_for(association, message, sop_class) is not None:
@@ -243,7 +249,16 @@ class ServiceDispatcher:
     async def _serve(self, request: IncomingRequest) -> None:
         message = request.message
         sop_class = request.sop_class_uid
-        handler = self.handler_for(request.association, message, sop_class)
+        handler = None
+        incoming = self.incoming
+        if incoming.active and isinstance(request, ServiceRequest):
+            handler = self._subscriber_handler(request, sop_class)
+        if handler is None:
+            handler = self.handler_for(request.association, message, sop_class)
+        if handler is None and incoming.active and isinstance(request, ServiceRequest):
+            handler = incoming.notification_handler(
+                request, lambda m: self.default_response(m, sop_class)
+            )
         if handler is None:
             if request.has_dataset:
                 await request.discard()
@@ -257,6 +272,19 @@ class ServiceDispatcher:
             await exchange.respond_each()
         else:
             await exchange.respond_once()
+
+    def _subscriber_handler(
+        self, request: ServiceRequest, sop_class: str
+    ) -> Callable[..., Any] | None:
+        """A C-STORE claimed by a subscriber of :attr:`incoming` (the association's own
+        handlers come first; the AE's serve what nobody claims)."""
+        association = request.association
+        local: HandlerRegistry | None = getattr(association, "handlers", None)
+        if local and local.get(type(request.message), sop_class) is not None:
+            return None
+        return self.incoming.store_handler(
+            request, lambda r: self.handler_for(association, r.message, sop_class)
+        )
 
     def handler_failed(
         self, request: IncomingRequest, handler: Any, exc: BaseException, sop_class: str
