@@ -26,6 +26,7 @@ from test_cli import free_port
 
 from asyncdicom import AE, ServiceRequest
 from asyncdicom.protocol import uids
+from asyncdicom.storage.synthetic import make_ct_instance
 
 pytestmark = pytest.mark.anyio
 
@@ -231,6 +232,50 @@ async def test_store_scp_unusable_folder_is_one_line(tmp_path: Path, anyio_backe
 def test_store_scp_bad_arguments_are_usage_errors(tmp_path: Path, args: list[str]) -> None:
     assert_usage_error(STORE_SCP, args, tmp_path)
     assert not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------- embed_*.py
+
+
+@pytest.mark.parametrize("script", ["embed_asyncio.py", "embed_trio.py"])
+async def test_an_scp_embedded_in_an_existing_program(
+    tmp_path: Path, anyio_backend: str, script: str
+) -> None:
+    """The embedding examples (an asyncio program, a trio program): instances sent to the SCP
+    become jobs on the program's own queue or channel, one line each, the files kept; Ctrl-C
+    ends the program with status 0. The example picks its loop; the sender here runs on
+    both backends."""
+    folder = tmp_path / "data"
+    sent = [make_ct_instance(512, patient_id="EMBED", seed=n) for n in range(3)]
+    command = [sys.executable, str(EXAMPLES / script), "0", str(folder)]
+    async with await anyio.open_process(command, cwd=tmp_path, env=ENV) as process:
+        assert process.stdout is not None and process.stderr is not None
+        pending = bytearray()
+        try:
+            ready = await _read_line(process.stdout, pending)
+            assert ready.startswith("listening on 127.0.0.1:"), ready
+            port = int(ready.rsplit(":", 1)[1])
+            with anyio.fail_after(GUARD):
+                async with AE("SENDER").associate(
+                    "127.0.0.1", port, called_aet="EMBEDDED", contexts=[uids.CT_IMAGE_STORAGE]
+                ) as assoc:
+                    for ds in sent:
+                        assert (await assoc.store(ds)).status == 0x0000
+            lines = [await _read_line(process.stdout, pending) for _ in sent]
+        finally:
+            process.send_signal(signal.SIGINT)  # Ctrl-C
+            with anyio.fail_after(GUARD):
+                status = await process.wait()
+                stderr = await _read_all(process.stderr)
+    assert status == 0, stderr
+    assert "Traceback" not in stderr, stderr
+    assert lines == [f"received {ds.SOPInstanceUID} from SENDER (CT)" for ds in sent]
+    done = folder / "done"
+    assert sorted(p.name for p in done.iterdir()) == sorted(
+        f"{ds.SOPInstanceUID}.dcm" for ds in sent
+    )
+    for ds in sent:
+        assert pydicom.dcmread(done / f"{ds.SOPInstanceUID}.dcm").PatientID == "EMBED"
 
 
 # --------------------------------------------------------------------------- pytest-asyncio
