@@ -9,6 +9,7 @@ runs (:func:`anyio.run_process` does not block it).
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -276,6 +277,88 @@ async def test_an_scp_embedded_in_an_existing_program(
     )
     for ds in sent:
         assert pydicom.dcmread(done / f"{ds.SOPInstanceUID}.dcm").PatientID == "EMBED"
+
+
+# --------------------------------------------------------------------------- the tutorial
+
+TUTORIAL = Path(__file__).resolve().parents[1] / "docs" / "tutorial.md"
+
+
+def _tutorial_blocks() -> list[str]:
+    """The ```python blocks of docs/tutorial.md, as written."""
+    return re.findall(r"```python\n(.*?)```", TUTORIAL.read_text(), flags=re.DOTALL)
+
+
+def test_the_tutorial_shows_the_examples_it_runs() -> None:
+    """docs/tutorial.md's programs are examples/tutorial_*.py, word for word (the tests below
+    run the files), and each is at most 50 lines as the tutorial promises."""
+    blocks = _tutorial_blocks()
+    for name in ("tutorial_gateway.py",):
+        source = (EXAMPLES / name).read_text()
+        assert source in blocks, f"docs/tutorial.md does not show examples/{name} as it is"
+        assert len(source.splitlines()) <= 50, name
+
+
+async def test_the_tutorial_gateway_checks_stores_and_forwards(
+    tmp_path: Path, anyio_backend: str
+) -> None:
+    folder = tmp_path / "gateway"
+    review = AE("REVIEW", accept_any_storage=True)
+    forwarded: list[str] = []
+
+    @review.on_store
+    async def on_store(request: ServiceRequest) -> int:
+        forwarded.append(request.message.affected_sop_instance_uid)
+        return 0x0000
+
+    study_uid = "1.2.826.0.1.3680043.10.999.42"
+    good = [
+        make_ct_instance(256, patient_id="P1", seed=n, study_instance_uid=study_uid)
+        for n in range(2)
+    ]
+    anonymous = make_ct_instance(256, patient_id="", seed=9)
+    async with review.server("127.0.0.1", 0) as server:
+        review_at = f"REVIEW@127.0.0.1:{server.port}"
+        command = [
+            sys.executable,
+            str(EXAMPLES / "tutorial_gateway.py"),
+            "0",
+            str(folder),
+            review_at,
+        ]
+        async with await anyio.open_process(command, cwd=tmp_path, env=ENV) as process:
+            assert process.stdout is not None and process.stderr is not None
+            pending = bytearray()
+            try:
+                ready = await _read_line(process.stdout, pending)
+                assert ready.startswith("listening on 127.0.0.1:"), ready
+                port = int(ready.rsplit(":", 1)[1])
+                with anyio.fail_after(GUARD):
+                    async with AE("MODALITY").associate(
+                        "127.0.0.1", port, called_aet="GATEWAY", contexts=[uids.CT_IMAGE_STORAGE]
+                    ) as assoc:
+                        for ds in [good[0], anonymous, good[1]]:
+                            assert (await assoc.store(ds)).status == 0x0000
+                lines = [await _read_line(process.stdout, pending) for _ in range(3)]
+            finally:
+                process.send_signal(signal.SIGINT)
+                with anyio.fail_after(GUARD):
+                    status = await process.wait()
+                    stderr = await _read_all(process.stderr)
+    assert status == 0 and "Traceback" not in stderr, stderr
+    assert lines == [
+        f"forwarded {good[0].SOPInstanceUID}: 0x0000",
+        f"quarantined {anonymous.SOPInstanceUID}",
+        f"forwarded {good[1].SOPInstanceUID}: 0x0000",
+    ]
+    assert forwarded == [ds.SOPInstanceUID for ds in good]
+    study = folder / "archive" / good[0].StudyInstanceUID
+    assert sorted(p.name for p in study.iterdir()) == sorted(
+        f"{ds.SOPInstanceUID}.dcm" for ds in good
+    )
+    assert [p.name for p in (folder / "quarantine").iterdir()] == [
+        f"{anonymous.SOPInstanceUID}.dcm"
+    ]
 
 
 # --------------------------------------------------------------------------- pytest-asyncio
