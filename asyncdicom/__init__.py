@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from .association import DIMSEResponse, Operation
     from .config import AEConfig, Timeouts
     from .hooks import HookEvent
+    from .inbox import Inbox, IncomingInstance, Notification, Notifications
     from .protocol import uids
     from .protocol.messages import Priority
     from .protocol.negotiation import ContextRequest, IdentityDecision, SupportedContext
@@ -47,6 +48,10 @@ _LAZY = {
     "HandlerRegistry": ".services",
     "HookEvent": ".hooks",
     "IdentityDecision": ".protocol.negotiation",
+    "Inbox": ".inbox",
+    "IncomingInstance": ".inbox",
+    "Notification": ".inbox",
+    "Notifications": ".inbox",
     "Operation": ".association",
     "Priority": ".protocol.messages",
     "QueryFailed": ".services",
@@ -74,6 +79,10 @@ __all__ = [
     "HandlerRegistry",
     "HookEvent",
     "IdentityDecision",
+    "Inbox",
+    "IncomingInstance",
+    "Notification",
+    "Notifications",
     "Operation",
     "Priority",
     "QueryFailed",
