@@ -109,7 +109,14 @@ def add_parser(sub: Any) -> None:
         default=1.0,
         metavar="S",
         help="seconds before the first new attempt after a failure; doubled after each "
-        "failure in a row, up to 60 s (or S if larger)",
+        "failure in a row, up to --retry-delay-max",
+    )
+    p.add_argument(
+        "--retry-delay-max",
+        type=timeout,
+        default=60.0,
+        metavar="S",
+        help="the longest wait between two attempts (--retry-delay if that is longer)",
     )
     add_server_timeouts(p)
     add_max_pdu(p)
@@ -164,15 +171,7 @@ async def run(args: argparse.Namespace) -> int:
         return await _status(args.queue)
     from ..router.core import Router
     from ..router.queue import QueueBusy
-    from .server import (
-        audit_trail,
-        check_listen,
-        install_access_control,
-        listening,
-        prepare_folder,
-        say_listening,
-        server_config,
-    )
+    from .server import check_listen, install_access_control, prepare_folder, server_config
 
     rules = _ruleset(args)
     await check_listen(args.host, args.port)
@@ -183,49 +182,53 @@ async def run(args: argparse.Namespace) -> int:
         rules,
         retry_max=args.retry_max,
         retry_delay=args.retry_delay,
+        retry_delay_max=args.retry_delay_max,
         **server_config(args),
     )
     install_access_control(router.ae, args)
     try:
-        await router.__aenter__()
+        async with router:
+            await _serve(router, args, rules)
     except QueueBusy as exc:
         raise CLIError(str(exc)) from None
-    try:
-        if router.resumed:
-            notice(
-                f"router: resuming {plural(router.resumed, 'queued instance')} "
-                f"({_per_destination(router)})",
-                "queue_resumed",
-                queued=router.resumed,
-            )
-        with (
-            audit_trail(router.ae, args),
-            anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGUSR1) as signals,
-        ):
-            async with (
-                listening(router.ae, args.host, args.port) as server,
-                anyio.create_task_group() as tg,
-            ):
-                tg.start_soon(_progress, router)
-                say_listening(
-                    "router",
-                    router.ae,
-                    args.host,
-                    server.port,
-                    f", forwarding to {', '.join(d.name for d in rules.destinations)}",
-                    queue=str(args.queue),
-                )
-                async for signum in signals:
-                    if signum == signal.SIGUSR1:
-                        for line, fields in status_lines(router.status()):
-                            notice(line, "router_status", **fields)
-                        continue
-                    break
-                tg.cancel_scope.cancel()
-    finally:
-        with anyio.CancelScope(shield=True):
-            await router.__aexit__(None, None, None)
     return 0
+
+
+async def _serve(router: Any, args: argparse.Namespace, rules: Any) -> None:
+    """Serve until SIGINT or SIGTERM, printing the status on SIGUSR1."""
+    from .server import audit_trail, listening, say_listening
+
+    if router.resumed:
+        notice(
+            f"router: resuming {plural(router.resumed, 'queued instance')} "
+            f"({_per_destination(router)})",
+            "queue_resumed",
+            queued=router.resumed,
+        )
+    with (
+        audit_trail(router.ae, args),
+        anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGUSR1) as signals,
+    ):
+        async with (
+            listening(router.ae, args.host, args.port) as server,
+            anyio.create_task_group() as tg,
+        ):
+            tg.start_soon(_progress, router)
+            say_listening(
+                "router",
+                router.ae,
+                args.host,
+                server.port,
+                f", forwarding to {', '.join(d.name for d in rules.destinations)}",
+                queue=str(args.queue),
+            )
+            async for signum in signals:
+                if signum == signal.SIGUSR1:
+                    for line, fields in status_lines(router.status()):
+                        notice(line, "router_status", **fields)
+                    continue
+                break
+            tg.cancel_scope.cancel()
 
 
 def _per_destination(router: Any) -> str:

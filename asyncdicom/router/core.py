@@ -24,8 +24,9 @@ besides), as ``asyncdicom storescu`` does.  Outcomes:
 * a transient failure (connection refused or lost, association rejected or aborted, a
   timeout, or a 0xA7xx "out of resources" status): the association is given up and opened
   again after a wait that starts at ``retry_delay`` and doubles with each failure in a row,
-  up to :data:`MAX_RETRY_DELAY` (or ``retry_delay`` if larger).  The instance at the head of
-  the queue counts an attempt; after ``retry_max`` attempts it goes to the dead-letter folder;
+  up to ``retry_delay_max`` (default :data:`MAX_RETRY_DELAY`; ``retry_delay`` if larger).
+  The instance at the head of the queue counts an attempt; after ``retry_max`` attempts it
+  goes to the dead-letter folder;
 * a permanent refusal (any other failure status, no accepted presentation context for the
   instance, a queued file that cannot be read): the instance goes to the dead-letter folder
   at once, with the reason.
@@ -72,7 +73,7 @@ __all__ = ["LINGER", "MAX_RETRY_DELAY", "NO_ROUTE_STATUS", "Forwarder", "Router"
 
 #: seconds an association to a destination stays open without an instance to send
 LINGER = 2.0
-#: the longest wait between two attempts (unless ``retry_delay`` is longer), seconds
+#: the default longest wait between two attempts (unless ``retry_delay`` is longer), seconds
 MAX_RETRY_DELAY = 60.0
 #: the C-STORE status of an instance no rule routes anywhere (Error: cannot understand)
 NO_ROUTE_STATUS = 0xC000
@@ -155,7 +156,7 @@ class Forwarder:
                     gave_up = " (its instance went to the dead-letter folder)"
             delay = min(
                 router.retry_delay * 2 ** (self.failures - 1),
-                max(router.retry_delay, MAX_RETRY_DELAY),
+                max(router.retry_delay, router.retry_delay_max),
             )
             self.log.warning(
                 "forward_failed",
@@ -299,8 +300,13 @@ class Forwarder:
 
 
 def _describe(exc: BaseException, dest: Destination) -> str:
-    if isinstance(exc, ConnectionRefusedError) or isinstance(exc.__cause__, ConnectionRefusedError):
-        return f"connection refused by {dest.host}:{dest.port}"
+    """The reason of a failed association, the same on both backends."""
+    from .._accept import os_error_behind
+
+    cause = exc if isinstance(exc, OSError) else os_error_behind(exc)
+    # the backends word a refused connection differently (and may not chain the OSError)
+    if isinstance(cause, ConnectionRefusedError) or "connection refused" in str(exc).lower():
+        return f"connection refused by {dest.name}"
     return str(exc) or type(exc).__name__
 
 
@@ -308,9 +314,9 @@ class Router:
     """Receive C-STORE into the durable queue at ``queue_dir`` and forward by ``rules``.
 
     ``retry_max`` attempts per instance and destination, the first wait ``retry_delay``
-    seconds (see the module documentation); ``timeouts`` and ``max_pdu_length`` are those of
-    the AE (both roles); ``ae_options`` are more :class:`~asyncdicom.AEConfig` fields (access
-    control, TLS of the server side).
+    seconds, the longest ``retry_delay_max`` (see the module documentation); ``timeouts`` and
+    ``max_pdu_length`` are those of the AE (both roles); ``ae_options`` are more
+    :class:`~asyncdicom.AEConfig` fields (access control, TLS of the server side).
 
     Raises (on entering):
         QueueBusy: another router holds ``queue_dir``.
@@ -325,6 +331,7 @@ class Router:
         *,
         retry_max: int = 10,
         retry_delay: float = 1.0,
+        retry_delay_max: float = MAX_RETRY_DELAY,
         linger: float = LINGER,
         timeouts: Timeouts | None = None,
         **ae_options: Any,
@@ -334,6 +341,7 @@ class Router:
         self.rules = rules
         self.retry_max = retry_max
         self.retry_delay = retry_delay
+        self.retry_delay_max = retry_delay_max
         self.linger = linger
         self.queue_dir = queue_dir
         self.ae = AE(
