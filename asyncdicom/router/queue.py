@@ -47,6 +47,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
+from ..errors import QueueBusy
+
 if sys.platform != "win32":
     import fcntl
 else:  # pragma: no cover
@@ -64,10 +66,6 @@ __all__ = [
 _SEQ_DIGITS = 20
 _SUFFIX = ".dcm"
 _REASON_SUFFIX = ".json"
-
-
-class QueueBusy(Exception):
-    """Another router process holds the queue folder."""
 
 
 @dataclass(slots=True)

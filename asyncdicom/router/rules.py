@@ -38,6 +38,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from urllib.parse import quote
 
+from ..errors import RulesError
+
 __all__ = [
     "CONDITION_KEYS",
     "Destination",
@@ -52,10 +54,6 @@ __all__ = [
 CONDITION_KEYS = ("calling", "called", "modality", "sop-class")
 
 _DESTINATION_RE = re.compile(r"(?P<aet>[^@]+)@(?P<host>\[[^\]]+\]|[^:@\[\]]+):(?P<port>\d+)")
-
-
-class RulesError(ValueError):
-    """A destination or a rules file that cannot be used; the message says where and why."""
 
 
 @dataclass(frozen=True, slots=True)
