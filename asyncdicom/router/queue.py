@@ -42,6 +42,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -142,6 +143,12 @@ class DiskQueue:
     next_seq: int = 1
     _lock_fd: int | None = None
     _needed_lock: threading.Lock = field(default_factory=threading.Lock)
+    _executor: ThreadPoolExecutor | None = None
+
+    def _pool(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="router-fsync")
+        return self._executor
 
     @property
     def incoming(self) -> Path:
@@ -203,6 +210,9 @@ class DiskQueue:
 
     def close(self) -> None:
         """Release the lock (the queue stays on disk)."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
+            self._executor = None
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -273,16 +283,23 @@ class DiskQueue:
             OSError: a file-system operation failed (the batch is then not acknowledged; what
                 was done of it is undone by the next start-up scan, or by :meth:`abandon`).
         """
-        for _seq, path, _keys in batch:
-            _fsync_file(path)
+        # the links first, so that the file's fsync (on ext4 and other journalling file
+        # systems it commits every metadata change made so far) carries them too: the folder
+        # fsyncs that follow then find little or nothing left to write
         touched: set[Path] = set()
         for seq, path, keys in batch:
             for key in keys:
                 folder = self.out(key)
                 os.link(path, folder / _name(seq))
                 touched.add(folder)
-        for folder in touched:
-            _fsync_dir(folder)
+        # the files and the folders at once: the journal commits them together, where one
+        # after the other costs a device flush each
+        jobs = [(_fsync_file, path) for _seq, path, _keys in batch]
+        jobs += [(_fsync_dir, folder) for folder in touched]
+        futures = [self._pool().submit(job, arg) for job, arg in jobs[1:]]
+        jobs[0][0](jobs[0][1])
+        for future in futures:
+            future.result()
         done = []
         for seq, path, keys in batch:
             target = self.instances / _name(seq)
@@ -290,8 +307,8 @@ class DiskQueue:
             with self._needed_lock:
                 self.needed[seq] = len(keys)
             done.append(target)
+        # the commit point: the renames into instances/ made durable
         _fsync_dir(self.instances)
-        _fsync_dir(self.incoming)
         return done
 
     def abandon(self, batch: Sequence[tuple[int, Path, Sequence[str]]]) -> None:
