@@ -343,3 +343,50 @@ async def test_a_data_set_that_cannot_be_saved_is_refused_and_leaves_nothing(
     assert other.status == 0xA900
     assert empty.status >= 0xA000
     assert queue_files(tmp_path / "q") == []
+
+
+# --------------------------------------------------------------------------- the start-up scan
+
+
+def test_the_scan_undoes_what_a_kill_left_half_done(tmp_path: Path) -> None:
+    """Each state a kill can leave between two steps of a commit, a delivery or a
+    dead-lettering, made by hand: what was acknowledged stays queued (in order), the rest
+    goes."""
+    from asyncdicom.router.queue import DiskQueue
+    from asyncdicom.storage.synthetic import write_ct_files
+
+    root = tmp_path / "q"
+    queue = DiskQueue.open(root, ["A", "B"])
+    files = write_ct_files(tmp_path / "src", 4, 256)
+    entries = []
+    for i, f in enumerate(files, start=1):
+        target = queue.incoming / f.name
+        target.write_bytes(f.read_bytes())
+        entries.append((i, target, ["A", "B"]))
+    queue.commit(entries)
+    queue.delivered("A", 1)
+    queue.delivered("B", 1)  # seq 1: delivered everywhere, removed
+    queue.delivered("A", 2)  # seq 2: still for B
+    queue.close()
+    # a kill after the last link went but before the instance did
+    (root / "instances" / f"{4:020d}.dcm").unlink()  # seq 4: links without their instance
+    (root / "instances" / f"{9:020d}.dcm").write_bytes(files[0].read_bytes())  # no link: done
+    (root / "incoming" / "half.dcm").write_bytes(b"x")  # never committed
+    (root / "incoming" / ".0123456789abcdef0123456789abcdef.part").write_bytes(b"x")
+    (root / "dead" / "A").mkdir(parents=True)
+    (root / "dead" / "A" / f"{3:020d}.json").write_text("{}")  # a reason whose move never came
+    reopened = DiskQueue.open(root, ["A", "B"])
+    try:
+        assert [p.seq for p in reopened.pending["A"]] == [3]
+        assert [p.seq for p in reopened.pending["B"]] == [2, 3]
+        assert reopened.pending["B"][0].sop_instance_uid == files[1].stem
+        assert reopened.next_seq > 3  # what arrives next goes after what is queued
+    finally:
+        reopened.close()
+    assert sorted(p.name for p in (root / "instances").iterdir()) == [
+        f"{2:020d}.dcm",
+        f"{3:020d}.dcm",
+    ]
+    assert list((root / "incoming").iterdir()) == []
+    assert list((root / "dead" / "A").iterdir()) == []
+    assert sorted(p.name for p in (root / "out" / "A").iterdir()) == [f"{3:020d}.dcm"]
