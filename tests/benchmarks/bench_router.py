@@ -9,9 +9,11 @@ dealt out to ``--senders`` DCMTK ``storescu`` processes started together (one as
 each, ``TCP_NODELAY=1``).  The rate is the instances / the time from the first sender's start
 to the last one's exit, i.e. until every instance was acknowledged.
 
-Each round runs, one after the other (interleaved, so that both see the same machine load):
+Each round runs, one after the other (interleaved, so that all see the same machine load):
 
 * ``storescp``: ``python -m asyncdicom storescp --output-dir`` receives the load;
+* ``router, destinations down``: the router receives it while both its destinations are down
+  (the queue fills, nothing is forwarded): the cost of the durable queue alone;
 * ``router``: ``python -m asyncdicom router`` receives the same load and forwards it to two
   destinations: DCMTK ``storescp`` (up from the start) and ``python -m asyncdicom storescp``,
   which is started only once half of the instances are queued for it (down for the first
@@ -20,7 +22,7 @@ Each round runs, one after the other (interleaved, so that both see the same mac
   are acknowledged, restarted on the same queue, and the senders send again what they have no
   Success for (DCMTK ``storescu -v`` says which); duplicates at the destinations are counted.
 
-The ratio reported is router rate / storescp rate, best round of each.  Results: a table on
+The ratios reported are router rate / storescp rate, best round of each.  Results: a table on
 stdout and ``bench-results/router.json``.
 """
 
@@ -144,6 +146,28 @@ def round_storescp(work: Path, batches: list[list[Path]], backend: str) -> dict[
     return {"seconds": seconds, "rate": total / seconds}
 
 
+def round_router_ingest(work: Path, batches: list[list[Path]], backend: str) -> dict[str, Any]:
+    """The router receiving the load with both destinations down: what durability costs
+    (the queue fills; nothing is forwarded)."""
+    total = sum(len(b) for b in batches)
+    queue = work / "queue-ingest"
+    shutil.rmtree(queue, ignore_errors=True)
+    proc, port = start_app(
+        ["router", "--port", "0", "--host", "127.0.0.1", "--queue", str(queue),
+         "--forward", f"DOWN1@127.0.0.1:{free_port()}",
+         "--forward", f"DOWN2@127.0.0.1:{free_port()}",
+         "--retry-delay", "600", "--backend", backend],
+        work,
+    )  # fmt: skip
+    try:
+        seconds, acked = send(port, batches)
+    finally:
+        stop(proc)
+    assert len(acked) == total and count(queue / "instances") == total
+    shutil.rmtree(queue)
+    return {"seconds": seconds, "rate": total / seconds}
+
+
 def round_router(work: Path, batches: list[list[Path]], backend: str, kill: bool) -> dict[str, Any]:
     total = sum(len(b) for b in batches)
     files = {str(f) for b in batches for f in b}
@@ -252,18 +276,26 @@ def main() -> None:
         rows: list[dict[str, Any]] = []
         for r in range(options.rounds):
             a = round_storescp(work, batches, options.backend)
+            i = round_router_ingest(work, batches, options.backend)
             b = round_router(work, batches, options.backend, options.kill)
-            rows.append({"round": r + 1, "storescp": a, "router": b})
+            rows.append({"round": r + 1, "storescp": a, "router_ingest": i, "router": b})
             print(
-                f"round {r + 1}: storescp {a['rate']:.0f}/s, router {b['rate']:.0f}/s "
-                f"(ratio {b['rate'] / a['rate']:.2f}); both destinations complete after "
+                f"round {r + 1}: storescp {a['rate']:.0f}/s, router with the destinations down "
+                f"{i['rate']:.0f}/s (ratio {i['rate'] / a['rate']:.2f}), router forwarding "
+                f"{b['rate']:.0f}/s (ratio {b['rate'] / a['rate']:.2f}); both destinations "
+                "complete after "
                 f"{b['drained_after']:.1f} s; duplicates {b['duplicates_dcmtk']}/"
                 f"{b['duplicates_ours']}"
                 + (f"; killed after {b['acknowledged_before_kill']} acks" if options.kill else "")
             )
         best_a = max(row["storescp"]["rate"] for row in rows)
+        best_i = max(row["router_ingest"]["rate"] for row in rows)
         best_b = max(row["router"]["rate"] for row in rows)
-        print(f"best: storescp {best_a:.0f}/s, router {best_b:.0f}/s, ratio {best_b / best_a:.2f}")
+        print(
+            f"best: storescp {best_a:.0f}/s; router, destinations down {best_i:.0f}/s "
+            f"(ratio {best_i / best_a:.2f}); router forwarding {best_b:.0f}/s "
+            f"(ratio {best_b / best_a:.2f})"
+        )
         out = ROOT / "bench-results" / "router.json"
         out.parent.mkdir(exist_ok=True)
         out.write_text(
@@ -272,6 +304,7 @@ def main() -> None:
                     "options": vars(options),
                     "rounds": rows,
                     "best_ratio": best_b / best_a,
+                    "best_ratio_destinations_down": best_i / best_a,
                     "uptime": subprocess.run(["uptime"], capture_output=True, text=True).stdout,
                     "machine": platform.platform(),
                 },
