@@ -207,10 +207,13 @@ async def test_kill_9_in_the_middle_loses_no_acknowledged_instance(
             async with anyio.create_task_group() as tg:
                 for batch in batches:
                     tg.start_soon(_storescu, router.port, batch, acked)
-                # kill while the senders send and the forwarder to storescp forwards
+                # kill while the senders send (60 of 200 committed: the other destination
+                # is down, so each committed instance is still in instances/) and the
+                # forwarder to storescp forwards
+                committed = tmp_path / "q" / "instances"
                 with anyio.fail_after(GUARD):
-                    while len(_uids_at(scp.output_dir)) < 40:  # type: ignore[arg-type]
-                        await anyio.sleep(0.01)  # an external process's folder: polled
+                    while len(list(committed.glob("*.dcm"))) < 60:
+                        await anyio.sleep(0.01)  # another process's folder: polled
                 router.process.kill()
         assert await router.process.wait() == -signal.SIGKILL
         assert 0 < len(acked) < len(files)
