@@ -390,3 +390,29 @@ def test_the_scan_undoes_what_a_kill_left_half_done(tmp_path: Path) -> None:
     assert list((root / "incoming").iterdir()) == []
     assert list((root / "dead" / "A").iterdir()) == []
     assert sorted(p.name for p in (root / "out" / "A").iterdir()) == [f"{3:020d}.dcm"]
+
+
+async def test_out_of_resources_is_retried_in_order_not_dead_lettered(tmp_path: Path) -> None:
+    """0xA7xx (out of resources) is transient: the instance is sent again after the wait, on a
+    new association, before the ones behind it; nothing goes to the dead-letter folder."""
+    data = instances(4)
+    busy = str(data[1].SOPInstanceUID)
+    refusals = {busy: 2}
+
+    def status_for(uid: str) -> int:
+        if refusals.get(uid, 0) > 0:
+            refusals[uid] -= 1
+            return 0xA700
+        return 0x0000
+
+    sink = Sink(status_for)
+    async with sink.serving() as dest:
+        async with router(tmp_path / "q", RuleSet((dest,)), retry_max=3) as (r, port):
+            assert await send(port, data) == [0] * 4
+            await sink.wait_for(lambda got: len(got) >= 4)
+            state = r.status()["destinations"][0]
+    assert sink.received == [str(ds.SOPInstanceUID) for ds in data]
+    assert refusals[busy] == 0
+    assert state["dead_letters"] == 0 and "0xA700" in state["last_error"]
+    assert not (tmp_path / "q" / "dead" / dest.key).exists()
+    assert queue_files(tmp_path / "q") == []
