@@ -416,3 +416,26 @@ async def test_out_of_resources_is_retried_in_order_not_dead_lettered(tmp_path: 
     assert state["dead_letters"] == 0 and "0xA700" in state["last_error"]
     assert not (tmp_path / "q" / "dead" / dest.key).exists()
     assert queue_files(tmp_path / "q") == []
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom's remarks on the damaged file
+async def test_a_queued_file_damaged_on_disk_is_a_dead_letter_the_rest_goes_on(
+    tmp_path: Path,
+) -> None:
+    port = unused_port()
+    dest = Destination("SINK", "127.0.0.1", port)
+    queue = tmp_path / "q"
+    data = instances(3)
+    async with router(queue, RuleSet((dest,)), retry_delay=30.0) as (_r, rport):
+        assert await send(rport, data) == [0] * 3
+    damaged = sorted((queue / "out" / dest.key).glob("*.dcm"))[1]
+    damaged.write_bytes(b"not DICOM at all")  # a hard link: the instance is damaged too
+    sink = Sink()
+    async with sink.serving(port), router(queue, RuleSet((dest,))) as (r, _port):
+        await sink.wait_for(lambda got: len(got) >= 2)
+        with anyio.fail_after(GUARD):
+            await r.wait_idle()
+    assert sink.received == [str(data[0].SOPInstanceUID), str(data[2].SOPInstanceUID)]
+    (reason,) = (queue / "dead" / dest.key).glob("*.json")
+    assert "not a readable DICOM file" in json.loads(reason.read_text())["reason"]
+    assert queue_files(queue) == []

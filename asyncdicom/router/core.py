@@ -243,6 +243,15 @@ class Forwarder:
             if not assoc.is_established:
                 raise _Transient("the association ended while a file was read") from exc
             return False
+        except Exception as exc:
+            # anything else the file makes the sending code raise: that one instance is
+            # given up (logged with its traceback), not the router, which would meet it again
+            # at the head of the queue after every restart
+            self.log.error("forward_error", seq=item.seq, exc_info=exc)
+            self._dead_letter(item, f"the queued file cannot be sent: {type(exc).__name__}: {exc}")
+            if not assoc.is_established:
+                raise _Transient("the association ended while a file was sent") from exc
+            return False
         status = response.status
         kind = category(status)
         if kind in (StatusCategory.SUCCESS, StatusCategory.WARNING):
@@ -318,9 +327,10 @@ class Router:
     ``max_pdu_length`` are those of the AE (both roles); ``ae_options`` are more
     :class:`~asyncdicom.AEConfig` fields (access control, TLS of the server side).
 
-    Raises (on entering):
-        QueueBusy: another router holds ``queue_dir``.
-        OSError: the folder cannot be created or read.
+    Raises:
+        ValueError: ``retry_max`` is below 1.
+        QueueBusy: (on entering) another router holds ``queue_dir``.
+        OSError: (on entering) the folder cannot be created or read.
     """
 
     def __init__(

@@ -332,14 +332,22 @@ class DiskQueue:
 
     def delivered(self, key: str, seq: int) -> None:
         """The destination ``key`` has ``seq``: remove its link (and the instance when no
-        destination needs it any more)."""
+        destination needs it any more).
+
+        Raises:
+            OSError: the link or the instance cannot be removed.
+        """
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.out(key) / _name(seq))
         self._release(seq)
 
     def dead_letter(self, key: str, item: Pending, letter: DeadLetter) -> Path:
         """Move ``item``'s link for ``key`` to ``dead/<key>/`` with its reason file (written
-        and fsynced first); return the dead letter's path."""
+        and fsynced first); return the dead letter's path.
+
+        Raises:
+            OSError: the reason file cannot be written or the link cannot be moved.
+        """
         folder = self.dead(key)
         folder.mkdir(parents=True, exist_ok=True)
         reason = folder / f"{item.seq:0{_SEQ_DIGITS}d}{_REASON_SUFFIX}"
