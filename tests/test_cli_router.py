@@ -215,7 +215,9 @@ async def test_kill_9_in_the_middle_loses_no_acknowledged_instance(
                     while len(list(committed.glob("*.dcm"))) < 60:
                         await anyio.sleep(0.01)  # another process's folder: polled
                 router.process.kill()
-        assert await router.process.wait() == -signal.SIGKILL
+        # -SIGKILL; asyncio's child watcher may report 255 when another test's process
+        # handling in this worker process collected the status first
+        assert await router.process.wait() in (-signal.SIGKILL, 255)
         assert 0 < len(acked) < len(files)
         first_run = set(acked)
         async with router_process(tmp_path, anyio_backend, *options) as router:
