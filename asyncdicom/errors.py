@@ -57,7 +57,9 @@ The tree::
     ├── UsersFileError (ValueError)           a users file cannot be read or parsed
     ├── AuditLogError (OSError)               the audit log cannot be appended to
     ├── WorkerFailed (RuntimeError)           a load-test worker process could not run
-    └── WorkerDied (RuntimeError)             a server worker process ended unasked
+    ├── WorkerDied (RuntimeError)             a server worker process ended unasked
+    ├── RulesError (ValueError)               a router's destination or rules file is wrong
+    └── QueueBusy                             another router holds the queue folder
 """
 
 from __future__ import annotations
@@ -115,7 +117,9 @@ __all__ = [
     "ProtocolError",
     "QueryError",
     "QueryFailed",
+    "QueueBusy",
     "RetrieveFailed",
+    "RulesError",
     "SchemaVersionError",
     "SlowPath",
     "StorageError",
@@ -448,3 +452,15 @@ class WorkerFailed(DICOMError, RuntimeError):
 class WorkerDied(DICOMError, RuntimeError):
     """A worker process of a multi-process server could not start, or ended without being
     asked to (the server then stops); see :func:`asyncdicom.workers.serve_workers`."""
+
+
+# --------------------------------------------------------------------------- the router
+
+
+class RulesError(DICOMError, ValueError):
+    """A router destination (``AET@HOST:PORT``) or rules file that cannot be used; the
+    message names the line (see :mod:`asyncdicom.router.rules`)."""
+
+
+class QueueBusy(DICOMError):
+    """Another router process holds the queue folder (see :mod:`asyncdicom.router.queue`)."""

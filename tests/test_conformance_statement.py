@@ -274,6 +274,14 @@ def test_storescp_accepts_what_its_table_says(served: list[AcceptorConfig], tmp_
     ]
 
 
+def test_router_accepts_what_its_table_says(served: list[AcceptorConfig], tmp_path: Path) -> None:
+    queue = str(tmp_path / "q")
+    _run_app(["router", "--port", "0", "--queue", queue, "--forward", "PACS@127.0.0.1:1"])
+    (config,) = served
+    _check_accepted("accepted router", config)
+    assert config.supported_context(uids.STUDY_ROOT_QR_FIND) is None
+
+
 def test_qrscp_accepts_what_its_table_says(served: list[AcceptorConfig], tmp_path: Path) -> None:
     (tmp_path / "wl").mkdir()
     argv = ["qrscp", "--port", "0", "--storage", str(tmp_path / "st")]

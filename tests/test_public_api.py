@@ -48,7 +48,7 @@ EXPECTED_ALL: dict[str, set[str]] = {
         # SCP side, configuration, tools
         "QueryError", "IdentifierMismatch", "UnableToProcess", "ModelNotSupported",
         "IndexDatabaseError", "SchemaVersionError", "SlowPath", "UsersFileError", "AuditLogError",
-        "WorkerFailed", "WorkerDied",
+        "WorkerFailed", "WorkerDied", "RulesError", "QueueBusy",
     },
     "asyncdicom.lowlevel": {
         "BaseAssociation", "DatasetSource", "Dispatcher", "IncomingRequest", "Owner",

@@ -16,6 +16,7 @@ APPS: dict[str, str] = {
     "getscu": "retrieve instances with C-GET",
     "movescu": "have instances sent to an AE with C-MOVE",
     "qrscp": "a small archive: C-STORE, C-FIND, C-GET, C-MOVE, storage commitment",
+    "router": "receive with C-STORE into a durable queue and forward by rules",
     "stgcmtscu": "ask a peer to commit to storing instances (storage commitment)",
     "bench": "load-test a DICOM node (latency percentiles, rates)",
     "users": "manage a users file (user identity for storescp/qrscp --users)",

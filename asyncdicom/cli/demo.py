@@ -289,6 +289,7 @@ async def run(args: argparse.Namespace) -> int:
             for row, good in (
                 await _get(server.port, wanted, storage, Path(tmp) / "got", len(written)),
                 await _move(scp, server.port, wanted, len(written)),
+                await _route(stored, Path(tmp) / "router-queue"),
             ):
                 table.add_row(*row)
                 ok_all &= good
@@ -468,3 +469,46 @@ async def _move(scp: AE, port: int, study_uids: list[str], expected: int) -> _Ro
         good = retrieval.status == 0 and len(arrived) == expected
     ms = f"{(time.perf_counter() - t0) * 1000:.1f}"
     return ("C-MOVE", what, "Study Root MOVE", "-", "-", outcome, ms), good
+
+
+async def _route(stored: list[_Sample], queue: Path) -> _Row:
+    """The stored samples through DEMO-ROUTER (``asyncdicom router``'s :class:`Router`, its
+    queue in ``queue``) to DEMO-DEST: the table row, and whether every one arrived."""
+    from ..router.core import Router
+    from ..router.rules import Destination, RuleSet
+
+    arrived: list[str] = []
+    dest = AE("DEMO-DEST", accept_any_storage=True)
+
+    @dest.on_store
+    async def on_store(request: Any) -> int:
+        await request.discard()
+        arrived.append(request.message.affected_sop_instance_uid)
+        return 0x0000
+
+    sources = [s.source for s in stored if s.source is not None]
+    t0 = time.perf_counter()
+    try:
+        async with dest.server("127.0.0.1", 0) as dest_server:
+            target = Destination("DEMO-DEST", "127.0.0.1", dest_server.port)
+            async with (
+                Router("DEMO-ROUTER", queue, RuleSet((target,))) as router,
+                router.ae.server("127.0.0.1", 0) as router_server,
+            ):
+                async with AE("DEMO-SCU").associate(
+                    "127.0.0.1",
+                    router_server.port,
+                    called_aet="DEMO-ROUTER",
+                    contexts=contexts_for_files(sources),
+                ) as assoc:
+                    statuses = [(await assoc.store(source)).status for source in sources]
+                await router.wait_idle()
+    except (DICOMError, OSError) as exc:
+        outcome, good = f"failed: {exc}", False
+    else:
+        acked = sum(1 for status in statuses if status == 0)
+        outcome = f"{acked} queued; DEMO-DEST received {len(arrived)}"
+        good = acked == len(sources) == len(arrived)
+    ms = f"{(time.perf_counter() - t0) * 1000:.1f}"
+    what = f"{len(sources)} files via DEMO-ROUTER to DEMO-DEST"
+    return ("ROUTE", what, "Storage (store and forward)", "-", "-", outcome, ms), good

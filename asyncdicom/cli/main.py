@@ -1,7 +1,7 @@
 """The ``asyncdicom`` command: DICOM networking apps.
 
-The apps: echoscu, storescu, storescp, findscu, getscu, movescu, qrscp, stgcmtscu, bench, users
-and demo.
+The apps: echoscu, storescu, storescp, findscu, getscu, movescu, qrscp, router, stgcmtscu, bench,
+users and demo.
 
 Exit status: 0 only on full success, 1 when an operation failed (rejected, aborted, a status
 other than success/warning), 2 for usage errors, 130 after Ctrl-C.  Errors are one clear line
