@@ -25,7 +25,8 @@ from asyncdicom import errors
 EXPECTED_ALL: dict[str, set[str]] = {
     "asyncdicom": {
         "AE", "AEConfig", "Association", "ContextRequest", "DIMSEResponse", "FindResults",
-        "HandlerRegistry", "HookEvent", "IdentityDecision", "Operation", "Priority",
+        "HandlerRegistry", "HookEvent", "IdentityDecision", "Inbox", "IncomingInstance",
+        "Notification", "Notifications", "Operation", "Priority",
         "QueryFailed", "Retrieval", "RetrieveFailed", "Server", "Service", "ServiceRequest",
         "Status", "StatusCategory", "SupportedContext", "Timeouts",
         "TooManyPresentationContexts", "__version__", "contexts_for_files", "presets", "uids",
