@@ -251,8 +251,11 @@ async def test_the_final_response_can_overtake_the_last_instance() -> None:
     assert instances.status == 0x0000 and instances.arrived == instances.expected == 5
 
 
-@pytest.mark.parametrize("level", ["STUDY", "IMAGE"])
+@pytest.mark.parametrize("level", ["STUDY", "IMAGE", "STUDY, the SCP named as originator"])
 async def test_instances_without_move_originator(level: str) -> None:
+    """Matched by the association the move SCP opened (and the UIDs asked for, at IMAGE
+    level); a Move Originator naming the SCP itself (pynetdicom's qrscp) counts as none, one
+    naming a third AE is that AE's."""
     me = _receiver()
     others: list[tuple[str, str]] = []
 
@@ -279,8 +282,14 @@ async def test_instances_without_move_originator(level: str) -> None:
         async with scp.sub_association(port, calling="OTHER") as other:
             assert (await other.store(datasets[0])).status == 0x0000
         async with scp.sub_association(port) as sub:
+            # the move of a third AE, from the same SCP: not ours
+            third = {"move_originator_aet": "THIRD", "move_originator_message_id": 7}
+            assert (await sub.store(datasets[1], **third)).status == 0x0000
+            named = {}
+            if level.endswith("originator"):
+                named = {"move_originator_aet": MOVE_SCP, "move_originator_message_id": 99}
             for ds in datasets:
-                assert (await sub.store(ds)).status == 0x0000
+                assert (await sub.store(ds, **named)).status == 0x0000
             if level == "IMAGE":
                 assert (await sub.store(stranger)).status == 0x0000
         scp.finish(completed=len(datasets))
@@ -297,9 +306,16 @@ async def test_instances_without_move_originator(level: str) -> None:
                 async with assoc.retrieve(query) as instances:
                     got = [i async for i in instances]
     assert [i.sop_instance_uid for i in got] == [ds.SOPInstanceUID for ds in datasets]
-    assert {(i.move_originator_aet, i.move_originator_message_id) for i in got} == {(None, None)}
+    originators = {(i.move_originator_aet, i.move_originator_message_id) for i in got}
+    if level.endswith("originator"):
+        assert originators == {(MOVE_SCP, 99)}
+    else:
+        assert originators == {(None, None)}
     assert {i.calling_ae_title for i in got} == {MOVE_SCP}
-    expected_others = [("OTHER", datasets[0].SOPInstanceUID)]
+    expected_others = [
+        ("OTHER", datasets[0].SOPInstanceUID),
+        (MOVE_SCP, datasets[1].SOPInstanceUID),
+    ]
     if level == "IMAGE":
         expected_others.append((MOVE_SCP, stranger.SOPInstanceUID))
     assert others == expected_others

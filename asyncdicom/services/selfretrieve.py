@@ -16,12 +16,13 @@ With ``via="move"`` (the default) the instances travel on associations the move 
 us.  Each incoming C-STORE is matched to the retrieve that asked for it (PS3.7 9.1.4, 9.3.1.1):
 
 * by its Move Originator Application Entity Title and Move Originator Message ID, which equal
-  our calling AE title and our C-MOVE-RQ's Message ID (a :class:`~asyncdicom.correlation.
-  Correlator` subscription keyed by them);
-* or, for a C-STORE that carries neither (some SCPs do not send them), by the association it
-  arrives on -- one the move SCP (calling AE title = the AE title we called, or ``peer_aet``)
-  opened while our C-MOVE was in progress -- and, when the request named its SOP Instance UIDs
-  (IMAGE level), by the instance's being one of them.
+  our calling AE title and our C-MOVE-RQ's Message ID (a subscription of a
+  :class:`~asyncdicom.correlation.Correlator` keyed by them);
+* or, for a C-STORE that carries neither (some SCPs do not send them) or names the SCP itself
+  as the originator (pynetdicom's qrscp does), by the association it arrives on -- one the
+  move SCP (calling AE title = the AE title we called, or ``peer_aet``) opened while our
+  C-MOVE was in progress -- and, when the request named its SOP Instance UIDs (IMAGE level),
+  by the instance's being one of them.
 
 A C-STORE that matches no retrieve goes to the AE's own C-STORE handler, as if nothing were
 intercepting.  With ``via="get"`` the instances come as C-STOREs on the association itself.
@@ -349,8 +350,8 @@ class RetrievedInstances:
         """The C-STORE handler of this retrieve: save or read the instance, hand it to the
         consumer (waiting while :attr:`buffer` are queued), answer the sub-operation."""
         message: messages.CStoreRQ = request.message
-        if self._subscription.closed:
-            return _REFUSED
+        if self._subscription.closed and self._store is None:
+            return _REFUSED  # left: nobody will take it (a saved one is answered Success)
         file: StoredFile | None = None
         data: bytes | None = None
         if self._store is not None:
@@ -450,10 +451,15 @@ class _Inbound:
         message_id = message.move_originator_message_id
         if originator and message_id is not None:
             key = ("C-MOVE", originator, message_id)
-            if self.correlator.subscription(key) is None:
+            if self.correlator.subscription(key) is not None:
+                move = self.moves.get(key)
+                if move is not None:
+                    return move.instances
+            # Some SCPs (pynetdicom's qrscp 2.x) name themselves as the Move Originator: such
+            # a C-STORE is matched as one without the fields.  One naming a third AE is that
+            # AE's move, not ours.
+            if originator != association.calling_ae_title.strip(" "):
                 return None
-            move = self.moves.get(key)
-            return None if move is None else move.instances
         for bound in self.bound.get(association, ()):
             move = self.moves.get(bound)
             if move is not None and move.instances.wants(message.affected_sop_instance_uid):
