@@ -27,7 +27,7 @@ from pydicom.dataset import Dataset
 from asyncdicom import AE, HookEvent, presets
 from asyncdicom.archive import Archive, qrscp_config
 from asyncdicom.correlation import Correlator
-from asyncdicom.errors import RetrieveIncomplete
+from asyncdicom.errors import RetrieveFailed, RetrieveIncomplete
 from asyncdicom.protocol import messages
 from asyncdicom.services import QR_MOVE_SERVICE, make_response
 from asyncdicom.services.selfretrieve import RetrievedInstance, RetrievedInstances
@@ -394,3 +394,20 @@ async def test_subscription_backpressure_and_close() -> None:
             assert subscription.close() == [5, 6]
         assert blocked_result == [True, False]  # released, not taken
     assert correlator.subscription("k") is None
+
+
+async def test_a_move_the_scp_refuses_raises_retrieve_failed(tmp_path: Path) -> None:
+    me = _receiver()
+    with anyio.fail_after(GUARD):
+        async with _archive(tmp_path, 2) as (_qr, port, _files, study), me.server():
+            # the SCP does not know ME as a move destination: 0xA801
+            async with me.associate(
+                "127.0.0.1", port, called_aet="QRSCP", contexts=_contexts("move")
+            ) as assoc:
+                with pytest.raises(RetrieveFailed) as info:
+                    async with assoc.retrieve(_study_query(study)) as instances:
+                        async for _ in instances:
+                            pass
+                assert (await assoc.echo()).status == 0x0000
+    assert info.value.response.status == 0xA801
+    assert instances.arrived == 0 and instances.status == 0xA801
