@@ -162,11 +162,22 @@ class ScriptedMoveSCP:
         self._finish = anyio.Event()
         self._completed = 0
 
+        #: set when a C-CANCEL-RQ arrives
+        self.cancelled = anyio.Event()
+
+        def on_message(event: Any, association: Any, message: Any) -> None:
+            if isinstance(message, messages.CCancelRQ):
+                self.cancelled.set()
+
+        self.ae.hooks.add(HookEvent.DIMSE_RECEIVED, on_message)
+
         @self.ae.on("C-MOVE")
         async def move(request: Any) -> AsyncIterator[Any]:
             self.request = request
             self.started.set()
-            await self._finish.wait()
+            # a C-CANCEL-RQ does not end it: the test says when the final response goes
+            with anyio.CancelScope(shield=True):
+                await self._finish.wait()
             yield make_response(
                 request.message,
                 0x0000,
@@ -411,3 +422,56 @@ async def test_a_move_the_scp_refuses_raises_retrieve_failed(tmp_path: Path) -> 
                 assert (await assoc.echo()).status == 0x0000
     assert info.value.response.status == 0xA801
     assert instances.arrived == 0 and instances.status == 0xA801
+
+
+@pytest.mark.parametrize("saved", [False, True])
+async def test_instances_after_leaving_are_refused_unless_saved(
+    tmp_path: Path, saved: bool
+) -> None:
+    me = _receiver()
+    handled: list[str] = []
+
+    @me.on_store
+    async def on_store(request: Any) -> int:
+        handled.append(request.message.affected_sop_instance_uid)
+        await request.discard()
+        return 0x0000
+
+    scp = ScriptedMoveSCP()
+    datasets = _instances(3, STUDY)
+    statuses: list[int] = []
+
+    async def sub_operations(port: int) -> None:
+        await scp.started.wait()
+        originator = {"move_originator_aet": ME, "move_originator_message_id": scp.message_id}
+        async with scp.sub_association(port) as sub:
+            assert (await sub.store(datasets[0], **originator)).status == 0x0000
+            await scp.cancelled.wait()  # the consumer left: C-CANCEL-RQ came
+            for ds in datasets[1:]:
+                statuses.append((await sub.store(ds, **originator)).status)
+        scp.finish(completed=1)
+
+    folder = tmp_path / "saved" if saved else None
+    with anyio.fail_after(GUARD):
+        async with me.server() as srv, scp.ae.server() as scp_srv:
+            async with (
+                me.associate(
+                    "127.0.0.1", scp_srv.port, called_aet=MOVE_SCP, contexts=_contexts("move")
+                ) as assoc,
+                anyio.create_task_group() as tg,
+            ):
+                tg.start_soon(sub_operations, srv.port)
+                async with assoc.retrieve(_study_query(STUDY), store=folder) as instances:
+                    async for _ in instances:
+                        break
+                assert (await assoc.echo()).status == 0x0000
+    assert instances.cancel_sent and instances.arrived == 1
+    assert handled == []  # neither went to the AE's own handler
+    if saved:
+        assert statuses == [0x0000, 0x0000]
+        assert folder is not None
+        assert sorted(p.stem for p in folder.iterdir()) == sorted(
+            ds.SOPInstanceUID for ds in datasets
+        )
+    else:
+        assert statuses == [0xA700, 0xA700]

@@ -39,8 +39,9 @@ Backpressure: at most ``buffer`` instances wait for the consumer; beyond, the C-
 responses wait (within the peer's DIMSE timeout), so a slow consumer slows the SCP down
 rather than filling memory.  Leaving the block early (``break``, an exception) sends
 C-CANCEL-RQ and reads the final response: the association stays usable.  C-STOREs that still
-come for a retrieve that was left are refused (0xA700) unless ``store`` saved them first (then
-they are answered Success and stay in the folder).
+come for a retrieve that was left, before its final response, are refused (0xA700) unless
+``store`` saved them first (then they are answered Success and stay in the folder); after the
+final response they are any C-STORE (the AE's handler).
 """
 
 from __future__ import annotations
@@ -450,11 +451,11 @@ class _Inbound:
         originator = (message.move_originator_aet or "").strip(" ")
         message_id = message.move_originator_message_id
         if originator and message_id is not None:
-            key = ("C-MOVE", originator, message_id)
-            if self.correlator.subscription(key) is not None:
-                move = self.moves.get(key)
-                if move is not None:
-                    return move.instances
+            # the move's subscription, also once the consumer left (until the final
+            # response): its late C-STOREs are answered by it, not by the AE's handler
+            move = self.moves.get(("C-MOVE", originator, message_id))
+            if move is not None:
+                return move.instances
             # Some SCPs (pynetdicom's qrscp 2.x) name themselves as the Move Originator: such
             # a C-STORE is matched as one without the fields.  One naming a third AE is that
             # AE's move, not ours.
