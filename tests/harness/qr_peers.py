@@ -6,8 +6,9 @@ moving to the destinations given (AE title -> (host, port)).
   group, stopped as a group; DCMTK 3.6.7's ``--single-process`` exits after a C-STORE
   association), a configuration file written here (one storage area, any peer, the
   destinations in its HostTable) and ``TCP_NODELAY=1``.
-* pynetdicom's ``qrscp`` (``python -m pynetdicom qrscp``) runs with an ini file written here
-  (the destinations as sections); it keeps its index with SQLAlchemy
+* pynetdicom's ``qrscp`` runs with an ini file written here (the destinations as sections),
+  through ``pynetdicom_qrscp.py``, which closes a threading race of pynetdicom 2.x that loses
+  a fast C-STORE-RSP (see there); it keeps its index with SQLAlchemy
   (``requires_peer("pynetdicom-qrscp")``).
 
 Both listen on a port chosen with :func:`~harness.peers.free_port` (a lost race is retried).
@@ -151,4 +152,5 @@ class PynetdicomQRSCP(_QRPeer):
         for title, (host, dest_port) in self.destinations.items():
             lines += [f"[{title}]", f"address: {host}", f"port: {dest_port}"]
         config.write_text("\n".join([*lines, ""]))
-        return [sys.executable, "-m", "pynetdicom", "qrscp", "-v", "-c", os.fspath(config)], None
+        launcher = Path(__file__).with_name("pynetdicom_qrscp.py")
+        return [sys.executable, os.fspath(launcher), "-v", "-c", os.fspath(config)], None
