@@ -13,19 +13,34 @@ exchange wait for the result whichever association delivers it::
     # in the N-EVENT-REPORT handler, on association B:
     correlator.deliver(transaction_uid, result)
 
-One correlator per process is usually enough (:data:`registry`); keys are any hashable values,
-so a tuple such as ``("storage-commitment", uid)`` keeps kinds apart.
+An exchange that delivers many values under one key (the instances of a C-MOVE, matched by Move
+Originator AE Title and Message ID, PS3.7 9.3.1.1) subscribes instead: :meth:`Correlator.publish`
+hands each value to the :class:`Subscription`, waiting while its bounded buffer is full, so a
+slow consumer slows the deliverers down rather than filling memory::
+
+    with correlator.subscribe(("C-MOVE", "MYAE", message_id), capacity=16) as subscription:
+        ...                                          # C-MOVE-RQ on association A
+        value = await subscription.get()             # published from association B
+
+    # in the C-STORE handler, on association B:
+    await correlator.publish(("C-MOVE", originator_aet, originator_id), instance)
+
+Who uses it: Storage Commitment (:attr:`asyncdicom.AE.commitments`, one value per Transaction
+UID) and retrieving to ourselves (:meth:`asyncdicom.Association.retrieve`, a subscription per
+C-MOVE or C-GET).  One correlator per process is usually enough (:data:`registry`); keys are
+any hashable values, so a tuple such as ``("storage-commitment", uid)`` keeps kinds apart.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Awaitable, Callable, Hashable, Iterator
 from contextlib import contextmanager
 from typing import Any, Generic, TypeVar
 
 import anyio
 
-__all__ = ["Correlator", "Pending", "registry"]
+__all__ = ["Correlator", "Pending", "Subscription", "registry"]
 
 V = TypeVar("V")
 
@@ -58,6 +73,82 @@ class Pending(Generic[V]):
         return self._value
 
 
+class Subscription(Generic[V]):
+    """The values published under one key, in order, with a bounded buffer (see
+    :meth:`Correlator.subscribe`).  A publisher waits while ``capacity`` values are buffered;
+    once :meth:`close` is called, publishing fails and waiting publishers are released."""
+
+    __slots__ = ("_changed", "_items", "capacity", "closed", "key")
+
+    def __init__(self, key: Hashable, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError(f"capacity must be at least 1, not {capacity}")
+        self.key = key
+        self.capacity = capacity
+        #: no more values are taken
+        self.closed = False
+        self._items: deque[V] = deque()
+        self._changed = anyio.Event()
+
+    def __len__(self) -> int:
+        """How many values are buffered."""
+        return len(self._items)
+
+    def notify(self) -> None:
+        """Wake whoever waits in :meth:`changed` (publishers, the consumer)."""
+        event, self._changed = self._changed, anyio.Event()
+        event.set()
+
+    async def changed(self) -> None:
+        """Return at the next change: a value published or taken, :meth:`close`, or a
+        :meth:`notify` from elsewhere (a consumer waiting for values *and* something else
+        has that something notify)."""
+        await self._changed.wait()
+
+    async def put(self, value: V) -> bool:
+        """Buffer ``value``, waiting for room; False (value not taken) once closed."""
+        while len(self._items) >= self.capacity and not self.closed:
+            await self.changed()
+        if self.closed:
+            return False
+        self._items.append(value)
+        self.notify()
+        return True
+
+    def get_nowait(self) -> V:
+        """The oldest buffered value.
+
+        Raises:
+            anyio.WouldBlock: nothing is buffered.
+        """
+        if not self._items:
+            raise anyio.WouldBlock
+        value = self._items.popleft()
+        self.notify()
+        return value
+
+    async def get(self) -> V:
+        """The oldest value, waiting for one.
+
+        Raises:
+            anyio.ClosedResourceError: closed with nothing buffered.
+        """
+        while True:
+            if self._items:
+                return self.get_nowait()
+            if self.closed:
+                raise anyio.ClosedResourceError
+            await self.changed()
+
+    def close(self) -> list[V]:
+        """Take no more values; returns (and drops) those still buffered."""
+        self.closed = True
+        left = list(self._items)
+        self._items.clear()
+        self.notify()
+        return left
+
+
 class Correlator(Generic[V]):
     """Hands values delivered under a key to the task that expects that key.
 
@@ -69,6 +160,7 @@ class Correlator(Generic[V]):
         self._waiting: dict[Hashable, Pending[V]] = {}
         self._early: dict[Hashable, V] = {}
         self._max_early = max_early
+        self._subscriptions: dict[Hashable, Subscription[V]] = {}
         #: offers a value no one here expects to other processes serving the same port (set
         #: by :mod:`asyncdicom.workers`): ``await elsewhere(key, value)`` -> True if taken
         self.elsewhere: Callable[[Hashable, V], Awaitable[bool]] | None = None
@@ -111,6 +203,38 @@ class Correlator(Generic[V]):
         if self.elsewhere is None:
             return False
         return await self.elsewhere(key, value)
+
+    @contextmanager
+    def subscribe(self, key: Hashable, *, capacity: int = 16) -> Iterator[Subscription[V]]:
+        """Take every value published (:meth:`publish`) under ``key`` for the duration of the block
+        (at most ``capacity`` buffered: publishers wait beyond); closed when the block ends.
+
+        Raises:
+            KeyError: someone already subscribes to ``key``.
+        """
+        if key in self._subscriptions:
+            raise KeyError(f"{key!r} is already subscribed to")
+        subscription: Subscription[V] = Subscription(key, capacity)
+        self._subscriptions[key] = subscription
+        try:
+            yield subscription
+        finally:
+            subscription.close()
+            if self._subscriptions.get(key) is subscription:
+                del self._subscriptions[key]
+
+    def subscription(self, key: Hashable) -> Subscription[V] | None:
+        """The open subscription to ``key``, if any."""
+        subscription = self._subscriptions.get(key)
+        return None if subscription is None or subscription.closed else subscription
+
+    async def publish(self, key: Hashable, value: V) -> bool:
+        """Hand ``value`` to the subscription to ``key``, waiting while its buffer is full;
+        True if it was taken (False: nobody subscribes, or the subscription closed)."""
+        subscription = self.subscription(key)
+        if subscription is None:
+            return False
+        return await subscription.put(value)
 
     def expected(self) -> frozenset[Hashable]:
         """Keys currently awaited."""

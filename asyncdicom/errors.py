@@ -45,6 +45,7 @@ The tree::
     │   └── UIDPatchError (ValueError)
     ├── QueryFailed                           the SCP ended our C-FIND with a failure
     ├── RetrieveFailed                        ... our C-GET or C-MOVE
+    ├── RetrieveIncomplete (TimeoutError)     instances of a retrieve to ourselves never came
     ├── CommitmentRefused                     ... our Storage Commitment N-ACTION
     ├── CommitmentTimeout (TimeoutError)      no commitment report in time
     ├── QueryError (ValueError)               an identifier an SCP cannot answer
@@ -119,6 +120,7 @@ __all__ = [
     "QueryFailed",
     "QueueBusy",
     "RetrieveFailed",
+    "RetrieveIncomplete",
     "RulesError",
     "SchemaVersionError",
     "SlowPath",
@@ -353,6 +355,26 @@ class RetrieveFailed(DICOMError):
         super().__init__(f"{name} failed: {response}")
         self.response = response
         self.failed_instances = failed_instances
+
+
+class RetrieveIncomplete(DICOMError, TimeoutError):
+    """A retrieve to ourselves (:meth:`asyncdicom.Association.retrieve`) got its final
+    response, but fewer instances arrived than its sub-operations completed, and the rest did
+    not come within the wait.  ``expected`` is the number of completed (and warning)
+    sub-operations, ``arrived`` how many instances came, ``missing`` the SOP Instance UIDs
+    asked for that never came (when the request named them; else empty)."""
+
+    def __init__(
+        self, operation: str, expected: int, arrived: int, timeout: float, missing: list[str]
+    ) -> None:
+        detail = f" (missing: {', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''})"
+        super().__init__(
+            f"{operation}: the SCP completed {expected} sub-operations but {arrived} instances "
+            f"arrived within {timeout:g} s of the final response" + (detail if missing else "")
+        )
+        self.expected = expected
+        self.arrived = arrived
+        self.missing = missing
 
 
 class CommitmentTimeout(DICOMError, TimeoutError):

@@ -45,7 +45,8 @@ EXPECTED_ALL: dict[str, set[str]] = {
         "StorageError", "InvalidDicomFile", "InvalidDataset", "EmptyDataSet",
         "DataSetMismatch", "TranscodeError", "UnsupportedTransferSyntax", "UIDPatchError",
         # operations the peer failed
-        "QueryFailed", "RetrieveFailed", "CommitmentRefused", "CommitmentTimeout",
+        "QueryFailed", "RetrieveFailed", "RetrieveIncomplete", "CommitmentRefused",
+        "CommitmentTimeout",
         # SCP side, configuration, tools
         "QueryError", "IdentifierMismatch", "UnableToProcess", "ModelNotSupported",
         "IndexDatabaseError", "SchemaVersionError", "SlowPath", "UsersFileError", "AuditLogError",
@@ -59,6 +60,7 @@ EXPECTED_ALL: dict[str, set[str]] = {
     "asyncdicom.services": {
         "Association", "DEFAULT_SERVICES", "HandlerRegistry", "Service", "ServiceRequest",
         "make_response", "FindResults", "Retrieval", "QueryFailed", "RetrieveFailed",
+        "RetrievedInstance", "RetrievedInstances",
         "CommitmentRefused", "CommitmentResult", "CommitmentSCP", "CommitmentTimeout",
         "MPPSSCP", "MPPS_SERVICE", "MWL_FIND_SERVICE", "QR_FIND_SERVICE", "QR_GET_SERVICE",
         "QR_MOVE_SERVICE", "STORAGE_COMMITMENT_SERVICE", "STORAGE_SERVICE",
@@ -139,7 +141,11 @@ EXPECTED_ALL: dict[str, set[str]] = {
     },
     "asyncdicom.worklist": {"WORKLIST_SUFFIXES", "Worklist"},
     "asyncdicom.archive": {"Archive", "DEFAULT_DB_NAME", "FolderCheck", "qrscp_config"},
-    "asyncdicom.correlation": {"Correlator", "Pending", "registry"},
+    "asyncdicom.correlation": {"Correlator", "Pending", "Subscription", "registry"},
+    "asyncdicom.services.selfretrieve": {
+        "DEFAULT_ARRIVAL_TIMEOUT", "RetrieveIncomplete", "RetrieveToSelfSCU",
+        "RetrievedInstance", "RetrievedInstances",
+    },
     "asyncdicom.workers": {
         "TITLES_PER_WORKER", "WorkerDied", "WorkerGroup", "WorkerInfo", "default_workers",
         "serve_workers", "workers_server",

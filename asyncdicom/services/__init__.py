@@ -45,7 +45,8 @@ from .query_retrieve import (
     QueryRetrieveSCU,
 )
 from .request import ServiceRequest
-from .retrieve import QR_GET_SERVICE, QR_MOVE_SERVICE, Retrieval, RetrieveFailed, RetrieveSCU
+from .retrieve import QR_GET_SERVICE, QR_MOVE_SERVICE, Retrieval, RetrieveFailed
+from .selfretrieve import RetrievedInstance, RetrievedInstances, RetrieveToSelfSCU
 from .storage import STORAGE_SERVICE, StorageSCU
 from .verification import VERIFICATION_SERVICE, VerificationSCU
 
@@ -76,6 +77,8 @@ __all__ = [
     "QueryFailed",
     "Retrieval",
     "RetrieveFailed",
+    "RetrievedInstance",
+    "RetrievedInstances",
     "Service",
     "ServiceRequest",
     "make_response",
@@ -98,12 +101,17 @@ DEFAULT_SERVICES: tuple[Service, ...] = (
 
 
 class Association(
-    VerificationSCU, StorageSCU, QueryRetrieveSCU, RetrieveSCU, CommitmentSCU, AvailabilitySCU
+    VerificationSCU,
+    StorageSCU,
+    QueryRetrieveSCU,
+    RetrieveToSelfSCU,
+    CommitmentSCU,
+    AvailabilitySCU,
 ):
     """An association with every service's SCU helpers (``echo()``, ``store()``, ``find()``,
-    ``get()``, ``move()``, ``commit()``, ``notify_availability()``, the DIMSE-N ``n_get()``
-    ... ``n_event_report()``) and handlers of its own, which take precedence over the AE's
-    for requests arriving on it."""
+    ``get()``, ``move()``, ``retrieve()``, ``commit()``, ``notify_availability()``, the
+    DIMSE-N ``n_get()`` ... ``n_event_report()``) and handlers of its own, which take
+    precedence over the AE's for requests arriving on it."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -63,7 +63,7 @@ from ..errors import DICOMError, NoAcceptedContext, RetrieveFailed
 from ..log import get_logger
 from ..protocol import messages, uids
 from ..protocol.messages import Priority
-from ..protocol.negotiation import ContextRequest
+from ..protocol.negotiation import ContextRequest, PresentationContext
 from ..protocol.status import Status, StatusCategory
 from ..protocol.uids import UNCOMPRESSED_TRANSFER_SYNTAXES
 from .base import HandlerCall, Service, make_response
@@ -640,6 +640,16 @@ class RetrieveSCU(BaseAssociation):
             RetrieveFailed: (from the iteration) the final status is a Failure.
             AssociationError: the association failed meanwhile (aborted, timed out, lost).
         """
+        context, rq, data = self._move_request(identifier, destination, model, priority)
+        async with self.invoke(context, rq, data) as operation:
+            yield Retrieval(operation)
+
+    def _move_request(
+        self, identifier: Dataset | bytes, destination: str, model: str, priority: int
+    ) -> tuple[PresentationContext, messages.CMoveRQ, bytes]:
+        """The context, C-MOVE-RQ (with its Message ID) and encoded identifier of
+        :meth:`move` (a caller that must know the Message ID before the request goes out
+        invokes them itself)."""
         from ..protocol.negotiation import _check_ae_title
 
         _check_ae_title("move destination", destination)
@@ -651,8 +661,7 @@ class RetrieveSCU(BaseAssociation):
             move_destination=destination,
             priority=priority,
         )
-        async with self.invoke(context, rq, data) as operation:
-            yield Retrieval(operation)
+        return context, rq, data
 
     @asynccontextmanager
     async def get(

@@ -159,6 +159,11 @@ REQUIREMENTS: Mapping[str, Requirement] = {
         "pynetdicom not installed (pip install pynetdicom)", _check_module("pynetdicom")
     ),
     "uvloop": Requirement("uvloop not installed (pip install uvloop)", _check_module("uvloop")),
+    # pynetdicom's qrscp application keeps its index with SQLAlchemy
+    "pynetdicom-qrscp": Requirement(
+        "pynetdicom's qrscp cannot run (pip install pynetdicom sqlalchemy)",
+        _check_module("pynetdicom.apps.qrscp.db"),
+    ),
     "odil": Requirement("odil not found (apt-get install odil python3-odil)", _check_odil),
     "tcp-quickack": Requirement(
         "TCP_QUICKACK not available (immediate ACKs need Linux)", _check_quickack
