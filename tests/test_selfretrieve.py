@@ -475,3 +475,44 @@ async def test_instances_after_leaving_are_refused_unless_saved(
         )
     else:
         assert statuses == [0xA700, 0xA700]
+
+
+async def test_an_open_inbox_gets_the_other_stores_and_none_of_the_retrieves(
+    tmp_path: Path,
+) -> None:
+    """An inbox without filters is open on the same AE while it retrieves to itself: the
+    move's instances go to the retrieve (which claims them before any inbox), a C-STORE
+    from another sender during the move goes to the inbox, as does one after it."""
+    me = _receiver()
+    got: list[str] = []
+    inboxed: list[str] = []
+    others = [make_ct_instance(256, patient_id="OTHER", seed=100 + n) for n in range(2)]
+    with anyio.fail_after(GUARD):
+        async with (
+            _archive(tmp_path, 20) as (qr, port, files, study),
+            me.server() as srv,
+            me.inbox(tmp_path / "inbox") as inbox,
+        ):
+            qr.move_destinations[ME] = ("127.0.0.1", srv.port)
+
+            async def other_sender(ds: Dataset) -> None:
+                async with AE("MODALITY").associate(
+                    "127.0.0.1", srv.port, called_aet=ME, contexts=[CT_IMAGE_STORAGE]
+                ) as other:
+                    assert (await other.store(ds)).status == 0x0000
+
+            async with me.associate(
+                "127.0.0.1", port, called_aet="QRSCP", contexts=_contexts("move")
+            ) as assoc:
+                async with assoc.retrieve(_study_query(study)) as instances:
+                    async for instance in instances:
+                        got.append(instance.sop_instance_uid)
+                        if len(got) == 5:  # during the move
+                            await other_sender(others[0])
+            await other_sender(others[1])  # after it
+            async for incoming in inbox:
+                inboxed.append(incoming.sop_instance_uid)
+                if len(inboxed) == len(others):
+                    break
+    assert sorted(got) == sorted(_uids(files))
+    assert inboxed == [str(ds.SOPInstanceUID) for ds in others]

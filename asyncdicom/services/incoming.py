@@ -91,26 +91,31 @@ class Incoming:
     """The incoming-store and notification dispatch point of one AE (see the module
     docstring)."""
 
-    __slots__ = ("_notifications", "_stores", "active")
+    __slots__ = ("_first", "_notifications", "_stores", "active")
 
     def __init__(self) -> None:
         self._stores: list[StoreSubscriber] = []
+        #: subscribers asked before every other (a retrieve awaiting its own instances)
+        self._first: list[StoreSubscriber] = []
         self._notifications: list[NotificationSubscriber] = []
         #: some subscriber is attached (the dispatcher's one test per request)
         self.active = False
 
     def _update(self) -> None:
-        self.active = bool(self._stores or self._notifications)
+        self.active = bool(self._stores or self._first or self._notifications)
 
-    def attach_store(self, subscriber: StoreSubscriber) -> None:
-        """Offer C-STOREs to ``subscriber`` (before those attached earlier)."""
-        self._stores.append(subscriber)
+    def attach_store(self, subscriber: StoreSubscriber, *, first: bool = False) -> None:
+        """Offer C-STOREs to ``subscriber`` (before those attached earlier).  ``first``: before
+        every subscriber attached without it, whenever they attach (a retrieve to ourselves
+        claims only its own instances, which an inbox without filters would claim too)."""
+        (self._first if first else self._stores).append(subscriber)
         self._update()
 
     def detach_store(self, subscriber: StoreSubscriber) -> None:
         """Offer ``subscriber`` nothing more (requests it claimed already go on)."""
-        if subscriber in self._stores:
-            self._stores.remove(subscriber)
+        for attached in (self._first, self._stores):
+            if subscriber in attached:
+                attached.remove(subscriber)
         self._update()
 
     def attach_notifications(self, subscriber: NotificationSubscriber) -> None:
@@ -134,7 +139,9 @@ class Incoming:
         claim it, or ``None`` when none can (the AE's handlers then serve it)."""
         if not isinstance(request.message, messages.CStoreRQ):
             return None
-        candidates = [s for s in reversed(self._stores) if s.claims(request)]
+        candidates = [
+            s for s in (*reversed(self._first), *reversed(self._stores)) if s.claims(request)
+        ]
         if not candidates:
             return None
         if not any(s.needs_study for s in candidates):

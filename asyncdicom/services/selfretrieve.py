@@ -398,9 +398,12 @@ class _Move:
 
 
 class _Inbound:
-    """Per AE: the C-MOVEs to ourselves in progress, and the C-STORE handler that routes
-    incoming instances to them (installed on each association the AE accepts while one is in
-    progress; C-STOREs that are not theirs go to the AE's own handler)."""
+    """Per AE: the C-MOVEs to ourselves in progress, and the subscriber of the AE's incoming
+    C-STOREs (``ae.incoming``, asked before any inbox) that claims their instances; the
+    C-STOREs that are not theirs go on to the inboxes and the AE's own handlers."""
+
+    #: a StoreSubscriber that claims from the command and the association alone
+    needs_study = False
 
     def __init__(self, ae: Any) -> None:
         self._ae = weakref.ref(ae)
@@ -421,30 +424,37 @@ class _Inbound:
         if not self._hooked:
             ae.hooks.add(HookEvent.ASSOCIATION_ACCEPTED, self._accepted)
             self._hooked = True
+        if not self.moves:
+            ae.incoming.attach_store(self, first=True)
         self.moves[key] = move
-        # associations already open may carry its C-STOREs too (by Move Originator)
-        for association in ae.active_associations():
-            if association.role is Role.ACCEPTOR:
-                self._install(association)
         try:
             yield
         finally:
             del self.moves[key]
+            if not self.moves:
+                ae.incoming.detach_store(self)
 
     def _accepted(self, event: HookEvent, association: Any, **data: Any) -> None:
         if association.role is not Role.ACCEPTOR or not self.moves:
             return
-        self._install(association)
         calling = association.calling_ae_title.strip(" ")
         keys = [key for key, move in self.moves.items() if move.peer_aet == calling]
         if keys:
             self.bound[association] = keys
 
-    def _install(self, association: Any) -> None:
-        handlers = getattr(association, "handlers", None)
-        if handlers is None or handlers.get(messages.CStoreRQ) is not None:
-            return  # handlers of its own: left alone
-        handlers.set(messages.CStoreRQ, self._on_store)
+    # -- StoreSubscriber
+
+    def claims(self, request: Any) -> bool:
+        return self.match(request.association, request.message) is not None
+
+    def claims_study(self, study_instance_uid: str | None) -> bool:
+        return True
+
+    async def receive(self, request: Any) -> Any:
+        instances = self.match(request.association, request.message)
+        if instances is None:  # its move ended between the claim and now
+            return await _ae_handler(request)
+        return await instances.receive(request)
 
     def match(self, association: Any, message: messages.CStoreRQ) -> RetrievedInstances | None:
         """The retrieve an incoming C-STORE belongs to, if any."""
@@ -466,12 +476,6 @@ class _Inbound:
             if move is not None and move.instances.wants(message.affected_sop_instance_uid):
                 return move.instances
         return None
-
-    async def _on_store(self, request: Any) -> Any:
-        instances = self.match(request.association, request.message)
-        if instances is None:
-            return await _ae_handler(request)
-        return await instances.receive(request)
 
 
 async def _ae_handler(request: Any) -> Any:
