@@ -279,6 +279,73 @@ async def test_an_scp_embedded_in_an_existing_program(
         assert pydicom.dcmread(done / f"{ds.SOPInstanceUID}.dcm").PatientID == "EMBED"
 
 
+# --------------------------------------------------------------------------- web_retrieve.py
+
+
+async def test_a_web_endpoint_retrieves_a_study_to_itself(
+    tmp_path: Path, anyio_backend: str
+) -> None:
+    """examples/web_retrieve.py: Starlette served by uvicorn (uvloop); its HTTP endpoint
+    retrieves a study from our Q/R SCP to its own AE (C-MOVE to itself) and answers with what
+    arrived. An unknown study gives an empty list."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    from asyncdicom.archive import Archive, qrscp_config
+    from asyncdicom.storage.synthetic import write_ct_files
+
+    files = write_ct_files(tmp_path / "source", 12, 256, patient_id="WEB")
+    qr = AE(config=qrscp_config("QRSCP"))
+
+    def get(url: str) -> tuple[int, Any]:
+        try:
+            with urllib.request.urlopen(url, timeout=GUARD) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    async with Archive(tmp_path / "archive") as archive:
+        archive.install(qr)
+        async with qr.server("127.0.0.1", 0) as server:
+            async with AE("LOADER").associate(
+                "127.0.0.1", server.port, called_aet="QRSCP", contexts=[uids.CT_IMAGE_STORAGE]
+            ) as assoc:
+                for path in files:
+                    assert (await assoc.store(path)).status == 0x0000
+            command = [
+                sys.executable, str(EXAMPLES / "web_retrieve.py"),
+                "--pacs", f"QRSCP@127.0.0.1:{server.port}", "--aet", "WEBAPP",
+                "--dicom-port", "0", "--http-port", "0",
+            ]  # fmt: skip
+            async with await anyio.open_process(command, cwd=tmp_path, env=ENV) as process:
+                assert process.stdout is not None and process.stderr is not None
+                pending = bytearray()
+                try:
+                    ready = await _read_line(process.stdout, pending)
+                    found = re.search(r":(\d+) \(HTTP\) and 127.0.0.1:(\d+) \(DICOM", ready)
+                    assert found, ready
+                    http_port, dicom_port = int(found[1]), int(found[2])
+                    qr.move_destinations["WEBAPP"] = ("127.0.0.1", dicom_port)
+                    study = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+                    base = f"http://127.0.0.1:{http_port}/studies/"
+                    with anyio.fail_after(GUARD):
+                        code, body = await anyio.to_thread.run_sync(get, base + study)
+                        empty_code, empty = await anyio.to_thread.run_sync(get, base + "1.2.3.4")
+                finally:
+                    process.send_signal(signal.SIGINT)
+                    with anyio.fail_after(GUARD):
+                        await process.wait()
+                        stderr = await _read_all(process.stderr)
+    assert "Traceback" not in stderr, stderr
+    assert code == 200, body
+    assert body["status"] == "0x0000" and body["completed"] == len(files)
+    expected = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in files}
+    assert {i["sop_instance_uid"] for i in body["instances"]} == expected
+    assert {i["modality"] for i in body["instances"]} == {"CT"}
+    assert empty_code == 200 and empty["instances"] == [] and empty["completed"] == 0
+
+
 # --------------------------------------------------------------------------- the tutorial
 
 TUTORIAL = Path(__file__).resolve().parents[1] / "docs" / "tutorial.md"
