@@ -351,15 +351,41 @@ _TEXT_CACHE: dict[bytes, str | None] = {}
 _TEXT_CACHE_MAX: Final = 4096
 
 
+def _check_trailing(buf: bytes, offset: int, size: int) -> None:
+    """Elements of other groups after a command set's group 0000 (ignored by
+    :func:`decode_command`) must still be well-formed: each within the buffer, and none of
+    group 0000 among them."""
+    while offset < size:
+        if size - offset < 8:
+            raise DIMSEError(
+                f"command set: {size - offset} trailing byte(s) at offset {offset}, "
+                "too short for an element header"
+            )
+        group, elem, length = _HEADER.unpack_from(buf, offset)
+        if group == 0:
+            raise DIMSEError(
+                f"command set: element (0000,{elem:04X}) at offset {offset} follows elements "
+                "of other groups"
+            )
+        if offset + 8 + length > size:
+            raise DIMSEError(
+                f"command set: element ({group:04X},{elem:04X}) at offset {offset} declares "
+                f"{length} bytes but only {size - offset - 8} remain"
+            )
+        offset += 8 + length
+
+
 def decode_command(data: bytes | bytearray | memoryview) -> Message:
     """Decode a complete command set (PS3.7 6.3.1, Implicit VR Little Endian) into a message.
 
     Unknown and retired group-0000 elements are skipped.  A missing (0000,0000) group length is
-    tolerated; one that disagrees with the actual size is not.  Raises
-    :class:`~asyncdicom.protocol.errors.DIMSEError` for anything malformed: truncated or
-    overrunning elements, elements outside group 0000, duplicated elements, values of the wrong
-    size, an unknown or missing Command Field, a missing Command Data Set Type or a missing
-    mandatory element of the message.
+    tolerated; one that disagrees with the actual size is not, unless it counts group 0000
+    only and well-formed elements of other groups follow (they are not part of a command set
+    and are ignored: Orthanc 1.10 puts a C-GET-RSP's Failed SOP Instance UID List there).
+    Raises :class:`~asyncdicom.protocol.errors.DIMSEError` for anything malformed: truncated or
+    overrunning elements, a first element outside group 0000, duplicated elements, values of
+    the wrong size, an unknown or missing Command Field, a missing Command Data Set Type or a
+    missing mandatory element of the message.
     """
     buf = data if type(data) is bytes else bytes(data)
     size = len(buf)
@@ -367,6 +393,8 @@ def decode_command(data: bytes | bytearray | memoryview) -> Message:
         raise DIMSEError("command set is empty")
     values: dict[str, Any] = {}
     offset = 0
+    command_end = size  # where the group-0000 elements end
+    group_end = -1  # where the group length says they end (-1: no group length)
     unpack_header = _HEADER.unpack_from
     unpack_u16 = _U16.unpack_from
     elements = _ELEMENTS
@@ -381,10 +409,18 @@ def decode_command(data: bytes | bytearray | memoryview) -> Message:
         start = offset + 8
         end = start + length
         if group != 0:
-            raise DIMSEError(
-                f"command set: element ({group:04X},{elem:04X}) at offset {offset} "
-                "is outside group 0000"
-            )
+            if offset == 0:
+                raise DIMSEError(
+                    f"command set: element ({group:04X},{elem:04X}) at offset {offset} "
+                    "is outside group 0000"
+                )
+            # Elements of other groups after the command's (Orthanc 1.10 puts a C-GET-RSP's
+            # (0008,0058) Failed SOP Instance UID List there): not part of the command set
+            # (PS3.7 6.3.1), so ignored, as long as they are well-formed and no group-0000
+            # element follows them
+            _check_trailing(buf, offset, size)
+            command_end = offset
+            break
         if end > size:
             # Also catches the undefined length 0xFFFFFFFF, which a command set cannot use.
             raise DIMSEError(
@@ -400,11 +436,14 @@ def decode_command(data: bytes | bytearray | memoryview) -> Message:
                 if start != 8:
                     raise DIMSEError("command set: (0000,0000) group length is not first")
                 declared = _U32.unpack_from(buf, start)[0]
-                if declared != size - 12:
+                if declared > size - 12:
                     raise DIMSEError(
                         f"command set: group length says {declared} bytes follow, "
                         f"but there are {size - 12}"
                     )
+                # fewer: only if elements of other groups follow group 0000 there (checked
+                # once the loop found where they start)
+                group_end = 12 + declared
             # other elements: retired or unknown group-0000 elements, skipped
             continue
         name, kind = spec
@@ -443,6 +482,13 @@ def decode_command(data: bytes | bytearray | memoryview) -> Message:
             value = tuple((g << 16) | e for g, e in _TAG_PAIR.iter_unpack(buf[start:end]))
         values[name] = value
 
+    # the group length counts group 0000 (or, from a peer that puts elements of other groups
+    # after them, everything)
+    if group_end >= 0 and group_end != command_end and group_end != size:
+        raise DIMSEError(
+            f"command set: group length says {group_end - 12} bytes follow, "
+            f"but there are {command_end - 12}"
+        )
     command_field = values.pop("command_field", None)
     if command_field is None:
         raise DIMSEError("command set has no (0000,0100) Command Field")

@@ -542,7 +542,17 @@ def test_decode_strips_padding_and_treats_empty_as_absent() -> None:
         (ECHO_BODY + b"\x00\x00", "too short for an element header"),
         (ECHO_BODY + struct.pack("<HHI", 0, 0x0903, 4) + b"\x01\x00", "declares 4 bytes"),
         (ECHO_BODY + struct.pack("<HHI", 0, 0x0903, 0xFFFFFFFF), "declares 4294967295"),
-        (ECHO_BODY + struct.pack("<HHI", 8, 0x0018, 2) + b"1\x00", "outside group 0000"),
+        (struct.pack("<HHI", 8, 0x0018, 2) + b"1\x00" + ECHO_BODY, "outside group 0000"),
+        (ECHO_BODY + struct.pack("<HHI", 8, 0x0058, 9) + b"1\x00", "declares 9 bytes"),
+        (ECHO_BODY + struct.pack("<HHI", 8, 0x0058, 2) + b"1\x00" + us(0x0902, 0), "follows"),
+        (ECHO_BODY + struct.pack("<HHI", 8, 0x0058, 2) + b"1\x00\x00", "too short"),
+        (
+            struct.pack("<HHII", 0, 0, 4, len(ECHO_BODY) - 2)
+            + ECHO_BODY
+            + struct.pack("<HHI", 8, 0x0058, 2)
+            + b"1\x00",
+            "group length says",
+        ),
         (struct.pack("<HHII", 0, 0, 4, 999) + ECHO_BODY, "group length says 999"),
         (struct.pack("<HHIH", 0, 0, 2, 5) + ECHO_BODY, "not 4"),
         (ECHO_BODY + struct.pack("<HHII", 0, 0, 4, 0), "not first"),
@@ -563,6 +573,18 @@ def test_decode_strips_padding_and_treats_empty_as_absent() -> None:
 def test_decode_malformed(data: bytes, error: str) -> None:
     with pytest.raises(DIMSEError, match=error):
         decode_command(data)
+
+
+def test_decode_ignores_elements_of_other_groups_after_the_command() -> None:
+    """Orthanc 1.10 puts a C-GET-RSP's (0008,0058) Failed SOP Instance UID List in the
+    command set, after group 0000 (PS3.7 6.3.1 puts it in the identifier): the command is
+    decoded, the trailing element ignored, with or without a group length counting group
+    0000 only (or counting everything)."""
+    trailing = struct.pack("<HHI", 8, 0x0058, 6) + b"1.2.3\x00"
+    assert decode_command(ECHO_BODY + trailing) == m.CEchoRQ(7)
+    for counted in (len(ECHO_BODY), len(ECHO_BODY) + len(trailing)):
+        with_length = struct.pack("<HHII", 0, 0, 4, counted) + ECHO_BODY + trailing
+        assert decode_command(with_length) == m.CEchoRQ(7)
 
 
 def test_decode_missing_mandatory_of_store_rq_names_the_element() -> None:
