@@ -1473,3 +1473,17 @@ def test_sorted_commit_makes_a_known_folder_again_if_another_process_removed_it(
     again = _commit_dataset(tmp_path, second)
     assert again.parent == series_folder and again.exists()
     assert read_header(again).SOPInstanceUID == second.SOPInstanceUID
+
+
+def test_a_relative_storage_folder_follows_the_working_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ "incoming/" is resolved against the working folder of the moment, not the one of the
+    first instance saved there (the resolution is remembered per absolute folder)."""
+    for name in ("a", "b"):
+        cwd = tmp_path / name
+        (cwd / "incoming").mkdir(parents=True)
+        monkeypatch.chdir(cwd)
+        writer = new_writer(Path("incoming"), f"1.2.{len(name)}")
+        assert writer.path == (cwd / "incoming").resolve() / f"1.2.{len(name)}.dcm"
+        writer.discard()

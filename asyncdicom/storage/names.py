@@ -111,7 +111,8 @@ def resolved_folder(folder: str | os.PathLike[str]) -> Path:
         FileNotFoundError: ``folder`` does not exist.
         NotADirectoryError: ``folder`` is not a directory.
     """
-    key = os.fspath(folder)
+    # absolute first: a relative folder names another one when the working folder changes
+    key = os.path.abspath(folder)
     base = _RESOLVED.get(key)
     if base is not None:
         return base
@@ -126,7 +127,7 @@ def resolved_folder(folder: str | os.PathLike[str]) -> Path:
 
 def forget_folder(folder: str | os.PathLike[str]) -> None:
     """Resolve ``folder`` again next time (it was found missing, or was replaced)."""
-    _RESOLVED.pop(os.fspath(folder), None)
+    _RESOLVED.pop(os.path.abspath(folder), None)
 
 
 _UNSAFE_FOLDER_CHARS = re.compile(r"[^A-Za-z0-9._-]")
