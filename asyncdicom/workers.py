@@ -511,7 +511,7 @@ async def _worker(spec: _Spec) -> None:
             async with anyio.create_task_group() as tg:
                 server = await tg.start(run_server)
                 tg.start_soon(_control_loop, channel, calls, commitments, stop)
-                tg.start_soon(_signals, stop, channel)
+                await tg.start(_signals, stop, channel)
                 channel.post(("ready", os.getpid()))
                 log.debug("worker_ready", pid=os.getpid())
                 await stop.wait()
@@ -566,14 +566,23 @@ async def _control_loop(
         stop.set()  # the supervisor is gone: stop too
 
 
-async def _signals(stop: anyio.Event, channel: _Channel) -> None:
+async def _signals(
+    stop: anyio.Event,
+    channel: _Channel,
+    *,
+    task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
     """SIGINT or SIGTERM to a worker (Ctrl-C reaches every process of the group) stops the
-    whole server gracefully: the supervisor is told first."""
+    whole server gracefully: the supervisor is told first.  Started (``task_group.start``)
+    once the signals are caught: a worker says it is ready only then, or a signal in between
+    would end it with Python's default KeyboardInterrupt."""
     try:
         receiver = anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM)
     except NotImplementedError:  # pragma: no cover - not on Windows
+        task_status.started()
         return
     with receiver as signals:
+        task_status.started()
         async for _ in signals:
             channel.post(("signalled",))
             stop.set()
