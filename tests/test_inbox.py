@@ -185,6 +185,43 @@ async def test_filters_and_the_handler_for_the_rest(anyio_backend: str, tmp_path
     assert saved.StudyInstanceUID == other_study.StudyInstanceUID
 
 
+@pytest.mark.parametrize(
+    "syntax", [uids.DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN, uids.IMPLICIT_VR_LITTLE_ENDIAN]
+)
+async def test_the_study_filter_reads_every_transfer_syntax(tmp_path: Path, syntax: str) -> None:
+    """The study filter finds the Study Instance UID in a deflated data set too (it was never
+    found there, so such instances never matched), and in one cut into many small PDUs."""
+    from asyncdicom import ContextRequest
+
+    # small PDUs: the head of the data set comes in many fragments
+    scp = AE("INBOX-SCP", accept_any_storage=True, max_pdu_length=4096)
+    handled: list[str] = []
+
+    @scp.on_store
+    async def on_store(request: Any) -> int:
+        await request.discard()
+        handled.append(request.message.affected_sop_instance_uid)
+        return 0
+
+    study = generate_uid()
+    mine, other = ct(20_000, study=study), ct(20_000)
+    with anyio.fail_after(GUARD):
+        async with serving(scp) as port, scp.inbox(tmp_path / "s", study=study) as inbox:
+            async with AE("MODALITY").associate(
+                "127.0.0.1", port, called_aet="INBOX-SCP", contexts=[ContextRequest(CT, (syntax,))]
+            ) as assoc:
+                assert assoc.accepted_contexts[0].transfer_syntax == syntax
+                for ds in (mine, other):
+                    # a file in that syntax, sent as it is (pydicom deflates when saving)
+                    path = tmp_path / f"{ds.SOPInstanceUID}.dcm"
+                    ds.file_meta.TransferSyntaxUID = syntax
+                    ds.save_as(path, implicit_vr=syntax == uids.IMPLICIT_VR_LITTLE_ENDIAN)
+                    assert (await assoc.store(path)).status == 0
+            queued = [i.sop_instance_uid for i in await _queued(inbox)]
+    assert queued == [mine.SOPInstanceUID]
+    assert handled == [other.SOPInstanceUID]
+
+
 def _count_queued(inbox: Any, n: int) -> anyio.Event:
     """An event set once ``n`` records were queued (the queue's send_nowait, observed)."""
     reached = anyio.Event()

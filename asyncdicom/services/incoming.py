@@ -226,68 +226,33 @@ async def _read_head(
     request: ServiceRequest,
 ) -> tuple[list[bytes], AsyncIterator[memoryview] | None, str | None]:
     """Read fragments until the Study Instance UID is known (or :data:`HEAD_LIMIT` bytes):
-    the fragments read, the iterator of the rest (``None`` once it ended) and the UID."""
+    the fragments read, the iterator of the rest (``None`` once it ended) and the UID.  The
+    fragments are walked as they come (:class:`~asyncdicom.storage.structure.StructureCheck`,
+    which inflates a deflated data set); a data set that breaks its structure this early has
+    no study here, and the one who serves it finds out why."""
+    from ..errors import InvalidDataset
+    from ..storage.structure import StructureCheck
+
     chunks = request.chunks()
     iterator = chunks.__aiter__()
     head: list[bytes] = []
     size = 0
-    syntax = request.context.transfer_syntax or ""
+    check = StructureCheck(request.context.transfer_syntax or "")
     while size < HEAD_LIMIT:
         try:
             fragment = await iterator.__anext__()
         except StopAsyncIteration:
-            return head, None, _study_of(b"".join(head), syntax, complete=True)[1]
+            return head, None, check.study_uid()[1]
         head.append(bytes(fragment))
         size += len(fragment)
-        done, study = _study_of(b"".join(head), syntax, complete=False)
-        if done:
+        try:
+            check.feed(fragment)
+        except InvalidDataset:
+            return head, iterator, None
+        known, study = check.study_uid()
+        if known:
             return head, iterator, study
     return head, iterator, None
-
-
-def _study_of(data: bytes, syntax: str, *, complete: bool) -> tuple[bool, str | None]:
-    """(known, Study Instance UID) from the head of a data set; ``known`` is False while
-    more bytes could still bring it."""
-    from io import BytesIO
-
-    from pydicom.filereader import read_dataset
-
-    from ..protocol.uids import (
-        DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
-        EXPLICIT_VR_BIG_ENDIAN,
-        IMPLICIT_VR_LITTLE_ENDIAN,
-    )
-    from ..storage.tags import STUDY_INSTANCE_UID
-
-    if syntax == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
-        return True, None  # not inflated for this: no study known
-    passed = False
-
-    def stop(tag: Any, _vr: Any, _length: Any) -> bool:
-        nonlocal passed
-        if int(tag) > STUDY_INSTANCE_UID:
-            passed = True
-            return True
-        return False
-
-    try:
-        ds = read_dataset(
-            BytesIO(data),
-            syntax == IMPLICIT_VR_LITTLE_ENDIAN,
-            syntax != EXPLICIT_VR_BIG_ENDIAN,
-            stop_when=stop,
-            specific_tags=[STUDY_INSTANCE_UID],
-        )
-    except Exception:
-        # cut inside an element: more may come; at the end, it is not a data set we can read
-        return complete, None
-    if not passed and not complete:
-        return False, None
-    elem = ds.get_item(STUDY_INSTANCE_UID) if STUDY_INSTANCE_UID in ds else None
-    value = getattr(elem, "value", None)
-    if isinstance(value, bytes):
-        return True, value.decode("latin-1").strip(" \x00") or None
-    return True, None
 
 
 class _Replayed(ServiceRequest):

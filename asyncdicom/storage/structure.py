@@ -402,6 +402,18 @@ class StructureCheck:
             found.append(None if value is None else bytes(value).decode("latin-1").strip("\0 "))
         return found[0], found[1]
 
+    def study_uid(self) -> tuple[bool, str | None]:
+        """(known, Study Instance UID of the top level) from what was fed so far: known once
+        its value is complete, or once the walk went past (0020,000D) at the top level
+        without it (then ``None``).  Deflated data sets are inflated as fed."""
+        tag = tags.STUDY_INSTANCE_UID
+        value = self._captured.get(tag)
+        if value is not None:
+            if value is self._capture and self._capture_left:
+                return False, None  # its value runs on into the next fragment
+            return True, bytes(value).decode("latin-1").strip(" \0") or None
+        return (not self._stack and self._last_tag > tag), None
+
     def sort_keys(self) -> tuple[str | None, str | None, str | None]:
         """(Patient ID, Study Instance UID, Series Instance UID) of the top level, as
         :func:`~asyncdicom.storage.codec.read_sort_keys` reads them from a file: the value
