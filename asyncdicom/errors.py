@@ -60,7 +60,8 @@ The tree::
     ├── WorkerFailed (RuntimeError)           a load-test worker process could not run
     ├── WorkerDied (RuntimeError)             a server worker process ended unasked
     ├── RulesError (ValueError)               a router's destination or rules file is wrong
-    └── QueueBusy                             another router holds the queue folder
+    ├── QueueBusy                             another router holds the queue folder
+    └── InboxBusy                             another inbox has the folder open
 """
 
 from __future__ import annotations
@@ -104,6 +105,7 @@ __all__ = [
     "DataSetMismatch",
     "EmptyDataSet",
     "IdentifierMismatch",
+    "InboxBusy",
     "IndexDatabaseError",
     "InvalidDataset",
     "InvalidDicomFile",
@@ -486,3 +488,8 @@ class RulesError(DICOMError, ValueError):
 
 class QueueBusy(DICOMError):
     """Another router process holds the queue folder (see :mod:`asyncdicom.router.queue`)."""
+
+
+class InboxBusy(DICOMError):
+    """Another inbox, in this process or another, has the folder open (see
+    :meth:`asyncdicom.AE.inbox`): two would hand out and remove each other's instances."""

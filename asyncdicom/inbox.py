@@ -82,6 +82,8 @@ ANSWER_MODES: tuple[AnswerMode, ...] = ("saved", "verdict")
 
 #: the staging folder inside an inbox's folder
 STAGING = ".incoming"
+#: the lock file an open inbox holds in its folder (one inbox per folder, across processes)
+LOCK_NAME = ".inbox.lock"
 _REFUSED = 0xA700
 
 
@@ -266,6 +268,7 @@ class Inbox:
         self._recovered: deque[Path] = deque()
         self._current: IncomingInstance | None = None
         self._closed = False
+        self._lock_fd: int | None = None
         #: set (and replaced) whenever the consumer takes a record: room in the queue
         self._room: anyio.Event | None = None
         #: instances received (claimed and spooled) and refused since the inbox opened
@@ -311,6 +314,7 @@ class Inbox:
         """Make the folders, list the files already spooled and start claiming C-STOREs.
 
         Raises:
+            InboxBusy: another inbox (in this process or another) has the folder open.
             OSError: the folder cannot be made or read.
         """
         self._recovered = deque(await anyio.to_thread.run_sync(self._prepare))
@@ -326,16 +330,42 @@ class Inbox:
         """Make the folders, drop what the staging folder holds (never acknowledged) and list
         the spooled files, oldest first."""
         self.staging.mkdir(parents=True, exist_ok=True)
-        for entry in os.scandir(self.staging):
-            if entry.is_file(follow_symlinks=False):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(entry.path)
-        found = []
-        for entry in os.scandir(self.folder):
-            if entry.name.endswith(".dcm") and entry.is_file(follow_symlinks=False):
-                found.append((entry.stat().st_mtime_ns, entry.name, Path(entry.path)))
+        self._take_lock()
+        try:
+            for entry in os.scandir(self.staging):
+                if entry.is_file(follow_symlinks=False):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(entry.path)
+            found = []
+            for entry in os.scandir(self.folder):
+                if entry.name.endswith(".dcm") and entry.is_file(follow_symlinks=False):
+                    found.append((entry.stat().st_mtime_ns, entry.name, Path(entry.path)))
+        except BaseException:
+            self._release_lock()
+            raise
         found.sort()
         return [path for _t, _n, path in found]
+
+    def _take_lock(self) -> None:
+        """Hold ``LOCK_NAME`` in the folder (an advisory lock, released with the process):
+        a second inbox on the folder would yield and remove this one's instances."""
+        fd = os.open(self.folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        if sys.platform != "win32":
+            import fcntl
+
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                from .errors import InboxBusy
+
+                raise InboxBusy(f"{self.folder}: another inbox has this folder open") from None
+        self._lock_fd = fd
+
+    def _release_lock(self) -> None:
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            os.close(fd)  # releases the lock
 
     async def __aexit__(
         self,
@@ -376,6 +406,7 @@ class Inbox:
         if self._send is not None:
             self._send.close()
         self._made_room()  # the stores waiting for room are refused
+        self._release_lock()
         self.log.debug("inbox_closed", received=self.received, refused=self.refused)
 
     # -- the consumer

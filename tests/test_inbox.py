@@ -427,7 +427,7 @@ async def test_an_instance_cut_short_leaves_nothing(anyio_backend: str, tmp_path
                         )
                         await assoc.request(context, rq, half())
             assert inbox.queued == 0
-    assert os.listdir(spool) == [".incoming"] and staged(spool) == []
+    assert sorted(os.listdir(spool)) == [".inbox.lock", ".incoming"] and staged(spool) == []
 
 
 # ------------------------------------------------------------------------- closing, failing
@@ -558,7 +558,7 @@ async def test_dcmtk_storescu_100_to_a_slow_consumer(anyio_backend: str, tmp_pat
                         break
     assert sorted(got) == sorted(p.stem for p in files)
     assert most_memory < 100 * 4096  # records only: no data set is held in memory
-    assert os.listdir(spool) == [".incoming"]
+    assert sorted(os.listdir(spool)) == [".inbox.lock", ".incoming"]
 
 
 async def test_a_c_get_keeps_its_instances(anyio_backend: str, tmp_path: Path) -> None:
@@ -598,3 +598,20 @@ async def test_a_c_get_keeps_its_instances(anyio_backend: str, tmp_path: Path) -
     assert retrieval.completed == 3
     assert len(list((tmp_path / "got").iterdir())) == 3
     assert spooled(tmp_path / "spool") == []
+
+
+async def test_one_inbox_per_folder(tmp_path: Path) -> None:
+    """A second inbox on a folder an open one holds is refused with InboxBusy (the two would
+    hand out and remove each other's instances); once the first closes, it opens."""
+    from asyncdicom.errors import InboxBusy
+
+    scp = AE("INBOX-SCP", accept_any_storage=True)
+    folder = tmp_path / "spool"
+    async with scp.inbox(folder):
+        with pytest.raises(InboxBusy, match="another inbox"):
+            async with AE("OTHER", accept_any_storage=True).inbox(folder):
+                pass
+        async with scp.inbox(tmp_path / "elsewhere"):  # another folder: fine
+            pass
+    async with AE("OTHER", accept_any_storage=True).inbox(folder) as again:
+        assert again.folder == folder

@@ -50,7 +50,7 @@ EXPECTED_ALL: dict[str, set[str]] = {
         # SCP side, configuration, tools
         "QueryError", "IdentifierMismatch", "UnableToProcess", "ModelNotSupported",
         "IndexDatabaseError", "SchemaVersionError", "SlowPath", "UsersFileError", "AuditLogError",
-        "WorkerFailed", "WorkerDied", "RulesError", "QueueBusy",
+        "WorkerFailed", "WorkerDied", "RulesError", "QueueBusy", "InboxBusy",
     },
     "asyncdicom.lowlevel": {
         "BaseAssociation", "DatasetSource", "Dispatcher", "IncomingRequest", "Owner",
