@@ -122,4 +122,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from pynetdicom_race import close_reactor_race  # run as a script: tests/harness first
+
+    close_reactor_race()
     sys.exit(main())
