@@ -83,7 +83,7 @@ from .services.incoming import Incoming
 from .users import Lockout, LockoutAttempt, identity_user_name
 
 if TYPE_CHECKING:
-    from .inbox import AnswerMode, Inbox, Notifications
+    from .inbox import AnswerMode, Inbox, NotificationAnswer, Notifications
 
 __all__ = [
     "AE",
@@ -419,13 +419,23 @@ class AE:
         event_type: int | Iterable[int] | None = None,
         max_queued: int = 1000,
         timeout: float | None = None,
+        answer: NotificationAnswer = "queued",
     ) -> Notifications:
         """The N-EVENT-REPORTs nobody awaits (storage commitment reports of an unknown
         Transaction UID, those of SOP classes without a handler), by SOP class and event
         type, as an async iterator of :class:`~asyncdicom.inbox.Notification` for the
-        duration of an ``async with`` block.  A report is answered Success once queued;
-        ``timeout`` (default: the DIMSE timeout) bounds the wait for room in a full queue,
-        after which it is answered as without the stream."""
+        duration of an ``async with`` block.
+
+        A report is answered Success once queued (``answer="queued"``; reports still queued
+        when the block ends are dropped) or once the consumer has taken it
+        (``answer="taken"``; a report not taken is answered as without the stream, so none
+        answered Success is dropped).  ``timeout`` (default: the DIMSE timeout) bounds the
+        wait for room in a full queue and, with ``"taken"``, for the consumer; after it the
+        report is answered as without the stream.
+
+        Raises:
+            ValueError: ``answer`` is neither ``"queued"`` nor ``"taken"``.
+        """
         from .inbox import Notifications
 
         return Notifications(
@@ -434,6 +444,7 @@ class AE:
             event_type=None if event_type is None else _ints(event_type),
             max_queued=max_queued,
             timeout=self.config.timeouts.dimse if timeout is None else timeout,
+            answer=answer,
         )
 
     def on_hook(self, event: HookEvent) -> Callable[[F], F]:

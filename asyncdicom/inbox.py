@@ -73,12 +73,17 @@ __all__ = [
     "Inbox",
     "IncomingInstance",
     "Notification",
+    "NotificationAnswer",
     "Notifications",
 ]
 
 #: ``"saved"``: Success once the instance is durably spooled; ``"verdict"``: the consumer's
 AnswerMode = Literal["saved", "verdict"]
 ANSWER_MODES: tuple[AnswerMode, ...] = ("saved", "verdict")
+#: when a notification stream answers a report Success: ``"queued"`` once it is in the
+#: stream's queue, ``"taken"`` once the consumer has taken it (see :class:`Notifications`)
+NotificationAnswer = Literal["queued", "taken"]
+NOTIFICATION_ANSWERS: tuple[NotificationAnswer, ...] = ("queued", "taken")
 
 #: the staging folder inside an inbox's folder
 STAGING = ".incoming"
@@ -651,9 +656,30 @@ class Notification:
     result: Any = None
 
 
+class _Handoff:
+    """A queued report's way back to the task that answers it (``answer="taken"``)."""
+
+    __slots__ = ("done", "taken", "withdrawn")
+
+    def __init__(self) -> None:
+        self.done = anyio.Event()
+        self.taken = False
+        self.withdrawn = False
+
+
 class Notifications:
     """N-EVENT-REPORTs nobody awaits, as an async iterator; made by
-    :meth:`AE.notifications() <asyncdicom.AE.notifications>`."""
+    :meth:`AE.notifications() <asyncdicom.AE.notifications>`.
+
+    ``answer`` says what Success promises the reporter:
+
+    * ``"queued"`` (the default): the report is in the stream's queue.  Reports still queued
+      when the stream closes are dropped, though each was answered Success.
+    * ``"taken"``: the consumer has taken the report from the stream.  The reporter waits for
+      that (up to ``timeout``); a report not taken in time, or still queued when the stream
+      closes, is withdrawn from the stream and answered as without it (the SOP class's
+      service or default handler decides), so no report answered Success is dropped.
+    """
 
     def __init__(
         self,
@@ -663,7 +689,10 @@ class Notifications:
         event_type: int | Collection[int] | None = None,
         max_queued: int = 1000,
         timeout: float | None = 60.0,
+        answer: NotificationAnswer = "queued",
     ) -> None:
+        if answer not in NOTIFICATION_ANSWERS:
+            raise ValueError(f"answer must be one of {NOTIFICATION_ANSWERS}, not {answer!r}")
         self._sop_classes = _uids(sop_class)
         self._event_types = (
             None
@@ -672,10 +701,15 @@ class Notifications:
         )
         self._incoming = incoming
         self.timeout = timeout
-        self._send, self._receive = anyio.create_memory_object_stream[Notification](max_queued)
+        self.answer: NotificationAnswer = answer
+        self._send, self._receive = anyio.create_memory_object_stream[
+            tuple[Notification, _Handoff | None]
+        ](max_queued)
         self._closed = False
         #: set when the consumer takes a report (made by a report waiting for room)
         self._room: anyio.Event | None = None
+        #: the reports queued and not yet taken (``answer="taken"``)
+        self._waiting: set[_Handoff] = set()
 
     def claims_report(self, message: messages.NEventReportRQ) -> bool:
         """Whether the report passes the SOP class and event type filters."""
@@ -690,7 +724,9 @@ class Notifications:
     async def deliver(
         self, request: ServiceRequest, information: Dataset | None, parsed: Any = None
     ) -> bool:
-        """Queue the report (waiting up to ``timeout`` for room); False if it cannot."""
+        """Queue the report (waiting up to ``timeout`` for room, and with ``answer="taken"``
+        for the consumer to take it); False if it cannot, and the report is then answered
+        as without the stream."""
         message = request.message
         assert isinstance(message, messages.NEventReportRQ)
         association = request.association
@@ -707,11 +743,12 @@ class Notifications:
             received_at=time.time(),
             result=parsed,
         )
+        handoff = _Handoff() if self.answer == "taken" else None
         deadline = None if self.timeout is None else anyio.current_time() + self.timeout
         while True:  # as Inbox.receive: never a send() that a cancel could leave half-done
             try:
-                self._send.send_nowait(item)
-                return True
+                self._send.send_nowait((item, handoff))
+                break
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 return False
             except anyio.WouldBlock:
@@ -722,6 +759,22 @@ class Notifications:
                     await room.wait()
                 if scope.cancelled_caught:
                     return False
+        if handoff is None:
+            return True
+        self._waiting.add(handoff)
+        try:
+            with anyio.move_on_after(_remaining(deadline)):
+                await handoff.done.wait()
+        finally:
+            self._waiting.discard(handoff)
+            # not taken in time, cancelled or closed: the consumer never sees it
+            handoff.withdrawn = not handoff.taken
+        return handoff.taken
+
+    @property
+    def queued(self) -> int:
+        """Reports waiting for the consumer."""
+        return self._receive.statistics().current_buffer_used
 
     def _made_room(self) -> None:
         room, self._room = self._room, None
@@ -741,21 +794,30 @@ class Notifications:
         self.aclose()
 
     def aclose(self) -> None:
-        """Stop receiving (reports queued and not yet read are dropped: each was answered
-        Success already)."""
+        """Stop receiving.  Reports queued and not yet read are dropped with
+        ``answer="queued"`` (each was answered Success already), and answered as without the
+        stream with ``answer="taken"``."""
         self._closed = True
         self._incoming.detach_notifications(self)
         self._receive.close()
         self._send.close()
+        for handoff in list(self._waiting):
+            handoff.done.set()  # not taken: its reporter answers as without the stream
         self._made_room()  # the reports waiting for room are answered as without the stream
 
     def __aiter__(self) -> Notifications:
         return self
 
     async def __anext__(self) -> Notification:
-        try:
-            item = await self._receive.receive()
-        except (anyio.EndOfStream, anyio.ClosedResourceError):
-            raise StopAsyncIteration from None
-        self._made_room()
-        return item
+        while True:
+            try:
+                item, handoff = await self._receive.receive()
+            except (anyio.EndOfStream, anyio.ClosedResourceError):
+                raise StopAsyncIteration from None
+            self._made_room()
+            if handoff is None:
+                return item
+            if not handoff.withdrawn:
+                handoff.taken = True
+                handoff.done.set()
+                return item

@@ -157,3 +157,86 @@ async def test_a_full_stream_answers_as_without_it_after_its_timeout(anyio_backe
         first.TransactionUID,
         third.TransactionUID,
     ]
+
+
+async def wait_queued(stream: Any, count: int) -> None:
+    """Until ``count`` reports wait in the stream (the reporter's task has queued them)."""
+    while stream.queued < count:
+        await anyio.sleep(0.005)
+
+
+async def test_taken_answers_success_once_the_consumer_has_the_report(
+    anyio_backend: str,
+) -> None:
+    ae = receiver()
+    info = commitment_request(generate_uid(), [(CT, "1.2.3.7")])
+    answers: list[Any] = []
+    with anyio.fail_after(GUARD):
+        async with (
+            ae.notifications(answer="taken") as stream,
+            associated(ae, AE("COMMIT-SCP"), contexts=REPORTERS) as assoc,
+            anyio.create_task_group() as tg,
+        ):
+
+            async def send() -> None:
+                answers.append(await report(assoc, "commitment", 1, info))
+
+            tg.start_soon(send)
+            await wait_queued(stream, 1)
+            assert answers == []  # queued, not taken: the reporter still waits
+            got = await stream.__anext__()
+    (answer,) = answers
+    assert answer.status == 0
+    assert got.result.transaction_uid == info.TransactionUID
+
+
+async def test_taken_a_report_left_in_a_closed_stream_is_answered_as_without_it(
+    anyio_backend: str,
+) -> None:
+    ae = receiver()
+    info = commitment_request(generate_uid(), [(CT, "1.2.3.8")])
+    answers: list[Any] = []
+    with anyio.fail_after(GUARD):
+        async with associated(ae, AE("COMMIT-SCP"), contexts=REPORTERS) as assoc:
+            async with anyio.create_task_group() as tg:
+                stream = ae.notifications(answer="taken")
+                async with stream:
+
+                    async def send() -> None:
+                        answers.append(await report(assoc, "commitment", 1, info))
+
+                    tg.start_soon(send)
+                    await wait_queued(stream, 1)
+                # closed with the report unread: not Success, as with no stream at all
+            without = await report(assoc, "commitment", 1, info)
+    (answer,) = answers
+    assert without.status == 0x0115  # the service's answer to an unknown transaction
+    assert answer.status == without.status
+
+
+async def test_taken_a_report_not_taken_in_time_is_withdrawn(anyio_backend: str) -> None:
+    ae = receiver()
+    late = commitment_request(generate_uid(), [(CT, "1.2.3.9")])
+    later = commitment_request(generate_uid(), [(CT, "1.2.3.10")])
+    answers: list[Any] = []
+    with anyio.fail_after(GUARD):
+        async with (
+            ae.notifications(answer="taken", timeout=0.3) as stream,
+            associated(ae, AE("COMMIT-SCP"), contexts=REPORTERS) as assoc,
+        ):
+            timed_out = await report(assoc, "commitment", 1, late)  # nobody reads in time
+            async with anyio.create_task_group() as tg:
+
+                async def send() -> None:
+                    answers.append(await report(assoc, "commitment", 1, later))
+
+                tg.start_soon(send)
+                got = await stream.__anext__()  # skips the withdrawn one
+    assert timed_out.status == 0x0115
+    assert [a.status for a in answers] == [0]
+    assert got.result.transaction_uid == later.TransactionUID
+
+
+def test_an_unknown_answer_mode_is_refused() -> None:
+    with pytest.raises(ValueError, match="answer must be one of"):
+        receiver().notifications(answer="saved")  # type: ignore[arg-type]
