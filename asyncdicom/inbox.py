@@ -42,6 +42,7 @@ point (:mod:`asyncdicom.services.incoming`).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sys
 import time
@@ -133,8 +134,11 @@ class IncomingInstance:
     move_originator_message_id: int | None = None
     #: when it was received (``time.time()``)
     received_at: float = 0.0
-    #: found in the folder when the inbox opened (then only the file's own data is known:
-    #: the calling AE title is its Source Application Entity Title, the rest is empty)
+    #: found in the folder when the inbox opened.  The association fields come from what
+    #: was kept with the file when it was received (an extended attribute); where none was
+    #: (a file system without them, a file put there by someone else) the calling AE title is
+    #: the file's Source Application Entity Title and the rest is empty.  ``user_identity``
+    #: is never recovered (``user`` is)
     recovered: bool = False
     _moved: bool = field(default=False, repr=False)
     _verdict: tuple[int, str | None] | None = field(default=None, repr=False)
@@ -464,11 +468,6 @@ class Inbox:
         stored = await save_request(
             request, self.staging, on_duplicate="unique", warn_duplicate=False
         )
-        try:
-            path = await anyio.to_thread.run_sync(self._publish, stored)
-        except BaseException:
-            _remove(stored)
-            raise
         negotiated = association.negotiated
         identity = negotiated.user_identity if negotiated is not None else None
         user = None
@@ -476,6 +475,24 @@ class Inbox:
             from .users import identity_user_name
 
             user = identity_user_name(identity)
+        received_at = time.time()
+        origin = {
+            "calling_ae_title": association.calling_ae_title,
+            "called_ae_title": association.called_ae_title,
+            "peer_host": association.peer_host,
+            "peer_port": association.peer_port,
+            "user": user,
+            "message_id": message.message_id,
+            "priority": message.priority,
+            "move_originator_aet": message.move_originator_aet,
+            "move_originator_message_id": message.move_originator_message_id,
+            "received_at": received_at,
+        }
+        try:
+            path = await anyio.to_thread.run_sync(self._publish, stored, origin)
+        except BaseException:
+            _remove(stored)
+            raise
         item = IncomingInstance(
             path=path,
             sop_class_uid=message.affected_sop_class_uid,
@@ -491,7 +508,7 @@ class Inbox:
             priority=message.priority,
             move_originator_aet=message.move_originator_aet,
             move_originator_message_id=message.move_originator_message_id,
-            received_at=time.time(),
+            received_at=received_at,
             _answered=anyio.Event() if self.answer == "verdict" else None,
         )
         acknowledged = queued = False
@@ -558,9 +575,10 @@ class Inbox:
         request.association.log.warning("inbox_refused", instance=item.sop_instance_uid, reason=why)
         return make_response(request.message, _REFUSED, error_comment=why)
 
-    def _publish(self, staged: Path) -> Path:
-        """Flush the staged file, move it into the folder (a new name if one is taken) and
-        flush the folder: from here a crash keeps it."""
+    def _publish(self, staged: Path, origin: dict[str, Any]) -> Path:
+        """Record where the staged file came from, flush it, move it into the folder (a new
+        name if one is taken) and flush the folder: from here a crash keeps it."""
+        _record_origin(staged, origin)
         _fsync_file(staged)
         target = self.folder / staged.name
         stem, suffix = target.stem, target.suffix
@@ -616,20 +634,74 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+#: the extended attribute a spooled file keeps its association fields in (JSON)
+ORIGIN_XATTR = "user.asyncdicom.origin"
+#: the fields it holds, with their types (anything else in it is ignored)
+_ORIGIN_FIELDS: dict[str, tuple[type, ...]] = {
+    "calling_ae_title": (str,),
+    "called_ae_title": (str,),
+    "peer_host": (str,),
+    "peer_port": (int,),
+    "user": (str, type(None)),
+    "message_id": (int,),
+    "priority": (int,),
+    "move_originator_aet": (str, type(None)),
+    "move_originator_message_id": (int, type(None)),
+    "received_at": (float, int),
+}
+
+
+def _record_origin(path: Path, origin: dict[str, Any]) -> None:
+    """Keep the association fields with the file (an extended attribute, flushed with it), so
+    an inbox that finds it after a restart knows where it came from.  Best effort: on a file
+    system without user extended attributes the file is recovered without them."""
+    setxattr = getattr(os, "setxattr", None)
+    if setxattr is None:  # pragma: no cover - not Linux
+        return
+    with contextlib.suppress(OSError):
+        setxattr(path, ORIGIN_XATTR, json.dumps(origin, separators=(",", ":")).encode())
+
+
+def _read_origin(path: Path) -> dict[str, Any]:
+    """The association fields :func:`_record_origin` kept (only well-typed ones), or none."""
+    getxattr = getattr(os, "getxattr", None)
+    if getxattr is None:  # pragma: no cover - not Linux
+        return {}
+    try:
+        found = json.loads(getxattr(path, ORIGIN_XATTR))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(found, dict):
+        return {}
+    return {
+        key: found[key]
+        for key, types in _ORIGIN_FIELDS.items()
+        if key in found and isinstance(found[key], types) and not isinstance(found[key], bool)
+    }
+
+
 def _recovered_instance(path: Path) -> IncomingInstance:
-    """The record of a file found in the folder, from its File Meta Information."""
+    """The record of a file found in the folder: its File Meta Information, and the
+    association fields kept with it when it was received."""
     from pydicom.filereader import read_file_meta_info
 
     meta = read_file_meta_info(path)
     stat = path.stat()
+    origin = _read_origin(path)
+    fields: dict[str, Any] = {
+        "calling_ae_title": str(meta.get("SourceApplicationEntityTitle", "") or "").strip(),
+        "received_at": stat.st_mtime,
+        **origin,
+    }
+    if "received_at" in origin:
+        fields["received_at"] = float(origin["received_at"])
     return IncomingInstance(
         path=path,
         sop_class_uid=str(meta.get("MediaStorageSOPClassUID", "") or ""),
         sop_instance_uid=str(meta.get("MediaStorageSOPInstanceUID", "") or ""),
         transfer_syntax_uid=str(meta.get("TransferSyntaxUID", "") or ""),
-        calling_ae_title=str(meta.get("SourceApplicationEntityTitle", "") or "").strip(),
-        received_at=stat.st_mtime,
         recovered=True,
+        **fields,
     )
 
 

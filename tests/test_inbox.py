@@ -480,7 +480,35 @@ async def test_saved_mode_closing_keeps_queued_for_the_next_inbox(
                         break
     assert [i.sop_instance_uid for i in again] == [d.SOPInstanceUID for d in sent]
     assert all(i.recovered and i.calling_ae_title == "SENDER" for i in again)
+    # the association's fields were kept with each file (the sender called the default title)
+    fields = [(i.called_ae_title, i.peer_host) for i in again]
+    assert fields == [("ANY-SCP", "127.0.0.1")] * 3
+    assert [i.message_id for i in again] == [1, 2, 3]
+    assert all(i.peer_port > 0 and i.move_originator_aet is None for i in again)
     assert spooled(spool) == [] and staged(spool) == []
+
+
+def test_a_file_without_kept_fields_is_recovered_from_its_meta(tmp_path: Path) -> None:
+    """A file put in the folder by someone else, or one whose kept fields are damaged: its
+    Source AE Title, nothing else, and never a crash."""
+    from asyncdicom.inbox import ORIGIN_XATTR, _recovered_instance
+
+    (path,) = write_ct_files(tmp_path, 1, 2048)
+    meta_source = "SOURCE-AE"
+    import pydicom
+
+    ds = pydicom.dcmread(path)
+    ds.file_meta.SourceApplicationEntityTitle = meta_source
+    ds.save_as(path)
+    plain = _recovered_instance(path)
+    assert (plain.calling_ae_title, plain.called_ae_title, plain.peer_port) == (meta_source, "", 0)
+    for damaged in (b"not json", b"[1, 2]", b'{"peer_port": "x", "called_ae_title": 7}'):
+        os.setxattr(path, ORIGIN_XATTR, damaged)
+        item = _recovered_instance(path)
+        assert (item.calling_ae_title, item.called_ae_title, item.peer_port) == (meta_source, "", 0)
+    os.setxattr(path, ORIGIN_XATTR, b'{"called_ae_title": "ME", "peer_port": 104, "extra": 1}')
+    item = _recovered_instance(path)
+    assert (item.calling_ae_title, item.called_ae_title, item.peer_port) == (meta_source, "ME", 104)
 
 
 @pytest.mark.parametrize("answer", ["saved", "verdict"])
