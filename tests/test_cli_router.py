@@ -72,6 +72,14 @@ def test_a_bad_rules_file_is_a_usage_error_naming_the_line(
             "cannot read",
         ),
         (["--port", "0", "--queue", "q", "--forward", "A@h:1", "--retry-max", "0"], "--retry-max"),
+        (
+            ["--port", "0", "--queue", "q", "--forward", "A@h:1", "--tls-out-to", "B"],
+            "argument --tls-out-to: 'B' is not a --forward AE title",
+        ),
+        (
+            ["--port", "0", "--queue", "q", "--forward", "A@h:1", "--tls-key", "k.pem"],
+            "--tls-key",
+        ),
         (["status", "--queue", "q", "--port", "0"], "argument --port: not allowed with 'status'"),
         (["status"], "--queue"),
     ],

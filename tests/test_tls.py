@@ -530,6 +530,60 @@ async def test_qrscp_moves_over_tls_with_tls_out(
         assert len(received) == (2 if tls_out else 0)
 
 
+async def test_router_over_tls_in_and_out(pki: PKI, tmp_path: Path, anyio_backend: str) -> None:
+    """The router serving TLS only (a client certificate required) and, with --tls-out-to,
+    forwarding over TLS to the destination named while the other stays plain TCP."""
+    files = write_ct_files(tmp_path / "src", 2, 2_000, seed=11)
+    expected = sorted(dcmread(f).SOPInstanceUID for f in files)
+    received: dict[str, list[str]] = {"SECURE": [], "PLAIN": []}
+    all_forwarded = anyio.Event()
+
+    def sink(name: str) -> AE:
+        ae = AE(name, accept_any_storage=True)
+
+        @ae.on_store
+        async def on_store(request: Any) -> int:
+            await request.discard()
+            received[name].append(request.message.affected_sop_instance_uid)
+            if sum(map(len, received.values())) == 2 * len(files):
+                all_forwarded.set()
+            return 0
+
+        return ae
+
+    client = client_context(ca=pki.ca, cert=pki.client_cert, key=pki.client_key)
+    secure_context = server_context(pki.server_cert, pki.server_key, ca=pki.ca)
+    with anyio.fail_after(GUARD * 2):
+        async with (
+            sink("SECURE").server(ssl_context=secure_context) as secure,
+            sink("PLAIN").server() as plain,
+        ):
+            args = [
+                "router", "--port", "0", "--host", "127.0.0.1", "--queue", str(tmp_path / "q"),
+                "--forward", f"SECURE@127.0.0.1:{secure.port}",
+                "--forward", f"PLAIN@127.0.0.1:{plain.port}",
+                "--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key),
+                "--tls-ca", str(pki.ca), "--tls-out-to", "SECURE", "--backend", anyio_backend,
+            ]  # fmt: skip
+            async with app_process(*args, cwd=tmp_path) as process:
+                port = await StoreSCPProcess(process).wait_listening()
+                with pytest.raises((ConnectionLost, TransportError)):  # TLS only
+                    async with AE("SCU").associate(
+                        "127.0.0.1", port, contexts=[uids.CT_IMAGE_STORAGE]
+                    ):
+                        pass
+                async with AE("SCU").associate(
+                    "127.0.0.1", port, contexts=[uids.CT_IMAGE_STORAGE], ssl_context=client
+                ) as assoc:
+                    for f in files:
+                        assert (await assoc.store(f)).status == 0
+                await all_forwarded.wait()  # forwarded in the background
+                process.terminate()
+                await process.wait()
+    assert sorted(received["SECURE"]) == expected
+    assert sorted(received["PLAIN"]) == expected
+
+
 async def test_stgcmtscu_receives_the_report_over_tls(
     pki: PKI, tmp_path: Path, anyio_backend: str
 ) -> None:

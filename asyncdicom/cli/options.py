@@ -62,6 +62,7 @@ __all__ = [
     "add_server",
     "add_server_timeouts",
     "add_tls_client",
+    "add_tls_out",
     "add_tls_server",
     "add_user_identity",
     "check_bind",
@@ -403,6 +404,35 @@ def add_tls_server(p: argparse.ArgumentParser) -> None:
     )
     _add_tls_handshake_timeout(g)
     p.set_defaults(tls_role="server")
+
+
+def add_tls_out(p: argparse.ArgumentParser, opened: str, targets: str) -> None:
+    """``--tls-out``, ``--tls-out-to AET`` and ``--tls-no-hostname-check``: TLS on the
+    associations a server app opens itself (``opened``: what they are, ``targets``: the
+    options that name the AE titles ``--tls-out-to`` may give); use
+    :func:`~asyncdicom.cli.server.outgoing_tls` for the AE."""
+    out = p.add_mutually_exclusive_group()
+    out.add_argument(
+        "--tls-out",
+        action="store_true",
+        help=f"open the associations to {opened} over TLS: their certificates verified "
+        "against --tls-ca (default: the system's CAs), --tls-cert/--tls-key as ours",
+    )
+    out.add_argument(
+        "--tls-out-to",
+        type=ae_title,
+        action="append",
+        default=None,
+        metavar="AET",
+        help=f"as --tls-out, but only for the associations to this AE title, one of {targets} "
+        "(repeatable); the others stay plain TCP",
+    )
+    p.add_argument(
+        "--tls-no-hostname-check",
+        action="store_true",
+        help="with --tls-out/--tls-out-to: accept a destination's certificate whatever host "
+        "name it gives (its chain is still verified)",
+    )
 
 
 def _check_tls(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

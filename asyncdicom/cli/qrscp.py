@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import functools
 import sqlite3
-import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -38,11 +37,12 @@ from ..archive import Archive, qrscp_config
 from ..qr import IndexDatabaseError
 from .apps import APPS
 from .argtypes import ae_title, folder, port, quoted
-from .options import add_common, add_server
+from .options import add_common, add_server, add_tls_out
 from .output import UsageError, notice, plural
 from .server import (
     audit_trail,
     install_access_control,
+    outgoing_tls,
     serve_until_signal,
     serve_workers_until_signal,
     server_config,
@@ -137,62 +137,16 @@ def add_parser(sub: Any) -> None:
         metavar="DIR",
         help="the folder where the MPPS procedure steps are kept (default: mpps in --storage)",
     )
-    out = p.add_mutually_exclusive_group()
-    out.add_argument(
-        "--tls-out",
-        action="store_true",
-        help="open the associations to C-MOVE destinations and storage commitment peers over "
-        "TLS: their certificates verified against --tls-ca (default: the system's CAs), "
-        "--tls-cert/--tls-key as ours",
-    )
-    out.add_argument(
-        "--tls-out-to",
-        type=ae_title,
-        action="append",
-        default=None,
-        metavar="AET",
-        help="as --tls-out, but only for the associations to this AE title, one of "
-        "--move-destination or --peer (repeatable); the others stay plain TCP",
-    )
-    p.add_argument(
-        "--tls-no-hostname-check",
-        action="store_true",
-        help="with --tls-out/--tls-out-to: accept a destination's certificate whatever host "
-        "name it gives (its chain is still verified)",
+    add_tls_out(
+        p, "C-MOVE destinations and storage commitment peers", "--move-destination or --peer"
     )
     add_common(p)
     p.set_defaults(func=run)
 
 
-def _outgoing_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
-    """With ``--tls-out`` or ``--tls-out-to``: the TLS context of the associations qrscp
-    opens (C-MOVE destinations, storage commitment reports): the server's --tls-ca to trust
-    their certificates (the system's without it), --tls-cert/--tls-key as our own."""
-    if not (getattr(args, "tls_out", False) or getattr(args, "tls_out_to", None)):
-        return None
-    from ..transport import client_context
-
-    return client_context(
-        ca=args.tls_ca,
-        cert=args.tls_cert,
-        key=args.tls_key,
-        check_hostname=not getattr(args, "tls_no_hostname_check", False),
-    )
-
-
 def qrscp_ae(args: argparse.Namespace) -> AE:
     """The AE of ``qrscp`` for the parsed options (the archive's handlers not yet installed)."""
-    outgoing = _outgoing_tls(args)
-    selected = getattr(args, "tls_out_to", None)
-    per_title = {} if outgoing is None or not selected else dict.fromkeys(selected, outgoing)
-    ae = AE(
-        config=qrscp_config(
-            args.aet,
-            **server_config(args),
-            client_ssl_context=outgoing if not selected else None,
-            client_ssl_contexts=per_title,
-        ),
-    )
+    ae = AE(config=qrscp_config(args.aet, **server_config(args), **outgoing_tls(args)))
     install_access_control(ae, args)
     return ae
 

@@ -23,7 +23,15 @@ import anyio
 
 from .apps import APPS
 from .argtypes import folder, positive_int, quoted, timeout
-from .options import add_access_control, add_common, add_listen, add_max_pdu, add_server_timeouts
+from .options import (
+    add_access_control,
+    add_common,
+    add_listen,
+    add_max_pdu,
+    add_server_timeouts,
+    add_tls_out,
+    add_tls_server,
+)
 from .output import CLIError, UsageError, notice, plural
 
 __all__ = ["add_parser", "run", "status_lines"]
@@ -121,6 +129,8 @@ def add_parser(sub: Any) -> None:
     add_server_timeouts(p)
     add_max_pdu(p)
     add_access_control(p)
+    add_tls_server(p)
+    add_tls_out(p, "the destinations", "--forward")
     add_common(p)
     p.set_defaults(func=run)
 
@@ -142,6 +152,10 @@ def _check(args: argparse.Namespace) -> None:
     for name in names:
         if names.count(name) > 1:
             raise UsageError(f"argument --forward: {name} is given twice")
+    titles = {d.ae_title for d in args.forward}
+    for aet in args.tls_out_to or []:
+        if aet not in titles:
+            raise UsageError(f"argument --tls-out-to: {quoted(aet)} is not a --forward AE title")
 
 
 def _ruleset(args: argparse.Namespace) -> Any:
@@ -171,7 +185,13 @@ async def run(args: argparse.Namespace) -> int:
         return await _status(args.queue)
     from ..router.core import Router
     from ..router.queue import QueueBusy
-    from .server import check_listen, install_access_control, prepare_folder, server_config
+    from .server import (
+        check_listen,
+        install_access_control,
+        outgoing_tls,
+        prepare_folder,
+        server_config,
+    )
 
     rules = _ruleset(args)
     await check_listen(args.host, args.port)
@@ -184,6 +204,7 @@ async def run(args: argparse.Namespace) -> int:
         retry_delay=args.retry_delay,
         retry_delay_max=args.retry_delay_max,
         **server_config(args),
+        **outgoing_tls(args),
     )
     install_access_control(router.ae, args)
     try:

@@ -44,6 +44,7 @@ __all__ = [
     "check_listen",
     "install_access_control",
     "listening",
+    "outgoing_tls",
     "prepare_folder",
     "remove_stale_files",
     "say_listening",
@@ -72,6 +73,28 @@ def server_tls(args: argparse.Namespace) -> dict[str, Any]:
     """The :class:`~asyncdicom.AEConfig` fields of the options of :func:`add_tls_server`
     (the context :func:`check_bind` built)."""
     return {"server_ssl_context": getattr(args, "ssl_context", None)}
+
+
+def outgoing_tls(args: argparse.Namespace) -> dict[str, Any]:
+    """The :class:`~asyncdicom.AEConfig` fields of the options of
+    :func:`~asyncdicom.cli.options.add_tls_out`: with ``--tls-out`` one client context for
+    every association the app opens, with ``--tls-out-to`` one per AE title named (the
+    server's ``--tls-ca`` trusts their certificates, the system's CAs without it;
+    ``--tls-cert``/``--tls-key`` are ours), else none."""
+    selected = getattr(args, "tls_out_to", None)
+    if not (getattr(args, "tls_out", False) or selected):
+        return {"client_ssl_context": None, "client_ssl_contexts": {}}
+    from ..transport import client_context
+
+    context = client_context(
+        ca=args.tls_ca,
+        cert=args.tls_cert,
+        key=args.tls_key,
+        check_hostname=not getattr(args, "tls_no_hostname_check", False),
+    )
+    if selected:
+        return {"client_ssl_context": None, "client_ssl_contexts": dict.fromkeys(selected, context)}
+    return {"client_ssl_context": context, "client_ssl_contexts": {}}
 
 
 def access_control(args: argparse.Namespace) -> dict[str, Any]:
