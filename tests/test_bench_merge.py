@@ -310,6 +310,11 @@ def write(tmp_path: Path, name: str, result: LoadResult) -> str:
         (["a.json", "find.json"], "cannot merge: a.json is a echo run and find.json a find run"),
         (["a.json", "late.json"], "cannot merge: a.json ended before late.json started"),
         ([], "the following arguments are required: FILE"),
+        (
+            ["104", "--called-aet", "X"],
+            "unrecognized arguments: --called-aet X (a load test of a host named 'merge': "
+            "write it 'merge.')",
+        ),
     ],
 )
 def test_merge_usage_errors(tmp_path: Path, files: list[str], message: str) -> None:

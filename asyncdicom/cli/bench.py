@@ -71,7 +71,14 @@ class _BenchParser(argparse.ArgumentParser):
         self, args: Any = None, namespace: Any = None
     ) -> tuple[argparse.Namespace, list[str]]:
         if args and args[0] == MERGE and self.merge_parser is not None:
-            return self.merge_parser.parse_known_args(args[1:], namespace)
+            parsed, extras = self.merge_parser.parse_known_args(args[1:], namespace)
+            if extras:
+                # e.g. `bench merge 104 --called-aet X`, meant as a load test of host "merge"
+                hint = ""
+                if any(a.startswith("--called-aet") for a in extras):
+                    hint = f" (a load test of a host named {MERGE!r}: write it '{MERGE}.')"
+                self.merge_parser.error(f"unrecognized arguments: {' '.join(extras)}{hint}")
+            return parsed, extras
         return super().parse_known_args(args, namespace)
 
 
