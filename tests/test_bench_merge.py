@@ -347,3 +347,21 @@ def test_merge_reports_failed_operations_with_exit_1(tmp_path: Path) -> None:
     assert merged["errors_by_kind"] == {"0xA700": 4, "aborted": 3}
     assert merged["ops_per_s"] == pytest.approx(200.0)
     assert "errors aborted: 3" in out(result)
+
+
+def test_chart_title_of_merged_runs() -> None:
+    from datetime import timezone
+
+    from asyncdicom.cli.bench import chart_title
+
+    peers = (("A", "10.0.0.1", 104), ("B", "10.0.0.2", 104), ("C", "::1", 104))
+    run = RunInfo("store", peers, associations=30, windows=(2, 4), rate=None, runs=3)
+    when = datetime(2026, 12, 8, 9, 0, tzinfo=timezone.utc)
+    assert chart_title(LoadResult(operations=12345), run, when).splitlines() == [
+        "bench store: 3 peers",
+        "12,345 operations, 3 runs, 30 associations x window 2/4, closed loop; 2026-12-08 09:00Z",
+    ]
+    two = RunInfo("echo", peers[1:], associations=1, windows=(1,), rate=250.0, runs=2)
+    assert chart_title(LoadResult(operations=10), two, when).splitlines()[0] == (
+        "bench echo: B at 10.0.0.2:104, C at [::1]:104"
+    )

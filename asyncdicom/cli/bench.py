@@ -452,6 +452,8 @@ def chart_title(result: LoadResult, spec: LoadSpec | RunInfo, when: datetime | N
     loop = f"{run.rate:g}/s" if run.rate else "closed loop"
     associations = "1 association" if run.associations == 1 else f"{run.associations} associations"
     peers = ", ".join(f"{aet} at {format_address(host, port)}" for aet, host, port in run.peers)
+    if len(run.peers) > 2:  # the chart's width
+        peers = f"{len(run.peers)} peers"
     runs = f"{run.runs} runs, " if run.runs > 1 else ""
     return (
         f"bench {run.operation}: {peers}"
