@@ -58,6 +58,8 @@ The tree::
     ├── UsersFileError (ValueError)           a users file cannot be read or parsed
     ├── AuditLogError (OSError)               the audit log cannot be appended to
     ├── WorkerFailed (RuntimeError)           a load-test worker process could not run
+    ├── BenchResultError (ValueError)         a file is not a load-test result
+    │   └── IncompatibleRuns                  load-test results that do not add up to one
     ├── WorkerDied (RuntimeError)             a server worker process ended unasked
     ├── RulesError (ValueError)               a router's destination or rules file is wrong
     ├── QueueBusy                             another router holds the queue folder
@@ -95,6 +97,7 @@ __all__ = [
     "AssociationRejected",
     "AuditLogError",
     "BadProtocolVersion",
+    "BenchResultError",
     "CommitmentRefused",
     "CommitmentTimeout",
     "ConnectTimeout",
@@ -106,6 +109,7 @@ __all__ = [
     "EmptyDataSet",
     "IdentifierMismatch",
     "InboxBusy",
+    "IncompatibleRuns",
     "IndexDatabaseError",
     "InvalidDataset",
     "InvalidDicomFile",
@@ -471,6 +475,17 @@ class AuditLogError(DICOMError, OSError):
 class WorkerFailed(DICOMError, RuntimeError):
     """A load-test worker process could not run its share (its error line, or how it
     ended); see :func:`asyncdicom.loadtest.run_in_processes`."""
+
+
+class BenchResultError(DICOMError, ValueError):
+    """A file given as a load-test result is not one (not JSON, or not the shape ``bench
+    --json`` writes); see :func:`asyncdicom.loadtest.read_result`."""
+
+
+class IncompatibleRuns(BenchResultError):
+    """Load-test results that cannot be merged into one: different operations, open and
+    closed loop mixed, or runs whose time windows do not overlap; see
+    :func:`asyncdicom.loadtest.merge_runs`."""
 
 
 class WorkerDied(DICOMError, RuntimeError):

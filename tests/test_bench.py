@@ -619,7 +619,27 @@ async def test_cli_against_our_storescp_json(tmp_path: Path, anyio_backend: str)
         "latency_ms",
         "association_setup_ms",
         "negotiated",
+        # what `bench merge` needs
+        "run",
+        "started",
+        "ended",
+        "elapsed_s",
+        "bytes_sent",
+        "associations_opened",
+        "histograms",
+        "timeline",
     }
+    assert summary["run"] == {
+        "operation": "store",
+        "peers": [{"called_aet": "STORESCP", "host": "127.0.0.1", "port": port}],
+        "associations": 2,
+        "windows": [2],
+        "rate": None,
+        "processes": 1,
+        "runs": 1,
+    }
+    assert sum(summary["timeline"]["operations"]) == 10
+    assert summary["associations_opened"] >= 2
     assert summary["operations"] == 10 and summary["errors"] == 0
     assert summary["errors_by_kind"] == {}
     assert summary["ops_per_s"] > 0 and summary["MB_per_s"] > 0

@@ -32,10 +32,17 @@ class DocRow:
 
 
 def _subcommands() -> dict[str, argparse.ArgumentParser]:
+    """Sub-command -> its parser; a sub-command's own sub-command (``bench merge``, whose
+    parser is the ``merge_parser`` of ``bench``'s) under its two words."""
     parser = build_parser()
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
-            return dict(action.choices)
+            commands = dict(action.choices)
+            for name, sub in list(commands.items()):
+                nested = getattr(sub, "merge_parser", None)
+                if isinstance(nested, argparse.ArgumentParser):
+                    commands[f"{name} merge"] = nested
+            return commands
     raise AssertionError("the asyncdicom parser has no sub-commands")
 
 
@@ -203,5 +210,5 @@ def test_the_command_list_names_every_command() -> None:
     ``users``)."""
     text = DOC.read_text(encoding="utf-8")
     block = text.split("```console", 1)[1].split("```", 1)[0]
-    listed = re.findall(r"^\$ asyncdicom (\S+)", block, flags=re.MULTILINE)
+    listed = re.findall(r"^\$ asyncdicom (\S+(?: merge)?)", block, flags=re.MULTILINE)
     assert sorted(listed) == sorted(COMMANDS)

@@ -51,6 +51,7 @@ EXPECTED_ALL: dict[str, set[str]] = {
         "QueryError", "IdentifierMismatch", "UnableToProcess", "ModelNotSupported",
         "IndexDatabaseError", "SchemaVersionError", "SlowPath", "UsersFileError", "AuditLogError",
         "WorkerFailed", "WorkerDied", "RulesError", "QueueBusy", "InboxBusy",
+        "BenchResultError", "IncompatibleRuns",
     },
     "asyncdicom.lowlevel": {
         "BaseAssociation", "DatasetSource", "Dispatcher", "IncomingRequest", "Owner",
@@ -153,7 +154,8 @@ EXPECTED_ALL: dict[str, set[str]] = {
     "asyncdicom.loadtest": {
         "LoadGenerator", "LoadResult", "LoadSpec", "Operation", "UIDPatchError", "WorkerFailed",
         "classify", "new_histogram", "percentiles", "run_in_processes", "run_load",
-        "write_percentile_chart",
+        "write_percentile_chart", "BenchResultError", "IncompatibleRuns", "RunInfo", "Timeline",
+        "merge_runs", "read_result",
     },
     "asyncdicom.protocol": {
         "AcceptorConfig", "CommandReceived", "ContextRequest", "DatasetFragment",
@@ -238,6 +240,7 @@ def test_standard_bases_are_kept_where_they_help() -> None:
     assert issubclass(errors.CommitmentTimeout, TimeoutError)
     assert issubclass(errors.ConnectTimeout, TimeoutError)
     assert issubclass(errors.WorkerFailed, RuntimeError)
+    assert issubclass(errors.BenchResultError, ValueError)
     # the sans-IO errors are the same classes under both names
     from asyncdicom.protocol import errors as protocol_errors
 

@@ -5,6 +5,12 @@ operations window), closed loop or at a fixed arrival rate (``--rate``; latency 
 each operation's scheduled time, so a slow peer shows as latency, not as a lower rate).  Live
 progress on a terminal, a final table on standard output, ``--json`` and ``--plot`` files.
 Exit status 0 only when no operation failed.
+
+``asyncdicom bench merge FILE...`` merges the ``--json`` results of several runs (several
+hosts loading one peer) into one (:mod:`asyncdicom.loadtest.merge`) and prints and writes it as
+a run's.  The word ``merge`` right after ``bench`` selects it; ``bench`` otherwise takes a
+``HOST`` there, so a peer whose host name is ``merge`` is written ``merge.`` (the same name,
+fully qualified) or by its address.
 """
 
 from __future__ import annotations
@@ -20,11 +26,15 @@ from typing import Any
 import anyio
 
 from ..loadtest import (
+    BenchResultError,
     LoadGenerator,
     LoadResult,
     LoadSpec,
     Operation,
+    RunInfo,
     WorkerFailed,
+    merge_runs,
+    read_result,
     run_in_processes,
     write_percentile_chart,
 )
@@ -32,6 +42,7 @@ from .apps import APPS
 from .argtypes import ae_title, port, positive_int, quoted, timeout
 from .findscu import parse_key
 from .options import (
+    HelpFormatter,
     add_client_timeouts,
     add_common,
     add_max_pdu,
@@ -39,13 +50,36 @@ from .options import (
     add_user_identity,
     client_timeouts,
 )
-from .output import CLIError, err, format_address
+from .output import CLIError, err, format_address, warn
 from .scu import scu_user_identity
 
 __all__ = ["add_parser", "run"]
 
 #: the run's length when neither --duration nor --count is given
 DEFAULT_DURATION = 10.0
+#: the word after ``bench`` that selects merging results (instead of a HOST)
+MERGE = "merge"
+
+
+class _BenchParser(argparse.ArgumentParser):
+    """``bench``'s parser: arguments starting with the word ``merge`` go to the parser of
+    ``bench merge`` (:attr:`merge_parser`), all others are a load test's."""
+
+    merge_parser: argparse.ArgumentParser | None = None
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Any = None, namespace: Any = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        if args and args[0] == MERGE and self.merge_parser is not None:
+            parsed, extras = self.merge_parser.parse_known_args(args[1:], namespace)
+            if extras:
+                # e.g. `bench merge 104 --called-aet X`, meant as a load test of host "merge"
+                hint = ""
+                if any(a.startswith("--called-aet") for a in extras):
+                    hint = f" (a load test of a host named {MERGE!r}: write it '{MERGE}.')"
+                self.merge_parser.error(f"unrecognized arguments: {' '.join(extras)}{hint}")
+            return parsed, extras
+        return super().parse_known_args(args, namespace)
 
 
 def _rate(text: str) -> float:
@@ -86,7 +120,13 @@ def add_parser(sub: Any) -> None:
             "Load-test a DICOM node: many associations, several operations outstanding on each, "
             "closed loop or at a fixed arrival rate; latency percentiles and rates."
         ),
+        epilog=(
+            f"'asyncdicom bench {MERGE} FILE...' merges the --json results of several runs "
+            f"(see 'asyncdicom bench {MERGE} --help'); a peer whose host name is {MERGE!r} is "
+            f"written '{MERGE}.' or by its address."
+        ),
     )
+    p.__class__ = _BenchParser
     p.add_argument("host", metavar="HOST", help="peer host name or address (IPv4 or IPv6)")
     p.add_argument("port", metavar="PORT", type=port, help="peer TCP port (1..65535)")
     p.add_argument(
@@ -209,6 +249,40 @@ def add_parser(sub: Any) -> None:
     add_user_identity(p)
     add_common(p)
     p.set_defaults(func=run, bench_parser=p)
+    _add_merge_parser(p)
+
+
+def _add_merge_parser(bench: argparse.ArgumentParser) -> None:
+    """The parser of ``bench merge`` (see :class:`_BenchParser`)."""
+    m = argparse.ArgumentParser(
+        prog=f"{bench.prog} {MERGE}",
+        formatter_class=HelpFormatter,
+        description=(
+            "Merge the --json results of several bench runs (several hosts loading one node) "
+            "into one: counts added, latency histograms added, rates summed over the time "
+            "window the runs have in common. The result is printed and written as a run's."
+        ),
+    )
+    m.add_argument(
+        "files",
+        nargs="+",
+        metavar="FILE",
+        help="results written by 'bench --json' (or by 'bench merge --json')",
+    )
+    m.add_argument(
+        "--json", type=Path, default=None, metavar="FILE", help="write the merged result as JSON"
+    )
+    m.add_argument(
+        "--plot",
+        type=Path,
+        default=None,
+        metavar="FILE.png",
+        help="write the merged latency-percentile chart (PNG)",
+    )
+    add_common(m)
+    m.set_defaults(func=run_merge, bench_parser=m)
+    assert isinstance(bench, _BenchParser)
+    bench.merge_parser = m
 
 
 def _files(paths: list[str]) -> list[Path]:
@@ -305,35 +379,91 @@ async def run(args: argparse.Namespace) -> int:
             tg.start_soon(poll)
             result = await generator.run()
         tg.cancel_scope.cancel()
-    _print_table(result, spec, args)
+    if result.run is None:
+        result.run = RunInfo.of(spec, args.processes)
+    return _report(result, args)
+
+
+def _report(result: LoadResult, args: argparse.Namespace) -> int:
+    """The table, the --json and --plot files of a result (run or merged); 1 when an
+    operation failed."""
+    _print_table(result)
     if args.json is not None:
         args.json.write_text(json.dumps(result.summary(), indent=2) + "\n")
     if args.plot is not None:
         curves = [("operation latency", result.latency), ("association setup", result.setup)]
-        write_percentile_chart(os.fspath(args.plot), curves, title=chart_title(result, spec))
+        assert result.run is not None
+        when = datetime.now(timezone.utc)
+        if result.run.runs > 1:
+            when = datetime.fromtimestamp(result.started, timezone.utc)
+        title = chart_title(result, result.run, when)
+        write_percentile_chart(os.fspath(args.plot), curves, title=title)
     if result.errors:
+        assert result.run is not None
         kinds = ", ".join(f"{k}: {n}" for k, n in sorted(result.errors_by_kind.items()))
         err(
             f"{result.errors} of {result.operations} operations with "
-            f"{format_address(spec.host, spec.port)} failed ({kinds})"
+            f"{_peers(result.run)} failed ({kinds})"
         )
         return 1
     return 0
 
 
-def chart_title(result: LoadResult, spec: LoadSpec, when: datetime | None = None) -> str:
-    """The title of ``bench --plot``'s chart, two lines: the operation and the peer; how many
-    operations (and how they were paced), and the date (UTC)."""
+async def run_merge(args: argparse.Namespace) -> int:
+    """``bench merge``: read the results, merge them, report as ``run`` does.  A file that
+    cannot be read, is no bench result, or does not merge with the others is a usage error
+    (exit 2); 1 when the merged runs had failed operations."""
+    parser: argparse.ArgumentParser = args.bench_parser
+    results: list[LoadResult] = []
+    for name in args.files:
+        try:
+            results.append(read_result(name))
+        except FileNotFoundError:
+            parser.error(f"argument FILE: {name}: no such file")
+        except OSError as exc:
+            parser.error(f"argument FILE: {name}: cannot be read ({exc.strerror or exc})")
+        except BenchResultError as exc:
+            parser.error(f"argument FILE: {name}: not a bench result: {exc}")
+    try:
+        merged = merge_runs(results, args.files)
+    except BenchResultError as exc:
+        parser.error(f"cannot merge: {exc}")
+    shortest = min(results, key=lambda r: r.elapsed)
+    if len(results) > 1 and merged.elapsed < 0.5 * shortest.elapsed:
+        warn(
+            f"the runs have {merged.elapsed:.2f} s in common, "
+            f"{merged.elapsed / shortest.elapsed:.0%} of the shortest ({shortest.elapsed:.2f} s): "
+            "the merged rates rest on that window only"
+        )
+    return _report(merged, args)
+
+
+def _peers(run: RunInfo) -> str:
+    """The peers of a run for a message: ``HOST:PORT``, or several separated by commas."""
+    return ", ".join(format_address(host, port) for _aet, host, port in run.peers)
+
+
+def chart_title(result: LoadResult, spec: LoadSpec | RunInfo, when: datetime | None = None) -> str:
+    """The title of ``bench --plot``'s chart, two lines: the operation and the peer(s); how
+    many operations (and how they were paced, and how many runs were merged), and the date
+    (UTC)."""
     when = when or datetime.now(timezone.utc)
-    loop = f"{spec.rate:g}/s" if spec.rate else "closed loop"
-    associations = (
-        "1 association" if spec.associations == 1 else f"{spec.associations} associations"
-    )
+    run = spec if isinstance(spec, RunInfo) else RunInfo.of(spec)
+    loop = f"{run.rate:g}/s" if run.rate else "closed loop"
+    associations = "1 association" if run.associations == 1 else f"{run.associations} associations"
+    peers = ", ".join(f"{aet} at {format_address(host, port)}" for aet, host, port in run.peers)
+    if len(run.peers) > 2:  # the chart's width
+        peers = f"{len(run.peers)} peers"
+    runs = f"{run.runs} runs, " if run.runs > 1 else ""
     return (
-        f"bench {spec.operation.value}: {spec.called_aet} at {format_address(spec.host, spec.port)}"
-        f"\n{result.operations:,} operations, {associations} x window {spec.window}, {loop}; "
-        f"{when:%Y-%m-%d %H:%M}Z"
+        f"bench {run.operation}: {peers}"
+        f"\n{result.operations:,} operations, {runs}{associations} x window {_windows(run)}, "
+        f"{loop}; {when:%Y-%m-%d %H:%M}Z"
     )
+
+
+def _windows(run: RunInfo) -> str:
+    return "/".join(str(w) for w in run.windows)
 
 
 async def _show_progress(console: Any, state: dict[str, int], started: float) -> None:
@@ -353,17 +483,20 @@ async def _show_progress(console: Any, state: dict[str, int], started: float) ->
             live.update(line(), refresh=True)
 
 
-def _print_table(result: LoadResult, spec: LoadSpec, args: argparse.Namespace) -> None:
+def _print_table(result: LoadResult) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    run = result.run
+    assert run is not None
     summary = result.summary()
-    loop = f"open loop, {spec.rate:g}/s" if spec.rate else "closed loop"
+    loop = f"open loop, {run.rate:g}/s" if run.rate else "closed loop"
+    runs = f", {run.runs} runs merged" if run.runs > 1 else ""
     table = Table(
         title=(
-            f"bench {spec.operation.value} {format_address(spec.host, spec.port)}: "
-            f"{spec.associations} associations x window {spec.window}, {loop}, "
-            f"{args.processes} process{'es' if args.processes > 1 else ''}"
+            f"bench {run.operation} {_peers(run)}: "
+            f"{run.associations} associations x window {_windows(run)}, {loop}, "
+            f"{run.processes} process{'es' if run.processes > 1 else ''}{runs}"
         ),
         title_justify="left",
     )
@@ -386,3 +519,9 @@ def _print_table(result: LoadResult, spec: LoadSpec, args: argparse.Namespace) -
     )
     for kind, n in sorted(result.errors_by_kind.items()):
         console.print(f"  errors {kind}: {n:,}", highlight=False)
+    if run.runs > 1:
+        start, end = (summary["started"], summary["ended"])
+        console.print(
+            f"{run.runs} runs merged: rates over their common window, {start} to {end}",
+            highlight=False,
+        )

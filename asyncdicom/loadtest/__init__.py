@@ -5,9 +5,11 @@
 >>> result = await run_load(spec)                       # in this process
 >>> result = await run_in_processes(spec, processes=2)  # spread over worker processes
 >>> result.summary()["latency_ms"]["p99"]
+>>> merged = merge_runs([read_result("host1.json"), read_result("host2.json")])
 
 See :mod:`asyncdicom.loadtest.engine` for the model (closed and open loop, coordinated
-omission), :mod:`.newuids` for ``new_uids`` and :mod:`.chart` for the latency chart.
+omission), :mod:`.newuids` for ``new_uids``, :mod:`.chart` for the latency chart and
+:mod:`.merge` for results of several hosts merged into one.
 """
 
 from __future__ import annotations
@@ -18,24 +20,33 @@ from .engine import (
     LoadResult,
     LoadSpec,
     Operation,
+    RunInfo,
+    Timeline,
     classify,
     new_histogram,
     percentiles,
     run_load,
 )
+from .merge import BenchResultError, IncompatibleRuns, merge_runs, read_result
 from .newuids import UIDPatchError
 from .processes import WorkerFailed, run_in_processes
 
 __all__ = [
+    "BenchResultError",
+    "IncompatibleRuns",
     "LoadGenerator",
     "LoadResult",
     "LoadSpec",
     "Operation",
+    "RunInfo",
+    "Timeline",
     "UIDPatchError",
     "WorkerFailed",
     "classify",
+    "merge_runs",
     "new_histogram",
     "percentiles",
+    "read_result",
     "run_in_processes",
     "run_load",
     "write_percentile_chart",

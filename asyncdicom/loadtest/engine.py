@@ -34,15 +34,19 @@ into HDR histograms (microseconds, 3 significant digits).  Every failure is coun
 DIMSE, storage commitment report), ``connect`` (connection refused, unreachable),
 ``no-context``, ``commit-failed`` (a report listing failed instances), ``other``, and each
 failure status by its code (``0xA700``).  An association that cannot be opened counts as one
-failed operation (the one that was waiting for it).
+failed operation (the one that was waiting for it).  The run's wall-clock start and a
+:class:`Timeline` of the operations finished per tenth of a second let results of runs on
+several hosts merge (:func:`asyncdicom.loadtest.merge_runs`).
 """
 
 from __future__ import annotations
 
 import enum
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +59,7 @@ from ..config import Timeouts
 from ..errors import (
     AssociationAborted,
     AssociationRejected,
+    BenchResultError,
     DICOMError,
     NoAcceptedContext,
     TransportError,
@@ -73,10 +78,13 @@ from .newuids import SOP_INSTANCE_UID, UIDLocations, UIDSource, locate_uids, pat
 
 __all__ = [
     "HIGHEST_MICROSECONDS",
+    "TIMELINE_INTERVAL",
     "LoadGenerator",
     "LoadResult",
     "LoadSpec",
     "Operation",
+    "RunInfo",
+    "Timeline",
     "classify",
     "new_histogram",
     "percentiles",
@@ -88,6 +96,8 @@ __all__ = [
 HIGHEST_MICROSECONDS = 3_600_000_000
 #: percentiles reported (key: name in the results)
 PERCENTILES = {"p50": 50.0, "p90": 90.0, "p99": 99.0, "p999": 99.9}
+#: the width of a :class:`Timeline`'s buckets, seconds
+TIMELINE_INTERVAL = 0.1
 #: delay before re-opening an association after a failure that consumed no time (refused)
 _RETRY_PAUSE = 0.05
 
@@ -177,6 +187,181 @@ class LoadSpec:
 # ------------------------------------------------------------------------------------ results
 
 
+@dataclass(frozen=True)
+class RunInfo:
+    """What a result is the result of: the ``operation``, the peers (``(called AE, host,
+    port)``, each once), the ``associations`` and the ``processes`` in all, the distinct
+    operation ``windows`` asked for, the ``rate`` in all (``None``: closed loop) and how many
+    ``runs`` were merged into it (1 for one ``bench`` run, whatever its processes)."""
+
+    operation: str
+    peers: tuple[tuple[str, str, int], ...]
+    associations: int
+    windows: tuple[int, ...]
+    rate: float | None
+    processes: int = 1
+    runs: int = 1
+
+    @classmethod
+    def of(cls, spec: LoadSpec, processes: int = 1) -> RunInfo:
+        """The description of one run of ``spec`` in ``processes`` processes."""
+        return cls(
+            operation=spec.operation.value,
+            peers=((spec.called_aet, spec.host, spec.port),),
+            associations=spec.associations,
+            windows=(spec.window,),
+            rate=spec.rate,
+            processes=processes,
+        )
+
+    @classmethod
+    def combined(cls, infos: Sequence[RunInfo], *, runs: int) -> RunInfo:
+        """The description of ``infos`` going on at once (associations, processes and rates
+        added up; their peers and windows together), counting as ``runs`` runs."""
+        rates = [i.rate for i in infos]
+        return cls(
+            operation=infos[0].operation,
+            peers=tuple(dict.fromkeys(p for i in infos for p in i.peers)),
+            associations=sum(i.associations for i in infos),
+            windows=tuple(sorted({w for i in infos for w in i.windows})),
+            rate=None if None in rates else sum(r for r in rates if r is not None),
+            processes=sum(i.processes for i in infos),
+            runs=runs,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``run`` object of ``bench --json``."""
+        return {
+            "operation": self.operation,
+            "peers": [{"called_aet": a, "host": h, "port": p} for a, h, p in self.peers],
+            "associations": self.associations,
+            "windows": list(self.windows),
+            "rate": self.rate,
+            "processes": self.processes,
+            "runs": self.runs,
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> RunInfo:
+        """The description :meth:`to_json` wrote.  Raises ``KeyError``, ``TypeError`` or
+        ``ValueError`` when ``data`` is not one."""
+        if not isinstance(data, dict) or not isinstance(data["peers"], list):
+            raise TypeError("not an object with a list of peers")
+        rate = data["rate"]
+        return cls(
+            operation=Operation(data["operation"]).value,
+            peers=tuple(
+                (str(p["called_aet"]), str(p["host"]), int(p["port"])) for p in data["peers"]
+            ),
+            associations=int(data["associations"]),
+            windows=tuple(int(w) for w in data["windows"]),
+            rate=None if rate is None else float(rate),
+            processes=int(data["processes"]),
+            runs=int(data["runs"]),
+        )
+
+
+@dataclass
+class Timeline:
+    """Operations finished (succeeded or failed) and data set bytes sent over a run, per
+    ``interval`` seconds: bucket *i* covers seconds [*i* x interval, (*i* + 1) x interval) from
+    the run's start (the last one ends with the run).  What lets the rates of runs on several
+    hosts be added over the time they have in common (:meth:`rebinned`).  The counts of a
+    merged result are fractions: a bucket that straddles the edge of the common time is
+    assumed to have run at an even rate within it."""
+
+    interval: float = TIMELINE_INTERVAL
+    operations: list[float] = field(default_factory=list)
+    bytes: list[float] = field(default_factory=list)
+
+    def record(self, offset: float, operations: int, nbytes: int) -> None:
+        """Count ``operations`` finished and ``nbytes`` sent ``offset`` seconds into the run."""
+        index = max(0, int(offset / self.interval))
+        if index >= len(self.operations):
+            grow = index + 1 - len(self.operations)
+            self.operations.extend([0] * grow)
+            self.bytes.extend([0] * grow)
+        self.operations[index] += operations
+        self.bytes[index] += nbytes
+
+    def rebinned(
+        self, start: float, length: float, origin: float, span: float, interval: float
+    ) -> Timeline:
+        """This timeline, of a run from time ``start`` lasting ``length`` s, on buckets of
+        ``interval`` s from time ``origin`` for ``span`` s (``start`` and ``origin`` on one
+        clock): each bucket's counts are spread evenly over the time it covers and added to
+        the new buckets that time falls in; what falls outside the new span is dropped."""
+        n = math.ceil(round(span / interval, 9)) if span > 0 else 0
+        out = Timeline(interval, [0.0] * n, [0.0] * n)
+        if n == 0:
+            return out
+        end, run_end = origin + span, start + length
+        for i, (ops, nbytes) in enumerate(zip(self.operations, self.bytes, strict=True)):
+            if not ops and not nbytes:
+                continue
+            lo = start + i * self.interval
+            hi = min(start + (i + 1) * self.interval, run_end)
+            if hi <= lo:  # counted at the run's very end: a point in time
+                if origin <= lo <= end:
+                    j = min(n - 1, int((lo - origin) / interval))
+                    out.operations[j] += ops
+                    out.bytes[j] += nbytes
+                continue
+            a, z = max(lo, origin), min(hi, end)
+            j = max(0, int((a - origin) / interval))
+            while a < z and j < n:
+                b_lo = origin + j * interval
+                b_hi = end if j == n - 1 else min(origin + (j + 1) * interval, end)
+                part = min(b_hi, z) - max(b_lo, a)
+                if part > 0:
+                    out.operations[j] += ops * part / (hi - lo)
+                    out.bytes[j] += nbytes * part / (hi - lo)
+                if b_hi >= z:
+                    break
+                j += 1
+        return out
+
+    def add(self, other: Timeline) -> None:
+        """Add ``other``'s counts, bucket by bucket (the same interval and origin)."""
+        for name in ("operations", "bytes"):
+            mine: list[float] = getattr(self, name)
+            theirs: list[float] = getattr(other, name)
+            if len(mine) < len(theirs):
+                mine.extend([0] * (len(theirs) - len(mine)))
+            for j, value in enumerate(theirs):
+                mine[j] += value
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``timeline`` object of ``bench --json`` (fractions to 6 decimals)."""
+        return {
+            "interval_s": self.interval,
+            "operations": [_number(v) for v in self.operations],
+            "bytes": [_number(v) for v in self.bytes],
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> Timeline:
+        """The timeline :meth:`to_json` wrote.  Raises ``KeyError``, ``TypeError`` or
+        ``ValueError`` when ``data`` is not one."""
+        if not isinstance(data, dict):
+            raise TypeError("not an object")
+        interval = float(data["interval_s"])
+        ops = [float(v) for v in data["operations"]]
+        nbytes = [float(v) for v in data["bytes"]]
+        values = [interval, *ops, *nbytes]
+        if not (interval > 0 and len(ops) == len(nbytes)) or not all(
+            math.isfinite(v) and v >= 0 for v in values
+        ):
+            raise ValueError("an interval above 0 and as many byte as operation counts")
+        return cls(interval, ops, nbytes)
+
+
+def _number(value: float) -> float | int:
+    """A count for JSON: a whole number as an int, a fraction to 6 decimals."""
+    rounded = round(value, 6)
+    return int(rounded) if rounded == int(rounded) else rounded
+
+
 def percentiles(histogram: HdrHistogram) -> dict[str, float]:
     """p50, p90, p99, p999 and max of a microsecond histogram, in milliseconds (0 when empty)."""
     if histogram.get_total_count() == 0:
@@ -189,7 +374,12 @@ def percentiles(histogram: HdrHistogram) -> dict[str, float]:
 @dataclass
 class LoadResult:
     """The outcome of a load test: counts, rates and the two latency histograms
-    (microseconds).  Results of several processes merge with :meth:`merged`."""
+    (microseconds).  Results of several processes merge with :meth:`merged`, results of runs
+    on several hosts with :func:`asyncdicom.loadtest.merge_runs`.
+
+    ``started`` is the wall-clock time (``time.time()``) the run began, ``elapsed`` its length;
+    ``timeline`` what finished when, ``run`` what was run (both ``None`` in a result built by
+    hand)."""
 
     operations: int = 0
     errors_by_kind: dict[str, int] = field(default_factory=dict)
@@ -199,6 +389,9 @@ class LoadResult:
     setup: HdrHistogram = field(default_factory=new_histogram)
     associations_opened: int = 0
     negotiated: dict[str, Any] = field(default_factory=dict)
+    started: float = 0.0
+    timeline: Timeline | None = None
+    run: RunInfo | None = None
 
     @property
     def errors(self) -> int:
@@ -207,13 +400,22 @@ class LoadResult:
 
     @property
     def ops_per_s(self) -> float:
-        """Operations (succeeded or not) per second of the run."""
-        return self.operations / self.elapsed if self.elapsed > 0 else 0.0
+        """Operations (succeeded or not) per second of the run: those its timeline holds (for
+        one run, all of them; for runs merged, those of their common time) per second."""
+        if self.elapsed <= 0:
+            return 0.0
+        if self.timeline is not None:
+            return sum(self.timeline.operations) / self.elapsed
+        return self.operations / self.elapsed
 
     @property
     def mb_per_s(self) -> float:
-        """Data set megabytes (10**6 bytes) sent per second."""
-        return self.bytes_sent / 1e6 / self.elapsed if self.elapsed > 0 else 0.0
+        """Data set megabytes (10**6 bytes) sent per second (counted as :attr:`ops_per_s`)."""
+        if self.elapsed <= 0:
+            return 0.0
+        if self.timeline is not None:
+            return sum(self.timeline.bytes) / 1e6 / self.elapsed
+        return self.bytes_sent / 1e6 / self.elapsed
 
     def percentiles(self, histogram: HdrHistogram) -> dict[str, float]:
         """See :func:`percentiles`."""
@@ -222,7 +424,11 @@ class LoadResult:
     def summary(self) -> dict[str, Any]:
         """The result as ``bench --json`` writes it: ``operations``, ``errors``,
         ``errors_by_kind``, ``ops_per_s``, ``MB_per_s``, ``latency_ms`` and
-        ``association_setup_ms`` ({p50, p90, p99, p999, max}), ``negotiated``."""
+        ``association_setup_ms`` ({p50, p90, p99, p999, max}), ``negotiated``; and what a
+        merge needs: ``run`` (:class:`RunInfo`), ``started`` and ``ended`` (UTC, ISO 8601),
+        ``elapsed_s``, ``bytes_sent``, ``associations_opened``, ``histograms`` (``latency``
+        and ``association_setup``, microseconds, HdrHistogram's compressed encoding) and
+        ``timeline``.  :meth:`from_summary` reads it back."""
         return {
             "operations": self.operations,
             "errors": self.errors,
@@ -232,7 +438,79 @@ class LoadResult:
             "latency_ms": percentiles(self.latency),
             "association_setup_ms": percentiles(self.setup),
             "negotiated": self.negotiated,
+            "run": None if self.run is None else self.run.to_json(),
+            "started": _utc(self.started),
+            "ended": _utc(self.started + self.elapsed),
+            "elapsed_s": self.elapsed,
+            "bytes_sent": self.bytes_sent,
+            "associations_opened": self.associations_opened,
+            "histograms": {
+                "unit": "us",
+                "latency": _encode_histogram(self.latency),
+                "association_setup": _encode_histogram(self.setup),
+            },
+            "timeline": None if self.timeline is None else self.timeline.to_json(),
         }
+
+    @classmethod
+    def from_summary(cls, data: Any) -> LoadResult:
+        """The result :meth:`summary` described (what ``bench --json`` wrote).  Raises
+        :class:`~asyncdicom.errors.BenchResultError` when ``data`` is not one, naming what
+        is missing or wrong."""
+        if not isinstance(data, dict):
+            raise BenchResultError("not a JSON object")
+        if "histograms" not in data and "latency_ms" in data:
+            raise BenchResultError(
+                "no histograms: written by a bench that could not merge, run it again"
+            )
+        key = ""
+        try:
+            key = "run"
+            run = RunInfo.from_json(data["run"])
+            key = "started"
+            started = _from_utc(data["started"])
+            key = "elapsed_s"
+            elapsed = float(data["elapsed_s"])
+            if not (math.isfinite(elapsed) and elapsed >= 0):
+                raise ValueError("not a number of seconds")
+            key = "timeline"
+            timeline = Timeline.from_json(data["timeline"])
+            key = "histograms"
+            histograms = data["histograms"]
+            if not isinstance(histograms, dict) or histograms.get("unit") != "us":
+                raise ValueError("not histograms in microseconds")
+            latency = _decode_histogram(histograms["latency"])
+            setup = _decode_histogram(histograms["association_setup"])
+            key = "errors_by_kind"
+            errors_by_kind = {str(k): int(v) for k, v in data["errors_by_kind"].items()}
+            counts = []
+            for key in ("operations", "bytes_sent", "associations_opened"):
+                counts.append(int(data[key]))
+                if counts[-1] < 0:
+                    raise ValueError("below 0")
+            key = "negotiated"
+            negotiated = dict(data["negotiated"])
+        except KeyError as exc:
+            where = f" in {key!r}" if exc.args and exc.args[0] != key else ""
+            raise BenchResultError(f"no {exc.args[0]!r}{where}") from None
+        except (TypeError, ValueError, AttributeError, IndexError) as exc:
+            raise BenchResultError(f"{key!r} is not what bench writes ({exc})") from None
+        operations, bytes_sent, associations_opened = counts
+        if latency.get_total_count() > operations:
+            raise BenchResultError("more latencies recorded than operations")
+        return cls(
+            operations=operations,
+            errors_by_kind=errors_by_kind,
+            elapsed=elapsed,
+            bytes_sent=bytes_sent,
+            latency=latency,
+            setup=setup,
+            associations_opened=associations_opened,
+            negotiated=negotiated,
+            started=started,
+            timeline=timeline,
+            run=run,
+        )
 
     def encode(self) -> dict[str, Any]:
         """A JSON-able form, histograms in HdrHistogram's compressed encoding (to send a
@@ -246,6 +524,9 @@ class LoadResult:
             "setup": _encode_histogram(self.setup),
             "associations_opened": self.associations_opened,
             "negotiated": self.negotiated,
+            "started": self.started,
+            "timeline": None if self.timeline is None else self.timeline.to_json(),
+            "run": None if self.run is None else self.run.to_json(),
         }
 
     @classmethod
@@ -260,24 +541,66 @@ class LoadResult:
             setup=_decode_histogram(data["setup"]),
             associations_opened=int(data["associations_opened"]),
             negotiated=dict(data["negotiated"]),
+            started=float(data["started"]),
+            timeline=None if data["timeline"] is None else Timeline.from_json(data["timeline"]),
+            run=None if data["run"] is None else RunInfo.from_json(data["run"]),
         )
 
     @classmethod
     def merged(cls, results: Sequence[LoadResult]) -> LoadResult:
-        """One result for runs that went on at the same time (worker processes): counts and
-        histograms added, the longest elapsed time, the first negotiated parameters."""
+        """One result for the parts of one run (its worker processes): counts and histograms
+        added, the time from the first start to the last end (the longest elapsed time when
+        they started together), the timelines added over it, the first negotiated
+        parameters, the associations, processes and rates added up."""
         out = cls()
+        if results:
+            out.started = min(r.started for r in results)
+            end = max(r.started + r.elapsed for r in results)
+            out.elapsed = end - out.started
+            if all(r.timeline is not None for r in results):
+                out.timeline = add_timelines(results, out.started, out.elapsed)
+            infos = [r.run for r in results if r.run is not None]
+            if len(infos) == len(results):
+                out.run = RunInfo.combined(infos, runs=max(i.runs for i in infos))
         for r in results:
             out.operations += r.operations
             for kind, n in r.errors_by_kind.items():
                 out.errors_by_kind[kind] = out.errors_by_kind.get(kind, 0) + n
-            out.elapsed = max(out.elapsed, r.elapsed)
             out.bytes_sent += r.bytes_sent
             out.latency.add(r.latency)
             out.setup.add(r.setup)
             out.associations_opened += r.associations_opened
             out.negotiated = out.negotiated or r.negotiated
         return out
+
+
+def add_timelines(results: Sequence[LoadResult], origin: float, span: float) -> Timeline:
+    """The timelines of ``results`` (each with one) added over ``span`` seconds from
+    wall-clock time ``origin``, in buckets of the finest interval among them."""
+    interval = min(r.timeline.interval for r in results if r.timeline is not None)
+    out = Timeline(interval)
+    for r in results:
+        assert r.timeline is not None
+        out.add(r.timeline.rebinned(r.started, r.elapsed, origin, span, interval))
+    if not out.operations:  # an empty span
+        out = Timeline(interval, [], [])
+    return out
+
+
+def _utc(seconds: float) -> str:
+    """Wall-clock ``seconds`` (since the epoch) as UTC in ISO 8601, to the microsecond."""
+    when = datetime.fromtimestamp(seconds, timezone.utc)
+    return when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _from_utc(text: Any) -> float:
+    """:func:`_utc`'s text back to seconds since the epoch.  Raises ``ValueError``."""
+    if not isinstance(text, str):
+        raise ValueError("not a date and time")
+    when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if when.tzinfo is None:
+        raise ValueError("no time zone")
+    return when.timestamp()
 
 
 def _encode_histogram(h: HdrHistogram) -> str:
@@ -288,9 +611,17 @@ def _encode_histogram(h: HdrHistogram) -> str:
 
 
 def _decode_histogram(text: str) -> HdrHistogram:
+    """Raises ``ValueError``/``TypeError`` for text that is no histogram of ours."""
     out = new_histogram()
+    if not isinstance(text, str):
+        raise TypeError("a histogram is encoded as text")
     if text:
-        out.add(HdrHistogram.decode(text.encode("ascii")))
+        try:
+            out.add(HdrHistogram.decode(text.encode("ascii")))
+        except (ValueError, TypeError):
+            raise
+        except Exception as exc:  # hdrh's own errors: a bad cookie, zlib, an index error
+            raise ValueError(f"not an encoded histogram: {exc}") from None
     return out
 
 
@@ -397,7 +728,8 @@ class LoadGenerator:
 
     def __init__(self, spec: LoadSpec, *, schedule_offset: float = 0.0) -> None:
         self.spec = spec
-        self.result = LoadResult()
+        self.result = LoadResult(timeline=Timeline(), run=RunInfo.of(spec))
+        self._begin = 0.0
         self._offset = schedule_offset
         self._instances: list[_Instance] = []
         self._new_uids = UIDSource()
@@ -475,7 +807,10 @@ class LoadGenerator:
             await anyio.to_thread.run_sync(self.prepare)
         if start is not None and start > anyio.current_time():
             await anyio.sleep_until(start)
-        begin = anyio.current_time() if start is None else start
+        now = anyio.current_time()
+        begin = now if start is None else start
+        self._begin = begin
+        self.result.started = time.time() - (now - begin)
         self._schedule = _Schedule(self.spec, begin, self._offset)
         async with anyio.create_task_group() as tg:
             for _ in range(self.spec.associations):
@@ -485,8 +820,15 @@ class LoadGenerator:
 
     # -------------------------------------------------------------------------- internals
 
-    def _fail(self, kind: str) -> None:
+    def _finished(self, nbytes: int) -> None:
+        """Count an operation (succeeded or failed) that just finished."""
         self.result.operations += 1
+        self.result.bytes_sent += nbytes
+        assert self.result.timeline is not None
+        self.result.timeline.record(anyio.current_time() - self._begin, 1, nbytes)
+
+    def _fail(self, kind: str) -> None:
+        self._finished(0)
         self.result.errors_by_kind[kind] = self.result.errors_by_kind.get(kind, 0) + 1
 
     async def _association_task(self) -> None:
@@ -572,8 +914,7 @@ class LoadGenerator:
             except _StatusFailure as exc:
                 self._fail(exc.kind)
             else:
-                self.result.operations += 1
-                self.result.bytes_sent += sent
+                self._finished(sent)
                 self.result.latency.record_value(_microseconds(anyio.current_time() - ticket.due))
             ticket = None
 

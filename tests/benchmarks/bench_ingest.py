@@ -29,14 +29,11 @@ import itertools
 import json
 import os
 import platform
-import re
 import shutil
-import signal
 import sqlite3
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,6 +42,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from apps import running_app
 from harness.peers import LOCALHOST, require_dcmtk, storescu_command
 from qr_data import Shape, ensure_dataset
 
@@ -61,44 +59,12 @@ def default_cache() -> Path:
 @contextlib.contextmanager
 def qrscp(storage: Path, tree: Path, backend: str, workers: int = 1) -> Iterator[tuple[int, int]]:
     """``python -m asyncdicom qrscp`` from ``tree`` on ``storage``; yields its port and pid."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(tree), *filter(None, [env.get("PYTHONPATH")])])
-    cmd = [PY, "-m", "asyncdicom", "qrscp", "--storage", str(storage), "--host", LOCALHOST]
-    cmd += ["--port", "0", "--max-pdu", "131072", "--backend", backend]
+    args = ["qrscp", "--storage", str(storage), "--host", LOCALHOST]
+    args += ["--port", "0", "--max-pdu", "131072", "--backend", backend]
     if workers != 1:
-        cmd += ["--workers", str(workers)]
-    proc = subprocess.Popen(
-        cmd,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env=env,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        deadline = time.monotonic() + 120
-        port = 0
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            found = re.search(r" listening on \S+:(\d+)", line)
-            if found:
-                port = int(found.group(1))
-                break
-        if not port:
-            raise RuntimeError(f"{' '.join(cmd)} did not start")
-        # keep reading what it prints: a full pipe would stop the server
-        threading.Thread(target=proc.stdout.read, daemon=True).start()
-        yield port, proc.pid
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        args += ["--workers", str(workers)]
+    with running_app(args, tree=tree, timeout=120, stop_timeout=60) as app:
+        yield app.port, app.pid
 
 
 def preload(db: Path, count: int, tree: Path) -> None:

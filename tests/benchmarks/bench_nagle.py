@@ -35,20 +35,19 @@ import contextlib
 import json
 import os
 import platform
-import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from apps import running_app
 from harness.peers import (
     LOCALHOST,
     DcmtkStoreSCP,
@@ -59,7 +58,6 @@ from harness.peers import (
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-PY = sys.executable
 RECEIVERS = ("ours", "ours-trio", "qrscp", "dcmtk")
 MAX_PDU = 131072
 
@@ -75,43 +73,11 @@ def our_server(kind: str, tree: Path, tmp: Path) -> Iterator[int]:
         args = ["storescp", "--ignore"]
         if kind == "ours-trio":
             args += ["--backend", "trio"]
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(tree), *filter(None, [env.get("PYTHONPATH")])])
-    cmd = [PY, "-m", "asyncdicom", *args, "--host", LOCALHOST, "--port", "0"]
-    cmd += ["--max-pdu", str(MAX_PDU)]
-    proc = subprocess.Popen(
-        cmd,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env=env,
-        cwd=tmp,
-        text=True,
-    )
+    args += ["--host", LOCALHOST, "--port", "0", "--max-pdu", str(MAX_PDU)]
     try:
-        assert proc.stdout is not None
-        deadline = time.monotonic() + 30
-        port = 0
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            found = re.search(r" listening on \S+:(\d+)", line)
-            if found:
-                port = int(found.group(1))
-                break
-        if not port:
-            raise RuntimeError(f"{' '.join(cmd)} did not start")
-        # keep reading what it prints: a full pipe would stop the server
-        threading.Thread(target=proc.stdout.read, daemon=True).start()
-        yield port
+        with running_app(args, tree=tree, cwd=tmp, timeout=30, stop_timeout=20) as app:
+            yield app.port
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
         if storage is not None:
             shutil.rmtree(storage, ignore_errors=True)
 

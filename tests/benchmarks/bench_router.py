@@ -30,9 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
-import re
 import shutil
 import signal
 import socket
@@ -45,14 +43,12 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from apps import ROOT, start_app, stop_app
 from harness.peers import DcmtkStoreSCP, dcmtk_env, require_dcmtk, storescu_command
 
 from asyncdicom.storage.synthetic import write_ct_files
-
-ROOT = Path(__file__).resolve().parents[2]
-PY = sys.executable
-ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 
 
 def free_port() -> int:
@@ -61,25 +57,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_app(args: list[str], cwd: Path) -> tuple[subprocess.Popen[bytes], int]:
-    """``python -m asyncdicom ARGS`` and the port it says it listens on."""
-    proc = subprocess.Popen(
-        [PY, "-m", "asyncdicom", *args], cwd=cwd, env=ENV, stderr=subprocess.PIPE
-    )
-    assert proc.stderr is not None
-    seen = b""
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        line = proc.stderr.readline()
-        if not line:
-            raise RuntimeError(f"{args[0]} exited: {seen.decode()}")
-        seen += line
-        match = re.search(rb"listening on 127\.0\.0\.1:(\d+)", line)
-        if match:
-            # keep draining stderr so that the app never blocks on a full pipe
-            threading.Thread(target=proc.stderr.read, daemon=True).start()
-            return proc, int(match.group(1))
-    raise RuntimeError(f"{args[0]} did not listen: {seen.decode()}")
+def start(args: list[str], cwd: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """``python -m asyncdicom ARGS`` from this tree and the port it says it listens on."""
+    app = start_app(args, cwd=cwd, timeout=30)
+    return app.proc, app.port
 
 
 def acknowledged(log: str) -> set[str]:
@@ -120,18 +101,12 @@ def count(folder: Path, pattern: str = "*") -> int:
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    stop_app(proc, sig=signal.SIGTERM, timeout=30)
 
 
 def round_storescp(work: Path, batches: list[list[Path]], backend: str) -> dict[str, Any]:
     out = work / "storescp-out"
-    proc, port = start_app(
+    proc, port = start(
         ["storescp", "--port", "0", "--host", "127.0.0.1", "--output-dir", str(out),
          "--backend", backend],
         work,
@@ -152,7 +127,7 @@ def round_router_ingest(work: Path, batches: list[list[Path]], backend: str) -> 
     total = sum(len(b) for b in batches)
     queue = work / "queue-ingest"
     shutil.rmtree(queue, ignore_errors=True)
-    proc, port = start_app(
+    proc, port = start(
         ["router", "--port", "0", "--host", "127.0.0.1", "--queue", str(queue),
          "--forward", f"DOWN1@127.0.0.1:{free_port()}",
          "--forward", f"DOWN2@127.0.0.1:{free_port()}",
@@ -182,7 +157,7 @@ def round_router(work: Path, batches: list[list[Path]], backend: str, kill: bool
             "--retry-delay", "0.1", "--retry-delay-max", "1", "--retry-max", "1000000",
             "--backend", backend,
         ]  # fmt: skip
-        router, port = start_app(args, work)
+        router, port = start(args, work)
         dest2: subprocess.Popen[bytes] | None = None
         started = time.perf_counter()
         d2_key = f"OURS@127.0.0.1%3A{d2_port}"
@@ -195,7 +170,7 @@ def round_router(work: Path, batches: list[list[Path]], backend: str, kill: bool
             out = queue / "out" / d2_key
             while not stop_watch.is_set():
                 if count(out) >= total // 2:
-                    dest2, _ = start_app(
+                    dest2, _ = start(
                         ["storescp", "--port", str(d2_port), "--host", "127.0.0.1",
                          "--aet", "OURS", "--output-dir", str(d2), "--backend", backend],
                         work,
@@ -219,7 +194,7 @@ def round_router(work: Path, batches: list[list[Path]], backend: str, kill: bool
                 killer.join()
                 router.wait()
                 result["acknowledged_before_kill"] = len(acked)
-                router, port = start_app(args, work)
+                router, port = start(args, work)
                 rest = [[f for f in b if str(f) not in acked] for b in batches]
                 more, acked2 = send(port, rest)
                 seconds += more
