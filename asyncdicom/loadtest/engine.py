@@ -562,16 +562,21 @@ class LoadResult:
             infos = [r.run for r in results if r.run is not None]
             if len(infos) == len(results):
                 out.run = RunInfo.combined(infos, runs=max(i.runs for i in infos))
-        for r in results:
-            out.operations += r.operations
-            for kind, n in r.errors_by_kind.items():
-                out.errors_by_kind[kind] = out.errors_by_kind.get(kind, 0) + n
-            out.bytes_sent += r.bytes_sent
-            out.latency.add(r.latency)
-            out.setup.add(r.setup)
-            out.associations_opened += r.associations_opened
-            out.negotiated = out.negotiated or r.negotiated
+        out.add_counts(results)
         return out
+
+    def add_counts(self, results: Sequence[LoadResult]) -> None:
+        """Add the counts, errors per kind, bytes, associations and latency histograms of
+        ``results`` to this result's (the window and rates are the caller's)."""
+        for r in results:
+            self.operations += r.operations
+            for kind, n in r.errors_by_kind.items():
+                self.errors_by_kind[kind] = self.errors_by_kind.get(kind, 0) + n
+            self.bytes_sent += r.bytes_sent
+            self.latency.add(r.latency)
+            self.setup.add(r.setup)
+            self.associations_opened += r.associations_opened
+            self.negotiated = self.negotiated or r.negotiated
 
 
 def add_timelines(results: Sequence[LoadResult], origin: float, span: float) -> Timeline:

@@ -101,13 +101,5 @@ def merge_runs(results: Sequence[LoadResult], names: Sequence[str] = ()) -> Load
     out = LoadResult(started=start, elapsed=end - start)
     out.timeline = add_timelines(results, start, end - start)
     out.run = RunInfo.combined(infos, runs=sum(i.runs for i in infos))
-    for r in results:
-        out.operations += r.operations
-        for kind, n in r.errors_by_kind.items():
-            out.errors_by_kind[kind] = out.errors_by_kind.get(kind, 0) + n
-        out.bytes_sent += r.bytes_sent
-        out.latency.add(r.latency)
-        out.setup.add(r.setup)
-        out.associations_opened += r.associations_opened
-        out.negotiated = out.negotiated or r.negotiated
+    out.add_counts(results)
     return out
