@@ -80,9 +80,7 @@ def _build(root: Path) -> int:
         _list(bad)
         return 1
     other_syntax = sum(
-        1
-        for entry in entries
-        if entry.records[-1].ReferencedTransferSyntaxUIDInFile != uids.EXPLICIT_VR_LITTLE_ENDIAN
+        1 for entry in entries if entry.transfer_syntax_uid != uids.EXPLICIT_VR_LITTLE_ENDIAN
     )
     try:
         path = write_dicomdir(root, entries)
@@ -97,9 +95,9 @@ def _build(root: Path) -> int:
             "dicomdir_profile_warning",
             instances=other_syntax,
         )
-    patients = {entry.records[0].get("PatientID") for entry in entries}
-    studies = {entry.records[1].get("StudyInstanceUID") for entry in entries}
-    series = {entry.records[2].get("SeriesInstanceUID") for entry in entries}
+    patients = {entry.records[0].key for entry in entries}
+    studies = {entry.records[1].key for entry in entries}
+    series = {entry.records[2].key for entry in entries}
     skipped = f"; {plural(len(scan.skipped), 'other file')} left out" if scan.skipped else ""
     print(
         f"dicomdir: {path} lists {plural(len(entries), 'instance')} "

@@ -24,14 +24,14 @@ folder, in this process or in others, take turns (an exclusive ``flock`` on the 
 from __future__ import annotations
 
 import contextlib
-import itertools
+import io
 import os
 import re
 import struct
 import sys
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,6 +40,7 @@ from ..errors import InvalidDicomFile
 from ..protocol import uids
 from .media import file_id_problem
 from .meta import PREAMBLE, PREFIX, encode_file_meta
+from .tags import LONG_LENGTH_VRS
 
 if sys.platform == "win32":  # pragma: no cover
     fcntl = None
@@ -81,13 +82,31 @@ _KEYS = {
 
 
 @dataclass(frozen=True, slots=True)
+class Record:
+    """One directory record, encoded (Explicit VR Little Endian, without its item header).
+    Its two offsets are patched in place when the DICOMDIR is written: a record is encoded
+    once, and one read from a DICOMDIR is written back as it was read."""
+
+    #: Directory Record Type (0004,1430): PATIENT, STUDY, SERIES, IMAGE, ...
+    kind: str
+    #: what tells two records of one level apart: the Patient ID, the Study or Series
+    #: Instance UID, the referenced SOP Instance UID of a leaf
+    key: str
+    body: bytes
+    #: where the values of (0004,1400) and (0004,1420) are in ``body``
+    next_at: int
+    lower_at: int
+
+
+@dataclass(frozen=True, slots=True)
 class DicomdirEntry:
-    """One instance of a File-set: its File ID (components) and its directory records, from
-    the top level (PATIENT) down to the leaf that references the file."""
+    """One instance of a File-set: its File ID (components), the UIDs its leaf record
+    references, and its directory records from the top level (PATIENT) down to that leaf."""
 
     file_id: tuple[str, ...]
     sop_instance_uid: str
-    records: tuple[Dataset, ...]
+    transfer_syntax_uid: str
+    records: tuple[Record, ...]
 
 
 @dataclass(slots=True)
@@ -178,6 +197,8 @@ def entry_for(root: str | os.PathLike[str], file_id: Sequence[str]) -> DicomdirE
     ds = read_header(path)
     try:
         record_type = _leaf_type(ds)
+        sop_instance_uid = str(ds.file_meta.MediaStorageSOPInstanceUID)
+        transfer_syntax_uid = str(ds.file_meta.TransferSyntaxUID)
         records = []
         for kind in ("PATIENT", "STUDY", "SERIES", record_type):
             record = DIRECTORY_RECORDERS[kind](ds)
@@ -187,26 +208,40 @@ def entry_for(root: str | os.PathLike[str], file_id: Sequence[str]) -> DicomdirE
             record.DirectoryRecordType = kind
             if "SpecificCharacterSet" in ds:
                 record.SpecificCharacterSet = ds.SpecificCharacterSet
-            records.append(record)
-        leaf = records[-1]
-        leaf.ReferencedFileID = list(file_id)
-        leaf.ReferencedSOPClassUIDInFile = ds.file_meta.MediaStorageSOPClassUID
-        leaf.ReferencedSOPInstanceUIDInFile = ds.file_meta.MediaStorageSOPInstanceUID
-        leaf.ReferencedTransferSyntaxUIDInFile = ds.file_meta.TransferSyntaxUID
-        sop_instance_uid = str(ds.file_meta.MediaStorageSOPInstanceUID)
+            if kind == record_type:
+                record.ReferencedFileID = list(file_id)
+                record.ReferencedSOPClassUIDInFile = ds.file_meta.MediaStorageSOPClassUID
+                record.ReferencedSOPInstanceUIDInFile = sop_instance_uid
+                record.ReferencedTransferSyntaxUIDInFile = transfer_syntax_uid
+            records.append(_encoded(record, kind, sop_instance_uid))
     except (ValueError, AttributeError, KeyError) as exc:
         raise InvalidDicomFile(f"{path}: no directory record can be made ({exc})") from exc
-    return DicomdirEntry(tuple(file_id), sop_instance_uid, tuple(records))
+    return DicomdirEntry(tuple(file_id), sop_instance_uid, transfer_syntax_uid, tuple(records))
 
 
-#: the tags of the two offsets of a directory record
-_OFFSET_TAGS = {_NEXT: 0x00041400, _LOWER: 0x00041420}
+def _encoded(record: Dataset, kind: str, sop_instance_uid: str) -> Record:
+    """``record`` encoded once (its offsets are patched when the DICOMDIR is written)."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    fp = DicomBytesIO()
+    fp.is_little_endian = True
+    fp.is_implicit_VR = False
+    write_dataset(fp, record)
+    body = fp.getvalue()
+    attribute = _KEYS.get(kind)
+    key = str(record.get(attribute, "") or "") if attribute else sop_instance_uid
+    # the record's first elements are group 0004's, in tag order: the first match of each
+    # element header is the element (no value before it can hold those bytes)
+    next_at = body.index(_NEXT_HEADER) + len(_NEXT_HEADER)
+    lower_at = body.index(_LOWER_HEADER) + len(_LOWER_HEADER)
+    return Record(kind, key, body, next_at, lower_at)
 
 
 def _ul(keyword: str) -> Any:
     from pydicom.dataelem import DataElement
 
-    return DataElement(_OFFSET_TAGS[keyword], "UL", 0)
+    return DataElement(_NEXT_OFFSET if keyword == _NEXT else _LOWER_OFFSET, "UL", 0)
 
 
 def _leaf_type(ds: Dataset) -> str:
@@ -236,58 +271,47 @@ def encode_dicomdir(
     """The bytes of a DICOMDIR (Explicit VR Little Endian, PS3.10 8.6) for ``entries``.
 
     Records are grouped into a tree (one PATIENT record per Patient ID, one STUDY record per
-    Study Instance UID below it, ...), in the order of ``entries``, and written depth first.
-    One entry per SOP Instance UID is kept (the first).
+    Study Instance UID below it, ...), in the order of ``entries``, and written depth first,
+    each as an item of defined length whose two offsets are patched in.  One entry per SOP
+    Instance UID is kept (the first).
     """
     from pydicom.dataset import Dataset
     from pydicom.filebase import DicomBytesIO
     from pydicom.filewriter import write_dataset
 
-    # the tree: node = (record, {key: child node}); keys keep the first record seen
-    root: dict[Any, tuple[Dataset, dict[Any, Any]]] = {}
+    # the tree: node = (record, {(kind, key): child node}); a key keeps the first record seen
+    tree: dict[tuple[str, str], tuple[Record, dict[Any, Any]]] = {}
     seen: set[str] = set()
     for entry in entries:
         if entry.sop_instance_uid in seen:
             continue
         seen.add(entry.sop_instance_uid)
-        level = root
+        level = tree
         for record in entry.records:
-            kind = str(record.DirectoryRecordType)
-            attribute = _KEYS.get(kind)
-            if attribute is not None:
-                key: Any = (kind, str(record.get(attribute, "")))
-            else:
-                key = (kind, entry.sop_instance_uid)
-            node = level.get(key)
+            node = level.get((record.kind, record.key))
             if node is None:
-                node = level[key] = (record, {})
+                node = level[(record.kind, record.key)] = (record, {})
             level = node[1]
 
-    def encode(record: Dataset) -> bytes:
-        fp = DicomBytesIO()
-        fp.is_little_endian = True
-        fp.is_implicit_VR = False
-        write_dataset(fp, record)
-        return fp.getvalue()
+    # depth first: [record, index of the next record of its entity, index of its first child]
+    order: list[list[Any]] = []
 
-    # depth-first order, with each record's encoded length (the offsets are fixed-size
-    # values: setting them later does not change a length)
-    order: list[tuple[Dataset, list[Dataset], int]] = []
-    next_of: dict[int, int] = {}
-
-    def walk(level: dict[Any, tuple[Dataset, dict[Any, Any]]]) -> list[Dataset]:
-        records = []
+    def walk(level: dict[tuple[str, str], tuple[Record, dict[Any, Any]]]) -> int | None:
+        previous: list[Any] | None = None
+        first: int | None = None
         for record, children in level.values():
-            record = _copy_record(record)
-            slot = len(order)
-            order.append((record, [], len(encode(record))))
-            order[slot] = (record, walk(children), order[slot][2])
-            records.append(record)
-        for this, following in itertools.pairwise(records):
-            next_of[id(this)] = id(following)
-        return records
+            row: list[Any] = [record, None, None]
+            index = len(order)
+            order.append(row)
+            if previous is None:
+                first = index
+            else:
+                previous[1] = index
+            previous = row
+            row[2] = walk(children)
+        return first
 
-    top = walk(root)
+    walk(tree)
 
     meta = PREAMBLE + PREFIX
     meta += encode_file_meta(
@@ -302,41 +326,39 @@ def encode_dicomdir(
     head.OffsetOfTheFirstDirectoryRecordOfTheRootDirectoryEntity = 0
     head.OffsetOfTheLastDirectoryRecordOfTheRootDirectoryEntity = 0
     head.FileSetConsistencyFlag = 0
-    sequence_start = len(meta) + len(encode(head))
-    offsets: dict[int, int] = {}
-    position = sequence_start + 12  # (0004,1220) tag, VR, 2 reserved bytes, 4-byte length
-    for record, _children, length in order:
-        offsets[id(record)] = position
-        position += 8 + length
-    for record, children, _length in order:
-        following = next_of.get(id(record))
-        record[_NEXT].value = offsets[following] if following is not None else 0
-        record[_LOWER].value = offsets[id(children[0])] if children else 0
-    if top:
-        head.OffsetOfTheFirstDirectoryRecordOfTheRootDirectoryEntity = offsets[id(top[0])]
-        head.OffsetOfTheLastDirectoryRecordOfTheRootDirectoryEntity = offsets[id(top[-1])]
-    items = []
-    for record, _children, length in order:
-        body = encode(record)
-        if len(body) != length:  # cannot happen: the offsets are UL values
-            raise AssertionError("a directory record changed length")
-        items.append(struct.pack("<HHI", _ITEM >> 16, _ITEM & 0xFFFF, length) + body)
-    sequence = b"".join(items)
+
+    def encode_head() -> bytes:
+        fp = DicomBytesIO()
+        fp.is_little_endian = True
+        fp.is_implicit_VR = False
+        write_dataset(fp, head)
+        return fp.getvalue()
+
+    # the offset of each item from the start of the file: after the meta group, the head
+    # and the sequence's 12-byte header (tag, VR, 2 reserved bytes, 4-byte length)
+    offsets = []
+    position = len(meta) + len(encode_head()) + 12
+    for record, _following, _child in order:
+        offsets.append(position)
+        position += 8 + len(record.body)
+    if order:
+        last = 0
+        while order[last][1] is not None:
+            last = order[last][1]
+        head.OffsetOfTheFirstDirectoryRecordOfTheRootDirectoryEntity = offsets[0]
+        head.OffsetOfTheLastDirectoryRecordOfTheRootDirectoryEntity = offsets[last]
+    out = bytearray(meta)
+    out += encode_head()
+    sequence_length = position - len(out) - 12
     tag = _DIRECTORY_RECORD_SEQUENCE
-    sequence_header = struct.pack("<HH2sHI", tag >> 16, tag & 0xFFFF, b"SQ", 0, len(sequence))
-    return meta + encode(head) + sequence_header + sequence
-
-
-def _copy_record(record: Dataset) -> Dataset:
-    """A shallow copy whose two offsets are new elements (records are shared by entries)."""
-    from pydicom.dataset import Dataset
-
-    copy = Dataset()
-    for element in record:
-        copy.add(element)
-    copy[_NEXT] = _ul(_NEXT)
-    copy[_LOWER] = _ul(_LOWER)
-    return copy
+    out += struct.pack("<HH2sHI", tag >> 16, tag & 0xFFFF, b"SQ", 0, sequence_length)
+    for record, following, child in order:
+        body = bytearray(record.body)
+        struct.pack_into("<I", body, record.next_at, 0 if following is None else offsets[following])
+        struct.pack_into("<I", body, record.lower_at, 0 if child is None else offsets[child])
+        out += struct.pack("<HHI", _ITEM >> 16, _ITEM & 0xFFFF, len(body))
+        out += body
+    return bytes(out)
 
 
 def write_dicomdir(
@@ -380,46 +402,199 @@ def write_dicomdir(
 
 def read_dicomdir(path: str | os.PathLike[str]) -> tuple[str | None, list[DicomdirEntry]]:
     """The File-set UID and the entries (instances) of the DICOMDIR at ``path``, following its
-    offsets from the first root record (records not reachable that way are not entries).
+    offsets from the first root record (records not reachable that way are not entries).  The
+    records are kept as encoded in the file (Explicit VR Little Endian, as PS3.10 8.6 wants a
+    DICOMDIR), for :func:`encode_dicomdir` to write back unchanged but for their offsets.
 
     Raises:
-        InvalidDicomFile: ``path`` is not a DICOMDIR that can be followed.
+        InvalidDicomFile: ``path`` is not a DICOMDIR this reader can follow (not one, in
+            another transfer syntax, or damaged).
         OSError: it cannot be read.
     """
-    import pydicom
+    from .meta import HeadReader, parse_meta_group, ui_value
+    from .tags import (
+        MEDIA_STORAGE_SOP_CLASS_UID,
+        MEDIA_STORAGE_SOP_INSTANCE_UID,
+        TRANSFER_SYNTAX_UID,
+    )
 
+    file_path = Path(path)
+    data = file_path.read_bytes()
     try:
-        ds = pydicom.dcmread(path)
-        if ds.file_meta.get("MediaStorageSOPClassUID") != MEDIA_STORAGE_DIRECTORY:
+        if data[128:132] != PREFIX:
+            raise ValueError("no DICM prefix: not a Part 10 file")
+        reader = HeadReader(io.BytesIO(data), len(data))
+        values, position = parse_meta_group(reader, 132, file_path)
+        if ui_value(values.get(MEDIA_STORAGE_SOP_CLASS_UID)) != MEDIA_STORAGE_DIRECTORY:
             raise ValueError("not a Media Storage Directory (DICOMDIR)")
-        records = {item.seq_item_tell: item for item in ds.DirectoryRecordSequence}
+        if ui_value(values.get(TRANSFER_SYNTAX_UID)) != uids.EXPLICIT_VR_LITTLE_ENDIAN:
+            raise ValueError("not in Explicit VR Little Endian")
+        first = 0
+        records: dict[int, tuple[Record, int, int, dict[int, str]]] = {}
+        for tag, value_at, length in _elements(data, position, len(data)):
+            if tag == _FIRST_OFFSET:
+                first = struct.unpack_from("<I", data, value_at)[0]
+            elif tag == _DIRECTORY_RECORD_SEQUENCE:
+                end = len(data) if length == _UNDEFINED else value_at + length
+                for item_at, body_at, body_end in _items(data, value_at, end):
+                    records[item_at] = _record(data, body_at, body_end)
         entries: list[DicomdirEntry] = []
         visited: set[int] = set()
-
-        def follow(offset: int, above: tuple[Dataset, ...]) -> None:
-            while offset:
-                if offset in visited:
-                    raise ValueError(f"directory record offset {offset} is used twice")
-                visited.add(offset)
-                record = records.get(offset)
-                if record is None:
-                    raise ValueError(f"no directory record at offset {offset}")
-                chain = (*above, record)
-                if "ReferencedFileID" in record and record.get(_LOWER, 0) == 0:
-                    file_id = record.ReferencedFileID
-                    parts = [file_id] if isinstance(file_id, str) else list(file_id)
-                    uid = str(record.get("ReferencedSOPInstanceUIDInFile", ""))
-                    entries.append(DicomdirEntry(tuple(map(str, parts)), uid, chain))
-                follow(int(record.get(_LOWER, 0) or 0), chain)
-                offset = int(record.get(_NEXT, 0) or 0)
-
-        follow(int(ds.OffsetOfTheFirstDirectoryRecordOfTheRootDirectoryEntity or 0), ())
-        uid = ds.file_meta.get("MediaStorageSOPInstanceUID")
-    except OSError:
-        raise
-    except Exception as exc:  # pydicom raises many kinds of errors on garbage input
+        todo: list[tuple[int, tuple[Record, ...]]] = [(first, ())]
+        while todo:  # depth first, in file order: a stack of (next offset, records above)
+            offset, above = todo.pop()
+            if not offset:
+                continue
+            if offset in visited:
+                raise ValueError(f"directory record offset {offset} is used twice")
+            visited.add(offset)
+            found = records.get(offset)
+            if found is None:
+                raise ValueError(f"no directory record at offset {offset}")
+            record, following, lower, texts = found
+            chain = (*above, record)
+            file_id = texts.get(_REFERENCED_FILE_ID)
+            if file_id and not lower:
+                parts = tuple(part.strip(" ") for part in file_id.split("\\"))
+                entries.append(
+                    DicomdirEntry(
+                        parts,
+                        texts.get(_REFERENCED_SOP_INSTANCE_UID, ""),
+                        texts.get(_REFERENCED_TRANSFER_SYNTAX_UID, ""),
+                        chain,
+                    )
+                )
+            todo.append((following, above))
+            todo.append((lower, chain))
+    except (ValueError, struct.error) as exc:
         raise InvalidDicomFile(f"{path}: cannot read the DICOMDIR ({exc})") from exc
-    return (str(uid) if uid else None), entries
+    return ui_value(values.get(MEDIA_STORAGE_SOP_INSTANCE_UID)), entries
+
+
+_UNDEFINED = 0xFFFFFFFF
+_ITEM_DELIMITER = 0xFFFEE00D
+_SEQUENCE_DELIMITER = 0xFFFEE0DD
+_FIRST_OFFSET = 0x00041200
+_NEXT_OFFSET = 0x00041400
+_LOWER_OFFSET = 0x00041420
+_RECORD_TYPE = 0x00041430
+_REFERENCED_FILE_ID = 0x00041500
+_REFERENCED_SOP_INSTANCE_UID = 0x00041511
+_REFERENCED_TRANSFER_SYNTAX_UID = 0x00041512
+#: the key attributes of _KEYS, by tag
+_KEY_TAGS = {"PATIENT": 0x00100020, "STUDY": 0x0020000D, "SERIES": 0x0020000E}
+#: the text values read from a record
+_RECORD_TEXTS = frozenset(
+    {
+        _RECORD_TYPE,
+        _REFERENCED_FILE_ID,
+        _REFERENCED_SOP_INSTANCE_UID,
+        _REFERENCED_TRANSFER_SYNTAX_UID,
+        *_KEY_TAGS.values(),
+    }
+)
+_NEXT_HEADER = struct.pack("<HH2sH", 0x0004, 0x1400, b"UL", 4)
+_LOWER_HEADER = struct.pack("<HH2sH", 0x0004, 0x1420, b"UL", 4)
+
+
+def _element_at(data: bytes, position: int) -> tuple[int, int, int]:
+    """(tag, offset of the value, length) of the Explicit VR Little Endian element at
+    ``position``."""
+    group, element = struct.unpack_from("<HH", data, position)
+    if data[position + 4 : position + 6] in LONG_LENGTH_VRS:
+        return group << 16 | element, position + 12, struct.unpack_from("<I", data, position + 8)[0]
+    return group << 16 | element, position + 8, struct.unpack_from("<H", data, position + 6)[0]
+
+
+def _elements(data: bytes, position: int, end: int) -> Iterator[tuple[int, int, int]]:
+    """(tag, offset of the value, length) of the elements from ``position`` to ``end``; a
+    value of undefined length (a sequence) is skipped."""
+    while position < end:
+        tag, value_at, length = _element_at(data, position)
+        yield tag, value_at, length
+        position = (
+            _skip_sequence(data, value_at, end) if length == _UNDEFINED else value_at + length
+        )
+    if position > end:
+        raise ValueError("an element runs past its end")
+
+
+def _items(data: bytes, position: int, end: int) -> Iterator[tuple[int, int, int]]:
+    """(offset of the item tag, offset of its body, end of its body) of the items of a
+    sequence value from ``position`` to ``end`` or its sequence delimiter."""
+    while position < end:
+        group, element, length = struct.unpack_from("<HHI", data, position)
+        tag = group << 16 | element
+        if tag == _SEQUENCE_DELIMITER:
+            return
+        if tag != _ITEM:
+            raise ValueError(f"({group:04X},{element:04X}) where an item should be")
+        body_at = position + 8
+        if length == _UNDEFINED:
+            body_end = _item_end(data, body_at, end)
+            yield position, body_at, body_end
+            position = body_end + 8  # the item delimiter
+        else:
+            if body_at + length > end:
+                raise ValueError("an item runs past its sequence")
+            yield position, body_at, body_at + length
+            position = body_at + length
+
+
+def _item_end(data: bytes, position: int, end: int) -> int:
+    """The offset of the delimiter of an item of undefined length whose body starts at
+    ``position``."""
+    while position < end:
+        tag, value_at, length = _element_at(data, position)
+        if tag == _ITEM_DELIMITER:
+            return position
+        position = (
+            _skip_sequence(data, value_at, end) if length == _UNDEFINED else value_at + length
+        )
+    raise ValueError("an item of undefined length has no delimiter")
+
+
+def _skip_sequence(data: bytes, position: int, end: int) -> int:
+    """The offset after a sequence value of undefined length that starts at ``position``."""
+    while position < end:
+        group, element, length = struct.unpack_from("<HHI", data, position)
+        tag = group << 16 | element
+        if tag == _SEQUENCE_DELIMITER:
+            return position + 8
+        if tag != _ITEM:
+            raise ValueError(f"({group:04X},{element:04X}) where an item should be")
+        position = (
+            _item_end(data, position + 8, end) + 8
+            if length == _UNDEFINED
+            else position + 8 + length
+        )
+    raise ValueError("a sequence of undefined length has no delimiter")
+
+
+def _record(data: bytes, start: int, end: int) -> tuple[Record, int, int, dict[int, str]]:
+    """The directory record whose item body is ``data[start:end]``, its next and lower
+    offsets, and its values of :data:`_RECORD_TEXTS`."""
+    texts: dict[int, str] = {}
+    following = lower = 0
+    next_at = lower_at = -1
+    for tag, value_at, length in _elements(data, start, end):
+        if tag == _NEXT_OFFSET and length == 4:
+            following = struct.unpack_from("<I", data, value_at)[0]
+            next_at = value_at - start
+        elif tag == _LOWER_OFFSET and length == 4:
+            lower = struct.unpack_from("<I", data, value_at)[0]
+            lower_at = value_at - start
+        elif tag in _RECORD_TEXTS:
+            texts[tag] = data[value_at : value_at + length].decode("latin-1").strip(" \x00")
+    if next_at < 0 or lower_at < 0:
+        raise ValueError("a directory record lacks its offsets (0004,1400) and (0004,1420)")
+    kind = texts.get(_RECORD_TYPE, "")
+    key_tag = _KEY_TAGS.get(kind)
+    if key_tag is not None:
+        key = texts.get(key_tag, "")
+    else:  # a leaf, or a record type we do not group: its own
+        key = texts.get(_REFERENCED_SOP_INSTANCE_UID) or f"@{start}"
+    return Record(kind, key, data[start:end], next_at, lower_at), following, lower, texts
 
 
 # --------------------------------------------------------------------------- keeping it current
