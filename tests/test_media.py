@@ -563,3 +563,35 @@ async def test_getscu_media_layout_writes_a_dicomdir(tmp_path: Path, anyio_backe
         assert_profile_path(root, path)
     assert listed_uids(root / "DICOMDIR") == {f.stem for f in [*files, *more]}
     assert dciodvfy_errors(root / "DICOMDIR") == []
+
+
+@pytest.mark.requires_peer("dcmtk", "dicom3tools")
+@pytest.mark.parametrize("lengths", ["+e", "-e"], ids=["explicit lengths", "undefined lengths"])
+def test_instances_are_added_to_a_dicomdir_dcmmkdir_wrote(tmp_path: Path, lengths: str) -> None:
+    """As File-set Updater: DCMTK's DICOMDIR (items of explicit or undefined length) is read
+    as DCMTK wrote it, new instances are added, and the result still passes dciodvfy and
+    reads the same in pydicom."""
+    made = instances(2, 1, 3)
+    paths = write_media_files(tmp_path, made[:4])
+    names = sorted(p.name for p in tmp_path.iterdir() if p.is_dir())
+    result = subprocess.run(
+        ["dcmmkdir", "+r", lengths, "+F", "", *names],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=GUARD,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    before = fileset_summary(tmp_path / "DICOMDIR")
+    _, entries = read_dicomdir(tmp_path / "DICOMDIR")
+    assert {e.file_id: e.sop_instance_uid for e in entries} == {k: v[5] for k, v in before.items()}
+    added = write_media_files(tmp_path, made[4:])
+    updater = DicomdirUpdater(tmp_path)
+    for path in added:
+        updater.add(path)
+    assert updater.flush() == 6
+    assert dciodvfy_errors(tmp_path / "DICOMDIR") == []
+    after = fileset_summary(tmp_path / "DICOMDIR")
+    assert {k: v for k, v in after.items() if k in before} == before
+    assert set(after) == {p.relative_to(tmp_path).parts for p in [*paths, *added]}
