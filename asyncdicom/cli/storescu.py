@@ -1,5 +1,8 @@
 """``asyncdicom storescu``: send files and folders with C-STORE over parallel associations.
 
+A file named ``DICOMDIR`` given as a path stands for the instances it references (PS3.10
+8.6, read with :func:`asyncdicom.storage.dicomdir.read_dicomdir`): those are sent, each once.
+
 How the files are shared out
 ----------------------------
 The files are located first (headers only) and put in one queue.  ``--concurrency N`` starts N
