@@ -67,9 +67,10 @@ def _build(root: Path) -> int:
         return 1
     entries = []
     bad: list[str] = []
+    known: dict[Any, Any] = {}
     for file_id in scan.instances:
         try:
-            entries.append(entry_for(root, file_id))
+            entries.append(entry_for(root, file_id, known=known))
         except (OSError, InvalidDicomFile) as exc:
             bad.append(str(exc))
     if bad:

@@ -180,9 +180,17 @@ def _part10_sop_class(path: Path) -> str | None:
     return ui_value(values.get(MEDIA_STORAGE_SOP_CLASS_UID)) or ""
 
 
-def entry_for(root: str | os.PathLike[str], file_id: Sequence[str]) -> DicomdirEntry:
+def entry_for(
+    root: str | os.PathLike[str],
+    file_id: Sequence[str],
+    *,
+    known: dict[tuple[str, str], Record] | None = None,
+) -> DicomdirEntry:
     """The directory records of the instance at ``root/<file_id>``, read from its header
-    (never its pixel data).
+    (never its pixel data).  ``known`` (a dict kept across calls) holds the PATIENT, STUDY
+    and SERIES records made so far, by (type, key): an instance of a series seen before
+    reuses them (a DICOMDIR keeps the first record of each key anyway) and only its leaf
+    record is encoded (each instance is still checked for the values its records need).
 
     Raises:
         InvalidDicomFile: the file is not DICOM, or lacks a value a record needs (a
@@ -201,7 +209,14 @@ def entry_for(root: str | os.PathLike[str], file_id: Sequence[str]) -> DicomdirE
         transfer_syntax_uid = str(ds.file_meta.TransferSyntaxUID)
         records = []
         for kind in ("PATIENT", "STUDY", "SERIES", record_type):
+            # made for every instance: it checks that the instance has the record's values
             record = DIRECTORY_RECORDERS[kind](ds)
+            attribute = _KEYS.get(kind)
+            if known is not None and attribute is not None:
+                found = known.get((kind, str(ds.get(attribute, "") or "")))
+                if found is not None:
+                    records.append(found)
+                    continue
             record[_NEXT] = _ul(_NEXT)
             record.RecordInUseFlag = 0xFFFF
             record[_LOWER] = _ul(_LOWER)
@@ -213,7 +228,10 @@ def entry_for(root: str | os.PathLike[str], file_id: Sequence[str]) -> DicomdirE
                 record.ReferencedSOPClassUIDInFile = ds.file_meta.MediaStorageSOPClassUID
                 record.ReferencedSOPInstanceUIDInFile = sop_instance_uid
                 record.ReferencedTransferSyntaxUIDInFile = transfer_syntax_uid
-            records.append(_encoded(record, kind, sop_instance_uid))
+            encoded = _encoded(record, kind, sop_instance_uid)
+            if known is not None and attribute is not None:
+                known[(kind, encoded.key)] = encoded
+            records.append(encoded)
     except (ValueError, AttributeError, KeyError) as exc:
         raise InvalidDicomFile(f"{path}: no directory record can be made ({exc})") from exc
     return DicomdirEntry(tuple(file_id), sop_instance_uid, transfer_syntax_uid, tuple(records))
@@ -749,13 +767,14 @@ class DicomdirUpdater:
             if self._recover:
                 self._recover = False
                 new.extend(self._unlisted(entries))
+            known: dict[tuple[str, str], Record] = {}
             for file_id in new:
                 problem = file_id_problem(file_id)
                 if problem is not None:
                     self._error(Path(self.root, *file_id), f"not a File ID: {problem}")
                     continue
                 try:
-                    entries[file_id] = entry_for(self.root, file_id)
+                    entries[file_id] = entry_for(self.root, file_id, known=known)
                 except (OSError, InvalidDicomFile) as exc:
                     self._error(Path(self.root, *file_id), str(exc))
             listed = sorted(entries.values(), key=lambda e: e.file_id)
