@@ -359,7 +359,7 @@ async def test_help_documents_layout_and_duplicates(tmp_path: Path) -> None:
     result = await run_cli("storescp", "--help", cwd=tmp_path)
     assert result.returncode == 0, err(result)
     text = " ".join(out(result).split())
-    assert "--layout {flat,sorted}" in text and "(default: flat)" in text
+    assert "--layout {flat,sorted,media}" in text and "(default: flat)" in text
     assert "--on-duplicate {unique,overwrite,ignore}" in text and "(default: unique)" in text
     assert re.search(r"--max-associations N .*\(default: 1000\)", text), text
 

@@ -19,6 +19,7 @@ APPS: dict[str, str] = {
     "router": "receive with C-STORE into a durable queue and forward by rules",
     "stgcmtscu": "ask a peer to commit to storing instances (storage commitment)",
     "bench": "load-test a DICOM node (latency percentiles, rates)",
+    "dicomdir": "write DIR/DICOMDIR for the DICOM files under DIR (media, STD-GEN-CD)",
     "users": "manage a users file (user identity for storescp/qrscp --users)",
     "demo": "SCP and SCU in one process: echo, store, commit, find, get and move samples",
 }

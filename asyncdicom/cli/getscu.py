@@ -100,6 +100,29 @@ async def _discover(args: argparse.Namespace, query: Any) -> list[str] | None:
     return sorted(found)
 
 
+async def _update_dicomdir(folder: Path, received: list[Any]) -> int | None:
+    """``--layout media``: add the instances received to ``folder/DICOMDIR`` (and any earlier
+    one it does not list); how many it lists, None (after a warning) if it was not written."""
+    import anyio
+
+    from ..storage.dicomdir import DicomdirUpdater
+
+    def problem(path: Path, reason: str) -> None:
+        notice(f"getscu: DICOMDIR: {path}: {reason}", "dicomdir_problem", path=str(path))
+
+    def update() -> int | None:
+        updater = DicomdirUpdater(folder, recover=True, on_error=problem)
+        for stored in received:
+            updater.add(stored)
+        return updater.flush()
+
+    try:
+        return await anyio.to_thread.run_sync(update)
+    except OSError as exc:
+        problem(folder / "DICOMDIR", f"not written: {exc.strerror or exc}")
+        return None
+
+
 async def run(args: argparse.Namespace) -> int:
     """Associate, send one C-GET, write what comes back, release; 0 if the final status was
     Success, 1 otherwise, 130 after Ctrl-C (2 for an unusable ``--output-dir`` or too many
@@ -152,4 +175,8 @@ async def run(args: argparse.Namespace) -> int:
     not_written = outcome.retrieval.receive_errors if outcome.retrieval is not None else 0
     if not_written:
         extra += f", {not_written} could not be written"
+    if args.layout == "media":
+        listed = await _update_dicomdir(folder, received)
+        if listed is not None:
+            extra += f"; {folder / 'DICOMDIR'} lists {plural(listed, 'instance')}"
     return finish(outcome, args, "C-GET", extra)

@@ -15,11 +15,11 @@ from __future__ import annotations
 import argparse
 import functools
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..ae import AE
 from ..errors import StorageError
@@ -43,7 +43,17 @@ from .server import (
     worker_process_args,
 )
 
-__all__ = ["add_file_options", "add_parser", "run", "storescp_ae", "storescp_worker"]
+if TYPE_CHECKING:
+    from ..storage.dicomdir import DicomdirUpdater
+
+__all__ = [
+    "add_file_options",
+    "add_parser",
+    "media_directory",
+    "run",
+    "storescp_ae",
+    "storescp_worker",
+]
 
 
 def add_parser(sub: Any) -> None:
@@ -78,7 +88,9 @@ def add_file_options(p: argparse.ArgumentParser) -> None:
         choices=LAYOUTS,
         default="flat",
         help="flat: DIR/<SOP Instance UID>.dcm; sorted: "
-        "DIR/<Patient ID>/<Study UID>/<Series UID>/<SOP Instance UID>.dcm",
+        "DIR/<Patient ID>/<Study UID>/<Series UID>/<SOP Instance UID>.dcm; media: "
+        "DIR/PAxxxxxx/STxxxxxx/SExxxxxx/IMxxxxxx (General Purpose CD-R profile) with "
+        "DIR/DICOMDIR kept current",
     )
     p.add_argument(
         "--on-duplicate",
@@ -88,6 +100,42 @@ def add_file_options(p: argparse.ArgumentParser) -> None:
         "<name>_1.dcm), overwrite replaces it, ignore keeps it and drops the new one; "
         "each case is a warning",
     )
+
+
+@contextmanager
+def media_directory(
+    args: argparse.Namespace, app: str, folder: Path | None
+) -> Iterator[DicomdirUpdater | None]:
+    """With ``--layout media``, the updater of ``folder/DICOMDIR`` (else None): its first
+    rewrite (started now, in the background) adds what an earlier run stored without listing
+    it; when the block ends, it lists every instance stored.  A rewrite that fails is a
+    warning line; ``-v`` tells each rewrite."""
+    if args.layout != "media" or folder is None:
+        yield None
+        return
+    from ..storage.dicomdir import DicomdirUpdater
+
+    def failed(path: Path, reason: str) -> None:
+        notice(f"{app}: DICOMDIR: {path}: {reason}", "dicomdir_problem", path=str(path))
+
+    def written(path: Path, count: int) -> None:
+        if args.verbose >= 1:
+            notice(
+                f"{app}: {path} lists {plural(count, 'instance')}",
+                "dicomdir_written",
+                path=str(path),
+                instances=count,
+            )
+
+    updater = DicomdirUpdater(folder, recover=True, on_error=failed, on_written=written)
+    updater.request()
+    try:
+        yield updater
+    finally:
+        try:
+            updater.close()
+        except OSError as exc:
+            failed(folder / "DICOMDIR", f"not written: {exc.strerror or exc}")
 
 
 # --------------------------------------------------------------------------- reporting
@@ -161,12 +209,20 @@ class _Reporter:
 # --------------------------------------------------------------------------- the app
 
 
-def storescp_ae(args: argparse.Namespace, reporter: _Reporter | None = None) -> AE:
-    """The AE of ``storescp`` for the parsed options (the output folder must exist)."""
+def storescp_ae(
+    args: argparse.Namespace,
+    reporter: _Reporter | None = None,
+    media: DicomdirUpdater | None = None,
+) -> AE:
+    """The AE of ``storescp`` for the parsed options (the output folder must exist); with
+    ``media`` (:func:`media_directory`), each stored instance is noted in the DICOMDIR,
+    rewritten when an association ends."""
     ae = AE(args.aet, **server_config(args), accept_any_storage=True)
     install_access_control(ae, args)
     reporter = reporter or _Reporter()
     reporter.install(ae)
+    if media is not None:
+        ae.hooks.add(HookEvent.CONNECTION_CLOSED, lambda *_a, **_k: media.request())
     output: Path | None = None if args.ignore else args.output_dir
     per_instance = args.verbose >= 1
     on_duplicate = args.on_duplicate
@@ -202,6 +258,8 @@ def storescp_ae(args: argparse.Namespace, reporter: _Reporter | None = None) -> 
                 )
             size = stored.dataset_size
             file = str(stored)
+            if media is not None:
+                media.add(stored)
         counts.instances += 1
         counts.bytes += size
         if per_instance:
@@ -223,13 +281,19 @@ async def run(args: argparse.Namespace) -> int:
     if args.workers != 1:
         factory = functools.partial(storescp_worker, worker_args(args))
         return await serve_workers_until_signal(factory, args, "storescp")
-    return await serve_until_signal(storescp_ae(args), args, "storescp")
+    with media_directory(args, "storescp", _output(args)) as media:
+        return await serve_until_signal(storescp_ae(args, media=media), args, "storescp")
+
+
+def _output(args: argparse.Namespace) -> Path | None:
+    return None if args.ignore else Path(args.output_dir)
 
 
 @asynccontextmanager
 async def storescp_worker(args: argparse.Namespace, info: Any) -> AsyncIterator[AE]:
     """The AE of one worker process of ``storescp --workers`` (with its audit trail)."""
     args = worker_process_args(args, info)
-    ae = storescp_ae(args)
-    with audit_trail(ae, args):
-        yield ae
+    with media_directory(args, "storescp", _output(args)) as media:
+        ae = storescp_ae(args, media=media)
+        with audit_trail(ae, args):
+            yield ae

@@ -1,5 +1,8 @@
 """``asyncdicom storescu``: send files and folders with C-STORE over parallel associations.
 
+A file named ``DICOMDIR`` given as a path stands for the instances it references (PS3.10
+8.6, read with :func:`asyncdicom.storage.dicomdir.read_dicomdir`): those are sent, each once.
+
 How the files are shared out
 ----------------------------
 The files are located first (headers only) and put in one queue.  ``--concurrency N`` starts N
@@ -79,6 +82,8 @@ _MAX_STRIKES = 2
 _SHOWN_ERRORS = 20
 #: Media Storage Directory Storage: a DICOMDIR, an index of files (PS3.10 8.6), not an instance
 _MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
+#: the name of a File-set's DICOMDIR (PS3.10 8.6): given as a PATH, its instances are sent
+_DICOMDIR = "DICOMDIR"
 #: presentation context result "abstract syntax not supported" (PS3.8 Table 9-18)
 _ABSTRACT_SYNTAX_NOT_SUPPORTED = 3
 
@@ -91,7 +96,12 @@ def add_parser(sub: Any) -> None:
         description="Send DICOM files (and the files in folders, recursively) with C-STORE.",
     )
     add_scu(p)
-    p.add_argument("paths", nargs="+", metavar="PATH", help="files or folders (walked)")
+    p.add_argument(
+        "paths",
+        nargs="+",
+        metavar="PATH",
+        help="files or folders (walked); a file named DICOMDIR sends the instances it references",
+    )
     p.add_argument(
         "--concurrency",
         type=positive_int,
@@ -292,12 +302,38 @@ def _walk(paths: Sequence[str], report: _Report) -> list[Path]:
         if path.is_dir():
             _walk_folder(path, out, report)
         elif path.is_file():
-            out.append(path)
+            if path.name.upper() == _DICOMDIR:
+                out.extend(_referenced(path, report))
+            else:
+                out.append(path)
         elif path.exists():
             report.fail(path, "not a regular file")
         else:
             raise CLIError(f"no such file or folder: {p}")
     return out
+
+
+def _referenced(dicomdir: Path, report: _Report) -> list[Path]:
+    """The files a DICOMDIR (PS3.10 8.6) references, in its order (each once); a missing one,
+    or a DICOMDIR that cannot be read, is a failure."""
+    from ..storage.dicomdir import read_dicomdir
+
+    try:
+        _, entries = read_dicomdir(dicomdir)
+    except InvalidDicomFile as exc:
+        report.fail(dicomdir, f"not a DICOMDIR that can be read ({exc})")
+        return []
+    except OSError as exc:
+        report.fail(dicomdir, _unreadable(exc))
+        return []
+    found = [dicomdir.parent.joinpath(*entry.file_id) for entry in entries]
+    files = []
+    for path in dict.fromkeys(found):
+        if path.is_file():
+            files.append(path)
+        else:
+            report.fail(path, f"referenced by {dicomdir} but missing")
+    return files
 
 
 def _walk_folder(top: Path, out: list[Path], report: _Report) -> None:

@@ -256,7 +256,9 @@ async def save_request(
       ``folder/<SOP Instance UID>.dcm``; ``"sorted"`` stores
       ``folder/<Patient ID>/<Study Instance UID>/<Series Instance UID>/<SOP Instance UID>.dcm``,
       names read from the head of the data set once it is on disk (never its pixel data) and
-      made safe (:func:`~asyncdicom.storage.folder_name`).
+      made safe (:func:`~asyncdicom.storage.folder_name`); ``"media"`` stores
+      ``folder/PAxxxxxx/STxxxxxx/SExxxxxx/IMxxxxxx`` (:mod:`asyncdicom.storage.media`), names
+      of the General Purpose CD-R profile made from the same values.
 
     ``folder`` is created if needed.  The file appears under its final name only when complete;
     if the association ends early (abort, transport loss) or writing fails, nothing is left
@@ -312,7 +314,7 @@ async def save_request(
     # file is created there too, with the first batch or the commit: an instance smaller
     # than a batch costs one thread call and no file-system call in the event loop.
     threaded = cfg.file_io_in_threads
-    commit_threaded = threaded or layout == "sorted"
+    commit_threaded = threaded or layout != "flat"
     writer: Part10Writer | None = None if commit_threaded else _open()
     check = StructureCheck(request.context.transfer_syntax or "")
 
@@ -327,7 +329,7 @@ async def save_request(
 
     def _completed(writer: Part10Writer | None, batch: list[memoryview]) -> StoredFile:
         # the sorted layout's folder names were read as the bytes went by
-        keys = check.sort_keys() if layout == "sorted" else None
+        keys = check.sort_keys() if layout != "flat" else None
         if writer is None:
             writer = _opened_and_written(batch)
             return writer.commit(sort_keys=keys)

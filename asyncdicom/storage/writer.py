@@ -27,6 +27,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, BinaryIO, Literal
 
 from .codec import HEADER_DEFER_SIZE, read_header, read_sort_keys
+from .media import media_file_name, media_folders, stored_instance_uid
 from .meta import PREAMBLE, PREFIX, encode_file_meta
 from .names import folder_name, forget_folder, is_plain_component, safe_filename, target_path
 
@@ -74,15 +75,21 @@ DUPLICATE_POLICIES: tuple[DuplicatePolicy, ...] = ("unique", "overwrite", "ignor
 #:
 #: * ``"flat"``: ``<SOP Instance UID>.dcm`` directly in the folder;
 #: * ``"sorted"``: ``<Patient ID>/<Study Instance UID>/<Series Instance UID>/<SOP Instance
-#:   UID>.dcm``, the three folder names read from the data set (:func:`folder_name`).
-Layout = Literal["flat", "sorted"]
+#:   UID>.dcm``, the three folder names read from the data set (:func:`folder_name`);
+#: * ``"media"``: ``PAxxxxxx/STxxxxxx/SExxxxxx/IMxxxxxx``, File IDs of the General Purpose
+#:   CD-R profile (:mod:`asyncdicom.storage.media`), for a File-set with a DICOMDIR
+#:   (:mod:`asyncdicom.storage.dicomdir`).  The ``"unique"`` policy gives a copy the next
+#:   ``IM`` name of the instance (never a ``_1`` suffix, which no File ID may have).
+Layout = Literal["flat", "sorted", "media"]
 #: the values of :data:`Layout`, the default first
-LAYOUTS: tuple[Layout, ...] = ("flat", "sorted")
+LAYOUTS: tuple[Layout, ...] = ("flat", "sorted", "media")
 
 #: most files named ``<name>_<n>.dcm`` tried for one instance under the ``"unique"`` policy
 _MAX_COPIES = 10_000
 #: times the sorted layout's folders are made and the file placed, when a folder vanishes
 _PLACE_ATTEMPTS = 3
+#: names tried for one instance in the media layout (taken by other instances or copies)
+_MEDIA_NAMES = 1000
 
 
 class StoredFile(_SystemPath):
@@ -153,7 +160,9 @@ class Part10Writer:
         ``"flat"`` (default): ``folder/<SOP Instance UID>.dcm``; ``"sorted"``:
         ``folder/<Patient ID>/<Study UID>/<Series UID>/<SOP Instance UID>.dcm`` (:data:`Layout`),
         the three names read by :meth:`commit` from the head of the data set written, never
-        from its pixel data, and made safe with :func:`folder_name`.
+        from its pixel data, and made safe with :func:`folder_name`; ``"media"``:
+        ``folder/PAxxxxxx/STxxxxxx/SExxxxxx/IMxxxxxx`` from the same values
+        (:mod:`asyncdicom.storage.media`).
 
     Life cycle: the constructor creates ``folder/.<random hex>.part`` with ``O_CREAT | O_EXCL``
     (it cannot clobber or follow anything), locks it (POSIX ``flock``, so that
@@ -187,6 +196,7 @@ class Part10Writer:
         "_layout",
         "_name",
         "_on_duplicate",
+        "_sop_instance_uid",
         "_state",
         "_temp_path",
         "_transfer_syntax_uid",
@@ -224,6 +234,7 @@ class Part10Writer:
             )
         )
         self._name = safe_filename(sop_instance_uid)
+        self._sop_instance_uid = sop_instance_uid
         self._on_duplicate: DuplicatePolicy = on_duplicate
         self._layout: Layout = layout
         self._transfer_syntax_uid = transfer_syntax_uid
@@ -396,6 +407,10 @@ class Part10Writer:
         for attempt in range(_PLACE_ATTEMPTS):
             folder = self._sorted_folder(sort_keys)
             try:
+                if self._layout == "media":
+                    return _place_media(
+                        self._temp_path, folder, self._sop_instance_uid, self._on_duplicate
+                    )
                 return _place(self._temp_path, folder / self._name, self._on_duplicate)
             except FileNotFoundError:
                 _forget_folder(folder)
@@ -414,7 +429,14 @@ class Part10Writer:
         file finds it missing.
         """
         patient, study, series = sort_keys
-        names = (folder_name(patient), folder_name(study, uid=True), folder_name(series, uid=True))
+        if self._layout == "media":
+            names = media_folders(patient, study, series)
+        else:
+            names = (
+                folder_name(patient),
+                folder_name(study, uid=True),
+                folder_name(series, uid=True),
+            )
         key = (self._folder, *names)
         known = _KNOWN_FOLDERS.get(key)
         if known is not None:
@@ -500,6 +522,31 @@ def _place(temp: Path, final: Path, policy: DuplicatePolicy) -> tuple[Path, Dupl
         if _link_if_free(temp, candidate):
             return candidate, "unique"
     raise FileExistsError(f"{final} and {_MAX_COPIES} copies of it exist already")
+
+
+def _place_media(
+    temp: Path, folder: Path, sop_instance_uid: str, policy: DuplicatePolicy
+) -> tuple[Path, DuplicatePolicy | None]:
+    """Give ``temp`` the first free ``IMxxxxxx`` name of the instance in ``folder``
+    (:func:`media_file_name`).  A name taken by a copy of the same instance (its Media Storage
+    SOP Instance UID says so) is a duplicate: replaced (overwrite), kept (ignore) or passed
+    over (unique); a name taken by anything else is passed over."""
+    duplicate: DuplicatePolicy | None = None
+    for attempt in range(_MEDIA_NAMES):
+        final = folder / media_file_name(sop_instance_uid, attempt)
+        if _link_if_free(temp, final):
+            return final, duplicate
+        if stored_instance_uid(final) != sop_instance_uid.strip(" \x00"):
+            continue  # another instance has this name
+        if policy == "overwrite":
+            os.replace(temp, final)
+            return final, "overwrite"
+        if policy == "ignore":
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp)
+            return final, "ignore"
+        duplicate = "unique"
+    raise FileExistsError(f"{_MEDIA_NAMES} names for {sop_instance_uid} in {folder} are taken")
 
 
 def _link_if_free(temp: Path, final: Path) -> bool:

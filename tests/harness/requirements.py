@@ -144,6 +144,13 @@ def _check_module(name: str) -> Callable[[], str | None]:
     return check
 
 
+def _check_program(name: str) -> Callable[[], str | None]:
+    def check() -> str | None:
+        return None if shutil.which(name) else f"no {name} on PATH"
+
+    return check
+
+
 def _check_quickack() -> str | None:
     import socket
 
@@ -167,6 +174,10 @@ REQUIREMENTS: Mapping[str, Requirement] = {
     "odil": Requirement("odil not found (apt-get install odil python3-odil)", _check_odil),
     "tcp-quickack": Requirement(
         "TCP_QUICKACK not available (immediate ACKs need Linux)", _check_quickack
+    ),
+    # dciodvfy, the validator of David Clunie's dicom3tools (media: DICOMDIR checks)
+    "dicom3tools": Requirement(
+        "dicom3tools not found (apt-get install dicom3tools)", _check_program("dciodvfy")
     ),
     "pixelmed": Requirement(
         "PixelMed not found (apt-get install pixelmed-apps default-jdk-headless)",
