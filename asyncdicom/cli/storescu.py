@@ -51,11 +51,13 @@ from ..errors import (
     InvalidDicomFile,
     NoAcceptedContext,
     StorageError,
+    TranscodeError,
     TransportError,
 )
 from ..protocol import uids
 from ..protocol.status import StatusCategory, category, describe
 from ..storage.contexts import contexts_for_syntaxes
+from ..storage.transcode import conversion_refused
 from .apps import APPS
 from .argtypes import positive_int
 from .options import add_common, add_scu
@@ -557,6 +559,9 @@ async def _store_one(
     except NoAcceptedContext:
         run.failed(item, _refused(assoc, item.source))
         return
+    except TranscodeError as exc:
+        run.failed(item, _refused(assoc, item.source, str(exc)))
+        return
     except (DICOMError, StorageError, OSError) as exc:
         # the file was at fault (it changed since the scan, or cannot be converted): it
         # fails; if it took the association with it (half sent), the association is over too
@@ -592,8 +597,9 @@ _DECOMPRESSORS = {
 }
 
 
-def _refused(assoc: Association, source: Part10Source) -> str:
-    """Why a file could not be sent on ``assoc`` (no accepted context fits), and the fix."""
+def _refused(assoc: Association, source: Part10Source, why: str | None = None) -> str:
+    """Why a file could not be sent on ``assoc`` (no accepted context fits, or it cannot be
+    converted to one that does: ``why``), and the fix."""
     sop_class = uid_name(source.sop_class_uid)
     syntax = uid_name(source.transfer_syntax_uid)
     proposed = [
@@ -612,9 +618,12 @@ def _refused(assoc: Association, source: Part10Source) -> str:
     if source.transfer_syntax_uid in uids.UNCOMPRESSED_TRANSFER_SYNTAXES:
         return f"the peer refused the transfer syntaxes proposed for {sop_class} ({where})"
     tool = _DECOMPRESSORS.get(source.transfer_syntax_uid, "gdcmconv --raw (GDCM)")
+    if why is None:
+        why = conversion_refused(source.transfer_syntax_uid, uids.EXPLICIT_VR_LITTLE_ENDIAN)
+        why = why or "no context it can be converted to was accepted"
     return (
-        f"the peer does not accept {syntax} for {sop_class} ({where}), and a compressed file "
-        f"is sent only as it is: the peer must accept {syntax}, or decompress the file first, "
+        f"the peer does not accept {syntax} for {sop_class} ({where}), and the file cannot "
+        f"be converted: {why}; the peer must accept {syntax}, or decompress the file first, "
         f"e.g. with {tool}"
     )
 

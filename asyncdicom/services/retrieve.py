@@ -65,7 +65,6 @@ from ..protocol import messages, uids
 from ..protocol.messages import Priority
 from ..protocol.negotiation import ContextRequest, PresentationContext
 from ..protocol.status import Status, StatusCategory
-from ..protocol.uids import UNCOMPRESSED_TRANSFER_SYNTAXES
 from .base import HandlerCall, Service, make_response
 from .query_retrieve import OperationResults, identifier_context
 from .request import ServiceRequest
@@ -240,39 +239,15 @@ def _describe_batch(items: list[Any]) -> list[_Instance | BaseException]:
     return out
 
 
-def _context_requests(instances: Iterable[_Instance]) -> list[list[ContextRequest]]:
-    """The presentation contexts to propose for ``instances``, grouped per SOP class: the
-    uncompressed syntaxes (anything uncompressed can be converted to them) and each
-    compressed syntax in a context of its own."""
-    needs: dict[str, dict[str, None]] = {}
-    for inst in instances:
-        syntaxes = needs.setdefault(inst.sop_class_uid, {})
-        ts = inst.transfer_syntax_uid
-        if ts is None or ts in UNCOMPRESSED_TRANSFER_SYNTAXES:
-            syntaxes[""] = None
-        else:
-            syntaxes[ts] = None
-    groups: list[list[ContextRequest]] = []
-    for sop_class, syntaxes in needs.items():
-        group = []
-        for ts in syntaxes:
-            if ts == "":
-                group.append(
-                    ContextRequest(
-                        sop_class, (uids.EXPLICIT_VR_LITTLE_ENDIAN, uids.IMPLICIT_VR_LITTLE_ENDIAN)
-                    )
-                )
-            else:
-                group.append(ContextRequest(sop_class, (ts,)))
-        groups.append(group)
-    return groups
-
-
 def _batches(
     instances: list[_Instance], limit: int = 128
 ) -> list[tuple[list[ContextRequest], list[_Instance]]]:
-    """Split ``instances`` into association-sized batches of at most ``limit`` contexts."""
-    groups = _context_requests(instances)
+    """Split ``instances`` into association-sized batches of at most ``limit`` contexts, by
+    the proposal policy of :func:`asyncdicom.storage.contexts.context_groups` (that of
+    ``storescu``)."""
+    from ..storage.contexts import context_groups
+
+    groups = context_groups((i.sop_class_uid, i.transfer_syntax_uid) for i in instances)
     batches: list[tuple[list[ContextRequest], set[str]]] = []
     for group in groups:
         if not batches or len(batches[-1][0]) + len(group) > limit:
