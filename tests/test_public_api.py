@@ -111,8 +111,13 @@ EXPECTED_ALL: dict[str, set[str]] = {
         "safe_filename", "target_path", "transcode",
     },
     "asyncdicom.storage.contexts": {
-        "MAX_PRESENTATION_CONTEXTS", "TooManyPresentationContexts", "contexts_for_files",
-        "contexts_for_syntaxes",
+        "MAX_PRESENTATION_CONTEXTS", "TooManyPresentationContexts", "context_groups",
+        "contexts_for_files", "contexts_for_syntaxes",
+    },
+    "asyncdicom.storage.transcoding": {
+        "CODECS_HINT", "LOSSLESS_COMPRESSED_TRANSFER_SYNTAXES", "LOSSY_TRANSFER_SYNTAXES",
+        "Transcoded", "can_decode", "can_encode", "choose_syntax", "conversion_refused",
+        "is_lossy", "transcode_instance",
     },
     "asyncdicom.testing": {"MemoryByteStream", "associated", "memory_stream_pair"},
     "asyncdicom.config": {

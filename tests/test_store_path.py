@@ -345,10 +345,10 @@ def test_contexts_for_files_without_codecs_no_fallback_for_compressed(
 ) -> None:
     """Without the codecs extra, a compressed file can only go out in its own syntax: only the
     SOP class with uncompressed files gets the fallback."""
-    from asyncdicom.storage import transcode
+    from asyncdicom.storage import transcoding
 
     monkeypatch.setattr(
-        transcode, "can_decode", lambda ts: ts in uids.UNCOMPRESSED_TRANSFER_SYNTAXES
+        transcoding, "can_decode", lambda ts: ts in uids.UNCOMPRESSED_TRANSFER_SYNTAXES
     )
     explicit = write_ct_files(tmp_path / "ct", 1, 100, seed=20)
     paths = [*explicit, SAMPLES / "MR_small_RLE.dcm", SAMPLES / "JPEG2000.dcm"]

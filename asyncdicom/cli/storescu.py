@@ -57,7 +57,7 @@ from ..errors import (
 from ..protocol import uids
 from ..protocol.status import StatusCategory, category, describe
 from ..storage.contexts import contexts_for_syntaxes
-from ..storage.transcode import conversion_refused
+from ..storage.transcoding import conversion_refused
 from .apps import APPS
 from .argtypes import positive_int
 from .options import add_common, add_scu

@@ -133,7 +133,7 @@ class StorageSCU(BaseAssociation):
 
         A file is sent without decoding when an accepted context has its transfer syntax, and
         converted to an accepted one when it must, by the rules of
-        :mod:`asyncdicom.storage.transcode`: lossless or uncompressed to any lossless or
+        :mod:`asyncdicom.storage.transcoding`: lossless or uncompressed to any lossless or
         uncompressed syntax, lossy to uncompressed (its Lossy Image Compression stays "01"),
         and to a lossy syntax only with ``allow_lossy=True`` (the instance sent then has a new
         SOP Instance UID).  Compressed pixel data needs the codecs (``pip install
@@ -238,7 +238,7 @@ async def _converted(
 ) -> tuple[PresentationContext, Any, str]:
     """The context, data and SOP Instance UID for an instance whose own transfer syntax was not
     accepted: converted, in a worker thread, to the best accepted syntax the rules allow."""
-    from ..storage.transcode import choose_syntax, transcode_instance
+    from ..storage.transcoding import choose_syntax, transcode_instance
 
     accepted = [
         c.transfer_syntax

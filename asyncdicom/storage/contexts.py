@@ -12,7 +12,7 @@ Information and the head of the data set only, nothing is decoded) and returns t
   one more context proposing Explicit and Implicit VR Little Endian: if the acceptor refuses
   the file's own syntax (say Explicit VR Big Endian, or JPEG 2000),
   :meth:`store() <asyncdicom.services.storage.StorageSCU.store>` converts the file to the
-  syntax accepted there (:mod:`asyncdicom.storage.transcode`).
+  syntax accepted there (:mod:`asyncdicom.storage.transcoding`).
 
 An uncompressed file can always be converted; a compressed one (JPEG, JPEG-LS, JPEG 2000,
 RLE) when its decoder is installed (``pip install 'asyncdicom[codecs]'``).  Without it a
@@ -62,7 +62,7 @@ def _proposal(pairs: Iterable[tuple[str, str | None]]) -> dict[str, tuple[list[s
     instances are in (each gets a context of its own) and whether it gets the uncompressed
     fallback context.  A syntax of ``None`` is an instance with no encoding of its own (a
     Dataset): it needs the fallback only."""
-    from .transcode import can_decode
+    from .transcoding import can_decode
 
     decodable: dict[str, bool] = {}
     classes: dict[str, tuple[list[str], bool]] = {}

@@ -12,7 +12,8 @@ The rules (docs/transcoding.md) are those of PS3.3 C.7.6.1.1.5 and PS3.5 8.2:
   of this compression appended to those of earlier ones.
 
 Decoding and encoding compressed pixel data is done by pydicom's pixel data handlers with the
-plugins of the ``codecs`` extra (``pip install 'asyncdicom[codecs]'``); without them a
+plugins of the ``codecs`` extra (``pip install 'asyncdicom[codecs]'``: pylibjpeg with its
+libjpeg, openjpeg and RLE plugins, pyjpegls, and Pillow for JPEG baseline); without them a
 conversion that needs one fails with a :class:`~asyncdicom.errors.TranscodeError` saying so.
 pydicom and numpy are imported inside the functions that use them.
 
@@ -308,10 +309,12 @@ def _check_no_nested_pixel_data(ds: Dataset) -> None:
                     )
 
 
-def _decode_frames(ds: Dataset, source_ts: str) -> tuple[bytearray, dict[str, Any], int]:
-    """Decode the top-level Pixel Data frame by frame into one buffer (little endian samples,
-    colour-by-pixel), padded to an even length.  Returns (buffer, image pixel values, bytes of
-    pixel data without the padding)."""
+def _decode_frames(
+    ds: Dataset, source_ts: str, *, big_endian: bool = False
+) -> tuple[bytearray, dict[str, Any], int]:
+    """Decode the top-level Pixel Data frame by frame into one buffer (little endian samples
+    unless ``big_endian``, colour-by-pixel), padded to an even length.  Returns (buffer, image
+    pixel values, bytes of pixel data without the padding)."""
     from pydicom.pixels.decoders.base import get_decoder
     from pydicom.pixels.utils import get_nr_frames
 
@@ -322,8 +325,16 @@ def _decode_frames(ds: Dataset, source_ts: str) -> tuple[bytearray, dict[str, An
     meta: dict[str, Any] = {}
     frame_bytes = 0
     count = 0
-    for arr, image_pixel in decoder.iter_array(ds, as_rgb=_as_rgb(ds, source_ts)):
-        if sys.byteorder != "little" and arr.dtype.itemsize > 1:
+    options: dict[str, Any] = {"as_rgb": _as_rgb(ds, source_ts)}
+    plugin = _decoding_plugin(decoder, source_ts)
+    if plugin:
+        options["decoding_plugin"] = plugin
+    if int(ds.get("PixelRepresentation", 0) or 0) == 1:
+        # pydicom 3.0's frame iterator corrects the sign of signed samples in place on a
+        # read-only view; by index, each frame is decoded into an array of its own
+        options["indices"] = range(frames)
+    for arr, image_pixel in decoder.iter_array(ds, **options):
+        if (sys.byteorder == "big") != big_endian and arr.dtype.itemsize > 1:
             arr = arr.byteswap()
         if count == 0:
             meta = dict(image_pixel)
@@ -345,6 +356,18 @@ def _decode_frames(ds: Dataset, source_ts: str) -> tuple[bytearray, dict[str, An
     if count != frames:
         raise TranscodeError(f"{count} frames decoded, Number of Frames says {frames}")
     return buffer, meta, frame_bytes * frames
+
+
+def _decoding_plugin(decoder: Any, source_ts: str) -> str:
+    """The pydicom plugin to decode with, when the choice matters: JPEG baseline through
+    Pillow (libjpeg-turbo, whose default integer IDCT and upsampling give the same values as
+    the IJG code in DCMTK and GDCM; libjpeg by pylibjpeg differs by 1 or 2 on lossy data);
+    otherwise pydicom's own order."""
+    if source_ts == uids.JPEG_BASELINE_8BIT and "pillow" in getattr(
+        decoder, "available_plugins", ()
+    ):
+        return "pillow"
+    return ""
 
 
 def _update_image_pixel(ds: Dataset, meta: dict[str, Any], frames: int) -> None:
@@ -376,7 +399,8 @@ def _to_native(ds: Dataset, source_ts: str, target_ts: str) -> Transcoded:
 
     if _is_native(source_ts):
         return Transcoded((encode_dataset(ds, target_ts),), target_ts, str(ds.SOPInstanceUID))
-    buffer, meta, length = _decode_frames(ds, source_ts)
+    big = target_ts == uids.EXPLICIT_VR_BIG_ENDIAN
+    buffer, meta, length = _decode_frames(ds, source_ts, big_endian=big)
     frames = length // max(1, _frame_size(meta))
     bits_allocated = int(meta.get("bits_allocated", ds.BitsAllocated))
     _update_image_pixel(ds, meta, frames)
@@ -388,11 +412,8 @@ def _to_native(ds: Dataset, source_ts: str, target_ts: str) -> Transcoded:
         elif elem.tag > _PIXEL_DATA:
             tail.add(elem)
     implicit = target_ts == uids.IMPLICIT_VR_LITTLE_ENDIAN
-    big = target_ts == uids.EXPLICIT_VR_BIG_ENDIAN
     deflated = target_ts == uids.DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN
     inner = uids.EXPLICIT_VR_LITTLE_ENDIAN if deflated else target_ts
-    if big and bits_allocated > 8:
-        _swap_in_place(buffer, bits_allocated // 8)
     vr = b"OB" if bits_allocated <= 8 else b"OW"
     if implicit:
         header = struct.pack("<HHI", 0x7FE0, 0x0010, len(buffer))
@@ -415,13 +436,6 @@ def _frame_size(meta: dict[str, Any]) -> int:
         * int(meta.get("samples_per_pixel", 1))
         * (int(meta["bits_allocated"]) // 8 or 1)
     )
-
-
-def _swap_in_place(buffer: bytearray, width: int) -> None:
-    import numpy as np
-
-    view = np.frombuffer(buffer, dtype=f"<u{width}", count=len(buffer) // width)
-    view.byteswap(inplace=True)
 
 
 def _to_compressed(ds: Dataset, source_ts: str, target_ts: str) -> Transcoded:

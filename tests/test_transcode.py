@@ -1,0 +1,304 @@
+"""Transcoding (asyncdicom.storage.transcoding) and its use by store() and the C-GET SCP.
+
+Expected pixel values come from pydicom decoding the original sample (its own handlers, not
+our code path), and the rules from PS3.3 C.7.6.1.1.5 (lossy flag, new SOP Instance UID).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from samples import sample
+
+from asyncdicom import AE, presets
+from asyncdicom.errors import TranscodeError
+from asyncdicom.protocol import uids
+from asyncdicom.storage import transcoding
+from asyncdicom.storage.codec import decode_dataset
+from asyncdicom.storage.reader import read_part10_for_send
+from asyncdicom.storage.transcoding import (
+    CODECS_HINT,
+    choose_syntax,
+    conversion_refused,
+    transcode_instance,
+)
+from asyncdicom.testing import associated
+
+MR = "1.2.840.10008.5.1.4.1.1.4"
+SC = "1.2.840.10008.5.1.4.1.1.7"
+
+
+def _pixels(data: bytes, ts: str) -> Any:
+    ds = decode_dataset(data, ts)
+    ds.file_meta = pydicom.dataset.FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ts
+    return ds, ds.pixel_array
+
+
+def _original(name: str) -> Any:
+    return pydicom.dcmread(sample(name)).pixel_array
+
+
+# ------------------------------------------------------------------------- the rules
+
+
+def test_rules_lossless_and_uncompressed_convert_freely_lossy_only_when_allowed() -> None:
+    ele, rle, jls = uids.EXPLICIT_VR_LITTLE_ENDIAN, uids.RLE_LOSSLESS, uids.JPEG_LS_LOSSLESS
+    for source in (ele, rle, jls, uids.JPEG_2000_LOSSLESS):
+        for target in (ele, uids.IMPLICIT_VR_LITTLE_ENDIAN, rle, jls):
+            assert conversion_refused(source, target) is None, (source, target)
+    # lossy sources may be decompressed
+    assert conversion_refused(uids.JPEG_BASELINE_8BIT, ele) is None
+    assert conversion_refused(uids.JPEG_2000, uids.IMPLICIT_VR_LITTLE_ENDIAN) is None
+    # anything to lossy: refused unless allowed
+    for source in (ele, rle, uids.JPEG_BASELINE_8BIT):
+        why = conversion_refused(source, uids.JPEG_LS_NEAR_LOSSLESS)
+        assert why is not None and "lossy" in why and "--allow-lossy" in why
+        assert conversion_refused(source, uids.JPEG_LS_NEAR_LOSSLESS, allow_lossy=True) is None
+    # no encoder exists for JPEG baseline
+    why = conversion_refused(ele, uids.JPEG_BASELINE_8BIT, allow_lossy=True)
+    assert why is not None and "encode" in why
+
+
+def test_choose_syntax_prefers_own_then_uncompressed_never_lossy_unasked() -> None:
+    rle = uids.RLE_LOSSLESS
+    accepted = [uids.JPEG_LS_NEAR_LOSSLESS, uids.IMPLICIT_VR_LITTLE_ENDIAN, rle]
+    assert choose_syntax(rle, accepted) == (rle, "")
+    accepted = [uids.JPEG_LS_NEAR_LOSSLESS, uids.JPEG_LS_LOSSLESS, uids.IMPLICIT_VR_LITTLE_ENDIAN]
+    assert choose_syntax(rle, accepted) == (uids.IMPLICIT_VR_LITTLE_ENDIAN, "")
+    assert choose_syntax(rle, accepted[:2]) == (uids.JPEG_LS_LOSSLESS, "")
+    target, why = choose_syntax(rle, [uids.JPEG_LS_NEAR_LOSSLESS])
+    assert target is None and "lossy" in why
+    assert choose_syntax(rle, [uids.JPEG_LS_NEAR_LOSSLESS], allow_lossy=True)[0] == (
+        uids.JPEG_LS_NEAR_LOSSLESS
+    )
+
+
+def test_without_codecs_the_reason_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(transcoding, "can_decode", lambda ts: ts == uids.EXPLICIT_VR_LITTLE_ENDIAN)
+    why = conversion_refused(uids.RLE_LOSSLESS, uids.EXPLICIT_VR_LITTLE_ENDIAN)
+    assert why is not None and CODECS_HINT in why
+    assert CODECS_HINT == "pip install 'asyncdicom[codecs]'"
+    with pytest.raises(TranscodeError, match=r"pip install 'asyncdicom\[codecs\]'"):
+        transcode_instance(
+            read_part10_for_send(sample("MR_small_RLE.dcm")), uids.EXPLICIT_VR_LITTLE_ENDIAN
+        )
+
+
+# ------------------------------------------------------------------------- conversions
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "MR_small_RLE.dcm",  # RLE, 16-bit
+        "SC_rgb_rle_32bit_2frame.dcm",  # RLE, 32-bit RGB, 2 frames
+        "MR_small_jpeg_ls_lossless.dcm",  # JPEG-LS lossless
+        "MR_small_jp2klossless.dcm",  # JPEG 2000 lossless
+        "SC_rgb_jpeg_gdcm.dcm",  # JPEG lossless SV1, RGB
+        "J2K_pixelrep_mismatch.dcm",  # JPEG 2000 whose stream says signed
+    ],
+)
+@pytest.mark.parametrize(
+    "target",
+    [
+        uids.EXPLICIT_VR_LITTLE_ENDIAN,
+        uids.IMPLICIT_VR_LITTLE_ENDIAN,
+        uids.EXPLICIT_VR_BIG_ENDIAN,
+        uids.DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
+    ],
+)
+def test_lossless_to_uncompressed_keeps_every_pixel_and_the_uid(name: str, target: str) -> None:
+    source = read_part10_for_send(sample(name))
+    out = transcode_instance(source, target)
+    assert out.transfer_syntax_uid == target
+    assert out.sop_instance_uid == source.sop_instance_uid
+    ds, pixels = _pixels(out.to_bytes(), target)
+    assert np.array_equal(pixels, _original(name))
+    assert ds.SOPInstanceUID == source.sop_instance_uid
+    assert "LossyImageCompression" not in ds or ds.LossyImageCompression == "00"
+
+
+@pytest.mark.parametrize(
+    ("name", "method"),
+    [
+        ("SC_rgb_jpeg_dcmtk.dcm", "ISO_10918_1"),
+        ("JPEGLSNearLossless_16.dcm", "ISO_14495_1"),
+        ("SC_rgb_gdcm_KY.dcm", "ISO_15444_1"),
+    ],
+)
+def test_lossy_to_uncompressed_keeps_the_lossy_flag(name: str, method: str) -> None:
+    original = pydicom.dcmread(sample(name))
+    source = read_part10_for_send(sample(name))
+    out = transcode_instance(source, uids.EXPLICIT_VR_LITTLE_ENDIAN)
+    ds, pixels = _pixels(out.to_bytes(), uids.EXPLICIT_VR_LITTLE_ENDIAN)
+    assert ds.LossyImageCompression == "01"
+    if "LossyImageCompressionMethod" in original:
+        assert ds.LossyImageCompressionMethod == original.LossyImageCompressionMethod
+    else:
+        assert ds.LossyImageCompressionMethod == method
+    if "LossyImageCompressionRatio" in original:
+        assert ds.LossyImageCompressionRatio == original.LossyImageCompressionRatio
+    # no new loss: the same instance
+    assert ds.SOPInstanceUID == original.SOPInstanceUID
+    assert pixels.shape == original.pixel_array.shape
+
+
+def test_lossless_to_lossless_compressed() -> None:
+    source = read_part10_for_send(sample("MR_small.dcm"))
+    for target in (uids.RLE_LOSSLESS, uids.JPEG_LS_LOSSLESS, uids.JPEG_2000_LOSSLESS):
+        out = transcode_instance(source, target)
+        ds, pixels = _pixels(out.to_bytes(), target)
+        assert np.array_equal(pixels, _original("MR_small.dcm"))
+        assert ds.SOPInstanceUID == source.sop_instance_uid
+        assert "LossyImageCompression" not in ds
+
+
+def test_to_lossy_needs_the_flag_then_makes_a_new_instance() -> None:
+    source = read_part10_for_send(sample("MR_small.dcm"))
+    with pytest.raises(TranscodeError, match="lossy"):
+        transcode_instance(source, uids.JPEG_LS_NEAR_LOSSLESS)
+    out = transcode_instance(source, uids.JPEG_LS_NEAR_LOSSLESS, allow_lossy=True)
+    ds, pixels = _pixels(out.to_bytes(), uids.JPEG_LS_NEAR_LOSSLESS)
+    assert (
+        out.sop_instance_uid
+        != source.sop_instance_uid
+        == "1.3.6.1.4.1.5962.1.1.4.1.1.20040826185059.5457"
+    )
+    assert ds.SOPInstanceUID == out.sop_instance_uid
+    assert ds.LossyImageCompression == "01"
+    assert ds.LossyImageCompressionMethod == "ISO_14495_1"
+    assert float(ds.LossyImageCompressionRatio) > 1
+    # near-lossless with a maximum error of 2
+    original = _original("MR_small.dcm").astype(int)
+    assert np.abs(pixels.astype(int) - original).max() <= 2
+
+
+def test_a_codec_failure_is_a_transcode_error_with_its_reason() -> None:
+    # JPEG-LS cannot hold 32-bit samples
+    source = read_part10_for_send(sample("SC_rgb_rle_32bit.dcm"))
+    with pytest.raises(TranscodeError, match="cannot convert RLE Lossless"):
+        transcode_instance(source, uids.JPEG_LS_LOSSLESS)
+
+
+def test_a_dataset_is_converted_too() -> None:
+    ds = pydicom.dcmread(sample("MR_small_RLE.dcm"))
+    out = transcode_instance(ds, uids.IMPLICIT_VR_LITTLE_ENDIAN)
+    assert np.array_equal(
+        _pixels(out.to_bytes(), uids.IMPLICIT_VR_LITTLE_ENDIAN)[1], _original("MR_small_RLE.dcm")
+    )
+
+
+# ------------------------------------------------------------------------- on the wire
+
+
+def _storing_scp(out: Path, syntaxes: tuple[str, ...]) -> AE:
+    scp = AE("SCP", accept_any_storage=True, storage_transfer_syntaxes=syntaxes)
+
+    @scp.on_store
+    async def on_store(request: Any) -> int:
+        await request.save_to(out)
+        return 0x0000
+
+    return scp
+
+
+@pytest.mark.anyio
+async def test_store_refuses_lossy_without_the_flag_per_instance(
+    tmp_path: Path, anyio_backend: str
+) -> None:
+    """An acceptor taking only JPEG-LS near-lossless: an uncompressed MR fails with the reason
+    (the association goes on), and goes out lossy, as a new instance, only when allowed."""
+    out = tmp_path / "out"
+    scp = _storing_scp(out, (uids.JPEG_LS_NEAR_LOSSLESS,))
+    path = sample("MR_small.dcm")
+    with anyio.fail_after(20):
+        async with associated(scp, contexts=[(MR, [uids.JPEG_LS_NEAR_LOSSLESS])]) as assoc:
+            with pytest.raises(TranscodeError, match="lossy: refused unless"):
+                await assoc.store(path)
+            assert assoc.is_established
+            assert not out.exists()
+            response = await assoc.store(path, allow_lossy=True)
+            assert response.status == 0x0000
+    (stored,) = out.iterdir()
+    ds = pydicom.dcmread(stored)
+    assert ds.file_meta.TransferSyntaxUID == uids.JPEG_LS_NEAR_LOSSLESS
+    assert ds.SOPInstanceUID != read_part10_for_send(path).sop_instance_uid
+    assert stored.name == f"{ds.SOPInstanceUID}.dcm"
+    assert ds.LossyImageCompression == "01"
+
+
+@pytest.mark.anyio
+async def test_store_decompresses_for_an_uncompressed_acceptor(
+    tmp_path: Path, anyio_backend: str
+) -> None:
+    out = tmp_path / "out"
+    scp = _storing_scp(out, (uids.IMPLICIT_VR_LITTLE_ENDIAN,))
+    names = ["MR_small_RLE.dcm", "SC_rgb_jpeg_dcmtk.dcm"]
+    with anyio.fail_after(20):
+        contexts = [(MR, [uids.IMPLICIT_VR_LITTLE_ENDIAN]), (SC, [uids.IMPLICIT_VR_LITTLE_ENDIAN])]
+        async with associated(scp, contexts=contexts) as assoc:
+            for name in names:
+                assert (await assoc.store(sample(name))).status == 0x0000
+            # a Dataset in a compressed syntax as well
+            ds = pydicom.dcmread(sample("MR_small_jpeg_ls_lossless.dcm"))
+            ds.SOPInstanceUID = "1.2.826.0.1.3680043.8.498.1"
+            assert (await assoc.store(ds)).status == 0x0000
+    for name in names:
+        uid = read_part10_for_send(sample(name)).sop_instance_uid
+        got = pydicom.dcmread(out / f"{uid}.dcm")
+        assert got.file_meta.TransferSyntaxUID == uids.IMPLICIT_VR_LITTLE_ENDIAN
+        assert got.pixel_array.shape == _original(name).shape
+    got = pydicom.dcmread(out / "1.2.826.0.1.3680043.8.498.1.dcm")
+    assert np.array_equal(got.pixel_array, _original("MR_small_jpeg_ls_lossless.dcm"))
+    mr = read_part10_for_send(sample("MR_small_RLE.dcm")).sop_instance_uid
+    assert np.array_equal(
+        pydicom.dcmread(out / f"{mr}.dcm").pixel_array, _original("MR_small_RLE.dcm")
+    )
+
+
+@pytest.mark.anyio
+async def test_c_get_scp_decompresses_for_a_requestor_taking_only_uncompressed(
+    tmp_path: Path, anyio_backend: str
+) -> None:
+    """The C-GET SCP of the Python API: compressed files go back decompressed in the contexts
+    the requestor accepted (uncompressed only); a lossless source is pixel-identical."""
+    names = ["MR_small_RLE.dcm", "SC_rgb_jpeg_gdcm.dcm", "JPEG2000.dcm"]
+    scp = AE(
+        "QRSCP",
+        supported_contexts=presets.qr_supported() + presets.storage_supported(scu_role=True),
+    )
+
+    @scp.on("C-GET")
+    def retrieve(request: Any) -> Iterator[Any]:
+        for name in names:
+            yield sample(name)
+
+    query = Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    query.StudyInstanceUID = "1.2.3"
+    out = tmp_path / "got"
+    contexts = presets.retrieve_contexts(
+        "get", storage=[MR, SC], storage_transfer_syntaxes=uids.UNCOMPRESSED_TRANSFER_SYNTAXES
+    )
+    with anyio.fail_after(20):
+        async with associated(scp, contexts=contexts) as assoc:
+            async with assoc.get(query, store=out) as retrieval:
+                final = await retrieval.wait()
+    assert final.status == 0x0000, final
+    assert retrieval.completed == 3 and retrieval.failed == 0
+    for name in names:
+        uid = read_part10_for_send(sample(name)).sop_instance_uid
+        got = pydicom.dcmread(out / f"{uid}.dcm")
+        assert got.file_meta.TransferSyntaxUID in uids.UNCOMPRESSED_TRANSFER_SYNTAXES
+        if name == "JPEG2000.dcm":  # lossy: the flag stays
+            assert got.LossyImageCompression == "01"
+        else:
+            assert np.array_equal(got.pixel_array, _original(name))
