@@ -102,6 +102,12 @@ def add_parser(sub: Any) -> None:
         help="parallel associations, each sending files one C-STORE at a time",
     )
     p.add_argument(
+        "--allow-lossy",
+        action="store_true",
+        help="when the peer accepts only lossy syntaxes for a file that is not, compress it "
+        "lossily (a new instance: new SOP Instance UID); without it such a file fails",
+    )
+    p.add_argument(
         "--show-all-errors",
         action="store_true",
         help=f"list every file that was not stored (default: the first {_SHOWN_ERRORS})",
@@ -553,7 +559,7 @@ async def _store_one(
         run.failed(item, _file_problem(item, loaded))
         return
     try:
-        response = await assoc.store(loaded)
+        response = await assoc.store(loaded, allow_lossy=run.args.allow_lossy)
     except (AssociationError, TransportError) as exc:
         raise _AssociationEnded(describe_error(exc, run.args)) from exc
     except NoAcceptedContext:
