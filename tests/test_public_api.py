@@ -117,7 +117,7 @@ EXPECTED_ALL: dict[str, set[str]] = {
     "asyncdicom.storage.transcoding": {
         "CODECS_HINT", "LOSSLESS_COMPRESSED_TRANSFER_SYNTAXES", "LOSSY_TRANSFER_SYNTAXES",
         "Transcoded", "can_decode", "can_encode", "choose_syntax", "conversion_refused",
-        "is_lossy", "transcode_instance",
+        "convert_stored_file", "is_lossy", "syntax_by_name", "transcode_instance",
     },
     "asyncdicom.testing": {"MemoryByteStream", "associated", "memory_stream_pair"},
     "asyncdicom.config": {

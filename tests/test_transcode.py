@@ -18,6 +18,9 @@ from pydicom.dataset import Dataset
 from samples import sample
 
 from asyncdicom import AE, presets
+from asyncdicom.archive import Archive, qrscp_config
+from asyncdicom.cli.main import build_parser
+from asyncdicom.cli.storescp import storescp_ae
 from asyncdicom.errors import TranscodeError
 from asyncdicom.protocol import uids
 from asyncdicom.storage import transcoding
@@ -27,9 +30,12 @@ from asyncdicom.storage.transcoding import (
     CODECS_HINT,
     choose_syntax,
     conversion_refused,
+    convert_stored_file,
+    syntax_by_name,
     transcode_instance,
 )
 from asyncdicom.testing import associated
+from tests.cli_main import run_main
 
 MR = "1.2.840.10008.5.1.4.1.1.4"
 SC = "1.2.840.10008.5.1.4.1.1.7"
@@ -302,3 +308,103 @@ async def test_c_get_scp_decompresses_for_a_requestor_taking_only_uncompressed(
             assert got.LossyImageCompression == "01"
         else:
             assert np.array_equal(got.pixel_array, _original(name))
+
+
+# ------------------------------------------------------------------------- --store-as
+
+
+def test_store_as_names() -> None:
+    assert syntax_by_name("explicit") == uids.EXPLICIT_VR_LITTLE_ENDIAN
+    assert syntax_by_name("ExplicitVRLittleEndian") == uids.EXPLICIT_VR_LITTLE_ENDIAN
+    assert syntax_by_name("deflated") == uids.DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN
+    assert syntax_by_name("JPEG-LS-lossless") == uids.JPEG_LS_LOSSLESS
+    assert syntax_by_name("JPEGLSLossless") == uids.JPEG_LS_LOSSLESS
+    assert syntax_by_name("1.2.840.10008.1.2.5") == uids.RLE_LOSSLESS
+    for bad in ("nonsense", "1.2.3"):
+        with pytest.raises(ValueError, match="transfer syntax"):
+            syntax_by_name(bad)
+
+
+def _copy(tmp_path: Path, name: str) -> Path:
+    source = read_part10_for_send(sample(name))
+    target = tmp_path / f"{source.sop_instance_uid}.dcm"
+    target.write_bytes(sample(name).read_bytes())
+    return target
+
+
+def test_convert_stored_file_in_place_and_lossy_under_a_new_name(tmp_path: Path) -> None:
+    path = _copy(tmp_path, "MR_small_RLE.dcm")
+    same, new_uid = convert_stored_file(
+        path, uids.DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN, implementation_class_uid="1.2.3"
+    )
+    assert same == path and new_uid is None
+    ds = pydicom.dcmread(path)
+    assert ds.file_meta.TransferSyntaxUID == uids.DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN
+    assert np.array_equal(ds.pixel_array, _original("MR_small_RLE.dcm"))
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left
+    with pytest.raises(TranscodeError, match="lossy"):
+        convert_stored_file(path, uids.JPEG_2000, implementation_class_uid="1.2.3")
+    moved, new_uid = convert_stored_file(
+        path, uids.JPEG_2000, allow_lossy=True, implementation_class_uid="1.2.3"
+    )
+    assert new_uid is not None and moved == tmp_path / f"{new_uid}.dcm"
+    assert [p.name for p in tmp_path.iterdir()] == [moved.name]
+    ds = pydicom.dcmread(moved)
+    assert ds.SOPInstanceUID == ds.file_meta.MediaStorageSOPInstanceUID == new_uid
+    assert ds.LossyImageCompression == "01"
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--store-as", "nonsense"], "unknown transfer syntax 'nonsense'"),
+        (["--store-as", "jpeg-ls-near-lossless"], "is lossy: add --allow-lossy"),
+    ],
+)
+def test_store_as_usage_errors(tmp_path: Path, option: list[str], message: str) -> None:
+    for app in (["storescp", "--output-dir", "out"], ["qrscp", "--storage", "archive"]):
+        result = run_main(*app, "--port", "0", *option, cwd=tmp_path)
+        assert result.returncode == 2, result
+        assert message in result.stderr.decode(), result.stderr.decode()
+    assert list(tmp_path.iterdir()) == []  # nothing created
+
+
+@pytest.mark.anyio
+async def test_storescp_store_as(tmp_path: Path, anyio_backend: str) -> None:
+    """storescp --store-as jpeg-ls-lossless: an RLE instance is stored in JPEG-LS,
+    pixel-identical; one JPEG-LS cannot hold (32-bit samples) is kept as received."""
+    args = build_parser().parse_args(
+        ["storescp", "--output-dir", str(tmp_path), "--store-as", "jpeg-ls-lossless", "--port", "0"]
+    )
+    ae = storescp_ae(args)
+    contexts = [(MR, [uids.RLE_LOSSLESS]), (SC, [uids.RLE_LOSSLESS])]
+    names = ["MR_small_RLE.dcm", "SC_rgb_rle_32bit.dcm"]
+    with anyio.fail_after(20):
+        async with associated(ae, contexts=contexts) as assoc:
+            for name in names:
+                assert (await assoc.store(sample(name))).status == 0x0000
+    got = []
+    for name in names:
+        uid = read_part10_for_send(sample(name)).sop_instance_uid
+        ds = pydicom.dcmread(tmp_path / f"{uid}.dcm")
+        assert np.array_equal(ds.pixel_array, _original(name))
+        got.append(ds.file_meta.TransferSyntaxUID)
+    assert got == [uids.JPEG_LS_LOSSLESS, uids.RLE_LOSSLESS]
+    assert sorted(p.suffix for p in tmp_path.iterdir()) == [".dcm", ".dcm"]
+
+
+@pytest.mark.anyio
+async def test_archive_store_as(tmp_path: Path, anyio_backend: str) -> None:
+    """qrscp --store-as jpeg-ls-lossless (the Archive's ``store_as``): an uncompressed MR is
+    stored and indexed in JPEG-LS lossless, and retrieved pixel-identical."""
+    ae = AE(config=qrscp_config("QRSCP"))
+    async with Archive(tmp_path / "archive", store_as=uids.JPEG_LS_LOSSLESS) as archive:
+        archive.install(ae)
+        with anyio.fail_after(20):
+            async with associated(ae, contexts=[(MR, [uids.EXPLICIT_VR_LITTLE_ENDIAN])]) as assoc:
+                assert (await assoc.store(sample("MR_small.dcm"))).status == 0x0000
+        (stored,) = (tmp_path / "archive").rglob("*.dcm")
+        ds = pydicom.dcmread(stored)
+        assert ds.file_meta.TransferSyntaxUID == uids.JPEG_LS_LOSSLESS
+        assert np.array_equal(ds.pixel_array, _original("MR_small.dcm"))
+        assert await anyio.to_thread.run_sync(archive.index.count) == 1

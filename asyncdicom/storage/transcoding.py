@@ -30,6 +30,7 @@ import sys
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import TranscodeError
@@ -50,7 +51,9 @@ __all__ = [
     "can_encode",
     "choose_syntax",
     "conversion_refused",
+    "convert_stored_file",
     "is_lossy",
+    "syntax_by_name",
     "transcode_instance",
 ]
 
@@ -479,3 +482,110 @@ def _values(value: Any) -> Sequence[Any]:
     if isinstance(value, (str, bytes, int, float)):
         return [value]
     return list(value)
+
+
+#: names accepted by ``--store-as`` (and :func:`syntax_by_name`) besides the UIDs: pydicom's
+#: keywords lower-cased, and these short ones
+_SHORT_NAMES = {
+    "implicit": uids.IMPLICIT_VR_LITTLE_ENDIAN,
+    "explicit": uids.EXPLICIT_VR_LITTLE_ENDIAN,
+    "explicit-little-endian": uids.EXPLICIT_VR_LITTLE_ENDIAN,
+    "implicit-little-endian": uids.IMPLICIT_VR_LITTLE_ENDIAN,
+    "big-endian": uids.EXPLICIT_VR_BIG_ENDIAN,
+    "deflated": uids.DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
+    "rle": uids.RLE_LOSSLESS,
+    "jpeg-ls-lossless": uids.JPEG_LS_LOSSLESS,
+    "jpeg-ls-near-lossless": uids.JPEG_LS_NEAR_LOSSLESS,
+    "jpeg2000-lossless": uids.JPEG_2000_LOSSLESS,
+    "jpeg2000": uids.JPEG_2000,
+}
+
+
+def syntax_by_name(text: str) -> str:
+    """The Transfer Syntax UID a name stands for: a UID, a pydicom keyword
+    (``ExplicitVRLittleEndian``, ``JPEGLSLossless``, ..., case and ``-``/``_`` ignored) or a
+    short name (``explicit``, ``implicit``, ``deflated``, ``rle``, ``jpeg-ls-lossless``, ...).
+
+    Raises:
+        ValueError: no transfer syntax has that name.
+    """
+    key = text.strip()
+    if key and key[0].isdigit():
+        if key in uids.ALL_TRANSFER_SYNTAXES:
+            return key
+        raise ValueError(f"{text!r} is not a transfer syntax UID known here")
+    folded = key.lower().replace("_", "-")
+    if folded in _SHORT_NAMES:
+        return _SHORT_NAMES[folded]
+    import pydicom.uid
+
+    squashed = folded.replace("-", "")
+    for name in dir(pydicom.uid):
+        value = getattr(pydicom.uid, name)
+        if (
+            isinstance(value, str)
+            and name.lower() == squashed
+            and value in uids.ALL_TRANSFER_SYNTAXES
+        ):
+            return str(value)
+    raise ValueError(
+        f"unknown transfer syntax {text!r} (a UID, a keyword such as ExplicitVRLittleEndian, "
+        f"or one of {', '.join(sorted(_SHORT_NAMES))})"
+    )
+
+
+def convert_stored_file(
+    path: Path,
+    target_ts: str,
+    *,
+    allow_lossy: bool = False,
+    implementation_class_uid: str,
+    implementation_version_name: str | None = None,
+) -> tuple[Path, str | None]:
+    """Rewrite the Part 10 file at ``path`` in ``target_ts`` (``--store-as``), atomically: the
+    new file is written under a temporary name in the same folder and renamed over it.
+
+    Returns the file's path afterwards and the new SOP Instance UID, or ``None`` when the
+    instance kept its own (a file already in ``target_ts`` is left alone).  A lossy conversion
+    makes a new instance: a file named ``<old UID>.dcm`` is renamed ``<new UID>.dcm``.
+
+    Raises:
+        TranscodeError: the conversion is refused or fails (the file is left as it was).
+        InvalidDicomFile: the file cannot be read.
+        OSError: writing failed (the file is left as it was).
+    """
+    import os
+    import uuid
+
+    from .meta import encode_file_meta
+    from .names import safe_filename
+    from .reader import read_part10_for_send
+
+    source = read_part10_for_send(path)
+    if source.transfer_syntax_uid == target_ts:
+        return path, None
+    out = transcode_instance(source, target_ts, allow_lossy=allow_lossy)
+    new_uid = out.sop_instance_uid if out.sop_instance_uid != source.sop_instance_uid else None
+    meta = encode_file_meta(
+        sop_class_uid=source.sop_class_uid,
+        sop_instance_uid=out.sop_instance_uid,
+        transfer_syntax_uid=target_ts,
+        implementation_class_uid=implementation_class_uid,
+        implementation_version_name=implementation_version_name,
+    )
+    final = path
+    if new_uid is not None and path.name == safe_filename(source.sop_instance_uid):
+        final = path.with_name(safe_filename(new_uid))
+    temp = path.with_name(f".{uuid.uuid4().hex}.part")  # the writer's temporary names
+    try:
+        with open(temp, "wb") as fp:
+            fp.write(b"\x00" * 128 + b"DICM" + meta)
+            for chunk in out.chunks:
+                fp.write(chunk)
+        os.replace(temp, final)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    if final != path:
+        path.unlink(missing_ok=True)
+    return final, new_uid
