@@ -364,12 +364,13 @@ def _decode_frames(
 def _decoding_plugin(decoder: Any, source_ts: str) -> str:
     """The pydicom plugin to decode with, when the choice matters: JPEG baseline through
     Pillow (libjpeg-turbo, whose default integer IDCT and upsampling give the same values as
-    the IJG code in DCMTK and GDCM; libjpeg by pylibjpeg differs by 1 or 2 on lossy data);
-    otherwise pydicom's own order."""
-    if source_ts == uids.JPEG_BASELINE_8BIT and "pillow" in getattr(
-        decoder, "available_plugins", ()
-    ):
+    the IJG code in DCMTK and GDCM; libjpeg by pylibjpeg differs by 1 or 2 on lossy data), RLE
+    through pylibjpeg-rle; otherwise pydicom's own order."""
+    plugins = getattr(decoder, "available_plugins", ())
+    if source_ts == uids.JPEG_BASELINE_8BIT and "pillow" in plugins:
         return "pillow"
+    if source_ts == uids.RLE_LOSSLESS and "pylibjpeg" in plugins:
+        return "pylibjpeg"  # pylibjpeg-rle, compiled: several times faster than pydicom's own
     return ""
 
 
