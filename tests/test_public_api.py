@@ -128,7 +128,7 @@ EXPECTED_ALL: dict[str, set[str]] = {
     "asyncdicom.presets": {
         "COMMON_STORAGE", "QR_FIND", "QR_GET", "QR_MOVE", "STORAGE_COMMITMENT", "VERIFICATION",
         "contexts_for", "mpps_supported", "qr_find_supported", "qr_supported",
-        "retrieve_contexts", "storage_commitment_scp_supported",
+        "retrieve_contexts", "retrieve_contexts_for_syntaxes", "storage_commitment_scp_supported",
         "storage_commitment_scu_supported", "storage_supported", "worklist_supported",
     },
     "asyncdicom.qr": {

@@ -408,3 +408,59 @@ async def test_archive_store_as(tmp_path: Path, anyio_backend: str) -> None:
         assert ds.file_meta.TransferSyntaxUID == uids.JPEG_LS_LOSSLESS
         assert np.array_equal(ds.pixel_array, _original("MR_small.dcm"))
         assert await anyio.to_thread.run_sync(archive.index.count) == 1
+
+
+# ------------------------------------------------------------------------- getscu --discover
+
+
+def test_retrieve_contexts_for_syntaxes_pairs_then_uncompressed_only() -> None:
+    plain = tuple(t for t in uids.ALL_TRANSFER_SYNTAXES if t in uids.UNCOMPRESSED_TRANSFER_SYNTAXES)
+    found = {MR: {uids.RLE_LOSSLESS, uids.EXPLICIT_VR_LITTLE_ENDIAN}, SC: {uids.JPEG_2000}}
+    contexts = presets.retrieve_contexts_for_syntaxes(found)
+    storage = [(c.abstract_syntax, c.transfer_syntaxes) for c in contexts[2:]]
+    assert storage == [
+        (MR, plain),
+        (MR, (uids.RLE_LOSSLESS,)),
+        (SC, plain),
+        (SC, (uids.JPEG_2000,)),
+    ]
+    assert all(c.scp_role and not c.scu_role for c in contexts[2:])
+    # 70 classes with a compressed syntax each: 142 contexts do not fit, so the uncompressed
+    # ones only (the SCP converts)
+    many = {f"1.2.840.10008.5.1.4.1.1.{i}": {uids.JPEG_2000_LOSSLESS} for i in range(70)}
+    contexts = presets.retrieve_contexts_for_syntaxes(many)
+    assert len(contexts) == 72
+    assert all(c.transfer_syntaxes == plain for c in contexts[2:])
+    with pytest.raises(ValueError, match="128 contexts at most"):
+        presets.retrieve_contexts_for_syntaxes({f"1.2.3.{i}": set() for i in range(127)})
+
+
+@pytest.mark.anyio
+async def test_archive_reports_available_transfer_syntax(
+    tmp_path: Path, anyio_backend: str
+) -> None:
+    """qrscp's IMAGE-level records carry Available Transfer Syntax UID (0008,3002), and
+    syntaxes_to_retrieve collects it per SOP class."""
+    from asyncdicom.services.retrieve import syntaxes_to_retrieve
+
+    folder = tmp_path / "archive"
+    folder.mkdir()
+    rle = pydicom.dcmread(sample("MR_small_RLE.dcm"))
+    ct = pydicom.dcmread(sample("CT_small.dcm"))
+    for ds, name in ((rle, "rle.dcm"), (ct, "ct.dcm")):
+        ds.PatientID = "AVAILABLE"
+        ds.StudyInstanceUID = "1.2.826.0.1.3680043.10.1234.78"
+        ds.save_as(folder / name, enforce_file_format=True)
+    ae = AE(config=qrscp_config("QRSCP"))
+    query = Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    query.StudyInstanceUID = "1.2.826.0.1.3680043.10.1234.78"
+    async with Archive(folder) as archive:
+        archive.install(ae)
+        with anyio.fail_after(20):
+            async with associated(ae, contexts=presets.QR_FIND) as assoc:
+                found = await syntaxes_to_retrieve(assoc, query)
+    assert found == {
+        MR: {uids.RLE_LOSSLESS},
+        uids.CT_IMAGE_STORAGE: {str(ct.file_meta.TransferSyntaxUID)},
+    }

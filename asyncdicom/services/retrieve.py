@@ -88,6 +88,7 @@ __all__ = [
     "retrieve_model_uid",
     "run_retrieve",
     "sop_classes_to_retrieve",
+    "syntaxes_to_retrieve",
 ]
 
 #: the Query/Retrieve information models by short name -> their GET SOP Class UID
@@ -722,6 +723,21 @@ async def sop_classes_to_retrieve(
     proposes it).  At most ``limit`` queries are made (ValueError beyond: the retrieval is too
     wide to discover this way).  Raises ``QueryFailed`` when a query fails.
     """
+    return set(await syntaxes_to_retrieve(association, identifier, model=model, limit=limit))
+
+
+async def syntaxes_to_retrieve(
+    association: Any, identifier: Dataset, *, model: str = "study", limit: int = 1000
+) -> dict[str, set[str]]:
+    """As :func:`sop_classes_to_retrieve`, with the transfer syntaxes each SOP class is held
+    in: the IMAGE-level queries also ask for Available Transfer Syntax UID (0008,3002), PS3.4
+    C.6.1.1.5.  SOP Class UID -> the syntaxes reported (an empty set when the archive reports
+    none).
+
+    Raises:
+        QueryFailed: a query failed.
+        ValueError: the level is not one of the model's, or more than ``limit`` queries.
+    """
     from pydicom.dataset import Dataset
 
     levels = [name for name, _ in _LEVEL_KEYS]
@@ -730,7 +746,7 @@ async def sop_classes_to_retrieve(
     start = str(identifier.get("QueryRetrieveLevel", "") or "").strip().upper()
     if start not in levels:
         raise ValueError(f"Query/Retrieve Level {start!r} is not one of {', '.join(levels)}")
-    found: set[str] = set()
+    found: dict[str, set[str]] = {}
     queries = 0
     # (level to query next, the unique keys fixed so far)
     todo: list[tuple[str, dict[str, str]]] = []
@@ -762,12 +778,16 @@ async def sop_classes_to_retrieve(
             setattr(query, key, "")
         if level == "IMAGE":
             query.SOPClassUID = ""
+            query.AvailableTransferSyntaxUID = ""
         async with association.find(query, model=model) as results:
             async for match in results:
                 if level == "IMAGE":
                     value = str(match.get("SOPClassUID", "") or "").strip("\0 ")
                     if value:
-                        found.add(value)
+                        syntaxes = found.setdefault(value, set())
+                        syntax = str(match.get("AvailableTransferSyntaxUID", "") or "")
+                        if syntax.strip("\0 "):
+                            syntaxes.add(syntax.strip("\0 "))
                 else:
                     child = str(match.get(key, "") or "").strip("\0 ")
                     if child:

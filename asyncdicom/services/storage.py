@@ -246,7 +246,10 @@ async def _converted(
         if c.abstract_syntax == sop_class and c.scu_role and c.transfer_syntax
     ]
     if not accepted:
-        raise NoAcceptedContext(f"no accepted context for {sop_class} in any transfer syntax")
+        raise NoAcceptedContext(
+            f"no accepted context for {sop_class} in transfer syntax {ts or 'any'} "
+            "(or one it can be converted to)"
+        )
     target, why = choose_syntax(ts, accepted, allow_lossy=allow_lossy)
     if target is None:
         raise TranscodeError(why)
