@@ -143,7 +143,14 @@ def _ours(files: list[Path], target: Path) -> float:
 def _throughput(sets: dict[str, list[Path]], rounds: int, work: Path) -> dict[str, Any]:
     decoded_mb = 512 * 512 * 2 / 1e6
     best: dict[str, dict[str, float]] = {}
+    # what a DCMTK tool costs per file without a codec: dcmconv copying the uncompressed
+    # originals (process start, data dictionary, reading and writing), in the same rounds
+    raw = sorted((work.parent / "raw").iterdir()) if (work.parent / "raw").is_dir() else []
+    copy = work / "dcmconv"
+    copy.mkdir(exist_ok=True)
+    copies = []
     for _ in range(rounds):
+        copies.append(_dcmtk("dcmconv", raw, copy))
         for name, files in sets.items():
             for side in ("dcmtk", "asyncdicom"):
                 target = work / f"{name}-{side}"
@@ -155,15 +162,7 @@ def _throughput(sets: dict[str, list[Path]], rounds: int, work: Path) -> dict[st
                     elapsed = _ours(files, target)
                 key = best.setdefault(name, {})
                 key[side] = min(key.get(side, float("inf")), elapsed)
-    # what a DCMTK tool costs per file without a codec: dcmconv copying the uncompressed
-    # originals (process start, data dictionary, reading and writing)
-    raw = sorted((work.parent / "raw").iterdir()) if (work.parent / "raw").is_dir() else []
     count = len(next(iter(sets.values())))
-    copy = work / "dcmconv"
-    copy.mkdir(exist_ok=True)
-    copies = []
-    for _ in range(rounds):
-        copies.append(_dcmtk("dcmconv", raw, copy))
     starts = [min(copies) / max(1, len(raw))]
     table = {}
     for name, sides in best.items():
