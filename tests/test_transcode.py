@@ -21,7 +21,7 @@ from asyncdicom import AE, presets
 from asyncdicom.archive import Archive, qrscp_config
 from asyncdicom.cli.main import build_parser
 from asyncdicom.cli.storescp import storescp_ae
-from asyncdicom.errors import TranscodeError
+from asyncdicom.errors import RetrieveFailed, TranscodeError
 from asyncdicom.protocol import uids
 from asyncdicom.storage import transcoding
 from asyncdicom.storage.codec import decode_dataset
@@ -227,7 +227,7 @@ async def test_store_refuses_lossy_without_the_flag_per_instance(
     path = sample("MR_small.dcm")
     with anyio.fail_after(20):
         async with associated(scp, contexts=[(MR, [uids.JPEG_LS_NEAR_LOSSLESS])]) as assoc:
-            with pytest.raises(TranscodeError, match="lossy: refused unless"):
+            with pytest.raises(TranscodeError, match="lossy conversion refused"):
                 await assoc.store(path)
             assert assoc.is_established
             assert not out.exists()
@@ -464,3 +464,34 @@ async def test_archive_reports_available_transfer_syntax(
         MR: {uids.RLE_LOSSLESS},
         uids.CT_IMAGE_STORAGE: {str(ct.file_meta.TransferSyntaxUID)},
     }
+
+
+@pytest.mark.anyio
+async def test_c_get_scp_never_converts_to_lossy(tmp_path: Path, anyio_backend: str) -> None:
+    """A requestor accepting only JPEG-LS near-lossless for MR: the C-GET SCP does not make a
+    lossless instance lossy; the sub-operation fails with the reason in the Error Comment."""
+    scp = AE(
+        "QRSCP",
+        supported_contexts=presets.qr_supported() + presets.storage_supported(scu_role=True),
+    )
+
+    @scp.on("C-GET")
+    def retrieve(request: Any) -> Iterator[Any]:
+        yield sample("MR_small.dcm")
+
+    query = Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    query.StudyInstanceUID = "1.2.3"
+    contexts = presets.retrieve_contexts(
+        "get", storage=[MR], storage_transfer_syntaxes=[uids.JPEG_LS_NEAR_LOSSLESS]
+    )
+    with anyio.fail_after(20):
+        async with associated(scp, contexts=contexts) as assoc:
+            with pytest.raises(RetrieveFailed) as caught:
+                async with assoc.get(query, store=tmp_path / "got") as retrieval:
+                    await retrieval.wait()
+    final = caught.value.response
+    assert final.status == 0xA702, final  # every sub-operation failed
+    assert retrieval.failed == 1 and retrieval.completed == 0
+    assert "lossy conversion refused" in str(final.error_comment), final
+    assert not (tmp_path / "got").exists() or not any((tmp_path / "got").iterdir())

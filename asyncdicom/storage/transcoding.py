@@ -162,8 +162,8 @@ def conversion_refused(source_ts: str, target_ts: str, *, allow_lossy: bool = Fa
     source, target = ts_name(source_ts), ts_name(target_ts)
     if is_lossy(target_ts) and not allow_lossy:
         return (
-            f"converting {source} to {target} is lossy: refused unless lossy conversion is "
-            "allowed (--allow-lossy, allow_lossy=True)"
+            f"lossy conversion refused: {source} to {target} (allowed only with "
+            "--allow-lossy, allow_lossy=True)"
         )
     if _is_native(source_ts) and _is_native(target_ts):
         return None
