@@ -205,8 +205,12 @@ async def _dcmtk(program: str, port: int, *args: str) -> tuple[int, str]:
 async def test_qrscp_decompresses_for_dcmtk_getscu_and_movescu(
     tmp_path: Path, anyio_backend: str, cases: list[Case], dcmtk_storescp_factory: Any
 ) -> None:
-    """The archive holds the compressed instances (copied in: it indexes them on start);
-    getscu and movescu (to a storescp) propose only the uncompressed syntaxes."""
+    """The archive holds compressed instances, two of each syntax (copied in: it indexes them
+    on start); getscu and movescu (to a storescp) propose only the uncompressed syntaxes."""
+    per_syntax: dict[str, list[Case]] = {}
+    for case in cases:
+        per_syntax.setdefault(case.syntax, []).append(case)
+    cases = [c for group in per_syntax.values() for c in group[:2]]
     storage = tmp_path / "archive"
     storage.mkdir()
     for case in cases:
