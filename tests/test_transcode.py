@@ -157,12 +157,15 @@ def test_lossy_to_uncompressed_keeps_the_lossy_flag(name: str, method: str) -> N
     assert pixels.shape == original.pixel_array.shape
 
 
-def test_lossless_to_lossless_compressed() -> None:
-    source = read_part10_for_send(sample("MR_small.dcm"))
+@pytest.mark.parametrize(
+    "name", ["MR_small.dcm", "MR_small_bigendian.dcm", "MR_small_implicit.dcm"]
+)
+def test_lossless_to_lossless_compressed(name: str) -> None:
+    source = read_part10_for_send(sample(name))
     for target in (uids.RLE_LOSSLESS, uids.JPEG_LS_LOSSLESS, uids.JPEG_2000_LOSSLESS):
         out = transcode_instance(source, target)
         ds, pixels = _pixels(out.to_bytes(), target)
-        assert np.array_equal(pixels, _original("MR_small.dcm"))
+        assert np.array_equal(pixels, _original(name)), target
         assert ds.SOPInstanceUID == source.sop_instance_uid
         assert "LossyImageCompression" not in ds
 

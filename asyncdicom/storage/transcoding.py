@@ -322,6 +322,9 @@ def _decode_frames(
     from pydicom.pixels.utils import get_nr_frames
 
     _check_no_nested_pixel_data(ds)
+    if int(ds.get("BitsAllocated", 8) or 8) == 1:
+        # decoded bit-packed data would come back one byte per pixel
+        raise TranscodeError("compressed pixel data with Bits Allocated 1 is not converted")
     decoder = get_decoder(source_ts)
     frames = get_nr_frames(ds, warn=False)
     buffer = bytearray()
@@ -458,6 +461,13 @@ def _to_compressed(ds: Dataset, source_ts: str, target_ts: str) -> Transcoded:
     _keep_lossy_flag(ds, source_ts)
     if not hasattr(ds, "file_meta") or ds.file_meta is None:
         ds.file_meta = FileMetaDataset()
+    if source_ts == uids.EXPLICIT_VR_BIG_ENDIAN:
+        # pydicom's encoders read native pixel data as little endian: swap it first
+        file_meta = ds.file_meta
+        ds = decode_dataset(
+            encode_dataset(ds, uids.EXPLICIT_VR_LITTLE_ENDIAN), uids.EXPLICIT_VR_LITTLE_ENDIAN
+        )
+        ds.file_meta = file_meta
     ds.file_meta.TransferSyntaxUID = UID(uids.EXPLICIT_VR_LITTLE_ENDIAN)
     uncompressed = len(ds.PixelData)
     options = dict(_LOSSY_OPTIONS.get(target_ts, {}))
