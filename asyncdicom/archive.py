@@ -56,6 +56,7 @@ import sqlite3
 from collections.abc import AsyncIterator, Generator, Iterator, Mapping
 from contextlib import AsyncExitStack, suppress
 from dataclasses import dataclass, field
+from functools import partial
 from itertools import islice
 from pathlib import Path
 from types import TracebackType
@@ -250,6 +251,8 @@ class Archive:
         pn_case_insensitive: bool = False,
         commitment_peers: Mapping[str, tuple[str, int]] | None = None,
         check_folder: bool = True,
+        store_as: str | None = None,
+        allow_lossy: bool = False,
     ) -> None:
         #: the storage folder
         self.folder = Path(storage)
@@ -266,6 +269,10 @@ class Archive:
         #: what opening found comparing the folder with the index (:class:`FolderCheck`)
         self.folder_check = FolderCheck()
         self._check = check_folder
+        #: the transfer syntax received instances are converted to (``qrscp --store-as``;
+        #: one that cannot be converted is kept as received, with a warning)
+        self.store_as = store_as
+        self.allow_lossy = allow_lossy
         self.log = get_logger(archive=str(self.folder))
         self._writer: SQLiteIndex | None = None
         self._reader: SQLiteIndex | None = None
@@ -544,6 +551,8 @@ class Archive:
             )
             # the reason goes to the sender too, as for C-FIND and C-MOVE failures
             return make_response(request.message, status, error_comment=store_failure_comment(exc))
+        if self.store_as is not None:
+            stored = await self._convert(association, stored, self.store_as)
         job = _Job(stored)
         try:
             # the file is complete under a name of the folder: it must reach the index writer
@@ -576,6 +585,36 @@ class Archive:
         else:
             comment = f"cannot index the instance: {result}"
         return make_response(request.message, status, error_comment=comment)
+
+    async def _convert(self, association: Any, stored: StoredFile, target: str) -> StoredFile:
+        """``store_as``: the stored file rewritten in ``target`` (a new instance, under its own
+        name, after a lossy conversion); kept as received, with a warning, when it cannot be."""
+        from .storage.transcoding import convert_stored_file
+
+        cfg = association.config
+        try:
+            path, new_uid = await anyio.to_thread.run_sync(
+                partial(
+                    convert_stored_file,
+                    stored,
+                    target,
+                    allow_lossy=self.allow_lossy,
+                    implementation_class_uid=cfg.implementation_class_uid,
+                    implementation_version_name=cfg.implementation_version_name,
+                )
+            )
+        except (StorageError, OSError) as exc:
+            association.log.warning(
+                "store_as_failed",
+                file=str(stored),
+                syntax=target,
+                error=str(exc),
+                kept="as received",
+            )
+            return stored
+        if new_uid is None:
+            return stored
+        return StoredFile(path)
 
     async def _write_index(self, receive: MemoryObjectReceiveStream[_Job]) -> None:
         """The index writer: commits the stored files waiting, in batches, until closed."""

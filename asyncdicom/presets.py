@@ -8,7 +8,7 @@ configuration (:func:`storage_supported`); as a requestor propose what you will 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from .config import DEFAULT_TRANSFER_SYNTAXES
 from .protocol import uids
@@ -26,6 +26,7 @@ __all__ = [
     "qr_find_supported",
     "qr_supported",
     "retrieve_contexts",
+    "retrieve_contexts_for_syntaxes",
     "storage_commitment_scp_supported",
     "storage_commitment_scu_supported",
     "storage_supported",
@@ -206,6 +207,46 @@ def retrieve_contexts(
             for group in groups
         )
     return out
+
+
+def retrieve_contexts_for_syntaxes(
+    found: Mapping[str, Iterable[str]],
+    *,
+    model: str = "study",
+    transfer_syntaxes: Sequence[str] = DEFAULT_TRANSFER_SYNTAXES,
+) -> list[ContextRequest]:
+    """Requestor: the contexts for a C-GET of instances whose SOP classes and transfer
+    syntaxes are known (``found``: SOP Class UID -> the syntaxes its instances are held in, as
+    :func:`~asyncdicom.services.retrieve.syntaxes_to_retrieve` reports them from Available
+    Transfer Syntax UID), each storage context with the SCP role:
+
+    * when they fit in 128 contexts: per SOP class one context with the uncompressed syntaxes
+      and one per compressed syntax reported (a class with none reported: one context with
+      every compressed syntax), so that every instance can come as it is stored;
+    * else per SOP class the uncompressed syntaxes only: the SCP converts what it holds
+      compressed (an SCP that does not gets those sub-operations refused).
+
+    Raises:
+        ValueError: the SOP classes do not fit even one context each, or an unknown model.
+    """
+    base = retrieve_contexts("get", model=model, storage=(), transfer_syntaxes=transfer_syntaxes)
+    everything = uids.ALL_TRANSFER_SYNTAXES
+    plain = tuple(t for t in everything if t in uids.UNCOMPRESSED_TRANSFER_SYNTAXES)
+    packed = tuple(t for t in everything if t not in uids.UNCOMPRESSED_TRANSFER_SYNTAXES)
+    precise: list[ContextRequest] = []
+    for uid, syntaxes in found.items():
+        precise.append(ContextRequest(uid, plain, scu_role=False, scp_role=True))
+        own = sorted({t for t in syntaxes if t not in plain})
+        groups = [(t,) for t in own] if own else [packed]
+        precise.extend(ContextRequest(uid, g, scu_role=False, scp_role=True) for g in groups)
+    if len(base) + len(precise) <= 128:
+        return base + precise
+    if len(base) + len(found) > 128:
+        raise ValueError(
+            f"{len(found)} storage SOP classes and {len(base)} Query/Retrieve contexts: an "
+            "association proposes 128 contexts at most"
+        )
+    return base + [ContextRequest(uid, plain, scu_role=False, scp_role=True) for uid in found]
 
 
 #: Storage Commitment Push Model, requestor side: the context to propose for ``commit()``

@@ -284,8 +284,10 @@ async def test_getscu_discover_proposes_the_classes_and_syntaxes_found(
     tmp_path: Path, anyio_backend: str
 ) -> None:
     """A study holding an RLE-compressed MR and a CT: with the common classes the MR's context
-    gets whichever compressed syntax the SCP prefers, and the RLE instance fails; --discover
-    finds the two classes with C-FIND and proposes each compressed syntax on its own."""
+    gets whichever compressed syntax the SCP prefers, and the archive decompresses the RLE
+    instance (lossless: pixel-identical); --discover finds the two classes and their syntaxes
+    (Available Transfer Syntax UID) with C-FIND and proposes each pair: the MR comes as
+    stored."""
     from samples import sample
 
     from asyncdicom.archive import Archive, qrscp_config
@@ -320,8 +322,11 @@ async def test_getscu_discover_proposes_the_classes_and_syntaxes_found(
                 server.port, *keys, "--discover", "-v", "--output-dir", str(tmp_path / "found"),
                 backend=anyio_backend, cwd=tmp_path,
             )  # fmt: skip
-    assert plain.returncode == 1, (out(plain), err(plain))
-    assert "completed 1, failed 1" in out(plain)
+    assert plain.returncode == 0, (out(plain), err(plain))
+    assert "completed 2, failed 0" in out(plain)
+    mr = pydicom.dcmread(tmp_path / "plain" / f"{rle.SOPInstanceUID}.dcm")
+    assert mr.file_meta.TransferSyntaxUID in uids.UNCOMPRESSED_TRANSFER_SYNTAXES
+    assert (mr.pixel_array == rle.pixel_array).all()
     assert found.returncode == 0, (out(found), err(found))
     assert "completed 2, failed 0" in out(found)
     assert "--discover found 2 SOP class(es)" in err(found)

@@ -415,8 +415,9 @@ def test_storescu_proposes_the_stated_layout(proposals: list[AssociateRQ], tmp_p
     # one context per (SOP class, transfer syntax) pair, that syntax only, no role selection
     assert {(c[0], c[1][0]) for c in got[:3]} == pairs
     assert all(len(c[1]) == 1 and c[2] is None for c in got[:3])
-    # then one fallback per SOP class with uncompressed files, in UID order (JPEG 2000: none)
-    assert got[3:] == [(uid, fallback, None) for uid in sorted([ct, mr])]
+    # then one fallback per SOP class with convertible files, in UID order (JPEG 2000 too:
+    # the codecs are installed with the test extra)
+    assert got[3:] == [(uid, fallback, None) for uid in sorted([ct, mr, sc])]
 
 
 @pytest.mark.parametrize(

@@ -112,8 +112,13 @@ EXPECTED_ALL: dict[str, set[str]] = {
         "safe_filename", "target_path", "transcode",
     },
     "asyncdicom.storage.contexts": {
-        "MAX_PRESENTATION_CONTEXTS", "TooManyPresentationContexts", "contexts_for_files",
-        "contexts_for_syntaxes",
+        "MAX_PRESENTATION_CONTEXTS", "TooManyPresentationContexts", "context_groups",
+        "contexts_for_files", "contexts_for_syntaxes",
+    },
+    "asyncdicom.storage.transcoding": {
+        "CODECS_HINT", "LOSSLESS_COMPRESSED_TRANSFER_SYNTAXES", "LOSSY_TRANSFER_SYNTAXES",
+        "Transcoded", "can_decode", "can_encode", "choose_syntax", "conversion_refused",
+        "convert_stored_file", "is_lossy", "syntax_by_name", "transcode_instance",
     },
     "asyncdicom.testing": {"MemoryByteStream", "associated", "memory_stream_pair"},
     "asyncdicom.config": {
@@ -124,7 +129,7 @@ EXPECTED_ALL: dict[str, set[str]] = {
     "asyncdicom.presets": {
         "COMMON_STORAGE", "QR_FIND", "QR_GET", "QR_MOVE", "STORAGE_COMMITMENT", "VERIFICATION",
         "contexts_for", "mpps_supported", "qr_find_supported", "qr_supported",
-        "retrieve_contexts", "storage_commitment_scp_supported",
+        "retrieve_contexts", "retrieve_contexts_for_syntaxes", "storage_commitment_scp_supported",
         "storage_commitment_scu_supported", "storage_supported", "worklist_supported",
     },
     "asyncdicom.qr": {

@@ -111,14 +111,17 @@ class Sink:
     """A destination: our own Storage SCP recording the SOP Instance UIDs it received, in
     order; ``status_for`` decides the answer to each UID (default Success)."""
 
-    def __init__(self, status_for: Callable[[str], int] | None = None) -> None:
+    def __init__(self, status_for: Callable[[str], int] | None = None, **config: Any) -> None:
         self.received: list[str] = []
+        #: the transfer syntax each instance came in
+        self.syntaxes: list[str] = []
         self.status_for = status_for or (lambda uid: 0x0000)
         self._waiters: list[tuple[Callable[[list[str]], bool], anyio.Event]] = []
-        self.ae = AE("SINK", accept_any_storage=True)
+        self.ae = AE("SINK", accept_any_storage=True, **config)
 
         @self.ae.on_store
         async def on_store(request: Any) -> int:
+            self.syntaxes.append(request.context.transfer_syntax)
             async for _ in request.chunks():
                 pass
             uid = request.message.affected_sop_instance_uid
@@ -232,6 +235,33 @@ async def test_rules_choose_the_destinations_and_unrouted_is_refused(tmp_path: P
             await mr.wait_for(lambda got: len(got) >= 3)
         assert ct.received == [str(ds.SOPInstanceUID) for ds in ct_data]
         assert mr.received == [str(ds.SOPInstanceUID) for ds in mr_data]
+    assert queue_files(tmp_path / "q") == []
+
+
+async def test_a_compressed_instance_is_decompressed_for_a_destination_that_wants_it(
+    tmp_path: Path,
+) -> None:
+    """The router forwards with the proposal policy and the conversions of storescu: an RLE
+    instance goes to a destination accepting only uncompressed syntaxes, decompressed."""
+    from samples import sample
+
+    from asyncdicom.protocol import uids
+
+    sink = Sink(storage_transfer_syntaxes=uids.UNCOMPRESSED_TRANSFER_SYNTAXES)
+    path = sample("MR_small_RLE.dcm")
+    async with sink.serving() as dest:
+        async with router(tmp_path / "q", RuleSet((dest,))) as (r, port):
+            with anyio.fail_after(GUARD):
+                async with AE("SENDER").associate(
+                    "127.0.0.1",
+                    port,
+                    called_aet="ROUTER",
+                    contexts=[(uids.MR_IMAGE_STORAGE, [uids.RLE_LOSSLESS])],
+                ) as assoc:
+                    assert (await assoc.store(path)).status == 0x0000
+            await sink.wait_for(lambda got: len(got) >= 1)
+            assert r.status()["destinations"][0]["dead_letters"] == 0
+    assert sink.syntaxes == [uids.EXPLICIT_VR_LITTLE_ENDIAN]
     assert queue_files(tmp_path / "q") == []
 
 

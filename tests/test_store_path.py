@@ -329,13 +329,35 @@ def test_contexts_for_files_one_context_per_pair_and_a_fallback(tmp_path: Path) 
         ContextRequest(CT, ("1.2.840.10008.1.2",)),
         ContextRequest("1.2.840.10008.5.1.4.1.1.4", ("1.2.840.10008.1.2.5",)),
         ContextRequest("1.2.840.10008.5.1.4.1.1.7", ("1.2.840.10008.1.2.4.91",)),
-        # only the SOP class with uncompressed files gets the conversion fallback
+        # every SOP class gets the conversion fallback: its files can be decoded
         ContextRequest(CT, ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")),
+        ContextRequest("1.2.840.10008.5.1.4.1.1.4", ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")),
+        ContextRequest("1.2.840.10008.5.1.4.1.1.7", ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")),
     ]
     assert contexts_for_files(paths) == expected
     assert contexts_for_files(str(p) for p in paths) == expected
     assert contexts_for_files([read_part10_for_send(p) for p in paths]) == expected
     assert contexts_for_files([]) == []
+
+
+def test_contexts_for_files_without_codecs_no_fallback_for_compressed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without the codecs extra, a compressed file can only go out in its own syntax: only the
+    SOP class with uncompressed files gets the fallback."""
+    from asyncdicom.storage import transcoding
+
+    monkeypatch.setattr(
+        transcoding, "can_decode", lambda ts: ts in uids.UNCOMPRESSED_TRANSFER_SYNTAXES
+    )
+    explicit = write_ct_files(tmp_path / "ct", 1, 100, seed=20)
+    paths = [*explicit, SAMPLES / "MR_small_RLE.dcm", SAMPLES / "JPEG2000.dcm"]
+    assert contexts_for_files(paths) == [
+        ContextRequest(CT, ("1.2.840.10008.1.2.1",)),
+        ContextRequest("1.2.840.10008.5.1.4.1.1.4", ("1.2.840.10008.1.2.5",)),
+        ContextRequest("1.2.840.10008.5.1.4.1.1.7", ("1.2.840.10008.1.2.4.91",)),
+        ContextRequest(CT, ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")),
+    ]
 
 
 # pydicom's look at the text file (is it a data set without a header?) warns about its VR

@@ -77,27 +77,29 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "--discover",
         action="store_true",
-        help="before the C-GET, list the SOP classes of the instances to retrieve with C-FIND "
-        "queries down to the IMAGE level (on an association of their own) and propose only "
-        "those, each with every transfer syntax in contexts of its own where they fit",
+        help="before the C-GET, list the SOP classes of the instances to retrieve, and the "
+        "transfer syntaxes the archive holds them in (Available Transfer Syntax UID), with "
+        "C-FIND queries down to the IMAGE level (on an association of their own), and propose "
+        "those pairs; where they do not fit in 128 contexts, the uncompressed syntaxes only "
+        "(the archive converts)",
     )
     add_common(p)
     p.set_defaults(func=run)
 
 
-async def _discover(args: argparse.Namespace, query: Any) -> list[str] | None:
-    """The SOP classes the C-GET will bring, from C-FIND queries; None (after one error line)
-    when they cannot be listed."""
+async def _discover(args: argparse.Namespace, query: Any) -> dict[str, set[str]] | None:
+    """The SOP classes the C-GET will bring and the transfer syntaxes reported for each, from
+    C-FIND queries; None (after one error line) when they cannot be listed."""
     from ..services.query_retrieve import QueryFailed, find_model_uid
-    from ..services.retrieve import sop_classes_to_retrieve
+    from ..services.retrieve import syntaxes_to_retrieve
 
     try:
         async with associate(args, [find_model_uid(args.model)]) as assoc:
-            found = await sop_classes_to_retrieve(assoc, query, model=args.model)
+            found = await syntaxes_to_retrieve(assoc, query, model=args.model)
     except (QueryFailed, ValueError) as exc:
         err(f"getscu: --discover: the SOP classes could not be listed: {exc}")
         return None
-    return sorted(found)
+    return {uid: found[uid] for uid in sorted(found)}
 
 
 async def _update_dicomdir(folder: Path, received: list[Any]) -> int | None:
@@ -132,20 +134,27 @@ async def run(args: argparse.Namespace) -> int:
     folder: Path = args.output_dir
     query = identifier(args)
     storage = list(dict.fromkeys(args.sop_classes or presets.COMMON_STORAGE))
+    found: dict[str, set[str]] | None = None
     if args.discover:
         found = await _discover(args, query)
         if found is None:
             return 1
-        storage = list(dict.fromkeys([*(args.sop_classes or []), *found]))
         if args.verbose:
             notice(
                 f"getscu: --discover found {len(found)} SOP class(es): "
                 + ", ".join(uid_name(uid) for uid in found),
                 "sop_classes_discovered",
-                sop_classes=found,
+                sop_classes=list(found),
+                transfer_syntaxes={uid: sorted(ts) for uid, ts in found.items()},
             )
+        for uid in args.sop_classes or []:
+            found.setdefault(uid, set())
+        storage = list(found)
     try:
-        contexts = presets.retrieve_contexts("get", model=args.model, storage=storage)
+        if found is not None:
+            contexts = presets.retrieve_contexts_for_syntaxes(found, model=args.model)
+        else:
+            contexts = presets.retrieve_contexts("get", model=args.model, storage=storage)
     except ValueError:
         err(
             f"argument --sop-class: {len(storage)} storage SOP classes do not fit in one "

@@ -50,6 +50,7 @@ from .server import (
     worker_args,
     worker_process_args,
 )
+from .storescp import add_store_as, check_store_as
 
 __all__ = ["add_parser", "db_file", "move_destination", "qrscp_ae", "qrscp_worker", "run"]
 
@@ -98,6 +99,7 @@ def add_parser(sub: Any) -> None:
         metavar="DIR",
         help="the archive's folder (created if needed; must be writable)",
     )
+    add_store_as(p)
     p.add_argument(
         "--db",
         type=db_file,
@@ -171,9 +173,17 @@ async def run(args: argparse.Namespace) -> int:
             )
     if args.worklist is not None and not args.worklist.is_dir():
         raise UsageError(f"argument --worklist: {quoted(str(args.worklist))} is not a folder")
+    check_store_as(args)
     # nothing is created (folder, index) before it is known that qrscp can listen
     await start_server(args, "qrscp", storage, "--storage")
-    archive = Archive(storage, db=args.db, move_destinations=destinations, commitment_peers=peers)
+    archive = Archive(
+        storage,
+        db=args.db,
+        move_destinations=destinations,
+        commitment_peers=peers,
+        store_as=args.store_as,
+        allow_lossy=args.allow_lossy,
+    )
     try:
         await archive.open()
     except (IndexDatabaseError, sqlite3.Error, OSError) as exc:
@@ -223,6 +233,8 @@ async def qrscp_worker(
         move_destinations=destinations,
         commitment_peers=peers,
         check_folder=False,
+        store_as=args.store_as,
+        allow_lossy=args.allow_lossy,
     )
     async with archive:
         ae = qrscp_ae(args)

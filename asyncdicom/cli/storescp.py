@@ -21,17 +21,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import anyio
+
 from ..ae import AE
 from ..errors import StorageError
 from ..hooks import HookEvent
 from ..protocol import messages
+from ..protocol.uids import EXPLICIT_VR_LITTLE_ENDIAN
 from ..services import make_response
 from ..services.storage import save_request, store_failure_comment, store_failure_status
 from ..storage.writer import DUPLICATE_POLICIES, LAYOUTS
 from .apps import APPS
 from .argtypes import folder
 from .options import add_common, add_server
-from .output import format_address, notice, plural, uid_name
+from .output import UsageError, format_address, notice, plural, uid_name
 from .server import (
     audit_trail,
     install_access_control,
@@ -49,6 +52,8 @@ if TYPE_CHECKING:
 __all__ = [
     "add_file_options",
     "add_parser",
+    "add_store_as",
+    "check_store_as",
     "media_directory",
     "run",
     "storescp_ae",
@@ -73,6 +78,7 @@ def add_parser(sub: Any) -> None:
     )
     out.add_argument("--ignore", action="store_true", help="receive and discard")
     add_file_options(p)
+    add_store_as(p)
     add_common(p)
     p.set_defaults(func=run)
 
@@ -136,6 +142,82 @@ def media_directory(
             updater.close()
         except OSError as exc:
             failed(folder / "DICOMDIR", f"not written: {exc.strerror or exc}")
+
+
+def _syntax(text: str) -> str:
+    from ..storage.transcoding import syntax_by_name
+
+    try:
+        return syntax_by_name(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_store_as(p: argparse.ArgumentParser) -> None:
+    """``--store-as SYNTAX`` and ``--allow-lossy`` (storescp, qrscp)."""
+    p.add_argument(
+        "--store-as",
+        type=_syntax,
+        default=None,
+        metavar="SYNTAX",
+        help="store every instance in this transfer syntax (a UID, a keyword such as "
+        "ExplicitVRLittleEndian, or explicit, implicit, deflated, rle, jpeg-ls-lossless, "
+        "jpeg2000-lossless, ...); an instance that cannot be converted is kept as received, "
+        "with a warning",
+    )
+    p.add_argument(
+        "--allow-lossy",
+        action="store_true",
+        help="let --store-as name a lossy syntax (each instance converted becomes a new "
+        "instance, with a new SOP Instance UID)",
+    )
+
+
+def check_store_as(args: argparse.Namespace) -> None:
+    """A lossy ``--store-as`` needs ``--allow-lossy``; a compressed one, the codecs."""
+    from ..storage.transcoding import can_encode, conversion_refused, is_lossy
+
+    target = args.store_as
+    if target is None:
+        return
+    if is_lossy(target) and not args.allow_lossy:
+        raise UsageError(
+            f"argument --store-as: {uid_name(target)} is lossy: add --allow-lossy to store "
+            "instances lossily (each becomes a new instance)"
+        )
+    if not can_encode(target):
+        why = conversion_refused(EXPLICIT_VR_LITTLE_ENDIAN, target, allow_lossy=True)
+        raise UsageError(f"argument --store-as: {why or 'cannot encode ' + uid_name(target)}")
+
+
+async def store_as(
+    association: Any, stored: Path, target: str, allow_lossy: bool
+) -> tuple[Path, str | None]:
+    """Convert a stored file to ``--store-as``'s syntax in a worker thread; on failure keep it
+    as received and log why.  (path now, new SOP Instance UID or None)."""
+    from ..storage.transcoding import convert_stored_file
+
+    cfg = association.config
+    try:
+        return await anyio.to_thread.run_sync(
+            functools.partial(
+                convert_stored_file,
+                stored,
+                target,
+                allow_lossy=allow_lossy,
+                implementation_class_uid=cfg.implementation_class_uid,
+                implementation_version_name=cfg.implementation_version_name,
+            )
+        )
+    except (StorageError, OSError) as exc:
+        association.log.warning(
+            "store_as_failed",
+            file=str(stored),
+            syntax=uid_name(target),
+            error=str(exc) or type(exc).__name__,
+            kept="as received",
+        )
+        return stored, None
 
 
 # --------------------------------------------------------------------------- reporting
@@ -227,6 +309,8 @@ def storescp_ae(
     per_instance = args.verbose >= 1
     on_duplicate = args.on_duplicate
     layout = args.layout
+    target_syntax: str | None = getattr(args, "store_as", None)
+    allow_lossy = bool(getattr(args, "allow_lossy", False))
 
     @ae.on_store
     async def on_store(request: Any) -> int | messages.Response:
@@ -258,8 +342,11 @@ def storescp_ae(
                 )
             size = stored.dataset_size
             file = str(stored)
+            if target_syntax is not None:
+                converted, _ = await store_as(association, stored, target_syntax, allow_lossy)
+                file = str(converted)
             if media is not None:
-                media.add(stored)
+                media.add(file)
         counts.instances += 1
         counts.bytes += size
         if per_instance:
@@ -277,6 +364,7 @@ def storescp_ae(
 
 async def run(args: argparse.Namespace) -> int:
     """Run ``storescp`` until SIGINT or SIGTERM; the exit status."""
+    check_store_as(args)
     await start_server(args, "storescp", None if args.ignore else args.output_dir, "--output-dir")
     if args.workers != 1:
         factory = functools.partial(storescp_worker, worker_args(args))

@@ -54,11 +54,13 @@ from ..errors import (
     InvalidDicomFile,
     NoAcceptedContext,
     StorageError,
+    TranscodeError,
     TransportError,
 )
 from ..protocol import uids
 from ..protocol.status import StatusCategory, category, describe
 from ..storage.contexts import contexts_for_syntaxes
+from ..storage.transcoding import conversion_refused
 from .apps import APPS
 from .argtypes import positive_int
 from .options import add_common, add_scu
@@ -108,6 +110,12 @@ def add_parser(sub: Any) -> None:
         default=1,
         metavar="N",
         help="parallel associations, each sending files one C-STORE at a time",
+    )
+    p.add_argument(
+        "--allow-lossy",
+        action="store_true",
+        help="when the peer accepts only lossy syntaxes for a file that is not, compress it "
+        "lossily (a new instance: new SOP Instance UID); without it such a file fails",
     )
     p.add_argument(
         "--show-all-errors",
@@ -587,11 +595,14 @@ async def _store_one(
         run.failed(item, _file_problem(item, loaded))
         return
     try:
-        response = await assoc.store(loaded)
+        response = await assoc.store(loaded, allow_lossy=run.args.allow_lossy)
     except (AssociationError, TransportError) as exc:
         raise _AssociationEnded(describe_error(exc, run.args)) from exc
     except NoAcceptedContext:
         run.failed(item, _refused(assoc, item.source))
+        return
+    except TranscodeError as exc:
+        run.failed(item, _refused(assoc, item.source, str(exc)))
         return
     except (DICOMError, StorageError, OSError) as exc:
         # the file was at fault (it changed since the scan, or cannot be converted): it
@@ -628,8 +639,9 @@ _DECOMPRESSORS = {
 }
 
 
-def _refused(assoc: Association, source: Part10Source) -> str:
-    """Why a file could not be sent on ``assoc`` (no accepted context fits), and the fix."""
+def _refused(assoc: Association, source: Part10Source, why: str | None = None) -> str:
+    """Why a file could not be sent on ``assoc`` (no accepted context fits, or it cannot be
+    converted to one that does: ``why``), and the fix."""
     sop_class = uid_name(source.sop_class_uid)
     syntax = uid_name(source.transfer_syntax_uid)
     proposed = [
@@ -648,9 +660,12 @@ def _refused(assoc: Association, source: Part10Source) -> str:
     if source.transfer_syntax_uid in uids.UNCOMPRESSED_TRANSFER_SYNTAXES:
         return f"the peer refused the transfer syntaxes proposed for {sop_class} ({where})"
     tool = _DECOMPRESSORS.get(source.transfer_syntax_uid, "gdcmconv --raw (GDCM)")
+    if why is None:
+        why = conversion_refused(source.transfer_syntax_uid, uids.EXPLICIT_VR_LITTLE_ENDIAN)
+        why = why or "no context it can be converted to was accepted"
     return (
-        f"the peer does not accept {syntax} for {sop_class} ({where}), and a compressed file "
-        f"is sent only as it is: the peer must accept {syntax}, or decompress the file first, "
+        f"the peer does not accept {syntax} for {sop_class} ({where}), and the file cannot "
+        f"be converted: {why}; the peer must accept {syntax}, or decompress the file first, "
         f"e.g. with {tool}"
     )
 

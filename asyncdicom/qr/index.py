@@ -194,6 +194,10 @@ _Record = list[DataElement | RawDataElement]
 _Rows = dict[str, dict[str, str | int | None]]
 
 
+#: Available Transfer Syntax UID (0008,3002)
+AVAILABLE_TRANSFER_SYNTAX_UID = 0x00083002
+
+
 def _split(header: Dataset) -> dict[str, _Record]:
     """The header's public, non-binary attributes, by level (Specific Character Set in every
     level so that each record decodes on its own).  Elements are taken as pydicom holds them:
@@ -217,6 +221,13 @@ def _split(header: Dataset) -> dict[str, _Record]:
         if tag in _COMPUTED:
             continue
         parts[level_of(int(tag))].append(elem)
+    # Available Transfer Syntax UID (0008,3002), PS3.4 C.6.1.1.5: the syntax the instance is
+    # stored in, which a retrieve can be proposed in (getscu --discover)
+    meta = getattr(header, "file_meta", None)
+    syntax = str(getattr(meta, "TransferSyntaxUID", "") or "") if meta is not None else ""
+    if syntax and AVAILABLE_TRANSFER_SYNTAX_UID not in header:
+        parts["IMAGE"].append(DataElement(AVAILABLE_TRANSFER_SYNTAX_UID, "UI", syntax))
+        parts["IMAGE"].sort(key=lambda e: int(e.tag))
     if charset is not None:
         for elements in parts.values():
             elements.insert(0, charset)  # (0008,0005) precedes every level's attributes

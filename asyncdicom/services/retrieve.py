@@ -65,7 +65,6 @@ from ..protocol import messages, uids
 from ..protocol.messages import Priority
 from ..protocol.negotiation import ContextRequest, PresentationContext
 from ..protocol.status import Status, StatusCategory
-from ..protocol.uids import UNCOMPRESSED_TRANSFER_SYNTAXES
 from .base import HandlerCall, Service, make_response
 from .query_retrieve import OperationResults, identifier_context
 from .request import ServiceRequest
@@ -89,6 +88,7 @@ __all__ = [
     "retrieve_model_uid",
     "run_retrieve",
     "sop_classes_to_retrieve",
+    "syntaxes_to_retrieve",
 ]
 
 #: the Query/Retrieve information models by short name -> their GET SOP Class UID
@@ -240,39 +240,15 @@ def _describe_batch(items: list[Any]) -> list[_Instance | BaseException]:
     return out
 
 
-def _context_requests(instances: Iterable[_Instance]) -> list[list[ContextRequest]]:
-    """The presentation contexts to propose for ``instances``, grouped per SOP class: the
-    uncompressed syntaxes (anything uncompressed can be converted to them) and each
-    compressed syntax in a context of its own."""
-    needs: dict[str, dict[str, None]] = {}
-    for inst in instances:
-        syntaxes = needs.setdefault(inst.sop_class_uid, {})
-        ts = inst.transfer_syntax_uid
-        if ts is None or ts in UNCOMPRESSED_TRANSFER_SYNTAXES:
-            syntaxes[""] = None
-        else:
-            syntaxes[ts] = None
-    groups: list[list[ContextRequest]] = []
-    for sop_class, syntaxes in needs.items():
-        group = []
-        for ts in syntaxes:
-            if ts == "":
-                group.append(
-                    ContextRequest(
-                        sop_class, (uids.EXPLICIT_VR_LITTLE_ENDIAN, uids.IMPLICIT_VR_LITTLE_ENDIAN)
-                    )
-                )
-            else:
-                group.append(ContextRequest(sop_class, (ts,)))
-        groups.append(group)
-    return groups
-
-
 def _batches(
     instances: list[_Instance], limit: int = 128
 ) -> list[tuple[list[ContextRequest], list[_Instance]]]:
-    """Split ``instances`` into association-sized batches of at most ``limit`` contexts."""
-    groups = _context_requests(instances)
+    """Split ``instances`` into association-sized batches of at most ``limit`` contexts, by
+    the proposal policy of :func:`asyncdicom.storage.contexts.context_groups` (that of
+    ``storescu``)."""
+    from ..storage.contexts import context_groups
+
+    groups = context_groups((i.sop_class_uid, i.transfer_syntax_uid) for i in instances)
     batches: list[tuple[list[ContextRequest], set[str]]] = []
     for group in groups:
         if not batches or len(batches[-1][0]) + len(group) > limit:
@@ -747,6 +723,21 @@ async def sop_classes_to_retrieve(
     proposes it).  At most ``limit`` queries are made (ValueError beyond: the retrieval is too
     wide to discover this way).  Raises ``QueryFailed`` when a query fails.
     """
+    return set(await syntaxes_to_retrieve(association, identifier, model=model, limit=limit))
+
+
+async def syntaxes_to_retrieve(
+    association: Any, identifier: Dataset, *, model: str = "study", limit: int = 1000
+) -> dict[str, set[str]]:
+    """As :func:`sop_classes_to_retrieve`, with the transfer syntaxes each SOP class is held
+    in: the IMAGE-level queries also ask for Available Transfer Syntax UID (0008,3002), PS3.4
+    C.6.1.1.5.  SOP Class UID -> the syntaxes reported (an empty set when the archive reports
+    none).
+
+    Raises:
+        QueryFailed: a query failed.
+        ValueError: the level is not one of the model's, or more than ``limit`` queries.
+    """
     from pydicom.dataset import Dataset
 
     levels = [name for name, _ in _LEVEL_KEYS]
@@ -755,7 +746,7 @@ async def sop_classes_to_retrieve(
     start = str(identifier.get("QueryRetrieveLevel", "") or "").strip().upper()
     if start not in levels:
         raise ValueError(f"Query/Retrieve Level {start!r} is not one of {', '.join(levels)}")
-    found: set[str] = set()
+    found: dict[str, set[str]] = {}
     queries = 0
     # (level to query next, the unique keys fixed so far)
     todo: list[tuple[str, dict[str, str]]] = []
@@ -787,12 +778,16 @@ async def sop_classes_to_retrieve(
             setattr(query, key, "")
         if level == "IMAGE":
             query.SOPClassUID = ""
+            query.AvailableTransferSyntaxUID = ""
         async with association.find(query, model=model) as results:
             async for match in results:
                 if level == "IMAGE":
                     value = str(match.get("SOPClassUID", "") or "").strip("\0 ")
                     if value:
-                        found.add(value)
+                        syntaxes = found.setdefault(value, set())
+                        syntax = str(match.get("AvailableTransferSyntaxUID", "") or "")
+                        if syntax.strip("\0 "):
+                            syntaxes.add(syntax.strip("\0 "))
                 else:
                     child = str(match.get(key, "") or "").strip("\0 ")
                     if child:

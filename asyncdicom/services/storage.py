@@ -25,7 +25,13 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from ..association import BaseAssociation, DIMSEResponse, IncomingRequest
-from ..errors import DataSetMismatch, EmptyDataSet, InvalidDataset, NoAcceptedContext
+from ..errors import (
+    DataSetMismatch,
+    EmptyDataSet,
+    InvalidDataset,
+    NoAcceptedContext,
+    TranscodeError,
+)
 from ..protocol import messages
 from ..protocol.status import Status, fit_error_comment
 from ..protocol.uids import UNCOMPRESSED_TRANSFER_SYNTAXES, is_storage_sop_class
@@ -34,6 +40,7 @@ from .base import Service
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
+    from ..protocol.negotiation import PresentationContext
     from ..storage.reader import Part10Source
     from ..storage.structure import StructureCheck
     from ..storage.writer import DuplicatePolicy, Layout, Part10Writer, StoredFile
@@ -120,19 +127,25 @@ class StorageSCU(BaseAssociation):
         priority: int = 0,
         move_originator_aet: str | None = None,
         move_originator_message_id: int | None = None,
+        allow_lossy: bool = False,
     ) -> DIMSEResponse:
         """C-STORE (Storage, PS3.7 9.1.1): send a pydicom Dataset or a Part 10 file.
 
         A file is sent without decoding when an accepted context has its transfer syntax, and
-        transcoded between the uncompressed syntaxes when it must; otherwise
-        :class:`~asyncdicom.errors.NoAcceptedContext`.  Returns the C-STORE-RSP (``.status``).
+        converted to an accepted one when it must, by the rules of
+        :mod:`asyncdicom.storage.transcoding`: lossless or uncompressed to any lossless or
+        uncompressed syntax, lossy to uncompressed (its Lossy Image Compression stays "01"),
+        and to a lossy syntax only with ``allow_lossy=True`` (the instance sent then has a new
+        SOP Instance UID).  Compressed pixel data needs the codecs (``pip install
+        'asyncdicom[codecs]'``).  Returns the C-STORE-RSP (``.status``).
 
         Raises:
-            NoAcceptedContext: no accepted presentation context fits the instance.
+            NoAcceptedContext: no accepted presentation context for the SOP class.
             InvalidDicomFile: the file is not DICOM, or changed while it was sent.
             InvalidDataset: the data set lacks its SOP Class or SOP Instance UID.
-            TranscodeError: the instance would have to be converted to or from a compressed
-                transfer syntax.
+            TranscodeError: the instance would have to be converted and cannot be: the
+                conversion is lossy and not allowed, a codec is missing (the message says
+                what to install), or the codec failed.
             AssociationError: the association failed (aborted, timed out, lost) meanwhile.
             OSError: the file cannot be read.
         """
@@ -142,6 +155,7 @@ class StorageSCU(BaseAssociation):
             priority=priority,
             move_originator_aet=move_originator_aet,
             move_originator_message_id=move_originator_message_id,
+            allow_lossy=allow_lossy,
         )
 
 
@@ -152,14 +166,16 @@ async def store(
     priority: int = 0,
     move_originator_aet: str | None = None,
     move_originator_message_id: int | None = None,
+    allow_lossy: bool = False,
 ) -> DIMSEResponse:
     """Send one instance with C-STORE-RQ and return the C-STORE-RSP.
 
     ``dataset_or_path``: a pydicom Dataset, a path, or a
-    :class:`~asyncdicom.storage.Part10Source` (its ``data`` is sent if loaded).
+    :class:`~asyncdicom.storage.Part10Source` (its ``data`` is sent if loaded).  See
+    :meth:`StorageSCU.store` for the conversions and what they raise.
     """
     from ..storage.codec import encode_dataset
-    from ..storage.reader import Part10Source, read_part10_for_send, transcode
+    from ..storage.reader import Part10Source, read_part10_for_send
 
     data: Any
     if isinstance(dataset_or_path, (str, os.PathLike, Part10Source)):
@@ -179,14 +195,9 @@ async def store(
                 source = await anyio.to_thread.run_sync(source.load)
             data = source.data if source.data is not None else _file_chunks(source)
         else:
-            context = association.find_context(sop_class, UNCOMPRESSED_TRANSFER_SYNTAXES)
-            if context is None or ts not in UNCOMPRESSED_TRANSFER_SYNTAXES:
-                raise NoAcceptedContext(
-                    f"no accepted context for {sop_class} in transfer syntax {ts} "
-                    f"(or one it can be converted to)"
-                )
-            target = context.transfer_syntax or ""
-            data = await anyio.to_thread.run_sync(transcode, source, target)
+            context, data, sop_instance = await _converted(
+                association, source, sop_class, ts, allow_lossy
+            )
     else:
         ds = dataset_or_path
         sop_class, sop_instance = sop_uids(ds)
@@ -196,13 +207,16 @@ async def store(
             t for t in UNCOMPRESSED_TRANSFER_SYNTAXES if t != own_ts
         ]
         context = association.find_context(sop_class, preferred)
-        if context is None or (
-            own_ts
-            and own_ts not in UNCOMPRESSED_TRANSFER_SYNTAXES
-            and context.transfer_syntax != own_ts
+        if context is not None and (
+            not own_ts
+            or own_ts in UNCOMPRESSED_TRANSFER_SYNTAXES
+            or context.transfer_syntax == own_ts
         ):
-            raise NoAcceptedContext(f"no accepted context for {sop_class} ({own_ts or 'any'})")
-        data = await anyio.to_thread.run_sync(encode_dataset, ds, context.transfer_syntax or "")
+            data = await anyio.to_thread.run_sync(encode_dataset, ds, context.transfer_syntax or "")
+        else:
+            context, data, sop_instance = await _converted(
+                association, ds, sop_class, own_ts, allow_lossy
+            )
     rq = messages.CStoreRQ(
         message_id=association.next_message_id(),
         affected_sop_class_uid=sop_class,
@@ -213,6 +227,41 @@ async def store(
         has_dataset=True,
     )
     return await association.request(context, rq, data)
+
+
+async def _converted(
+    association: BaseAssociation,
+    source: Part10Source | Dataset,
+    sop_class: str,
+    ts: str,
+    allow_lossy: bool,
+) -> tuple[PresentationContext, Any, str]:
+    """The context, data and SOP Instance UID for an instance whose own transfer syntax was not
+    accepted: converted, in a worker thread, to the best accepted syntax the rules allow."""
+    from ..storage.transcoding import choose_syntax, transcode_instance
+
+    accepted = [
+        c.transfer_syntax
+        for c in association.accepted_contexts
+        if c.abstract_syntax == sop_class and c.scu_role and c.transfer_syntax
+    ]
+    if not accepted:
+        raise NoAcceptedContext(
+            f"no accepted context for {sop_class} in transfer syntax {ts or 'any'} "
+            "(or one it can be converted to)"
+        )
+    target, why = choose_syntax(ts, accepted, allow_lossy=allow_lossy)
+    if target is None:
+        raise TranscodeError(why)
+    context = association.find_context(sop_class, [target])
+    assert context is not None
+    converted = await anyio.to_thread.run_sync(
+        partial(transcode_instance, source, target, source_ts=ts, allow_lossy=allow_lossy)
+    )
+    chunks = converted.chunks
+    # the pieces (views into one buffer) are sent as they are, without joining them
+    data: Any = chunks[0] if len(chunks) == 1 else chunks
+    return context, data, converted.sop_instance_uid
 
 
 def sop_uids(ds: Any) -> tuple[str, str]:

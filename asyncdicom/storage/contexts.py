@@ -1,4 +1,5 @@
-"""Presentation contexts to propose for sending a set of DICOM files with C-STORE.
+"""Presentation contexts to propose for sending a set of DICOM instances with C-STORE: the one
+proposal policy of ``storescu``, :func:`contexts_for_files` and the C-GET/C-MOVE SCP.
 
 :func:`contexts_for_files` looks at each file's SOP class and transfer syntax (the File Meta
 Information and the head of the data set only, nothing is decoded) and returns the
@@ -7,13 +8,15 @@ Information and the head of the data set only, nothing is decoded) and returns t
 
 * one context per (SOP class, transfer syntax) pair found, proposing only that transfer
   syntax, so that a file goes out exactly as stored whichever syntax the acceptor prefers;
-* for each SOP class with at least one uncompressed file, one more context proposing Explicit
-  and Implicit VR Little Endian: if the acceptor refuses the file's own syntax (say Explicit VR
-  Big Endian), :meth:`store() <asyncdicom.services.storage.StorageSCU.store>` converts the file
-  to the syntax accepted there.
+* for each SOP class with at least one file that can be converted to an uncompressed syntax,
+  one more context proposing Explicit and Implicit VR Little Endian: if the acceptor refuses
+  the file's own syntax (say Explicit VR Big Endian, or JPEG 2000),
+  :meth:`store() <asyncdicom.services.storage.StorageSCU.store>` converts the file to the
+  syntax accepted there (:mod:`asyncdicom.storage.transcoding`).
 
-A compressed file (JPEG, JPEG 2000, RLE, ...) gets no such fallback: this library does not
-decompress, so it can only be sent if the acceptor takes its own syntax.
+An uncompressed file can always be converted; a compressed one (JPEG, JPEG-LS, JPEG 2000,
+RLE) when its decoder is installed (``pip install 'asyncdicom[codecs]'``).  Without it a
+compressed file gets no fallback and is sent only if the acceptor takes its own syntax.
 
 One association carries at most 128 presentation contexts (PS3.8 9.3.2.2: odd context IDs 1 to
 255); a set of files needing more raises :class:`TooManyPresentationContexts`.  Send such a set
@@ -42,6 +45,7 @@ from .reader import Part10Source, read_part10_for_send
 __all__ = [
     "MAX_PRESENTATION_CONTEXTS",
     "TooManyPresentationContexts",
+    "context_groups",
     "contexts_for_files",
     "contexts_for_syntaxes",
 ]
@@ -49,8 +53,47 @@ __all__ = [
 #: the most presentation contexts one A-ASSOCIATE-RQ can propose (PS3.8 9.3.2.2)
 MAX_PRESENTATION_CONTEXTS = 128
 
-#: what an uncompressed file may be converted to when its own syntax is refused
+#: what a file may be converted to when its own syntax is refused
 _FALLBACK_SYNTAXES = (uids.EXPLICIT_VR_LITTLE_ENDIAN, uids.IMPLICIT_VR_LITTLE_ENDIAN)
+
+
+def _proposal(pairs: Iterable[tuple[str, str | None]]) -> dict[str, tuple[list[str], bool]]:
+    """The policy: per SOP class (in order of first appearance), the transfer syntaxes its
+    instances are in (each gets a context of its own) and whether it gets the uncompressed
+    fallback context.  A syntax of ``None`` is an instance with no encoding of its own (a
+    Dataset): it needs the fallback only."""
+    from .transcoding import can_decode
+
+    decodable: dict[str, bool] = {}
+    classes: dict[str, tuple[list[str], bool]] = {}
+    for sop_class, syntax in pairs:
+        own, fallback = classes.get(sop_class, ([], False))
+        if syntax is not None and syntax not in own:
+            own.append(syntax)
+        if not fallback:
+            if syntax is None or syntax in uids.UNCOMPRESSED_TRANSFER_SYNTAXES:
+                fallback = True
+            else:
+                if syntax not in decodable:
+                    decodable[syntax] = can_decode(syntax)
+                fallback = decodable[syntax]
+        classes[sop_class] = (own, fallback)
+    return classes
+
+
+def context_groups(pairs: Iterable[tuple[str, str | None]]) -> list[list[ContextRequest]]:
+    """The presentation contexts of :func:`contexts_for_syntaxes`, grouped per SOP class (in
+    order of first appearance; within a group, the instances' own syntaxes, then the
+    fallback), for a sender that spreads the classes over several associations of at most
+    :data:`MAX_PRESENTATION_CONTEXTS` contexts, keeping each class whole.  ``None`` as a
+    syntax: an instance without an encoding of its own (a Dataset)."""
+    groups = []
+    for sop_class, (own, fallback) in _proposal(pairs).items():
+        group = [ContextRequest(sop_class, (ts,)) for ts in own]
+        if fallback:
+            group.append(ContextRequest(sop_class, _FALLBACK_SYNTAXES))
+        groups.append(group)
+    return groups
 
 
 def contexts_for_syntaxes(pairs: Iterable[tuple[str, str]]) -> list[ContextRequest]:
@@ -63,17 +106,15 @@ def contexts_for_syntaxes(pairs: Iterable[tuple[str, str]]) -> list[ContextReque
     Raises:
         TooManyPresentationContexts: more than 128 contexts are needed.
     """
+    pairs = list(pairs)
+    classes = _proposal(pairs)
     contexts: list[ContextRequest] = []
     seen: set[tuple[str, str]] = set()
-    fallback: set[str] = set()
     for sop_class, syntax in pairs:
-        key = (sop_class, syntax)
-        if key not in seen:
-            seen.add(key)
+        if (sop_class, syntax) not in seen:
+            seen.add((sop_class, syntax))
             contexts.append(ContextRequest(sop_class, (syntax,)))
-        if syntax in uids.UNCOMPRESSED_TRANSFER_SYNTAXES:
-            fallback.add(sop_class)
-    contexts.extend(ContextRequest(c, _FALLBACK_SYNTAXES) for c in sorted(fallback))
+    contexts.extend(ContextRequest(c, _FALLBACK_SYNTAXES) for c in sorted(classes) if classes[c][1])
     if len(contexts) > MAX_PRESENTATION_CONTEXTS:
         raise TooManyPresentationContexts(len(contexts))
     return contexts

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import numpy as np
 import pydicom.data
 import pytest
 from anyio.abc import Process
@@ -520,13 +521,18 @@ async def test_our_scu_transcodes_uncompressed_when_needed(
             mr = dcmread(MR_SMALL)
             assert str(mr.file_meta.TransferSyntaxUID) == uids.EXPLICIT_VR_LITTLE_ENDIAN
             assert (await assoc.store(mr)).status == 0x0000
-            # a compressed file is never decompressed: no context can take it
-            with pytest.raises(NoAcceptedContext):
-                await assoc.store(RLE)
+            # a compressed file is decompressed (the codecs come with the test extra)
+            assert (await assoc.store(RLE)).status == 0x0000
             assert assoc.is_established
-    received = dcmtk_storescp.received_files()
-    assert [_transfer_syntax_of(p) for p in received] == [uids.IMPLICIT_VR_LITTLE_ENDIAN] * 2
-    assert_instances_match(received, [CT_SMALL, MR_SMALL])
+            # a SOP class without an accepted context at all
+            with pytest.raises(NoAcceptedContext):
+                await assoc.store(JPEG2000)
+    # MR_small_RLE.dcm is MR_small.dcm compressed (same SOP Instance UID): storescp keeps the
+    # last one received, decompressed
+    ct, mr = sorted(dcmtk_storescp.received_files(), key=lambda p: p.name)
+    assert [_transfer_syntax_of(p) for p in (ct, mr)] == [uids.IMPLICIT_VR_LITTLE_ENDIAN] * 2
+    assert_instances_match([ct], [CT_SMALL])
+    assert np.array_equal(dcmread(mr).pixel_array, dcmread(RLE).pixel_array)
 
 
 # --------------------------------------------------------------------------- 5. CLI -> storescp
