@@ -223,6 +223,8 @@ def _lock_order(
 
 #: the elements of one level's record, in tag order (raw ones as read, when not decoded yet)
 _Record = list[DataElement | RawDataElement]
+#: (level, unique key) -> (pk, fingerprint of the row's attributes): the rows written already
+_Known = dict[tuple[str, object], tuple[int, int]]
 #: level -> the column values of that level's row, for the levels already computed
 _Rows = dict[str, dict[str, str | int | None]]
 
@@ -344,7 +346,9 @@ class Index:
     #: out-of-resources condition, not bad data
     errors: tuple[type[Exception], ...] = ()
     #: whether this object is the only writer of its database, so that a patient, study or
-    #: series row it wrote with the same attributes need not be written again
+    #: series row it wrote with the same attributes need not be written again in a later
+    #: transaction (with other writers, only in the transaction that wrote it: the row stays
+    #: locked until that one commits)
     _sole_writer = True
     #: whether the schema was created when this index was opened (a new, empty database)
     created = False
@@ -354,7 +358,7 @@ class Index:
         # series row whose attributes did not change is not rewritten (most instances of a
         # series share them; encoding the record is the bulk of the cost of adding).  Valid
         # while this connection is the only writer; cleared on rollback and deletions.
-        self._known: dict[tuple[str, object], tuple[int, int]] = {}
+        self._known: _Known = {}
 
     # -- what a subclass provides ---------------------------------------------------------------
 
@@ -431,13 +435,14 @@ class Index:
         order = range(len(prepared)) if self._sole_writer else _lock_order(prepared)
 
         def work(con: Connection) -> list[Added | ValueError]:
+            known: _Known = self._known if self._sole_writer else {}
             results: list[Added | ValueError | None] = [
                 item if isinstance(item, ValueError) else None for item in prepared
             ]
             for n in order:
                 item = prepared[n]
                 if not isinstance(item, ValueError):
-                    results[n] = self._add(con, *item)
+                    results[n] = self._add(con, known, *item)
             return cast("list[Added | ValueError]", results)
 
         try:
@@ -476,7 +481,13 @@ class Index:
         return self._upsert_row(con, _TABLES[level], INDEX_COLUMNS[LEVELS[level]].name, values)
 
     def _add(
-        self, con: Connection, header: Dataset, path: str, parts: dict[str, _Record], rows: _Rows
+        self,
+        con: Connection,
+        known: _Known,
+        header: Dataset,
+        path: str,
+        parts: dict[str, _Record],
+        rows: _Rows,
     ) -> Added:
         sop = rows["IMAGE"]["sop_instance_uid"]
         old = con.execute(
@@ -484,12 +495,14 @@ class Index:
             "ON series.pk = instance.series_pk WHERE sop_instance_uid = ?",
             (sop,),
         ).fetchone()
-        patient_pk, _ = self._upsert_parent(con, "PATIENT", header, parts["PATIENT"], {}, rows)
+        patient_pk, _ = self._upsert_parent(
+            con, known, "PATIENT", header, parts["PATIENT"], {}, rows
+        )
         study_pk, _ = self._upsert_parent(
-            con, "STUDY", header, parts["STUDY"], {"patient_pk": patient_pk}, rows
+            con, known, "STUDY", header, parts["STUDY"], {"patient_pk": patient_pk}, rows
         )
         series_pk, series_written = self._upsert_parent(
-            con, "SERIES", header, parts["SERIES"], {"study_pk": study_pk}, rows
+            con, known, "SERIES", header, parts["SERIES"], {"study_pk": study_pk}, rows
         )
         self._upsert(
             con, "IMAGE", header, parts["IMAGE"], {"series_pk": series_pk, "path": path}, rows
@@ -497,35 +510,33 @@ class Index:
         if series_written:
             self._refresh_modalities(con, study_pk)
         if old is not None and int(old[0]) != series_pk:
-            self._prune(con, int(old[0]), int(old[1]))
+            self._prune(con, known, int(old[0]), int(old[1]))
         return Added(new=old is None, previous_path=None if old is None else str(old[2]))
 
     def _upsert_parent(
         self,
         con: Connection,
+        known_rows: _Known,
         level: str,
         header: Dataset,
         record: _Record,
         extra: dict[str, object],
         rows: _Rows,
     ) -> tuple[int, bool]:
-        """:meth:`_upsert` for a patient, study or series row, skipped when the row was
-        written by this connection with the same attributes (only when it is the sole
-        writer): (pk, whether it was written)."""
-        if not self._sole_writer:
-            return self._upsert(con, level, header, record, extra, rows), True
+        """:meth:`_upsert` for a patient, study or series row, skipped when ``known_rows``
+        says it was written with the same attributes: (pk, whether it was written)."""
         elem = header.get(LEVELS[level])
         key = (level, None if elem is None else str(elem.value))
         fingerprint = hash(
             (tuple((e.tag, e.VR, repr(e.value)) for e in record), tuple(extra.items()))
         )
-        known = self._known.get(key)
+        known = known_rows.get(key)
         if known is not None and known[1] == fingerprint and key[1] is not None:
             return known[0], False
         pk = self._upsert(con, level, header, record, extra, rows)
-        if len(self._known) >= 16384:
-            self._known.clear()
-        self._known[key] = (pk, fingerprint)
+        if len(known_rows) >= 16384:
+            known_rows.clear()
+        known_rows[key] = (pk, fingerprint)
         return pk, True
 
     @staticmethod
@@ -537,9 +548,10 @@ class Index:
         joined = "\\".join(sorted(str(m) for (m,) in rows)) or None
         con.execute("UPDATE study SET modalities_in_study = ? WHERE pk = ?", (joined, study_pk))
 
-    def _prune(self, con: Connection, series_pk: int, study_pk: int) -> None:
+    @classmethod
+    def _prune(cls, con: Connection, known: _Known, series_pk: int, study_pk: int) -> None:
         """Remove the rows an updated instance left empty."""
-        self._known.clear()
+        known.clear()
         con.execute(
             "DELETE FROM series WHERE pk = ? AND NOT EXISTS "
             "(SELECT 1 FROM instance WHERE series_pk = ?)",
@@ -554,7 +566,7 @@ class Index:
             "(SELECT 1 FROM series WHERE study_pk = ?)",
             (study_pk, study_pk),
         )
-        self._refresh_modalities(con, study_pk)
+        cls._refresh_modalities(con, study_pk)
         con.execute(
             "DELETE FROM patient WHERE pk = ? AND NOT EXISTS "
             "(SELECT 1 FROM study WHERE patient_pk = ?)",
