@@ -274,9 +274,9 @@ def _row_values(level: str, header: Dataset) -> dict[str, str | int | None]:
 @dataclass(frozen=True)
 class Dialect:
     """What the schema's DDL says differently in one SQL engine: the primary key column, the
-    type of an integer column (IS values), of the record column, and the unique constraint of
-    a level's key.  Everything else (the tables, the indexes, the matching SQL of
-    :func:`~asyncdicom.qr.sql_filter`) is the same text on every engine."""
+    type of an integer column (IS values), of a text column, of the record column, and the
+    unique constraint of a level's key.  Everything else (the tables, the indexes, the
+    matching SQL of :func:`~asyncdicom.qr.sql_filter`) is the same text on every engine."""
 
     name: str
     primary_key: str
@@ -286,6 +286,10 @@ class Dialect:
     #: without a Patient ID share one row, as SQLite's index finds them (``IS ?``) before
     #: inserting
     unique: str
+    #: a text column: compared byte by byte, as SQLite's BINARY collation does (on
+    #: PostgreSQL, COLLATE "C": whatever the database's locale, ``LIKE 'ab%'`` and the date
+    #: ranges can then use the column's B-tree index, and order is the same as in SQLite)
+    text: str = "TEXT"
 
 
 SQLITE = Dialect("sqlite", "pk INTEGER PRIMARY KEY", "INTEGER", "BLOB", "UNIQUE")
@@ -302,12 +306,12 @@ def schema(dialect: Dialect = SQLITE) -> list[str]:
             defs.append(f"{_PARENT_FK[level]} {dialect.integer} NOT NULL REFERENCES {parent} (pk)")
         unique = INDEX_COLUMNS[LEVELS[level]].name
         for col in _columns_of(level).values():
-            kind = dialect.integer if col.vr == "IS" else "TEXT"
+            kind = dialect.integer if col.vr == "IS" else dialect.text
             defs.append(f"{col.name} {kind}{' ' + dialect.unique if col.name == unique else ''}")
             if col.folded:
-                defs.append(f"{col.folded} TEXT")
+                defs.append(f"{col.folded} {dialect.text}")
         if level == "IMAGE":
-            defs.append("path TEXT NOT NULL")
+            defs.append(f"path {dialect.text} NOT NULL")
         defs.append(f"record {dialect.blob} NOT NULL")
         statements.append(f"CREATE TABLE {table} ({', '.join(defs)})")
         if level in _PARENT_FK:

@@ -52,6 +52,7 @@ POSTGRESQL = Dialect(
     "BIGINT",
     "BYTEA",
     "UNIQUE NULLS NOT DISTINCT",
+    'TEXT COLLATE "C"',
 )
 
 #: the key of the advisory lock held while the schema is created or checked

@@ -843,6 +843,13 @@ def test_postgresql_schema_is_created_versioned_and_reopened(postgres_url: str) 
             (SCHEMA_VERSION,)
         ]
         indexes = {n for (n,) in con.execute("SELECT indexname FROM pg_indexes").fetchall()}
+        # text compared byte by byte (as SQLite does), whatever the database's locale
+        collations = con.execute(
+            "SELECT DISTINCT collation_name FROM information_schema.columns "
+            "WHERE table_name IN ('patient', 'study', 'series', 'instance') "
+            "AND data_type = 'text'"
+        ).fetchall()
+    assert collations == [("C",)]
     assert {"study_study_date", "patient_patient_name", "series_modality"} <= indexes
     with PostgreSQLIndex(postgres_url) as index:
         assert not index.created
