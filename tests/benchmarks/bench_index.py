@@ -37,7 +37,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -46,13 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from pydicom.dataset import Dataset
-from qr_data import (
-    Patient,
-    Shape,
-    _series_template,
-    build_manifest,
-    sop_instance_uid,
-)
+from qr_data import Patient, Shape, build_manifest, index_headers
 
 from asyncdicom.protocol.uids import EXPLICIT_VR_LITTLE_ENDIAN
 from asyncdicom.qr import Index, PostgreSQLIndex, SQLiteIndex, parse_query
@@ -67,20 +61,6 @@ def parse_shape(text: str) -> Shape:
     return Shape(*(int(p) for p in parts))
 
 
-def headers(patients: list[Patient]) -> Iterator[tuple[Dataset, str]]:
-    for p, patient in enumerate(patients):
-        for s, study in enumerate(patient.studies):
-            for se, series in enumerate(study.series):
-                template = _series_template(patient, p, study, series)
-                del template.file_meta
-                for i in range(series.instances):
-                    ds = Dataset()
-                    ds.update(template)
-                    ds.SOPInstanceUID = sop_instance_uid(p, s, se, i)
-                    ds.InstanceNumber = i + 1
-                    yield ds, f"/nonexistent/{ds.SOPInstanceUID}.dcm"
-
-
 def ingest(index: Index, items: list[tuple[Dataset, str]]) -> float:
     """Instances per second."""
     start = time.perf_counter()
@@ -93,7 +73,8 @@ def queries(patients: list[Patient]) -> dict[str, tuple[Dataset, int]]:
     """name -> (identifier, expected number of responses), from the manifest."""
     studies = [study for patient in patients for study in patient.studies]
     dates = sorted(study.date for study in studies)
-    low, high = dates[len(dates) // 2], dates[len(dates) // 2 + len(dates) // 10 - 1]
+    span = max(1, len(dates) // 10)  # about a tenth of the studies
+    low, high = dates[len(dates) // 2], dates[len(dates) // 2 + span - 1]
 
     def ident(level: str, **keys: str) -> Dataset:
         ds = Dataset()
@@ -148,7 +129,7 @@ def main() -> int:
     import psycopg
 
     patients = build_manifest(args.shape)
-    items = list(headers(patients))
+    items = list(index_headers(patients))
     print(f"{len(items)} instances ({args.shape}); load {os.getloadavg()}", flush=True)
     result: dict[str, Any] = {
         "instances": len(items),

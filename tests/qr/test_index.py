@@ -3,6 +3,7 @@ instances, hierarchical finds in both models, SQL agreeing with the Python match
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -70,6 +71,26 @@ def integrity_error(index: Index) -> type[Exception]:
     import psycopg
 
     return psycopg.errors.IntegrityError
+
+
+def at_once(*calls: Callable[[], object]) -> list[BaseException]:
+    """Run ``calls`` in threads released together (a barrier); the exceptions they raised."""
+    start = threading.Barrier(len(calls))
+    errors: list[BaseException] = []
+
+    def run(call: Callable[[], object]) -> None:
+        start.wait()
+        try:
+            call()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(call,)) for call in calls]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return errors
 
 
 def small(new: Callable[[], Index]) -> Index:
@@ -791,24 +812,11 @@ def test_processes_opening_one_new_file_at_once_get_one_schema(tmp_path: Path) -
     schema, the others find it (each here is its own connection, as each process has)."""
     for attempt in range(30):  # the races below show in about 1 of 75 tries
         path = str(tmp_path / f"index-{attempt}.sqlite")
-        start = threading.Barrier(4)
-        errors: list[BaseException] = []
 
-        def open_it(
-            path: str = path, start: threading.Barrier = start, errors: list[BaseException] = errors
-        ) -> None:
-            start.wait()
-            try:
-                SQLiteIndex(path).close()
-            except BaseException as exc:
-                errors.append(exc)
+        def open_it(path: str = path) -> None:
+            SQLiteIndex(path).close()
 
-        threads = [threading.Thread(target=open_it) for _ in range(4)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        assert errors == []
+        assert at_once(*[open_it] * 4) == []
         with SQLiteIndex(path) as index:
             assert index.count() == 0
 
@@ -887,24 +895,13 @@ def test_postgresql_newer_schema_and_foreign_database_are_typed_errors(
 def test_postgresql_nodes_opening_one_empty_database_at_once_get_one_schema(
     postgres_url: str,
 ) -> None:
-    start = threading.Barrier(4)
-    errors: list[BaseException] = []
     created: list[bool] = []
 
     def open_it() -> None:
-        start.wait()
-        try:
-            with PostgreSQLIndex(postgres_url, pool_size=1) as index:
-                created.append(index.created)
-        except BaseException as exc:
-            errors.append(exc)
+        with PostgreSQLIndex(postgres_url, pool_size=1) as index:
+            created.append(index.created)
 
-    threads = [threading.Thread(target=open_it) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
+    assert at_once(*[open_it] * 4) == []
     assert sorted(created) == [False, False, False, True]
 
 
@@ -924,6 +921,11 @@ def test_postgresql_two_nodes_writing_at_once_give_one_row_each(postgres_url: st
     through both at once, and two instances of one new study arriving at both at once, give
     one patient, study and series row each (and Modalities in Study has both series)."""
     nodes = [PostgreSQLIndex(postgres_url, pool_size=2) for _ in range(2)]
+
+    def store(node: PostgreSQLIndex, batch: list[tuple[Dataset, str]]) -> None:
+        for item in batch:  # one transaction each, as instances arriving one by one
+            node.add_many([item])
+
     try:
         for round_ in range(10):
             study = f"7.{round_}"
@@ -931,31 +933,8 @@ def test_postgresql_two_nodes_writing_at_once_give_one_row_each(postgres_url: st
             other = header(f"P{round_}", study, f"{study}.2", number=2, modality="MR")
             # node 0 gets the instance and the MR one; node 1 the same instance again
             batches = [[(same, f"n0/{round_}"), (other, f"n0/{round_}b")], [(same, f"n1/{round_}")]]
-            start = threading.Barrier(2)
-            errors: list[BaseException] = []
-
-            def store(
-                node: PostgreSQLIndex,
-                batch: list[tuple[Dataset, str]],
-                start: threading.Barrier = start,
-                errors: list[BaseException] = errors,
-            ) -> None:
-                start.wait()
-                try:
-                    for item in batch:
-                        node.add_many([item])
-                except BaseException as exc:
-                    errors.append(exc)
-
-            threads = [
-                threading.Thread(target=store, args=(node, batch))
-                for node, batch in zip(nodes, batches, strict=True)
-            ]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
-            assert errors == []
+            calls = [functools.partial(store, n, b) for n, b in zip(nodes, batches, strict=True)]
+            assert at_once(*calls) == []
             query = q("STUDY", StudyInstanceUID=study, ModalitiesInStudy="")
             for node in nodes:
                 (found,) = node.find(query)
@@ -983,27 +962,16 @@ def test_postgresql_concurrent_batches_of_one_new_study(postgres_url: str) -> No
         for s in range(4)
         for r in range(6)
     ]
-    start = threading.Barrier(len(nodes))
-    errors: list[BaseException] = []
 
     def store(n: int, node: PostgreSQLIndex) -> None:
         mine = [(h, f"node{n}/{i}") for i, h in enumerate(headers) if i % 3 == n]
         if n % 2:
             mine.reverse()
-        start.wait()
-        try:
-            for _ in range(3):  # and again: the same instances, stored again
-                node.add_many(mine)
-        except BaseException as exc:
-            errors.append(exc)
+        for _ in range(3):  # and again: the same instances, stored again
+            node.add_many(mine)
 
-    threads = [threading.Thread(target=store, args=(n, node)) for n, node in enumerate(nodes)]
     try:
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        assert errors == []
+        assert at_once(*(functools.partial(store, n, node) for n, node in enumerate(nodes))) == []
         assert _row_counts(postgres_url) == {
             "patient": 2,
             "study": 4,
