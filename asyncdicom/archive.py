@@ -2,8 +2,10 @@
 
 :class:`Archive` keeps the instances it receives as Part 10 files in a storage folder (in the
 sorted layout, ``<Patient ID>/<Study UID>/<Series UID>/<SOP Instance UID>.dcm``) and indexes
-them in SQLite (:class:`~asyncdicom.qr.SQLiteIndex`, by default ``<folder>/index.sqlite``), so
-that the index, and with it the archive, survives restarts.  :meth:`Archive.install` registers
+them in SQLite (:class:`~asyncdicom.qr.SQLiteIndex`, by default ``<folder>/index.sqlite``) or
+in PostgreSQL (:class:`~asyncdicom.qr.PostgreSQLIndex`, ``db="postgresql://..."``: several
+archive nodes on one database and one shared folder), so that the index, and with it the
+archive, survives restarts.  :meth:`Archive.install` registers
 its handlers on an :class:`~asyncdicom.AE` configured with :func:`qrscp_config`::
 
     archive = Archive("/data/archive", move_destinations={"VIEWER": ("10.0.0.5", 11112)})
@@ -37,7 +39,7 @@ its handlers on an :class:`~asyncdicom.AE` configured with :func:`qrscp_config`:
 
 Database work never runs on the event loop: queries run in worker threads on a connection of
 their own (WAL journaling: a query does not wait for an ingest commit), index writes in worker
-threads on another.
+threads on another (on PostgreSQL, connections of one pool).
 
 Stopping and starting: closing the archive (:meth:`Archive.aclose`) indexes every file a
 C-STORE handed to the index writer, even one whose association was cancelled meanwhile (a
@@ -52,7 +54,6 @@ from __future__ import annotations
 
 import os
 import re
-import sqlite3
 from collections.abc import AsyncIterator, Generator, Iterator, Mapping
 from contextlib import AsyncExitStack, suppress
 from dataclasses import dataclass, field
@@ -81,8 +82,9 @@ from .presets import (
 )
 from .protocol import messages
 from .protocol.status import Status
-from .qr import QueryError, SQLiteIndex, parse_query
+from .qr import Index, QueryError, SQLiteIndex, open_index, parse_query
 from .qr.index import Added
+from .qr.postgres import is_postgresql_url, redacted
 from .qr.wire import WIRE_SYNTAXES
 from .services.base import make_response
 from .services.commitment import (
@@ -226,13 +228,14 @@ class _Job:
 
 
 class Archive:
-    """A storage folder and its SQLite index, served on an AE (see the module docstring).
+    """A storage folder and its index, served on an AE (see the module docstring).
 
-    ``storage`` is the folder (created if needed); ``db`` the index file (default
-    ``<storage>/index.sqlite``); ``move_destinations`` the AE titles a C-MOVE may name, as
-    ``{"AET": (host, port)}`` (added to ``ae.move_destinations`` by :meth:`install`);
-    ``pn_case_insensitive`` makes Person Name matching case-insensitive (the default is
-    case-sensitive, as PS3.4 and DCMTK's dcmqrscp); ``commitment_peers`` the addresses of
+    ``storage`` is the folder (created if needed); ``db`` the SQLite index file (default
+    ``<storage>/index.sqlite``) or the URL of a PostgreSQL database (``postgresql://...``,
+    opened with ``db_pool_size`` connections at most); ``move_destinations`` the AE titles a
+    C-MOVE may name, as ``{"AET": (host, port)}`` (added to ``ae.move_destinations`` by
+    :meth:`install`); ``pn_case_insensitive`` makes Person Name matching case-insensitive (the
+    default is case-sensitive, as PS3.4 and DCMTK's dcmqrscp); ``commitment_peers`` the addresses of
     Storage Commitment requestors, ``{"AET": (host, port)}``, for reports on a new association.
 
     Use it as an async context manager: entering opens the index and compares it with the
@@ -253,11 +256,19 @@ class Archive:
         check_folder: bool = True,
         store_as: str | None = None,
         allow_lossy: bool = False,
+        db_pool_size: int = 8,
     ) -> None:
         #: the storage folder
         self.folder = Path(storage)
-        #: the index file
-        self.db_path = Path(db) if db is not None else self.folder / DEFAULT_DB_NAME
+        #: the PostgreSQL database's URL (None for an SQLite index)
+        self.db_url: str | None = str(db) if is_postgresql_url(db) else None
+        #: the SQLite index file (for a PostgreSQL index: the name it would have)
+        self.db_path = (
+            Path(db) if db is not None and self.db_url is None else self.folder / DEFAULT_DB_NAME
+        )
+        self.db_pool_size = db_pool_size
+        #: the index, for messages: the file, or the URL without its password
+        self.db_name = str(self.db_path) if self.db_url is None else redacted(self.db_url)
         #: C-MOVE destinations: AE title -> (host, port)
         self.move_destinations: dict[str, tuple[str, int]] = dict(move_destinations or {})
         self.pn_case_insensitive = pn_case_insensitive
@@ -274,8 +285,8 @@ class Archive:
         self.store_as = store_as
         self.allow_lossy = allow_lossy
         self.log = get_logger(archive=str(self.folder))
-        self._writer: SQLiteIndex | None = None
-        self._reader: SQLiteIndex | None = None
+        self._writer: Index | None = None
+        self._reader: Index | None = None
         self._send: MemoryObjectSendStream[_Job] | None = None
         self._stack: AsyncExitStack | None = None
         self._tg: TaskGroup | None = None
@@ -298,8 +309,9 @@ class Archive:
         """Open (or create) the index in a worker thread, compare it with the folder's
         ``.dcm`` files (:attr:`folder_check`: the files it does not list are indexed), and
         start the index writer.  Raises
-        :class:`~asyncdicom.qr.IndexDatabaseError` for a file that is not an index of this
-        release, :class:`OSError` / :class:`sqlite3.Error` when it cannot be opened."""
+        :class:`~asyncdicom.qr.IndexDatabaseError` for a file or database that is not an index
+        of this release or cannot be reached, :class:`OSError` / :class:`sqlite3.Error` when
+        a file cannot be opened."""
         if self._stack is not None:
             raise RuntimeError("the archive is open already")
         await anyio.to_thread.run_sync(self._open_indexes)
@@ -338,13 +350,20 @@ class Archive:
 
     def _open_indexes(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        is_new = not self.db_path.exists() or self.db_path.stat().st_size == 0
-        writer = SQLiteIndex(str(self.db_path))
-        try:
-            reader = SQLiteIndex(str(self.db_path))
-        except BaseException:
-            writer.close()
-            raise
+        writer: Index
+        reader: Index
+        if self.db_url is not None:
+            # one pool serves the writer and the queries
+            writer = reader = open_index(self.db_url, pool_size=self.db_pool_size)
+            is_new = writer.created
+        else:
+            is_new = not self.db_path.exists() or self.db_path.stat().st_size == 0
+            writer = SQLiteIndex(str(self.db_path))
+            try:
+                reader = SQLiteIndex(str(self.db_path))
+            except BaseException:
+                writer.close()
+                raise
         self._writer, self._reader = writer, reader
         if self._check or is_new:
             try:
@@ -354,12 +373,13 @@ class Archive:
                 raise
 
     def _close_indexes(self) -> None:
-        for index in (self._reader, self._writer):
-            if index is not None:
-                index.close()
+        if self._reader is not None:
+            self._reader.close()
+        if self._writer is not None and self._writer is not self._reader:
+            self._writer.close()
         self._reader = self._writer = None
 
-    def _check_folder(self, index: SQLiteIndex, is_new: bool) -> None:
+    def _check_folder(self, index: Index, is_new: bool) -> None:
         """Compare the folder's ``.dcm`` files with the index and index what it does not
         list (every file, for a new index); see :class:`FolderCheck`."""
         check = FolderCheck(new_index=is_new)
@@ -397,7 +417,7 @@ class Archive:
         check.skipped.append((str(path), why))
         self.log.warning("folder_file_skipped", file=str(path), reason=why)
 
-    def _index_found(self, index: SQLiteIndex, paths: list[Path], check: FolderCheck) -> None:
+    def _index_found(self, index: Index, paths: list[Path], check: FolderCheck) -> None:
         """Index files the index does not list; one whose SOP Instance UID the index holds
         in another file that exists is left alone (and reported)."""
         headers: list[tuple[Path, Dataset, str]] = []
@@ -439,7 +459,7 @@ class Archive:
             if result.previous_path is not None:
                 _discard(check.missing, result.previous_path)
 
-    def _index_copy(self, index: SQLiteIndex, path: Path, check: FolderCheck) -> None:
+    def _index_copy(self, index: Index, path: Path, check: FolderCheck) -> None:
         """A copy of a re-sent instance an interrupted run left unindexed: indexed under its
         instance's name, which it then takes (as the index writer would have done); removed
         when it cannot be indexed (as a refused C-STORE)."""
@@ -487,7 +507,7 @@ class Archive:
         return len(self.folder_check.skipped)
 
     @property
-    def index(self) -> SQLiteIndex:
+    def index(self) -> Index:
         """The index's query connection (use it from worker threads); the archive must be
         open."""
         if self._reader is None:
@@ -573,7 +593,7 @@ class Archive:
                 "instance_stored", instance=uid, file=str(job.final), replaced=not result.new
             )
             return 0x0000
-        if isinstance(result, (OSError, sqlite3.Error)):
+        if isinstance(result, (OSError, *self._database_errors())):
             status = _OUT_OF_RESOURCES
         else:
             status = _CANNOT_UNDERSTAND
@@ -615,6 +635,11 @@ class Archive:
         if new_uid is None:
             return stored
         return StoredFile(path)
+    def _database_errors(self) -> tuple[type[Exception], ...]:
+        """The exceptions of the index's database driver (a write failing so is answered
+        0xA700, out of resources)."""
+        writer = self._writer
+        return writer.errors if writer is not None else SQLiteIndex.errors
 
     async def _write_index(self, receive: MemoryObjectReceiveStream[_Job]) -> None:
         """The index writer: commits the stored files waiting, in batches, until closed."""

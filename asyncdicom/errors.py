@@ -52,7 +52,7 @@ The tree::
     │   ├── IdentifierMismatch
     │   ├── UnableToProcess
     │   └── ModelNotSupported
-    ├── IndexDatabaseError                    the Query/Retrieve index file cannot be used
+    ├── IndexDatabaseError                    the Query/Retrieve index cannot be used
     │   └── SchemaVersionError
     ├── SlowPath                              a C-FIND response to build with pydicom
     ├── UsersFileError (ValueError)           a users file cannot be read or parsed
@@ -444,11 +444,12 @@ class ModelNotSupported(QueryError):
 
 
 class IndexDatabaseError(DICOMError):
-    """The index file cannot be used: not an SQLite database, or not an index of this module."""
+    """The index cannot be used: not an SQLite database, a PostgreSQL database that cannot be
+    reached (or its driver is not installed), or not an index of this module."""
 
 
 class SchemaVersionError(IndexDatabaseError):
-    """The index file was written with a schema version this module does not know
+    """The index was written with a schema version this module does not know
     (``found``), typically by a newer release."""
 
     def __init__(self, message: str, *, found: int) -> None:

@@ -10,6 +10,15 @@ from typing import NoReturn
 import pydicom.data.data_manager
 import pydicom.data.download
 import pytest
+
+# the index back ends (SQLite, PostgreSQL) as fixtures: make_index, archive_db, ...
+from harness.index_backends import (  # noqa: F401
+    archive_db,
+    index_backend,
+    make_index,
+    postgres_cluster,
+    postgres_url,
+)
 from hypothesis import HealthCheck, settings
 
 # ---------------------------------------------------------------------------------------------

@@ -70,11 +70,15 @@ def query(level: str, **keys: Any) -> Dataset:
 
 @asynccontextmanager
 async def running(
-    folder: Path, *, destinations: dict[str, tuple[str, int]] | None = None
+    folder: Path,
+    *,
+    destinations: dict[str, tuple[str, int]] | None = None,
+    db: str | None = None,
 ) -> AsyncIterator[tuple[Archive, int]]:
-    """An open archive on a served AE: (archive, port)."""
+    """An open archive on a served AE: (archive, port); ``db`` the index (the archive_db
+    fixture: the default SQLite file, or a PostgreSQL database)."""
     ae = AE(config=qrscp_config("QRSCP"))
-    async with Archive(folder, move_destinations=destinations) as archive:
+    async with Archive(folder, move_destinations=destinations, db=db) as archive:
         archive.install(ae)
         async with ae.server() as server:
             yield archive, server.port
@@ -100,10 +104,12 @@ def uids_of(matches: list[Dataset], keyword: str) -> list[str]:
 # --------------------------------------------------------------------------- store and find
 
 
-async def test_store_then_find_at_every_level_and_model(tmp_path: Path) -> None:
+async def test_store_then_find_at_every_level_and_model(
+    tmp_path: Path, archive_db: str | None
+) -> None:
     datasets = collection()
     with anyio.fail_after(GUARD):
-        async with running(tmp_path / "archive") as (archive, port):
+        async with running(tmp_path / "archive", db=archive_db) as (archive, port):
             assert await store_all(port, datasets) == [0] * len(datasets)
             # study root
             studies = await find(port, query("STUDY", StudyInstanceUID="", PatientName=""))
@@ -155,9 +161,9 @@ async def test_store_then_find_at_every_level_and_model(tmp_path: Path) -> None:
         )
 
 
-async def test_find_matching_rules(tmp_path: Path) -> None:
+async def test_find_matching_rules(tmp_path: Path, archive_db: str | None) -> None:
     with anyio.fail_after(GUARD):
-        async with running(tmp_path) as (_archive, port):
+        async with running(tmp_path, db=archive_db) as (_archive, port):
             await store_all(port, collection())
             wildcard = await find(port, query("STUDY", StudyInstanceUID="", PatientName="DOE*"))
             one_char = await find(port, query("STUDY", StudyInstanceUID="", PatientName="?OE^JANE"))
@@ -183,12 +189,12 @@ async def test_find_matching_rules(tmp_path: Path) -> None:
     assert none == [] and case == []  # Person Name matching is case-sensitive by default
 
 
-async def test_find_returns_the_counts_asked_for(tmp_path: Path) -> None:
+async def test_find_returns_the_counts_asked_for(tmp_path: Path, archive_db: str | None) -> None:
     counts = ("NumberOfPatientRelatedStudies", "NumberOfPatientRelatedSeries",
               "NumberOfPatientRelatedInstances")  # fmt: skip
     study_keys = ("NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances")
     with anyio.fail_after(GUARD):
-        async with running(tmp_path) as (_archive, port):
+        async with running(tmp_path, db=archive_db) as (_archive, port):
             await store_all(port, collection())
             patients = await find(
                 port, query("PATIENT", PatientID="", **dict.fromkeys(counts, "")), "patient"
@@ -285,13 +291,15 @@ async def test_upper_unique_key_empty_or_wild_is_refused_with_the_element(
     assert response.message.offending_element == (0x0020000E,)
 
 
-async def test_a_unique_key_below_the_level_is_ignored_with_a_warning(tmp_path: Path) -> None:
+async def test_a_unique_key_below_the_level_is_ignored_with_a_warning(
+    tmp_path: Path, archive_db: str | None
+) -> None:
     """A STUDY-level C-FIND with a Series Instance UID (odil's pre-query of a C-GET): the
     key is not matched (PS3.4 C.4.1.1.3.1: the keys are those of the level and above), the
     study is found, each Pending is 0xFF01 and returns the key empty."""
     identifier = query("STUDY", StudyInstanceUID="1.1", SeriesInstanceUID="1.1.2")
     with anyio.fail_after(GUARD):
-        async with running(tmp_path) as (_archive, port):
+        async with running(tmp_path, db=archive_db) as (_archive, port):
             await store_all(port, collection())
             async with AE("SCU").associate(
                 "127.0.0.1", port, called_aet="QRSCP", contexts=presets.QR_FIND
@@ -375,13 +383,13 @@ async def test_unsupported_model_is_0122(tmp_path: Path) -> None:
     assert "not a Query/Retrieve information model" in (responses[0].error_comment or "")
 
 
-async def test_resent_instance_replaces_the_old_one(tmp_path: Path) -> None:
+async def test_resent_instance_replaces_the_old_one(tmp_path: Path, archive_db: str | None) -> None:
     first = instance("P1", "1.1", "1.1.1", 1, PatientName="DOE^JOHN")
     again = instance("P9", "9.1", "9.1.1", 1, PatientName="MOVED^TO")
     again.SOPInstanceUID = first.SOPInstanceUID
     again.file_meta.MediaStorageSOPInstanceUID = first.SOPInstanceUID
     with anyio.fail_after(GUARD):
-        async with running(tmp_path) as (archive, port):
+        async with running(tmp_path, db=archive_db) as (archive, port):
             assert await store_all(port, [first, first, again]) == [0, 0, 0]
             images = await find(
                 port,
@@ -401,11 +409,13 @@ async def test_resent_instance_replaces_the_old_one(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["P9"]
 
 
-async def test_instance_without_study_uid_is_refused_and_not_kept(tmp_path: Path) -> None:
+async def test_instance_without_study_uid_is_refused_and_not_kept(
+    tmp_path: Path, archive_db: str | None
+) -> None:
     bad = instance("P1", "1.1", "1.1.1", 1)
     del bad.StudyInstanceUID
     with anyio.fail_after(GUARD):
-        async with running(tmp_path) as (archive, port):
+        async with running(tmp_path, db=archive_db) as (archive, port):
             statuses = await store_all(port, [bad, *collection()[:1]])
             count = await anyio.to_thread.run_sync(archive.index.count)
     assert statuses == [0xC000, 0x0000]
@@ -416,11 +426,13 @@ async def test_instance_without_study_uid_is_refused_and_not_kept(tmp_path: Path
     assert folders and all(any(p.rglob("*.dcm")) for p in folders), folders
 
 
-async def test_truncated_resend_is_refused_and_the_good_copy_kept(tmp_path: Path) -> None:
+async def test_truncated_resend_is_refused_and_the_good_copy_kept(
+    tmp_path: Path, archive_db: str | None
+) -> None:
     good = instance("P1", "1.1", "1.1.1", 1, PatientName="DOE^JOHN")
     raw = encode_dataset(good, uids.EXPLICIT_VR_LITTLE_ENDIAN)
     with anyio.fail_after(GUARD):
-        async with running(tmp_path) as (archive, port):
+        async with running(tmp_path, db=archive_db) as (archive, port):
             assert await store_all(port, [good]) == [0]
             (stored,) = tmp_path.rglob("*.dcm")
             before = stored.read_bytes()
@@ -444,7 +456,9 @@ async def test_truncated_resend_is_refused_and_the_good_copy_kept(tmp_path: Path
     assert [p.read_bytes() for p in tmp_path.rglob("*.dcm")] == [before]
 
 
-async def test_refused_stores_say_why_in_the_error_comment(tmp_path: Path) -> None:
+async def test_refused_stores_say_why_in_the_error_comment(
+    tmp_path: Path, archive_db: str | None
+) -> None:
     """A C-STORE refused by qrscp carries the reason as Error Comment (as its C-FIND and
     C-MOVE failures do), within the 64 characters of an LO and never cut in a word."""
     good = instance("P1", "1.1", "1.1.1", 1)
@@ -452,7 +466,7 @@ async def test_refused_stores_say_why_in_the_error_comment(tmp_path: Path) -> No
     no_study = instance("P1", "1.1", "1.1.1", 2)
     del no_study.StudyInstanceUID
     with anyio.fail_after(GUARD):
-        async with running(tmp_path) as (_archive, port):
+        async with running(tmp_path, db=archive_db) as (_archive, port):
             async with AE("SCU").associate(
                 "127.0.0.1", port, called_aet="QRSCP", contexts=[CT]
             ) as assoc:
@@ -486,27 +500,27 @@ async def test_refused_stores_say_why_in_the_error_comment(tmp_path: Path) -> No
 
 
 async def test_unindexable_resend_never_replaces_the_stored_copy(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, archive_db: str | None
 ) -> None:
     """A re-sent instance that the index refuses (here: a header the index cannot prepare)
     lands on the stored copy's path: it is written beside it and dropped, the stored copy
     kept; sent again whole, it takes the stored copy's place."""
-    from asyncdicom.qr.index import SQLiteIndex
+    from asyncdicom.qr.index import Index
 
-    prepare = SQLiteIndex._prepare
+    prepare = Index._prepare
 
     def refuse_one(header: Dataset) -> Any:
         if str(header.get("PatientName", "")) == "BAD^INDEX":
             raise ValueError("the header cannot be read: refused for the test")
         return prepare(header)
 
-    monkeypatch.setattr(SQLiteIndex, "_prepare", staticmethod(refuse_one))
+    monkeypatch.setattr(Index, "_prepare", staticmethod(refuse_one))
     good = instance("P1", "1.1", "1.1.1", 1, PatientName="DOE^JOHN")
     bad = instance("P1", "1.1", "1.1.1", 1, PatientName="BAD^INDEX")
     changed = instance("P1", "1.1", "1.1.1", 1, PatientName="DOE^JANE")
     bad.SOPInstanceUID = changed.SOPInstanceUID = good.SOPInstanceUID
     with anyio.fail_after(GUARD):
-        async with running(tmp_path) as (archive, port):
+        async with running(tmp_path, db=archive_db) as (archive, port):
             assert await store_all(port, [good]) == [0]
             (stored,) = tmp_path.rglob("*.dcm")
             before = stored.read_bytes()
@@ -543,13 +557,14 @@ async def test_unwritable_storage_is_out_of_resources(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- restarts
 
 
-async def test_index_survives_closing_and_reopening(tmp_path: Path) -> None:
+async def test_index_survives_closing_and_reopening(tmp_path: Path, archive_db: str | None) -> None:
     datasets = collection()
     with anyio.fail_after(GUARD):
-        async with running(tmp_path) as (_archive, port):
+        async with running(tmp_path, db=archive_db) as (_archive, port):
             await store_all(port, datasets)
-        assert (tmp_path / "index.sqlite").is_file()
-        async with running(tmp_path) as (archive, port):
+        # (an SQLite file in the folder; none beside a PostgreSQL index)
+        assert (tmp_path / "index.sqlite").is_file() == (archive_db is None)
+        async with running(tmp_path, db=archive_db) as (archive, port):
             assert archive.rebuilt == 0  # the index was kept, not rebuilt
             studies = await find(port, query("STUDY", StudyInstanceUID=""))
             count = await anyio.to_thread.run_sync(archive.index.count)
@@ -586,11 +601,13 @@ async def test_not_an_index_file_is_refused(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- retrieve
 
 
-async def test_get_sends_the_selected_instances_back(tmp_path: Path) -> None:
+async def test_get_sends_the_selected_instances_back(
+    tmp_path: Path, archive_db: str | None
+) -> None:
     datasets = collection()
     received = tmp_path / "received"
     with anyio.fail_after(GUARD):
-        async with running(tmp_path / "archive") as (_archive, port):
+        async with running(tmp_path / "archive", db=archive_db) as (_archive, port):
             await store_all(port, datasets)
             contexts = presets.retrieve_contexts(
                 "get", model="study", storage=[uids.CT_IMAGE_STORAGE]
@@ -610,7 +627,9 @@ async def test_get_sends_the_selected_instances_back(tmp_path: Path) -> None:
     )
 
 
-async def test_move_to_a_known_destination_and_to_an_unknown_one(tmp_path: Path) -> None:
+async def test_move_to_a_known_destination_and_to_an_unknown_one(
+    tmp_path: Path, archive_db: str | None
+) -> None:
     datasets = collection()
     got: list[str] = []
     destination = AE("DEST", accept_any_storage=True)
@@ -623,7 +642,9 @@ async def test_move_to_a_known_destination_and_to_an_unknown_one(tmp_path: Path)
 
     with anyio.fail_after(GUARD):
         async with destination.server() as dest:
-            async with running(tmp_path, destinations={"DEST": ("127.0.0.1", dest.port)}) as (
+            async with running(
+                tmp_path, destinations={"DEST": ("127.0.0.1", dest.port)}, db=archive_db
+            ) as (
                 _archive,
                 port,
             ):
@@ -657,7 +678,9 @@ async def test_move_to_a_known_destination_and_to_an_unknown_one(tmp_path: Path)
 # --------------------------------------------------------------------------- storage commitment
 
 
-async def test_commitment_checks_the_index_and_the_files(tmp_path: Path) -> None:
+async def test_commitment_checks_the_index_and_the_files(
+    tmp_path: Path, archive_db: str | None
+) -> None:
     """3 stored instances are committed; an unknown one fails with 0x0112, one asked for with
     another SOP class with 0x0119, one whose file is gone with 0x0112."""
     from asyncdicom.services.commitment import STORAGE_COMMITMENT
@@ -668,7 +691,7 @@ async def test_commitment_checks_the_index_and_the_files(tmp_path: Path) -> None
     conflict = (uids.MR_IMAGE_STORAGE, stored[3][1])
     gone = stored[4]
     with anyio.fail_after(GUARD):
-        async with running(tmp_path / "archive") as (archive, port):
+        async with running(tmp_path / "archive", db=archive_db) as (archive, port):
             assert await store_all(port, datasets) == [0] * len(datasets)
             (path,) = [p for p in (tmp_path / "archive").rglob(f"{gone[1]}.dcm")]
             path.unlink()

@@ -4,6 +4,7 @@ folder; C-MOVE to a storescp; usage errors (bad --move-destination, unusable sto
 
 from __future__ import annotations
 
+import os
 import shlex
 import signal
 from collections.abc import AsyncIterator
@@ -75,10 +76,13 @@ async def findscu(port: int, backend: str, cwd: Path, *keys: str) -> list[dict[s
     return [dict(p.split("=", 1) for p in shlex.split(line)) for line in out(result).splitlines()]
 
 
-async def test_store_find_restart_find(tmp_path: Path, anyio_backend: str) -> None:
+async def test_store_find_restart_find(
+    tmp_path: Path, anyio_backend: str, archive_db: str | None
+) -> None:
     write_instances(tmp_path / "src")
+    db = [] if archive_db is None else ["--db", archive_db]
     with anyio.fail_after(GUARD * 3):
-        async with app(tmp_path, anyio_backend, "qrscp", "--storage", "archive") as scp:
+        async with app(tmp_path, anyio_backend, "qrscp", "--storage", "archive", *db) as scp:
             port = scp.port  # type: ignore[attr-defined]
             sent = await run_cli(
                 "storescu", "127.0.0.1", str(port), "src", "--called-aet", "QRSCP",
@@ -92,7 +96,7 @@ async def test_store_find_restart_find(tmp_path: Path, anyio_backend: str) -> No
             )
             assert await scp.stop() == 0
         assert "Traceback" not in scp.stderr.decode()
-        async with app(tmp_path, anyio_backend, "qrscp", "--storage", "archive") as scp:
+        async with app(tmp_path, anyio_backend, "qrscp", "--storage", "archive", *db) as scp:
             assert "(4 instances in archive)" in scp.stderr.decode()
             port = scp.port  # type: ignore[attr-defined]
             after = await findscu(
@@ -109,7 +113,25 @@ async def test_store_find_restart_find(tmp_path: Path, anyio_backend: str) -> No
     assert before == expected
     assert after == expected
     assert sorted(m["StudyInstanceUID"] for m in everyone) == ["1.1", "1.2", "2.1"]
-    assert (tmp_path / "archive" / "index.sqlite").is_file()
+    assert (tmp_path / "archive" / "index.sqlite").is_file() == (archive_db is None)
+
+
+async def test_postgresql_db_without_its_driver_says_what_to_install(tmp_path: Path) -> None:
+    # psycopg made unimportable for the process: a package of that name that refuses
+    blocker = tmp_path / "blocker" / "psycopg"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ImportError('psycopg hidden by the test')\n")
+    env = {**ENV, "PYTHONPATH": os.pathsep.join([str(blocker.parent), ENV.get("PYTHONPATH", "")])}
+    with anyio.fail_after(GUARD):
+        result = await anyio.run_process(
+            [*CLI, "qrscp", "--storage", "archive", "--db", "postgresql://127.0.0.1/x",
+             "--port", "0"],
+            cwd=tmp_path, env=env, check=False,
+        )  # fmt: skip
+    assert result.returncode == 2
+    message = err(result)
+    assert "argument --db" in message and "pip install 'asyncdicom[postgresql]'" in message
+    assert not (tmp_path / "archive").exists()
 
 
 async def test_move_to_a_storescp(tmp_path: Path, anyio_backend: str) -> None:

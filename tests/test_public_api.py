@@ -134,8 +134,8 @@ EXPECTED_ALL: dict[str, set[str]] = {
     },
     "asyncdicom.qr": {
         "INDEX_COLUMNS", "LEVELS", "MODELS", "SCHEMA_VERSION", "WORKLIST_MODEL", "Query",
-        "SQLiteIndex", "SqlColumn", "SqlFilter", "index_value", "match_value", "parse_query",
-        "parse_worklist_query", "sql_filter",
+        "Index", "SQLiteIndex", "PostgreSQLIndex", "open_index", "SqlColumn", "SqlFilter",
+        "index_value", "match_value", "parse_query", "parse_worklist_query", "sql_filter",
         "QueryError", "IdentifierMismatch", "UnableToProcess", "ModelNotSupported",
         "IndexDatabaseError", "SchemaVersionError",
     },

@@ -16,6 +16,7 @@ import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -77,9 +78,9 @@ async def audited_ae(folder: str, info: WorkerInfo) -> AsyncIterator[AE]:
 
 
 @asynccontextmanager
-async def archive_ae(folder: str, info: WorkerInfo) -> AsyncIterator[AE]:
+async def archive_ae(folder: str, db: str | None, info: WorkerInfo) -> AsyncIterator[AE]:
     ae = AE(config=qrscp_config("WORKERS"))
-    async with Archive(folder, check_folder=False) as archive:
+    async with Archive(folder, db=db, check_folder=False) as archive:
         archive.install(ae)
         yield ae
 
@@ -210,7 +211,11 @@ async def test_audit_log_lines_from_both_workers(tmp_path: Path) -> None:
     assert sorted(r["event"] for r in records) == ["accepted"] * 30 + ["released"] * 30
 
 
-async def test_index_consistent_after_ingest_through_two_workers(tmp_path: Path) -> None:
+async def test_index_consistent_after_ingest_through_two_workers(
+    tmp_path: Path, archive_db: str | None
+) -> None:
+    """Two processes writing one index (SQLite file, or PostgreSQL database) at once, four
+    senders storing 40 instances of one new study: one patient, study and series row each."""
     import pydicom
     from pydicom.uid import generate_uid
 
@@ -226,7 +231,8 @@ async def test_index_consistent_after_ingest_through_two_workers(tmp_path: Path)
         ds.save_as(path)
         files.append(path)
     storage = tmp_path / "archive"
-    async with workers_server(functools.partial(archive_ae, str(storage)), workers=2) as group:
+    factory = functools.partial(archive_ae, str(storage), archive_db)
+    async with workers_server(factory, workers=2) as group:
 
         async def send(share: list[Path]) -> None:
             async with AE("SENDER").associate(
@@ -238,12 +244,20 @@ async def test_index_consistent_after_ingest_through_two_workers(tmp_path: Path)
         async with anyio.create_task_group() as tg:
             for k in range(4):
                 tg.start_soon(send, files[k::4])
-    with sqlite3.connect(storage / "index.sqlite") as con:
+    con: Any
+    if archive_db is None:
+        con = sqlite3.connect(storage / "index.sqlite")
+    else:
+        import psycopg
+
+        con = psycopg.connect(archive_db)
+    with con:
         assert con.execute("SELECT count(*) FROM instance").fetchone() == (40,)
         assert con.execute("SELECT count(*) FROM study").fetchone() == (1,)
         assert con.execute("SELECT count(*) FROM series").fetchone() == (21,)
         assert con.execute("SELECT count(*) FROM patient").fetchone() == (1,)
         paths = [Path(p) for (p,) in con.execute("SELECT path FROM instance")]
+    con.close()
     assert all(p.exists() for p in paths)
     assert len(list(storage.rglob("*.dcm"))) == 40
 

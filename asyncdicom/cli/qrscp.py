@@ -35,6 +35,7 @@ import anyio
 from ..ae import AE
 from ..archive import Archive, qrscp_config
 from ..qr import IndexDatabaseError
+from ..qr.postgres import install_hint, is_postgresql_url
 from .apps import APPS
 from .argtypes import ae_title, folder, port, quoted
 from .options import add_common, add_server, add_tls_out
@@ -76,10 +77,15 @@ def move_destination(text: str) -> tuple[str, str, int]:
     return aet, host, port(port_text)
 
 
-def db_file(text: str) -> Path:
-    """An argparse type: the ``--db`` path (opened at start)."""
+def db_file(text: str) -> Path | str:
+    """An argparse type: the ``--db`` path, or a ``postgresql://`` URL (opened at start; its
+    driver must be installed)."""
     if not text.strip():
         raise argparse.ArgumentTypeError("the file name is empty")
+    if is_postgresql_url(text):
+        if hint := install_hint():
+            raise argparse.ArgumentTypeError(hint)
+        return text
     return Path(text)
 
 
@@ -104,8 +110,10 @@ def add_parser(sub: Any) -> None:
         "--db",
         type=db_file,
         default=None,
-        metavar="FILE",
-        help="the SQLite index file (default: DIR/index.sqlite)",
+        metavar="FILE|URL",
+        help="the SQLite index file (default: DIR/index.sqlite), or a PostgreSQL database "
+        "(postgresql://user@host:port/dbname; needs asyncdicom[postgresql]) that several "
+        "qrscp nodes may share",
     )
     p.add_argument(
         "--move-destination",
@@ -188,11 +196,11 @@ async def run(args: argparse.Namespace) -> int:
         await archive.open()
     except (IndexDatabaseError, sqlite3.Error, OSError) as exc:
         raise UsageError(
-            f"argument --db: cannot use the index {quoted(str(archive.db_path))}: {exc}"
+            f"argument --db: cannot use the index {quoted(archive.db_name)}: {exc}"
         ) from None
     try:
         for line in archive.folder_check.report(storage):
-            notice(f"qrscp: {line}", "folder_checked", db=str(archive.db_path))
+            notice(f"qrscp: {line}", "folder_checked", db=archive.db_name)
         ae = qrscp_ae(args)
         archive.install(ae)
         await install_worklist_and_mpps(ae, args, storage)

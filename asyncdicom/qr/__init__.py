@@ -3,12 +3,15 @@ response identifiers, and the translation of a query into a portable SQL WHERE f
 
 Nothing in :mod:`.matching` reads a file, a socket or a clock; an SCP (in memory, or the qrscp
 on its SQLite index) calls these functions with the identifier it received and the records it
-holds.  :mod:`.index` is that SQLite index: :class:`SQLiteIndex` (synchronous, thread-safe).
+holds.  :mod:`.index` is that index: :class:`SQLiteIndex` (synchronous, thread-safe), the
+embedded default; :mod:`.postgres` the same on PostgreSQL (:class:`PostgreSQLIndex`), for nodes
+sharing one database; :func:`open_index` opens the one a file name or URL names.
 """
 
 from __future__ import annotations
 
-from .index import SCHEMA_VERSION, IndexDatabaseError, SchemaVersionError, SQLiteIndex
+from .backends import open_index
+from .index import SCHEMA_VERSION, Index, IndexDatabaseError, SchemaVersionError, SQLiteIndex
 from .matching import (
     INDEX_COLUMNS,
     LEVELS,
@@ -27,6 +30,7 @@ from .matching import (
     parse_worklist_query,
     sql_filter,
 )
+from .postgres import PostgreSQLIndex
 
 __all__ = [
     "INDEX_COLUMNS",
@@ -35,8 +39,10 @@ __all__ = [
     "SCHEMA_VERSION",
     "WORKLIST_MODEL",
     "IdentifierMismatch",
+    "Index",
     "IndexDatabaseError",
     "ModelNotSupported",
+    "PostgreSQLIndex",
     "Query",
     "QueryError",
     "SQLiteIndex",
@@ -46,6 +52,7 @@ __all__ = [
     "UnableToProcess",
     "index_value",
     "match_value",
+    "open_index",
     "parse_query",
     "parse_worklist_query",
     "sql_filter",

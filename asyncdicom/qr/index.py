@@ -30,9 +30,11 @@ import functools
 import io
 import sqlite3
 import threading
-from collections.abc import Container, Iterator, Sequence
+from collections.abc import Callable, Container, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 from types import TracebackType
-from typing import NamedTuple, cast
+from typing import Any, NamedTuple, Protocol, TypeVar, cast
 
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
@@ -188,8 +190,41 @@ def _decode(blob: bytes) -> Dataset:
     return read_dataset(io.BytesIO(blob), False, True)
 
 
+_T = TypeVar("_T")
+_I = TypeVar("_I", bound="Index")
+
+
+def _lock_order(
+    prepared: Sequence[tuple[Dataset, str, dict[str, Any], _Rows] | ValueError],
+) -> list[int]:
+    """The order in which to add a batch's instances when other writers add at the same time:
+    by Patient ID, Study, Series and SOP Instance UID, so that every writer takes the row locks
+    of a patient, study and series in one order (two batches taking them in opposite orders
+    would deadlock).  Copies of one SOP Instance keep their order (the last one wins)."""
+    keys: dict[object, tuple[str, ...]] = {}
+    order: list[tuple[tuple[str, ...], int]] = []
+    for n, item in enumerate(prepared):
+        if isinstance(item, ValueError):
+            continue
+        header, _path, _parts, rows = item
+        sop = rows["IMAGE"]["sop_instance_uid"]
+        if sop not in keys:
+            patient = header.get(LEVELS["PATIENT"])
+            keys[sop] = (
+                "" if patient is None else str(patient.value),
+                str(rows["STUDY"]["study_instance_uid"]),
+                str(rows["SERIES"]["series_instance_uid"]),
+                str(sop),
+            )
+        order.append((keys[sop], n))
+    order.sort()
+    return [n for _key, n in order]
+
+
 #: the elements of one level's record, in tag order (raw ones as read, when not decoded yet)
 _Record = list[DataElement | RawDataElement]
+#: (level, unique key) -> (pk, fingerprint of the row's attributes): the rows written already
+_Known = dict[tuple[str, object], tuple[int, int]]
 #: level -> the column values of that level's row, for the levels already computed
 _Rows = dict[str, dict[str, str | int | None]]
 
@@ -247,23 +282,48 @@ def _row_values(level: str, header: Dataset) -> dict[str, str | int | None]:
     return values
 
 
-def _schema() -> list[str]:
+@dataclass(frozen=True)
+class Dialect:
+    """What the schema's DDL says differently in one SQL engine: the primary key column, the
+    type of an integer column (IS values), of a text column, of the record column, and the
+    unique constraint of a level's key.  Everything else (the tables, the indexes, the
+    matching SQL of :func:`~asyncdicom.qr.sql_filter`) is the same text on every engine."""
+
+    name: str
+    primary_key: str
+    integer: str
+    blob: str
+    #: the constraint on a level's unique key; on PostgreSQL, NULLS NOT DISTINCT: the patients
+    #: without a Patient ID share one row, as SQLite's index finds them (``IS ?``) before
+    #: inserting
+    unique: str
+    #: a text column: compared byte by byte, as SQLite's BINARY collation does (on
+    #: PostgreSQL, COLLATE "C": whatever the database's locale, ``LIKE 'ab%'`` and the date
+    #: ranges can then use the column's B-tree index, and order is the same as in SQLite)
+    text: str = "TEXT"
+
+
+SQLITE = Dialect("sqlite", "pk INTEGER PRIMARY KEY", "INTEGER", "BLOB", "UNIQUE")
+
+
+def schema(dialect: Dialect = SQLITE) -> list[str]:
+    """The statements creating the tables and indexes of schema :data:`SCHEMA_VERSION`."""
     statements: list[str] = []
     for level in _LEVEL_ORDER:
         table = _TABLES[level]
-        defs = ["pk INTEGER PRIMARY KEY"]
+        defs = [dialect.primary_key]
         if level in _PARENT_FK:
             parent = _TABLES[_LEVEL_ORDER[_LEVEL_ORDER.index(level) - 1]]
-            defs.append(f"{_PARENT_FK[level]} INTEGER NOT NULL REFERENCES {parent} (pk)")
+            defs.append(f"{_PARENT_FK[level]} {dialect.integer} NOT NULL REFERENCES {parent} (pk)")
         unique = INDEX_COLUMNS[LEVELS[level]].name
         for col in _columns_of(level).values():
-            kind = "INTEGER" if col.vr == "IS" else "TEXT"
-            defs.append(f"{col.name} {kind}{' UNIQUE' if col.name == unique else ''}")
+            kind = dialect.integer if col.vr == "IS" else dialect.text
+            defs.append(f"{col.name} {kind}{' ' + dialect.unique if col.name == unique else ''}")
             if col.folded:
-                defs.append(f"{col.folded} TEXT")
+                defs.append(f"{col.folded} {dialect.text}")
         if level == "IMAGE":
-            defs.append("path TEXT NOT NULL")
-        defs.append("record BLOB NOT NULL")
+            defs.append(f"path {dialect.text} NOT NULL")
+        defs.append(f"record {dialect.blob} NOT NULL")
         statements.append(f"CREATE TABLE {table} ({', '.join(defs)})")
         if level in _PARENT_FK:
             fk = _PARENT_FK[level]
@@ -276,85 +336,70 @@ def _schema() -> list[str]:
     return statements
 
 
-class SQLiteIndex:
-    """An index of stored instances in one SQLite database (``":memory:"`` for a transient one).
+class Connection(Protocol):
+    """What an index runs its SQL on: ``execute`` with ``?`` placeholders (sqlite3's
+    paramstyle, that of :func:`~asyncdicom.qr.sql_filter`), giving a cursor with
+    ``fetchone`` and ``fetchall``.  sqlite3's connection is one; the PostgreSQL index wraps
+    psycopg's."""
 
-    Opening an existing file keeps its data; a new or empty file gets the current schema.  File
-    databases use WAL journaling.  Safe to call from several threads (one connection, one lock).
-    Raises :class:`SchemaVersionError` for a file of another schema version and
-    :class:`IndexDatabaseError` for a file that is not an index.
+    def execute(self, sql: str, parameters: Sequence[Any] = ..., /) -> Any: ...
+
+
+class Index:
+    """The index of stored instances, on an SQL engine: what :class:`SQLiteIndex` and
+    :class:`~asyncdicom.qr.postgres.PostgreSQLIndex` share (the schema's tables, adding,
+    matching, retrieving).  A subclass says how to get a connection for reading and for one
+    write transaction, and how to insert-or-update one row.
+
+    Thread safety: every method may be called from any thread (the event loop calls them
+    through ``anyio.to_thread.run_sync``).
     """
 
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self._lock = threading.Lock()
-        self._con = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    #: the SQL dialect of the schema
+    dialect: Dialect = SQLITE
+    #: the exceptions of the database driver: a write that failed for such a reason is an
+    #: out-of-resources condition, not bad data
+    errors: tuple[type[Exception], ...] = ()
+    #: whether this object is the only writer of its database, so that a patient, study or
+    #: series row it wrote with the same attributes need not be written again in a later
+    #: transaction (with other writers, only in the transaction that wrote it: the row stays
+    #: locked until that one commits)
+    _sole_writer = True
+    #: whether the schema was created when this index was opened (a new, empty database)
+    created = False
+
+    def __init__(self) -> None:
         # (level, unique key) -> (pk, fingerprint of the row written): a patient, study or
         # series row whose attributes did not change is not rewritten (most instances of a
         # series share them; encoding the record is the bulk of the cost of adding).  Valid
         # while this connection is the only writer; cleared on rollback and deletions.
-        self._known: dict[tuple[str, object], tuple[int, int]] = {}
-        # PRAGMA data_version when _known was last valid: it changes when another connection
-        # (another process serving the same archive) commits, which makes _known stale
-        self._data_version = -1
-        try:
-            self._open()
-        except sqlite3.OperationalError as exc:  # locked, read-only, out of disk, ...
-            self._con.close()
-            raise IndexDatabaseError(f"{path}: cannot open the index ({exc})") from None
-        except sqlite3.DatabaseError as exc:
-            self._con.close()
-            raise IndexDatabaseError(f"{path}: not an index database ({exc})") from None
-        except IndexDatabaseError:
-            self._con.close()
-            raise
+        self._known: _Known = {}
 
-    def _open(self) -> None:
-        con = self._con
-        con.execute("PRAGMA case_sensitive_like = ON")
-        con.execute("PRAGMA foreign_keys = ON")
-        # with WAL, NORMAL syncs at checkpoints, not at every commit: a commit survives the
-        # process dying, a power loss may take the last ones back (as for the stored files,
-        # which are not synced either); FULL costs an fsync per commit
-        con.execute("PRAGMA synchronous = NORMAL")
-        (version,) = con.execute("PRAGMA user_version").fetchone()
-        if version == 0:
-            # a new file: create the schema under the write lock, after looking again (another
-            # process opening the same new file, a worker of the same server, may have done it)
-            con.execute("BEGIN IMMEDIATE")
-            try:
-                (version,) = con.execute("PRAGMA user_version").fetchone()
-                if version == 0:
-                    (tables,) = con.execute(
-                        "SELECT count(*) FROM sqlite_master WHERE type = 'table'"
-                    ).fetchone()
-                    if tables:
-                        raise IndexDatabaseError(f"{self.path}: a database, but not an index")
-                    for statement in _schema():
-                        con.execute(statement)
-                    con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-                    version = SCHEMA_VERSION
-                con.execute("COMMIT")
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
-        if version != SCHEMA_VERSION:
-            raise SchemaVersionError(
-                f"{self.path}: index schema version {version}, this release reads "
-                f"version {SCHEMA_VERSION}",
-                found=version,
-            )
-        if self.path != ":memory:":
-            _set_wal(con)
+    # -- what a subclass provides ---------------------------------------------------------------
+
+    def _reading(self) -> AbstractContextManager[Connection]:
+        """A connection to read with, for the duration of the ``with`` block."""
+        raise NotImplementedError
+
+    def _transaction(self, work: Callable[[Connection], _T]) -> _T:
+        """Run ``work`` in one write transaction: committed when it returns, rolled back (and
+        the exception raised) when it raises."""
+        raise NotImplementedError
+
+    def _upsert_row(
+        self, con: Connection, table: str, unique: str, values: dict[str, object]
+    ) -> int:
+        """Insert the row of ``table`` whose ``unique`` column holds ``values[unique]``, or
+        update the one there; its pk."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Close the connections."""
+        raise NotImplementedError
 
     # -- life cycle ---------------------------------------------------------------------------
 
-    def close(self) -> None:
-        """Close the connection."""
-        with self._lock:
-            self._con.close()
-
-    def __enter__(self) -> SQLiteIndex:
+    def __enter__(self: _I) -> _I:
         return self
 
     def __exit__(
@@ -373,7 +418,9 @@ class SQLiteIndex:
         Creates or reuses the patient, study and series rows (their attributes are refreshed
         from this header) and keeps Modalities in Study up to date.  Returns True for a new
         instance, False when the SOP Instance UID was already indexed: its row is updated.
-        Raises ValueError when the header has no SOP, Series or Study Instance UID.
+
+        Raises:
+            ValueError: the header has no SOP, Series or Study Instance UID.
         """
         (result,) = self.add_many([(header, path)])
         if isinstance(result, Exception):
@@ -386,8 +433,11 @@ class SQLiteIndex:
 
         Returns one result per item, in order: :class:`Added` (``new``, and the
         ``previous_path`` of a re-added instance), or the ValueError of a header without a
-        SOP, Series or Study Instance UID (that item is skipped, the others are indexed).  A
-        database error rolls the whole batch back and is raised.
+        SOP, Series or Study Instance UID (that item is skipped, the others are indexed).
+
+        Raises:
+            Exception: one of :attr:`errors`: the database refused the batch, which is rolled
+                back as a whole.
         """
         prepared: list[tuple[Dataset, str, dict[str, _Record], _Rows] | ValueError] = []
         for header, path in items:
@@ -397,26 +447,24 @@ class SQLiteIndex:
                 prepared.append(exc)
             except Exception as exc:  # pydicom decodes values lazily: garbage shows here
                 prepared.append(ValueError(f"the header cannot be read: {exc}"))
-        results: list[Added | ValueError] = []
-        with self._lock:
-            con = self._con
-            con.execute("BEGIN IMMEDIATE")
-            try:
-                (version,) = con.execute("PRAGMA data_version").fetchone()
-                if version != self._data_version:
-                    self._known.clear()
-                    self._data_version = version
-                for item in prepared:
-                    if isinstance(item, ValueError):
-                        results.append(item)
-                    else:
-                        results.append(self._add(*item))
-            except BaseException:
-                self._known.clear()
-                con.execute("ROLLBACK")
-                raise
-            con.execute("COMMIT")
-        return results
+        order = range(len(prepared)) if self._sole_writer else _lock_order(prepared)
+
+        def work(con: Connection) -> list[Added | ValueError]:
+            known: _Known = self._known if self._sole_writer else {}
+            results: list[Added | ValueError | None] = [
+                item if isinstance(item, ValueError) else None for item in prepared
+            ]
+            for n in order:
+                item = prepared[n]
+                if not isinstance(item, ValueError):
+                    results[n] = self._add(con, known, *item)
+            return cast("list[Added | ValueError]", results)
+
+        try:
+            return self._transaction(work)
+        except BaseException:
+            self._known.clear()
+            raise
 
     @staticmethod
     def _prepare(header: Dataset) -> tuple[dict[str, _Record], _Rows]:
@@ -433,111 +481,107 @@ class SQLiteIndex:
 
     def _upsert(
         self,
+        con: Connection,
         level: str,
         header: Dataset,
         record: _Record,
         extra: dict[str, object],
         rows: _Rows,
     ) -> int:
-        table = _TABLES[level]
         row_values = rows.get(level)
         if row_values is None:
             row_values = _row_values(level, header)
         values: dict[str, object] = {**row_values, **extra}
         values["record"] = encode_explicit_le(record, header)
-        unique = INDEX_COLUMNS[LEVELS[level]].name
-        row = self._con.execute(
-            f"SELECT pk FROM {table} WHERE {unique} IS ?", (values[unique],)
-        ).fetchone()
-        names = list(values)
-        if row is None:
-            cursor = self._con.execute(
-                f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
-                tuple(values.values()),
-            )
-            assert cursor.lastrowid is not None
-            return cursor.lastrowid
-        pk = int(row[0])
-        self._con.execute(
-            f"UPDATE {table} SET {', '.join(f'{n} = ?' for n in names)} WHERE pk = ?",
-            (*values.values(), pk),
-        )
-        return pk
+        return self._upsert_row(con, _TABLES[level], INDEX_COLUMNS[LEVELS[level]].name, values)
 
-    def _add(self, header: Dataset, path: str, parts: dict[str, _Record], rows: _Rows) -> Added:
-        con = self._con
+    def _add(
+        self,
+        con: Connection,
+        known: _Known,
+        header: Dataset,
+        path: str,
+        parts: dict[str, _Record],
+        rows: _Rows,
+    ) -> Added:
         sop = rows["IMAGE"]["sop_instance_uid"]
         old = con.execute(
             "SELECT series.pk, series.study_pk, instance.path FROM instance JOIN series "
             "ON series.pk = instance.series_pk WHERE sop_instance_uid = ?",
             (sop,),
         ).fetchone()
-        patient_pk, _ = self._upsert_parent("PATIENT", header, parts["PATIENT"], {}, rows)
+        patient_pk, _ = self._upsert_parent(
+            con, known, "PATIENT", header, parts["PATIENT"], {}, rows
+        )
         study_pk, _ = self._upsert_parent(
-            "STUDY", header, parts["STUDY"], {"patient_pk": patient_pk}, rows
+            con, known, "STUDY", header, parts["STUDY"], {"patient_pk": patient_pk}, rows
         )
         series_pk, series_written = self._upsert_parent(
-            "SERIES", header, parts["SERIES"], {"study_pk": study_pk}, rows
+            con, known, "SERIES", header, parts["SERIES"], {"study_pk": study_pk}, rows
         )
-        self._upsert("IMAGE", header, parts["IMAGE"], {"series_pk": series_pk, "path": path}, rows)
+        self._upsert(
+            con, "IMAGE", header, parts["IMAGE"], {"series_pk": series_pk, "path": path}, rows
+        )
         if series_written:
-            self._refresh_modalities(study_pk)
+            self._refresh_modalities(con, study_pk)
         if old is not None and int(old[0]) != series_pk:
-            self._prune(int(old[0]), int(old[1]))
+            self._prune(con, known, int(old[0]), int(old[1]))
         return Added(new=old is None, previous_path=None if old is None else str(old[2]))
 
     def _upsert_parent(
         self,
+        con: Connection,
+        known_rows: _Known,
         level: str,
         header: Dataset,
         record: _Record,
         extra: dict[str, object],
         rows: _Rows,
     ) -> tuple[int, bool]:
-        """:meth:`_upsert` for a patient, study or series row, skipped when the row was
-        written by this connection with the same attributes: (pk, whether it was written)."""
+        """:meth:`_upsert` for a patient, study or series row, skipped when ``known_rows``
+        says it was written with the same attributes: (pk, whether it was written)."""
         elem = header.get(LEVELS[level])
         key = (level, None if elem is None else str(elem.value))
         fingerprint = hash(
             (tuple((e.tag, e.VR, repr(e.value)) for e in record), tuple(extra.items()))
         )
-        known = self._known.get(key)
+        known = known_rows.get(key)
         if known is not None and known[1] == fingerprint and key[1] is not None:
             return known[0], False
-        pk = self._upsert(level, header, record, extra, rows)
-        if len(self._known) >= 16384:
-            self._known.clear()
-        self._known[key] = (pk, fingerprint)
+        pk = self._upsert(con, level, header, record, extra, rows)
+        if len(known_rows) >= 16384:
+            known_rows.clear()
+        known_rows[key] = (pk, fingerprint)
         return pk, True
 
-    def _refresh_modalities(self, study_pk: int) -> None:
-        rows = self._con.execute(
+    @staticmethod
+    def _refresh_modalities(con: Connection, study_pk: int) -> None:
+        rows = con.execute(
             "SELECT DISTINCT modality FROM series WHERE study_pk = ? AND modality IS NOT NULL",
             (study_pk,),
         ).fetchall()
         joined = "\\".join(sorted(str(m) for (m,) in rows)) or None
-        self._con.execute(
-            "UPDATE study SET modalities_in_study = ? WHERE pk = ?", (joined, study_pk)
-        )
+        con.execute("UPDATE study SET modalities_in_study = ? WHERE pk = ?", (joined, study_pk))
 
-    def _prune(self, series_pk: int, study_pk: int) -> None:
+    @classmethod
+    def _prune(cls, con: Connection, known: _Known, series_pk: int, study_pk: int) -> None:
         """Remove the rows an updated instance left empty."""
-        self._known.clear()
-        con = self._con
+        known.clear()
         con.execute(
             "DELETE FROM series WHERE pk = ? AND NOT EXISTS "
             "(SELECT 1 FROM instance WHERE series_pk = ?)",
             (series_pk, series_pk),
         )
-        (patient_pk,) = con.execute(
-            "SELECT patient_pk FROM study WHERE pk = ?", (study_pk,)
-        ).fetchone()
+        row = con.execute("SELECT patient_pk FROM study WHERE pk = ?", (study_pk,)).fetchone()
+        if row is None:  # gone already (another writer pruned it)
+            return
+        (patient_pk,) = row
         con.execute(
             "DELETE FROM study WHERE pk = ? AND NOT EXISTS "
             "(SELECT 1 FROM series WHERE study_pk = ?)",
             (study_pk, study_pk),
         )
-        self._refresh_modalities(study_pk)
+        cls._refresh_modalities(con, study_pk)
         con.execute(
             "DELETE FROM patient WHERE pk = ? AND NOT EXISTS "
             "(SELECT 1 FROM study WHERE patient_pk = ?)",
@@ -577,19 +621,20 @@ class SQLiteIndex:
         sql = (
             f"SELECT {', '.join(selected)} FROM {joins} WHERE {filt.where} ORDER BY {tables[-1]}.pk"
         )
-        with self._lock:
-            rows = self._con.execute(sql, filt.params).fetchall()
-            classes = self._sop_classes({int(r[2]) for r in rows}) if sop_classes else None
+        with self._reading() as con:
+            rows = con.execute(sql, filt.params).fetchall()
+            classes = self._sop_classes(con, {int(r[2]) for r in rows}) if sop_classes else None
         return _Selection(rows, counts, classes, filt.residual)
 
-    def _sop_classes(self, study_pks: set[int]) -> dict[int, list[str]]:
-        """SOP Classes in Study of each study (sorted UIDs); the caller holds the lock."""
+    @staticmethod
+    def _sop_classes(con: Connection, study_pks: set[int]) -> dict[int, list[str]]:
+        """SOP Classes in Study of each study (sorted UIDs)."""
         classes: dict[int, list[str]] = {}
         pks = sorted(study_pks)
         chunk = 500
         for start in range(0, len(pks), chunk):
             part = pks[start : start + chunk]
-            rows = self._con.execute(
+            rows = con.execute(
                 "SELECT DISTINCT series.study_pk, instance.sop_class_uid FROM instance "
                 "JOIN series ON series.pk = instance.series_pk WHERE series.study_pk IN "
                 f"({', '.join('?' * len(part))}) AND instance.sop_class_uid IS NOT NULL",
@@ -708,10 +753,10 @@ class SQLiteIndex:
         key = f"{_TABLES[query.level]}.pk"
         paths: list[str] = []
         chunk = 500
-        with self._lock:
+        with self._reading() as con:
             for start in range(0, len(pks), chunk):
                 part = pks[start : start + chunk]
-                rows = self._con.execute(
+                rows = con.execute(
                     f"SELECT instance.path FROM {joins} WHERE {key} IN "
                     f"({', '.join('?' * len(part))}) ORDER BY instance.pk",
                     part,
@@ -725,10 +770,10 @@ class SQLiteIndex:
         thinks it is)."""
         found: dict[str, tuple[str, str]] = {}
         uids = list(sop_instance_uids)
-        with self._lock:
+        with self._reading() as con:
             for start in range(0, len(uids), 500):
                 part = uids[start : start + 500]
-                rows = self._con.execute(
+                rows = con.execute(
                     "SELECT sop_instance_uid, sop_class_uid, path FROM instance "
                     f"WHERE sop_instance_uid IN ({', '.join('?' * len(part))})",
                     part,
@@ -740,15 +785,137 @@ class SQLiteIndex:
     def paths(self) -> dict[str, str]:
         """File path -> SOP Instance UID of every indexed instance (to compare the index with
         the files of its folder)."""
-        with self._lock:
-            rows = self._con.execute("SELECT path, sop_instance_uid FROM instance").fetchall()
+        with self._reading() as con:
+            rows = con.execute("SELECT path, sop_instance_uid FROM instance").fetchall()
         return {str(path): str(uid) for path, uid in rows}
 
     def count(self) -> int:
         """The number of indexed instances."""
-        with self._lock:
-            (n,) = self._con.execute("SELECT count(*) FROM instance").fetchone()
+        with self._reading() as con:
+            (n,) = con.execute("SELECT count(*) FROM instance").fetchone()
         return int(n)
+
+
+class SQLiteIndex(Index):
+    """An index of stored instances in one SQLite database (``":memory:"`` for a transient one).
+
+    Opening an existing file keeps its data; a new or empty file gets the current schema.  File
+    databases use WAL journaling.  Safe to call from several threads (one connection, one lock:
+    :meth:`find` runs its SQL under the lock when first advanced, then matches and yields
+    without holding it).
+
+    Raises:
+        SchemaVersionError: the file holds an index of another schema version.
+        IndexDatabaseError: the file is not an index, or cannot be opened.
+    """
+
+    errors = (sqlite3.Error,)
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = path
+        self._lock = threading.Lock()
+        self._con = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        # PRAGMA data_version when _known was last valid: it changes when another connection
+        # (another process serving the same archive) commits, which makes _known stale
+        self._data_version = -1
+        try:
+            self._open()
+        except sqlite3.OperationalError as exc:  # locked, read-only, out of disk, ...
+            self._con.close()
+            raise IndexDatabaseError(f"{path}: cannot open the index ({exc})") from None
+        except sqlite3.DatabaseError as exc:
+            self._con.close()
+            raise IndexDatabaseError(f"{path}: not an index database ({exc})") from None
+        except IndexDatabaseError:
+            self._con.close()
+            raise
+
+    def _open(self) -> None:
+        con = self._con
+        con.execute("PRAGMA case_sensitive_like = ON")
+        con.execute("PRAGMA foreign_keys = ON")
+        # with WAL, NORMAL syncs at checkpoints, not at every commit: a commit survives the
+        # process dying, a power loss may take the last ones back (as for the stored files,
+        # which are not synced either); FULL costs an fsync per commit
+        con.execute("PRAGMA synchronous = NORMAL")
+        (version,) = con.execute("PRAGMA user_version").fetchone()
+        if version == 0:
+            # a new file: create the schema under the write lock, after looking again (another
+            # process opening the same new file, a worker of the same server, may have done it)
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                (version,) = con.execute("PRAGMA user_version").fetchone()
+                if version == 0:
+                    (tables,) = con.execute(
+                        "SELECT count(*) FROM sqlite_master WHERE type = 'table'"
+                    ).fetchone()
+                    if tables:
+                        raise IndexDatabaseError(f"{self.path}: a database, but not an index")
+                    for statement in schema():
+                        con.execute(statement)
+                    con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                    version = SCHEMA_VERSION
+                    self.created = True
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+        if version != SCHEMA_VERSION:
+            raise SchemaVersionError(
+                f"{self.path}: index schema version {version}, this release reads "
+                f"version {SCHEMA_VERSION}",
+                found=version,
+            )
+        if self.path != ":memory:":
+            _set_wal(con)
+
+    def close(self) -> None:
+        """Close the connection."""
+        with self._lock:
+            self._con.close()
+
+    @contextmanager
+    def _reading(self) -> Iterator[Connection]:
+        with self._lock:
+            yield self._con
+
+    def _transaction(self, work: Callable[[Connection], _T]) -> _T:
+        with self._lock:
+            con = self._con
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                (version,) = con.execute("PRAGMA data_version").fetchone()
+                if version != self._data_version:
+                    self._known.clear()
+                    self._data_version = version
+                result = work(con)
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            con.execute("COMMIT")
+        return result
+
+    def _upsert_row(
+        self, con: Connection, table: str, unique: str, values: dict[str, object]
+    ) -> int:
+        row = con.execute(
+            f"SELECT pk FROM {table} WHERE {unique} IS ?", (values[unique],)
+        ).fetchone()
+        names = list(values)
+        if row is None:
+            cursor = con.execute(
+                f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
+                tuple(values.values()),
+            )
+            assert cursor.lastrowid is not None
+            return int(cursor.lastrowid)
+        pk = int(row[0])
+        con.execute(
+            f"UPDATE {table} SET {', '.join(f'{n} = ?' for n in names)} WHERE pk = ?",
+            (*values.values(), pk),
+        )
+        return pk
 
 
 #: how long opening an index waits for another connection to let it switch to WAL, seconds

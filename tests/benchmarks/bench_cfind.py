@@ -72,11 +72,10 @@ from pydicom.dataset import Dataset
 from qr_data import (
     Patient,
     Shape,
-    _series_template,
     build_manifest,
     ensure_dataset,
+    index_headers,
     iter_instances,
-    sop_instance_uid,
 )
 
 HERE = Path(__file__).resolve().parent
@@ -124,19 +123,8 @@ def load_index(folder: Path, shape: Shape, cache: Path) -> list[Patient]:
         partial.unlink(missing_ok=True)
         with SQLiteIndex(os.fspath(partial)) as index:
             batch: list[tuple[Dataset, str]] = []
-            for p, patient in enumerate(patients):
-                for s, study in enumerate(patient.studies):
-                    for se, series in enumerate(study.series):
-                        template = _series_template(patient, p, study, series)
-                        del template.file_meta
-                        for i in range(series.instances):
-                            # a new data set sharing the template's elements (those are not
-                            # changed: only new ones are added)
-                            ds = Dataset()
-                            ds.update(template)
-                            ds.SOPInstanceUID = sop_instance_uid(p, s, se, i)
-                            ds.InstanceNumber = i + 1
-                            batch.append((ds, f"/nonexistent/{ds.SOPInstanceUID}.dcm"))
+            for item in index_headers(patients):
+                batch.append(item)
                 if len(batch) >= 2000:
                     index.add_many(batch)
                     batch.clear()

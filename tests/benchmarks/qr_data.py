@@ -232,6 +232,25 @@ def _series_template(patient: Patient, p: int, study: Study, series: Series) -> 
     return ds
 
 
+def index_headers(patients: list[Patient]) -> Iterator[tuple[Dataset, str]]:
+    """The headers of every instance of ``patients`` (no file meta, no pixel data), each with
+    the path of a file that does not exist: what an index is filled with through its API when
+    only the index is measured."""
+    for p, patient in enumerate(patients):
+        for s, study in enumerate(patient.studies):
+            for se, series in enumerate(study.series):
+                template = _series_template(patient, p, study, series)
+                del template.file_meta
+                for i in range(series.instances):
+                    # a new data set sharing the template's elements (those are not changed:
+                    # only new ones are added)
+                    ds = Dataset()
+                    ds.update(template)
+                    ds.SOPInstanceUID = sop_instance_uid(p, s, se, i)
+                    ds.InstanceNumber = i + 1
+                    yield ds, f"/nonexistent/{ds.SOPInstanceUID}.dcm"
+
+
 def manifest_to_json(shape: Shape, patients: list[Patient]) -> dict[str, Any]:
     return {
         "format": FORMAT_VERSION,

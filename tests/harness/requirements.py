@@ -159,6 +159,12 @@ def _check_quickack() -> str | None:
     return "this platform's socket module has no TCP_QUICKACK"
 
 
+def _check_postgresql() -> str | None:
+    from .postgres import missing_postgres
+
+    return missing_postgres()
+
+
 REQUIREMENTS: Mapping[str, Requirement] = {
     "dcmtk": Requirement("DCMTK not found (apt-get install dcmtk)", _check_dcmtk),
     "orthanc": Requirement("Orthanc not found (apt-get install orthanc)", _check_orthanc),
@@ -182,6 +188,11 @@ REQUIREMENTS: Mapping[str, Requirement] = {
     "pixelmed": Requirement(
         "PixelMed not found (apt-get install pixelmed-apps default-jdk-headless)",
         _check_pixelmed,
+    ),
+    # a private cluster of Debian's server (tests/harness/postgres.py) and the psycopg driver
+    "postgresql": Requirement(
+        "PostgreSQL not found (apt-get install postgresql; pip install 'asyncdicom[postgresql]')",
+        _check_postgresql,
     ),
 }
 

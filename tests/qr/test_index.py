@@ -3,16 +3,21 @@ instances, hierarchical finds in both models, SQL agreeing with the Python match
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from harness.postgres import PostgresCluster
 from pydicom.dataset import Dataset
 
 from asyncdicom.qr import (
     SCHEMA_VERSION,
+    Index,
     IndexDatabaseError,
+    PostgreSQLIndex,
     Query,
     SchemaVersionError,
     SQLiteIndex,
@@ -55,13 +60,42 @@ def q(level: str, model: str = "study", **keys: object) -> Query:
     return parse_query(ds, model)
 
 
-def values(index: SQLiteIndex, query: Query, keyword: str) -> list[str]:
+def values(index: Index, query: Query, keyword: str) -> list[str]:
     return [str(r[keyword].value) if keyword in r else "" for r in index.find(query)]
 
 
-def small() -> SQLiteIndex:
+def integrity_error(index: Index) -> type[Exception]:
+    """The exception of a violated constraint on the back end of ``index``."""
+    if isinstance(index, SQLiteIndex):
+        return sqlite3.IntegrityError
+    import psycopg
+
+    return psycopg.errors.IntegrityError
+
+
+def at_once(*calls: Callable[[], object]) -> list[BaseException]:
+    """Run ``calls`` in threads released together (a barrier); the exceptions they raised."""
+    start = threading.Barrier(len(calls))
+    errors: list[BaseException] = []
+
+    def run(call: Callable[[], object]) -> None:
+        start.wait()
+        try:
+            call()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(call,)) for call in calls]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return errors
+
+
+def small(new: Callable[[], Index]) -> Index:
     """P1: study 1.1 (series 1.1.1 CT x2, 1.1.2 MR), study 1.2 (US); P2: study 2.1 (CT)."""
-    index = SQLiteIndex(":memory:")
+    index = new()
     index.add(header("P1", "1.1", "1.1.1", number=1), "p1/a")
     index.add(header("P1", "1.1", "1.1.1", number=2), "p1/b")
     index.add(header("P1", "1.1", "1.1.2", modality="MR"), "p1/c")
@@ -123,8 +157,8 @@ def test_foreign_database_and_non_database_are_typed_errors(tmp_path: Path) -> N
 # --------------------------------------------------------------------------------------------
 
 
-def test_second_add_updates_instead_of_duplicating() -> None:
-    index = SQLiteIndex(":memory:")
+def test_second_add_updates_instead_of_duplicating(make_index: Callable[[], Index]) -> None:
+    index = make_index()
     ds = header("P1", "1.1", "1.1.1")
     assert index.add(ds, "old.dcm") is True
     ds.InstanceNumber = 7
@@ -145,8 +179,10 @@ def test_second_add_updates_instead_of_duplicating() -> None:
     assert [r.InstanceNumber for r in found] == [7]
 
 
-def test_an_updated_instance_moving_series_leaves_no_empty_rows() -> None:
-    index = SQLiteIndex(":memory:")
+def test_an_updated_instance_moving_series_leaves_no_empty_rows(
+    make_index: Callable[[], Index],
+) -> None:
+    index = make_index()
     ds = header("P1", "1.1", "1.1.1")
     index.add(ds, "a.dcm")
     ds.StudyInstanceUID = "9.9"
@@ -159,8 +195,10 @@ def test_an_updated_instance_moving_series_leaves_no_empty_rows() -> None:
     ) == ["MR"]
 
 
-def test_parent_rows_follow_changed_attributes_and_rollbacks() -> None:
-    index = SQLiteIndex(":memory:")
+def test_parent_rows_follow_changed_attributes_and_rollbacks(
+    make_index: Callable[[], Index],
+) -> None:
+    index = make_index()
     index.add(header("P1", "1.1", "1.1.1", number=1), "a.dcm")
     index.add(header("P1", "1.1", "1.1.1", number=2), "b.dcm")  # same parents: skipped
     assert values(
@@ -172,7 +210,7 @@ def test_parent_rows_follow_changed_attributes_and_rollbacks() -> None:
     ) == ["DOE^JOHNNY"]
     # a batch rolled back: the rows it wrote are gone, and are written again next time
     broken = header("P2", "2.1", "2.1.1")
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(integrity_error(index)):
         index.add_many([(broken, "d.dcm"), (broken, None)])  # type: ignore[list-item]
     index.add(header("P2", "2.1", "2.1.1", modality="MR"), "e.dcm")
     assert values(index, q("STUDY", PatientID="P2", StudyInstanceUID=""), "StudyInstanceUID") == [
@@ -183,8 +221,8 @@ def test_parent_rows_follow_changed_attributes_and_rollbacks() -> None:
     ) == ["MR"]
 
 
-def test_header_without_uids_is_rejected() -> None:
-    index = SQLiteIndex(":memory:")
+def test_header_without_uids_is_rejected(make_index: Callable[[], Index]) -> None:
+    index = make_index()
     ds = header("P1", "1.1", "1.1.1")
     del ds.SeriesInstanceUID
     with pytest.raises(ValueError, match="series"):
@@ -192,8 +230,8 @@ def test_header_without_uids_is_rejected() -> None:
     assert index.count() == 0
 
 
-def test_modalities_in_study_follow_the_series() -> None:
-    index = small()
+def test_modalities_in_study_follow_the_series(make_index: Callable[[], Index]) -> None:
+    index = small(make_index)
     studies = list(index.find(q("STUDY", StudyInstanceUID="", ModalitiesInStudy="")))
     found = [s.ModalitiesInStudy for s in studies]
     assert [[m] if isinstance(m, str) else list(m) for m in found] == [["CT", "MR"], ["US"], ["CT"]]
@@ -210,8 +248,8 @@ def test_modalities_in_study_follow_the_series() -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def test_patient_root_levels() -> None:
-    index = small()
+def test_patient_root_levels(make_index: Callable[[], Index]) -> None:
+    index = small(make_index)
     patients = list(index.find(q("PATIENT", "patient", PatientID="", PatientName="")))
     assert [(p.PatientID, str(p.PatientName)) for p in patients] == [
         ("P1", "DOE^JOHN"),
@@ -249,8 +287,8 @@ def test_patient_root_levels() -> None:
     )
 
 
-def test_study_root_records_carry_the_levels_above() -> None:
-    index = small()
+def test_study_root_records_carry_the_levels_above(make_index: Callable[[], Index]) -> None:
+    index = small(make_index)
     found = list(
         index.find(q("STUDY", StudyInstanceUID="", PatientName="ROE*", PatientID="", StudyDate=""))
     )
@@ -284,8 +322,8 @@ def test_study_root_records_carry_the_levels_above() -> None:
     assert values(index, q("PATIENT", "patient-study", PatientID="P*"), "PatientID") == ["P1", "P2"]
 
 
-def test_residual_keys_are_matched_in_python() -> None:
-    index = small()
+def test_residual_keys_are_matched_in_python(make_index: Callable[[], Index]) -> None:
+    index = small(make_index)
     # Series Description has no column: the record's value decides
     assert (
         len(list(index.find(q("SERIES", StudyInstanceUID="1.1", SeriesDescription="Synthetic*"))))
@@ -419,9 +457,11 @@ def test_every_comparison_query_has_a_hand_written_answer() -> None:
 
 
 @pytest.mark.parametrize("keys", QUERIES, ids=[str(k) for k in QUERIES])
-def test_index_gives_the_hand_written_answers(keys: dict[str, str]) -> None:
+def test_index_gives_the_hand_written_answers(
+    keys: dict[str, str], make_index: Callable[[], Index]
+) -> None:
     headers = _synthetic()
-    index = SQLiteIndex(":memory:")
+    index = make_index()
     for n, h in enumerate(headers):
         index.add(h, f"f{n}")
     studies, patients = HAND_WRITTEN[_query_id(keys)]
@@ -438,9 +478,11 @@ def test_index_gives_the_hand_written_answers(keys: dict[str, str]) -> None:
 
 
 @pytest.mark.parametrize("keys", QUERIES, ids=[str(k) for k in QUERIES])
-def test_index_agrees_with_the_python_matcher(keys: dict[str, str]) -> None:
+def test_index_agrees_with_the_python_matcher(
+    keys: dict[str, str], make_index: Callable[[], Index]
+) -> None:
     headers = _synthetic()
-    index = SQLiteIndex(":memory:")
+    index = make_index()
     for n, h in enumerate(headers):
         index.add(h, f"f{n}")
     query = q("STUDY", **{"StudyInstanceUID": "", **keys})
@@ -469,10 +511,10 @@ SERIES_QUERIES: list[tuple[dict[str, str], dict[str, list[str]]]] = [
     ("keys", "answers"), SERIES_QUERIES, ids=[str(k) for k, _ in SERIES_QUERIES]
 )
 def test_series_level_agrees_with_the_python_matcher(
-    keys: dict[str, str], answers: dict[str, list[str]]
+    keys: dict[str, str], answers: dict[str, list[str]], make_index: Callable[[], Index]
 ) -> None:
     headers = _synthetic()
-    index = SQLiteIndex(":memory:")
+    index = make_index()
     for n, h in enumerate(headers):
         index.add(h, f"f{n}")
     for study in ("1.2.0", "1.2.5"):
@@ -499,9 +541,9 @@ COUNT_KEYWORDS = (
 )
 
 
-def counted() -> SQLiteIndex:
+def counted(new: Callable[[], Index]) -> Index:
     """small(), with the MR instance of series 1.1.2 an MR Image."""
-    index = SQLiteIndex(":memory:")
+    index = new()
     index.add(header("P1", "1.1", "1.1.1", number=1), "p1/a")
     index.add(header("P1", "1.1", "1.1.1", number=2), "p1/b")
     mr = header("P1", "1.1", "1.1.2", modality="MR")
@@ -512,7 +554,7 @@ def counted() -> SQLiteIndex:
     return index
 
 
-def table(index: SQLiteIndex, query: Query, *keywords: str) -> list[tuple[object, ...]]:
+def table(index: Index, query: Query, *keywords: str) -> list[tuple[object, ...]]:
     """One tuple per response: each keyword's value (int for IS, list for several values, None
     for zero length)."""
     rows = []
@@ -529,8 +571,8 @@ def table(index: SQLiteIndex, query: Query, *keywords: str) -> list[tuple[object
     return rows
 
 
-def test_count_keys_are_computed_at_each_level() -> None:
-    index = counted()
+def test_count_keys_are_computed_at_each_level(make_index: Callable[[], Index]) -> None:
+    index = counted(make_index)
     patient_counts = (
         "NumberOfPatientRelatedStudies",
         "NumberOfPatientRelatedSeries",
@@ -579,8 +621,8 @@ def test_count_keys_are_computed_at_each_level() -> None:
     assert table(index, below, "NumberOfSeriesRelatedInstances") == [(None,)]
 
 
-def test_count_keys_are_returned_only_when_requested() -> None:
-    index = counted()
+def test_count_keys_are_returned_only_when_requested(make_index: Callable[[], Index]) -> None:
+    index = counted(make_index)
     for query in (
         q("PATIENT", "patient", PatientID="", NumberOfPatientRelatedStudies=""),
         q("STUDY", StudyInstanceUID="", NumberOfStudyRelatedSeries="", PatientName=""),
@@ -599,8 +641,8 @@ def test_count_keys_are_returned_only_when_requested() -> None:
     ) == [(2,)]  # fmt: skip
 
 
-def test_count_keys_with_a_value_match_exactly() -> None:
-    index = counted()
+def test_count_keys_with_a_value_match_exactly(make_index: Callable[[], Index]) -> None:
+    index = counted(make_index)
     assert values(
         index,
         q("STUDY", StudyInstanceUID="", NumberOfStudyRelatedInstances="3"),
@@ -627,8 +669,10 @@ def test_count_keys_with_a_value_match_exactly() -> None:
     )
 
 
-def test_count_keys_follow_updates_and_ignore_the_headers_values() -> None:
-    index = counted()
+def test_count_keys_follow_updates_and_ignore_the_headers_values(
+    make_index: Callable[[], Index],
+) -> None:
+    index = counted(make_index)
     ds = header("P2", "2.1", "2.1.1", name="ROE^JANE", number=2)
     ds.NumberOfSeriesRelatedInstances = 99  # a stale value in a header is not answered
     ds.SOPClassesInStudy = ["9.9"]
@@ -683,8 +727,8 @@ def test_count_keys_follow_updates_and_ignore_the_headers_values() -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def test_instances_under_the_matching_entities() -> None:
-    index = small()
+def test_instances_under_the_matching_entities(make_index: Callable[[], Index]) -> None:
+    index = small(make_index)
     assert index.instances(q("PATIENT", "patient", PatientID="P1")) == [
         "p1/a",
         "p1/b",
@@ -704,8 +748,8 @@ def test_instances_under_the_matching_entities() -> None:
     assert index.instances(q("STUDY", StudyInstanceUID="9.9")) == []
 
 
-def test_hostile_values_are_stored_and_queried_exactly() -> None:
-    index = SQLiteIndex(":memory:")
+def test_hostile_values_are_stored_and_queried_exactly(make_index: Callable[[], Index]) -> None:
+    index = make_index()
     hostile = "x'); DROP TABLE study;--"
     index.add(header("P%_!'1", "1.1", "1.1.1", name="O'BRIEN^%_"), "a")
     ds = header("P%_!'1", "1.2", "1.2.1", name="O'BRIEN^%_")
@@ -727,8 +771,8 @@ def test_hostile_values_are_stored_and_queried_exactly() -> None:
     assert index.count() == 3
 
 
-def test_concurrent_adds_and_finds_from_threads() -> None:
-    index = SQLiteIndex(":memory:")
+def test_concurrent_adds_and_finds_from_threads(make_index: Callable[[], Index]) -> None:
+    index = make_index()
     errors: list[BaseException] = []
 
     def work(t: int) -> None:
@@ -748,8 +792,8 @@ def test_concurrent_adds_and_finds_from_threads() -> None:
     assert index.count() == 80
 
 
-def test_lookup_instances() -> None:
-    index = small()
+def test_lookup_instances(make_index: Callable[[], Index]) -> None:
+    index = small(make_index)
     sop = [
         r.SOPInstanceUID
         for r in index.records(
@@ -768,23 +812,174 @@ def test_processes_opening_one_new_file_at_once_get_one_schema(tmp_path: Path) -
     schema, the others find it (each here is its own connection, as each process has)."""
     for attempt in range(30):  # the races below show in about 1 of 75 tries
         path = str(tmp_path / f"index-{attempt}.sqlite")
-        start = threading.Barrier(4)
-        errors: list[BaseException] = []
 
-        def open_it(
-            path: str = path, start: threading.Barrier = start, errors: list[BaseException] = errors
-        ) -> None:
-            start.wait()
-            try:
-                SQLiteIndex(path).close()
-            except BaseException as exc:
-                errors.append(exc)
+        def open_it(path: str = path) -> None:
+            SQLiteIndex(path).close()
 
-        threads = [threading.Thread(target=open_it) for _ in range(4)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        assert errors == []
+        assert at_once(*[open_it] * 4) == []
         with SQLiteIndex(path) as index:
             assert index.count() == 0
+
+
+# --------------------------------------------------------------------------------------------
+# PostgreSQL: schema, versions, several nodes on one database
+# --------------------------------------------------------------------------------------------
+
+
+def _pg_tables(url: str) -> set[str]:
+    import psycopg
+
+    with psycopg.connect(url) as con:
+        rows = con.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"
+        ).fetchall()
+    return {name for (name,) in rows}
+
+
+@pytest.mark.requires_peer("postgresql")
+def test_postgresql_schema_is_created_versioned_and_reopened(postgres_url: str) -> None:
+    import psycopg
+
+    with PostgreSQLIndex(postgres_url) as index:
+        assert index.created
+        assert index.add(header("P1", "1.1", "1.1.1"), "a.dcm")
+    assert {"patient", "study", "series", "instance", "asyncdicom_schema"} <= _pg_tables(
+        postgres_url
+    )
+    with psycopg.connect(postgres_url) as con:
+        assert con.execute("SELECT version FROM asyncdicom_schema").fetchall() == [
+            (SCHEMA_VERSION,)
+        ]
+        indexes = {n for (n,) in con.execute("SELECT indexname FROM pg_indexes").fetchall()}
+        # text compared byte by byte (as SQLite does), whatever the database's locale
+        collations = con.execute(
+            "SELECT DISTINCT collation_name FROM information_schema.columns "
+            "WHERE table_name IN ('patient', 'study', 'series', 'instance') "
+            "AND data_type = 'text'"
+        ).fetchall()
+    assert collations == [("C",)]
+    assert {"study_study_date", "patient_patient_name", "series_modality"} <= indexes
+    with PostgreSQLIndex(postgres_url) as index:
+        assert not index.created
+        assert index.count() == 1
+        assert values(
+            index, q("STUDY", PatientID="P1", StudyInstanceUID=""), "StudyInstanceUID"
+        ) == ["1.1"]
+
+
+@pytest.mark.requires_peer("postgresql")
+def test_postgresql_newer_schema_and_foreign_database_are_typed_errors(
+    postgres_cluster: PostgresCluster,
+) -> None:
+    import psycopg
+
+    url = postgres_cluster.database()
+    PostgreSQLIndex(url).close()
+    with psycopg.connect(url) as con:
+        con.execute("UPDATE asyncdicom_schema SET version = %s", (SCHEMA_VERSION + 1,))
+    with pytest.raises(SchemaVersionError) as info:
+        PostgreSQLIndex(url)
+    assert info.value.found == SCHEMA_VERSION + 1
+    other = postgres_cluster.database()
+    with psycopg.connect(other) as con:
+        con.execute("CREATE TABLE t (x integer)")
+    with pytest.raises(IndexDatabaseError, match="other tables"):
+        PostgreSQLIndex(other)
+    assert _pg_tables(other) == {"t"}  # left as it was
+    unreachable = postgres_cluster.url("no_such_database")
+    with pytest.raises(IndexDatabaseError, match="cannot open"):
+        PostgreSQLIndex(unreachable, timeout=5)
+
+
+@pytest.mark.requires_peer("postgresql")
+def test_postgresql_nodes_opening_one_empty_database_at_once_get_one_schema(
+    postgres_url: str,
+) -> None:
+    created: list[bool] = []
+
+    def open_it() -> None:
+        with PostgreSQLIndex(postgres_url, pool_size=1) as index:
+            created.append(index.created)
+
+    assert at_once(*[open_it] * 4) == []
+    assert sorted(created) == [False, False, False, True]
+
+
+def _row_counts(url: str) -> dict[str, int]:
+    import psycopg
+
+    with psycopg.connect(url) as con:
+        return {
+            table: con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+            for table in ("patient", "study", "series", "instance")
+        }
+
+
+@pytest.mark.requires_peer("postgresql")
+def test_postgresql_two_nodes_writing_at_once_give_one_row_each(postgres_url: str) -> None:
+    """Two index objects on one database, as two archive nodes: the same instance stored
+    through both at once, and two instances of one new study arriving at both at once, give
+    one patient, study and series row each (and Modalities in Study has both series)."""
+    nodes = [PostgreSQLIndex(postgres_url, pool_size=2) for _ in range(2)]
+
+    def store(node: PostgreSQLIndex, batch: list[tuple[Dataset, str]]) -> None:
+        for item in batch:  # one transaction each, as instances arriving one by one
+            node.add_many([item])
+
+    try:
+        for round_ in range(10):
+            study = f"7.{round_}"
+            same = header(f"P{round_}", study, f"{study}.1", number=1)
+            other = header(f"P{round_}", study, f"{study}.2", number=2, modality="MR")
+            # node 0 gets the instance and the MR one; node 1 the same instance again
+            batches = [[(same, f"n0/{round_}"), (other, f"n0/{round_}b")], [(same, f"n1/{round_}")]]
+            calls = [functools.partial(store, n, b) for n, b in zip(nodes, batches, strict=True)]
+            assert at_once(*calls) == []
+            query = q("STUDY", StudyInstanceUID=study, ModalitiesInStudy="")
+            for node in nodes:
+                (found,) = node.find(query)
+                assert list(found.ModalitiesInStudy) == ["CT", "MR"]
+                assert len(node.instances(q("STUDY", StudyInstanceUID=study))) == 2
+        assert _row_counts(postgres_url) == {
+            "patient": 10,
+            "study": 10,
+            "series": 20,
+            "instance": 20,
+        }
+    finally:
+        for node in nodes:
+            node.close()
+
+
+@pytest.mark.requires_peer("postgresql")
+def test_postgresql_concurrent_batches_of_one_new_study(postgres_url: str) -> None:
+    """Batches of instances of the same new studies committed by several nodes at once, in
+    opposite orders (the row locks would deadlock if taken in the batches' order): every
+    instance indexed once, one row per patient, study and series."""
+    nodes = [PostgreSQLIndex(postgres_url, pool_size=2) for _ in range(3)]
+    headers = [
+        header(f"Q{s % 2}", f"8.{s}", f"8.{s}.{r % 2}", number=r, modality="CT" if r % 2 else "MR")
+        for s in range(4)
+        for r in range(6)
+    ]
+
+    def store(n: int, node: PostgreSQLIndex) -> None:
+        mine = [(h, f"node{n}/{i}") for i, h in enumerate(headers) if i % 3 == n]
+        if n % 2:
+            mine.reverse()
+        for _ in range(3):  # and again: the same instances, stored again
+            node.add_many(mine)
+
+    try:
+        assert at_once(*(functools.partial(store, n, node) for n, node in enumerate(nodes))) == []
+        assert _row_counts(postgres_url) == {
+            "patient": 2,
+            "study": 4,
+            "series": 8,
+            "instance": 24,
+        }
+        studies = list(nodes[0].find(q("STUDY", StudyInstanceUID="", ModalitiesInStudy="")))
+        assert [list(s.ModalitiesInStudy) for s in studies] == [["CT", "MR"]] * 4
+    finally:
+        for node in nodes:
+            node.close()

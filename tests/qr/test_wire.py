@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import struct
+from collections.abc import Callable
 
 import pydicom
 import pytest
@@ -16,7 +17,7 @@ from pydicom.filereader import read_dataset
 from pydicom.sequence import Sequence
 from samples import all_samples
 
-from asyncdicom.qr import SQLiteIndex, parse_query, parse_worklist_query
+from asyncdicom.qr import Index, SQLiteIndex, parse_query, parse_worklist_query
 from asyncdicom.qr.wire import (
     EXPLICIT_VR_LITTLE_ENDIAN,
     IMPLICIT_VR_LITTLE_ENDIAN,
@@ -42,9 +43,8 @@ def identifier(level: str, **keys: object) -> Dataset:
     return ds
 
 
-@pytest.fixture(scope="module")
-def samples_index() -> SQLiteIndex:
-    index = SQLiteIndex(":memory:")
+def samples_index(index: Index) -> Index:
+    """``index`` with the headers of pydicom's samples."""
     for path in all_samples():
         try:
             header = pydicom.dcmread(path, stop_before_pixels=True, force=path.name in NO_META)
@@ -55,14 +55,16 @@ def samples_index() -> SQLiteIndex:
     return index
 
 
-def _record_tags(index: SQLiteIndex, table: str) -> set[int]:
+def _record_tags(index: Index, table: str) -> set[int]:
     tags: set[int] = set()
-    for (blob,) in index._con.execute(f"SELECT record FROM {table}").fetchall():
+    with index._reading() as con:
+        blobs = con.execute(f"SELECT record FROM {table}").fetchall()
+    for (blob,) in blobs:
         tags |= {int(t) for t in read_dataset(io.BytesIO(blob), False, True).keys()}  # noqa: SIM118
     return tags
 
 
-def _every_key(index: SQLiteIndex, level: str, tables: tuple[str, ...], **keys: str) -> Dataset:
+def _every_key(index: Index, level: str, tables: tuple[str, ...], **keys: str) -> Dataset:
     """An identifier asking for every attribute the records of ``tables`` hold (universal
     keys, sequences included)."""
     ds = identifier(level, **keys)
@@ -78,7 +80,7 @@ def _every_key(index: SQLiteIndex, level: str, tables: tuple[str, ...], **keys: 
     return ds
 
 
-def _same_as_pydicom(index: SQLiteIndex, ds: Dataset, model: str) -> int:
+def _same_as_pydicom(index: Index, ds: Dataset, model: str) -> int:
     query = parse_query(ds, model)
     for syntax in SYNTAXES:
         expected = [encode_dataset(r, syntax) for r in index.find(query)]
@@ -90,9 +92,9 @@ def _same_as_pydicom(index: SQLiteIndex, ds: Dataset, model: str) -> int:
 
 
 def test_every_sample_record_at_every_level_as_pydicom_encodes_it(
-    samples_index: SQLiteIndex,
+    make_index: Callable[[], Index],
 ) -> None:
-    index = samples_index
+    index = samples_index(make_index())
     assert _same_as_pydicom(index, _every_key(index, "PATIENT", ("patient",)), "patient") >= 10
     study = _every_key(index, "STUDY", ("patient", "study"), PatientID="")
     study.ModalitiesInStudy = ""
@@ -100,10 +102,11 @@ def test_every_sample_record_at_every_level_as_pydicom_encodes_it(
     study.NumberOfStudyRelatedInstances = ""
     study.NumberOfStudyRelatedSeries = ""
     assert _same_as_pydicom(index, study, "study") >= 10
-    rows = index._con.execute(
-        "SELECT study.study_instance_uid, series.series_instance_uid FROM series "
-        "JOIN study ON study.pk = series.study_pk"
-    ).fetchall()
+    with index._reading() as con:
+        rows = con.execute(
+            "SELECT study.study_instance_uid, series.series_instance_uid FROM series "
+            "JOIN study ON study.pk = series.study_pk"
+        ).fetchall()
     every = _every_key(index, "IMAGE", ("patient", "study", "series", "instance"))
     images = 0
     for study_uid, series_uid in rows:
