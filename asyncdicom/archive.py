@@ -635,6 +635,7 @@ class Archive:
         if new_uid is None:
             return stored
         return StoredFile(path)
+
     def _database_errors(self) -> tuple[type[Exception], ...]:
         """The exceptions of the index's database driver (a write failing so is answered
         0xA700, out of resources)."""
