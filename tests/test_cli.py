@@ -657,6 +657,11 @@ async def test_demo(tmp_path: Path, anyio_backend: str) -> None:
     )
     assert notified, text
     assert notified[2] == stored[1], text
+    # the C-GET wrote a media layout with its DICOMDIR, which lists every instance whose record
+    # keys are there; the C-MOVE destination takes only uncompressed syntaxes, so the two
+    # compressed samples (JPEG2000.dcm, MR_small_RLE.dcm) are converted by the C-MOVE SCP
+    assert re.search(r"DICOMDIR .*Media Storage Directory .* lists [1-9]\d* instances", text), text
+    assert re.search(r"C-MOVE .*uncompressed only: 2 converted", text), text
     assert "all good" in text
 
 

@@ -12,13 +12,16 @@ N-ACTION, the report comes back as N-EVENT-REPORT on the same association) and t
 instances are available (Instance Availability Notification: one N-CREATE per study), then
 retrieves the
 studies found: a C-GET (the SCP sends the files back on the SCU's association; they are written
-to a folder) and a C-MOVE to a second in-process Storage SCP, the move destination.  Everything
-listens on 127.0.0.1.
+to a folder in the media layout, and its DICOMDIR is written) and a C-MOVE to a second
+in-process Storage SCP, the move destination, which accepts only uncompressed syntaxes when the
+codecs are installed (the compressed samples are converted on the way).  Everything listens on
+127.0.0.1.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -280,15 +283,23 @@ async def run(args: argparse.Namespace) -> int:
                         yield path
 
             wanted = [str(m.StudyInstanceUID) for m in matches if m.get("StudyInstanceUID")]
+            compressed = sum(
+                1
+                for path in written
+                if _file_syntax(path)
+                not in (uids.EXPLICIT_VR_LITTLE_ENDIAN, uids.IMPLICIT_VR_LITTLE_ENDIAN)
+            )
             # C-GET: the storage contexts the samples need (a compressed file comes as it is
             # stored, so its transfer syntax needs a context of its own), with the SCP role
             storage = [
                 replace(c, scu_role=False, scp_role=True)
                 for c in contexts_for_files(s.source for s in stored if s.source is not None)
             ]
+            media, got = Path(tmp) / "got", list[Path]()
             for row, good in (
-                await _get(server.port, wanted, storage, Path(tmp) / "got", len(written)),
-                await _move(scp, server.port, wanted, len(written)),
+                await _get(server.port, wanted, storage, media, len(written), got),
+                await _dicomdir(media, got),
+                await _move(scp, server.port, wanted, len(written), compressed),
                 await _route(stored, Path(tmp) / "router-queue"),
             ):
                 table.add_row(*row)
@@ -305,6 +316,16 @@ async def run(args: argparse.Namespace) -> int:
         summary += "; " + "; ".join(shared)
     console.print(summary + ("; all good." if ok_all else "; FAILURES above."))
     return 0 if ok_all else 1
+
+
+def _file_syntax(path: Path) -> str:
+    """The Transfer Syntax UID of a stored Part 10 file (empty if it cannot be read)."""
+    from pydicom.filereader import read_file_meta_info
+
+    try:
+        return str(read_file_meta_info(path).get("TransferSyntaxUID", ""))
+    except (OSError, ValueError):
+        return ""
 
 
 def _status(status: int) -> str:
@@ -408,8 +429,10 @@ async def _get(
     storage: list[ContextRequest],
     folder: Path,
     expected: int,
+    got: list[Path],
 ) -> _Row:
-    """C-GET of the studies into ``folder``: the table row, and whether every file came."""
+    """C-GET of the studies into ``folder``, in the media layout (their paths added to
+    ``got``): the table row, and whether every file came."""
     from ..services.retrieve import RetrieveFailed
 
     t0 = time.perf_counter()
@@ -420,9 +443,10 @@ async def _get(
             "127.0.0.1", port, called_aet="DEMO-SCP", contexts=contexts
         ) as assoc:
             async with assoc.get(
-                _study_identifier(study_uids), store=folder, model="study"
+                _study_identifier(study_uids), store=folder, model="study", layout="media"
             ) as retrieval:
                 await retrieval.wait()
+        got.extend(retrieval.received)
     except (RetrieveFailed, DICOMError, OSError) as exc:
         outcome, good = f"failed: {exc}", False
     else:
@@ -433,13 +457,59 @@ async def _get(
     return ("C-GET", what, "Study Root GET", "-", "-", outcome, ms), good
 
 
-async def _move(scp: AE, port: int, study_uids: list[str], expected: int) -> _Row:
-    """C-MOVE of the studies to a second Storage SCP, DEMO-DEST: the table row, and whether
-    every instance arrived there."""
-    from ..services.retrieve import RetrieveFailed
+async def _dicomdir(folder: Path, got: list[Path]) -> _Row:
+    """``folder/DICOMDIR`` for the files the C-GET wrote (in a worker thread): the table row,
+    and whether it lists every instance whose directory record can be made (an instance
+    without a key its record needs is said on standard error)."""
+    import anyio
 
+    from ..storage.dicomdir import DicomdirUpdater
+    from ..storage.media import stored_instance_uid
+
+    problems: list[str] = []
+
+    def problem(path: Path, reason: str) -> None:
+        problems.append(reason)
+        print(f"demo: DICOMDIR: {path}: {reason}", file=sys.stderr)
+
+    def update() -> tuple[int, int]:
+        updater = DicomdirUpdater(folder, on_error=problem)
+        for path in got:
+            updater.add(path)
+        listed = updater.flush() or 0
+        return listed, len({stored_instance_uid(p) or str(p) for p in got})
+
+    t0 = time.perf_counter()
+    try:
+        listed, instances = await anyio.to_thread.run_sync(update)
+    except OSError as exc:
+        outcome, good = f"not written: {exc}", False
+    else:
+        outcome = f"lists {listed} instances"
+        if problems:
+            outcome += f"; {len(problems)} lack a key their record needs"
+        good = bool(got) and listed + len(problems) == instances
+    ms = f"{(time.perf_counter() - t0) * 1000:.1f}"
+    what = f"{len(got)} files of the C-GET"
+    return ("DICOMDIR", what, "Media Storage Directory", "-", "-", outcome, ms), good
+
+
+async def _move(scp: AE, port: int, study_uids: list[str], expected: int, compressed: int) -> _Row:
+    """C-MOVE of the studies to a second Storage SCP, DEMO-DEST: the table row, and whether
+    every instance arrived there.  With the codecs installed DEMO-DEST accepts only the
+    uncompressed transfer syntaxes, so the ``compressed`` instances arrive converted (the
+    C-MOVE SCP transcodes them); without them it accepts every syntax."""
+    from ..services.retrieve import RetrieveFailed
+    from ..storage.transcoding import can_decode
+
+    uncompressed = (uids.EXPLICIT_VR_LITTLE_ENDIAN, uids.IMPLICIT_VR_LITTLE_ENDIAN)
+    only_uncompressed = can_decode(uids.RLE_LOSSLESS)
     arrived: list[str] = []
-    dest = AE("DEMO-DEST", accept_any_storage=True)
+    dest = (
+        AE("DEMO-DEST", supported_contexts=storage_supported(uncompressed))
+        if only_uncompressed
+        else AE("DEMO-DEST", accept_any_storage=True)
+    )
 
     @dest.on_store
     async def on_store(request: Any) -> int:
@@ -449,6 +519,7 @@ async def _move(scp: AE, port: int, study_uids: list[str], expected: int) -> _Ro
 
     t0 = time.perf_counter()
     what = f"{len(study_uids)} studies to DEMO-DEST"
+    syntaxes = "-"
     try:
         async with dest.server("127.0.0.1", 0) as dest_server:
             scp.move_destinations["DEMO-DEST"] = ("127.0.0.1", dest_server.port)
@@ -466,9 +537,11 @@ async def _move(scp: AE, port: int, study_uids: list[str], expected: int) -> _Ro
         outcome, good = f"failed: {exc}", False
     else:
         outcome = f"{_counts(retrieval, retrieval.status)}; DEMO-DEST received {len(arrived)}"
+        if only_uncompressed:
+            syntaxes = f"uncompressed only: {compressed} converted"
         good = retrieval.status == 0 and len(arrived) == expected
     ms = f"{(time.perf_counter() - t0) * 1000:.1f}"
-    return ("C-MOVE", what, "Study Root MOVE", "-", "-", outcome, ms), good
+    return ("C-MOVE", what, "Study Root MOVE", syntaxes, "-", outcome, ms), good
 
 
 async def _route(stored: list[_Sample], queue: Path) -> _Row:
