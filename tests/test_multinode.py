@@ -5,8 +5,9 @@ Four senders store 192 instances through the balancer while node A is killed (SI
 started again; a sender whose association fails sends what was not acknowledged again, on a new
 association through the balancer.  Then every acknowledged instance is indexed exactly once,
 C-FIND at each level through either node (directly) gives the right counts, a C-MOVE through
-node B of a study stored through node A delivers all of it, and each node answers a storage
-commitment request for instances stored through the other.
+node B of a study stored through node A delivers all of it, each node answers a storage
+commitment request for instances stored through the other, and a performed procedure step
+created through one node is completed through the other.
 """
 
 from __future__ import annotations
@@ -29,8 +30,10 @@ from asyncdicom import AE, presets
 from asyncdicom.protocol import uids
 from asyncdicom.qr import PostgreSQLIndex
 from asyncdicom.services.commitment import STORAGE_COMMITMENT
+from asyncdicom.services.mpps import MPPS
 from asyncdicom.storage.synthetic import make_ct_instance
 from tests.harness.haproxy import running_haproxy
+from tests.test_mpps import created, finished
 
 pytestmark = [
     pytest.mark.anyio,
@@ -304,6 +307,16 @@ async def check_nodes(
             result = await assoc.commit(references, timeout=GUARD)
         assert sorted(result.committed) == sorted(references)
         assert not result.failed
+    # MPPS: a step created through node A is completed through node B (one folder of steps)
+    step = "1.2.826.0.1.3680043.10.1022.77"
+    async with AE("MODALITY").associate(
+        "127.0.0.1", port_a, called_aet="QRSCP", contexts=[MPPS]
+    ) as assoc:
+        assert (await assoc.n_create(MPPS, created(), sop_instance=step)).status == 0x0000
+    async with AE("MODALITY").associate(
+        "127.0.0.1", port_b, called_aet="QRSCP", contexts=[MPPS]
+    ) as assoc:
+        assert (await assoc.n_set(MPPS, step, finished())).status == 0x0000
 
 
 @pytest.mark.requires_peer("postgresql")

@@ -62,8 +62,11 @@ def haproxy_config(
     lines = [
         "global",
         f"    maxconn {maxconn}",
+        # one line per connection on standard error (under systemd: the journal)
+        "    log stderr format raw local0 info",
         "",
         "defaults",
+        "    log global",
         # DICOM is a TCP protocol of its own: HAProxy forwards bytes, it does not parse them
         "    mode tcp",
         "    option tcplog",
