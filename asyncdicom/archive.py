@@ -48,6 +48,17 @@ compares the folder's ``.dcm`` files with the index (:class:`FolderCheck`): a fi
 list (a killed run's, one copied in, every file for a new or lost index) is indexed, a re-sent
 copy a killed run left beside its instance takes the instance's name, and what cannot be
 indexed is reported (:attr:`Archive.folder_check`).
+
+Several nodes: archives on one PostgreSQL database and one storage folder (several qrscp
+processes, on one host or several) serve the same instances.  Each writes a file under a
+temporary name and links it under the instance's name (a re-sent instance: a copy beside it)
+before indexing it, so two writers never clobber each other's files, and the database gives
+one row per instance however many nodes store it at once.  Opening an archive on a PostgreSQL
+index does not compare the folder with the index unless the database is new: the other nodes
+may be writing files they have not indexed yet, and a node starting must not index, rename or
+remove them.  What a killed node leaves unindexed was never acknowledged (a C-STORE is answered
+once its row is committed): its sender sends it again, and that copy takes the instance's name.
+``check_folder=True`` forces the comparison (with every node stopped).
 """
 
 from __future__ import annotations
@@ -240,9 +251,10 @@ class Archive:
 
     Use it as an async context manager: entering opens the index and compares it with the
     folder (indexing the files it does not list, :attr:`folder_check`; ``check_folder=False``
-    skips that walk, except for a new index), leaving waits for the index writes in progress
-    and closes the index.  :meth:`install` registers the handlers on an AE; the archive must be open
-    while that AE serves.
+    skips that walk, except for a new index; the default, None, is True for an SQLite index and
+    False for a PostgreSQL one, which other nodes share: see the module docstring), leaving
+    waits for the index writes in progress and closes the index.  :meth:`install` registers
+    the handlers on an AE; the archive must be open while that AE serves.
     """
 
     def __init__(
@@ -253,7 +265,7 @@ class Archive:
         move_destinations: Mapping[str, tuple[str, int]] | None = None,
         pn_case_insensitive: bool = False,
         commitment_peers: Mapping[str, tuple[str, int]] | None = None,
-        check_folder: bool = True,
+        check_folder: bool | None = None,
         store_as: str | None = None,
         allow_lossy: bool = False,
         db_pool_size: int = 8,
@@ -279,7 +291,7 @@ class Archive:
         self.commitment: CommitmentSCP | None = None
         #: what opening found comparing the folder with the index (:class:`FolderCheck`)
         self.folder_check = FolderCheck()
-        self._check = check_folder
+        self._check = check_folder if check_folder is not None else self.db_url is None
         #: the transfer syntax received instances are converted to (``qrscp --store-as``;
         #: one that cannot be converted is kept as received, with a warning)
         self.store_as = store_as

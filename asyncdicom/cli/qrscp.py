@@ -258,7 +258,8 @@ async def install_worklist_and_mpps(
     """Serve MPPS on ``ae`` (steps kept in ``--mpps``, by default ``STORAGE/mpps``) and, with
     ``--worklist``, the Modality Worklist; raises :class:`UsageError` for a folder that cannot
     be used.  ``worker``: in a worker process of ``--workers`` (what was said at start is not
-    said again; the MPPS folder is shared with the other workers)."""
+    said again; the MPPS folder is shared with the other workers).  With a PostgreSQL index
+    the MPPS folder is taken as shared too (other nodes use it)."""
     from ..services.mpps import MPPSSCP
     from ..worklist import Worklist
 
@@ -281,7 +282,8 @@ async def install_worklist_and_mpps(
         raise UsageError(
             f"argument --mpps: cannot read the folder {quoted(str(folder))}: {reason}"
         ) from None
-    mpps.shared_folder = worker
+    # the workers of one server share the folder, and so do the nodes on one PostgreSQL index
+    mpps.shared_folder = worker or is_postgresql_url(args.db)
     mpps.install(ae)
     for path, reason in [] if worker else mpps.skipped:
         notice(f"qrscp: MPPS: skipped {path}: {reason}", "mpps_file_skipped", file=str(path))

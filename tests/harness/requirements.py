@@ -165,6 +165,12 @@ def _check_postgresql() -> str | None:
     return missing_postgres()
 
 
+def _check_haproxy() -> str | None:
+    from .haproxy import missing_haproxy
+
+    return missing_haproxy()
+
+
 REQUIREMENTS: Mapping[str, Requirement] = {
     "dcmtk": Requirement("DCMTK not found (apt-get install dcmtk)", _check_dcmtk),
     "orthanc": Requirement("Orthanc not found (apt-get install orthanc)", _check_orthanc),
@@ -194,6 +200,8 @@ REQUIREMENTS: Mapping[str, Requirement] = {
         "PostgreSQL not found (apt-get install postgresql; pip install 'asyncdicom[postgresql]')",
         _check_postgresql,
     ),
+    # a private HAProxy in the foreground (tests/harness/haproxy.py) in front of qrscp nodes
+    "haproxy": Requirement("HAProxy not found (apt-get install haproxy)", _check_haproxy),
 }
 
 
