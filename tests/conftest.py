@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
+import socket
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import NoReturn
 
 import pydicom.data.data_manager
@@ -37,6 +42,63 @@ if os.environ.get("PYTHONDONTWRITEBYTECODE") and not os.environ.get("PYTHONPYCAC
     os.environ["PYTHONPYCACHEPREFIX"] = os.path.join(
         tempfile.gettempdir(), "asyncdicom-tests-pycache"
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Apps forked from a pre-imported interpreter (tests/harness/appserver.py)
+# ---------------------------------------------------------------------------------------------
+#
+# Every process that runs tests starts one app server; ``CLI`` in tests/test_cli.py then runs
+# ``python -m asyncdicom ARGS`` through tests/harness/appshim.py, which the server answers with
+# a forked child: the same app, signals and exit status, without 0.3-0.8 s of imports each.
+# ASYNCDICOM_TEST_FRESH_APPS=1 runs every app in a fresh interpreter instead.
+APPSERVER_ENV = "ASYNCDICOM_TEST_APPSERVER"
+_appserver: subprocess.Popen[bytes] | None = None
+_appserver_folder = ""
+
+
+def _start_appserver() -> None:
+    global _appserver, _appserver_folder
+    if os.environ.get("ASYNCDICOM_TEST_FRESH_APPS") or _appserver is not None:
+        return
+    folder = _appserver_folder = tempfile.mkdtemp(prefix="asyncdicom-apps-")
+    path = os.path.join(folder, "server.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(256)
+    # the environment the tests give their apps (tests/test_cli.py's ENV), so that the
+    # interpreter's start-up settings agree with theirs
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    env.pop(APPSERVER_ENV, None)
+    server = Path(__file__).parent / "harness" / "appserver.py"
+    _appserver = subprocess.Popen(
+        [sys.executable, str(server), str(listener.fileno())],
+        stdin=subprocess.PIPE,  # the server ends when this process does
+        stdout=subprocess.DEVNULL,
+        pass_fds=[listener.fileno()],
+        env=env,
+    )
+    listener.close()
+    os.environ[APPSERVER_ENV] = path
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    runs_tests = hasattr(config, "workerinput") or not getattr(config.option, "numprocesses", None)
+    if runs_tests and not config.option.collectonly:
+        _start_appserver()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    global _appserver
+    if _appserver is not None:
+        assert _appserver.stdin is not None
+        _appserver.stdin.close()
+        try:
+            _appserver.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            _appserver.kill()
+        _appserver = None
+        shutil.rmtree(_appserver_folder, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------

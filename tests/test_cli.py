@@ -36,7 +36,15 @@ from tests.cli_main import run_main
 
 pytestmark = pytest.mark.anyio
 
-CLI = [sys.executable, "-m", "asyncdicom"]
+#: ``python -m asyncdicom``, forked by the tests' app server when there is one (see
+#: tests/harness/appserver.py: same app, signals and exit status, without the imports)
+CLI = (
+    [sys.executable, "-S", str(Path(__file__).parent / "harness" / "appshim.py")]
+    if os.environ.get("ASYNCDICOM_TEST_APPSERVER")
+    else [sys.executable, "-m", "asyncdicom"]
+)
+#: a fresh interpreter: for tests that SIGKILL an app and look at what it left, or need its pid
+REAL_CLI = [sys.executable, "-m", "asyncdicom"]
 #: wide, colourless output for rich; no user configuration leaking in
 ENV = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "PYTHONWARNINGS": "ignore"}
 GUARD = 60.0

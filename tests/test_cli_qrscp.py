@@ -15,7 +15,7 @@ from typing import Any
 
 import anyio
 import pytest
-from test_cli import CLI, ENV, GUARD, StoreSCPProcess, err, out, run_cli
+from test_cli import CLI, ENV, GUARD, REAL_CLI, StoreSCPProcess, err, out, run_cli
 from test_cli_storescu import without_file_permission_override
 
 from asyncdicom import HookEvent, uids
@@ -224,7 +224,9 @@ async def test_unusable_storage_or_index_is_one_line_and_exit_2(
         expected = "argument --db: cannot use the index 'notes.sqlite'"
     args = ["qrscp", "--port", "0", "--host", "127.0.0.1", "--backend", anyio_backend, *options]
     with anyio.fail_after(GUARD):
-        result = await anyio.run_process([*prefix, *CLI, *args], cwd=tmp_path, env=ENV, check=False)
+        result = await anyio.run_process(
+            [*prefix, *(REAL_CLI if prefix else CLI), *args], cwd=tmp_path, env=ENV, check=False
+        )
     assert result.returncode == 2, err(result)
     lines = err(result).splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"asyncdicom: error: {expected}"), lines

@@ -17,7 +17,7 @@ from typing import Any
 import anyio
 import pytest
 from harness.peers import DcmtkStoreSCP, storescu_command
-from test_cli import CLI, ENV, GUARD
+from test_cli import ENV, GUARD, REAL_CLI
 from test_router import Sink, instances, send, unused_port
 
 from asyncdicom.router.queue import snapshot
@@ -117,7 +117,18 @@ class RouterProcess:
 
 @asynccontextmanager
 async def router_process(cwd: Path, backend: str, *options: str) -> AsyncIterator[RouterProcess]:
-    args = [*CLI, "router", "--port", "0", "--host", "127.0.0.1", "--backend", backend, *options]
+    # a fresh interpreter: the tests read the router's pid and kill it with SIGKILL
+    args = [
+        *REAL_CLI,
+        "router",
+        "--port",
+        "0",
+        "--host",
+        "127.0.0.1",
+        "--backend",
+        backend,
+        *options,
+    ]
     async with await anyio.open_process(args, cwd=cwd, env=ENV, stdout=PIPE, stderr=PIPE) as proc:
         router = RouterProcess(proc)
         try:

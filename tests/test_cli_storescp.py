@@ -20,7 +20,7 @@ import anyio
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
-from test_cli import CLI, ENV, GUARD, StoreSCPProcess, err, out, run_cli
+from test_cli import CLI, ENV, GUARD, REAL_CLI, StoreSCPProcess, err, out, run_cli
 from test_cli_storescu import without_file_permission_override
 
 from asyncdicom import AE, Association
@@ -104,7 +104,9 @@ async def test_unwritable_output_dir_is_one_line_and_exit_2(
         "--backend", anyio_backend,
     ]  # fmt: skip
     with anyio.fail_after(GUARD):
-        result = await anyio.run_process([*prefix, *CLI, *args], cwd=tmp_path, env=ENV, check=False)
+        result = await anyio.run_process(
+            [*prefix, *(REAL_CLI if prefix else CLI), *args], cwd=tmp_path, env=ENV, check=False
+        )
     assert result.returncode == 2, err(result)
     assert err(result).splitlines() == [f"asyncdicom: error: argument --output-dir: {problem}"]
     assert out(result) == ""

@@ -20,7 +20,7 @@ from typing import Any
 import anyio
 import pydicom.data
 import pytest
-from test_cli import CLI, ENV, GUARD, StoreSCPProcess, err, out, run_cli
+from test_cli import CLI, ENV, GUARD, REAL_CLI, StoreSCPProcess, err, out, run_cli
 
 from asyncdicom import AE
 from asyncdicom.cli import demo
@@ -390,7 +390,7 @@ async def test_unreadable_file_is_called_unreadable(tmp_path: Path, anyio_backen
         async with counting_scp(received).server() as server:
             command = [
                 *without_file_permission_override(),
-                *CLI,
+                *REAL_CLI,  # setpriv runs it: a fresh interpreter
                 *storescu(server.port, str(tmp_path / "in"), backend=anyio_backend),
             ]
             with anyio.fail_after(GUARD):

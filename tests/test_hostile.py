@@ -20,6 +20,7 @@ Reactions fixed by the standard (reference sections 4 and 6):
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import ssl
 import struct
@@ -303,7 +304,10 @@ async def hostile_bench(
     """A storage SCP with a legitimate association running; on exit, checks that the
     association was unharmed and that exactly its instances are on disk."""
     folder = tmp_path / "received"
-    scp = AE("SCP", accept_any_storage=True, timeouts=Timeouts(artim=artim), **ae_options)
+    # the legitimate association is established under a generous ARTIM (on a loaded machine
+    # its A-ASSOCIATE-RQ may take longer than ``artim`` to be read); the scenario's
+    # connections get ``artim``
+    scp = AE("SCP", accept_any_storage=True, timeouts=Timeouts(artim=GUARD), **ae_options)
 
     @scp.on_store
     async def on_store(request: Any) -> int:
@@ -314,6 +318,9 @@ async def hostile_bench(
         load = LegitLoad(server.port)
         async with anyio.create_task_group() as tg:
             await tg.start(load.run)
+            scp.config = dataclasses.replace(
+                scp.config, timeouts=dataclasses.replace(scp.config.timeouts, artim=artim)
+            )
             await load.more_rounds(1)
             yield Bench(server.port, load, folder, scp, artim)
             # the legitimate association goes on working after the hostile peer is gone

@@ -24,7 +24,7 @@ from typing import Any
 import anyio
 import pytest
 from pydicom.dataset import Dataset
-from test_cli import CLI, ENV, GUARD
+from test_cli import ENV, GUARD, REAL_CLI
 
 from asyncdicom import AE, presets
 from asyncdicom.protocol import uids
@@ -67,7 +67,8 @@ class Node:
     async def running(self, port: int = 0) -> AsyncIterator[Node]:
         """The node listening on 127.0.0.1 (``port``, or a free one); stopped with SIGTERM when
         the block ends unless it was killed."""
-        command = [*CLI, *self.args, "--host", "127.0.0.1", "--port", str(port)]
+        # a fresh interpreter: node A is killed with SIGKILL and its leftovers are checked
+        command = [*REAL_CLI, *self.args, "--host", "127.0.0.1", "--port", str(port)]
         listening = anyio.Event()
         async with await anyio.open_process(
             command, cwd=self.cwd, env=ENV, stdout=PIPE, stderr=PIPE

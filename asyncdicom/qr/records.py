@@ -42,8 +42,12 @@ def encode_explicit_le(
     ("US or SS", from an Implicit VR file) by its Pixel Representation and so on, as
     pydicom's writer does."""
     out = bytearray()
+    pending: list[DataElement | RawDataElement] = []  # a run of elements for pydicom
     for elem in elements:
         if isinstance(elem, RawDataElement) and _copyable(elem):
+            if pending:
+                out += _with_pydicom(pending, context)
+                pending = []
             tag = int(elem.tag)
             value: bytes = elem.value  # type: ignore[assignment]
             vr = str(elem.VR)
@@ -53,7 +57,9 @@ def encode_explicit_le(
                 out += _short(tag >> 16, tag & 0xFFFF, vr.encode("ascii"), len(value))
             out += value
         else:
-            out += _with_pydicom(elem, context)
+            pending.append(elem)
+    if pending:
+        out += _with_pydicom(pending, context)
     return bytes(out)
 
 
@@ -70,17 +76,19 @@ def _copyable(elem: RawDataElement) -> bool:
     )
 
 
-def _with_pydicom(elem: DataElement | RawDataElement, context: Dataset | None) -> bytes:
-    if context is not None:
-        # an ambiguous VR is resolved from the element's own data set (a raw element would
-        # otherwise be decoded with the default choice); an implicit VR element has its VR
-        # from the dictionary first
-        if isinstance(elem, RawDataElement) and elem.VR is None:
-            with suppress(KeyError):  # not in the dictionary: pydicom decodes it as UN
-                elem = elem._replace(VR=dictionary_VR(elem.tag))
-        elem = correct_ambiguous_vr_element(elem, context, True)
+def _with_pydicom(elements: list[DataElement | RawDataElement], context: Dataset | None) -> bytes:
+    """A run of elements (in the order given) encoded by pydicom's writer, in one call."""
     ds = Dataset()
-    ds[elem.tag] = elem
+    for elem in elements:
+        if context is not None:
+            # an ambiguous VR is resolved from the element's own data set (a raw element
+            # would otherwise be decoded with the default choice); an implicit VR element
+            # has its VR from the dictionary first
+            if isinstance(elem, RawDataElement) and elem.VR is None:
+                with suppress(KeyError):  # not in the dictionary: pydicom decodes it as UN
+                    elem = elem._replace(VR=dictionary_VR(elem.tag))
+            elem = correct_ambiguous_vr_element(elem, context, True)
+        ds[elem.tag] = elem
     fp = DicomBytesIO()
     fp.is_little_endian = True
     fp.is_implicit_VR = False
