@@ -13,7 +13,6 @@ import re
 import signal
 import socket
 import struct
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -33,18 +32,13 @@ from asyncdicom.protocol.negotiation import Accepted, AcceptorConfig, SupportedC
 from asyncdicom.protocol.pdu import Abort
 from asyncdicom.storage.synthetic import write_ct_files
 from tests.cli_main import run_main
+from tests.harness.launch import CLI as CLI
+from tests.harness.launch import REAL_CLI as REAL_CLI
 
 pytestmark = pytest.mark.anyio
 
-#: ``python -m asyncdicom``, forked by the tests' app server when there is one (see
-#: tests/harness/appserver.py: same app, signals and exit status, without the imports)
-CLI = (
-    [sys.executable, "-S", str(Path(__file__).parent / "harness" / "appshim.py")]
-    if os.environ.get("ASYNCDICOM_TEST_APPSERVER")
-    else [sys.executable, "-m", "asyncdicom"]
-)
-#: a fresh interpreter: for tests that SIGKILL an app and look at what it left, or need its pid
-REAL_CLI = [sys.executable, "-m", "asyncdicom"]
+# CLI: ``python -m asyncdicom`` through the tests' app server; REAL_CLI: a fresh interpreter
+# (tests/harness/launch.py)
 #: wide, colourless output for rich; no user configuration leaking in
 ENV = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "PYTHONWARNINGS": "ignore"}
 GUARD = 60.0

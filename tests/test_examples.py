@@ -28,6 +28,7 @@ from test_cli import free_port
 from asyncdicom import AE, ServiceRequest
 from asyncdicom.protocol import uids
 from asyncdicom.storage.synthetic import make_ct_instance
+from tests.harness.launch import python_script
 
 pytestmark = pytest.mark.anyio
 
@@ -41,9 +42,7 @@ GUARD = 60.0
 
 async def run_example(script: Path, *args: str, cwd: Path) -> CompletedProcess[bytes]:
     with anyio.fail_after(GUARD):
-        return await anyio.run_process(
-            [sys.executable, str(script), *args], cwd=cwd, env=ENV, check=False
-        )
+        return await anyio.run_process(python_script(script, *args), cwd=cwd, env=ENV, check=False)
 
 
 def one_error_line(result: CompletedProcess[bytes], script: Path) -> str:
@@ -137,7 +136,7 @@ def test_echo_scu_bad_arguments_are_usage_errors(tmp_path: Path, args: list[str]
 def assert_usage_error(script: Path, args: list[str], cwd: Path) -> None:
     """``script args`` exits 2 with argparse's one error line and no traceback."""
     result = subprocess.run(
-        [sys.executable, str(script), *args],
+        python_script(script, *args),
         cwd=cwd,
         env=ENV,
         capture_output=True,
@@ -176,7 +175,7 @@ async def test_store_scp_stores_answers_echo_and_stops_on_ctrl_c(
 ) -> None:
     output = tmp_path / "incoming"
     uid = str(pydicom.dcmread(CT_SMALL, stop_before_pixels=True).SOPInstanceUID)
-    command = [sys.executable, str(STORE_SCP), "0", str(output), anyio_backend]
+    command = python_script(STORE_SCP, "0", str(output), anyio_backend)
     async with await anyio.open_process(command, cwd=tmp_path, env=ENV) as process:
         assert process.stdout is not None and process.stderr is not None
         pending = bytearray()
@@ -248,7 +247,7 @@ async def test_an_scp_embedded_in_an_existing_program(
     both backends."""
     folder = tmp_path / "data"
     sent = [make_ct_instance(512, patient_id="EMBED", seed=n) for n in range(3)]
-    command = [sys.executable, str(EXAMPLES / script), "0", str(folder)]
+    command = python_script(EXAMPLES / script, "0", str(folder))
     async with await anyio.open_process(command, cwd=tmp_path, env=ENV) as process:
         assert process.stdout is not None and process.stderr is not None
         pending = bytearray()
@@ -314,7 +313,7 @@ async def test_a_web_endpoint_retrieves_a_study_to_itself(
                 for path in files:
                     assert (await assoc.store(path)).status == 0x0000
             command = [
-                sys.executable, str(EXAMPLES / "web_retrieve.py"),
+                *python_script(EXAMPLES / "web_retrieve.py"),
                 "--pacs", f"QRSCP@127.0.0.1:{server.port}", "--aet", "WEBAPP",
                 "--dicom-port", "0", "--http-port", "0",
             ]  # fmt: skip
@@ -451,8 +450,7 @@ async def test_the_tutorial_gateway_checks_stores_and_forwards(
     async with review.server("127.0.0.1", 0) as server:
         review_at = f"REVIEW@127.0.0.1:{server.port}"
         command = [
-            sys.executable,
-            str(EXAMPLES / "tutorial_gateway.py"),
+            *python_script(EXAMPLES / "tutorial_gateway.py"),
             "0",
             str(folder),
             review_at,

@@ -32,6 +32,8 @@ import pydicom
 import pydicom.data
 import pytest
 
+from tests.harness.launch import python_script
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCUMENTS = [ROOT / "README.md", ROOT / "docs" / "getting-started.md"]
 CT_SMALL = Path(pydicom.data.__file__).parent / "test_files" / "CT_small.dcm"
@@ -188,7 +190,7 @@ async def test_scu_snippet_against_the_readme_scp(
         script.write_text(with_port(snippet, server.port))
         with anyio.fail_after(GUARD):
             result = await anyio.run_process(
-                [sys.executable, str(script)], cwd=client, env=ENV, check=False
+                python_script(script), cwd=client, env=ENV, check=False
             )
     output = result.stdout.decode() + result.stderr.decode()
     assert result.returncode == 0, output

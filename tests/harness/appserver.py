@@ -1,4 +1,5 @@
-"""A pre-imported ``python -m asyncdicom`` for the tests: one per pytest process.
+"""A pre-imported ``python -m asyncdicom`` (and ``python SCRIPT``) for the tests: one per
+pytest process.
 
 Hundreds of tests run an app (storescp, qrscp, echoscu...) as a subprocess.  Each fresh
 interpreter spent 0.3-0.8 s of CPU importing asyncdicom, pydicom, numpy, anyio, trio and rich
@@ -18,8 +19,11 @@ A shim killed with SIGKILL cannot forward it: the server sees its connection clo
 child the same way.  Tests that SIGKILL an app and then look at what it left, or that need the
 app's own pid, run the real ``python -m asyncdicom`` (``REAL_CLI`` in tests/test_cli.py).
 
+The same serves ``python SCRIPT ARGS`` for the tests' Python programs (the examples, the
+pynetdicom peers of tests/harness): ``appshim.py --script SCRIPT ARGS``.
+
 Protocol on the Unix socket (the shim's side is in appshim.py): the shim sends one JSON line
-{"argv", "cwd", "env"} with its file descriptors 0, 1 and 2 attached; the server answers
+{"argv", "cwd", "env", "script"} with its file descriptors 0, 1 and 2 attached; the server answers
 ``pid <n>\\n`` (or ``fallback\\n``), then ``status <wait status>\\n`` when the child ends.
 
 Run as ``python appserver.py FD`` with the listening socket as file descriptor FD and a pipe
@@ -72,6 +76,7 @@ def _preload() -> None:
         "sqlite3",
         "ssl",
         "multiprocessing.spawn",
+        "pynetdicom",  # the Python peers of tests/harness (when installed)
     ):
         with contextlib.suppress(ImportError):  # an optional extra that is not installed
             importlib.import_module(name)
@@ -119,11 +124,18 @@ def _child(request: dict[str, object], fds: list[int]) -> None:
         os.environ.clear()
         os.environ.update(env)
         os.chdir(str(request["cwd"]))
-        sys.path[0] = os.getcwd()  # what ``-m`` puts first
+        script = request.get("script")
         _stdio(env)
-        sys.argv = ["-m", *request["argv"]]  # type: ignore[misc]
         try:
-            runpy.run_module("asyncdicom", run_name="__main__", alter_sys=True)
+            if script:  # ``python SCRIPT ARGS``
+                script = os.path.abspath(str(script))
+                sys.path[0] = os.path.dirname(os.path.realpath(script))
+                sys.argv = [script, *request["argv"]]  # type: ignore[misc]
+                runpy.run_path(script, run_name="__main__")
+            else:  # ``python -m asyncdicom ARGS``
+                sys.path[0] = os.getcwd()  # what ``-m`` puts first
+                sys.argv = ["-m", *request["argv"]]  # type: ignore[misc]
+                runpy.run_module("asyncdicom", run_name="__main__", alter_sys=True)
             code = 0
         except SystemExit as exit_:
             if exit_.code is None:

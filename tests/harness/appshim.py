@@ -1,4 +1,5 @@
-"""``python -S appshim.py ARGS``: ``python -m asyncdicom ARGS`` run by the tests' app server.
+"""``python -S appshim.py ARGS``: ``python -m asyncdicom ARGS`` run by the tests' app server;
+``python -S appshim.py --script SCRIPT ARGS``: ``python SCRIPT ARGS`` run by it.
 
 See :mod:`tests.harness.appserver`.  The shim hands its standard streams, working folder,
 environment and arguments to the server (whose socket is named by ASYNCDICOM_TEST_APPSERVER),
@@ -19,8 +20,14 @@ FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signa
              signal.SIGUSR2)  # fmt: skip
 
 
+SCRIPT = sys.argv[2] if len(sys.argv) > 2 and sys.argv[1] == "--script" else None
+ARGS = sys.argv[3:] if SCRIPT else sys.argv[1:]
+
+
 def fresh() -> None:
-    os.execv(sys.executable, [sys.executable, "-m", "asyncdicom", *sys.argv[1:]])
+    if SCRIPT:
+        os.execv(sys.executable, [sys.executable, SCRIPT, *ARGS])
+    os.execv(sys.executable, [sys.executable, "-m", "asyncdicom", *ARGS])
 
 
 def main() -> None:
@@ -44,7 +51,7 @@ def main() -> None:
         conn.connect(path)
     except OSError:
         fresh()
-    request = {"argv": sys.argv[1:], "cwd": os.getcwd(), "env": dict(os.environ)}
+    request = {"argv": ARGS, "cwd": os.getcwd(), "env": dict(os.environ), "script": SCRIPT}
     socket.send_fds(conn, [json.dumps(request).encode() + b"\n"], [0, 1, 2])
     reader = conn.makefile("rb")
     first = reader.readline().split()

@@ -50,6 +50,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Literal
 
+from .launch import python_script
+
 __all__ = [
     "DCMTK_BIN_ENV",
     "DCMTK_MAX_PDU_RANGE",
@@ -750,7 +752,7 @@ class PynetdicomSCP(_PeerProcess):
 
     def command(self) -> list[str]:
         """The child's argument list."""
-        args = [
+        args = [  # a fresh interpreter: the start-up check finds its pid listening
             sys.executable,
             os.fspath(PYNETDICOM_SCP_SCRIPT),
             "--host",
@@ -1035,8 +1037,7 @@ def pynetdicom_scu_command(operation: str, host: str, port: int, *args: str) -> 
     The child prints one JSON object on stdout (see that module).
     """
     return [
-        sys.executable,
-        os.fspath(PYNETDICOM_SCU_SCRIPT),
+        *python_script(PYNETDICOM_SCU_SCRIPT),
         operation,
         host,
         str(port),

@@ -6,7 +6,6 @@ backends; everything on 127.0.0.1."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from subprocess import PIPE
 from typing import Any
@@ -18,6 +17,7 @@ from test_cli import ENV, GUARD
 
 from asyncdicom import AE, ContextRequest, uids
 from asyncdicom.services import INSTANCE_AVAILABILITY_NOTIFICATION, AvailabilityReceiver
+from tests.harness.launch import python_script
 
 pytestmark = [pytest.mark.interop, pytest.mark.anyio]
 
@@ -63,7 +63,7 @@ async def test_pynetdicom_scu_notifies_asyncdicom(anyio_backend: str) -> None:
     with anyio.fail_after(GUARD):
         async with scp.server("127.0.0.1", 0) as server:
             command = [
-                sys.executable, str(HARNESS), "scu", "127.0.0.1", str(server.port),
+                *python_script(HARNESS), "scu", "127.0.0.1", str(server.port),
                 "--called-aet", "IANSCP", "--study", STUDY, "--uid", uid,
                 *(arg for i in INSTANCES for arg in ("--instance", "=".join(i))),
             ]  # fmt: skip
@@ -82,7 +82,7 @@ async def test_pynetdicom_scu_notifies_asyncdicom(anyio_backend: str) -> None:
 
 @pytest.mark.requires_peer("pynetdicom")
 async def test_asyncdicom_scu_notifies_pynetdicom(anyio_backend: str) -> None:
-    command = [sys.executable, str(HARNESS), "scp", "--port", "0", "--aet", "PYIAN"]
+    command = [*python_script(HARNESS), "scp", "--port", "0", "--aet", "PYIAN"]
     with anyio.fail_after(GUARD):
         async with await anyio.open_process(command, env=ENV, stdin=PIPE, stdout=PIPE) as peer:
             assert peer.stdout is not None and peer.stdin is not None

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from test_cli import ENV, GUARD, err, free_port, out, run_cli
 from test_cli_qrscp import app
 
 from asyncdicom.storage.synthetic import write_ct_files
+from tests.harness.launch import python_script
 
 pytestmark = [pytest.mark.interop, pytest.mark.anyio]
 
@@ -49,7 +49,7 @@ async def test_pynetdicom_scu_against_qrscp(tmp_path: Path, anyio_backend: str) 
             )
             assert sent.returncode == 0, err(sent)
             command = [
-                sys.executable, str(HARNESS), "127.0.0.1", port, "--called-aet", "QRSCP",
+                *python_script(HARNESS), "127.0.0.1", port, "--called-aet", "QRSCP",
                 "--timeout", "30", *(arg for c, i in refs for arg in ("-i", f"{c}={i}")),
             ]  # fmt: skip
             done = await anyio.run_process(command, env=ENV, check=False)

@@ -6,7 +6,6 @@ then MPPS N-CREATE, N-SET to COMPLETED and a refused N-SET, in
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -18,6 +17,8 @@ from harness.peers import dcmtk_env, find_dcmtk_program
 from pydicom import dcmread
 from test_cli import CLI, ENV, GUARD, StoreSCPProcess
 from test_worklist import ITEMS, save
+
+from tests.harness.launch import python_script
 
 pytestmark = [pytest.mark.interop, pytest.mark.anyio]
 
@@ -92,7 +93,7 @@ async def test_pynetdicom_worklist_and_mpps(
 ) -> None:
     async with qrscp(tmp_path, anyio_backend) as port:
         command = [
-            sys.executable, str(HARNESS), "127.0.0.1", str(port), "--called-aet", "QRSCP",
+            *python_script(HARNESS), "127.0.0.1", str(port), "--called-aet", "QRSCP",
             "--modality", "MR", "--mpps-uid", MPPS_UID, "--timeout", "30",
         ]  # fmt: skip
         with anyio.fail_after(GUARD):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import signal
-import sys
 from pathlib import Path
 from subprocess import PIPE
 from typing import Any
@@ -15,6 +14,8 @@ import anyio
 import pytest
 from pydicom import dcmread
 from test_cli import ENV, GUARD
+
+from tests.harness.launch import python_script
 
 pytestmark = [pytest.mark.interop, pytest.mark.anyio]
 
@@ -36,7 +37,7 @@ async def test_pynetdicom_prints_to_the_example(tmp_path: Path, anyio_backend: s
         json.dumps({"format": "STANDARD\\1,2", "images": [[r, c, p.hex()] for r, c, p in IMAGES]})
     )
     output = tmp_path / "films"
-    command = [sys.executable, str(PRINT_SCP), "0", str(output), anyio_backend]
+    command = [*python_script(PRINT_SCP), "0", str(output), anyio_backend]
     with anyio.fail_after(GUARD):
         async with await anyio.open_process(command, env=ENV, stdout=PIPE, stderr=PIPE) as scp:
             assert scp.stdout is not None and scp.stderr is not None
@@ -47,8 +48,7 @@ async def test_pynetdicom_prints_to_the_example(tmp_path: Path, anyio_backend: s
             port = out.split(b"127.0.0.1:")[1].split()[0].decode()
             done = await anyio.run_process(
                 [
-                    sys.executable,
-                    str(HARNESS),
+                    *python_script(HARNESS),
                     "127.0.0.1",
                     port,
                     str(spec),

@@ -24,7 +24,6 @@ when the C-CANCEL-RQ arrives), so the move cannot finish before the cancel is no
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -46,6 +45,7 @@ from pydicom.dataset import Dataset
 from asyncdicom import AE, presets, uids
 from asyncdicom.services.retrieve import Retrieval
 from asyncdicom.storage.synthetic import CT_IMAGE_STORAGE, make_ct_instance, write_ct_files
+from tests.harness.launch import python_script
 
 pytestmark = [pytest.mark.interop, pytest.mark.anyio]
 dcmtk = pytest.mark.requires_peer("dcmtk")
@@ -307,7 +307,7 @@ async def _pynetdicom(operation: str, port: int, *args: str) -> dict[str, Any]:
     """Run the pynetdicom Q/R SCU (own process) against 127.0.0.1:``port``; its JSON report."""
     with anyio.fail_after(GUARD):
         result = await anyio.run_process(
-            [sys.executable, os.fspath(PYNETDICOM_QR_SCU), operation, "127.0.0.1", str(port),
+            [*python_script(PYNETDICOM_QR_SCU), operation, "127.0.0.1", str(port),
              "--called-aet", "QRSCP", "--timeout", "30", *args],
             check=False,
         )  # fmt: skip

@@ -8,8 +8,6 @@ C-FIND, C-GET and C-MOVE.  The instances are stored into the archive first with 
 from __future__ import annotations
 
 import json
-import os
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -28,6 +26,7 @@ from pydicom import dcmread
 from test_cli import CLI, ENV, GUARD, StoreSCPProcess
 
 from asyncdicom.storage.synthetic import write_ct_files
+from tests.harness.launch import python_script
 
 pytestmark = [pytest.mark.interop, pytest.mark.anyio]
 
@@ -158,7 +157,7 @@ async def _pynetdicom(operation: str, app: StoreSCPProcess, *args: str) -> dict[
     port = app.port  # type: ignore[attr-defined]
     with anyio.fail_after(GUARD):
         result = await anyio.run_process(
-            [sys.executable, os.fspath(PYNETDICOM_QR_SCU), operation, "127.0.0.1", str(port),
+            [*python_script(PYNETDICOM_QR_SCU), operation, "127.0.0.1", str(port),
              "--called-aet", "QRSCP", "--timeout", "30", *args],
             check=False,
         )  # fmt: skip
