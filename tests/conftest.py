@@ -48,7 +48,8 @@ if os.environ.get("PYTHONDONTWRITEBYTECODE") and not os.environ.get("PYTHONPYCAC
 # Apps forked from a pre-imported interpreter (tests/harness/appserver.py)
 # ---------------------------------------------------------------------------------------------
 #
-# Every process that runs tests starts one app server; ``CLI`` in tests/test_cli.py then runs
+# Every process that runs tests starts one app server (a pytest run inside a test uses its
+# parent's); ``CLI`` (tests/harness/launch.py) then runs
 # ``python -m asyncdicom ARGS`` through tests/harness/appshim.py, which the server answers with
 # a forked child: the same app, signals and exit status, without 0.3-0.8 s of imports each.
 # ASYNCDICOM_TEST_FRESH_APPS=1 runs every app in a fresh interpreter instead.
@@ -60,6 +61,8 @@ _appserver_folder = ""
 def _start_appserver() -> None:
     global _appserver, _appserver_folder
     if os.environ.get("ASYNCDICOM_TEST_FRESH_APPS") or _appserver is not None:
+        return
+    if os.environ.get(APPSERVER_ENV):  # a pytest run inside a test: its parent's server serves
         return
     folder = _appserver_folder = tempfile.mkdtemp(prefix="asyncdicom-apps-")
     path = os.path.join(folder, "server.sock")

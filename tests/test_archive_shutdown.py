@@ -19,7 +19,7 @@ import anyio
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
-from test_cli import ENV, GUARD, REAL_CLI, StoreSCPProcess
+from test_cli import CLI, ENV, GUARD, StoreSCPProcess
 
 from asyncdicom import AE, uids
 from asyncdicom.archive import Archive
@@ -114,7 +114,9 @@ async def test_killed_during_ingest_files_and_index_agree(
     pool = instance_pool(24)
     storage = tmp_path / "archive"
     command = [
-        *REAL_CLI, "qrscp", "--storage", str(storage), "--port", "0", "--host", "127.0.0.1",
+        # through the app server: a SIGKILL reaches the app through the shim's death, and each
+        # lifetime ends by reading the app's stderr to its end (the app is gone, not dying)
+        *CLI, "qrscp", "--storage", str(storage), "--port", "0", "--host", "127.0.0.1",
         "--backend", anyio_backend,
     ]  # fmt: skip
     stops: list[str] = []
