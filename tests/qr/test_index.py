@@ -6,10 +6,11 @@ from __future__ import annotations
 import functools
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from harness.index_backends import BACKENDS
 from harness.postgres import PostgresCluster
 from pydicom.dataset import Dataset
 
@@ -363,6 +364,28 @@ def _synthetic(n: int = 50) -> list[Dataset]:
     return out
 
 
+@pytest.fixture(scope="module", params=BACKENDS)
+def synthetic_index(request: pytest.FixtureRequest) -> Iterator[tuple[Index, list[Dataset]]]:
+    """One index of each back end holding ``_synthetic()``, shared by the read-only query
+    tests of this module (each only queries it), and its headers."""
+    headers = _synthetic()
+    cluster: PostgresCluster | None = None
+    url = ""
+    index: Index
+    if request.param == "sqlite":
+        index = SQLiteIndex(":memory:")
+    else:
+        cluster = request.getfixturevalue("postgres_cluster")
+        url = cluster.database()
+        index = PostgreSQLIndex(url, pool_size=4)
+    for n, h in enumerate(headers):
+        index.add(h, f"f{n}")
+    yield index, headers
+    index.close()
+    if cluster is not None:
+        cluster.drop(url)
+
+
 QUERIES = [
     {"PatientID": "PID1"},
     {"PatientID": "PID*"},
@@ -458,12 +481,9 @@ def test_every_comparison_query_has_a_hand_written_answer() -> None:
 
 @pytest.mark.parametrize("keys", QUERIES, ids=[str(k) for k in QUERIES])
 def test_index_gives_the_hand_written_answers(
-    keys: dict[str, str], make_index: Callable[[], Index]
+    keys: dict[str, str], synthetic_index: tuple[Index, list[Dataset]]
 ) -> None:
-    headers = _synthetic()
-    index = make_index()
-    for n, h in enumerate(headers):
-        index.add(h, f"f{n}")
+    index, headers = synthetic_index
     studies, patients = HAND_WRITTEN[_query_id(keys)]
     query = q("STUDY", **{"StudyInstanceUID": "", **keys})
     assert sorted(values(index, query, "StudyInstanceUID")) == studies
@@ -479,12 +499,9 @@ def test_index_gives_the_hand_written_answers(
 
 @pytest.mark.parametrize("keys", QUERIES, ids=[str(k) for k in QUERIES])
 def test_index_agrees_with_the_python_matcher(
-    keys: dict[str, str], make_index: Callable[[], Index]
+    keys: dict[str, str], synthetic_index: tuple[Index, list[Dataset]]
 ) -> None:
-    headers = _synthetic()
-    index = make_index()
-    for n, h in enumerate(headers):
-        index.add(h, f"f{n}")
+    index, headers = synthetic_index
     query = q("STUDY", **{"StudyInstanceUID": "", **keys})
     expected = sorted(k for k, rec in _records(headers, "STUDY").items() if query.matches(rec))
     assert expected  # every query selects something
@@ -511,12 +528,11 @@ SERIES_QUERIES: list[tuple[dict[str, str], dict[str, list[str]]]] = [
     ("keys", "answers"), SERIES_QUERIES, ids=[str(k) for k, _ in SERIES_QUERIES]
 )
 def test_series_level_agrees_with_the_python_matcher(
-    keys: dict[str, str], answers: dict[str, list[str]], make_index: Callable[[], Index]
+    keys: dict[str, str],
+    answers: dict[str, list[str]],
+    synthetic_index: tuple[Index, list[Dataset]],
 ) -> None:
-    headers = _synthetic()
-    index = make_index()
-    for n, h in enumerate(headers):
-        index.add(h, f"f{n}")
+    index, headers = synthetic_index
     for study in ("1.2.0", "1.2.5"):
         query = q("SERIES", StudyInstanceUID=study, SeriesInstanceUID="", **keys)
         expected = sorted(k for k, rec in _records(headers, "SERIES").items() if query.matches(rec))
