@@ -334,3 +334,31 @@ def test_bad_peer_is_a_usage_error(
     )  # fmt: skip
     assert result.returncode == 2, err(result)
     assert message in err(result).strip().splitlines()[-1], err(result)
+
+
+@pytest.mark.requires_peer("postgresql")
+async def test_check_folder_indexes_a_file_a_postgresql_index_lacks(
+    tmp_path: Path, anyio_backend: str, postgres_url: str
+) -> None:
+    """On a shared (PostgreSQL) index the folder is compared with the index only when the
+    database is new, or with --check-folder: a file copied in by hand is indexed then."""
+    write_instances(tmp_path / "src")
+    args = ["qrscp", "--storage", "archive", "--db", postgres_url]
+    with anyio.fail_after(GUARD * 3):
+        async with app(tmp_path, anyio_backend, *args) as scp:
+            sent = await run_cli(
+                "storescu", "127.0.0.1", str(scp.port), "src", "--called-aet", "QRSCP",  # type: ignore[attr-defined]
+                "--backend", anyio_backend, cwd=tmp_path,
+            )  # fmt: skip
+            assert sent.returncode == 0, err(sent)
+            assert await scp.stop() == 0
+        extra = make_ct_instance(64, patient_id="P9", study_instance_uid="9.1")
+        extra.save_as(tmp_path / "archive" / "copied-in.dcm", enforce_file_format=True)
+        async with app(tmp_path, anyio_backend, *args) as scp:
+            assert "(4 instances in archive)" in scp.stderr.decode()
+            assert await scp.stop() == 0
+        async with app(tmp_path, anyio_backend, *args, "--check-folder") as scp:
+            assert "(5 instances in archive)" in scp.stderr.decode(), scp.stderr.decode()
+            found = await findscu(scp.port, anyio_backend, tmp_path, "PatientID=P9")  # type: ignore[attr-defined]
+            assert await scp.stop() == 0
+    assert [m["StudyInstanceUID"] for m in found] == ["9.1"]

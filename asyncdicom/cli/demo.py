@@ -463,7 +463,7 @@ async def _dicomdir(folder: Path, got: list[Path]) -> _Row:
     without a key its record needs is said on standard error)."""
     import anyio
 
-    from ..storage.dicomdir import DicomdirUpdater
+    from ..storage.dicomdir import update_dicomdir
     from ..storage.media import stored_instance_uid
 
     problems: list[str] = []
@@ -473,10 +473,7 @@ async def _dicomdir(folder: Path, got: list[Path]) -> _Row:
         print(f"demo: DICOMDIR: {path}: {reason}", file=sys.stderr)
 
     def update() -> tuple[int, int]:
-        updater = DicomdirUpdater(folder, on_error=problem)
-        for path in got:
-            updater.add(path)
-        listed = updater.flush() or 0
+        listed = update_dicomdir(folder, got, on_error=problem) or 0
         return listed, len({stored_instance_uid(p) or str(p) for p in got})
 
     t0 = time.perf_counter()

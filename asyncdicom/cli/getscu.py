@@ -14,6 +14,7 @@ Progress, summary, Ctrl-C and the exit status: :mod:`asyncdicom.cli.retrieve_app
 from __future__ import annotations
 
 import argparse
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -107,19 +108,15 @@ async def _update_dicomdir(folder: Path, received: list[Any]) -> int | None:
     one it does not list); how many it lists, None (after a warning) if it was not written."""
     import anyio
 
-    from ..storage.dicomdir import DicomdirUpdater
+    from ..storage.dicomdir import update_dicomdir
 
     def problem(path: Path, reason: str) -> None:
         notice(f"getscu: DICOMDIR: {path}: {reason}", "dicomdir_problem", path=str(path))
 
-    def update() -> int | None:
-        updater = DicomdirUpdater(folder, recover=True, on_error=problem)
-        for stored in received:
-            updater.add(stored)
-        return updater.flush()
-
     try:
-        return await anyio.to_thread.run_sync(update)
+        return await anyio.to_thread.run_sync(
+            functools.partial(update_dicomdir, folder, received, recover=True, on_error=problem)
+        )
     except OSError as exc:
         problem(folder / "DICOMDIR", f"not written: {exc.strerror or exc}")
         return None

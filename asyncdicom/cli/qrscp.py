@@ -116,6 +116,13 @@ def add_parser(sub: Any) -> None:
         "qrscp nodes may share",
     )
     p.add_argument(
+        "--check-folder",
+        action="store_true",
+        help="compare the folder with the index at start and index the files it lacks, also "
+        "on a PostgreSQL index (with every node sharing it stopped); a SQLite index is "
+        "always checked",
+    )
+    p.add_argument(
         "--move-destination",
         type=move_destination,
         action="append",
@@ -189,6 +196,7 @@ async def run(args: argparse.Namespace) -> int:
         db=args.db,
         move_destinations=destinations,
         commitment_peers=peers,
+        check_folder=True if args.check_folder else None,
         store_as=args.store_as,
         allow_lossy=args.allow_lossy,
     )

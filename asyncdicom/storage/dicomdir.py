@@ -59,6 +59,7 @@ __all__ = [
     "entry_for",
     "read_dicomdir",
     "scan_folder",
+    "update_dicomdir",
     "write_dicomdir",
 ]
 
@@ -813,3 +814,23 @@ class DicomdirUpdater:
     def _error(self, path: Path, reason: str) -> None:
         if self._on_error is not None:
             self._on_error(path, reason)
+
+
+def update_dicomdir(
+    root: str | os.PathLike[str],
+    paths: Iterable[str | os.PathLike[str]],
+    *,
+    recover: bool = False,
+    on_error: Callable[[Path, str], None] | None = None,
+) -> int | None:
+    """Add ``paths`` (files stored under ``root``) to ``root/DICOMDIR`` now, in this thread
+    (an async caller runs it in a worker thread): the number of instances it lists, as
+    :meth:`DicomdirUpdater.flush`.  ``recover`` and ``on_error`` as for the updater.
+
+    Raises:
+        OSError: the DICOMDIR cannot be written.
+    """
+    updater = DicomdirUpdater(root, recover=recover, on_error=on_error)
+    for path in paths:
+        updater.add(path)
+    return updater.flush()

@@ -181,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", type=Path, default=default_cache())
     parser.add_argument("--output", type=Path, default=ROOT / "bench-results" / "ingest.json")
     args = parser.parse_args(argv)
+    if args.senders < 1 or args.patients < args.senders:
+        # each sender sends whole patients: a sender without one would fail with nothing to send
+        parser.error("--patients must be at least --senders, and --senders at least 1")
     if args.sender == "dcmtk":
         require_dcmtk(["storescu"])
     shape = Shape(args.patients, 2, 2, 20)
