@@ -122,6 +122,10 @@ class AEConfig:
     #: network file systems); by default only full 1 MiB writes do, and creating, small
     #: writes and renaming run in the event loop's thread, which is faster on a local disk
     file_io_in_threads: bool = False
+    #: C-GET/C-MOVE SCP: a sub-operation may compress an instance lossily (a new SOP Instance
+    #: UID, Lossy Image Compression "01") when the destination accepts only lossy transfer
+    #: syntaxes for its SOP class; without it that sub-operation fails, with the reason
+    retrieve_allow_lossy: bool = False
     #: requestor: TLS for :meth:`AE.associate` when it is not given ``ssl_context`` (None:
     #: plain TCP); see :func:`asyncdicom.transport.client_context`
     client_ssl_context: ssl.SSLContext | None = None

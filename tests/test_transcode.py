@@ -498,3 +498,35 @@ async def test_c_get_scp_never_converts_to_lossy(tmp_path: Path, anyio_backend: 
     assert retrieval.failed == 1 and retrieval.completed == 0
     assert "lossy conversion refused" in str(final.error_comment), final
     assert not (tmp_path / "got").exists() or not any((tmp_path / "got").iterdir())
+
+
+@pytest.mark.anyio
+async def test_c_get_scp_converts_to_lossy_when_allowed(tmp_path: Path, anyio_backend: str) -> None:
+    """The same requestor, the SCP configured with ``retrieve_allow_lossy``: the instance goes
+    out in JPEG-LS near-lossless as a new instance (new SOP Instance UID, flag "01")."""
+    scp = AE(
+        "QRSCP",
+        supported_contexts=presets.qr_supported() + presets.storage_supported(scu_role=True),
+        retrieve_allow_lossy=True,
+    )
+
+    @scp.on("C-GET")
+    def retrieve(request: Any) -> Iterator[Any]:
+        yield sample("MR_small.dcm")
+
+    query = Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    query.StudyInstanceUID = "1.2.3"
+    contexts = presets.retrieve_contexts(
+        "get", storage=[MR], storage_transfer_syntaxes=[uids.JPEG_LS_NEAR_LOSSLESS]
+    )
+    with anyio.fail_after(20):
+        async with associated(scp, contexts=contexts) as assoc:
+            async with assoc.get(query, store=tmp_path / "got") as retrieval:
+                await retrieval.wait()
+    assert retrieval.completed == 1 and retrieval.failed == 0
+    (stored,) = (tmp_path / "got").iterdir()
+    ds = pydicom.dcmread(stored)
+    assert ds.file_meta.TransferSyntaxUID == uids.JPEG_LS_NEAR_LOSSLESS
+    assert ds.SOPInstanceUID != read_part10_for_send(sample("MR_small.dcm")).sop_instance_uid
+    assert ds.LossyImageCompression == "01"

@@ -105,7 +105,7 @@ def add_parser(sub: Any) -> None:
         metavar="DIR",
         help="the archive's folder (created if needed; must be writable)",
     )
-    add_store_as(p)
+    add_store_as(p, retrieve=True)
     p.add_argument(
         "--db",
         type=db_file,
@@ -163,7 +163,14 @@ def add_parser(sub: Any) -> None:
 
 def qrscp_ae(args: argparse.Namespace) -> AE:
     """The AE of ``qrscp`` for the parsed options (the archive's handlers not yet installed)."""
-    ae = AE(config=qrscp_config(args.aet, **server_config(args), **outgoing_tls(args)))
+    ae = AE(
+        config=qrscp_config(
+            args.aet,
+            **server_config(args),
+            **outgoing_tls(args),
+            retrieve_allow_lossy=bool(getattr(args, "allow_lossy", False)),
+        )
+    )
     install_access_control(ae, args)
     return ae
 

@@ -153,8 +153,9 @@ def _syntax(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def add_store_as(p: argparse.ArgumentParser) -> None:
-    """``--store-as SYNTAX`` and ``--allow-lossy`` (storescp, qrscp)."""
+def add_store_as(p: argparse.ArgumentParser, *, retrieve: bool = False) -> None:
+    """``--store-as SYNTAX`` and ``--allow-lossy`` (storescp; qrscp with ``retrieve``: the
+    flag also lets C-GET/C-MOVE sub-operations compress lossily)."""
     p.add_argument(
         "--store-as",
         type=_syntax,
@@ -168,8 +169,14 @@ def add_store_as(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--allow-lossy",
         action="store_true",
-        help="let --store-as name a lossy syntax (each instance converted becomes a new "
-        "instance, with a new SOP Instance UID)",
+        help=(
+            "let --store-as name a lossy syntax, and C-GET/C-MOVE compress an instance lossily "
+            "for a destination that accepts only lossy syntaxes for its SOP class (each "
+            "instance so converted becomes a new instance, with a new SOP Instance UID)"
+            if retrieve
+            else "let --store-as name a lossy syntax (each instance converted becomes a new "
+            "instance, with a new SOP Instance UID)"
+        ),
     )
 
 

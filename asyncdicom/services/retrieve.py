@@ -380,12 +380,15 @@ async def _send_all(
     move: tuple[messages.CMoveRQ, BaseAssociation] | None,
 ) -> None:
     """The C-STORE sub-operations of ``instances`` on ``target``, ``window`` at a time; a
-    Pending response after each.  Stops starting new ones on C-CANCEL."""
+    Pending response after each.  Stops starting new ones on C-CANCEL.  A conversion to a lossy
+    syntax only with the AE's ``retrieve_allow_lossy``."""
     request = call.request
     log = request.association.log
     origin = request.association
     slots = anyio.Semaphore(window)
     originator = (origin.peer_ae_title, move[0].message_id) if move is not None else None
+    config = getattr(getattr(origin, "ae", None), "config", None)
+    allow_lossy = bool(getattr(config, "retrieve_allow_lossy", False))
     # the association lost under sub-operations in flight: raised once they all ended (raising
     # from each would give the caller an exception group, not the DICOMError it handles)
     lost: list[DICOMError] = []
@@ -399,6 +402,7 @@ async def _send_all(
                     priority=int(getattr(request.message, "priority", 0) or 0),
                     move_originator_aet=originator[0] if originator else None,
                     move_originator_message_id=originator[1] if originator else None,
+                    allow_lossy=allow_lossy,
                 )
             except DICOMError as exc:
                 log.warning(
