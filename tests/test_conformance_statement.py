@@ -400,8 +400,9 @@ def test_stgcmtscu_proposes_what_its_table_says(
 
 def test_storescu_proposes_the_stated_layout(proposals: list[AssociateRQ], tmp_path: Path) -> None:
     rows = table("proposed storescu")
-    assert len(rows) == 2
+    assert len(rows) == 3
     fallback = uids_in(rows[1]["Transfer Syntaxes"])
+    lossy = uids_in(rows[2]["Transfer Syntaxes"])
     files = [*write_ct_files(tmp_path, 2, 1024), sample("JPEG2000.dcm"), sample("MR_small.dcm")]
     _run_app(["storescu", *PEER, *map(str, files)])
     rq = proposals[0]
@@ -418,6 +419,12 @@ def test_storescu_proposes_the_stated_layout(proposals: list[AssociateRQ], tmp_p
     # then one fallback per SOP class with convertible files, in UID order (JPEG 2000 too:
     # the codecs are installed with the test extra)
     assert got[3:] == [(uid, fallback, None) for uid in sorted([ct, mr, sc])]
+    # with --allow-lossy: one more per such SOP class, the lossy syntaxes (the codecs are
+    # installed with the test extra, their encoders with them)
+    _run_app(["storescu", *PEER, "--allow-lossy", *map(str, files)])
+    with_lossy = contexts_of(proposals[-1])
+    assert with_lossy[:6] == got
+    assert with_lossy[6:] == [(uid, lossy, None) for uid in sorted([ct, mr, sc])]
 
 
 @pytest.mark.parametrize(

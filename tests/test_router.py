@@ -265,6 +265,43 @@ async def test_a_compressed_instance_is_decompressed_for_a_destination_that_want
     assert queue_files(tmp_path / "q") == []
 
 
+@pytest.mark.parametrize("allow_lossy", [False, True])
+async def test_lossy_only_destination_gets_a_new_instance_only_when_allowed(
+    tmp_path: Path, allow_lossy: bool
+) -> None:
+    """A destination accepting only JPEG-LS near-lossless: an uncompressed MR is a dead letter
+    (the reason says lossy), or, with ``allow_lossy``, goes out lossy as a new instance."""
+    from samples import sample
+
+    from asyncdicom.protocol import uids
+    from asyncdicom.storage.reader import read_part10_for_send
+
+    sink = Sink(storage_transfer_syntaxes=(uids.JPEG_LS_NEAR_LOSSLESS,))
+    path = sample("MR_small.dcm")
+    original = read_part10_for_send(path).sop_instance_uid
+    async with sink.serving() as dest:
+        async with router(tmp_path / "q", RuleSet((dest,)), allow_lossy=allow_lossy) as (r, port):
+            with anyio.fail_after(GUARD):
+                async with AE("SENDER").associate(
+                    "127.0.0.1",
+                    port,
+                    called_aet="ROUTER",
+                    contexts=[(uids.MR_IMAGE_STORAGE, [uids.EXPLICIT_VR_LITTLE_ENDIAN])],
+                ) as assoc:
+                    assert (await assoc.store(path)).status == 0x0000
+                await r.wait_idle()  # delivered or dead-lettered
+            dead = r.status()["destinations"][0]["dead_letters"]
+    if allow_lossy:
+        assert dead == 0
+        assert sink.syntaxes == [uids.JPEG_LS_NEAR_LOSSLESS]
+        assert sink.received != [original] and len(sink.received) == 1
+    else:
+        assert dead == 1 and sink.received == []
+        (letter,) = (tmp_path / "q" / "dead" / dest.key).glob("*.json")
+        assert "lossy" in json.loads(letter.read_text())["reason"]
+    assert queue_files(tmp_path / "q") == []
+
+
 async def test_a_refused_instance_is_a_dead_letter_with_its_reason(tmp_path: Path) -> None:
     data = instances(5)
     bad = str(data[2].SOPInstanceUID)

@@ -245,6 +245,37 @@ async def test_store_refuses_lossy_without_the_flag_per_instance(
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("allow_lossy", [False, True])
+async def test_storescu_allow_lossy_against_a_lossy_only_scp(
+    tmp_path: Path, anyio_backend: str, allow_lossy: bool
+) -> None:
+    """``storescu --allow-lossy`` proposes the lossy syntaxes it can make (besides the file's
+    own and the uncompressed ones): an SCP taking only JPEG-LS near-lossless gets the file as a
+    new instance; without the flag nothing is sent and the file fails."""
+    from tests.test_cli import err, out, run_cli
+
+    received = tmp_path / "received"
+    scp = _storing_scp(received, (uids.JPEG_LS_NEAR_LOSSLESS,))
+    path = sample("MR_small.dcm")
+    flag = ["--allow-lossy"] if allow_lossy else []
+    async with scp.server("127.0.0.1", 0) as server:
+        result = await run_cli(
+            "storescu", "127.0.0.1", str(server.port), str(path), "--called-aet", "SCP",
+            "--backend", anyio_backend, *flag, cwd=tmp_path,
+        )  # fmt: skip
+    if not allow_lossy:
+        assert result.returncode == 1, (out(result), err(result))
+        assert not received.exists()
+        return
+    assert result.returncode == 0, (out(result), err(result))
+    (stored,) = received.iterdir()
+    ds = pydicom.dcmread(stored)
+    assert ds.file_meta.TransferSyntaxUID == uids.JPEG_LS_NEAR_LOSSLESS
+    assert ds.SOPInstanceUID != read_part10_for_send(path).sop_instance_uid
+    assert ds.LossyImageCompression == "01"
+
+
+@pytest.mark.anyio
 async def test_store_decompresses_for_an_uncompressed_acceptor(
     tmp_path: Path, anyio_backend: str
 ) -> None:
@@ -498,6 +529,52 @@ async def test_c_get_scp_never_converts_to_lossy(tmp_path: Path, anyio_backend: 
     assert retrieval.failed == 1 and retrieval.completed == 0
     assert "lossy conversion refused" in str(final.error_comment), final
     assert not (tmp_path / "got").exists() or not any((tmp_path / "got").iterdir())
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("allow_lossy", [False, True])
+async def test_c_move_scp_to_a_lossy_only_destination(
+    tmp_path: Path, anyio_backend: str, allow_lossy: bool
+) -> None:
+    """A C-MOVE destination taking only JPEG-LS near-lossless: with ``retrieve_allow_lossy``
+    the SCP proposes the lossy syntaxes too and sends a new instance; without it the
+    sub-operation fails and nothing arrives."""
+    received = tmp_path / "received"
+    dest = _storing_scp(received, (uids.JPEG_LS_NEAR_LOSSLESS,))
+    scp = AE(
+        "QRSCP",
+        supported_contexts=presets.qr_supported(),
+        retrieve_allow_lossy=allow_lossy,
+    )
+
+    @scp.on("C-MOVE")
+    def retrieve(request: Any) -> Iterator[Any]:
+        yield sample("MR_small.dcm")
+
+    query = Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    query.StudyInstanceUID = "1.2.3"
+    with anyio.fail_after(20):
+        async with dest.server("127.0.0.1", 0) as dest_server:
+            scp.move_destinations["DEST"] = ("127.0.0.1", dest_server.port)
+            async with associated(scp, contexts=presets.retrieve_contexts("move")) as assoc:
+                if allow_lossy:
+                    async with assoc.move(query, destination="DEST") as retrieval:
+                        await retrieval.wait()
+                else:
+                    with pytest.raises(RetrieveFailed) as caught:
+                        async with assoc.move(query, destination="DEST") as retrieval:
+                            await retrieval.wait()
+    if not allow_lossy:
+        assert caught.value.response.status == 0xA702, caught.value.response
+        assert not received.exists()
+        return
+    assert retrieval.completed == 1 and retrieval.failed == 0
+    (stored,) = received.iterdir()
+    ds = pydicom.dcmread(stored)
+    assert ds.file_meta.TransferSyntaxUID == uids.JPEG_LS_NEAR_LOSSLESS
+    assert ds.LossyImageCompression == "01"
+    assert ds.SOPInstanceUID != read_part10_for_send(sample("MR_small.dcm")).sop_instance_uid
 
 
 @pytest.mark.anyio

@@ -120,6 +120,13 @@ def add_parser(sub: Any) -> None:
         "failure in a row, up to --retry-delay-max",
     )
     p.add_argument(
+        "--allow-lossy",
+        action="store_true",
+        help="when a destination accepts only lossy syntaxes for an instance that is not, "
+        "compress it lossily (a new instance: new SOP Instance UID); without it that instance "
+        "is a dead letter for that destination",
+    )
+    p.add_argument(
         "--retry-delay-max",
         type=timeout,
         default=60.0,
@@ -203,6 +210,7 @@ async def run(args: argparse.Namespace) -> int:
         retry_max=args.retry_max,
         retry_delay=args.retry_delay,
         retry_delay_max=args.retry_delay_max,
+        allow_lossy=args.allow_lossy,
         **server_config(args),
         **outgoing_tls(args),
     )

@@ -751,7 +751,8 @@ async def run(args: argparse.Namespace) -> int:
         _print_problems(report, args.show_all_errors, all_stored=False)
         raise CLIError(_nothing_to_send(report))
     contexts = contexts_for_syntaxes(
-        (it.source.sop_class_uid, it.source.transfer_syntax_uid) for it in items
+        ((it.source.sop_class_uid, it.source.transfer_syntax_uid) for it in items),
+        allow_lossy=args.allow_lossy,
     )
     queue = _WorkQueue(items)
     started = time.perf_counter()

@@ -181,7 +181,7 @@ class Forwarder:
                 break
             seen.add(pair)
             pairs.append(pair)
-        return list(contexts_for_syntaxes(pairs)), seen
+        return list(contexts_for_syntaxes(pairs, allow_lossy=self.router.allow_lossy)), seen
 
     async def _next(self) -> Pending | None:
         """The head of the queue, waiting up to :data:`LINGER` seconds for one."""
@@ -227,7 +227,7 @@ class Forwarder:
     async def _send(self, assoc: Association, item: Pending) -> bool:
         """Send the head of the queue; True when the destination took it."""
         try:
-            response = await assoc.store(item.path)
+            response = await assoc.store(item.path, allow_lossy=self.router.allow_lossy)
         except (AssociationError, TransportError):
             raise
         except NoAcceptedContext:
@@ -235,7 +235,8 @@ class Forwarder:
                 item,
                 f"the destination accepted no presentation context for SOP class "
                 f"{item.sop_class_uid} in transfer syntax {item.transfer_syntax_uid} "
-                "(or one it can be converted to)",
+                "(or one it can be converted to"
+                + (")" if self.router.allow_lossy else "; lossy ones only with --allow-lossy)"),
             )
             return False
         except (DICOMError, StorageError, OSError) as exc:
@@ -323,7 +324,9 @@ class Router:
     """Receive C-STORE into the durable queue at ``queue_dir`` and forward by ``rules``.
 
     ``retry_max`` attempts per instance and destination, the first wait ``retry_delay``
-    seconds, the longest ``retry_delay_max`` (see the module documentation); ``timeouts`` and
+    seconds, the longest ``retry_delay_max`` (see the module documentation); ``allow_lossy``
+    lets an instance be compressed lossily, as a new instance, for a destination that accepts
+    only lossy transfer syntaxes for its SOP class (otherwise it is a dead letter); ``timeouts`` and
     ``max_pdu_length`` are those of the AE (both roles); ``ae_options`` are more
     :class:`~asyncdicom.AEConfig` fields (access control, TLS of the server side).
 
@@ -344,11 +347,15 @@ class Router:
         retry_delay_max: float = MAX_RETRY_DELAY,
         linger: float = LINGER,
         timeouts: Timeouts | None = None,
+        allow_lossy: bool = False,
         **ae_options: Any,
     ) -> None:
         if retry_max < 1:
             raise ValueError("retry_max must be at least 1")
         self.rules = rules
+        #: an instance may be compressed lossily (a new SOP Instance UID) for a destination
+        #: that accepts only lossy syntaxes for its SOP class; otherwise it is a dead letter
+        self.allow_lossy = allow_lossy
         self.retry_max = retry_max
         self.retry_delay = retry_delay
         self.retry_delay_max = retry_delay_max

@@ -241,14 +241,16 @@ def _describe_batch(items: list[Any]) -> list[_Instance | BaseException]:
 
 
 def _batches(
-    instances: list[_Instance], limit: int = 128
+    instances: list[_Instance], limit: int = 128, *, allow_lossy: bool = False
 ) -> list[tuple[list[ContextRequest], list[_Instance]]]:
     """Split ``instances`` into association-sized batches of at most ``limit`` contexts, by
     the proposal policy of :func:`asyncdicom.storage.contexts.context_groups` (that of
     ``storescu``)."""
     from ..storage.contexts import context_groups
 
-    groups = context_groups((i.sop_class_uid, i.transfer_syntax_uid) for i in instances)
+    groups = context_groups(
+        ((i.sop_class_uid, i.transfer_syntax_uid) for i in instances), allow_lossy=allow_lossy
+    )
     batches: list[tuple[list[ContextRequest], set[str]]] = []
     for group in groups:
         if not batches or len(batches[-1][0]) + len(group) > limit:
@@ -342,7 +344,9 @@ async def _move(
     title = message.move_destination.strip(" ")
     host, port = destination
     log = request.association.log
-    for contexts, batch in _batches(instances):
+    config = getattr(owner, "config", None)
+    allow_lossy = bool(getattr(config, "retrieve_allow_lossy", False))
+    for contexts, batch in _batches(instances, allow_lossy=allow_lossy):
         if request.cancel_requested or request.association.is_closed:
             return
         try:

@@ -14,6 +14,11 @@ Information and the head of the data set only, nothing is decoded) and returns t
   :meth:`store() <asyncdicom.services.storage.StorageSCU.store>` converts the file to the
   syntax accepted there (:mod:`asyncdicom.storage.transcoding`).
 
+* with ``allow_lossy=True`` (``storescu --allow-lossy``), for each SOP class with such a file,
+  one more context proposing the lossy syntaxes that can be encoded here (JPEG-LS
+  near-lossless, JPEG 2000): for an acceptor that takes only lossy syntaxes.  The file's own
+  syntax and the uncompressed ones are still preferred when accepted.
+
 An uncompressed file can always be converted; a compressed one (JPEG, JPEG-LS, JPEG 2000,
 RLE) when its decoder is installed (``pip install 'asyncdicom[codecs]'``).  Without it a
 compressed file gets no fallback and is sent only if the acceptor takes its own syntax.
@@ -55,6 +60,8 @@ MAX_PRESENTATION_CONTEXTS = 128
 
 #: what a file may be converted to when its own syntax is refused
 _FALLBACK_SYNTAXES = (uids.EXPLICIT_VR_LITTLE_ENDIAN, uids.IMPLICIT_VR_LITTLE_ENDIAN)
+#: ... and, when lossy compression is allowed, to these (when their encoders are installed)
+_LOSSY_TARGETS = (uids.JPEG_LS_NEAR_LOSSLESS, uids.JPEG_2000)
 
 
 def _proposal(pairs: Iterable[tuple[str, str | None]]) -> dict[str, tuple[list[str], bool]]:
@@ -81,22 +88,36 @@ def _proposal(pairs: Iterable[tuple[str, str | None]]) -> dict[str, tuple[list[s
     return classes
 
 
-def context_groups(pairs: Iterable[tuple[str, str | None]]) -> list[list[ContextRequest]]:
+def _lossy_targets() -> tuple[str, ...]:
+    """The lossy syntaxes an instance can be compressed to here (their encoders installed)."""
+    from .transcoding import can_encode
+
+    return tuple(ts for ts in _LOSSY_TARGETS if can_encode(ts))
+
+
+def context_groups(
+    pairs: Iterable[tuple[str, str | None]], *, allow_lossy: bool = False
+) -> list[list[ContextRequest]]:
     """The presentation contexts of :func:`contexts_for_syntaxes`, grouped per SOP class (in
     order of first appearance; within a group, the instances' own syntaxes, then the
     fallback), for a sender that spreads the classes over several associations of at most
     :data:`MAX_PRESENTATION_CONTEXTS` contexts, keeping each class whole.  ``None`` as a
     syntax: an instance without an encoding of its own (a Dataset)."""
     groups = []
+    lossy = _lossy_targets() if allow_lossy else ()
     for sop_class, (own, fallback) in _proposal(pairs).items():
         group = [ContextRequest(sop_class, (ts,)) for ts in own]
         if fallback:
             group.append(ContextRequest(sop_class, _FALLBACK_SYNTAXES))
+            if lossy:
+                group.append(ContextRequest(sop_class, lossy))
         groups.append(group)
     return groups
 
 
-def contexts_for_syntaxes(pairs: Iterable[tuple[str, str]]) -> list[ContextRequest]:
+def contexts_for_syntaxes(
+    pairs: Iterable[tuple[str, str]], *, allow_lossy: bool = False
+) -> list[ContextRequest]:
     """The presentation contexts for instances given as ``(SOP Class UID, Transfer Syntax
     UID)`` pairs (repeats are fine), by the rules of :mod:`asyncdicom.storage.contexts`.
 
@@ -115,6 +136,9 @@ def contexts_for_syntaxes(pairs: Iterable[tuple[str, str]]) -> list[ContextReque
             seen.add((sop_class, syntax))
             contexts.append(ContextRequest(sop_class, (syntax,)))
     contexts.extend(ContextRequest(c, _FALLBACK_SYNTAXES) for c in sorted(classes) if classes[c][1])
+    lossy = _lossy_targets() if allow_lossy else ()
+    if lossy:
+        contexts.extend(ContextRequest(c, lossy) for c in sorted(classes) if classes[c][1])
     if len(contexts) > MAX_PRESENTATION_CONTEXTS:
         raise TooManyPresentationContexts(len(contexts))
     return contexts
