@@ -268,11 +268,7 @@ async def test_storescu_allow_lossy_against_a_lossy_only_scp(
         assert not received.exists()
         return
     assert result.returncode == 0, (out(result), err(result))
-    (stored,) = received.iterdir()
-    ds = pydicom.dcmread(stored)
-    assert ds.file_meta.TransferSyntaxUID == uids.JPEG_LS_NEAR_LOSSLESS
-    assert ds.SOPInstanceUID != read_part10_for_send(path).sop_instance_uid
-    assert ds.LossyImageCompression == "01"
+    _assert_one_new_lossy_instance(received)
 
 
 @pytest.mark.anyio
@@ -500,35 +496,67 @@ async def test_archive_reports_available_transfer_syntax(
     }
 
 
-@pytest.mark.anyio
-async def test_c_get_scp_never_converts_to_lossy(tmp_path: Path, anyio_backend: str) -> None:
-    """A requestor accepting only JPEG-LS near-lossless for MR: the C-GET SCP does not make a
-    lossless instance lossy; the sub-operation fails with the reason in the Error Comment."""
-    scp = AE(
-        "QRSCP",
-        supported_contexts=presets.qr_supported() + presets.storage_supported(scu_role=True),
-    )
+def _mr_retrieve_scp(command: str, **config: Any) -> AE:
+    """A Q/R SCP whose C-GET or C-MOVE handler yields MR_small.dcm (uncompressed)."""
+    supported = presets.qr_supported()
+    if command == "C-GET":
+        supported = supported + presets.storage_supported(scu_role=True)
+    scp = AE("QRSCP", supported_contexts=supported, **config)
 
-    @scp.on("C-GET")
+    @scp.on(command)
     def retrieve(request: Any) -> Iterator[Any]:
         yield sample("MR_small.dcm")
 
+    return scp
+
+
+def _study_query() -> Dataset:
     query = Dataset()
     query.QueryRetrieveLevel = "STUDY"
     query.StudyInstanceUID = "1.2.3"
+    return query
+
+
+def _assert_one_new_lossy_instance(folder: Path) -> None:
+    """``folder`` holds MR_small.dcm made lossy: JPEG-LS near-lossless, flag "01", new UID."""
+    (stored,) = folder.iterdir()
+    ds = pydicom.dcmread(stored)
+    assert ds.file_meta.TransferSyntaxUID == uids.JPEG_LS_NEAR_LOSSLESS
+    assert ds.LossyImageCompression == "01"
+    assert ds.SOPInstanceUID != read_part10_for_send(sample("MR_small.dcm")).sop_instance_uid
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("allow_lossy", [False, True])
+async def test_c_get_scp_to_a_lossy_only_requestor(
+    tmp_path: Path, anyio_backend: str, allow_lossy: bool
+) -> None:
+    """A requestor accepting only JPEG-LS near-lossless for MR: the C-GET SCP makes a lossless
+    instance lossy (a new instance) only with ``retrieve_allow_lossy``; without it the
+    sub-operation fails with the reason in the Error Comment."""
+    scp = _mr_retrieve_scp("C-GET", retrieve_allow_lossy=allow_lossy)
     contexts = presets.retrieve_contexts(
         "get", storage=[MR], storage_transfer_syntaxes=[uids.JPEG_LS_NEAR_LOSSLESS]
     )
+    got = tmp_path / "got"
     with anyio.fail_after(20):
         async with associated(scp, contexts=contexts) as assoc:
-            with pytest.raises(RetrieveFailed) as caught:
-                async with assoc.get(query, store=tmp_path / "got") as retrieval:
+            if allow_lossy:
+                async with assoc.get(_study_query(), store=got) as retrieval:
                     await retrieval.wait()
+            else:
+                with pytest.raises(RetrieveFailed) as caught:
+                    async with assoc.get(_study_query(), store=got) as retrieval:
+                        await retrieval.wait()
+    if allow_lossy:
+        assert retrieval.completed == 1 and retrieval.failed == 0
+        _assert_one_new_lossy_instance(got)
+        return
     final = caught.value.response
     assert final.status == 0xA702, final  # every sub-operation failed
     assert retrieval.failed == 1 and retrieval.completed == 0
     assert "lossy conversion refused" in str(final.error_comment), final
-    assert not (tmp_path / "got").exists() or not any((tmp_path / "got").iterdir())
+    assert not got.exists() or not any(got.iterdir())
 
 
 @pytest.mark.anyio
@@ -541,69 +569,21 @@ async def test_c_move_scp_to_a_lossy_only_destination(
     sub-operation fails and nothing arrives."""
     received = tmp_path / "received"
     dest = _storing_scp(received, (uids.JPEG_LS_NEAR_LOSSLESS,))
-    scp = AE(
-        "QRSCP",
-        supported_contexts=presets.qr_supported(),
-        retrieve_allow_lossy=allow_lossy,
-    )
-
-    @scp.on("C-MOVE")
-    def retrieve(request: Any) -> Iterator[Any]:
-        yield sample("MR_small.dcm")
-
-    query = Dataset()
-    query.QueryRetrieveLevel = "STUDY"
-    query.StudyInstanceUID = "1.2.3"
+    scp = _mr_retrieve_scp("C-MOVE", retrieve_allow_lossy=allow_lossy)
     with anyio.fail_after(20):
         async with dest.server("127.0.0.1", 0) as dest_server:
             scp.move_destinations["DEST"] = ("127.0.0.1", dest_server.port)
             async with associated(scp, contexts=presets.retrieve_contexts("move")) as assoc:
                 if allow_lossy:
-                    async with assoc.move(query, destination="DEST") as retrieval:
+                    async with assoc.move(_study_query(), destination="DEST") as retrieval:
                         await retrieval.wait()
                 else:
                     with pytest.raises(RetrieveFailed) as caught:
-                        async with assoc.move(query, destination="DEST") as retrieval:
+                        async with assoc.move(_study_query(), destination="DEST") as retrieval:
                             await retrieval.wait()
-    if not allow_lossy:
-        assert caught.value.response.status == 0xA702, caught.value.response
-        assert not received.exists()
+    if allow_lossy:
+        assert retrieval.completed == 1 and retrieval.failed == 0
+        _assert_one_new_lossy_instance(received)
         return
-    assert retrieval.completed == 1 and retrieval.failed == 0
-    (stored,) = received.iterdir()
-    ds = pydicom.dcmread(stored)
-    assert ds.file_meta.TransferSyntaxUID == uids.JPEG_LS_NEAR_LOSSLESS
-    assert ds.LossyImageCompression == "01"
-    assert ds.SOPInstanceUID != read_part10_for_send(sample("MR_small.dcm")).sop_instance_uid
-
-
-@pytest.mark.anyio
-async def test_c_get_scp_converts_to_lossy_when_allowed(tmp_path: Path, anyio_backend: str) -> None:
-    """The same requestor, the SCP configured with ``retrieve_allow_lossy``: the instance goes
-    out in JPEG-LS near-lossless as a new instance (new SOP Instance UID, flag "01")."""
-    scp = AE(
-        "QRSCP",
-        supported_contexts=presets.qr_supported() + presets.storage_supported(scu_role=True),
-        retrieve_allow_lossy=True,
-    )
-
-    @scp.on("C-GET")
-    def retrieve(request: Any) -> Iterator[Any]:
-        yield sample("MR_small.dcm")
-
-    query = Dataset()
-    query.QueryRetrieveLevel = "STUDY"
-    query.StudyInstanceUID = "1.2.3"
-    contexts = presets.retrieve_contexts(
-        "get", storage=[MR], storage_transfer_syntaxes=[uids.JPEG_LS_NEAR_LOSSLESS]
-    )
-    with anyio.fail_after(20):
-        async with associated(scp, contexts=contexts) as assoc:
-            async with assoc.get(query, store=tmp_path / "got") as retrieval:
-                await retrieval.wait()
-    assert retrieval.completed == 1 and retrieval.failed == 0
-    (stored,) = (tmp_path / "got").iterdir()
-    ds = pydicom.dcmread(stored)
-    assert ds.file_meta.TransferSyntaxUID == uids.JPEG_LS_NEAR_LOSSLESS
-    assert ds.SOPInstanceUID != read_part10_for_send(sample("MR_small.dcm")).sop_instance_uid
-    assert ds.LossyImageCompression == "01"
+    assert caught.value.response.status == 0xA702, caught.value.response
+    assert not received.exists()
