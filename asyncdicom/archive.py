@@ -68,7 +68,6 @@ import re
 from collections.abc import AsyncIterator, Generator, Iterator, Mapping
 from contextlib import AsyncExitStack, suppress
 from dataclasses import dataclass, field
-from functools import partial
 from itertools import islice
 from pathlib import Path
 from types import TracebackType
@@ -103,7 +102,12 @@ from .services.commitment import (
     NO_SUCH_OBJECT_INSTANCE,
     CommitmentSCP,
 )
-from .services.storage import save_request, store_failure_comment, store_failure_status
+from .services.storage import (
+    convert_saved,
+    save_request,
+    store_failure_comment,
+    store_failure_status,
+)
 from .storage.codec import read_header
 from .storage.names import safe_filename
 from .storage.writer import StoredFile, prune_empty_folders
@@ -621,32 +625,10 @@ class Archive:
     async def _convert(self, association: Any, stored: StoredFile, target: str) -> StoredFile:
         """``store_as``: the stored file rewritten in ``target`` (a new instance, under its own
         name, after a lossy conversion); kept as received, with a warning, when it cannot be."""
-        from .storage.transcoding import convert_stored_file
-
-        cfg = association.config
-        try:
-            path, new_uid = await anyio.to_thread.run_sync(
-                partial(
-                    convert_stored_file,
-                    stored,
-                    target,
-                    allow_lossy=self.allow_lossy,
-                    implementation_class_uid=cfg.implementation_class_uid,
-                    implementation_version_name=cfg.implementation_version_name,
-                )
-            )
-        except (StorageError, OSError) as exc:
-            association.log.warning(
-                "store_as_failed",
-                file=str(stored),
-                syntax=target,
-                error=str(exc),
-                kept="as received",
-            )
-            return stored
-        if new_uid is None:
-            return stored
-        return StoredFile(path)
+        path, new_uid = await convert_saved(
+            association, stored, target, allow_lossy=self.allow_lossy
+        )
+        return stored if new_uid is None else StoredFile(path)
 
     def _database_errors(self) -> tuple[type[Exception], ...]:
         """The exceptions of the index's database driver (a write failing so is answered

@@ -21,15 +21,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import anyio
-
 from ..ae import AE
 from ..errors import StorageError
 from ..hooks import HookEvent
 from ..protocol import messages
 from ..protocol.uids import EXPLICIT_VR_LITTLE_ENDIAN
 from ..services import make_response
-from ..services.storage import save_request, store_failure_comment, store_failure_status
+from ..services.storage import (
+    convert_saved,
+    save_request,
+    store_failure_comment,
+    store_failure_status,
+)
 from ..storage.writer import DUPLICATE_POLICIES, LAYOUTS
 from .apps import APPS
 from .argtypes import folder
@@ -197,36 +200,6 @@ def check_store_as(args: argparse.Namespace) -> None:
         raise UsageError(f"argument --store-as: {why or 'cannot encode ' + uid_name(target)}")
 
 
-async def store_as(
-    association: Any, stored: Path, target: str, allow_lossy: bool
-) -> tuple[Path, str | None]:
-    """Convert a stored file to ``--store-as``'s syntax in a worker thread; on failure keep it
-    as received and log why.  (path now, new SOP Instance UID or None)."""
-    from ..storage.transcoding import convert_stored_file
-
-    cfg = association.config
-    try:
-        return await anyio.to_thread.run_sync(
-            functools.partial(
-                convert_stored_file,
-                stored,
-                target,
-                allow_lossy=allow_lossy,
-                implementation_class_uid=cfg.implementation_class_uid,
-                implementation_version_name=cfg.implementation_version_name,
-            )
-        )
-    except (StorageError, OSError) as exc:
-        association.log.warning(
-            "store_as_failed",
-            file=str(stored),
-            syntax=uid_name(target),
-            error=str(exc) or type(exc).__name__,
-            kept="as received",
-        )
-        return stored, None
-
-
 # --------------------------------------------------------------------------- reporting
 
 
@@ -350,7 +323,9 @@ def storescp_ae(
             size = stored.dataset_size
             file = str(stored)
             if target_syntax is not None:
-                converted, _ = await store_as(association, stored, target_syntax, allow_lossy)
+                converted, _ = await convert_saved(
+                    association, stored, target_syntax, allow_lossy=allow_lossy
+                )
                 file = str(converted)
             if media is not None:
                 media.add(file)

@@ -51,6 +51,7 @@ __all__ = [
     "DataSetMismatch",
     "EmptyDataSet",
     "StorageSCU",
+    "convert_saved",
     "save_request",
     "sop_uids",
     "store",
@@ -279,6 +280,39 @@ def sop_uids(ds: Any) -> tuple[str, str]:
             raise InvalidDataset(f"the data set has no {name} {tag}: C-STORE needs it")
         found.append(text)
     return found[0], found[1]
+
+
+async def convert_saved(
+    association: Any, stored: Path, target: str, *, allow_lossy: bool = False
+) -> tuple[Path, str | None]:
+    """A received file rewritten in the transfer syntax ``target`` (``--store-as``), in a
+    worker thread, by the rules of :mod:`asyncdicom.storage.transcoding`: (its path now, the
+    new SOP Instance UID of a lossy conversion or None).  A conversion that fails keeps the
+    file as received, logged as ``store_as_failed``."""
+    from ..errors import StorageError
+    from ..storage.transcoding import convert_stored_file
+
+    cfg = association.config
+    try:
+        return await anyio.to_thread.run_sync(
+            partial(
+                convert_stored_file,
+                stored,
+                target,
+                allow_lossy=allow_lossy,
+                implementation_class_uid=cfg.implementation_class_uid,
+                implementation_version_name=cfg.implementation_version_name,
+            )
+        )
+    except (StorageError, OSError) as exc:
+        association.log.warning(
+            "store_as_failed",
+            file=str(stored),
+            syntax=target,
+            error=str(exc) or type(exc).__name__,
+            kept="as received",
+        )
+        return stored, None
 
 
 async def save_request(
