@@ -15,6 +15,7 @@ import subprocess
 import threading
 from collections.abc import Iterable
 from pathlib import Path
+from subprocess import CompletedProcess
 from typing import Any
 
 import anyio
@@ -25,6 +26,7 @@ from pydicom.fileset import FileSet
 from pydicom.uid import generate_uid
 from test_cli import CLI, ENV, GUARD, StoreSCPProcess, err, out, run_cli
 from test_cli_getscu import get_scp
+from test_cli_storescu import counting_scp
 
 from asyncdicom import AE
 from asyncdicom.protocol import uids
@@ -417,6 +419,20 @@ def test_scan_and_write_leave_other_files_alone(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- storescu DICOMDIR
 
 
+async def _storescu_dicomdir(
+    root: Path, cwd: Path, backend: str
+) -> tuple[list[str], CompletedProcess[bytes]]:
+    """``storescu`` given ``root/DICOMDIR`` against a Storage SCP that records what arrives:
+    the SOP Instance UIDs received and the command's result."""
+    received: list[str] = []
+    async with counting_scp(received).server() as server:
+        result = await run_cli(
+            "storescu", "127.0.0.1", str(server.port), "--backend", backend,
+            str(root / "DICOMDIR"), cwd=cwd,
+        )  # fmt: skip
+    return received, result
+
+
 @pytest.mark.anyio
 async def test_storescu_sends_exactly_what_a_dicomdir_references(
     tmp_path: Path, anyio_backend: str
@@ -426,20 +442,7 @@ async def test_storescu_sends_exactly_what_a_dicomdir_references(
     write_media_files(root, made[:6])
     make_dicomdir(root)
     write_media_files(root, made[6:])  # on the medium, but not in its DICOMDIR
-    received: list[str] = []
-    scp = AE("STORESCP", accept_any_storage=True)
-
-    @scp.on_store
-    async def on_store(request: Any) -> int:
-        await request.discard()
-        received.append(request.message.affected_sop_instance_uid)
-        return 0x0000
-
-    async with scp.server() as server:
-        result = await run_cli(
-            "storescu", "127.0.0.1", str(server.port), "--backend", anyio_backend,
-            str(root / "DICOMDIR"), cwd=tmp_path,
-        )  # fmt: skip
+    received, result = await _storescu_dicomdir(root, tmp_path, anyio_backend)
     assert result.returncode == 0, (out(result), err(result))
     assert sorted(received) == sorted(str(ds.SOPInstanceUID) for ds in made[:6])
     assert out(result).startswith("sent 6, failed 0;"), out(result)
@@ -453,20 +456,7 @@ async def test_storescu_names_files_a_dicomdir_references_but_lacks(
     paths = write_media_files(root, instances(1, 1, 3))
     make_dicomdir(root)
     paths[1].unlink()
-    received: list[str] = []
-    scp = AE("STORESCP", accept_any_storage=True)
-
-    @scp.on_store
-    async def on_store(request: Any) -> int:
-        await request.discard()
-        received.append(request.message.affected_sop_instance_uid)
-        return 0x0000
-
-    async with scp.server() as server:
-        result = await run_cli(
-            "storescu", "127.0.0.1", str(server.port), "--backend", anyio_backend,
-            str(root / "DICOMDIR"), cwd=tmp_path,
-        )  # fmt: skip
+    received, result = await _storescu_dicomdir(root, tmp_path, anyio_backend)
     assert result.returncode == 1, (out(result), err(result))
     assert len(received) == 2
     assert f"{paths[1]}: referenced by {root / 'DICOMDIR'} but missing" in err(result)
